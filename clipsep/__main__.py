@@ -1,0 +1,5 @@
+import sys
+
+from clipsep.cli import main
+
+sys.exit(main())

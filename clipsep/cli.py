@@ -1,0 +1,87 @@
+"""Command line: ``clipsep <stage> [--params F] [--profile P] [--set section.key=value ...]``.
+
+Thin by design: parse, set up logging, call a stage function from :mod:`clipsep.stages` (or the
+separation API), print its summary. Hyperparameters are never flags: they live in params.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from clipsep.env import apply_offline_defaults
+
+log = logging.getLogger("clipsep")
+
+
+def _add_params_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one parameter (repeatable)")
+
+
+def load_cli_params(args: argparse.Namespace):
+    from clipsep.config import load_params
+
+    return load_params(args.params, profile=args.profile, overrides=args.overrides)
+
+
+def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one pipeline stage by name and return its summary."""
+    from clipsep.stages import STAGES
+
+    return STAGES[name](load_cli_params(args))
+
+
+def show_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Print (or write with --output) the merged params, e.g. a profile as a full params file."""
+    from clipsep.config import dump_params
+
+    params = load_cli_params(args)
+    if args.output:
+        dump_params(params, args.output)
+        return {"written": args.output}
+    return params.to_dict()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clipsep.stages import STAGES
+
+    parser = argparse.ArgumentParser(prog="clipsep", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, fn in STAGES.items():
+        stage = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
+        _add_params_options(stage)
+        stage.set_defaults(handler=lambda a, n=name: run_stage(n, a))
+    params_cmd = sub.add_parser("params", help="print the merged params (profile + overrides)")
+    _add_params_options(params_cmd)
+    params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
+    params_cmd.set_defaults(handler=show_params)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    apply_offline_defaults()
+    from clipsep.config import ConfigError
+    from clipsep.errors import ClipsepError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        result = args.handler(args)
+    except (ConfigError, ClipsepError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

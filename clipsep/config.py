@@ -1,0 +1,402 @@
+"""One typed configuration, loaded from params.yaml.
+
+``load_params`` reads a params file, applies an optional size profile (``profiles/<name>.yaml``,
+which lists only the keys that differ) and ``section.key=value`` overrides, and returns one frozen
+:class:`Params`. The dataclasses here carry types and meanings, not values: every value lives in
+params.yaml, the one source of hyperparameters. An unknown key, a wrong type or an inconsistent value raises :class:`ConfigError`
+naming the file, section and key. This module imports no torch: the CLI, DVC and tests load it fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be turned into :class:`Params`; the message names file/section/key."""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where each stage reads and writes, relative to ``root`` (itself relative to the params file)."""
+
+    root: str
+    world: str  # rendered embedded world: videos/, captions/, ground_truth.csv
+    clips: str  # ingested clips: audio/, frames/, manifest.csv, quarantine.csv
+    validation: str  # Great Expectations result + report
+    clip_model: str  # the tiny open_clip checkpoint of the embedded world
+    checkpoints: str  # training output: last.pt, best.pt, curves, examples
+    evaluation: str  # metrics.json + plots
+    mlflow: str  # sqlite tracking store + artifacts (when tracking_uri is unset)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The embedded synthetic world: instrument videos with real soundfont recordings."""
+
+    seed: int
+    classes: tuple[str, ...]
+    videos_per_class: dict[str, int]
+    interference_videos: int  # noisy test videos forming the interference pool
+    duration_s: tuple[float, float]
+    noisy_share: float  # share of train videos carrying off-screen sound
+    duet_share: float  # share of train videos showing and sounding two instruments
+    offscreen_db: tuple[float, float]  # off-screen level relative to the on-screen sound
+    background_noise_db: tuple[float, float]
+    video_fps: int
+    image_size: int
+    audio_sample_rate: int
+    caption_images_per_class: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Turning a folder of videos into clips (16 kHz mono audio + 1-fps frames + manifest)."""
+
+    source: str | None  # a video folder; None = the embedded world's videos
+    labels_csv: str | None  # optional CSV (path,label); else a label-named parent folder
+    sample_rate: int
+    audio_format: str  # wav | flac
+    fps: float
+    frame_size: int
+    clip_seconds: float  # long videos are cut into clips of this length...
+    hop_seconds: float  # ...every hop seconds
+    min_seconds: float  # shorter clips (or videos) are dropped / quarantined
+    max_pixels: int  # larger frames are quarantined as absurd
+    silence_db: float  # clips quieter than this (RMS, dBFS) are quarantined as silent
+    split_fractions: dict[str, float]
+    workers: int
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Thresholds of the Great Expectations gate over the clip manifest."""
+
+    min_duration_s: float
+    max_duration_s: float
+    min_frames: int
+    max_silent_share: float
+    max_quarantine_share: float
+    min_clips: int
+    allowed_labels: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """The frozen CLIP query encoder (open_clip) and, for the embedded world, its pretraining."""
+
+    architecture: str  # an open_clip model name or a config bundled with clipsep
+    pretrained: str | None  # None -> the pretrain-clip output; a tag or a local file path
+    prompt_templates: tuple[str, ...]
+    pretrain_epochs: int
+    pretrain_batch_size: int
+    pretrain_lr: float
+    device: str
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Time-frequency front end (the paper's numbers)."""
+
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    warp_bins: int  # log-frequency rows fed to the U-Net
+    segment_samples: int  # 256 STFT frames with centred framing
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Separator architecture: a preset (clipsep/model/presets/<name>.json) plus the NIT switch."""
+
+    preset: str
+    nit: bool
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Mix-and-separate training."""
+
+    seed: int
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    decay_steps: int  # linear decay to final_lr_scale by this step
+    final_lr_scale: float
+    grad_clip: float
+    n_mix: int
+    gain_range: tuple[float, float]
+    query_frames: int
+    nit_lambda: float
+    nit_gamma: float
+    validate_every: int
+    checkpoint_every: int
+    val_mixtures: int
+    precision: str  # auto | fp32 | bf16 (CPU autocast) | fp16 (CUDA AMP)
+    channels_last: bool
+    num_workers: int
+    device: str
+    examples: int  # audio + spectrogram examples written per validation
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol: clean targets mixed with noisy interference (MUSIC+-like)."""
+
+    seed: int
+    targets_csv: str | None  # None -> the world's clean test videos
+    interference_csv: str | None  # None -> the world's noisy interference pool
+    mixtures_per_target: int
+    soft_masks: bool
+    metrics_backend: str  # BSS-Eval v4
+    device: str
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow tracking and the promotion gate."""
+
+    tracking_uri: str | None  # None -> sqlite store under paths.mlflow
+    experiment: str
+    model_name: str
+    promotion_margin_db: float  # a challenger must beat the champion's text SDR by this
+    champion_floor_db: float  # a first model must reach this text SDR to become champion
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The Gradio demo."""
+
+    host: str
+    port: int
+    max_file_mb: int
+    max_seconds: float
+    concurrency: int
+    model: str
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every hyperparameter and path of the project; built by :func:`load_params`."""
+
+    paths: PathsConfig
+    world: WorldConfig
+    ingest: IngestConfig
+    validate: ValidateConfig
+    clip: ClipConfig
+    audio: AudioConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    registry: RegistryConfig
+    serve: ServeConfig
+    source_file: str  # the params file this came from (absolute), for messages and paths
+
+    def path(self, name: str) -> Path:
+        """Absolute path of ``paths.<name>``, resolved against ``paths.root``."""
+        root = Path(self.paths.root)
+        if not root.is_absolute():
+            base = Path(self.source_file).parent if self.source_file else Path.cwd()
+            root = base / root
+        value = Path(getattr(self.paths, name))
+        return (value if value.is_absolute() else root / value).resolve()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The params as plain YAML-able data (tuples become lists), without ``source_file``."""
+        data = _plain(dataclasses.asdict(self))
+        data.pop("source_file")
+        return data
+
+
+SECTIONS: dict[str, type] = {
+    name: hint for name, hint in typing.get_type_hints(Params).items() if name != "source_file"
+}
+PROFILES_DIR = "profiles"
+
+
+def load_params(
+    path: str | Path = "params.yaml",
+    profile: str | None = None,
+    overrides: typing.Iterable[str] | typing.Mapping[str, Any] = (),
+) -> Params:
+    """Load ``path``, apply ``profiles/<profile>.yaml`` (next to it) and ``section.key=value`` overrides."""
+    path = Path(path).resolve()
+    raw = _read_yaml(path)
+    if profile:
+        profile_path = path.parent / PROFILES_DIR / f"{profile}.yaml"
+        if not profile_path.is_file():
+            known = sorted(p.stem for p in (path.parent / PROFILES_DIR).glob("*.yaml"))
+            raise ConfigError(f"unknown profile {profile!r}: {profile_path} does not exist "
+                              f"(known: {', '.join(known) or 'none'})")
+        raw = _merge(raw, _read_yaml(profile_path), str(profile_path))
+    raw = _merge(raw, _parse_overrides(overrides), "overrides")
+    return build_params(raw, source=str(path))
+
+
+def build_params(raw: typing.Mapping[str, Any], source: str = "<dict>") -> Params:
+    """Turn a nested mapping into :class:`Params`, checking every key, type and invariant."""
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; "
+                          f"known sections: {sorted(SECTIONS)}")
+    missing = [name for name in SECTIONS if name not in raw]
+    if missing:
+        raise ConfigError(f"{source}: missing section(s) {missing}")
+    sections = {name: _build_section(cls, raw[name], f"{source}: section '{name}'")
+                for name, cls in SECTIONS.items()}
+    params = Params(**sections, source_file=source)
+    _check_invariants(params, source)
+    return params
+
+
+def dump_params(params: Params, path: str | Path) -> None:
+    """Write a full params file (e.g. a profile merged into the defaults)."""
+    Path(path).write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str, Any]:
+    """Merge two-level dicts section by section; ``extra`` wins."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in extra.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping")
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            merged[section] = {}
+        merged[section].update(values)
+    return merged
+
+
+def _parse_overrides(overrides: typing.Iterable[str] | typing.Mapping[str, Any]) -> dict:
+    items = overrides.items() if isinstance(overrides, typing.Mapping) else (
+        _split_override(o) for o in overrides)
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in items:
+        section, _, name = key.partition(".")
+        if not name:
+            raise ConfigError(f"override {key!r} must look like section.key=value")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _build_section(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}; known keys: {sorted(known)}")
+    missing = sorted(known - set(values))
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}, key '{k}'") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: must not be null")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], where): _coerce(v, args[1], where) for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got a boolean {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_invariants(p: Params, source: str) -> None:
+    def fail(section: str, key: str, why: str) -> None:
+        raise ConfigError(f"{source}: section '{section}', key '{key}': {why}")
+
+    if p.audio.hop_length > p.audio.n_fft:
+        fail("audio", "hop_length", f"must be <= n_fft ({p.audio.n_fft})")
+    if p.ingest.sample_rate != p.audio.sample_rate:
+        fail("ingest", "sample_rate", f"must equal audio.sample_rate ({p.audio.sample_rate})")
+    if p.ingest.audio_format not in ("wav", "flac"):
+        fail("ingest", "audio_format", "must be 'wav' or 'flac'")
+    if p.ingest.hop_seconds <= 0 or p.ingest.clip_seconds < p.ingest.min_seconds:
+        fail("ingest", "clip_seconds", "must be >= min_seconds, with hop_seconds > 0")
+    if abs(sum(p.ingest.split_fractions.values()) - 1.0) > 1e-6:
+        fail("ingest", "split_fractions", "must sum to 1")
+    if p.model.nit and p.train.n_mix != 2:
+        fail("train", "n_mix", "noise invariant training (model.nit) needs n_mix == 2")
+    if p.train.warmup_steps > p.train.decay_steps:
+        fail("train", "warmup_steps", "must be <= decay_steps")
+    if p.train.precision not in ("auto", "fp32", "bf16", "fp16"):
+        fail("train", "precision", "must be one of auto, fp32, bf16, fp16")
+    lo, hi = p.train.gain_range
+    if not 0 < lo <= hi:
+        fail("train", "gain_range", "must be 0 < low <= high")
+    if not 0 <= p.world.noisy_share <= 1 or not 0 <= p.world.duet_share <= 1:
+        fail("world", "noisy_share", "shares must lie in [0, 1]")
+    if p.world.duration_s[0] > p.world.duration_s[1]:
+        fail("world", "duration_s", "must be [min, max] with min <= max")
+    if p.eval.metrics_backend not in ("museval", "fast_bss_eval"):
+        fail("eval", "metrics_backend", "must be 'museval' or 'fast_bss_eval'")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

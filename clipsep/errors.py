@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits with status 2."""
+
+
+class ClipsepError(Exception):
+    """Base class: the message names the problem and, where possible, the fix."""
+
+
+class BadInputError(ClipsepError, ValueError):
+    """An input file or value that cannot be used (corrupt, silent, NaN, empty query, ...)."""
+
+
+class ValidationFailed(ClipsepError):
+    """The data gate rejected the dataset; the message lists the failing expectations."""
+
+
+class MissingWeightsError(ClipsepError):
+    """A model or encoder weight file is not available offline; the message says how to supply it."""

@@ -1,0 +1,36 @@
+"""Shared fixtures. Offline/telemetry defaults are applied before any heavy import."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clipsep.env import apply_offline_defaults
+
+apply_offline_defaults()
+
+import pytest  # noqa: E402
+
+from clipsep.config import Params, load_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params_at(root: Path, **overrides) -> Params:
+    """The tiny profile with every path under ``root`` (plus optional section.key overrides)."""
+    values = {"paths.root": str(root), **overrides}
+    return load_params(REPO / "params.yaml", profile="tiny", overrides=values)
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Params:
+    """Tiny-profile params whose outputs all land in this test's tmp dir."""
+    return tiny_params_at(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave things a person may want to look at (screenshots, reports)."""
+    path = Path(os.environ.get("CLIPSEP_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
