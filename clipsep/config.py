@@ -81,6 +81,8 @@ class IngestConfig:
 class ValidateConfig:
     """Thresholds of the Great Expectations gate over the clip manifest."""
 
+    sample_rate: int  # every clip's rate; must equal audio.sample_rate
+    silence_db: float  # RMS (dBFS) below which a clip counts as silent for max_silent_share
     min_duration_s: float
     max_duration_s: float
     min_frames: int
@@ -371,6 +373,8 @@ def _check_invariants(p: Params, source: str) -> None:
         fail("audio", "hop_length", f"must be <= n_fft ({p.audio.n_fft})")
     if p.ingest.sample_rate != p.audio.sample_rate:
         fail("ingest", "sample_rate", f"must equal audio.sample_rate ({p.audio.sample_rate})")
+    if p.validate.sample_rate != p.audio.sample_rate:
+        fail("validate", "sample_rate", f"must equal audio.sample_rate ({p.audio.sample_rate})")
     if p.ingest.audio_format not in ("wav", "flac"):
         fail("ingest", "audio_format", "must be 'wav' or 'flac'")
     if p.ingest.hop_seconds <= 0 or p.ingest.clip_seconds < p.ingest.min_seconds:
