@@ -1,0 +1,150 @@
+"""Mix-and-separate examples: sums, gains, query frames, determinism, and the manifest reader."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from clipsep.data.mixing import (ClipRecord, LoadedClip, MixDataset, centre_frame_range, query_embedding,
+                                 read_manifest, segment_at, validation_batch)
+from clipsep.errors import BadInputError
+
+CLASS_TONES = {"cello": 110.0, "flute": 880.0, "trumpet": 440.0, "xylophone": 1760.0}
+CLASS_COLOURS = {"cello": (150, 60, 20), "flute": (200, 200, 210), "trumpet": (230, 180, 30),
+                 "xylophone": (40, 90, 200)}
+
+
+def make_clips_dir(root: Path, per_class: dict[str, int] | None = None, seconds: float = 6.0,
+                   sample_rate: int = 16000, frame_size: int = 32) -> Path:
+    """A tiny ingested-clips folder (manifest + wav + 1-fps jpg frames) made of per-class tones."""
+    per_class = per_class or {"train": 2, "val": 1}
+    clips = root / "clips"
+    rows, rng = [], np.random.default_rng(0)
+    for label, tone in CLASS_TONES.items():
+        for split, count in per_class.items():
+            for k in range(count):
+                clip_id = f"{label[:3]}-{split}-{k}"
+                t = np.arange(int(seconds * sample_rate)) / sample_rate
+                wave = 0.3 * np.sin(2 * np.pi * tone * (1 + 0.01 * k) * t)
+                wave += 0.01 * rng.standard_normal(t.size)
+                audio = clips / "audio" / f"{clip_id}.wav"
+                audio.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(audio, wave.astype(np.float32), sample_rate, subtype="FLOAT")
+                frames = clips / "frames" / clip_id
+                frames.mkdir(parents=True, exist_ok=True)
+                n_frames = int(seconds)
+                for i in range(1, n_frames + 1):
+                    Image.new("RGB", (frame_size, frame_size), CLASS_COLOURS[label]).save(
+                        frames / f"{i:06d}.jpg")
+                rows.append({"clip_id": clip_id, "source": f"{split}/{clip_id}.mp4",
+                             "source_hash": "0" * 64, "split": split, "start_s": 0.0,
+                             "duration_s": seconds, "audio_path": f"audio/{clip_id}.wav",
+                             "frames_dir": f"frames/{clip_id}", "n_frames": n_frames,
+                             "sample_rate": sample_rate, "rms_db": -13.5, "label": label})
+    with (clips / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return clips
+
+
+def _loaded_clips(n: int, seconds: float, dim: int = 8) -> list[LoadedClip]:
+    """Clips whose samples encode (clip, time) and whose frame embeddings encode (clip, frame)."""
+    clips = []
+    for c in range(n):
+        wave = torch.full((int(seconds * 16000),), 0.1 * (c + 1))
+        frames = int(seconds)
+        embeddings = torch.arange(frames, dtype=torch.float32)[:, None].repeat(1, dim) + 100 * c
+        clips.append(LoadedClip(record=_record(f"c{c}"), wave=wave, frame_embeddings=embeddings))
+    return clips
+
+
+def _record(clip_id: str) -> ClipRecord:
+    return ClipRecord(clip_id=clip_id, split="train", audio_path=Path("x.wav"),
+                      frames_dir=Path("x"), n_frames=6, label=None)
+
+
+def test_mixture_is_sum_of_gained_sources_and_gains_in_range(tiny_params):
+    clips = _loaded_clips(4, 6.0)
+    batch = MixDataset(clips, tiny_params, batch_size=8)[3]
+    n_mix = tiny_params.train.n_mix
+    low, high = tiny_params.train.gain_range
+    assert batch.sources.shape == (8, n_mix, tiny_params.audio.segment_samples)
+    assert torch.allclose(batch.mixture, batch.sources.sum(dim=1))
+    for b, ids in enumerate(batch.clip_ids):
+        assert len(set(ids)) == n_mix  # the partner is another clip
+        for n, clip_id in enumerate(ids):
+            level = 0.1 * (int(clip_id[1:]) + 1)  # constant clip, fully inside the clip
+            gain = batch.sources[b, n, 0].item() * n_mix / level
+            assert low - 1e-5 <= gain <= high + 1e-5
+            assert torch.allclose(batch.sources[b, n], batch.sources[b, n, :1].expand(-1))
+
+
+def test_query_is_mean_of_three_frames_around_centre(tiny_params):
+    embeddings = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 4)
+    assert torch.equal(query_embedding(embeddings, centre=3, n_frames=3), torch.full((4,), 2.0))
+    # clamped at the clip's edge: frames 1, 1, 2 -> mean of rows 0, 0, 1
+    assert torch.allclose(query_embedding(embeddings, centre=1, n_frames=3), torch.full((4,), 1 / 3))
+    clips = _loaded_clips(3, 6.0)
+    batch = MixDataset(clips, tiny_params, batch_size=4)[0]
+    for b, ids in enumerate(batch.clip_ids):
+        for n, clip_id in enumerate(ids):
+            value = batch.queries[b, n, 0].item() - 100 * int(clip_id[1:])
+            # mean of frames c-1, c, c+1 (0-based rows c-2..c) is c - 1, an integer in range
+            assert value == pytest.approx(round(value)) and 0 <= value <= 5
+
+
+def test_batches_are_a_pure_function_of_seed_step_and_rank(tiny_params):
+    clips = _loaded_clips(4, 6.0)
+    first, again = MixDataset(clips, tiny_params, 4)[5], MixDataset(clips, tiny_params, 4)[5]
+    assert torch.equal(first.sources, again.sources) and first.clip_ids == again.clip_ids
+    other_step = MixDataset(clips, tiny_params, 4)[6]
+    other_rank = MixDataset(clips, tiny_params, 4, rank=1)[5]
+    assert not torch.equal(first.sources, other_step.sources)
+    assert not torch.equal(first.sources, other_rank.sources)
+
+
+def test_segment_tiles_short_clips_and_zero_fills_outside():
+    wave = torch.arange(1, 5, dtype=torch.float32)  # 4 samples at "4 Hz"
+    tiled = segment_at(wave, centre_s=1.0, length=8, sample_rate=4)  # start = 0
+    assert torch.equal(tiled, torch.tensor([1, 2, 3, 4, 1, 2, 3, 4], dtype=torch.float32))
+    edge = segment_at(torch.ones(40), centre_s=0.0, length=8, sample_rate=4)  # start = -4
+    assert torch.equal(edge, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float32))
+
+
+def test_centre_frames_keep_the_window_inside_the_clip():
+    # 10-s clip, 4.1-s window at 1 fps: centres 3..8 put (c - 0.5) +- 2.05 s inside [0, 10]
+    assert centre_frame_range(10, 160000, 65535, 16000, 1.0) == (3, 8)
+    assert centre_frame_range(3, 48000, 65535, 16000, 1.0) == (1, 3)  # too short: all frames
+
+
+def test_validation_batch_is_fixed_and_has_no_gain(tiny_params):
+    clips = _loaded_clips(3, 6.0)
+    batch, again = validation_batch(clips, tiny_params), validation_batch(clips, tiny_params)
+    assert torch.equal(batch.sources, again.sources)
+    assert batch.sources.shape[0] == tiny_params.train.val_mixtures
+    for b, ids in enumerate(batch.clip_ids):
+        assert ids[0] == f"c{b % 3}"
+        for n, clip_id in enumerate(ids):
+            level = 0.1 * (int(clip_id[1:]) + 1) / tiny_params.train.n_mix
+            assert batch.sources[b, n, 100].item() == pytest.approx(level)
+
+
+def test_too_few_clips_is_a_clear_error(tiny_params):
+    with pytest.raises(BadInputError, match="at least 2 train clips"):
+        MixDataset(_loaded_clips(1, 6.0), tiny_params, 2)
+
+
+def test_manifest_reader_makes_paths_absolute(tmp_path):
+    clips = make_clips_dir(tmp_path, per_class={"train": 1})
+    records = read_manifest(clips)
+    assert len(records) == 4 and all(r.audio_path.is_file() for r in records)
+    assert {r.label for r in records} == set(CLASS_TONES)
+    with pytest.raises(BadInputError, match="clipsep ingest"):
+        read_manifest(tmp_path / "nowhere")
