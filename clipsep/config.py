@@ -165,6 +165,15 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SeparateConfig:
+    """Separating user files (``clipsep separate`` and the Python API)."""
+
+    model: str  # default model reference: a checkpoint path or models:/name@alias
+    overlap: float  # share of each model segment overlapping its neighbour (overlap-add)
+    device: str
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     """MLflow tracking and the promotion gate."""
 
@@ -200,6 +209,7 @@ class Params:
     model: ModelConfig
     train: TrainConfig
     eval: EvalConfig
+    separate: SeparateConfig
     registry: RegistryConfig
     serve: ServeConfig
     source_file: str  # the params file this came from (absolute), for messages and paths
