@@ -102,6 +102,8 @@ class ClipConfig:
     pretrain_epochs: int
     pretrain_batch_size: int
     pretrain_lr: float
+    pretrain_weight_decay: float
+    pretrain_seed: int
     device: str
 
 
