@@ -31,6 +31,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "pretrain-clip": ["clip"],
     "train": ["clip", "audio", "model", "train"],
     "evaluate": ["clip", "audio", "eval"],
+    "register": ["registry"],
 }
 
 
@@ -85,6 +86,13 @@ def evaluate(p: Params) -> dict[str, Any]:
     return run(p, p.path("checkpoints") / "best.pt", p.path("evaluation"))
 
 
+def register(p: Params) -> dict[str, Any]:
+    """Log the run to MLflow, register the evaluated model, gate it to champion or challenger."""
+    from clipsep.tracking import register as run
+
+    return run(p)
+
+
 STAGES: dict[str, Callable[[Params], dict[str, Any]]] = {
     "world": world,
     "ingest": ingest,
@@ -92,4 +100,5 @@ STAGES: dict[str, Callable[[Params], dict[str, Any]]] = {
     "pretrain-clip": pretrain_clip,
     "train": train,
     "evaluate": evaluate,
+    "register": register,
 }

@@ -1,0 +1,58 @@
+"""The MLflow pyfunc form of a separator (what each registered ``clipsep`` model version holds).
+
+Artifacts: ``checkpoint`` (the self-describing separation checkpoint) and, when the checkpoint's
+CLIP reference is a local file, ``clip_weights``. ``predict`` takes a DataFrame with columns
+``audio`` (path of a wav/flac/video file) and ``query`` (text) and returns a DataFrame with the
+``target`` and ``residual`` wav paths it wrote (under params ``out_dir``, default a fresh temp dir).
+Kept apart from :mod:`clipsep.tracking` because it must subclass mlflow's PythonModel at import.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+
+def _safe_stem(path: str, index: int) -> str:
+    return f"{index:03d}-" + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)[:60]
+
+
+class ClipSepPyfunc(mlflow.pyfunc.PythonModel):
+    """Registry wrapper around :class:`clipsep.inference.Separator` (loaded lazily, once per device)."""
+
+    def load_context(self, context) -> None:
+        self.checkpoint = Path(context.artifacts["checkpoint"])
+        clip = context.artifacts.get("clip_weights")
+        self.clip_weights = Path(clip) if clip else None
+        self._separators: dict[str, Any] = {}
+
+    def _separator(self, device: str):
+        if device not in self._separators:
+            from clipsep.inference import Separator
+
+            self._separators[device] = Separator.from_checkpoint(
+                self.checkpoint, device=device, clip_weights=self.clip_weights)
+        return self._separators[device]
+
+    def predict(self, context, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """model_input: rows (audio path, query text) -> rows (target wav path, residual wav path)."""
+        from clipsep.audio_io import read_audio, write_wav
+
+        params = params or {}
+        out_dir = Path(params.get("out_dir") or tempfile.mkdtemp(prefix="clipsep-pyfunc-"))
+        separator = self._separator(str(params.get("device") or "auto"))
+        rows = []
+        for index, (audio_path, query) in enumerate(zip(model_input["audio"], model_input["query"])):
+            audio, sample_rate = read_audio(audio_path)
+            result = separator.separate(audio, sample_rate, query=str(query))
+            folder = out_dir / _safe_stem(str(audio_path), index)
+            rows.append({"target": str(write_wav(folder / "target.wav", result.target, result.sample_rate)),
+                         "residual": str(write_wav(folder / "residual.wav", result.residual,
+                                                   result.sample_rate))})
+        return pd.DataFrame(rows, columns=["target", "residual"])

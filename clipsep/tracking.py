@@ -1,0 +1,499 @@
+"""MLflow tracking, the model registry and the promotion gate.
+
+One pipeline run -> one MLflow run (params, per-step history, evaluation metrics, pictures, audio
+examples, lineage tags) -> one pyfunc model version of the registered model ``registry.model_name``
+whose artifacts are the self-describing separation checkpoint (plus the CLIP weights file it
+refers to). The gate then gives the version the alias ``champion`` (it beats the current champion's
+text-query SDR by ``registry.promotion_margin_db`` on the same evaluation protocol, or it is the
+first model and clears ``registry.champion_floor_db``) or ``challenger``, with a reason.
+
+Default backend: ``sqlite:///<paths.mlflow>/mlflow.db`` with artifacts in ``<paths.mlflow>/artifacts``;
+``registry.tracking_uri`` (or ``MLFLOW_TRACKING_URI`` when resolving references) points elsewhere.
+mlflow is imported lazily: importing this module is cheap and has no side effects.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipsep.config import Params, RegistryConfig
+from clipsep.errors import BadInputError, ClipsepError, MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MAX_AUDIO_EXAMPLES = 12  # "a few playable examples": enough to listen, not a dataset copy
+PYFUNC_REQUIREMENTS = ["mlflow>=3.17,<3.18", "torch", "open_clip_torch", "soundfile", "pandas", "clipsep"]
+
+
+class RegistryError(ClipsepError):
+    """A registry reference or registry state that cannot be used (unknown model/alias, bad metrics)."""
+
+
+# --- where things go ---------------------------------------------------------------------------
+
+
+def tracking_uri(p: Params) -> str:
+    """registry.tracking_uri, else a sqlite store under paths.mlflow (4 slashes: absolute path)."""
+    return p.registry.tracking_uri or f"sqlite:///{p.path('mlflow')}/mlflow.db"
+
+
+def artifact_location(p: Params) -> str | None:
+    """Local artifact folder for the default sqlite store; None lets a tracking server decide."""
+    if p.registry.tracking_uri:
+        return None
+    return (p.path("mlflow") / "artifacts").as_uri()
+
+
+def connect(p: Params):
+    """Point mlflow at the params' store, create the experiment if needed; returns (client, experiment_id)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(p)
+    if uri.startswith("sqlite:///"):
+        p.path("mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(p.registry.experiment)
+    if experiment is None:
+        return client, client.create_experiment(p.registry.experiment,
+                                                artifact_location=artifact_location(p))
+    return client, experiment.experiment_id
+
+
+def run_url(p: Params, experiment_id: str, run_id: str) -> str:
+    """Browser URL of a run: the tracking server's, or the documented local `mlflow ui` address."""
+    base = tracking_uri(p) if tracking_uri(p).startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_command(p: Params) -> str:
+    """The command that opens the MLflow UI on this store (127.0.0.1 only)."""
+    if tracking_uri(p).startswith("http"):
+        return f"open {tracking_uri(p)}"
+    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri "
+            f"{tracking_uri(p)} --host 127.0.0.1 --port 5000 --workers 1")
+
+
+# --- lineage -----------------------------------------------------------------------------------
+
+
+def project_root(p: Params) -> Path:
+    """The folder of the params file: where git, dvc.yaml and dvc.lock live."""
+    return Path(p.source_file).parent if p.source_file else Path.cwd()
+
+
+def git_commit(root: Path) -> tuple[str, bool]:
+    """(HEAD commit or 'unknown', whether the work tree has uncommitted changes)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=30)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return (commit or "unknown"), bool(commit and git("status", "--porcelain", "--untracked-files=no"))
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_lock_entry(root: Path, out_path: Path) -> str | None:
+    """The md5 that dvc.lock records for the stage output at ``out_path`` (None if absent)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if (root / out.get("path", "")).resolve() == out_path.resolve():
+                return out.get("md5")
+    return None
+
+
+def data_version(p: Params) -> dict[str, str]:
+    """Exact data identity: md5 of clips/manifest.csv (which holds a sha256 of every source video)
+    plus the dvc.lock md5 of the clips folder when DVC produced it."""
+    manifest = p.path("clips") / "manifest.csv"
+    if not manifest.is_file():
+        raise BadInputError(f"no clip manifest at {manifest}: run `clipsep ingest` first")
+    version = {"data_version": file_md5(manifest)}
+    lock_md5 = dvc_lock_entry(project_root(p), p.path("clips"))
+    version["dvc_lock_clips_md5"] = lock_md5 or "absent"
+    return version
+
+
+def system_info() -> dict[str, str]:
+    """Host facts worth comparing runs by (python, torch, cpu/gpu)."""
+    import torch
+
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": str(os.cpu_count()), "torch": torch.__version__,
+            "cuda": str(torch.cuda.is_available())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def eval_protocol(p: Params, metrics: dict[str, Any]) -> str:
+    """A short hash naming the evaluation protocol: two SDRs compare only if this matches."""
+    protocol = {"eval": p.to_dict()["eval"], "sample_rate": p.audio.sample_rate,
+                "n_mixtures": metrics.get("n_mixtures"), "backend": metrics.get("backend")}
+    if p.eval.targets_csv is None:  # the test set is rendered from the world's params
+        protocol["world"] = p.to_dict()["world"]
+    protocol["eval"].pop("device", None)
+    return hashlib.md5(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --- flattening -------------------------------------------------------------------------------
+
+
+def flatten_params(p: Params) -> dict[str, str]:
+    """{'train.lr': '0.001', ...}: every hyperparameter and path as an MLflow param."""
+    return {f"{section}.{key}": json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            for section, values in p.to_dict().items() for key, value in values.items()}
+
+
+def flatten_metrics(tree: Any, prefix: str) -> dict[str, float]:
+    """Numeric leaves of a nested dict as {'eval/text/sdr/mean': 4.2}; NaN/inf are dropped."""
+    if isinstance(tree, dict):
+        flat: dict[str, float] = {}
+        for key, value in tree.items():
+            flat.update(flatten_metrics(value, f"{prefix}/{key}".replace(" ", "_")))
+        return flat
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(tree):
+        return {prefix: float(tree)}
+    return {}
+
+
+def text_sdr(metrics: dict[str, Any]) -> float:
+    """The gate's number: metrics['text']['sdr']['mean'] (CONTRACTS.md, Evaluation)."""
+    try:
+        value = float(metrics["text"]["sdr"]["mean"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadInputError(f"metrics.json has no numeric text.sdr.mean ({err!r})") from err
+    if not math.isfinite(value):
+        raise BadInputError(f"metrics.json text.sdr.mean is {value}: the evaluation is broken")
+    return value
+
+
+def read_history(path: Path) -> list[tuple[str, float, int]]:
+    """history.csv rows as (metric, value, step); empty cells (e.g. no validation that step) skipped."""
+    rows: list[tuple[str, float, int]] = []
+    with open(path, newline="") as handle:
+        for index, row in enumerate(csv.DictReader(handle)):
+            step = int(float(row.get("step") or index))
+            for name, cell in row.items():
+                if name == "step" or cell in (None, ""):
+                    continue
+                try:
+                    value = float(cell)
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    rows.append((name, value, step))
+    return rows
+
+
+# --- the promotion gate ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The alias a new version gets and why (also stored as version tags)."""
+
+    alias: str
+    reason: str
+
+
+def decide_alias(new_sdr: float, champion: dict[str, str] | None, protocol: str,
+                 cfg: RegistryConfig) -> GateDecision:
+    """Pure gate: champion tags (text_sdr, eval_protocol, version) or None -> decision."""
+    if champion is None:
+        if new_sdr >= cfg.champion_floor_db:
+            return GateDecision(CHAMPION, f"first model: text SDR {new_sdr:.2f} dB clears the floor "
+                                          f"{cfg.champion_floor_db:.2f} dB")
+        return GateDecision(CHALLENGER, f"no champion yet, but text SDR {new_sdr:.2f} dB is below "
+                                        f"the floor {cfg.champion_floor_db:.2f} dB")
+    old_version = champion.get("version", "?")
+    if champion.get("eval_protocol") != protocol:
+        return GateDecision(CHALLENGER, f"champion v{old_version} was evaluated with protocol "
+                                        f"{champion.get('eval_protocol')}, this model with {protocol}: "
+                                        "SDRs are not comparable; promote by hand after re-evaluating")
+    old_sdr = float(champion["text_sdr"])
+    gain = new_sdr - old_sdr
+    verdict = (f"text SDR {new_sdr:.2f} dB vs champion v{old_version} {old_sdr:.2f} dB "
+               f"(gain {gain:+.2f} dB, margin {cfg.promotion_margin_db:.2f} dB)")
+    if gain > cfg.promotion_margin_db:
+        return GateDecision(CHAMPION, f"beats the champion: {verdict}")
+    return GateDecision(CHALLENGER, f"does not beat the champion by the margin: {verdict}")
+
+
+def champion_tags(client, model_name: str) -> dict[str, str] | None:
+    """Tags of the current champion version (plus its number), or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:  # no registered model yet, or no champion alias
+        return None
+    return {**version.tags, "version": str(version.version)}
+
+
+def apply_gate(client, model_name: str, version: str, new_sdr: float, protocol: str,
+               cfg: RegistryConfig) -> GateDecision:
+    """Decide against the current champion, set the alias and record the decision as tags."""
+    decision = decide_alias(new_sdr, champion_tags(client, model_name), protocol, cfg)
+    client.set_registered_model_alias(model_name, decision.alias, version)
+    client.set_model_version_tag(model_name, version, "gate_decision", decision.alias)
+    client.set_model_version_tag(model_name, version, "gate_reason", decision.reason)
+    log.info("model %s v%s -> %s: %s", model_name, version, decision.alias, decision.reason)
+    return decision
+
+
+# --- logging one pipeline run ------------------------------------------------------------------
+
+
+def log_history(client, run_id: str, history_csv: Path) -> int:
+    """Per-step training/validation metrics from history.csv; returns how many values were logged."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, value, now, step) for name, value, step in read_history(history_csv)]
+    for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per call
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    return len(metrics)
+
+
+def _log_files(client, run_id: str, files: list[Path], artifact_path: str) -> int:
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    return len(files)
+
+
+def log_training_outputs(client, run_id: str, p: Params) -> dict[str, int]:
+    """History as metrics, pictures (curves, spectrograms, evaluation plots) and a few wav examples."""
+    checkpoints, evaluation = p.path("checkpoints"), p.path("evaluation")
+    counts = {"history_values": 0}
+    if (checkpoints / "history.csv").is_file():
+        counts["history_values"] = log_history(client, run_id, checkpoints / "history.csv")
+    else:
+        log.warning("no %s: the run has no per-step metrics", checkpoints / "history.csv")
+    training_files = [checkpoints / n for n in ("history.csv", "curves.png", "summary.json")]
+    counts["training"] = _log_files(client, run_id, [f for f in training_files if f.is_file()],
+                                    "training")
+    examples = checkpoints / "examples"
+    counts["pictures"] = _log_files(client, run_id, sorted(examples.glob("**/*.png")), "examples")
+    counts["audio"] = _log_files(client, run_id, sorted(examples.glob("**/*.wav"))[:MAX_AUDIO_EXAMPLES],
+                                 "examples")
+    eval_files = sorted(f for f in evaluation.glob("*") if f.suffix in (".json", ".csv", ".png", ".md"))
+    counts["evaluation"] = _log_files(client, run_id, eval_files, "evaluation")
+    report = p.path("validation") / "report.md"
+    counts["validation"] = _log_files(client, run_id, [report] if report.is_file() else [], "validation")
+    return counts
+
+
+def lineage_tags(p: Params, metrics: dict[str, Any]) -> dict[str, str]:
+    """Tags shared by the run and the model version: code, data and evaluation identity."""
+    commit, dirty = git_commit(project_root(p))
+    return {"git_commit": commit, "git_dirty": str(dirty), **data_version(p),
+            "eval_protocol": eval_protocol(p, metrics), "text_sdr": f"{text_sdr(metrics):.4f}",
+            "data_source": str(p.ingest.source or "embedded world"),
+            "params_file": p.source_file}
+
+
+def clip_weights_file(query_ref: dict[str, Any], root: Path) -> Path | None:
+    """The local CLIP weights file a checkpoint's query reference points to (None for a tag)."""
+    pretrained = query_ref.get("pretrained")
+    if not isinstance(pretrained, str) or not pretrained:
+        return None
+    path = Path(pretrained)
+    path = path if path.is_absolute() else root / path
+    return path if path.is_file() else None
+
+
+def _input_example(p: Params) -> Any:
+    """One row the pyfunc accepts: a real mixture wav from the training examples when present."""
+    import pandas as pd
+
+    wavs = sorted((p.path("checkpoints") / "examples").glob("**/*mix*.wav"))
+    wavs = wavs or sorted((p.path("clips") / "audio").glob("*.wav"))
+    audio = str(wavs[0]) if wavs else "mixture.wav"
+    return pd.DataFrame({"audio": [audio], "query": [p.world.classes[0]]})
+
+
+def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
+    """Log the checkpoint (+ CLIP weights) as a pyfunc, register it; returns the version number."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from clipsep.model.factory import load_checkpoint
+    from clipsep.registry_model import ClipSepPyfunc
+
+    _, info = load_checkpoint(checkpoint, "cpu")
+    artifacts = {"checkpoint": str(checkpoint)}
+    clip_file = clip_weights_file(dict(info.query), project_root(p))
+    if clip_file is not None:
+        artifacts["clip_weights"] = str(clip_file)
+    example = _input_example(p)
+    output = pd.DataFrame({"target": ["out/mixture/target.wav"],
+                           "residual": ["out/mixture/residual.wav"]})
+    signature = infer_signature(example, output, params={"out_dir": "", "device": "auto"})
+    model = mlflow.pyfunc.log_model(
+        name="model", python_model=ClipSepPyfunc(), artifacts=artifacts, signature=signature,
+        input_example=example, registered_model_name=p.registry.model_name,
+        pip_requirements=PYFUNC_REQUIREMENTS, tags=tags)
+    return str(model.registered_model_version)
+
+
+def register(p: Params) -> dict[str, Any]:
+    """The ``register`` stage: log the pipeline run, register the evaluated model, apply the gate."""
+    import mlflow
+
+    checkpoint = p.path("checkpoints") / "best.pt"
+    metrics_file = p.path("evaluation") / "metrics.json"
+    for needed, stage in ((checkpoint, "train"), (metrics_file, "evaluate")):
+        if not needed.is_file():
+            raise BadInputError(f"{needed} is missing: run `clipsep {stage}` first")
+    metrics = json.loads(metrics_file.read_text())
+    tags = lineage_tags(p, metrics)
+    client, experiment_id = connect(p)
+    with mlflow.start_run(experiment_id=experiment_id,
+                          run_name=f"{p.model.preset}-{tags['data_version'][:8]}") as run:
+        run_id = run.info.run_id
+        mlflow.log_params(flatten_params(p))
+        mlflow.set_tags({**tags, **{f"sys.{k}": v for k, v in system_info().items()}})
+        mlflow.log_metrics(flatten_metrics(metrics, "eval"))
+        mlflow.log_dict(p.to_dict(), "params.yaml")
+        counts = log_training_outputs(client, run_id, p)
+        version = log_pyfunc(p, checkpoint, tags)
+        for key, value in {**tags, "run_id": run_id}.items():
+            client.set_model_version_tag(p.registry.model_name, version, key, value)
+        decision = apply_gate(client, p.registry.model_name, version, float(tags["text_sdr"]),
+                              tags["eval_protocol"], p.registry)
+        mlflow.set_tags({"model_version": version, "gate_decision": decision.alias,
+                         "gate_reason": decision.reason})
+    return {"run_id": run_id, "experiment_id": experiment_id, "model_name": p.registry.model_name,
+            "version": version, "alias": decision.alias, "reason": decision.reason,
+            "text_sdr": float(tags["text_sdr"]), "data_version": tags["data_version"],
+            "git_commit": tags["git_commit"], "logged": counts,
+            "model_uri": f"models:/{p.registry.model_name}/{version}",
+            "tracking_uri": tracking_uri(p), "run_url": run_url(p, experiment_id, run_id),
+            "ui_command": ui_command(p)}
+
+
+# --- resolving registry references -------------------------------------------------------------
+
+
+def parse_model_reference(ref: str) -> tuple[str, str, str]:
+    """'models:/name@alias' -> (name, 'alias', alias); 'models:/name/3' -> (name, 'version', '3')."""
+    body = ref.removeprefix("models:/")
+    if body == ref or not body:
+        raise RegistryError(f"{ref!r} is not a registry reference like models:/clipsep@champion")
+    if "@" in body:
+        name, _, alias = body.partition("@")
+        if name and alias:
+            return name, "alias", alias
+    else:
+        name, _, version = body.partition("/")
+        if name and version.isdigit():
+            return name, "version", version
+    raise RegistryError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the default store of ./params.yaml."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from clipsep.config import load_params
+
+    if not Path("params.yaml").is_file():
+        raise RegistryError("cannot resolve a models:/ reference: set MLFLOW_TRACKING_URI or run "
+                            "from the project folder (its params.yaml names the default store)")
+    return tracking_uri(load_params("params.yaml"))
+
+
+def _model_version(client, name: str, kind: str, value: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if kind == "alias":
+            return client.get_model_version_by_alias(name, value)
+        return client.get_model_version(name, value)
+    except MlflowException as err:
+        raise RegistryError(f"no model version models:/{name}{'@' if kind == 'alias' else '/'}"
+                            f"{value} in {client.tracking_uri}: train and register one first "
+                            "(`make quickstart` or `clipsep register`)") from err
+
+
+def _download_model(name: str, version: str, uri: str, cache_dir: Path) -> Path:
+    """Download a model version's files once into cache_dir/<name>-v<version>-<store hash> (atomic)."""
+    import mlflow
+
+    store = hashlib.md5(uri.encode()).hexdigest()[:8]
+    final = cache_dir / f"{name}-v{version}-{store}"
+    if (final / "MLmodel").is_file():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                    dst_path=str(staging), tracking_uri=uri)
+        os.replace(local, final)
+    except OSError:
+        if not (final / "MLmodel").is_file():  # another process won the race: use theirs
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def resolve_model_reference(ref: str, tracking: str | None = None,
+                            cache_dir: str | Path | None = None) -> tuple[Path, Path | None]:
+    """'models:/clipsep@champion' (or a checkpoint path) -> (checkpoint path, CLIP weights | None).
+
+    The registry is MLFLOW_TRACKING_URI / ``tracking`` / the default store of ./params.yaml;
+    files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    if not ref.startswith("models:/"):
+        path = Path(ref)
+        if not path.is_file():
+            raise MissingWeightsError(f"checkpoint {ref} not found (give a file or models:/NAME@ALIAS)")
+        return path, None
+    name, kind, value = parse_model_reference(ref)
+    uri = tracking or default_tracking_uri()
+    mlflow.set_registry_uri(uri)
+    version = _model_version(MlflowClient(tracking_uri=uri, registry_uri=uri), name, kind, value)
+    cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "clipsep-models"
+    model_dir = _download_model(name, str(version.version), uri, cache)
+    files = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    artifacts = {key: model_dir / entry["path"] for key, entry in files.get("artifacts", {}).items()}
+    if "checkpoint" not in artifacts or not artifacts["checkpoint"].is_file():
+        raise MissingWeightsError(f"{ref} (version {version.version}) has no checkpoint artifact")
+    return artifacts["checkpoint"], artifacts.get("clip_weights")
