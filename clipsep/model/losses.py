@@ -1,0 +1,98 @@
+"""CLIPSep training losses: pure functions of logits, targets and weights (imports torch only).
+
+Shapes: logits/targets ``[B, N, W, T]``, per-bin weights ``[B, 1, W, T]`` (broadcast over N),
+noise logits ``[B, 2, W, T]``. Everything is computed in float32 even under autocast, and the BCE
+is written out (log clamped at -100 like ``F.binary_cross_entropy``) because the fused op refuses
+to run inside CUDA autocast.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from clipsep.errors import BadInputError
+
+LOG_FLOOR = -100.0  # PyTorch's BCE clamp of log(p)
+
+
+class LossTerms(NamedTuple):
+    """``total`` is what to backpropagate; the rest are for logging (scalars)."""
+
+    total: torch.Tensor
+    separation: torch.Tensor  # weighted BCE part (after the PIT min for NIT)
+    regulariser: torch.Tensor  # NIT noise regulariser (0 for the plain loss)
+    noise_activation: torch.Tensor  # A = mean(sig(N1) + sig(N2)) (0 for the plain loss)
+
+
+def weighted_bce(prob: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-example mean of ``w * BCE(p, g)`` over all bins: ``[B, ...] -> [B]``."""
+    prob, target, weight = prob.float(), target.float(), weight.float()
+    log_p = torch.log(prob).clamp_min(LOG_FLOOR)
+    log_not_p = torch.log1p(-prob).clamp_min(LOG_FLOOR)
+    bce = -(target * log_p + (1.0 - target) * log_not_p)
+    return (weight * bce).flatten(1).mean(dim=1)
+
+
+def clipsep_loss(mask_logits: torch.Tensor, targets: torch.Tensor,
+                 weight: torch.Tensor) -> LossTerms:
+    """Plain CLIPSep loss: mean over batch and sources of the weighted BCE of ``sigmoid(M_n)``."""
+    _check_shapes(mask_logits, targets, weight)
+    per_example = _per_source_bce(torch.sigmoid(mask_logits.float()), targets, weight).mean(dim=1)
+    separation = per_example.mean()
+    zero = separation.new_zeros(())
+    return LossTerms(separation, separation, zero, zero)
+
+
+def nit_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor, targets: torch.Tensor,
+             weight: torch.Tensor, *, nit_lambda: float, nit_gamma: float) -> LossTerms:
+    """Noise invariant training loss (N = 2 sources, 2 noise heads).
+
+    P_nj = min(1, sig(M_n) + sig(N_j)); per example the better of the two head assignments
+    (1->1, 2->2) and (1->2, 2->1); plus ``nit_lambda * relu(mean(sig(N1) + sig(N2)) - nit_gamma)``.
+    """
+    _check_shapes(mask_logits, targets, weight)
+    if mask_logits.shape[1] != 2 or noise_logits.shape != mask_logits.shape:
+        raise BadInputError(f"NIT needs 2 sources and 2 noise heads of the same shape, got masks "
+                            f"{tuple(mask_logits.shape)} and noise {tuple(noise_logits.shape)}")
+    query_prob = torch.sigmoid(mask_logits.float())  # [B, 2, W, T]
+    noise_prob = torch.sigmoid(noise_logits.float())  # [B, 2, W, T]
+    # 1 - relu(1 - x) == min(1, x), with zero gradient where the sum saturates (as in the paper)
+    same = _per_source_bce(1 - torch.relu(1 - (query_prob + noise_prob)), targets, weight)
+    swapped = _per_source_bce(1 - torch.relu(1 - (query_prob + noise_prob.flip(1))), targets, weight)
+    per_example = torch.minimum(same.mean(dim=1), swapped.mean(dim=1))  # [B]
+    separation = per_example.mean()
+    activation = noise_prob.sum(dim=1).mean()
+    regulariser = nit_lambda * torch.relu(activation - nit_gamma)
+    return LossTerms(separation + regulariser, separation, regulariser, activation.detach())
+
+
+def _per_source_bce(prob: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``[B, N, W, T]`` probabilities -> ``[B, N]`` weighted BCE per example and source."""
+    batch, sources = prob.shape[:2]
+    expanded = weight.expand_as(prob)
+    flat = weighted_bce(prob.flatten(0, 1), targets.flatten(0, 1), expanded.flatten(0, 1))
+    return flat.view(batch, sources)
+
+
+def _check_shapes(mask_logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> None:
+    if mask_logits.dim() != 4 or targets.shape != mask_logits.shape:
+        raise BadInputError(f"mask logits {tuple(mask_logits.shape)} and targets "
+                            f"{tuple(targets.shape)} must both be [B, N, W, T]")
+    expected = (mask_logits.shape[0], 1, *mask_logits.shape[2:])
+    if tuple(weight.shape) != expected:
+        raise BadInputError(f"weight must be [B, 1, W, T] = {expected}, got {tuple(weight.shape)}")
+
+
+def separation_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor | None,
+                    targets: torch.Tensor, weight: torch.Tensor, *, nit_lambda: float,
+                    nit_gamma: float) -> LossTerms:
+    """The NIT loss when the model produced noise logits, else the plain CLIPSep loss.
+
+    Call as ``separation_loss(*model(mix, queries), targets, weight, nit_lambda=..., nit_gamma=...)``.
+    """
+    if noise_logits is None:
+        return clipsep_loss(mask_logits, targets, weight)
+    return nit_loss(mask_logits, noise_logits, targets, weight,
+                    nit_lambda=nit_lambda, nit_gamma=nit_gamma)

@@ -1,0 +1,131 @@
+"""CLIPSep separator: U-Net audio features + query fusion (+ NIT noise heads). Imports torch (and clipsep.errors) only.
+
+``CLIPSepNet.forward(mix_mag [B, 1, W, T], queries [B, N, D])`` runs the U-Net once per mixture and
+turns each of the N queries into a mask logit map ``[B, N, W, T]``. With noise invariant training
+(``nit=True``) it also returns two noise-head logit maps ``[B, 2, W, T]``, computed from the mean of
+the N pre-sigmoid query projections; they are for training only (inference uses ``mask_logits``).
+Fusion variants are chosen by name through :data:`FUSIONS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from clipsep.errors import BadInputError
+from clipsep.model.unet import UNet
+
+N_NOISE_HEADS = 2
+LOG_EPS = 1e-10  # log(|X| + 1e-10), the paper's input transform
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture of one separator; stored in checkpoints (plain data)."""
+
+    depth: int  # U-Net levels; W and T must be divisible by 2**depth
+    base_channels: int  # width of the first U-Net level (paper: 64)
+    k: int  # audio feature maps / query projection size (paper: 32)
+    fusion: str  # a key of FUSIONS ("late" = the paper's channel-weighted sum)
+    nit: bool  # noise invariant training heads
+    query_dim: int  # query embedding size (CLIP ViT-B/32: 512)
+    warp_bins: int = 256  # log-frequency rows of the input
+    max_multiplier: int = 8  # U-Net widths grow as base * 2**level up to base * max_multiplier
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class SeparationOutput(NamedTuple):
+    """``mask_logits [B, N, W, T]`` (pre-sigmoid); ``noise_logits [B, 2, W, T]`` or None."""
+
+    mask_logits: torch.Tensor
+    noise_logits: torch.Tensor | None
+
+
+class LateFusion(nn.Module):
+    """The paper's late fusion: q = sigmoid(W e + b); logit = sum_c alpha_c q_c S_c + beta."""
+
+    def __init__(self, k: int, query_dim: int):
+        super().__init__()
+        self.projection = nn.Linear(query_dim, k)
+        self.alpha = nn.Parameter(torch.ones(k))
+        self.beta = nn.Parameter(torch.zeros(1))
+
+    def project(self, queries: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid query projection ``[B, N, D] -> [B, N, k]``."""
+        return self.projection(queries)
+
+    def combine(self, weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Mask logits from channel weights ``[B, N, k]`` in (0, 1) and ``S [B, k, W, T]``."""
+        scaled = weights * self.alpha.to(weights.dtype)
+        logits = torch.einsum("bnk,bkwt->bnwt", scaled.to(features.dtype), features)
+        return logits + self.beta.to(logits.dtype)
+
+
+FUSIONS: dict[str, type[LateFusion]] = {"late": LateFusion}
+
+
+class CLIPSepNet(nn.Module):
+    """Text/image-queried separator: ``forward(mix_mag, queries) -> SeparationOutput``."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        if cfg.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {cfg.fusion!r}; known: {sorted(FUSIONS)}")
+        self.cfg = cfg
+        self.unet = UNet(cfg.depth, cfg.base_channels, cfg.k, cfg.max_multiplier)
+        self.fusion = FUSIONS[cfg.fusion](cfg.k, cfg.query_dim)
+        self.noise_heads = (nn.ModuleList(nn.Linear(cfg.k, cfg.k) for _ in range(N_NOISE_HEADS))
+                            if cfg.nit else None)
+        self.apply(_init_weights)
+
+    def features(self, mix_mag: torch.Tensor) -> torch.Tensor:
+        """U-Net features ``S [B, k, W, T]`` of a warped linear magnitude ``[B, 1, W, T]``."""
+        self._check_input(mix_mag)
+        return self.unet(torch.log(mix_mag.detach() + LOG_EPS))
+
+    def masks_from_features(self, features: torch.Tensor, queries: torch.Tensor,
+                            with_noise: bool = True) -> SeparationOutput:
+        """Apply N queries ``[B, N, D]`` to features ``[B, k, W, T]`` (no U-Net pass)."""
+        if queries.dim() != 3 or queries.shape[0] != features.shape[0] \
+                or queries.shape[-1] != self.cfg.query_dim:
+            raise BadInputError(f"queries must be [B={features.shape[0]}, N, D={self.cfg.query_dim}], "
+                             f"got {tuple(queries.shape)}")
+        projected = self.fusion.project(queries)  # [B, N, k], pre-sigmoid
+        mask_logits = self.fusion.combine(torch.sigmoid(projected), features)
+        noise_logits = None
+        if with_noise and self.noise_heads is not None:
+            mean_projection = projected.mean(dim=1)  # [B, k]
+            noise_weights = torch.stack([torch.sigmoid(head(mean_projection))
+                                         for head in self.noise_heads], dim=1)  # [B, 2, k]
+            noise_logits = self.fusion.combine(noise_weights, features)
+        return SeparationOutput(mask_logits, noise_logits)
+
+    def forward(self, mix_mag: torch.Tensor, queries: torch.Tensor,
+                with_noise: bool = True) -> SeparationOutput:
+        """``mix_mag [B, 1, W, T]`` warped linear magnitude, ``queries [B, N, D]`` -> masks."""
+        return self.masks_from_features(self.features(mix_mag), queries, with_noise)
+
+    def _check_input(self, mix_mag: torch.Tensor) -> None:
+        step = 2 ** self.cfg.depth
+        if mix_mag.dim() != 4 or mix_mag.shape[1] != 1:
+            raise BadInputError(f"mix_mag must be [B, 1, W, T], got {tuple(mix_mag.shape)}")
+        if mix_mag.shape[2] % step or mix_mag.shape[3] % step:
+            raise BadInputError(f"mix_mag {tuple(mix_mag.shape)}: W and T must be divisible by "
+                             f"2**depth = {step}; pad the frames (clipsep.audio.pad_frames)")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """The paper's tiny init: masks start near 0.5 everywhere (biases keep PyTorch defaults)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.normal_(module.weight, 0.0, 1e-3)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 1e-4)

@@ -1,0 +1,63 @@
+"""The CLIPSep audio U-Net (pix2pix style, Sound-of-Pixels / CLIPSep layout). Imports torch only.
+
+Encoder level l (0-based) halves both axes with a 4x4 stride-2 conv to ``width(l)`` channels,
+``width(l) = base * min(2**l, max_multiplier)``; level 0 has no activation/norm, the innermost
+level no norm. Each decoder stage is ReLU -> bilinear x2 upsampling -> 3x3 conv -> BN, then
+``cat([skip, up])`` (skip first); the outermost stage is a biased 3x3 conv to k feature maps with no
+norm or activation. Input ``[B, 1, W, T]`` log-magnitude (W and T divisible by ``2**depth``),
+output ``[B, k, W, T]`` unbounded features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class UNet(nn.Module):
+    """``forward(log_mag [B, 1, W, T]) -> features [B, k, W, T]``."""
+
+    def __init__(self, depth: int, base_channels: int, out_channels: int, max_multiplier: int = 8):
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"U-Net depth must be >= 2, got {depth}")
+        self.depth = depth
+        widths = [base_channels * min(2 ** level, max_multiplier) for level in range(depth)]
+        self.input_norm = nn.BatchNorm2d(1)
+        self.encoders = nn.ModuleList(_encoder(1 if level == 0 else widths[level - 1], widths[level],
+                                               first=level == 0, innermost=level == depth - 1)
+                                      for level in range(depth))
+        # decoders[j] turns level (depth-1-j) back into level (depth-2-j)'s resolution and width
+        self.decoders = nn.ModuleList(
+            _decoder(widths[level] * (1 if level == depth - 1 else 2), widths[level - 1])
+            for level in range(depth - 1, 0, -1))
+        self.output = nn.Sequential(nn.ReLU(), _upsample(),
+                                    nn.Conv2d(2 * widths[0], out_channels, 3, padding=1))
+
+    def forward(self, log_mag: torch.Tensor) -> torch.Tensor:
+        x = self.input_norm(log_mag)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+        x = skips.pop()  # the innermost output feeds the decoder directly, it has no skip
+        for decoder in self.decoders:
+            x = torch.cat([skips.pop(), decoder(x)], dim=1)
+        return self.output(x)
+
+
+def _encoder(in_ch: int, out_ch: int, *, first: bool, innermost: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [] if first else [nn.LeakyReLU(0.2)]
+    layers.append(nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False))
+    if not (first or innermost):
+        layers.append(nn.BatchNorm2d(out_ch))
+    return nn.Sequential(*layers)
+
+
+def _decoder(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(nn.ReLU(), _upsample(), nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_ch))
+
+
+def _upsample() -> nn.Upsample:
+    return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
