@@ -1,0 +1,344 @@
+"""The embedded world: synthetic instrument videos that look, to the pipeline, like real ones.
+
+``render_world(cfg, out_dir)`` writes (layout in docs/CONTRACTS.md, "World"):
+    videos/{train,val,test,interference}/<video_id>.mp4   H.264 + AAC 44.1 kHz stereo
+    ground_truth.csv                                        labels, off-screen sound, melody ids
+    captions/images/<id>.png + captions/captions.csv       captioned pictures for the tiny CLIP
+    world.json                                              config hash + summary (the stamp)
+Video ids (``w00042``) are assigned after a seeded shuffle, so neither the name, the order nor the
+file's metadata reveals a label; only ``ground_truth.csv`` does, and only evaluation reads it.
+Everything is a pure function of the config: video ``i`` draws from the stream ``seed + i``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from clipsep.config import WorldConfig
+from clipsep.data import world_sound as ws
+from clipsep.data.world_pictures import Scene
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = 1  # bump when the rendering changes, so stamped worlds are re-rendered
+SPLITS = ("train", "val", "test", "interference")
+STAMP = "world.json"
+GROUND_TRUTH_COLUMNS = ("video_id", "video", "split", "labels", "offscreen", "melody_id", "duration_s")
+CAPTION_TEMPLATES = (
+    "a photo of {a} {label}.", "a drawing of the {label}.", "{a} {label} on a cluttered background.",
+    "a picture of someone playing the {label}.", "a close-up of {a} {label}.",
+    "the {label}, a musical instrument.", "a blurry photo of {a} {label}.",
+)
+CAPTION_TRAIN_SHARE = 0.8
+OFFSCREEN_PROBS = (0.5, 0.25, 0.25)  # another instrument, drums, noise (ws.OFFSCREEN_KINDS)
+PEAK_LIMIT = 0.9
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Everything that decides one video; ``index`` is its position in the shuffled plan."""
+
+    index: int
+    video_id: str
+    split: str
+    labels: tuple[str, ...]  # on-screen (and sounding) classes
+    melody_indices: tuple[int, ...]  # per on-screen class, in the split's melody stream
+    offscreen: str  # '' (clean), a class name, 'drums' or 'noise'
+    offscreen_melody: int  # melody index of an off-screen instrument, else -1
+    duration_s: float
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.split}/{self.video_id}.mp4"
+
+    @property
+    def melody_id(self) -> str:
+        return ";".join(f"{self.split}-{i:04d}" for i in self.melody_indices)
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def _split_rows(cfg: WorldConfig, split: str, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Unshuffled rows of one split: labels, noisy flag, duration (test: clean solos only)."""
+    classes = list(cfg.classes)
+    if split == "interference":
+        firsts = [classes[i % len(classes)] for i in range(cfg.interference_videos)]
+    else:
+        firsts = [c for c in classes for _ in range(cfg.videos_per_class.get(split, 0))]
+    n = len(firsts)
+    mixed = split in ("train", "val")
+    noisy = np.full(n, split == "interference")  # test targets are clean, the pool is noisy
+    if mixed:
+        noisy[rng.permutation(n)[: int(round(cfg.noisy_share * n))]] = True
+    duet = np.zeros(n, bool)
+    if mixed and len(classes) > 1:
+        duet[rng.permutation(n)[: int(round(cfg.duet_share * n))]] = True
+    rows = []
+    for first, is_noisy, is_duet in zip(firsts, noisy, duet):
+        labels = [first] + ([str(rng.choice([c for c in classes if c != first]))] if is_duet else [])
+        rows.append({"split": split, "labels": tuple(labels), "noisy": bool(is_noisy),
+                     "duration_s": round(float(rng.uniform(*cfg.duration_s)), 2)})
+    return rows
+
+
+def _offscreen_for(labels: tuple[str, ...], classes: tuple[str, ...], rng: np.random.Generator) -> str:
+    kind = ws.OFFSCREEN_KINDS[rng.choice(len(ws.OFFSCREEN_KINDS), p=OFFSCREEN_PROBS)]
+    others = [c for c in classes if c not in labels]
+    if kind == "instrument":
+        return str(rng.choice(others)) if others else "drums"
+    return kind
+
+
+def plan_world(cfg: WorldConfig) -> list[VideoSpec]:
+    """The world's videos in id order, a pure function of ``cfg`` (workers aside)."""
+    ws.check_classes(cfg.classes)
+    rng = np.random.default_rng([cfg.seed, 0])
+    rows = [row for split in SPLITS for row in _split_rows(cfg, split, rng)]
+    next_melody = dict.fromkeys(SPLITS, 0)
+    specs = []
+    for index, pos in enumerate(rng.permutation(len(rows))):
+        row = rows[pos]
+        split, labels = row["split"], row["labels"]
+        melodies = tuple(range(next_melody[split], next_melody[split] + len(labels)))
+        next_melody[split] += len(labels)
+        offscreen, off_melody = (_offscreen_for(labels, cfg.classes, rng) if row["noisy"] else ""), -1
+        if offscreen in cfg.classes:
+            off_melody, next_melody[split] = next_melody[split], next_melody[split] + 1
+        specs.append(VideoSpec(index, f"w{index:05d}", split, labels, melodies, offscreen,
+                               off_melody, row["duration_s"]))
+    return specs
+
+
+# --- one video -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The parts of a video's sound, already at their mixing levels: float32 [L] each."""
+
+    onscreen: np.ndarray
+    offscreen: np.ndarray
+    background: np.ndarray
+
+    def mixture(self) -> np.ndarray:
+        """Their sum, scaled down as a whole if it would clip: float32 [L]."""
+        mix = self.onscreen + self.offscreen + self.background
+        peak = float(np.max(np.abs(mix))) if mix.size else 0.0
+        return (mix * (PEAK_LIMIT / peak) if peak > PEAK_LIMIT else mix).astype(np.float32)
+
+
+def render_sources(spec: VideoSpec, cfg: WorldConfig) -> Sources:
+    """Render one video's on-screen, off-screen and background sound at ``cfg.audio_sample_rate``."""
+    sr, length = cfg.audio_sample_rate, spec.duration_s
+    rng = np.random.default_rng([cfg.seed + spec.index, 1])
+    onscreen = sum(ws.render_melody(ws.make_melody(cfg.seed, spec.split, m, length), label, length, sr)
+                   for label, m in zip(spec.labels, spec.melody_indices))
+    silence = np.zeros_like(onscreen)
+    if not spec.offscreen:
+        return Sources(onscreen, silence, silence)
+    if spec.offscreen == "drums":
+        off = ws.render_drums(rng, length, sr)
+    elif spec.offscreen == "noise":
+        off = ws.noise_bursts(rng, length, sr)
+    else:
+        melody = ws.make_melody(cfg.seed, spec.split, spec.offscreen_melody, length)
+        off = ws.render_melody(melody, spec.offscreen, length, sr)
+    background = ws.coloured_noise(rng, onscreen.size, exponent=float(rng.choice((1.0, 2.0))))
+    return Sources(onscreen, off * ws.db_to_gain(rng.uniform(*cfg.offscreen_db)),
+                   background * ws.db_to_gain(rng.uniform(*cfg.background_noise_db)))
+
+
+def video_frames(spec: VideoSpec, cfg: WorldConfig) -> Iterator[np.ndarray]:
+    """The video's pictures, uint8 [S, S, 3] each, at ``cfg.video_fps`` (only on-screen classes)."""
+    scene = Scene(spec.labels, cfg.image_size, np.random.default_rng([cfg.seed + spec.index, 2]))
+    for k in range(int(round(spec.duration_s * cfg.video_fps))):
+        yield scene.frame(k / cfg.video_fps)
+
+
+def write_mp4(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: int, sample_rate: int) -> None:
+    """Write H.264 (yuv420p) + AAC stereo to ``path`` atomically; ``audio`` is mono float32 [L]."""
+    import av
+
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    stereo = np.ascontiguousarray(np.stack([audio, audio]).astype(np.float32))
+    with av.open(str(tmp), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.pix_fmt = "yuv420p"
+        sound = out.add_stream("aac", rate=sample_rate)
+        sound.layout = "stereo"
+        for k, image in enumerate(frames):
+            if k == 0:
+                video.width, video.height = image.shape[1], image.shape[0]
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode())
+        for start in range(0, stereo.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(stereo[:, start:start + 1024], format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = sample_rate, start
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode())
+    os.replace(tmp, path)
+
+
+def render_video(spec: VideoSpec, cfg: WorldConfig, videos_dir: Path) -> str:
+    """Render one video into ``videos_dir/<split>/<id>.mp4`` unless it is already there."""
+    path = videos_dir / spec.relpath
+    if not path.exists():  # files only appear complete (atomic), so an existing one is finished
+        write_mp4(path, video_frames(spec, cfg), render_sources(spec, cfg).mixture(),
+                  cfg.video_fps, cfg.audio_sample_rate)
+    return spec.video_id
+
+
+# --- captioned pictures ----------------------------------------------------------------------
+
+
+def _article(label: str) -> str:
+    return "an" if label[0] in "aeiou" else "a"
+
+
+def render_captions(cfg: WorldConfig, class_index: int, captions_dir: Path) -> list[dict[str, str]]:
+    """Draw ``caption_images_per_class`` pictures of one class; return their captions.csv rows."""
+    label, n = cfg.classes[class_index], cfg.caption_images_per_class
+    rows = []
+    for k in range(n):
+        rng = np.random.default_rng([cfg.seed, 3, class_index, k])  # own seeds, not a video's
+        name = f"images/c{class_index * n + k:05d}.png"
+        path = captions_dir / name
+        if not path.exists():
+            image = Scene((label,), cfg.image_size, rng).frame(float(rng.uniform(0, 4)))
+            _save_png(image, path)
+        else:
+            rng.uniform(0, 4)  # keep the stream aligned with a fresh render
+        template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+        rows.append({"image": name, "caption": template.format(a=_article(label), label=label),
+                     "label": label, "split": "train" if k < CAPTION_TRAIN_SHARE * n else "test"})
+    return rows
+
+
+def _save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    Image.fromarray(image).save(tmp)
+    os.replace(tmp, path)
+
+
+# --- the whole world -------------------------------------------------------------------------
+
+
+def config_hash(cfg: WorldConfig) -> str:
+    """Hash of everything that changes the output (not ``workers``) and the generator version."""
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
+    text = json.dumps({"config": data, "version": GENERATOR_VERSION}, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _prepare(out_dir: Path, digest: str) -> None:
+    """Start (or resume) a render: a half-done render of another config is wiped first."""
+    marker = out_dir / ".rendering.json"
+    if (_read_json(marker) or {}).get("config_hash") != digest:
+        for name in ("videos", "captions"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for name in ("ground_truth.csv", STAMP):
+            (out_dir / name).unlink(missing_ok=True)
+    for split in SPLITS:
+        (out_dir / "videos" / split).mkdir(parents=True, exist_ok=True)
+    (out_dir / "captions" / "images").mkdir(parents=True, exist_ok=True)
+    _write_text(marker, json.dumps({"config_hash": digest}))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _run_task(task: tuple) -> Any:
+    """One unit of pool work: ('video', spec, cfg, dir) or ('captions', class_index, cfg, dir)."""
+    kind, what, cfg, where = task
+    return render_video(what, cfg, where) if kind == "video" else render_captions(cfg, what, where)
+
+
+def _run_all(tasks: list[tuple], workers: int) -> list[Any]:
+    """Run the tasks (in a spawn process pool when workers > 1) with a progress bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc="world", unit="item")
+    try:
+        if workers <= 1:
+            return [(_run_task(t), bar.update())[0] for t in tasks]
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return [(r, bar.update())[0] for r in pool.map(_run_task, tasks)]
+    finally:
+        bar.close()
+
+
+def render_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Render the whole world into ``out_dir``; quick no-op when a stamp of this config exists."""
+    out_dir, start = Path(out_dir), time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    digest = config_hash(cfg)
+    stamp = _read_json(out_dir / STAMP)
+    if stamp and stamp.get("config_hash") == digest and (out_dir / "ground_truth.csv").is_file():
+        log.info("world %s is up to date (config %s)", out_dir, digest)
+        return {**stamp["summary"], "skipped": True}
+    specs = plan_world(cfg)
+    _prepare(out_dir, digest)
+    tasks = [("captions", i, cfg, out_dir / "captions") for i in range(len(cfg.classes))]
+    tasks += [("video", s, cfg, out_dir / "videos") for s in sorted(specs, key=lambda s: -s.duration_s)]
+    log.info("rendering %d videos + %d captioned pictures into %s with %d workers", len(specs),
+             len(cfg.classes) * cfg.caption_images_per_class, out_dir, cfg.workers)
+    results = _run_all(tasks, cfg.workers)
+    captions = [row for rows in results[: len(cfg.classes)] for row in rows]
+    _write_csv(out_dir / "captions" / "captions.csv", ("image", "caption", "label", "split"), captions)
+    _write_csv(out_dir / "ground_truth.csv", GROUND_TRUTH_COLUMNS, [_truth_row(s) for s in specs])
+    summary = _summary(specs, len(captions), out_dir, time.time() - start)
+    _write_text(out_dir / STAMP, json.dumps({"config_hash": digest, "summary": summary}, indent=2))
+    (out_dir / ".rendering.json").unlink(missing_ok=True)
+    return {**summary, "skipped": False}
+
+
+def _truth_row(spec: VideoSpec) -> dict[str, Any]:
+    return {"video_id": spec.video_id, "video": spec.relpath, "split": spec.split,
+            "labels": ";".join(spec.labels), "offscreen": spec.offscreen,
+            "melody_id": spec.melody_id, "duration_s": spec.duration_s}
+
+
+def _summary(specs: list[VideoSpec], n_captions: int, out_dir: Path, seconds: float) -> dict[str, Any]:
+    return {"out_dir": str(out_dir),
+            "videos": {split: sum(s.split == split for s in specs) for split in SPLITS},
+            "noisy_videos": sum(bool(s.offscreen) for s in specs),
+            "duet_videos": sum(len(s.labels) > 1 for s in specs),
+            "video_seconds": round(sum(s.duration_s for s in specs), 1),
+            "captions": n_captions, "seconds": round(seconds, 1)}
