@@ -1,0 +1,512 @@
+"""Mix-and-separate training of CLIPSep (with noise invariant training when ``model.nit``).
+
+``train(params, clips_dir, out_dir)`` trains a separator on the ingested clips and writes
+``out_dir/{last.pt, best.pt, history.csv, curves.png, examples/, summary.json}``.
+
+* Data: :class:`clipsep.data.mixing.MixDataset` draws each step's batch as a pure function of
+  (seed, step, rank); queries are cached CLIP frame embeddings (no CLIP per step).
+* Optimisation: Adam, the warm-up/decay schedule of :mod:`clipsep.training.schedule`, gradient-norm
+  clipping, bf16 autocast (+ channels_last) on CPU or fp16 AMP on CUDA (``train.precision``).
+* Resumable: ``last.pt`` holds model, optimiser, scheduler, scaler, step, RNG states and history;
+  a rerun after any kill continues from it and (CPU, fp32) ends with the same weights.
+* Scale-out: under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel (gloo on CPU,
+  NCCL on CUDA); each rank draws its share of the batch, rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clipsep import audio
+from clipsep.config import Params
+from clipsep.data.mixing import (LoadedClip, MixBatch, MixDataset, load_wave, read_manifest,
+                                 validation_batch)
+from clipsep.env import resolve_device
+from clipsep.errors import BadInputError
+from clipsep.training import embeddings as frame_cache
+from clipsep.training.schedule import lr_multiplier
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "clipsep-training-state"
+DDP_CHECK_ENV = "CLIPSEP_DDP_CHECK_DIR"  # tests: each rank writes its parameter checksum here
+# Keys that may change between a run and its resumption (they do not change what is learned).
+RESUME_FREE_KEYS = {"steps", "validate_every", "checkpoint_every", "num_workers", "device",
+                    "examples", "precision", "channels_last"}
+
+
+# --- distributed ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def init_distributed(device: str) -> tuple[Dist, str]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist(), device
+    dist = Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.startswith("cuda"):
+        device = f"cuda:{dist.local_rank}"
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist, device
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """Train clips (audio in memory + frame embeddings), fixed validation set, text queries."""
+
+    train_clips: list[LoadedClip]
+    val_batch: MixBatch
+    val_text_queries: torch.Tensor | None  # [V, N, D] or None when val clips have no labels
+    encoder_reference: dict
+    fingerprint: str
+
+
+def prepare_data(params: Params, clips_dir: Path, out_dir: Path, device: str,
+                 dist: Dist) -> TrainingData:
+    """Load clips, build (rank 0) or read the frame-embedding cache, fix the validation mixtures."""
+    from clipsep.model.query import QueryEncoder
+
+    records = read_manifest(clips_dir)
+    chosen = [r for r in records if r.split in ("train", "val")]
+    encoder = QueryEncoder.from_config(params.clip, params.path("clip_model") / "clip.pt", device)
+    cache_dir = Path(out_dir) / "cache"
+    if not dist.is_main:
+        dist.barrier()  # wait for rank 0 to write the cache, then read it
+    frame_embeddings = frame_cache.load_or_build(encoder, chosen, clips_dir, cache_dir)
+    if dist.is_main:
+        dist.barrier()
+    loaded = {split: [LoadedClip(r, load_wave(r.audio_path, params.audio.sample_rate),
+                                 frame_embeddings[r.clip_id]) for r in chosen if r.split == split]
+              for split in ("train", "val")}
+    val_batch = validation_batch(loaded["val"], params)
+    return TrainingData(train_clips=loaded["train"], val_batch=val_batch,
+                        val_text_queries=_text_queries(encoder, loaded["val"], val_batch),
+                        encoder_reference=encoder.reference(),
+                        fingerprint=frame_cache.cache_key(encoder, clips_dir))
+
+
+def _text_queries(encoder, val_clips: list[LoadedClip], batch: MixBatch) -> torch.Tensor | None:
+    """Prompt-ensembled label embeddings [V, N, D] of the validation sources, if all have labels.
+
+    Training never reads ground truth: labels come from the manifest only (a labelled ingest).
+    """
+    labels = {c.record.clip_id: c.record.label for c in val_clips}
+    if not labels or any(label is None for label in labels.values()):
+        return None
+    names = sorted(set(labels.values()))
+    table = dict(zip(names, encoder.encode_text(names).cpu()))
+    return torch.stack([torch.stack([table[labels[i]] for i in ids]) for ids in batch.clip_ids])
+
+
+# --- spectral targets ----------------------------------------------------------------------------
+
+
+@dataclass
+class SpectralBatch:
+    """Network input and targets of one batch (float32, warped log-frequency domain).
+
+    ``mix_warped [B, 1, W, T]`` linear magnitude, ``targets [B, N, W, T]`` binary masks,
+    ``weight [B, 1, W, T]``; ``mix_spec [B, F, T]`` complex for reconstruction.
+    """
+
+    mix_warped: torch.Tensor
+    targets: torch.Tensor
+    weight: torch.Tensor
+    mix_spec: torch.Tensor
+
+
+def spectral_batch(sources: torch.Tensor, params: Params) -> SpectralBatch:
+    """STFT, warp, binary masks and loss weights of sources ``[B, N, L]`` (mixture = their sum)."""
+    batch, n_mix, length = sources.shape
+    mix_spec = audio.stft(sources.sum(dim=1), params.audio)
+    mix_warped = audio.warp(mix_spec.abs().unsqueeze(1), params.audio.warp_bins)
+    source_mag = audio.stft(sources.reshape(batch * n_mix, length), params.audio).abs()
+    source_warped = audio.warp(source_mag.view(batch, n_mix, *source_mag.shape[1:]),
+                               params.audio.warp_bins)
+    return SpectralBatch(mix_warped=mix_warped,
+                         targets=audio.binary_masks(source_warped, mix_warped),
+                         weight=audio.loss_weight(mix_warped), mix_spec=mix_spec)
+
+
+def run_model(model: torch.nn.Module, mix_warped: torch.Tensor, queries: torch.Tensor,
+              depth: int, channels_last: bool, with_noise: bool = True):
+    """Forward with T zero-padded to a multiple of 2**depth; logits cropped back to T."""
+    frames = mix_warped.shape[-1]
+    padded = audio.pad_frames(frames, depth)
+    if padded != frames:
+        mix_warped = torch.nn.functional.pad(mix_warped, (0, padded - frames))
+    if channels_last:
+        mix_warped = mix_warped.contiguous(memory_format=torch.channels_last)
+    masks, noise = model(mix_warped, queries, with_noise=with_noise)
+    return masks[..., :frames], (noise[..., :frames] if noise is not None else None)
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+
+def precision_mode(precision: str, device: str) -> str:
+    """'auto' -> 'bf16' on CPU, 'fp16' on CUDA; validates the choice against the device."""
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "bf16"
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise BadInputError("train.precision=fp16 needs CUDA; use bf16 or fp32 on CPU")
+    return precision
+
+
+def autocast(mode: str, device: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a precision mode (a no-op for fp32)."""
+    if mode == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+# --- state, resumption ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """What survives a kill besides model/optimiser: step, history, best validation result."""
+
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_step: int = -1
+    seconds: float = 0.0  # training wall time summed over all sessions
+
+
+def resume_key(params: Params, world_size: int) -> str:
+    """Hash of everything that changes what is learned (resumption refuses other params)."""
+    train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in RESUME_FREE_KEYS}
+    data = {"clip": dataclasses.asdict(params.clip), "audio": dataclasses.asdict(params.audio),
+            "model": dataclasses.asdict(params.model), "train": train, "world_size": world_size}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_state(path: Path, model, optimizer, scheduler, scaler, state: RunState, key: str) -> None:
+    """Write ``last.pt`` atomically (tmp + os.replace): a kill never leaves a half-written file."""
+    numpy_state = np.random.get_state()
+    payload = {
+        "format": STATE_FORMAT, "resume_key": key, "run": dataclasses.asdict(state),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()),
+                          *numpy_state[2:]]},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state(path: Path, model, optimizer, scheduler, scaler, key: str) -> RunState | None:
+    """Restore ``last.pt`` into the given objects; None when absent or from other params."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable state means: start over, loudly
+        log.warning("ignoring unreadable training state %s (%s); starting from step 0", path, err)
+        return None
+    if payload.get("format") != STATE_FORMAT or payload.get("resume_key") != key:
+        log.warning("%s was written with other training params; starting from step 0", path)
+        return None
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    scaler.load_state_dict(payload["scaler"])
+    rng = payload["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_tuples(rng["python"]))
+    numpy_state = rng["numpy"]
+    np.random.set_state((numpy_state[0], numpy_state[1].numpy(), *numpy_state[2:]))
+    return RunState(**payload["run"])
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model, data: TrainingData, params: Params, device: str,
+             depth: int) -> dict[str, float | None]:
+    """Validation loss with image and (if labelled) text queries, and the soft-mask SDR (dB)."""
+    from clipsep.model.losses import separation_loss
+
+    was_training = model.training
+    model.eval()
+    totals: dict[str, list[float]] = {"val_loss_image": [], "val_loss_text": [], "val_sdr": []}
+    for start, batch, spec in _val_chunks(data, params, device):
+        image_q = data.val_batch.queries[start:start + batch].to(device)
+        masks, noise = run_model(model, spec.mix_warped, image_q, depth, False)
+        loss = separation_loss(masks, noise, spec.targets, spec.weight, nit_lambda=params.train.nit_lambda,
+                               nit_gamma=params.train.nit_gamma).total
+        totals["val_loss_image"].append(float(loss) * batch)
+        estimates = reconstruct(torch.sigmoid(masks.float()), spec.mix_spec, params)
+        references = data.val_batch.sources[start:start + batch].to(device)
+        totals["val_sdr"].append(float(sdr_db(estimates, references).sum()) / estimates.shape[1])
+        if data.val_text_queries is not None:
+            text_q = data.val_text_queries[start:start + batch].to(device)
+            masks, noise = run_model(model, spec.mix_warped, text_q, depth, False)
+            loss = separation_loss(masks, noise, spec.targets, spec.weight,
+                                   nit_lambda=params.train.nit_lambda,
+                                   nit_gamma=params.train.nit_gamma).total
+            totals["val_loss_text"].append(float(loss) * batch)
+    model.train(was_training)
+    count = data.val_batch.sources.shape[0]
+    return {k: (sum(v) / count if v else None) for k, v in totals.items()}
+
+
+def _val_chunks(data: TrainingData, params: Params,
+                device: str) -> Iterator[tuple[int, int, SpectralBatch]]:
+    sources = data.val_batch.sources
+    for start in range(0, sources.shape[0], params.train.batch_size):
+        chunk = sources[start:start + params.train.batch_size].to(device)
+        yield start, chunk.shape[0], spectral_batch(chunk, params)
+
+
+def reconstruct(mask_prob: torch.Tensor, mix_spec: torch.Tensor, params: Params) -> torch.Tensor:
+    """Waveforms ``[B, N, L]`` from warped masks ``[B, N, W, T]`` and mixture STFT ``[B, F, T]``.
+
+    Soft masks, un-warped to linear frequency, applied to the mixture with its phase.
+    """
+    batch, n_mix = mask_prob.shape[:2]
+    linear = audio.unwarp(mask_prob, mix_spec.shape[1]).clamp(0.0, 1.0)
+    spec = linear * mix_spec.unsqueeze(1)
+    length = params.audio.segment_samples
+    waves = audio.istft(spec.reshape(batch * n_mix, *spec.shape[2:]), length, params.audio)
+    return waves.view(batch, n_mix, length)
+
+
+def sdr_db(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per signal: ``[B, N, L]`` -> ``[B, N]``."""
+    signal = references.pow(2).sum(-1)
+    error = (references - estimates).pow(2).sum(-1)
+    return 10 * torch.log10((signal + 1e-10) / (error + 1e-10))
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """Model, optimiser and schedule of one run; ``step(batch)`` does one optimisation step."""
+
+    params: Params
+    device: str
+    model: torch.nn.Module  # the DDP wrapper when distributed
+    net: torch.nn.Module  # the bare CLIPSepNet (what checkpoints save)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    precision: str
+
+    @property
+    def depth(self) -> int:
+        return self.net.cfg.depth
+
+    def step(self, batch: MixBatch) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns loss terms, grad norm and lr."""
+        from clipsep.model.losses import separation_loss
+
+        train = self.params.train
+        spec = spectral_batch(batch.sources.to(self.device), self.params)
+        with autocast(self.precision, self.device):
+            masks, noise = run_model(self.model, spec.mix_warped, batch.queries.to(self.device),
+                                     self.depth, train.channels_last)
+        terms = separation_loss(masks.float(), None if noise is None else noise.float(),
+                                spec.targets, spec.weight, nit_lambda=train.nit_lambda,
+                                nit_gamma=train.nit_gamma)
+        if not torch.isfinite(terms.total):
+            raise BadInputError(f"training loss became {float(terms.total)}; lower train.lr or "
+                                "check the clips (silent or corrupt audio)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), train.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": float(terms.total.detach()), "separation": float(terms.separation.detach()),
+                "noise_activation": float(terms.noise_activation), "grad_norm": float(grad_norm),
+                "lr": lr}
+
+
+def build_trainer(params: Params, query_dim: int, device: str, dist: Dist) -> Trainer:
+    """Seeded model init, Adam, LambdaLR(lr_multiplier), GradScaler (active for fp16 only)."""
+    from clipsep.model.factory import build_model
+
+    torch.manual_seed(params.train.seed)
+    net = build_model(params.model, query_dim).to(device)
+    if params.train.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = net
+    if dist.enabled:
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    optimizer = torch.optim.Adam(net.parameters(), lr=params.train.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, params.train))
+    precision = precision_mode(params.train.precision, device)
+    scaler = torch.amp.GradScaler("cuda" if device.startswith("cuda") else "cpu",
+                                  enabled=precision == "fp16")
+    return Trainer(params, device, model, net, optimizer, scheduler, scaler, precision)
+
+
+def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Train a separator on ``clips_dir``; write checkpoints and reports to ``out_dir``.
+
+    Returns the summary (also written to ``out_dir/summary.json`` by rank 0).
+    """
+    from clipsep.training import report
+
+    dist, device = init_distributed(resolve_device(params.train.device))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if params.train.batch_size % dist.world_size:
+        raise BadInputError(f"train.batch_size={params.train.batch_size} must be divisible by the "
+                            f"number of processes ({dist.world_size})")
+    data = prepare_data(params, Path(clips_dir), out_dir, device, dist)
+    trainer = build_trainer(params, data.val_batch.queries.shape[-1], device, dist)
+    key = resume_key(params, dist.world_size)
+    state = load_state(out_dir / "last.pt", trainer.net, trainer.optimizer, trainer.scheduler,
+                       trainer.scaler, key) or RunState()
+    if state.step:
+        log.info("resuming from %s at step %d", out_dir / "last.pt", state.step)
+    started = state.step
+    session_start = time.perf_counter()
+    run_steps(trainer, data, state, out_dir, dist, key)
+    if dist.is_main:
+        summary = report.write_reports(trainer, data, state, out_dir,
+                                       session_steps=state.step - started,
+                                       session_seconds=time.perf_counter() - session_start)
+    _write_ddp_check(trainer.net, dist, state.step)
+    dist.barrier()
+    if dist.enabled:
+        torch.distributed.destroy_process_group()
+    return summary if dist.is_main else {"rank": dist.rank, "steps": state.step}
+
+
+def run_steps(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path, dist: Dist,
+              key: str) -> None:
+    """Steps ``state.step .. train.steps - 1``: train, validate, checkpoint, show progress."""
+    train = trainer.params.train
+    dataset = MixDataset(data.train_clips, trainer.params, train.batch_size // dist.world_size,
+                         dist.rank)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=train.num_workers,
+                                         sampler=range(state.step, train.steps))
+    trainer.model.train()
+    progress = tqdm(total=train.steps, initial=state.step, desc="train", unit="step",
+                    disable=not dist.is_main or not sys.stderr.isatty())
+    log_every = max(1, min(50, train.steps // 10))
+    tick = time.perf_counter()
+    for batch in loader:
+        metrics = trainer.step(batch)
+        state.step += 1
+        now = time.perf_counter()
+        state.seconds += now - tick
+        tick = now
+        record = {"step": state.step, **metrics}
+        if state.step % train.validate_every == 0 or state.step == train.steps:
+            record.update(_validate_and_keep_best(trainer, data, state, out_dir, dist))
+            tick = time.perf_counter()  # validation time is not training time
+        state.history.append(record)
+        _show_progress(progress, record, state, log_every, dist)
+        if state.step % train.checkpoint_every == 0 or state.step == train.steps:
+            if dist.is_main:
+                save_state(out_dir / "last.pt", trainer.net, trainer.optimizer, trainer.scheduler,
+                           trainer.scaler, state, key)
+            tick = time.perf_counter()
+    progress.close()
+
+
+def _validate_and_keep_best(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path,
+                            dist: Dist) -> dict[str, float | None]:
+    """Rank 0 validates and saves ``best.pt`` on a new best image-query loss; others wait."""
+    from clipsep.model.factory import save_checkpoint
+
+    metrics: dict[str, float | None] = {}
+    if dist.is_main:
+        metrics = validate(trainer.net, data, trainer.params, trainer.device, trainer.depth)
+        if metrics["val_loss_image"] < state.best_loss:
+            state.best_loss, state.best_step = metrics["val_loss_image"], state.step
+            save_checkpoint(out_dir / "best.pt", trainer.net, model_cfg=trainer.params.model,
+                            audio_cfg=trainer.params.audio, query=data.encoder_reference,
+                            extra={"step": state.step, "val": metrics,
+                                   "params": trainer.params.to_dict(),
+                                   "data_fingerprint": data.fingerprint})
+    dist.barrier()
+    return metrics
+
+
+def _show_progress(progress, record: dict, state: RunState, log_every: int, dist: Dist) -> None:
+    if not dist.is_main:
+        return
+    rate = state.step / state.seconds if state.seconds else 0.0
+    if not progress.disable:
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        progress.update(1)
+    elif state.step % log_every == 0 or "val_loss_image" in record:
+        val = record.get("val_loss_image")
+        log.info("step %d/%d loss %.4f lr %.2e %.2f steps/s%s", state.step, progress.total,
+                 record["loss"], record["lr"], rate, "" if val is None else f" val {val:.4f}")
+
+
+def _write_ddp_check(net: torch.nn.Module, dist: Dist, step: int) -> None:
+    """Tests of DDP: each rank writes a checksum of its parameters to ``$CLIPSEP_DDP_CHECK_DIR``."""
+    folder = os.environ.get(DDP_CHECK_ENV)
+    if not folder:
+        return
+    checksum = float(sum(p.detach().double().sum() for p in net.parameters()))
+    path = Path(folder) / f"rank{dist.rank}.json"
+    path.write_text(json.dumps({"rank": dist.rank, "world_size": dist.world_size, "step": step,
+                                "checksum": checksum}))
