@@ -54,7 +54,10 @@ def ingest(p: Params) -> dict[str, Any]:
     """Turn the source video folder into clips + manifest + quarantine list under paths.clips."""
     from clipsep.data.ingest import ingest_folder
 
-    labels = Path(p.ingest.labels_csv) if p.ingest.labels_csv else None
+    labels = None
+    if p.ingest.labels_csv:  # like ingest.source: relative to paths.root
+        labels = Path(p.ingest.labels_csv)
+        labels = labels if labels.is_absolute() else Path(p.path("root")) / labels
     return ingest_folder(ingest_source(p), p.path("clips"), p.ingest, labels_csv=labels)
 
 

@@ -194,7 +194,7 @@ def test_killed_run_leaves_nothing_a_rerun_would_trust(tmp_path):
     while not (out / "audio").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)  # the run and its worker processes, mid-write
-    process.wait()
+    assert process.wait() == -signal.SIGKILL  # killed mid-run, not after it finished
     (out / "audio" / "bogus_000.wav").parent.mkdir(parents=True, exist_ok=True)
     (out / "audio" / "bogus_000.wav").write_bytes(b"half")  # a file no run recorded
     summary = ingest_folder(source, out, tiny_ingest(tmp_path))
@@ -208,6 +208,9 @@ def test_killed_run_leaves_nothing_a_rerun_would_trust(tmp_path):
 def test_ingest_stage_reads_params(tmp_path):
     media.write_video(tmp_path / "in" / "violin" / "a.mov", media.VideoSpec(seconds=6.5))
     params = tiny_params_at(tmp_path, **{"ingest.source": "in", "ingest.workers": 1})
-    summary = stages.ingest(params)
-    assert summary["clips"] == 1
+    assert stages.ingest(params)["clips"] == 1
     assert read_csv(params.path("clips") / "manifest.csv")[0]["label"] == "violin"
+    (tmp_path / "labels.csv").write_text("path,label\nviolin/a.mov,viola\n")
+    relabelled = tiny_params_at(tmp_path, **{"ingest.source": "in", "ingest.labels_csv": "labels.csv"})
+    assert stages.ingest(relabelled)["skipped_unchanged"] == 1  # labels do not touch the clips
+    assert read_csv(params.path("clips") / "manifest.csv")[0]["label"] == "viola"
