@@ -1,0 +1,165 @@
+"""Training: LR schedule, a tiny end-to-end run with its reports, and SIGKILL-resume determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import REPO, tiny_params_at
+from test_mixing import make_clips_dir
+
+from clipsep.config import Params
+from clipsep.errors import BadInputError
+from clipsep.model.factory import load_checkpoint
+from clipsep.model.query import QueryEncoder
+from clipsep.training.loop import precision_mode, resume_key, train
+from clipsep.training.schedule import lr_multiplier
+
+
+def write_random_clip(params: Params) -> Path:
+    """A randomly initialised tiny CLIP saved where ``clip.pretrained=null`` looks for it."""
+    path = params.path("clip_model") / "clip.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    encoder = QueryEncoder.from_config(params.clip, None, "cpu")
+    torch.save({"state_dict": encoder.model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shared_inputs(tmp_path_factory) -> dict[str, Path]:
+    """Clips (labelled + unlabelled) and a CLIP checkpoint, shared by this module's runs."""
+    root = tmp_path_factory.mktemp("inputs")
+    clip = write_random_clip(tiny_params_at(root))
+    labelled = make_clips_dir(root / "labelled")
+    unlabelled = make_clips_dir(root / "unlabelled")
+    rows = list(csv.DictReader((unlabelled / "manifest.csv").open()))
+    with (unlabelled / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "label": ""} for r in rows)
+    return {"clip_model": clip.parent, "labelled": labelled, "unlabelled": unlabelled}
+
+
+def _params(root: Path, inputs: dict[str, Path], clips: str, **overrides) -> Params:
+    return tiny_params_at(root, **{"paths.clip_model": str(inputs["clip_model"]),
+                                   "paths.clips": str(inputs[clips]), **overrides})
+
+
+def test_lr_schedule_warms_up_decays_and_stays(tiny_params):
+    cfg = tiny_params.train.__class__(**{**tiny_params.train.__dict__, "warmup_steps": 5000,
+                                         "decay_steps": 100000, "final_lr_scale": 0.1})
+    assert lr_multiplier(0, cfg) == pytest.approx(1 / 5000)
+    assert lr_multiplier(4999, cfg) == pytest.approx(1.0)
+    assert lr_multiplier(5000, cfg) == pytest.approx(1.0)
+    assert lr_multiplier(52500, cfg) == pytest.approx(0.55)
+    assert lr_multiplier(100000, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(200000, cfg) == pytest.approx(0.1)
+    values = [lr_multiplier(s, cfg) for s in range(5000, 100001, 500)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_precision_choice_follows_the_device():
+    assert precision_mode("auto", "cpu") == "bf16"
+    assert precision_mode("auto", "cuda:0") == "fp16"
+    with pytest.raises(BadInputError, match="fp16 needs CUDA"):
+        precision_mode("fp16", "cpu")
+
+
+def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):
+    torch.set_num_threads(1)
+    params = _params(tmp_path, shared_inputs, "labelled")
+    out = params.path("checkpoints")
+    summary = train(params, params.path("clips"), out)
+    steps = params.train.steps
+    assert summary["steps"] == steps and summary["seconds_per_step"] > 0
+    assert summary["final_val_loss_text"] is not None  # manifest labels -> text validation
+    with (out / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in history] == list(range(1, steps + 1))
+    assert all(float(r["loss"]) > 0 for r in history)
+    validated = [r for r in history if r["val_loss_image"]]
+    assert len(validated) == steps // params.train.validate_every
+    model, info = load_checkpoint(out / "best.pt")
+    assert info.extra["step"] == summary["best_step"]
+    assert info.extra["params"]["model"]["preset"] == "tiny"
+    assert info.query["embed_dim"] == model.cfg.query_dim
+    for name in ("mixture", "estimate", "reference"):
+        wave, rate = sf.read(out / "examples" / "00" / f"{name}.wav")
+        assert rate == params.audio.sample_rate and len(wave) == params.audio.segment_samples
+    assert (out / "examples" / "00" / "spectrogram.png").stat().st_size > 10_000
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert json.loads((out / "summary.json").read_text())["best_step"] == summary["best_step"]
+    assert len(list((out / "cache").glob("frame-embeddings-*.pt"))) == 1
+
+
+def test_resume_key_ignores_run_length_but_not_learning_params(tiny_params):
+    longer = tiny_params_at(Path(tiny_params.paths.root), **{"train.steps": 99})
+    other_lr = tiny_params_at(Path(tiny_params.paths.root), **{"train.lr": 0.5})
+    assert resume_key(tiny_params, 1) == resume_key(longer, 1)
+    assert resume_key(tiny_params, 1) != resume_key(other_lr, 1)
+    assert resume_key(tiny_params, 1) != resume_key(tiny_params, 2)
+
+
+RESUME_SETTINGS = {"train.steps": 12, "train.checkpoint_every": 2, "train.validate_every": 6,
+                   "train.decay_steps": 12}
+
+
+def _train_in_subprocess(params_root: Path, inputs: dict[str, Path]) -> subprocess.Popen:
+    settings = {"paths.root": str(params_root), "paths.clip_model": str(inputs["clip_model"]),
+                "paths.clips": str(inputs["unlabelled"]), **RESUME_SETTINGS}
+    command = [sys.executable, "-m", "clipsep", "train", "--params", str(REPO / "params.yaml"),
+               "--profile", "tiny"]
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _kill_after_first_checkpoint(process: subprocess.Popen, last: Path, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while not last.exists():
+        if process.poll() is not None:
+            pytest.fail(f"training exited early: {process.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("no checkpoint appeared")
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_sigkilled_training_resumes_to_identical_weights(tmp_path, shared_inputs):
+    torch.set_num_threads(1)
+    straight = _params(tmp_path / "straight", shared_inputs, "unlabelled", **RESUME_SETTINGS)
+    summary = train(straight, straight.path("clips"), straight.path("checkpoints"))
+    assert summary["final_val_loss_text"] is None  # no labels in the manifest: no text validation
+
+    killed_root = tmp_path / "killed"
+    last = killed_root / "models" / "clipsep" / "last.pt"
+    _kill_after_first_checkpoint(_train_in_subprocess(killed_root, shared_inputs), last)
+    step_at_kill = torch.load(last, weights_only=True)["run"]["step"]
+    assert 0 < step_at_kill < RESUME_SETTINGS["train.steps"], "kill came too late to test resume"
+
+    resumed = _params(killed_root, shared_inputs, "unlabelled", **RESUME_SETTINGS)
+    summary = train(resumed, resumed.path("clips"), resumed.path("checkpoints"))
+    assert summary["session_steps"] == RESUME_SETTINGS["train.steps"] - step_at_kill
+    reference = torch.load(straight.path("checkpoints") / "last.pt", weights_only=True)
+    final = torch.load(last, weights_only=True)
+    assert reference["model"].keys() == final["model"].keys()
+    for name, tensor in reference["model"].items():
+        assert torch.equal(tensor, final["model"][name]), name
+    assert [r["loss"] for r in reference["run"]["history"]] == [
+        r["loss"] for r in final["run"]["history"]]
