@@ -1,0 +1,113 @@
+"""Losses, tested by their invariances rather than by hard-coded numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipsep.errors import BadInputError
+from clipsep.model.losses import clipsep_loss, nit_loss, separation_loss, weighted_bce
+
+torch.set_num_threads(1)
+NIT = {"nit_lambda": 0.1, "nit_gamma": 0.25}
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    targets = (torch.rand(3, 2, 16, 8, generator=gen) > 0.5).float()
+    weight = torch.rand(3, 1, 16, 8, generator=gen) * 2 + 0.01
+    mask_logits = torch.randn(3, 2, 16, 8, generator=gen)
+    noise_logits = torch.randn(3, 2, 16, 8, generator=gen) - 1
+    return mask_logits, noise_logits, targets, weight
+
+
+def test_weighted_bce_matches_torch(batch):
+    mask_logits, _, targets, weight = batch
+    prob = torch.sigmoid(mask_logits)
+    expected = F.binary_cross_entropy(prob, targets, weight=weight.expand_as(prob), reduction="none")
+    assert torch.allclose(weighted_bce(prob, targets, weight.expand_as(prob)),
+                          expected.flatten(1).mean(1), atol=1e-6)
+
+
+def test_swapping_noise_heads_changes_nothing(batch):
+    mask_logits, noise_logits, targets, weight = batch
+    a = nit_loss(mask_logits, noise_logits, targets, weight, **NIT)
+    b = nit_loss(mask_logits, noise_logits.flip(1), targets, weight, **NIT)
+    assert torch.allclose(a.total, b.total) and torch.allclose(a.regulariser, b.regulariser)
+
+
+def test_nit_pit_min_is_per_example(batch):
+    mask_logits, noise_logits, targets, weight = batch
+    # swap the heads of one example only: a batch-level PIT would change, a per-example one cannot
+    mixed = noise_logits.clone()
+    mixed[0] = noise_logits[0].flip(0)
+    a = nit_loss(mask_logits, noise_logits, targets, weight, **NIT).total
+    assert torch.allclose(a, nit_loss(mask_logits, mixed, targets, weight, **NIT).total)
+
+
+def test_perfect_mask_gives_the_minimum(batch):
+    _, _, targets, weight = batch
+    perfect = (targets * 2 - 1) * 30.0  # sigmoid -> 0/1 exactly where the target is
+    silent_noise = torch.full_like(perfect, -30.0)
+    best_plain = clipsep_loss(perfect, targets, weight).total
+    best_nit = nit_loss(perfect, silent_noise, targets, weight, **NIT).total
+    assert best_plain < 1e-6 and best_nit < 1e-6
+    for seed in range(3):
+        noise = torch.randn(perfect.shape, generator=torch.Generator().manual_seed(seed))
+        assert clipsep_loss(perfect + 10 * noise, targets, weight).total > best_plain
+        assert nit_loss(perfect + 10 * noise, silent_noise, targets, weight, **NIT).total > best_nit
+
+
+def test_nit_with_silent_noise_heads_equals_plain_loss(batch):
+    mask_logits, _, targets, weight = batch
+    silent = torch.full_like(mask_logits, -80.0)
+    plain = clipsep_loss(mask_logits, targets, weight).total
+    assert torch.allclose(nit_loss(mask_logits, silent, targets, weight, **NIT).total, plain)
+
+
+def test_noise_heads_can_only_help_fully_active_targets(batch):
+    mask_logits, noise_logits, targets, weight = batch
+    nit = nit_loss(mask_logits, noise_logits, targets, weight, nit_lambda=0.0, nit_gamma=0.25)
+    # noise heads can only explain target energy the query masks missed: with all-ones targets
+    # adding noise mass can only help
+    ones = torch.ones_like(targets)
+    with_noise = nit_loss(mask_logits, noise_logits, ones, weight, nit_lambda=0.0, nit_gamma=0.25)
+    assert with_noise.total <= clipsep_loss(mask_logits, ones, weight).total
+    assert nit.separation == nit.total
+
+
+def test_regulariser_only_above_gamma(batch):
+    mask_logits, _, targets, weight = batch
+    low = torch.full_like(mask_logits, -4.0)  # sig ~ 0.018 per head: A ~ 0.036 < 0.25
+    high = torch.full_like(mask_logits, 0.0)  # sig = 0.5 per head: A = 1.0
+    below = nit_loss(mask_logits, low, targets, weight, **NIT)
+    above = nit_loss(mask_logits, high, targets, weight, **NIT)
+    assert below.regulariser == 0 and below.noise_activation < 0.25
+    assert above.noise_activation == pytest.approx(1.0)
+    assert above.regulariser.item() == pytest.approx(0.1 * (1.0 - 0.25))
+
+
+def test_saturated_sum_has_zero_gradient(batch):
+    _, _, targets, weight = batch
+    mask_logits = torch.full_like(targets, 5.0, requires_grad=True)
+    noise_logits = torch.full_like(targets, 5.0, requires_grad=True)  # 0.99 + 0.99 > 1
+    nit_loss(mask_logits, noise_logits, targets, weight, nit_lambda=0.0, nit_gamma=0.25).total.backward()
+    assert mask_logits.grad.abs().max() == 0
+
+
+def test_separation_loss_dispatches_on_noise_logits(batch):
+    mask_logits, noise_logits, targets, weight = batch
+    assert torch.equal(separation_loss(mask_logits, None, targets, weight, **NIT).total,
+                       clipsep_loss(mask_logits, targets, weight).total)
+    assert torch.equal(separation_loss(mask_logits, noise_logits, targets, weight, **NIT).total,
+                       nit_loss(mask_logits, noise_logits, targets, weight, **NIT).total)
+
+
+def test_losses_reject_bad_shapes(batch):
+    mask_logits, noise_logits, targets, weight = batch
+    with pytest.raises(BadInputError, match="weight"):
+        clipsep_loss(mask_logits, targets, weight.expand_as(targets))
+    with pytest.raises(BadInputError, match="2 noise heads"):
+        nit_loss(mask_logits, noise_logits[:, :1], targets, weight, **NIT)
