@@ -8,7 +8,8 @@ The warp samples the (F, T) magnitude image along frequency only (the time axis 
 so instead of building a ``grid_sample`` grid per T we precompute the equivalent bilinear
 interpolation matrix ``[bins, F]`` once per (F, bins, device, dtype) and apply it with one matmul.
 For ``align_corners=True`` and integer time positions this is exactly what ``grid_sample`` computes
-(tests/test_audio.py checks it against ``grid_sample`` with the paper's grid), and it works for any T.
+(tests/test_audio.py checks it against ``grid_sample`` with the paper's grid), and it works for
+any T.
 
 Shapes: ``wave [B, L]``, ``spec [B, F, T]`` complex with ``F = n_fft // 2 + 1``,
 ``T = 1 + L // hop_length``; magnitudes ``[B, C, F, T]``; warped ``[B, C, bins, T]``.
@@ -53,7 +54,8 @@ def stft(wave: torch.Tensor, cfg: AudioConfig | None = None) -> torch.Tensor:
                       pad_mode="constant", return_complex=True)
 
 
-def istft(spec: torch.Tensor, length: int | None = None, cfg: AudioConfig | None = None) -> torch.Tensor:
+def istft(spec: torch.Tensor, length: int | None = None,
+          cfg: AudioConfig | None = None) -> torch.Tensor:
     """Inverse of :func:`stft`: complex ``[B, F, T] -> [B, length]`` (default ``hop * (T - 1)``)."""
     if spec.dim() != 3 or not spec.is_complex():
         raise BadInputError(f"istft expects a complex [B, F, T] tensor, got {tuple(spec.shape)} "
@@ -85,7 +87,7 @@ def warp_positions(n_freq: int, bins: int) -> torch.Tensor:
 
 
 def unwarp_positions(n_freq: int, bins: int) -> torch.Tensor:
-    """Fractional warped-row index sampled for each linear bin ``[n_freq]`` (inverse of the warp)."""
+    """Fractional warped-row index sampled by each linear bin ``[n_freq]`` (the warp's inverse)."""
     freqs = torch.arange(n_freq, dtype=torch.float64)
     return (bins - 1) * torch.log1p((WARP_BASE - 1) * freqs / (n_freq - 1)) / math.log(WARP_BASE)
 
@@ -148,7 +150,9 @@ def log_magnitude(mag: torch.Tensor) -> torch.Tensor:
 
 
 def binary_masks(sources_warped: torch.Tensor, mix_warped: torch.Tensor) -> torch.Tensor:
-    """Ground truth ``1[|S_n| > 0.5 |mix|]``: ``[B, N, W, T]`` and ``[B, 1, W, T]`` -> ``[B, N, W, T]``.
+    """Ground truth ``1[|S_n| > 0.5 |mix|]``, shape ``[B, N, W, T]``.
+
+    ``sources_warped [B, N, W, T]`` and ``mix_warped [B, 1, W, T]`` are warped linear magnitudes.
 
     With N = 2 and additive magnitudes this marks the dominant source; where the sources' phases
     cancel (|mix| < |S_1| + |S_2|) both masks can be 1, as in the paper.

@@ -26,7 +26,8 @@ def batch():
 def test_weighted_bce_matches_torch(batch):
     mask_logits, _, targets, weight = batch
     prob = torch.sigmoid(mask_logits)
-    expected = F.binary_cross_entropy(prob, targets, weight=weight.expand_as(prob), reduction="none")
+    expected = F.binary_cross_entropy(prob, targets, weight=weight.expand_as(prob),
+                                      reduction="none")
     assert torch.allclose(weighted_bce(prob, targets, weight.expand_as(prob)),
                           expected.flatten(1).mean(1), atol=1e-6)
 
@@ -93,7 +94,8 @@ def test_saturated_sum_has_zero_gradient(batch):
     _, _, targets, weight = batch
     mask_logits = torch.full_like(targets, 5.0, requires_grad=True)
     noise_logits = torch.full_like(targets, 5.0, requires_grad=True)  # 0.99 + 0.99 > 1
-    nit_loss(mask_logits, noise_logits, targets, weight, nit_lambda=0.0, nit_gamma=0.25).total.backward()
+    loss = nit_loss(mask_logits, noise_logits, targets, weight, nit_lambda=0.0, nit_gamma=0.25)
+    loss.total.backward()
     assert mask_logits.grad.abs().max() == 0
 
 

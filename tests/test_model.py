@@ -1,4 +1,4 @@
-"""Separator network, preset registry and checkpoints (tiny preset unless the paper's is the point)."""
+"""Separator network, preset registry and checkpoints (tiny preset unless the paper's matters)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from clipsep.model.network import CLIPSepNet, NetConfig
 
 torch.set_num_threads(1)
 QUERY_DIM = 16
-QUERY_REF = {"architecture": "clipsep-tiny", "pretrained": None, "prompt_templates": ["a photo of {}."]}
+QUERY_REF = {"architecture": "clipsep-tiny", "pretrained": None,
+             "prompt_templates": ["a photo of {}."]}
 
 
 def _tiny(nit: bool = True, seed: int = 0) -> CLIPSepNet:
@@ -175,4 +176,5 @@ def test_bf16_autocast_and_channels_last_run():
     mix, queries, _, _ = _batch()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(mix.contiguous(memory_format=torch.channels_last), queries)
-    assert out.mask_logits.shape == (2, 2, 256, 64) and torch.isfinite(out.mask_logits.float()).all()
+    assert out.mask_logits.shape == (2, 2, 256, 64)
+    assert torch.isfinite(out.mask_logits.float()).all()

@@ -58,9 +58,8 @@ def nit_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor, targets: tor
                             f"{tuple(mask_logits.shape)} and noise {tuple(noise_logits.shape)}")
     query_prob = torch.sigmoid(mask_logits.float())  # [B, 2, W, T]
     noise_prob = torch.sigmoid(noise_logits.float())  # [B, 2, W, T]
-    # 1 - relu(1 - x) == min(1, x), with zero gradient where the sum saturates (as in the paper)
-    same = _per_source_bce(1 - torch.relu(1 - (query_prob + noise_prob)), targets, weight)
-    swapped = _per_source_bce(1 - torch.relu(1 - (query_prob + noise_prob.flip(1))), targets, weight)
+    same = _per_source_bce(_capped_sum(query_prob, noise_prob), targets, weight)
+    swapped = _per_source_bce(_capped_sum(query_prob, noise_prob.flip(1)), targets, weight)
     per_example = torch.minimum(same.mean(dim=1), swapped.mean(dim=1))  # [B]
     separation = per_example.mean()
     activation = noise_prob.sum(dim=1).mean()
@@ -68,7 +67,13 @@ def nit_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor, targets: tor
     return LossTerms(separation + regulariser, separation, regulariser, activation.detach())
 
 
-def _per_source_bce(prob: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _capped_sum(query_prob: torch.Tensor, noise_prob: torch.Tensor) -> torch.Tensor:
+    """min(1, p + q) as 1 - relu(1 - (p + q)): zero gradient where saturated, as in the paper."""
+    return 1 - torch.relu(1 - (query_prob + noise_prob))
+
+
+def _per_source_bce(prob: torch.Tensor, targets: torch.Tensor,
+                    weight: torch.Tensor) -> torch.Tensor:
     """``[B, N, W, T]`` probabilities -> ``[B, N]`` weighted BCE per example and source."""
     batch, sources = prob.shape[:2]
     expanded = weight.expand_as(prob)
@@ -90,7 +95,7 @@ def separation_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor | None
                     nit_gamma: float) -> LossTerms:
     """The NIT loss when the model produced noise logits, else the plain CLIPSep loss.
 
-    Call as ``separation_loss(*model(mix, queries), targets, weight, nit_lambda=..., nit_gamma=...)``.
+    Call as ``separation_loss(*model(mix, queries), targets, weight, nit_lambda=l, nit_gamma=g)``.
     """
     if noise_logits is None:
         return clipsep_loss(mask_logits, targets, weight)

@@ -1,4 +1,6 @@
-"""CLIPSep separator: U-Net audio features + query fusion (+ NIT noise heads). Imports torch (and clipsep.errors) only.
+"""CLIPSep separator: U-Net audio features + query fusion (+ NIT noise heads).
+
+Imports torch (and clipsep.errors) only.
 
 ``CLIPSepNet.forward(mix_mag [B, 1, W, T], queries [B, N, D])`` runs the U-Net once per mixture and
 turns each of the N queries into a mask logit map ``[B, N, W, T]``. With noise invariant training
@@ -94,8 +96,8 @@ class CLIPSepNet(nn.Module):
         """Apply N queries ``[B, N, D]`` to features ``[B, k, W, T]`` (no U-Net pass)."""
         if queries.dim() != 3 or queries.shape[0] != features.shape[0] \
                 or queries.shape[-1] != self.cfg.query_dim:
-            raise BadInputError(f"queries must be [B={features.shape[0]}, N, D={self.cfg.query_dim}], "
-                             f"got {tuple(queries.shape)}")
+            raise BadInputError(f"queries must be [B={features.shape[0]}, N, "
+                                f"D={self.cfg.query_dim}], got {tuple(queries.shape)}")
         projected = self.fusion.project(queries)  # [B, N, k], pre-sigmoid
         mask_logits = self.fusion.combine(torch.sigmoid(projected), features)
         noise_logits = None

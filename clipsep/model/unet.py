@@ -24,9 +24,10 @@ class UNet(nn.Module):
         self.depth = depth
         widths = [base_channels * min(2 ** level, max_multiplier) for level in range(depth)]
         self.input_norm = nn.BatchNorm2d(1)
-        self.encoders = nn.ModuleList(_encoder(1 if level == 0 else widths[level - 1], widths[level],
-                                               first=level == 0, innermost=level == depth - 1)
-                                      for level in range(depth))
+        self.encoders = nn.ModuleList(
+            _encoder(1 if level == 0 else widths[level - 1], widths[level],
+                     first=level == 0, innermost=level == depth - 1)
+            for level in range(depth))
         # decoders[j] turns level (depth-1-j) back into level (depth-2-j)'s resolution and width
         self.decoders = nn.ModuleList(
             _decoder(widths[level] * (1 if level == depth - 1 else 2), widths[level - 1])
