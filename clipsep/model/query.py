@@ -281,6 +281,7 @@ class QueryEncoder:
     @classmethod
     def _build(cls, architecture: str, model_config: dict[str, Any] | None,
                pretrained: str | None, templates: Sequence[str], device: str) -> "QueryEncoder":
+        _check_templates(templates)  # before the (possibly slow) model load
         device = resolve_device(device)
         weights = resolve_weights(architecture, pretrained)
         model, tokenizer, preprocess, config = _build_open_clip(architecture, model_config,
