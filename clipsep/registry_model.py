@@ -35,8 +35,8 @@ class ClipSepPyfunc(mlflow.pyfunc.PythonModel):
         if device not in self._separators:
             from clipsep.inference import Separator
 
-            self._separators[device] = Separator.from_checkpoint(
-                self.checkpoint, device=device, clip_weights=self.clip_weights)
+            self._separators[device] = Separator.from_pretrained(
+                str(self.checkpoint), device=device, clip_weights=self.clip_weights)
         return self._separators[device]
 
     def predict(self, context, model_input: pd.DataFrame,

@@ -1,0 +1,89 @@
+"""The promotion gate: champion only when a model beats the champion by the margin (real registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_params_at
+from platform_inputs import save_random_clip, write_checkpoint, write_metrics, write_pipeline_outputs
+
+from clipsep import tracking
+from clipsep.config import RegistryConfig
+
+torch.set_num_threads(1)
+
+GATE = RegistryConfig(tracking_uri=None, experiment="clipsep", model_name="clipsep",
+                      promotion_margin_db=0.2, champion_floor_db=3.0)
+
+
+def test_first_model_must_clear_the_floor():
+    assert tracking.decide_alias(3.5, None, "p1", GATE).alias == "champion"
+    below = tracking.decide_alias(2.0, None, "p1", GATE)
+    assert below.alias == "challenger"
+    assert "below the floor 3.00 dB" in below.reason
+
+
+def test_margin_and_protocol_decide_against_a_champion():
+    champion = {"text_sdr": "5.0", "eval_protocol": "p1", "version": "1"}
+    assert tracking.decide_alias(5.3, champion, "p1", GATE).alias == "champion"
+    within_margin = tracking.decide_alias(5.1, champion, "p1", GATE)
+    assert within_margin.alias == "challenger"
+    assert "gain +0.10 dB, margin 0.20 dB" in within_margin.reason
+    other_protocol = tracking.decide_alias(9.0, champion, "p2", GATE)
+    assert other_protocol.alias == "challenger"
+    assert "not comparable" in other_protocol.reason
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny project whose registry is reused by the gate sequence below (one sqlite store)."""
+    root = tmp_path_factory.mktemp("gate")
+    p = tiny_params_at(root, **{"registry.champion_floor_db": 3.0,
+                                "registry.promotion_margin_db": 0.2})
+    clip = save_random_clip(p, root / "clip-source.pt")
+    write_pipeline_outputs(p, text_sdr=5.0, clip_weights=clip)
+    return p, clip
+
+
+def test_worse_model_becomes_challenger_and_better_one_takes_over(project):
+    from mlflow import MlflowClient
+
+    p, clip = project
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(p))
+    first = tracking.register(p)
+    assert (first["version"], first["alias"]) == ("1", "champion")
+
+    write_checkpoint(p, clip, seed=1)  # a deliberately worse model
+    write_metrics(p, text_sdr=4.0)
+    worse = tracking.register(p)
+    assert (worse["version"], worse["alias"]) == ("2", "challenger")
+    assert "does not beat the champion" in worse["reason"] and "v1" in worse["reason"]
+    assert str(client.get_model_version_by_alias("clipsep", "champion").version) == "1"
+    tags = client.get_model_version("clipsep", "2").tags
+    assert (tags["gate_decision"], tags["gate_reason"]) == ("challenger", worse["reason"])
+    assert client.get_run(worse["run_id"]).data.tags["gate_reason"] == worse["reason"]
+
+    write_checkpoint(p, clip, seed=2)
+    write_metrics(p, text_sdr=5.5)
+    better = tracking.register(p)
+    assert (better["version"], better["alias"]) == ("3", "champion")
+    assert str(client.get_model_version_by_alias("clipsep", "champion").version) == "3"
+    assert "champion" not in client.get_model_version("clipsep", "1").aliases
+
+
+def test_first_model_under_the_floor_is_only_a_challenger(project):
+    """A fresh registered model name in the same store: no champion, SDR below the floor."""
+    from mlflow import MlflowClient
+
+    p, _ = project
+    client, _ = tracking.connect(p)
+    client.create_registered_model("clipsep-floor")
+    version = client.create_model_version("clipsep-floor", source=str(Path(p.path("checkpoints"))))
+    decision = tracking.apply_gate(client, "clipsep-floor", version.version, 1.0, "p1", p.registry)
+    assert decision.alias == "challenger"
+    stored = MlflowClient(tracking_uri=tracking.tracking_uri(p)).get_model_version_by_alias(
+        "clipsep-floor", "challenger")
+    assert stored.tags["gate_decision"] == "challenger"
+    assert "below the floor" in stored.tags["gate_reason"]

@@ -1,0 +1,162 @@
+"""MLflow tracking of one pipeline run: real sqlite store, real artifacts, real registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_params_at
+from platform_inputs import save_random_clip, write_manifest, write_pipeline_outputs
+
+from clipsep import tracking
+from clipsep.errors import BadInputError, MissingWeightsError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def clip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("clip")
+    return save_random_clip(tiny_params_at(folder), folder / "clip.pt")
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory, clip_weights: Path):
+    """One tiny pipeline's outputs registered once; cwd is a clean folder to catch stray files."""
+    tmp_path = tmp_path_factory.mktemp("tracking")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        p = tiny_params_at(tmp_path / "project", **{"registry.champion_floor_db": -100.0})
+        write_pipeline_outputs(p, text_sdr=4.5, clip_weights=clip_weights)
+        yield p, tracking.register(p), workdir
+
+
+def test_register_logs_params_history_metrics_and_lineage(registered):
+    from mlflow import MlflowClient
+
+    p, summary, workdir = registered
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(p))
+    run = client.get_run(summary["run_id"])
+    assert run.data.params["train.steps"] == "4"
+    assert run.data.params["model.preset"] == "tiny"
+    assert run.data.metrics["eval/text/sdr/mean"] == pytest.approx(4.5)
+    history = client.get_metric_history(summary["run_id"], "train_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(summary["run_id"], "val_sdr")] == [2, 4]
+    manifest_md5 = hashlib.md5((p.path("clips") / "manifest.csv").read_bytes()).hexdigest()
+    assert run.data.tags["data_version"] == manifest_md5 == summary["data_version"]
+    assert run.data.tags["gate_decision"] == "champion"
+    assert run.data.tags["sys.torch"] == torch.__version__
+    assert {"git_commit", "git_dirty", "eval_protocol", "dvc_lock_clips_md5"} <= set(run.data.tags)
+    assert list(workdir.iterdir()) == [], "MLflow wrote outside the configured store"
+
+
+def test_register_logs_pictures_audio_and_reports(registered):
+    from mlflow import MlflowClient
+
+    p, summary, _ = registered
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(p))
+    logged = {f.path for folder in ("training", "examples", "evaluation")
+              for f in client.list_artifacts(summary["run_id"], folder)}
+    assert {"training/history.csv", "training/curves.png", "examples/step4-0-mixture.wav",
+            "examples/step4-0-spectrogram.png", "evaluation/metrics.json"} <= logged
+    artifacts_root = p.path("mlflow") / "artifacts"
+    assert any(artifacts_root.rglob("step4-0-mixture.wav")), "artifacts are not in paths.mlflow"
+
+
+def test_registered_version_carries_tags_signature_and_files(registered, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    p, summary, _ = registered
+    uri = tracking.tracking_uri(p)
+    version = MlflowClient(tracking_uri=uri).get_model_version_by_alias("clipsep", "champion")
+    assert str(version.version) == summary["version"] == "1"
+    assert version.tags["run_id"] == summary["run_id"]
+    assert version.tags["data_version"] == summary["data_version"]
+    assert float(version.tags["text_sdr"]) == pytest.approx(4.5)
+    assert "floor" in version.tags["gate_reason"]
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.models.get_model_info("models:/clipsep@champion")
+    assert info.signature.inputs.input_names() == ["audio", "query"]
+    assert info.signature.outputs.input_names() == ["target", "residual"]
+    checkpoint, clip_weights = tracking.resolve_model_reference(
+        "models:/clipsep@champion", tracking=uri, cache_dir=tmp_path / "cache")
+    assert checkpoint.read_bytes() == (p.path("checkpoints") / "best.pt").read_bytes()
+    assert clip_weights is not None
+    assert clip_weights.read_bytes() == (p.path("clip_model") / "clip.pt").read_bytes()
+    again = tracking.resolve_model_reference("models:/clipsep/1", tracking=uri,
+                                             cache_dir=tmp_path / "cache")
+    assert again == (checkpoint, clip_weights), "a second resolve must reuse the cached download"
+
+
+def test_registered_pyfunc_separates_a_file(registered, tmp_path):
+    import mlflow
+    import pandas as pd
+    import soundfile as sf
+
+    p, _, _ = registered
+    mlflow.set_tracking_uri(tracking.tracking_uri(p))
+    model = mlflow.pyfunc.load_model("models:/clipsep@champion")
+    mixture = p.path("checkpoints") / "examples" / "step4-0-mixture.wav"
+    out = model.predict(pd.DataFrame({"audio": [str(mixture)], "query": ["cello"]}),
+                        params={"out_dir": str(tmp_path / "out"), "device": "cpu"})
+    assert list(out.columns) == ["target", "residual"]
+    target, rate = sf.read(out["target"][0])
+    assert rate == sf.info(str(mixture)).samplerate and len(target) == sf.info(str(mixture)).frames
+    assert Path(out["residual"][0]).parent == tmp_path / "out" / "000-step4-0-mixture"
+
+
+def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
+    p, _, _ = registered
+    uri = tracking.tracking_uri(p)
+    with pytest.raises(tracking.RegistryError, match="no model version"):
+        tracking.resolve_model_reference("models:/clipsep@nonexistent", tracking=uri,
+                                         cache_dir=tmp_path / "cache")
+    with pytest.raises(tracking.RegistryError, match="expected models:/NAME@ALIAS"):
+        tracking.parse_model_reference("models:/clipsep/latest")
+    with pytest.raises(MissingWeightsError):
+        tracking.resolve_model_reference(str(tmp_path / "missing.pt"))
+    local = p.path("checkpoints") / "best.pt"
+    assert tracking.resolve_model_reference(str(local)) == (local, None)
+
+
+def test_register_refuses_missing_inputs_and_broken_metrics(tmp_path):
+    p = tiny_params_at(tmp_path)
+    with pytest.raises(BadInputError, match="clipsep train"):
+        tracking.register(p)
+    with pytest.raises(BadInputError, match="text.sdr.mean"):
+        tracking.text_sdr({"text": {"sir": {}}})
+    with pytest.raises(BadInputError, match="nan"):
+        tracking.text_sdr({"text": {"sdr": {"mean": math.nan}}})
+
+
+def test_data_version_follows_manifest_and_dvc_lock(tmp_path):
+    p = tiny_params_at(tmp_path)
+    write_manifest(p)
+    first = tracking.data_version(p)
+    assert first["dvc_lock_clips_md5"] == "absent"
+    write_manifest(p, salt="changed")
+    assert tracking.data_version(p)["data_version"] != first["data_version"]
+    clips = p.path("clips").relative_to(tmp_path)
+    (tmp_path / "dvc.lock").write_text(
+        f"schema: '2.0'\nstages:\n  ingest:\n    outs:\n    - path: {clips}\n"
+        "      md5: 0123456789abcdef.dir\n")
+    p_with_lock = dataclasses.replace(p, source_file=str(tmp_path / "params.yaml"))
+    assert tracking.data_version(p_with_lock)["dvc_lock_clips_md5"] == "0123456789abcdef.dir"
+
+
+def test_history_reader_skips_empty_and_non_finite_cells(tmp_path):
+    history = tmp_path / "history.csv"
+    history.write_text("step,train_loss,val_sdr,note\n1,0.5,,x\n2,nan,3.0,y\n")
+    assert tracking.read_history(history) == [("train_loss", 0.5, 1), ("val_sdr", 3.0, 2)]
+    flat = tracking.flatten_metrics({"text": {"sdr": {"mean": 1.0, "bad": math.inf}},
+                                     "backend": "museval v4", "per class": {"n": 2}}, "eval")
+    assert flat == {"eval/text/sdr/mean": 1.0, "eval/per_class/n": 2.0}
