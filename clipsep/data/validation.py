@@ -208,10 +208,14 @@ def statistics_expectations(cfg: ValidateConfig) -> list:
 
 def run_suites(manifest, statistics: dict[str, Any], cfg: ValidateConfig) -> list[dict[str, Any]]:
     """Run both suites in an ephemeral GX context (no files, no progress bars); one record each."""
+    # GX logs its bookkeeping at INFO (from import on, and one module pins its own level to INFO);
+    # the CLI's INFO level would drown our summary in it
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     import pandas as pd
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas(name="clipsep")
