@@ -197,7 +197,8 @@ def process_source(path: Path, sha256: str, out_dir: Path, cfg: IngestConfig) ->
         return sorted({t for start, length in plan for t in picture_times(start, length, cfg.fps)})
 
     try:
-        media = decode_media(path, cfg.sample_rate, cfg.frame_size, cfg.max_pixels, wanted_times)
+        threads = 1 if cfg.workers > 1 else 0  # processes already share the cores
+        media = decode_media(path, cfg.sample_rate, cfg.frame_size, cfg.max_pixels, wanted_times, threads)
         plan = plan_clips(min(media.duration_s, media.declared_s or UNKNOWN_DURATION_S), cfg)
         if not plan:
             raise UnusableMedia("too_short", f"{media.duration_s:.2f} s < ingest.min_seconds={cfg.min_seconds}")
@@ -275,6 +276,8 @@ class _worker_pool:
     """A process pool for ``workers`` > 1, else None (everything runs in this process)."""
 
     def __init__(self, workers: int) -> None:
+        import clipsep.data.media  # noqa: F401  (imported once here, inherited by forked workers)
+
         self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
 
     def __enter__(self):

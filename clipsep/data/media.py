@@ -68,15 +68,17 @@ def open_container(path: Path):
 
 
 def decode_media(path: Path, sample_rate: int, frame_size: int, max_pixels: int,
-                 picture_times: Callable[[float | None], list[float]]) -> DecodedMedia:
+                 picture_times: Callable[[float | None], list[float]], threads: int = 0) -> DecodedMedia:
     """Decode ``path``: its audio resampled to mono ``sample_rate`` and a picture at each time.
 
     ``picture_times(declared duration in s, or None when the header has none)`` lists the wanted times.
+    ``threads``: video decoder threads (0 = FFmpeg's choice; 1 when worker processes share the cores).
     """
     with open_container(path) as container:
         video, audio = _pick_streams(container)
         width, height = video.codec_context.width, video.codec_context.height
         _check_size(width, height, max_pixels)
+        video.thread_count = threads
         declared = container.duration / av.time_base if container.duration else None
         picker = _PicturePicker(sorted(picture_times(declared)), frame_size, max_pixels)
         sound = _SoundCollector(sample_rate)
