@@ -1,0 +1,50 @@
+"""Serve the ``train-clipsep`` deployment on a cron schedule (a long-running process).
+
+    .venv/bin/python -m flows.serve [--name weekly] [--cron "0 3 * * 1"] [--profile P] [--set k=v]
+
+Registers deployment ``train-clipsep/<name>`` on the Prefect API named by PREFECT_API_URL (the
+local server of ``make platform``, or a team's own) and runs its flow runs in this process:
+scheduled ones and those triggered with
+``prefect deployment run 'train-clipsep/<name>' -p profile=tiny -p 'overrides=["train.steps=8"]'``.
+The cron (default weekly, Monday 03:00) also comes from CLIPSEP_CRON. Stop it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from flows.train_clipsep import train_clipsep
+
+DEFAULT_CRON = "0 3 * * 1"  # weekly: Monday 03:00
+DEFAULT_NAME = "weekly"
+
+
+def deployment_parameters(args: argparse.Namespace) -> dict:
+    """Default flow parameters of the deployment (a trigger's -p values override them)."""
+    return {"params_file": str(Path(args.params).resolve()), "profile": args.profile,
+            "overrides": args.overrides, "source": args.source}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default=os.environ.get("CLIPSEP_DEPLOYMENT", DEFAULT_NAME))
+    parser.add_argument("--cron", default=os.environ.get("CLIPSEP_CRON", DEFAULT_CRON))
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--source", default=None, help="a folder of videos (default: the embedded world)")
+    args = parser.parse_args(argv)
+    print(f"serving deployment '{train_clipsep.name}/{args.name}' (cron '{args.cron}') "
+          f"on {os.environ.get('PREFECT_API_URL', 'an ephemeral Prefect server')}", flush=True)
+    train_clipsep.serve(name=args.name, cron=args.cron, parameters=deployment_parameters(args),
+                        tags=["clipsep"], description="train, evaluate and register CLIPSep")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
