@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 include scripts/env.mk
 
-.PHONY: setup quickstart test bench-ingest clean-data
+.PHONY: setup quickstart test bench-ingest clean-data flow platform platform-stop mlflow-ui
 
 setup:
 	@bash scripts/setup.sh
@@ -16,3 +16,16 @@ test: setup
 
 bench-ingest: setup
 	$(VENV)/bin/python bench/ingest.py
+
+# The platform (docs/platform.md): one flow run, the scheduled deployment, the MLflow UI.
+flow: setup
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows.train_clipsep
+
+platform: setup
+	@bash scripts/platform.sh start
+
+platform-stop:
+	@bash scripts/platform.sh stop
+
+mlflow-ui:
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -1,0 +1,128 @@
+"""End to end with real parts: a Prefect server on a free loopback port, the served deployment,
+``prefect deployment run ... --watch`` on the tiny profile, then the MLflow registry and the run's
+Prefect artifacts are checked. Everything lives in tmp (own PREFECT_HOME, HOME, MLflow store)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import servers
+from conftest import REPO
+
+from clipsep.config import dump_params, load_params
+from clipsep.env import OFFLINE_DEFAULTS
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+DEPLOYMENT = "itest"
+BIN = Path(sys.executable).parent
+
+
+def make_project(root: Path) -> Path:
+    """A git-committed copy of the tracked files whose params.yaml is the tiny profile."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source, target = REPO / name, root / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    tiny = load_params(REPO / "params.yaml", profile="tiny",
+                       overrides={"registry.champion_floor_db": -100.0})
+    dump_params(tiny, root / "params.yaml")
+    git = ["git", "-c", "user.name=itest", "-c", "user.email=itest@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tiny project"]):
+        subprocess.run(git + args, cwd=root, check=True, capture_output=True)
+    return root
+
+
+def platform_env(tmp: Path, port: int) -> dict[str, str]:
+    env = {**os.environ, **OFFLINE_DEFAULTS, "HOME": str(tmp / "home"),
+           "PREFECT_HOME": str(tmp / "prefect_home"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_LOGGING_LEVEL": "INFO",
+           "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    (tmp / "home").mkdir(exist_ok=True)
+    return env
+
+
+def api(port: int, path: str, body: dict | None = None):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api{path}", method="POST" if body is not None else "GET",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def deployment_exists(port: int):
+    def check() -> bool:
+        try:
+            return bool(api(port, f"/deployments/name/train-clipsep/{DEPLOYMENT}").get("id"))
+        except OSError:
+            return False
+    return check
+
+
+@pytest.fixture
+def platform(tmp_path: Path):
+    """(project dir, env, port) with a Prefect server and the deployment runner up; stopped after."""
+    project = make_project(tmp_path / "project")
+    port = servers.free_port()
+    env = platform_env(tmp_path, port)
+    logs = tmp_path / "logs"
+    server = servers.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host",
+                                              "127.0.0.1", "--port", str(port)], env, project, logs)
+    runner = None
+    try:
+        servers.wait_until(servers.http_ok(f"http://127.0.0.1:{port}/api/health"), server, 180,
+                           "healthy API")
+        runner = servers.start("runner", [sys.executable, "-m", "flows.serve", "--name", DEPLOYMENT,
+                                          "--params", "params.yaml"], env, project, logs)
+        servers.wait_until(deployment_exists(port), runner, 180, "deployment")
+        yield project, env, port, runner
+    finally:  # runner first (it talks to the server), then the server
+        if runner is not None:
+            servers.stop(runner)
+        servers.stop(server)
+
+
+def test_deployment_run_registers_a_model_with_lineage(platform):
+    from mlflow import MlflowClient
+
+    project, env, port, runner = platform
+    trigger = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", f"train-clipsep/{DEPLOYMENT}",
+         "-p", 'overrides=["train.steps=4"]', "--watch", "--watch-interval", "2",
+         "--watch-timeout", "1200"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=1300)
+    assert trigger.returncode == 0, f"{trigger.stdout}\n{trigger.stderr}\n{runner.log_tail()}"
+    assert "Completed" in trigger.stdout, trigger.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlruns/mlflow.db")
+    version = client.get_model_version_by_alias("clipsep", "champion")
+    assert str(version.version) == "1"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    manifest = project / "data" / "clips" / "manifest.csv"
+    assert version.tags["git_commit"] == head
+    assert version.tags["data_version"] == hashlib.md5(manifest.read_bytes()).hexdigest()
+    assert version.tags["gate_decision"] == "champion"
+    run = client.get_run(version.tags["run_id"])
+    assert run.data.params["train.steps"] == "4"
+    assert "eval/text/sdr/mean" in run.data.metrics
+
+    artifacts = api(port, "/artifacts/filter", {"artifacts": {"key": {
+        "any_": ["clipsep-metrics", "clipsep-mlflow-run"]}}})
+    by_key = {a["key"]: a for a in artifacts}
+    assert "| text |" in by_key["clipsep-metrics"]["data"]
+    assert version.tags["run_id"] in by_key["clipsep-mlflow-run"]["data"]
