@@ -117,7 +117,9 @@ def _warp_matrix(n_freq: int, bins: int, inverse: bool, device: torch.device,
 
 def _apply_rows(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Mix the frequency rows of ``x [B, C, R, T]`` with ``matrix [R', R]`` -> ``[B, C, R', T]``."""
-    return torch.matmul(matrix, x)
+    # keep the input's precision under autocast: targets and masks must not be rounded to bf16
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.matmul(matrix, x)
 
 
 def warp(mag: torch.Tensor, bins: int = 256) -> torch.Tensor:

@@ -114,3 +114,12 @@ def test_bad_shapes_raise_clear_errors():
         audio.stft(torch.randn(100))
     with pytest.raises(BadInputError, match=r"\[B, C, F, T\]"):
         audio.warp(torch.rand(513, 10), 256)
+
+
+def test_warp_keeps_float32_under_autocast():
+    mag = torch.rand(1, 1, 513, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warped = audio.warp(mag, 256)
+        back = audio.unwarp(warped, 513)
+    assert warped.dtype == torch.float32 and back.dtype == torch.float32
+    assert torch.equal(warped, audio.warp(mag, 256))
