@@ -87,16 +87,18 @@ def _encode_sound(out, stream, spec: VideoSpec) -> None:
     total = int(round(spec.seconds * rate))
     t = np.arange(total) / rate
     rng = np.random.default_rng(spec.seed)
-    wave = spec.amplitude * (np.sin(2 * np.pi * spec.tone_hz * t) + 0.05 * rng.standard_normal(total))
+    noise = 0.05 * rng.standard_normal(total)
+    wave = spec.amplitude * (np.sin(2 * np.pi * spec.tone_hz * t) + noise)
     stereo = np.ascontiguousarray(np.stack([wave, wave]).astype(np.float32))
     chunk = stream.codec_context.frame_size or 1024
     fmt = stream.codec_context.format.name
     for start in range(0, total, chunk):
         block = stereo[:, start:start + chunk]
         if fmt == "flt":  # packed float codecs want [1, samples*channels]
-            frame = av.AudioFrame.from_ndarray(block.T.reshape(1, -1).copy(), format="flt", layout="stereo")
+            data = block.T.reshape(1, -1).copy()
         else:
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout="stereo")
+            fmt, data = "fltp", np.ascontiguousarray(block)
+        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="stereo")
         frame.sample_rate = rate
         frame.pts = start
         frame.time_base = Fraction(1, rate)
@@ -118,7 +120,8 @@ CONTAINER_SPECS: dict[str, VideoSpec] = {
 
 def write_container_zoo(folder: Path) -> dict[str, Path]:
     """One good video per extension (mkv h264+aac, webm vp9+opus 48 kHz, avi mpeg4+mp3, mov)."""
-    return {ext: write_video(folder / f"zoo_{ext}.{ext}", spec) for ext, spec in CONTAINER_SPECS.items()}
+    return {ext: write_video(folder / f"zoo_{ext}.{ext}", spec)
+            for ext, spec in CONTAINER_SPECS.items()}
 
 
 # --- the fault corpus ---------------------------------------------------------------------------

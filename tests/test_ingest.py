@@ -1,4 +1,4 @@
-"""Video ingestion: clips, manifest, quarantine of broken files, incremental and interrupted runs."""
+"""Video ingestion: clips, manifest, quarantine of broken files, incremental and killed runs."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def corpus_run(tmp_path_factory):
-    """One ingest (2 worker processes) over faults, every container, nested folders, a long video."""
+    """One ingest (2 worker processes): faults, every container, nested folders, a long video."""
     root = tmp_path_factory.mktemp("corpus")
     source = root / "videos"
     expected = media.write_fault_corpus(source / "train" / "cello")
@@ -51,7 +51,8 @@ def corpus_run(tmp_path_factory):
 
 def test_each_broken_file_is_quarantined_with_its_reason(corpus_run):
     clips, _, summary, expected = corpus_run
-    reasons = {Path(row["source"]).name: row["reason"] for row in read_csv(clips / "quarantine.csv")}
+    quarantine = read_csv(clips / "quarantine.csv")
+    reasons = {Path(row["source"]).name: row["reason"] for row in quarantine}
     assert reasons == expected
     assert summary["quarantined"] == len(expected)
     assert summary["quarantined_by_reason"] == {reason: 1 for reason in expected.values()}
@@ -77,10 +78,12 @@ def test_clip_files_match_the_manifest(corpus_run):
         assert (info.samplerate, info.channels) == (16000, 1)
         assert info.frames == round(float(row["duration_s"]) * 16000)
         pictures = sorted((clips / row["frames_dir"]).glob("*.jpg"))
-        assert [p.name for p in pictures] == [f"{i:06d}.jpg" for i in range(1, int(row["n_frames"]) + 1)]
+        expected_names = [f"{i:06d}.jpg" for i in range(1, int(row["n_frames"]) + 1)]
+        assert [p.name for p in pictures] == expected_names
         assert Image.open(pictures[0]).size == (cfg.frame_size, cfg.frame_size)
         assert float(row["rms_db"]) > cfg.silence_db
-    assert {r["split"] for r in rows if r["source"].startswith(("val/", "test/"))} == {"val", "test"}
+    presplit = {r["split"] for r in rows if r["source"].startswith(("val/", "test/"))}
+    assert presplit == {"val", "test"}
     assert not (clips / ".tmp").exists()
 
 
@@ -90,8 +93,9 @@ def test_long_video_is_cut_into_clips_with_the_right_pictures(corpus_run):
     assert [float(r["start_s"]) for r in rows] == [0.0, 6.0, 12.0]  # the 2-s tail is < min_seconds
     spec = media.VideoSpec(seconds=20.0)
     for row in rows:
-        for number, picture in enumerate(sorted((clips / row["frames_dir"]).glob("*.jpg")), start=1):
-            t = float(row["start_s"]) + number - 0.5  # contract: frame i shows t = start + (i - 0.5) s
+        pictures = sorted((clips / row["frames_dir"]).glob("*.jpg"))
+        for number, picture in enumerate(pictures, start=1):
+            t = float(row["start_s"]) + number - 0.5  # contract: frame i shows start + (i - 0.5) s
             grey = np.asarray(Image.open(picture).convert("L"))[cfg.frame_size // 2:, :].mean()
             assert abs(grey - media.grey_level(t, spec.seconds)) < 4, (row["clip_id"], number)
 
@@ -107,9 +111,9 @@ def test_plan_keeps_tails_only_when_long_enough(tmp_path):
 def test_split_is_deterministic_from_the_hash():
     fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
     assert split_of("val/x.mp4", "f" * 64, fractions) == "val"
-    draws = [split_of(f"a/{i}.mp4", f"{i * 2654435761 % 2**32:08x}" + "0" * 56, fractions) for i in range(400)]
-    assert draws == [split_of(f"b/{i}.mp4", f"{i * 2654435761 % 2**32:08x}" + "0" * 56, fractions)
-                     for i in range(400)]
+    hashes = [f"{i * 2654435761 % 2**32:08x}" + "0" * 56 for i in range(400)]
+    draws = [split_of(f"a/{i}.mp4", h, fractions) for i, h in enumerate(hashes)]
+    assert draws == [split_of(f"b/{i}.mp4", h, fractions) for i, h in enumerate(hashes)]
     assert 0.7 < draws.count("train") / 400 < 0.9
 
 
@@ -141,7 +145,8 @@ def test_changed_settings_invalidate_every_clip(tmp_path):
     summary = ingest_folder(source, out, tiny_ingest(tmp_path, audio_format="flac", frame_size=32))
     assert summary["processed"] == 1 and summary["removed_files"] == 1  # the old .wav
     row = read_csv(out / "manifest.csv")[0]
-    assert row["audio_path"].endswith(".flac") and soundfile.info(out / row["audio_path"]).samplerate == 16000
+    assert row["audio_path"].endswith(".flac")
+    assert soundfile.info(out / row["audio_path"]).samplerate == 16000
     assert Image.open(out / row["frames_dir"] / "000001.jpg").size == (32, 32)
 
 
@@ -187,7 +192,8 @@ def test_killed_run_leaves_nothing_a_rerun_would_trust(tmp_path):
         media.write_video(source / f"v{index}.mp4", media.VideoSpec(seconds=30.0, seed=index))
     reference = ingest_folder(source, tmp_path / "reference", tiny_ingest(tmp_path))
     out = tmp_path / "killed"
-    code = KILLABLE_RUN.format(tests=str(REPO / "tests"), root=str(tmp_path), source=str(source), out=str(out))
+    code = KILLABLE_RUN.format(tests=str(REPO / "tests"), root=str(tmp_path), source=str(source),
+                               out=str(out))
     process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -198,10 +204,12 @@ def test_killed_run_leaves_nothing_a_rerun_would_trust(tmp_path):
     (out / "audio" / "bogus_000.wav").parent.mkdir(parents=True, exist_ok=True)
     (out / "audio" / "bogus_000.wav").write_bytes(b"half")  # a file no run recorded
     summary = ingest_folder(source, out, tiny_ingest(tmp_path))
-    assert (out / "manifest.csv").read_text() == (tmp_path / "reference" / "manifest.csv").read_text()
+    reference_manifest = (tmp_path / "reference" / "manifest.csv").read_text()
+    assert (out / "manifest.csv").read_text() == reference_manifest
     assert summary["clips"] == reference["clips"] == 6 * 5
     rows = read_csv(out / "manifest.csv")
-    assert sorted(p.name for p in (out / "audio").iterdir()) == sorted(Path(r["audio_path"]).name for r in rows)
+    audio_files = sorted(p.name for p in (out / "audio").iterdir())
+    assert audio_files == sorted(Path(r["audio_path"]).name for r in rows)
     assert not (out / ".tmp").exists()
 
 
@@ -211,6 +219,7 @@ def test_ingest_stage_reads_params(tmp_path):
     assert stages.ingest(params)["clips"] == 1
     assert read_csv(params.path("clips") / "manifest.csv")[0]["label"] == "violin"
     (tmp_path / "labels.csv").write_text("path,label\nviolin/a.mov,viola\n")
-    relabelled = tiny_params_at(tmp_path, **{"ingest.source": "in", "ingest.labels_csv": "labels.csv"})
+    relabelled = tiny_params_at(tmp_path, **{"ingest.source": "in",
+                                             "ingest.labels_csv": "labels.csv"})
     assert stages.ingest(relabelled)["skipped_unchanged"] == 1  # labels do not touch the clips
     assert read_csv(params.path("clips") / "manifest.csv")[0]["label"] == "viola"

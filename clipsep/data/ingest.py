@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov")
 SPLIT_NAMES = ("train", "val", "test", "interference")
-MANIFEST_COLUMNS = ("clip_id", "source", "source_hash", "split", "start_s", "duration_s", "audio_path",
-                    "frames_dir", "n_frames", "sample_rate", "rms_db", "label")
+MANIFEST_COLUMNS = ("clip_id", "source", "source_hash", "split", "start_s", "duration_s",
+                    "audio_path", "frames_dir", "n_frames", "sample_rate", "rms_db", "label")
 QUARANTINE_COLUMNS = ("source", "source_hash", "reason", "detail")
 # The ingest settings that change a clip's content; split/label/workers only change the manifest.
 CONTENT_KEYS = ("sample_rate", "audio_format", "fps", "frame_size", "clip_seconds", "hop_seconds",
@@ -67,8 +67,9 @@ class SourceResult:
 # --- public entry point --------------------------------------------------------------------------
 
 
-def ingest_folder(source: Path, out_dir: Path, cfg: IngestConfig, labels_csv: Path | None = None) -> dict:
-    """Ingest every video under ``source`` into ``out_dir``; returns the summary (also summary.json)."""
+def ingest_folder(source: Path, out_dir: Path, cfg: IngestConfig,
+                  labels_csv: Path | None = None) -> dict:
+    """Ingest every video under ``source`` into ``out_dir``; returns the summary.json dict."""
     started = time.perf_counter()
     source, out_dir = Path(source).resolve(), Path(out_dir).resolve()
     paths = find_videos(source, exclude=out_dir)
@@ -86,13 +87,13 @@ def ingest_folder(source: Path, out_dir: Path, cfg: IngestConfig, labels_csv: Pa
     removed = remove_orphans(out_dir, book.manifest_rows())
     summary = book.summary(len(todo), removed, time.perf_counter() - started)
     _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log.info("ingest: %d videos (%d new/changed, %d unchanged) -> %d clips, %d quarantined in %.1f s",
-             summary["videos"], summary["processed"], summary["skipped_unchanged"], summary["clips"],
-             summary["quarantined"], summary["seconds"])
+    log.info("ingest: %d videos (%d new/changed, %d unchanged) -> %d clips, %d quarantined "
+             "in %.1f s", summary["videos"], summary["processed"], summary["skipped_unchanged"],
+             summary["clips"], summary["quarantined"], summary["seconds"])
     return summary
 
 
-# --- finding, hashing, labelling -------------------------------------------------------------------
+# --- finding, hashing, labelling ---------------------------------------------------------------
 
 
 def find_videos(source: Path, exclude: Path | None = None) -> list[Path]:
@@ -164,7 +165,7 @@ def label_of(relative: str, labels: dict[str, str]) -> str:
     return "" if parent in SPLIT_NAMES else parent
 
 
-# --- clip planning and the per-source work (runs in worker processes) ------------------------------
+# --- clip planning and the per-source work (runs in worker processes) --------------------------
 
 
 def plan_clips(duration: float, cfg: IngestConfig) -> list[tuple[float, float]]:
@@ -198,10 +199,12 @@ def process_source(path: Path, sha256: str, out_dir: Path, cfg: IngestConfig) ->
 
     try:
         threads = 1 if cfg.workers > 1 else 0  # processes already share the cores
-        media = decode_media(path, cfg.sample_rate, cfg.frame_size, cfg.max_pixels, wanted_times, threads)
+        media = decode_media(path, cfg.sample_rate, cfg.frame_size, cfg.max_pixels, wanted_times,
+                             threads)
         plan = plan_clips(min(media.duration_s, media.declared_s or UNKNOWN_DURATION_S), cfg)
         if not plan:
-            raise UnusableMedia("too_short", f"{media.duration_s:.2f} s < ingest.min_seconds={cfg.min_seconds}")
+            raise UnusableMedia("too_short", f"{media.duration_s:.2f} s < "
+                                             f"ingest.min_seconds={cfg.min_seconds}")
         return _write_clips(media, plan, sha256, out_dir, cfg)
     except UnusableMedia as bad:
         return SourceResult([], [{"reason": bad.reason, "detail": bad.detail}])
@@ -228,7 +231,8 @@ def _write_clips(media, plan: list[tuple[float, float]], sha256: str, out_dir: P
         times = picture_times(start, length, cfg.fps)
         _stage_clip(staging, clip_id, wave, [media.pictures[t] for t in times], cfg)
         clips.append({"clip_id": clip_id, "source_hash": sha256, "start_s": round(start, 4),
-                      "duration_s": round(length, 4), "audio_path": f"audio/{clip_id}.{cfg.audio_format}",
+                      "duration_s": round(length, 4),
+                      "audio_path": f"audio/{clip_id}.{cfg.audio_format}",
                       "frames_dir": f"frames/{clip_id}", "n_frames": len(times),
                       "sample_rate": cfg.sample_rate, "rms_db": round(rms_db, 2)})
     for clip in clips:
@@ -246,11 +250,13 @@ def _exact_length(wave: np.ndarray, length: int) -> np.ndarray:
     return np.pad(wave, (0, length - wave.size))
 
 
-def _stage_clip(staging: Path, clip_id: str, wave: np.ndarray, jpegs: list[bytes], cfg: IngestConfig) -> None:
+def _stage_clip(staging: Path, clip_id: str, wave: np.ndarray, jpegs: list[bytes],
+                cfg: IngestConfig) -> None:
     import soundfile
 
     subtype = "FLOAT" if cfg.audio_format == "wav" else "PCM_24"  # FLAC has no float samples
-    soundfile.write(staging / f"{clip_id}.{cfg.audio_format}", wave, cfg.sample_rate, subtype=subtype)
+    soundfile.write(staging / f"{clip_id}.{cfg.audio_format}", wave, cfg.sample_rate,
+                    subtype=subtype)
     frames = staging / clip_id
     frames.mkdir()
     for number, data in enumerate(jpegs, start=1):
@@ -309,15 +315,18 @@ def _state_entry_intact(entry: dict | None, out_dir: Path) -> bool:
                for c in entry["clips"])
 
 
-def _run_sources(todo: list[SourceFile], out_dir: Path, cfg: IngestConfig, pool) -> Iterator[tuple[str, SourceResult]]:
+def _run_sources(todo: list[SourceFile], out_dir: Path, cfg: IngestConfig,
+                 pool) -> Iterator[tuple[str, SourceResult]]:
     """Process sources (in parallel when there is a pool), yielding as each finishes, with a bar."""
     from tqdm import tqdm
 
     with tqdm(total=len(todo), desc="ingest", unit="video", disable=not todo) as bar:
         if pool is None:
-            results: Iterable = ((f.sha256, process_source(f.path, f.sha256, out_dir, cfg)) for f in todo)
+            results: Iterable = ((f.sha256, process_source(f.path, f.sha256, out_dir, cfg))
+                                 for f in todo)
         else:
-            futures = {pool.submit(process_source, f.path, f.sha256, out_dir, cfg): f.sha256 for f in todo}
+            futures = {pool.submit(process_source, f.path, f.sha256, out_dir, cfg): f.sha256
+                       for f in todo}
             results = ((futures[done], done.result()) for done in as_completed(futures))
         for item in results:
             bar.update(1)
@@ -327,13 +336,14 @@ def _run_sources(todo: list[SourceFile], out_dir: Path, cfg: IngestConfig, pool)
 class _Bookkeeper:
     """Holds the state, turns it into manifest/quarantine rows and writes them atomically."""
 
-    def __init__(self, out_dir: Path, cfg: IngestConfig, files: list[SourceFile], labels: dict[str, str],
-                 state: dict, duplicates: dict[str, str]) -> None:
+    def __init__(self, out_dir: Path, cfg: IngestConfig, files: list[SourceFile],
+                 labels: dict[str, str], state: dict, duplicates: dict[str, str]) -> None:
         self.out_dir, self.cfg, self.files, self.labels = out_dir, cfg, files, labels
         self.duplicates = duplicates
         current = {f.sha256 for f in files}
         self.removed_sources = sorted(h for h in state["sources"] if h not in current)
-        self.state = {**state, "sources": {h: e for h, e in state["sources"].items() if h in current}}
+        kept = {h: entry for h, entry in state["sources"].items() if h in current}
+        self.state = {**state, "sources": kept}
         self.last_flush = time.monotonic()
 
     def record(self, sha256: str, result: SourceResult) -> None:
@@ -369,7 +379,8 @@ class _Bookkeeper:
         return rows
 
     def _recorded(self) -> list[SourceFile]:
-        return [f for f in self.files if f.relative not in self.duplicates and f.sha256 in self.state["sources"]]
+        done = self.state["sources"]
+        return [f for f in self.files if f.relative not in self.duplicates and f.sha256 in done]
 
     def summary(self, processed: int, removed_files: int, seconds: float) -> dict[str, Any]:
         quarantine = self.quarantine_rows()
@@ -377,15 +388,17 @@ class _Bookkeeper:
         return {"videos": len(self.files), "processed": processed,
                 "skipped_unchanged": len(self.files) - len(self.duplicates) - processed,
                 "removed_sources": len(self.removed_sources), "removed_files": removed_files,
-                "clips": len(clips), "clip_seconds_total": round(sum(c["duration_s"] for c in clips), 2),
+                "clips": len(clips),
+                "clip_seconds_total": round(sum(c["duration_s"] for c in clips), 2),
                 "splits": dict(Counter(c["split"] for c in clips)),
                 "quarantined": len(quarantine),
                 "quarantined_by_reason": dict(Counter(q["reason"] for q in quarantine)),
-                "seconds": round(seconds, 3), "videos_per_s": round(processed / seconds, 3) if seconds else 0.0,
+                "seconds": round(seconds, 3),
+                "videos_per_s": round(processed / seconds, 3) if seconds else 0.0,
                 "workers": self.cfg.workers}
 
 
-# --- state, cleanup and atomic files ----------------------------------------------------------------
+# --- state, cleanup and atomic files ------------------------------------------------------------
 
 
 def content_config(cfg: IngestConfig) -> dict[str, Any]:
@@ -411,7 +424,7 @@ def load_state(out_dir: Path, cfg: IngestConfig) -> dict:
 
 
 def remove_orphans(out_dir: Path, rows: list[dict[str, Any]]) -> int:
-    """Delete audio files and frame folders no manifest row points to (old config, removed sources)."""
+    """Delete audio files and frame folders no manifest row points to (old settings, gone files)."""
     keep = {r["audio_path"] for r in rows} | {r["frames_dir"] for r in rows}
     removed = 0
     for folder in ("audio", "frames"):

@@ -1,4 +1,4 @@
-"""Decoding one video file with PyAV: mono audio at the target rate plus the pictures at given times.
+"""Decoding one video file with PyAV: mono audio at the target rate plus pictures at given times.
 
 One demux pass reads both streams: audio frames go through an ``av.AudioResampler`` (float, mono,
 16 kHz) and video frames are decoded sequentially; for each requested time only the nearest frame is
@@ -68,11 +68,12 @@ def open_container(path: Path):
 
 
 def decode_media(path: Path, sample_rate: int, frame_size: int, max_pixels: int,
-                 picture_times: Callable[[float | None], list[float]], threads: int = 0) -> DecodedMedia:
+                 picture_times: Callable[[float | None], list[float]],
+                 threads: int = 0) -> DecodedMedia:
     """Decode ``path``: its audio resampled to mono ``sample_rate`` and a picture at each time.
 
-    ``picture_times(declared duration in s, or None when the header has none)`` lists the wanted times.
-    ``threads``: video decoder threads (0 = FFmpeg's choice; 1 when worker processes share the cores).
+    ``picture_times(declared duration in s, or None without one)`` lists the wanted times.
+    ``threads``: video decoder threads (0 = FFmpeg's choice; 1 when processes share the cores).
     """
     with open_container(path) as container:
         video, audio = _pick_streams(container)
@@ -94,7 +95,8 @@ def decode_media(path: Path, sample_rate: int, frame_size: int, max_pixels: int,
         return _finish(picker, sound, declared, (width, height))
 
 
-def _decode_failure(err: Exception, picker: "_PicturePicker", declared: float | None) -> UnusableMedia:
+def _decode_failure(err: Exception, picker: "_PicturePicker",
+                    declared: float | None) -> UnusableMedia:
     """A read error after some pictures, short of the declared end, means a cut-off file."""
     reached = picker.frame_times[-1] if picker.frame_times else 0.0
     message = f"decoding stopped at {reached:.2f} s: {getattr(err, 'strerror', None) or err}"
@@ -115,7 +117,8 @@ def _pick_streams(container):
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0 or width * height > max_pixels:
-        raise UnusableMedia("too_large", f"{width}x{height} frames exceed ingest.max_pixels={max_pixels}")
+        raise UnusableMedia("too_large",
+                            f"{width}x{height} frames exceed ingest.max_pixels={max_pixels}")
 
 
 def _finish(picker: "_PicturePicker", sound: "_SoundCollector", declared: float | None,
@@ -130,7 +133,8 @@ def _finish(picker: "_PicturePicker", sound: "_SoundCollector", declared: float 
     video_end = picker.end_time()
     duration = min(video_end, wave.size / sound.rate)
     if declared and duration < declared - max(0.5, 0.1 * declared):
-        raise UnusableMedia("truncated", f"decoded {duration:.2f} s of the {declared:.2f} s the header declares")
+        raise UnusableMedia("truncated",
+                            f"decoded {duration:.2f} s of the {declared:.2f} s the header declares")
     pictures = picker.finish(duration)
     return DecodedMedia(wave, sound.rate, pictures, duration, declared, picker.n_frames, size)
 
@@ -172,7 +176,7 @@ class _PicturePicker:
         self.next_index = 0
         self.previous = None  # (time, frame number, frame)
         self.chosen: dict[float, bytes] = {}
-        self.last_encoded: tuple[int, bytes] | None = None  # one frame for several times: encode once
+        self.last_encoded: tuple[int, bytes] | None = None  # a frame for several times: encode once
         self.n_frames = 0
         self.frame_times: list[float] = []
 
@@ -218,8 +222,10 @@ def encode_picture(frame, size: int) -> bytes:
     scale = size / min(frame.width, frame.height)
     width = max(size, int(round(frame.width * scale)))
     height = max(size, int(round(frame.height * scale)))
-    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC").to_ndarray()
+    resized = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC")
+    rgb = resized.to_ndarray()
     top, left = (height - size) // 2, (width - size) // 2
     buffer = io.BytesIO()
-    Image.fromarray(rgb[top:top + size, left:left + size]).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    crop = Image.fromarray(rgb[top:top + size, left:left + size])
+    crop.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
