@@ -287,9 +287,12 @@ def log_history(client, run_id: str, history_csv: Path) -> int:
     return len(metrics)
 
 
-def _log_files(client, run_id: str, files: list[Path], artifact_path: str) -> int:
+def _log_files(client, run_id: str, files: list[Path], base: Path, artifact_path: str) -> int:
+    """Log files keeping their folders below ``base`` (examples/00/mixture.wav stays apart from 01/)."""
     for path in files:
-        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        relative = path.parent.relative_to(base).as_posix()
+        target = artifact_path if relative == "." else f"{artifact_path}/{relative}"
+        client.log_artifact(run_id, str(path), artifact_path=target)
     return len(files)
 
 
@@ -301,17 +304,17 @@ def log_training_outputs(client, run_id: str, p: Params) -> dict[str, int]:
         counts["history_values"] = log_history(client, run_id, checkpoints / "history.csv")
     else:
         log.warning("no %s: the run has no per-step metrics", checkpoints / "history.csv")
-    training_files = [checkpoints / n for n in ("history.csv", "curves.png", "summary.json")]
-    counts["training"] = _log_files(client, run_id, [f for f in training_files if f.is_file()],
-                                    "training")
-    examples = checkpoints / "examples"
-    counts["pictures"] = _log_files(client, run_id, sorted(examples.glob("**/*.png")), "examples")
-    counts["audio"] = _log_files(client, run_id, sorted(examples.glob("**/*.wav"))[:MAX_AUDIO_EXAMPLES],
-                                 "examples")
-    eval_files = sorted(f for f in evaluation.glob("*") if f.suffix in (".json", ".csv", ".png", ".md"))
-    counts["evaluation"] = _log_files(client, run_id, eval_files, "evaluation")
-    report = p.path("validation") / "report.md"
-    counts["validation"] = _log_files(client, run_id, [report] if report.is_file() else [], "validation")
+    wanted = {
+        "training": (checkpoints, [checkpoints / n for n in ("history.csv", "curves.png", "summary.json")]),
+        "examples": (checkpoints / "examples", sorted((checkpoints / "examples").glob("**/*.png"))
+                     + sorted((checkpoints / "examples").glob("**/*.wav"))[:MAX_AUDIO_EXAMPLES]),
+        "evaluation": (evaluation, sorted(f for f in evaluation.glob("*")
+                                          if f.suffix in (".json", ".csv", ".png", ".md"))),
+        "validation": (p.path("validation"), [p.path("validation") / n for n in ("report.md", "result.json")]),
+        "clip": (p.path("clip_model"), [p.path("clip_model") / n for n in ("zero_shot.json", "loss.png")]),
+    }
+    for name, (base, files) in wanted.items():
+        counts[name] = _log_files(client, run_id, [f for f in files if f.is_file()], base, name)
     return counts
 
 

@@ -107,9 +107,10 @@ def write_training_outputs(p: Params) -> None:
     figure, axis = plt.subplots(figsize=(3, 2))
     axis.plot([1, 2, 3, 4], [1.0, 0.5, 0.33, 0.25])
     figure.savefig(out / "curves.png")
-    figure.savefig(out / "examples" / "step4-0-spectrogram.png")
+    (out / "examples" / "00").mkdir(exist_ok=True)
+    figure.savefig(out / "examples" / "00" / "spectrogram.png")
     plt.close(figure)
-    sf.write(out / "examples" / "step4-0-mixture.wav",
+    sf.write(out / "examples" / "00" / "mixture.wav",
              0.1 * np.random.default_rng(1).standard_normal(p.audio.sample_rate).astype("float32"),
              p.audio.sample_rate)
 

@@ -63,12 +63,12 @@ def test_register_logs_pictures_audio_and_reports(registered):
 
     p, summary, _ = registered
     client = MlflowClient(tracking_uri=tracking.tracking_uri(p))
-    logged = {f.path for folder in ("training", "examples", "evaluation")
+    logged = {f.path for folder in ("training", "examples/00", "evaluation")
               for f in client.list_artifacts(summary["run_id"], folder)}
-    assert {"training/history.csv", "training/curves.png", "examples/step4-0-mixture.wav",
-            "examples/step4-0-spectrogram.png", "evaluation/metrics.json"} <= logged
+    assert {"training/history.csv", "training/curves.png", "examples/00/mixture.wav",
+            "examples/00/spectrogram.png", "evaluation/metrics.json"} <= logged
     artifacts_root = p.path("mlflow") / "artifacts"
-    assert any(artifacts_root.rglob("step4-0-mixture.wav")), "artifacts are not in paths.mlflow"
+    assert any(artifacts_root.rglob("00/mixture.wav")), "artifacts are not in paths.mlflow"
 
 
 def test_registered_version_carries_tags_signature_and_files(registered, tmp_path):
@@ -105,13 +105,13 @@ def test_registered_pyfunc_separates_a_file(registered, tmp_path):
     p, _, _ = registered
     mlflow.set_tracking_uri(tracking.tracking_uri(p))
     model = mlflow.pyfunc.load_model("models:/clipsep@champion")
-    mixture = p.path("checkpoints") / "examples" / "step4-0-mixture.wav"
+    mixture = p.path("checkpoints") / "examples" / "00" / "mixture.wav"
     out = model.predict(pd.DataFrame({"audio": [str(mixture)], "query": ["cello"]}),
                         params={"out_dir": str(tmp_path / "out"), "device": "cpu"})
     assert list(out.columns) == ["target", "residual"]
     target, rate = sf.read(out["target"][0])
     assert rate == sf.info(str(mixture)).samplerate and len(target) == sf.info(str(mixture)).frames
-    assert Path(out["residual"][0]).parent == tmp_path / "out" / "000-step4-0-mixture"
+    assert Path(out["residual"][0]).parent == tmp_path / "out" / "000-mixture"
 
 
 def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
