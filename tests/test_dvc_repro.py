@@ -22,11 +22,11 @@ DVC = REPO / ".venv" / "bin" / "dvc"
 DATA_STAGES = ("world", "ingest", "validate")
 
 
-def run(args: list, cwd: Path, env: dict) -> str:
-    """Run a command; on failure show its output (the reason a stage broke)."""
+def run(args: list, cwd: Path, env: dict, ok: bool = True) -> str:
+    """Run a command, expecting success (ok) or failure; on surprise show its output."""
     done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
+    assert (done.returncode == 0) == ok, f"{args} exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
 
 
@@ -54,8 +54,19 @@ def clean_copy(tmp_path):
     return repo, env
 
 
-def test_repro_is_reproducible_and_push_pull_restores(clean_copy):
+def test_repro_push_pull_gate_and_experiments(clean_copy):
+    """One scenario (rendering the world is the slow part, so it happens once)."""
     repo, env = clean_copy
+    check_repro_then_noop(repo, env)
+    run(["git", "commit", "-q", "-m", "pipeline ran"], repo, env)  # autostage staged dvc.lock
+    check_push_then_pull(repo, env)
+    check_failing_gate_stops_repro(repo, env)
+    run(["git", "checkout", "--", "params.yaml"], repo, env)
+    run([DVC, "exp", "run", "-S", "validate.min_clips=5", "-n", "five", "validate"], repo, env)
+    assert "five" in run([DVC, "exp", "show", "--no-pager", "--md"], repo, env)
+
+
+def check_repro_then_noop(repo: Path, env: dict) -> None:
     log = run([DVC, "repro", "validate"], repo, env)
     for stage in DATA_STAGES:
         assert f"Running stage '{stage}'" in log
@@ -64,10 +75,11 @@ def test_repro_is_reproducible_and_push_pull_restores(clean_copy):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert set(DATA_STAGES) <= set(lock)
     assert lock["validate"]["params"]["params.yaml"]["validate"]["min_clips"] == 4
-
     again = run([DVC, "repro", "validate"], repo, env)
     assert "Running stage" not in again, again
 
+
+def check_push_then_pull(repo: Path, env: dict) -> None:
     run([DVC, "push"], repo, env)
     shutil.rmtree(repo / "data")
     shutil.rmtree(repo / ".dvc" / "cache")
@@ -77,3 +89,15 @@ def test_repro_is_reproducible_and_push_pull_restores(clean_copy):
         assert (repo / path).is_file(), f"{path} not restored by dvc pull"
     status = run([DVC, "status", "validate"], repo, env)
     assert "up to date" in status, status
+
+
+def check_failing_gate_stops_repro(repo: Path, env: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["validate"]["min_clips"] = 1000
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = run([DVC, "repro", "validate"], repo, env, ok=False)
+    assert "expect_table_row_count_to_be_between" in failed and "at least 1000 clips" in failed
+    assert "Running stage 'ingest'" not in failed  # only the stage whose params changed reran
+    assert "FAILED" in (repo / "data/validation/report.html").read_text()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert lock["validate"]["params"]["params.yaml"]["validate"]["min_clips"] == 4

@@ -79,13 +79,12 @@ def read_clip_tables(clips_dir: Path):
         raise BadInputError(f"no manifest at {manifest_path}: run `clipsep ingest` first")
     text_types = {name: "string" for name in TEXT_COLUMNS}
     try:
-        manifest = pd.read_csv(manifest_path, dtype=text_types, keep_default_na=False,
-                               na_values={c: [""] for c in MANIFEST_COLUMNS})
+        manifest = pd.read_csv(manifest_path, dtype=text_types)
     except (ValueError, pd.errors.ParserError) as err:
         raise BadInputError(f"cannot read {manifest_path}: {err}") from err
     quarantine_path = clips_dir / "quarantine.csv"
     if quarantine_path.is_file() and quarantine_path.stat().st_size > 0:
-        quarantine = pd.read_csv(quarantine_path, dtype="string", keep_default_na=False)
+        quarantine = pd.read_csv(quarantine_path, dtype="string")
     else:
         quarantine = pd.DataFrame({name: pd.Series(dtype="string") for name in QUARANTINE_COLUMNS})
     if "source" not in quarantine.columns:
