@@ -113,3 +113,21 @@ def test_losses_reject_bad_shapes(batch):
         clipsep_loss(mask_logits, targets, weight.expand_as(targets))
     with pytest.raises(BadInputError, match="2 noise heads"):
         nit_loss(mask_logits, noise_logits[:, :1], targets, weight, **NIT)
+
+
+def test_plain_loss_is_weighted_bce_of_the_sigmoid(batch):
+    mask_logits, _, targets, weight = batch
+    prob = torch.sigmoid(mask_logits)
+    expected = F.binary_cross_entropy(prob, targets, weight=weight.expand_as(prob))
+    assert torch.allclose(clipsep_loss(mask_logits, targets, weight).total, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("extreme", [30.0, 120.0])
+def test_saturated_masks_give_finite_gradients(batch, extreme):
+    _, _, targets, weight = batch
+    wrong = ((1 - 2 * targets) * extreme).requires_grad_()  # confidently wrong everywhere
+    noise = torch.full_like(targets, -extreme).requires_grad_()
+    clipsep_loss(wrong, targets, weight).total.backward()
+    nit_loss(wrong, noise, targets, weight, **NIT).total.backward()
+    assert torch.isfinite(wrong.grad).all() and torch.isfinite(noise.grad).all()
+    assert wrong.grad.abs().sum() > 0  # the plain loss still pushes saturated wrong masks back

@@ -1,9 +1,10 @@
 """CLIPSep training losses: pure functions of logits, targets and weights (imports torch only).
 
 Shapes: logits/targets ``[B, N, W, T]``, per-bin weights ``[B, 1, W, T]`` (broadcast over N),
-noise logits ``[B, 2, W, T]``. Everything is computed in float32 even under autocast, and the BCE
-is written out (log clamped at -100 like ``F.binary_cross_entropy``) because the fused op refuses
-to run inside CUDA autocast.
+noise logits ``[B, 2, W, T]``. Everything is computed in float32 even under autocast. The BCE is
+written out because the fused ``F.binary_cross_entropy`` refuses to run inside CUDA autocast: from
+logits (log-sigmoid) for the plain loss, from clamped probabilities for NIT's min(1, p + q), with
+finite gradients even for saturated masks.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from clipsep.errors import BadInputError
 
 LOG_FLOOR = -100.0  # PyTorch's BCE clamp of log(p)
+MIN_PROB = 1e-38  # smallest normal float32: log(MIN_PROB) = -87.5, finite with a finite gradient
 
 
 class LossTerms(NamedTuple):
@@ -27,11 +30,23 @@ class LossTerms(NamedTuple):
 
 
 def weighted_bce(prob: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-example mean of ``w * BCE(p, g)`` over all bins: ``[B, ...] -> [B]``."""
+    """Per-example mean of ``w * BCE(p, g)`` over all bins: ``[B, ...] -> [B]``.
+
+    Probabilities are clamped away from exactly 0 and 1 before the log: an unclamped log(0) is
+    -inf, and its backward (0 / 0) turns the gradient into NaN even where the value is clamped.
+    """
     prob, target, weight = prob.float(), target.float(), weight.float()
-    log_p = torch.log(prob).clamp_min(LOG_FLOOR)
-    log_not_p = torch.log1p(-prob).clamp_min(LOG_FLOOR)
+    log_p = torch.log(prob.clamp_min(MIN_PROB)).clamp_min(LOG_FLOOR)
+    log_not_p = torch.log((1.0 - prob).clamp_min(MIN_PROB)).clamp_min(LOG_FLOOR)
     bce = -(target * log_p + (1.0 - target) * log_not_p)
+    return (weight * bce).flatten(1).mean(dim=1)
+
+
+def weighted_bce_with_logits(logits: torch.Tensor, target: torch.Tensor,
+                             weight: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_bce` of ``sigmoid(logits)``, stably from the logits: ``[B, ...] -> [B]``."""
+    logits, target, weight = logits.float(), target.float(), weight.float()
+    bce = -(target * F.logsigmoid(logits) + (1.0 - target) * F.logsigmoid(-logits))
     return (weight * bce).flatten(1).mean(dim=1)
 
 
@@ -39,8 +54,10 @@ def clipsep_loss(mask_logits: torch.Tensor, targets: torch.Tensor,
                  weight: torch.Tensor) -> LossTerms:
     """Plain CLIPSep loss: mean over batch and sources of the weighted BCE of ``sigmoid(M_n)``."""
     _check_shapes(mask_logits, targets, weight)
-    per_example = _per_source_bce(torch.sigmoid(mask_logits.float()), targets, weight).mean(dim=1)
-    separation = per_example.mean()
+    expanded = weight.expand_as(mask_logits)
+    per_source = weighted_bce_with_logits(mask_logits.flatten(0, 1), targets.flatten(0, 1),
+                                          expanded.flatten(0, 1))
+    separation = per_source.mean()  # every (example, source) has the same number of bins
     zero = separation.new_zeros(())
     return LossTerms(separation, separation, zero, zero)
 
