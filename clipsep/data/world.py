@@ -33,7 +33,7 @@ from clipsep.data.world_pictures import Scene
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when the rendering changes, so stamped worlds are re-rendered
+GENERATOR_VERSION = 2  # bump when the rendering changes, so stamped worlds are re-rendered
 SPLITS = ("train", "val", "test", "interference")
 STAMP = "world.json"
 GROUND_TRUTH_COLUMNS = ("video_id", "video", "split", "labels", "offscreen", "melody_id", "duration_s")
@@ -178,12 +178,15 @@ def write_mp4(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: 
     with av.open(str(tmp), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.pix_fmt = "yuv420p"
+        video.thread_count = 1  # multi-threaded x264 is not bit-reproducible; we parallelise over videos
         sound = out.add_stream("aac", rate=sample_rate)
         sound.layout = "stereo"
         for k, image in enumerate(frames):
             if k == 0:
                 video.width, video.height = image.shape[1], image.shape[0]
-            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+            picture.pts = k  # in 1/fps units; left unset, x264's output varies from run to run
+            out.mux(video.encode(picture))
         out.mux(video.encode())
         for start in range(0, stereo.shape[1], 1024):
             frame = av.AudioFrame.from_ndarray(stereo[:, start:start + 1024], format="fltp", layout="stereo")
@@ -289,19 +292,26 @@ def _run_task(task: tuple) -> Any:
 
 
 def _run_all(tasks: list[tuple], workers: int) -> list[Any]:
-    """Run the tasks (in a spawn process pool when workers > 1) with a progress bar."""
+    """Run the tasks in order (in a spawn process pool when workers > 1) with a progress bar."""
+    import multiprocessing
+
     from tqdm import tqdm
 
-    bar = tqdm(total=len(tasks), desc="world", unit="item")
-    try:
+    results = []
+    with tqdm(total=len(tasks), desc="world", unit="item") as bar:
         if workers <= 1:
-            return [(_run_task(t), bar.update())[0] for t in tasks]
-        import multiprocessing
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return [(r, bar.update())[0] for r in pool.map(_run_task, tasks)]
-    finally:
-        bar.close()
+            outputs = map(_run_task, tasks)
+        else:  # spawn: a forked copy of a parent with torch threads running can deadlock
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            outputs = pool.map(_run_task, tasks)
+        try:
+            for output in outputs:
+                results.append(output)
+                bar.update()
+        finally:
+            if workers > 1:
+                pool.shutdown(cancel_futures=True)
+    return results
 
 
 def render_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -342,3 +352,74 @@ def _summary(specs: list[VideoSpec], n_captions: int, out_dir: Path, seconds: fl
             "duet_videos": sum(len(s.labels) > 1 for s in specs),
             "video_seconds": round(sum(s.duration_s for s in specs), 1),
             "captions": n_captions, "seconds": round(seconds, 1)}
+
+
+# --- the README picture ----------------------------------------------------------------------
+
+
+def read_ground_truth(world_dir: str | Path) -> list[dict[str, str]]:
+    """Rows of ``ground_truth.csv`` (evaluation and documentation only: it holds the labels)."""
+    with (Path(world_dir) / "ground_truth.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _decode(path: Path, t: float, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frame shown at ``t`` s (uint8 [H, W, 3]) and the mono audio (float32 [L])."""
+    import av
+
+    with av.open(str(path)) as container:
+        frame = next(f for f in container.decode(video=0) if f.time >= t).to_ndarray(format="rgb24")
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks = [r.to_ndarray().ravel() for f in container.decode(audio=0) for r in resampler.resample(f)]
+        chunks += [r.to_ndarray().ravel() for r in resampler.resample(None)]
+    return frame, np.concatenate(chunks)
+
+
+def plot_world_overview(world_dir: str | Path, out_png: str | Path, n_classes: int = 8) -> Path:
+    """A picture of the world: one frame per class, spectrograms of a clean and a noisy video."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    world_dir, rows = Path(world_dir), read_ground_truth(world_dir)
+    solos = {}
+    for row in sorted(rows, key=lambda r: r["split"] != "test"):  # prefer the clean test videos
+        if ";" not in row["labels"]:
+            solos.setdefault(row["labels"], row)
+    shown = list(solos.values())[:n_classes]
+    clean = next(r for r in rows if r["split"] == "test")
+    noisy = next((r for r in rows if r["offscreen"] and r["offscreen"] not in ("noise", "")), None)
+    noisy = noisy or next(r for r in rows if r["offscreen"])
+    cols = (len(shown) + 1) // 2
+    fig = plt.figure(figsize=(2.0 * cols, 6.4), dpi=80)
+    grid = fig.add_gridspec(3, cols, height_ratios=(1, 1, 1.3))
+    for k, row in enumerate(shown):
+        ax = fig.add_subplot(grid[k // cols, k % cols])
+        ax.imshow(_decode(world_dir / "videos" / row["video"], 1.0, 16000)[0])
+        ax.set_title(row["labels"], fontsize=9)
+        ax.axis("off")
+    half = max(1, cols // 2)
+    for k, (row, what) in enumerate([(clean, "clean solo"), (noisy, "noisy")]):
+        ax = fig.add_subplot(grid[2, k * half:(k + 1) * half if k == 0 else cols])
+        _spectrogram(ax, _decode(world_dir / "videos" / row["video"], 0.0, 16000)[1], 16000)
+        extra = f"\n+ off-screen {row['offscreen']} + background noise" if row["offscreen"] else "\n"
+        ax.set_title(f"{what}: {row['labels']}{extra}", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png
+
+
+def _spectrogram(ax, wave: np.ndarray, sample_rate: int) -> None:
+    """Log-power spectrogram (dB) of the first 6 s on a log-frequency axis."""
+    wave = wave[: 6 * sample_rate]
+    ax.specgram(wave, NFFT=1024, Fs=sample_rate, noverlap=768, cmap="magma", vmin=-120)
+    ax.set_yscale("symlog", linthresh=500)
+    ax.set_ylim(50, sample_rate / 2)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("Hz")

@@ -66,7 +66,7 @@ class Note:
 
 @dataclass(frozen=True)
 class Melody:
-    """A monophonic melody independent of the instrument; ``register`` in [0, 1] picks the octave."""
+    """A monophonic melody, independent of the instrument; ``register`` (0 = low, 1 = high) places it."""
 
     melody_id: str
     notes: tuple[Note, ...]
@@ -102,7 +102,7 @@ def make_melody(seed: int, split: str, index: int, length_s: float) -> Melody:
         velocity = int(np.clip(loudness + slope * t + rng.normal(0, 8), 35, 127))
         notes.append(Note(float(t), float(beats * beat_s * legato), int(semitone), velocity))
         t += beats * beat_s
-    return Melody(f"{split}-{index:04d}", tuple(notes), float(rng.uniform()))
+    return Melody(f"{split}-{index:04d}", tuple(notes), float(rng.uniform(0.15, 0.85)))
 
 
 @functools.lru_cache(maxsize=1)
