@@ -412,9 +412,7 @@ def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
     dist, device = init_distributed(resolve_device(params.train.device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if params.train.batch_size % dist.world_size:
-        raise BadInputError(f"train.batch_size={params.train.batch_size} must be divisible by the "
-                            f"number of processes ({dist.world_size})")
+    _check_run_params(params, dist)
     data = prepare_data(params, Path(clips_dir), out_dir, device, dist)
     trainer = build_trainer(params, data.val_batch.queries.shape[-1], device, dist)
     key = resume_key(params, dist.world_size)
@@ -425,6 +423,7 @@ def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
     started = state.step
     session_start = time.perf_counter()
     run_steps(trainer, data, state, out_dir, dist, key)
+    summary: dict[str, Any] = {"rank": dist.rank, "steps": state.step}
     if dist.is_main:
         summary = report.write_reports(trainer, data, state, out_dir,
                                        session_steps=state.step - started,
@@ -433,7 +432,17 @@ def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
     dist.barrier()
     if dist.enabled:
         torch.distributed.destroy_process_group()
-    return summary if dist.is_main else {"rank": dist.rank, "steps": state.step}
+    return summary
+
+
+def _check_run_params(params: Params, dist: Dist) -> None:
+    train = params.train
+    for name in ("steps", "batch_size", "validate_every", "checkpoint_every", "val_mixtures"):
+        if getattr(train, name) < 1:
+            raise BadInputError(f"train.{name} must be >= 1, got {getattr(train, name)}")
+    if train.batch_size % dist.world_size:
+        raise BadInputError(f"train.batch_size={train.batch_size} must be divisible by the "
+                            f"number of processes ({dist.world_size})")
 
 
 def run_steps(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path, dist: Dist,
