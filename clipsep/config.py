@@ -194,7 +194,8 @@ class ServeConfig:
     port: int
     max_file_mb: int
     max_seconds: float
-    concurrency: int
+    concurrency: int  # separations running at once; the rest wait in the queue
+    queue_size: int  # waiting requests beyond which new ones are turned away
     model: str
 
 
