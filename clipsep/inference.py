@@ -1,0 +1,445 @@
+"""Separating user audio with a trained CLIPSep model: any length, rate and channel count.
+
+``Separator.from_pretrained(ref)`` loads a separation checkpoint (a path, or ``models:/name@alias``
+resolved by the registry) plus its frozen CLIP query encoder. ``separate(audio, rate, query=...)``
+returns the queried ``target`` and the ``residual``, both shaped like the input.
+
+How a signal of any length is processed with bounded memory (demucs ``apply`` style):
+
+* The model sees 16 kHz mono (``audio.sample_rate``) in segments of ``audio.segment_samples``
+  overlapping by ``separate.overlap``. Each segment is resampled from the input on its own, with a
+  margin of context, so the whole 16 kHz signal never exists at once.
+* The soft mask (sigmoid, un-warped to linear bins) is computed from the mono downmix and applied
+  to every channel's STFT with that channel's phase: one network pass per segment whatever the
+  channel count, and the stereo image is kept.
+* Each segment's per-channel target is resampled back to the input rate and overlap-added with
+  triangular weights (normalised by their sum); a stretch of output is emitted as soon as no later
+  segment touches it. Memory is therefore a few segments, independent of the input's length.
+* ``residual = input - target`` at the input rate, so ``target + residual == input`` exactly
+  (lossless decomposition; content above the model's Nyquist, 8 kHz, lands in the residual).
+
+``separate_file`` streams a file (soundfile blocks; video/other containers are first decoded to a
+temporary wav) into ``DIR/<stem>/target.wav`` and ``residual.wav`` written to temporary names and
+renamed only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from clipsep import audio_io
+from clipsep.config import AudioConfig, SeparateConfig
+from clipsep.errors import BadInputError
+
+# Mirrors params.yaml's ``separate`` section for Python users who pass no settings
+# (tests/test_inference.py checks the two agree).
+DEFAULT_SETTINGS = SeparateConfig(model="models/clipsep/best.pt", overlap=0.25, device="auto")
+SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
+SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
+RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
+
+Progress = Callable[[int, int], None]  # (segments done, segments in total)
+
+
+@dataclass
+class SeparationResult:
+    """``target`` and ``residual`` shaped like the input (``[L]`` or ``[C, L]``) at ``sample_rate``."""
+
+    target: np.ndarray
+    residual: np.ndarray
+    sample_rate: int
+
+
+class AudioSource(Protocol):
+    """Random-access float32 audio: ``read(start, stop) -> [C, stop - start]`` (clamped at the end)."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    name: str
+
+    def read(self, start: int, stop: int) -> np.ndarray: ...
+
+
+@dataclass
+class ArraySource:
+    """An in-memory ``[C, L]`` array as an :class:`AudioSource`."""
+
+    data: np.ndarray
+    sample_rate: int
+    name: str = "audio"
+
+    @property
+    def channels(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def frames(self) -> int:
+        return self.data.shape[1]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.data[:, max(start, 0):min(stop, self.frames)]
+
+
+class SoundFileSource:
+    """A soundfile-readable file read block by block (seeks, never loads the whole file)."""
+
+    def __init__(self, path: Path, name: str | None = None):
+        import soundfile as sf
+
+        info = audio_io.audio_info(path)
+        self.sample_rate, self.channels, self.frames = info.sample_rate, info.channels, info.frames
+        self.name = name or str(path)
+        try:
+            self._file = sf.SoundFile(str(path))
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise BadInputError(f"{self.name}: unreadable audio file ({err})") from err
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(start, 0), min(stop, self.frames)
+        self._file.seek(start)
+        block = self._file.read(max(stop - start, 0), dtype="float32", always_2d=True)
+        return np.ascontiguousarray(block.T)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where each model segment lies at the model rate and at the input rate.
+
+    Segment k covers model samples ``[k * stride, k * stride + segment)`` (cut at the end) and the
+    input samples ``[ceil(start * in_rate / model_rate), ...)`` of the same time span.
+    """
+
+    in_rate: int
+    model_rate: int
+    in_frames: int
+    segment: int
+    stride: int
+
+    @property
+    def model_frames(self) -> int:
+        return -(-self.in_frames * self.model_rate // self.in_rate)
+
+    @property
+    def n_chunks(self) -> int:
+        extra = self.model_frames - self.segment
+        return 1 if extra <= 0 else 1 + -(-extra // self.stride)
+
+    def model_span(self, k: int) -> tuple[int, int]:
+        start = k * self.stride
+        return start, min(start + self.segment, self.model_frames)
+
+    def to_input(self, model_index: int) -> int:
+        return min(-(-model_index * self.in_rate // self.model_rate), self.in_frames)
+
+    def input_span(self, k: int) -> tuple[int, int]:
+        start, stop = self.model_span(k)
+        last = k == self.n_chunks - 1
+        return self.to_input(start), self.in_frames if last else self.to_input(stop)
+
+    def emit_until(self, k: int) -> int:
+        """Input samples final once segment k is added: where segment k + 1 begins."""
+        return self.in_frames if k == self.n_chunks - 1 else self.input_span(k + 1)[0]
+
+
+def resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
+    """Band-limited polyphase resampling of ``[C, n]``; identity if orig == new.
+
+    scipy's resample_poly, not torchaudio's: its cost stays ~55 taps per sample even for rates
+    with a small common divisor (44101 Hz), where torchaudio builds a [new, orig]-sized kernel.
+    Output sample j sits at input position j * orig / new (zero padding beyond the ends).
+    """
+    if orig == new:
+        return wave
+    from scipy.signal import resample_poly
+
+    gcd = math.gcd(orig, new)
+    return resample_poly(wave, new // gcd, orig // gcd, axis=-1).astype(np.float32)
+
+
+def triangular_weights(n: int) -> np.ndarray:
+    """Overlap-add weights ``[n]``: positive everywhere, peaking mid-segment (demucs' transition)."""
+    ramp = np.arange(1, n + 1, dtype=np.float64)
+    return np.minimum(ramp, ramp[::-1])
+
+
+class Separator:
+    """A loaded separator: network + frozen CLIP query encoder + the checkpoint's audio front end."""
+
+    def __init__(self, network, encoder, audio_cfg: AudioConfig,
+                 settings: SeparateConfig = DEFAULT_SETTINGS, device: str = "cpu"):
+        if not 0.0 <= settings.overlap < 1.0:
+            raise BadInputError(f"separate.overlap must lie in [0, 1), got {settings.overlap}")
+        self.network = network.eval()
+        self.encoder = encoder
+        self.audio_cfg = audio_cfg
+        self.settings = settings
+        self.device = device
+        self.depth = network.cfg.depth
+        self.warp_bins = network.cfg.warp_bins
+
+    @classmethod
+    def from_pretrained(cls, ref: str | Path, device: str = "auto", clip_weights: str | Path | None = None,
+                        settings: SeparateConfig | None = None) -> "Separator":
+        """Load a checkpoint path or a registry reference ``models:/name@alias``."""
+        from clipsep.env import resolve_device
+        from clipsep.model.factory import load_checkpoint
+        from clipsep.model.query import QueryEncoder
+
+        ref = str(ref)
+        if ref.startswith("models:/"):
+            from clipsep.tracking import resolve_model_reference
+
+            path, registry_clip = resolve_model_reference(ref)
+            clip_weights = clip_weights or registry_clip
+        else:
+            path = Path(ref)
+        device = resolve_device(device)
+        network, info = load_checkpoint(path, device)
+        encoder = QueryEncoder.from_reference(info.query, device,
+                                              weights=Path(clip_weights) if clip_weights else None)
+        return cls(network, encoder, info.audio_cfg, settings or DEFAULT_SETTINGS, device)
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def embed_query(self, query: str | None = None, image=None) -> torch.Tensor:
+        """One query embedding ``[D]``: text (prompt-ensembled) or an image (PIL.Image or a path)."""
+        if query is not None and image is not None:
+            raise BadInputError("give a text query or an image query, not both")
+        if query is not None:
+            if not isinstance(query, str) or not query.strip():
+                raise BadInputError(f"the text query is empty ({query!r}); say what to extract, "
+                                    "e.g. --query 'acoustic guitar'")
+            return self.encoder.encode_text([query.strip()])[0].to(self.device)
+        if image is not None:
+            return self.encoder.encode_images([load_image(image)])[0].to(self.device)
+        raise BadInputError("no query: give a text query (--query) or an image (--image)")
+
+    # --- the model step ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def soft_mask(self, mono: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Linear-frequency soft mask ``[F, T]`` for a model-rate mono wave ``[n]`` (n <= padded)."""
+        from clipsep import audio
+
+        spec = audio.stft(mono[None], self.audio_cfg)  # [1, F, T]
+        warped = audio.warp(spec.abs()[:, None], self.warp_bins)  # [1, 1, W, T]
+        logits = self.network(warped, embedding.reshape(1, 1, -1), with_noise=False).mask_logits
+        return audio.unwarp(torch.sigmoid(logits), spec.shape[1])[0, 0].clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def target_segment(self, segment: np.ndarray, embedding: torch.Tensor) -> np.ndarray:
+        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (mono mask, own phase)."""
+        from clipsep import audio
+
+        n = segment.shape[1]
+        frames = audio.pad_frames(audio.n_frames(n, self.audio_cfg), self.depth)
+        padded = frames * self.audio_cfg.hop_length - 1  # exactly `frames` centred STFT frames
+        waves = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
+        waves = torch.nn.functional.pad(waves, (0, padded - n))
+        mask = self.soft_mask(waves.mean(dim=0), embedding)  # [F, T]
+        specs = audio.stft(waves, self.audio_cfg) * mask  # [C, F, T]
+        return audio.istft(specs, padded, self.audio_cfg)[:, :n].cpu().numpy()
+
+    # --- whole signals -----------------------------------------------------------------------
+
+    def min_input_frames(self, sample_rate: int) -> int:
+        """Shortest input (samples at ``sample_rate``) that fills one STFT window at the model rate."""
+        return math.ceil(self.audio_cfg.n_fft * sample_rate / self.audio_cfg.sample_rate)
+
+    def plan(self, sample_rate: int, frames: int) -> ChunkPlan:
+        segment = self.audio_cfg.segment_samples
+        stride = max(1, round(segment * (1.0 - self.settings.overlap)))
+        return ChunkPlan(sample_rate, self.audio_cfg.sample_rate, frames, segment, stride)
+
+    def separate(self, audio: np.ndarray, sample_rate: int, query: str | None = None, image=None,
+                 progress: Progress | None = None) -> SeparationResult:
+        """Split ``audio`` (``[L]`` or ``[C, L]`` float) into the queried target and the residual."""
+        wave = np.asarray(audio)
+        if wave.ndim not in (1, 2) or not np.issubdtype(wave.dtype, np.number):
+            raise BadInputError(f"audio must be a numeric [L] or [C, L] array, got shape {wave.shape}")
+        source = ArraySource(np.atleast_2d(wave).astype(np.float32, copy=False), int(sample_rate))
+        check_source(source, self.min_input_frames(source.sample_rate))
+        embedding = self.embed_query(query, image)
+        target = np.empty_like(source.data)
+
+        def store(start: int, block: np.ndarray) -> None:
+            target[:, start:start + block.shape[1]] = block
+
+        self.stream(source, embedding, store, progress)
+        residual = source.data - target
+        if wave.ndim == 1:
+            target, residual = target[0], residual[0]
+        return SeparationResult(target, residual, int(sample_rate))
+
+    def separate_file(self, path: str | Path, out_dir: str | Path, query: str | None = None,
+                      image=None, progress: Progress | None = None) -> tuple[Path, Path]:
+        """Stream one file into ``out_dir/<stem>/{target,residual}.wav`` (same rate/channels/length).
+
+        Without a query, a video's middle frame serves as the image query. Outputs are written
+        under temporary names in ``out_dir`` and renamed only when the whole file succeeded.
+        """
+        path = audio_io.check_exists(path)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=out_dir) as work_dir:
+            work = Path(work_dir)
+            source = open_source(path, work)
+            try:
+                check_source(source, self.min_input_frames(source.sample_rate))
+                if query is None and image is None and audio_io.has_video_stream(path):
+                    image = audio_io.middle_frame(path)
+                embedding = self.embed_query(query, image)
+                self._write_outputs(source, embedding, work, progress)
+            finally:
+                source.close()
+            final = out_dir / path.stem
+            final.mkdir(parents=True, exist_ok=True)
+            outputs = []
+            for name in ("target.wav", "residual.wav"):
+                (work / name).replace(final / name)
+                outputs.append(final / name)
+        return outputs[0], outputs[1]
+
+    def _write_outputs(self, source: SoundFileSource, embedding: torch.Tensor, work: Path,
+                       progress: Progress | None) -> None:
+        import soundfile as sf
+
+        fmt = dict(samplerate=source.sample_rate, channels=source.channels, subtype="FLOAT",
+                   format="WAV")
+        with sf.SoundFile(str(work / "target.wav"), "w", **fmt) as target_file, \
+                sf.SoundFile(str(work / "residual.wav"), "w", **fmt) as residual_file:
+            def write(start: int, block: np.ndarray) -> None:
+                mixture = source.read(start, start + block.shape[1])
+                target_file.write(block.T)
+                residual_file.write((mixture - block).T)
+
+            self.stream(source, embedding, write, progress)
+
+    # --- streaming overlap-add ---------------------------------------------------------------
+
+    def stream(self, source: AudioSource, embedding: torch.Tensor,
+               sink: Callable[[int, np.ndarray], None], progress: Progress | None = None) -> None:
+        """Overlap-add every segment's target; ``sink(start, target [C, n])`` gets the input-rate
+        output in order, each stretch as soon as it is final (memory: a few segments)."""
+        plan = self.plan(source.sample_rate, source.frames)
+        capacity = -(-plan.segment * plan.in_rate // plan.model_rate) + 2
+        summed = np.zeros((source.channels, capacity))
+        weights = np.zeros(capacity)
+        base = 0  # input index of summed[:, 0]
+        for k in range(plan.n_chunks):
+            start, stop = plan.input_span(k)
+            target = self._segment_at_input_rate(source, plan, k, embedding)  # [C, stop - start]
+            window = triangular_weights(stop - start)
+            offset = start - base
+            summed[:, offset:offset + stop - start] += target * window
+            weights[offset:offset + stop - start] += window
+            done = plan.emit_until(k) - base
+            if done > 0:
+                sink(base, (summed[:, :done] / weights[:done]).astype(np.float32))
+                summed[:, :capacity - done] = summed[:, done:].copy()
+                weights[:capacity - done] = weights[done:].copy()
+                summed[:, capacity - done:] = 0.0
+                weights[capacity - done:] = 0.0
+                base += done
+            if progress is not None:
+                progress(k + 1, plan.n_chunks)
+
+    def _segment_at_input_rate(self, source: AudioSource, plan: ChunkPlan, k: int,
+                               embedding: torch.Tensor) -> np.ndarray:
+        """Target of segment k ``[C, n_in]`` at the input rate, from a resampled model-rate cut."""
+        model_start, model_stop = plan.model_span(k)
+        start, stop = plan.input_span(k)
+        segment = _model_rate_cut(source, plan, model_start, model_stop)
+        target = self.target_segment(segment, embedding)
+        return _input_rate_cut(target, plan, model_start, start, stop)
+
+
+def _model_rate_cut(source: AudioSource, plan: ChunkPlan, model_start: int,
+                    model_stop: int) -> np.ndarray:
+    """Input resampled to the model rate over ``[model_start, model_stop)`` -> ``[C, n]``."""
+    n = model_stop - model_start
+    if plan.in_rate == plan.model_rate:
+        return _fit(source.read(model_start, model_stop), n)
+    gcd = math.gcd(plan.in_rate, plan.model_rate)
+    in_step, model_step = plan.in_rate // gcd, plan.model_rate // gcd
+    context = math.ceil(RESAMPLE_CONTEXT * plan.in_rate / plan.model_rate)
+    # Start on a multiple of in_step so the resampled grid falls on whole model-rate samples.
+    low = max(0, plan.to_input(model_start) - context) // in_step * in_step
+    high = min(plan.in_frames, plan.to_input(model_stop) + context)
+    resampled = resample(source.read(low, high), plan.in_rate, plan.model_rate)
+    offset = model_start - low // in_step * model_step
+    return _fit(resampled[:, offset:], n)
+
+
+def _input_rate_cut(target: np.ndarray, plan: ChunkPlan, model_start: int, start: int,
+                    stop: int) -> np.ndarray:
+    """Model-rate ``target [C, n]`` (from ``model_start``) resampled to input ``[start, stop)``."""
+    if plan.in_rate == plan.model_rate:
+        return _fit(target, stop - start)
+    gcd = math.gcd(plan.in_rate, plan.model_rate)
+    in_step, model_step = plan.in_rate // gcd, plan.model_rate // gcd
+    aligned = model_start // model_step * model_step  # zeros before: lands on whole input samples
+    padded = np.pad(target, ((0, 0), (model_start - aligned, 0)))
+    resampled = resample(padded, plan.model_rate, plan.in_rate)
+    offset = start - aligned // model_step * in_step
+    return _fit(resampled[:, offset:], stop - start)
+
+
+def _fit(wave: np.ndarray, n: int) -> np.ndarray:
+    """``wave [C, m]`` cut or zero-padded to ``[C, n]``."""
+    if wave.shape[1] >= n:
+        return wave[:, :n]
+    return np.pad(wave, ((0, 0), (0, n - wave.shape[1])))
+
+
+def check_source(source: AudioSource, min_frames: int) -> None:
+    """BadInputError for audio too short to separate, with NaN/inf samples, or silent throughout."""
+    if source.channels < 1 or source.frames < min_frames:
+        raise BadInputError(f"{source.name}: {source.frames} sample(s) at {source.sample_rate} Hz "
+                            f"is too short to separate (need at least {min_frames})")
+    peak = 0.0
+    for start in range(0, source.frames, SCAN_BLOCK):
+        block = source.read(start, start + SCAN_BLOCK)
+        finite = np.isfinite(block)
+        if not finite.all():
+            where = start + int(np.argwhere(~finite)[0][1])
+            raise BadInputError(f"{source.name}: NaN or infinite sample at index {where} "
+                                f"({where / source.sample_rate:.3f} s)")
+        peak = max(peak, float(np.abs(block).max(initial=0.0)))
+    if peak < SILENT_PEAK:
+        raise BadInputError(f"{source.name}: the audio is silent (peak {peak:.1e}); nothing to separate")
+
+
+def open_source(path: Path, work_dir: Path) -> SoundFileSource:
+    """A block-readable source for any input: soundfile formats directly, others decoded to a
+    temporary float wav in ``work_dir`` first (PyAV, streamed)."""
+    if audio_io.is_soundfile_readable(path):
+        return SoundFileSource(path)
+    decoded = work_dir / "decoded-input.wav"
+    audio_io.decode_to_wav(path, decoded)
+    return SoundFileSource(decoded, name=str(path))
+
+
+def load_image(image):
+    """A PIL.Image (RGB) from a PIL.Image or an image file path."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = audio_io.check_exists(image)
+    try:
+        with Image.open(path) as picture:
+            return picture.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise BadInputError(f"{path}: not a readable image ({err})") from err
