@@ -62,7 +62,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(params_cmd)
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
     params_cmd.set_defaults(handler=show_params)
+    _add_separate_command(sub)
     return parser
+
+
+def _add_separate_command(sub) -> None:
+    cmd = sub.add_parser("separate", help="extract the sound a text or image query describes")
+    cmd.add_argument("inputs", nargs="+", metavar="INPUT", help="audio (wav/flac/ogg/mp3) or video files")
+    cmd.add_argument("--query", default=None, help="text query, e.g. 'acoustic guitar'")
+    cmd.add_argument("--image", default=None, help="image query (a picture of the sound source)")
+    cmd.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS "
+                     "(default: params separate.model)")
+    cmd.add_argument("--clip-weights", default=None, help="CLIP weights replacing the stored ones")
+    cmd.add_argument("--out", default="separated", help="output folder (default: separated)")
+    _add_params_options(cmd)
+    cmd.set_defaults(handler=separate_files)
+
+
+def separate_files(args: argparse.Namespace) -> dict[str, Any]:
+    """Separate every input into OUT/<stem>/{target,residual}.wav; a bad input stops the run."""
+    from tqdm import tqdm
+
+    from clipsep.inference import Separator
+
+    params = load_cli_params(args)
+    separator = Separator.from_pretrained(args.model or params.separate.model,
+                                          device=params.separate.device,
+                                          clip_weights=args.clip_weights, settings=params.separate)
+    written = {}
+    for path in args.inputs:
+        with tqdm(desc=str(path), unit="segment", leave=False) as bar:
+            def progress(done: int, total: int, bar=bar) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            target, residual = separator.separate_file(path, args.out, query=args.query,
+                                                       image=args.image, progress=progress)
+        written[str(path)] = {"target": str(target), "residual": str(residual)}
+        log.info("%s -> %s", path, target.parent)
+    return {"separated": written}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

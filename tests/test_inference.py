@@ -1,0 +1,145 @@
+"""Separator: shapes/rates/channels of the input, lossless split, chunking, bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from clipsep.errors import BadInputError, MissingWeightsError
+from conftest import REPO, tiny_params_at
+
+torch.set_num_threads(1)
+
+
+def make_tiny_model(folder: Path) -> tuple[Path, Path]:
+    """A random-init tiny separator checkpoint + the tiny CLIP's weights saved next to it."""
+    from clipsep.model.factory import build_model, save_checkpoint
+    from clipsep.model.query import QueryEncoder
+
+    params = tiny_params_at(folder)
+    torch.manual_seed(0)
+    encoder = QueryEncoder.from_config(params.clip, None, "cpu")
+    clip_path = folder / "clip.pt"
+    torch.save({"state_dict": encoder.model.state_dict()}, clip_path)
+    network = build_model(params.model, encoder.embed_dim)
+    checkpoint = save_checkpoint(folder / "tiny.pt", network, model_cfg=params.model,
+                                 audio_cfg=params.audio, query=encoder.reference())
+    return checkpoint, clip_path
+
+
+@pytest.fixture(scope="module")
+def separator(tmp_path_factory):
+    from clipsep.inference import Separator
+
+    checkpoint, clip = make_tiny_model(tmp_path_factory.mktemp("model"))
+    return Separator.from_pretrained(checkpoint, device="cpu", clip_weights=clip)
+
+
+def tones(rate: int, seconds: float, channels: int) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    rng = np.random.default_rng(rate)
+    waves = [0.3 * np.sin(2 * np.pi * (220 * (c + 1)) * t) + 0.02 * rng.standard_normal(t.size)
+             for c in range(channels)]
+    return np.stack(waves).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate,channels,flat", [(16000, 1, True), (44100, 2, False),
+                                                (8000, 1, False)])
+def test_outputs_shaped_like_input_and_sum_to_it(separator, rate, channels, flat):
+    audio = tones(rate, 2.5, channels)
+    audio = audio[0] if flat else audio
+    result = separator.separate(audio, rate, query="cello")
+    assert result.sample_rate == rate
+    assert result.target.shape == audio.shape == result.residual.shape
+    assert np.abs(result.target + result.residual - audio).max() < 1e-5
+    assert 0.05 < np.std(result.target) / np.std(audio) < 0.95  # a mask, neither 0 nor 1
+
+
+def test_chunked_equals_one_pass(separator):
+    from clipsep.inference import Separator
+
+    audio = tones(44100, 6.0, 2)  # 6 s = 8 segments of the tiny profile's 1 s
+    assert separator.plan(44100, audio.shape[1]).n_chunks >= 5
+    whole_cfg = dataclasses.replace(separator.audio_cfg, segment_samples=8 * 16384 - 1)
+    one_pass = Separator(separator.network, separator.encoder, whole_cfg, separator.settings)
+    assert one_pass.plan(44100, audio.shape[1]).n_chunks == 1
+    chunked = separator.separate(audio, 44100, query="flute").target
+    reference = one_pass.separate(audio, 44100, query="flute").target
+    error = np.sqrt(np.mean((chunked - reference) ** 2)) / np.sqrt(np.mean(reference ** 2))
+    assert error < 1e-3
+
+
+@pytest.mark.parametrize("rate,frames", [(44100, 300000), (16000, 16383), (8000, 5000),
+                                         (44101, 100000), (96000, 500000)])
+def test_chunk_plan_covers_input_in_order(separator, rate, frames):
+    plan = separator.plan(rate, frames)
+    emitted = 0
+    for k in range(plan.n_chunks):
+        start, stop = plan.input_span(k)
+        assert start == emitted and stop > start
+        emitted = plan.emit_until(k)
+        assert start < emitted <= stop
+    assert emitted == frames
+
+
+def test_image_query_from_picture_and_path(separator, tmp_path):
+    from PIL import Image
+
+    picture = Image.fromarray(np.full((64, 64, 3), 120, np.uint8))
+    picture.save(tmp_path / "q.png")
+    audio = tones(16000, 1.5, 1)
+    by_object = separator.separate(audio, 16000, image=picture).target
+    by_path = separator.separate(audio, 16000, image=tmp_path / "q.png").target
+    np.testing.assert_allclose(by_object, by_path, atol=1e-6)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty query", "query is empty"), ("blank query", "query is empty"), ("no query", "no query"),
+    ("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("one sample", "too short"),
+    ("silence", "silent"), ("3-d", "array"), ("both queries", "not both"),
+    ("missing image", "no such file")])
+def test_bad_inputs_raise_clear_errors(separator, case, message):
+    from PIL import Image
+
+    audio, kwargs = tones(16000, 1.0, 1), {"query": "cello"}
+    if case == "empty query":
+        kwargs = {"query": ""}
+    elif case == "blank query":
+        kwargs = {"query": "  \t"}
+    elif case == "no query":
+        kwargs = {}
+    elif case == "nan":
+        audio[0, 500] = np.nan
+    elif case == "inf":
+        audio[0, 9] = np.inf
+    elif case == "one sample":
+        audio = audio[:, :1]
+    elif case == "silence":
+        audio = np.zeros_like(audio)
+    elif case == "3-d":
+        audio = audio[None]
+    elif case == "both queries":
+        kwargs["image"] = Image.new("RGB", (8, 8))
+    elif case == "missing image":
+        kwargs = {"image": "/nonexistent/picture.png"}
+    with pytest.raises(BadInputError, match=message):
+        separator.separate(audio, 16000, **kwargs)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    from clipsep.inference import Separator
+
+    with pytest.raises(MissingWeightsError, match="not found"):
+        Separator.from_pretrained(tmp_path / "absent.pt", device="cpu")
+
+
+def test_default_settings_match_params_yaml():
+    from clipsep.inference import DEFAULT_SETTINGS
+
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["separate"]
+    assert dataclasses.asdict(DEFAULT_SETTINGS) == section
