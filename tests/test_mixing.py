@@ -148,3 +148,13 @@ def test_manifest_reader_makes_paths_absolute(tmp_path):
     assert {r.label for r in records} == set(CLASS_TONES)
     with pytest.raises(BadInputError, match="clipsep ingest"):
         read_manifest(tmp_path / "nowhere")
+
+
+def test_loader_workers_draw_the_same_batches_as_direct_indexing(tiny_params):
+    clips = _loaded_clips(4, 6.0)
+    dataset = MixDataset(clips, tiny_params, batch_size=2)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1,
+                                         sampler=range(2, 5))
+    for step, batch in zip(range(2, 5), loader):
+        assert torch.equal(batch.sources, dataset[step].sources)
+        assert batch.clip_ids == dataset[step].clip_ids
