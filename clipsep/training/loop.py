@@ -420,6 +420,8 @@ def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
                        trainer.scaler, key) or RunState()
     if state.step:
         log.info("resuming from %s at step %d", out_dir / "last.pt", state.step)
+    elif dist.is_main:
+        (out_dir / "best.pt").unlink(missing_ok=True)  # a fresh run must not inherit a stale best
     started = state.step
     session_start = time.perf_counter()
     run_steps(trainer, data, state, out_dir, dist, key)

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ def write_examples(trainer, data, checkpoint: Path, folder: Path) -> list[str]:
     if count == 0 or not checkpoint.is_file():
         return []
     model, _ = load_checkpoint(checkpoint, device)
+    shutil.rmtree(folder, ignore_errors=True)  # no stale examples from an earlier run
     sources = data.val_batch.sources[:count].to(device)
     spec = spectral_batch(sources, params)
     queries = data.val_batch.queries[:count, :1].to(device)  # query: the first source only
