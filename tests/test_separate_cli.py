@@ -1,0 +1,94 @@
+"""`clipsep separate`: two files per input (audio and video), input layout kept, nothing half-written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from clipsep.cli import main
+from conftest import REPO
+from test_inference import make_tiny_model, tones
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+def run_cli(model, out: Path, *inputs, extra=()) -> int:
+    checkpoint, clip = model
+    return main(["separate", *map(str, inputs), "--model", str(checkpoint), "--clip-weights",
+                 str(clip), "--out", str(out), "--params", str(REPO / "params.yaml"),
+                 "--profile", "tiny", "--set", "separate.device=cpu", *extra])
+
+
+def write_video(path: Path, audio: np.ndarray, rate: int) -> None:
+    """A 2-s H.264 + AAC stereo clip whose frames are a flat colour."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=8)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "stereo"
+        for _ in range(16):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 90, np.uint8), format="rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        for start in range(0, audio.shape[1], 1024):
+            block = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + 1024]),
+                                               format="fltp", layout="stereo")
+            block.sample_rate, block.pts = rate, start
+            out.mux(sound.encode(block))
+        out.mux(sound.encode())
+
+
+def test_writes_target_and_residual_per_input(model, tmp_path):
+    stereo = tones(44100, 2.0, 2)
+    sf.write(tmp_path / "duet.wav", stereo.T, 44100)
+    sf.write(tmp_path / "solo.flac", tones(22050, 1.5, 1)[0], 22050)
+    write_video(tmp_path / "clip.mp4", stereo, 44100)
+    out = tmp_path / "out"
+    assert run_cli(model, out, tmp_path / "duet.wav", tmp_path / "solo.flac",
+                   tmp_path / "clip.mp4", extra=["--query", "cello"]) == 0
+    for stem, rate, channels in [("duet", 44100, 2), ("solo", 22050, 1), ("clip", 44100, 2)]:
+        mixture = None
+        for name in ("target.wav", "residual.wav"):
+            info = sf.info(out / stem / name)
+            assert (info.samplerate, info.channels) == (rate, channels)
+            data, _ = sf.read(out / stem / name, always_2d=True)
+            mixture = data if mixture is None else mixture + data
+        if stem != "clip":  # a video has no file-level sample count to compare with
+            source, _ = sf.read(next(tmp_path.glob(f"{stem}.*")), always_2d=True)
+            assert mixture.shape == source.shape
+            np.testing.assert_allclose(mixture, source, atol=1e-5)  # target + residual = input
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "duet", "solo"]  # no temp leftovers
+
+
+def test_video_without_query_uses_its_middle_frame(model, tmp_path):
+    write_video(tmp_path / "v.mp4", tones(44100, 2.0, 2), 44100)
+    assert run_cli(model, tmp_path / "out", tmp_path / "v.mp4") == 0
+    assert (tmp_path / "out" / "v" / "target.wav").is_file()
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "nan", "silent", "no query"])
+def test_bad_input_exits_2_and_writes_nothing(model, tmp_path, problem, caplog):
+    bad = tmp_path / "bad.wav"
+    audio = tones(16000, 1.0, 1)[0]
+    if problem == "corrupt":
+        bad.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    elif problem == "nan":
+        audio[300] = np.nan
+    elif problem == "silent":
+        audio[:] = 0.0
+    if problem in ("nan", "silent", "no query"):
+        sf.write(bad, audio, 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+    extra = [] if problem == "no query" else ["--query", "flute"]
+    assert run_cli(model, out, bad, extra=extra) == 2
+    assert "bad.wav" in caplog.text or "query" in caplog.text
+    assert not out.exists() or list(out.iterdir()) == []
