@@ -8,8 +8,9 @@ include scripts/env.mk
 setup:
 	@bash scripts/setup.sh
 
+# The full train-clipsep flow on the embedded world (docs/platform.md); ends by printing where to look.
 quickstart: setup
-	$(VENV)/bin/dvc repro
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows.train_clipsep
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -84,15 +84,17 @@ def metrics_markdown(metrics: dict[str, Any], registered: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
-def publish(p: Params, registered: dict[str, Any]) -> None:
+def publish(p: Params, registered: dict[str, Any]) -> str:
     """Prefect artifacts: the metrics table and links to the MLflow run and model version."""
     metrics = json.loads((p.path("evaluation") / "metrics.json").read_text())
-    create_markdown_artifact(key="clipsep-metrics", markdown=metrics_markdown(metrics, registered),
+    table = metrics_markdown(metrics, registered)
+    create_markdown_artifact(key="clipsep-metrics", markdown=table,
                              description="evaluation metrics and promotion gate decision")
     create_link_artifact(key="clipsep-mlflow-run", link=registered["run_url"],
                          link_text=f"MLflow run {registered['run_id']} "
                                    f"({registered['model_uri']} @{registered['alias']})",
                          description=f"tracking store: {registered['tracking_uri']}")
+    return table
 
 
 def publish_validation_failure(p: Params, error: ValidationFailed) -> None:
@@ -117,21 +119,25 @@ def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
         except ValidationFailed as err:
             publish_validation_failure(p, err)
             raise
-    publish(p, summaries["register"])
-    return summaries["register"]
+    table = publish(p, summaries["register"])
+    return {**summaries["register"], "metrics_table": table}
 
 
 def where_to_look(registered: dict[str, Any]) -> str:
-    """The closing message of a run: model version, its SDR, and the commands to look further."""
-    return "\n".join([
-        f"Registered {registered['model_uri']} -> @{registered['alias']} "
-        f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
-        f"MLflow run:  {registered['run_url']}",
-        f"MLflow UI:   {registered['ui_command']}",
-        "Separate:    .venv/bin/clipsep separate MIX.wav --query 'violin' "
-        f"--model models:/{registered['model_name']}@champion",
-        "App:         make app   (serves models:/clipsep@champion on http://127.0.0.1:7860)",
-    ])
+    """The closing message of a run: model version, its metrics, and the commands to look further."""
+    alias, name = registered["alias"], registered["model_name"]
+    lines = [registered.get("metrics_table", ""), "",
+             f"Registered {registered['model_uri']} -> @{alias} "
+             f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
+             f"MLflow run:  {registered['run_url']}",
+             f"MLflow UI:   {registered['ui_command']}",
+             f"Separate:    .venv/bin/clipsep separate MIX.wav --query violin --model models:/{name}@{alias}",
+             f"App:         .venv/bin/python -m app --model models:/{name}@{alias}   "
+             "(http://127.0.0.1:7860)"]
+    if alias != "champion":
+        lines.append(f"Note: no promotion; models:/{name}@champion is unchanged or absent "
+                     "(see registry.champion_floor_db / promotion_margin_db in params.yaml).")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
