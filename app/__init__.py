@@ -1,0 +1,1 @@
+"""The Gradio demo of clipsep: ``python -m app`` (or ``clipsep app``). See docs/app.md."""

@@ -1,0 +1,143 @@
+"""The Gradio page: layout, event wiring, error display and launch settings.
+
+The work happens in :mod:`app.handlers`; this module only turns their results into component
+values and their :class:`~clipsep.errors.ClipsepError` messages into ``gr.Error`` (a readable
+message in the page, never a stack trace). Unexpected exceptions are logged here, server-side,
+and the visitor gets a short apology.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from gradio.utils import get_upload_folder
+
+from app import handlers
+from clipsep.config import Params, ServeConfig
+from clipsep.errors import ClipsepError
+
+log = logging.getLogger(__name__)
+
+TITLE = "CLIPSep: text-queried sound separation"
+INTRO = ("Upload a recording (or a video, or use the microphone), say which sound you want, and get "
+         "it back on its own together with everything else. Queries are text (\"violin\") or a "
+         "picture; for a video its middle frame is offered as picture query.")
+NO_EXAMPLES = ("No ready-made examples: the embedded world is not rendered here. Run `clipsep world` "
+               "(or `dvc repro world`) in the project folder and restart the app to get some.")
+UNEXPECTED = "Something went wrong on the server while separating (it is logged). Try another file."
+
+
+@dataclass
+class Served:
+    """What one page serves: the loaded separator, its card and the examples."""
+
+    separator: object  # clipsep.inference.Separator
+    card: handlers.ModelCard
+    examples: list[handlers.Example] = field(default_factory=list)
+    examples_dir: Path | None = None
+
+
+def allowed_roots(served: Served) -> list[Path]:
+    """Folders a handler may open: Gradio's upload area and the examples cache."""
+    roots = [Path(get_upload_folder())]
+    return roots + [served.examples_dir] if served.examples_dir else roots
+
+
+def separate_event(served: Served, cfg: ServeConfig, audio_path, video_path, text, image,
+                   progress: gr.Progress):
+    """The Separate button: (target, residual, spectrograms, summary) or a gr.Error."""
+    path = audio_path or video_path
+    try:
+        accepted = handlers.check_upload(path, cfg, allowed_roots(served))
+        result = handlers.separate_upload(served.separator, accepted, text, image, cfg,
+                                          progress=lambda share, what: progress(share, desc=what))
+    except ClipsepError as err:
+        raise gr.Error(str(err), print_exception=False) from err
+    except Exception as err:  # noqa: BLE001 - a visitor gets a sentence, the log the traceback
+        log.exception("separation failed for %s", path)
+        raise gr.Error(UNEXPECTED, print_exception=False) from err
+    return (handlers.playable(result.target, result.rate),
+            handlers.playable(result.residual, result.rate), result.picture, result.summary)
+
+
+def video_changed(served: Served, cfg: ServeConfig, video_path):
+    """A new video: clear the audio input and offer the video's middle frame as image query."""
+    if not video_path:
+        return gr.update(), gr.update()
+    try:
+        accepted = handlers.check_upload(video_path, cfg, allowed_roots(served))
+        return None, handlers.offered_image(accepted)
+    except ClipsepError as err:
+        raise gr.Error(str(err), print_exception=False) from err
+
+
+def build_demo(params: Params, served: Served) -> gr.Blocks:
+    """The page: inputs (audio/video, text query with chips, image query), outputs, examples."""
+    cfg = params.serve
+    with gr.Blocks(title="CLIPSep demo") as demo:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        gr.Markdown(served.card.markdown(), elem_id="model-card")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                audio_in, video_in, query, image = _input_column(params)
+                button = gr.Button("Separate", variant="primary")
+            with gr.Column():
+                target = gr.Audio(label="Target (the queried sound)", type="numpy",
+                                  interactive=False, buttons=["download"])
+                residual = gr.Audio(label="Residual (everything else)", type="numpy",
+                                    interactive=False, buttons=["download"])
+                summary = gr.Textbox(label="Info", interactive=False, lines=2)
+        spectrograms = gr.Image(label="Spectrograms: mixture, target, residual", type="pil",
+                                format="png", interactive=False)
+        outputs = [target, residual, spectrograms, summary]
+
+        def separate(audio_path, video_path, text, picture, progress=gr.Progress()):
+            return separate_event(served, cfg, audio_path, video_path, text, picture, progress)
+
+        button.click(separate, inputs=[audio_in, video_in, query, image], outputs=outputs,
+                     api_name="separate")
+        video_in.upload(lambda v: video_changed(served, cfg, v), inputs=video_in,
+                        outputs=[audio_in, image], api_name=False)
+        _examples_section(served, [audio_in, query], outputs,
+                          lambda a, t: separate(a, None, t, None))
+    return demo
+
+
+def _input_column(params: Params):
+    """Audio/video tabs, the text query with one-click suggestions, the optional image query."""
+    with gr.Tabs():
+        with gr.Tab("Audio"):
+            audio_in = gr.Audio(label="Mixture (upload or record)", type="filepath",
+                                sources=["upload", "microphone"])
+        with gr.Tab("Video"):
+            video_in = gr.Video(label="Mixture (video: its sound is separated)", sources=["upload"])
+    query = gr.Textbox(label="Text query", placeholder="what to extract, e.g. violin")
+    with gr.Row():
+        for name in params.world.classes:
+            chip = gr.Button(name, size="sm", variant="secondary", min_width=60)
+            chip.click(lambda n=name: n, outputs=query, api_name=False, queue=False)
+    image = gr.Image(label="Image query (optional; used when the text query is empty)", type="pil",
+                     sources=["upload"])
+    return audio_in, video_in, query, image
+
+
+def _examples_section(served: Served, inputs, outputs, run) -> None:
+    if not served.examples:
+        gr.Markdown(NO_EXAMPLES)
+        return
+    gr.Examples(examples=[[str(e.audio_path), e.query] for e in served.examples], inputs=inputs,
+                outputs=outputs, fn=run, run_on_click=True, cache_examples=False,
+                example_labels=[f"{e.title} -> {e.query}" for e in served.examples],
+                label="Examples from the embedded world (click one)")
+
+
+def launch(demo: gr.Blocks, cfg: ServeConfig, served: Served, **extra) -> gr.Blocks:
+    """Queue (``serve.concurrency`` at once, ``serve.queue_size`` waiting) and serve on ``serve.host``."""
+    demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
+    demo.launch(server_name=cfg.host, server_port=cfg.port, max_file_size=f"{cfg.max_file_mb}mb",
+                show_error=True, share=False,
+                allowed_paths=[str(served.examples_dir)] if served.examples_dir else None, **extra)
+    return demo

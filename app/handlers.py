@@ -1,0 +1,356 @@
+"""What the demo does, as plain functions (no gradio here, so tests call them directly).
+
+Every problem a visitor can cause raises :class:`clipsep.errors.BadInputError` with a sentence
+that names it (file too big or too long, unreadable, silent, no query); :mod:`app.demo` shows
+that sentence in the page. Paths come only from Gradio's upload area (or the examples cache):
+:func:`check_upload` refuses anything else before a file is opened.
+
+Audio arrays are float32 numpy ``[C, L]`` (channels first) at the file's own rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from clipsep import audio_io
+from clipsep.config import Params, ServeConfig
+from clipsep.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+MB = 1 << 20  # Gradio's "50mb" is 50 * 2**20 bytes
+SPECTROGRAM_FFT = 1024
+SPECTROGRAM_COLUMNS = 1200  # at most this many STFT frames per panel: long files stay cheap
+DYNAMIC_RANGE_DB = 80.0
+EXAMPLE_SECONDS = 8.0  # examples are short so a click answers in a second or two
+
+Progress = Callable[[float, str], None]  # (share done in [0, 1], what is happening)
+
+
+# --- input checks ------------------------------------------------------------------------------
+
+
+def check_upload(path: str | Path | None, cfg: ServeConfig, allowed_roots: Sequence[Path]) -> Path:
+    """The uploaded file as a Path, after the checks that need no decoding.
+
+    Refuses: no file, a path outside ``allowed_roots`` (Gradio's upload area, the examples cache),
+    a missing file, and a file over ``serve.max_file_mb``.
+    """
+    if path is None or not str(path).strip():
+        raise BadInputError("No input: upload an audio or video file, or record from the microphone.")
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(Path(root).resolve()) for root in allowed_roots):
+        raise BadInputError("That file is not an upload of this page; upload it instead.")
+    if not resolved.is_file():
+        raise BadInputError(f"The upload {resolved.name!r} is gone; please upload it again.")
+    size = resolved.stat().st_size
+    if size > cfg.max_file_mb * MB:
+        raise BadInputError(f"{resolved.name} is {size / MB:.1f} MB; this demo accepts files up to "
+                            f"{cfg.max_file_mb} MB (serve.max_file_mb).")
+    return resolved
+
+
+def media_duration_s(path: Path) -> float:
+    """Length of the file's audio in seconds, read from its header (nothing is decoded)."""
+    if audio_io.is_soundfile_readable(path):
+        info = audio_io.audio_info(path)
+        return info.frames / info.sample_rate
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise BadInputError(f"{path.name}: no audio track in this file.")
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            return (container.duration or 0) / 1_000_000  # av.time_base is microseconds
+    except (av.error.FFmpegError, OSError) as err:
+        raise BadInputError(f"{path.name}: not a readable audio or video file ({err}).") from err
+
+
+def read_input(path: Path, cfg: ServeConfig) -> tuple[np.ndarray, int]:
+    """Decode an accepted upload to ``([C, L] float32, rate)``, refusing files over ``serve.max_seconds``."""
+    duration = media_duration_s(path)
+    if duration > cfg.max_seconds:
+        raise BadInputError(f"{path.name} lasts {_clock(duration)}; this demo separates up to "
+                            f"{_clock(cfg.max_seconds)} (serve.max_seconds).")
+    audio, rate = audio_io.read_audio(path)
+    if audio.shape[1] / rate > cfg.max_seconds:  # headers can under-report
+        raise BadInputError(f"{path.name} lasts {_clock(audio.shape[1] / rate)}; this demo separates "
+                            f"up to {_clock(cfg.max_seconds)} (serve.max_seconds).")
+    return audio, rate
+
+
+def offered_image(path: str | Path | None):
+    """A video's middle frame (PIL.Image) to offer as image query; None for audio or no file."""
+    if path is None or not audio_io.has_video_stream(path):
+        return None
+    return audio_io.middle_frame(path)
+
+
+def choose_query(text: str | None, image) -> tuple[str | None, Any, str]:
+    """(text query, image query, description): a typed text wins; else the image; else an error."""
+    if text is not None and text.strip():
+        return text.strip(), None, f"text {text.strip()!r}"
+    if image is not None:
+        return None, image, "the image query"
+    raise BadInputError("No query: type what to extract (e.g. 'violin'), click a suggestion, "
+                        "or give an image query.")
+
+
+def _name_only(message: str, path: Path) -> str:
+    """The message with the server's folders cut from the upload's path (and the library's
+    name for an in-memory array, "audio", replaced by the file's name)."""
+    message = message.replace(str(path), path.name)
+    return path.name + message[len("audio"):] if message.startswith("audio: ") else message
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60.0)
+    return f"{int(minutes)} min {rest:04.1f} s" if minutes else f"{rest:.1f} s"
+
+
+# --- separation --------------------------------------------------------------------------------
+
+
+@dataclass
+class SeparationOutputs:
+    """What the page shows: mixture/target/residual ``[C, L]`` at ``rate``, a picture, a summary."""
+
+    mixture: np.ndarray
+    target: np.ndarray
+    residual: np.ndarray
+    rate: int
+    picture: Any  # PIL.Image of the three spectrograms
+    summary: str
+
+
+def separate_upload(separator, path: Path, text: str | None, image, cfg: ServeConfig,
+                    progress: Progress | None = None) -> SeparationOutputs:
+    """Separate an accepted upload with the queried sound as target (chunked, with progress)."""
+    query, image_query, described = choose_query(text, image)
+    started = time.perf_counter()
+
+    def on_segment(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done / total, f"separating: segment {done}/{total}")
+
+    try:
+        mixture, rate = read_input(path, cfg)
+        result = separator.separate(mixture, rate, query=query, image=image_query,
+                                    progress=on_segment)
+    except BadInputError as err:
+        raise BadInputError(_name_only(str(err), path)) from err
+    seconds = time.perf_counter() - started
+    summary = (f"query: {described} | input: {path.name}, {_clock(mixture.shape[1] / rate)} at "
+               f"{rate} Hz, {mixture.shape[0]} channel(s) | separated in {seconds:.1f} s")
+    picture = spectrogram_picture(mixture, result.target, result.residual, rate)
+    return SeparationOutputs(mixture, result.target, result.residual, rate, picture, summary)
+
+
+def playable(wave: np.ndarray, rate: int) -> tuple[int, np.ndarray]:
+    """``(rate, int16 [L] or [L, C])`` for gr.Audio (int16 avoids its float conversion warning)."""
+    clipped = np.clip(np.nan_to_num(wave), -1.0, 1.0)
+    pcm = np.round(clipped * 32767.0).astype(np.int16)
+    return rate, pcm[0] if pcm.shape[0] == 1 else np.ascontiguousarray(pcm.T)
+
+
+# --- pictures ----------------------------------------------------------------------------------
+
+
+def log_spectrogram(wave: np.ndarray, rate: int) -> np.ndarray:
+    """dB magnitude ``[F, T]`` of the mono downmix of ``wave [C, L]``, at most SPECTROGRAM_COLUMNS frames."""
+    import torch
+
+    mono = torch.from_numpy(np.ascontiguousarray(wave.mean(axis=0), dtype=np.float32))
+    hop = max(SPECTROGRAM_FFT // 4, math.ceil(mono.numel() / SPECTROGRAM_COLUMNS))
+    spec = torch.stft(mono, SPECTROGRAM_FFT, hop, window=torch.hann_window(SPECTROGRAM_FFT),
+                      return_complex=True)
+    return (20.0 * torch.log10(spec.abs() + 1e-8)).numpy()
+
+
+def spectrogram_picture(mixture: np.ndarray, target: np.ndarray, residual: np.ndarray,
+                        rate: int):
+    """Mixture, target and residual spectrograms side by side on one dB scale (PIL.Image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    panels = [("Mixture", mixture), ("Target (query)", target), ("Residual (everything else)", residual)]
+    specs = [log_spectrogram(w, rate) for _, w in panels]
+    top = max(float(s.max()) for s in specs)
+    duration = mixture.shape[1] / rate
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True, constrained_layout=True)
+    for ax, (title, _), spec in zip(axes, panels, specs):
+        image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma",
+                          vmin=top - DYNAMIC_RANGE_DB, vmax=top,
+                          extent=(0.0, duration, 0.0, rate / 2000.0))
+        ax.set_title(title)
+        ax.set_xlabel("time (s)")
+    axes[0].set_ylabel("frequency (kHz)")
+    fig.colorbar(image, ax=axes, label="dB", shrink=0.9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+# --- model information -------------------------------------------------------------------------
+
+
+@dataclass
+class ModelCard:
+    """Which model the page serves: reference, version, data version and evaluation numbers."""
+
+    reference: str
+    version: str = "-"
+    aliases: str = "-"
+    data_version: str = "-"
+    git_commit: str = "-"
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: str = ""
+
+    def markdown(self) -> str:
+        lines = [f"**Model** `{self.reference}` · version **{self.version}** · aliases {self.aliases}"
+                 f" · data version `{self.data_version[:12]}` · code `{self.git_commit[:10]}`"]
+        if self.metrics:
+            cells = " · ".join(f"{name} **{value:.2f}**" for name, value in self.metrics.items())
+            lines.append(f"Evaluation: {cells}")
+        if self.notes:
+            lines.append(self.notes)
+        return "\n\n".join(lines)
+
+
+SHOWN_METRICS = {  # registry run metric -> label on the page
+    "eval/text/sdr/mean": "text SDR (dB)", "eval/text/sdri/mean": "text SDRi (dB)",
+    "eval/text/sir/mean": "text SIR (dB)", "eval/image/sdr/mean": "image SDR (dB)",
+    "eval/n_mixtures": "test mixtures",
+}
+
+
+def registry_card(ref: str, tracking: str) -> ModelCard:
+    """The card of a ``models:/name@alias`` (or ``/version``) reference, from registry tags and run metrics."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from clipsep.tracking import RegistryError, parse_model_reference
+
+    name, kind, value = parse_model_reference(ref)
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    try:
+        version = (client.get_model_version_by_alias(name, value) if kind == "alias"
+                   else client.get_model_version(name, value))
+        run = client.get_run(version.run_id) if version.run_id else None
+    except MlflowException as err:
+        raise RegistryError(f"cannot describe {ref} in {tracking}: {err}") from err
+    tags = dict(version.tags or {})
+    run_metrics = run.data.metrics if run else {}
+    metrics = {label: run_metrics[key] for key, label in SHOWN_METRICS.items() if key in run_metrics}
+    if not metrics and "text_sdr" in tags:
+        metrics["text SDR (dB)"] = float(tags["text_sdr"])
+    return ModelCard(reference=ref, version=str(version.version),
+                     aliases=", ".join(version.aliases or []) or "-",
+                     data_version=tags.get("data_version", "-"),
+                     git_commit=tags.get("git_commit", "-"), metrics=metrics,
+                     notes=f"gate: {tags['gate_reason']}" if "gate_reason" in tags else "")
+
+
+def checkpoint_card(path: Path, extra: dict[str, Any]) -> ModelCard:
+    """The card of a checkpoint file: what its ``extra`` records (step, metrics, data version)."""
+    metrics = {str(k): float(v) for k, v in (extra.get("metrics") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    known = ", ".join(f"{k}={v}" for k, v in extra.items()
+                      if k not in ("metrics", "data_version") and not isinstance(v, (dict, list)))
+    return ModelCard(reference=str(path), version="file (not from the registry)",
+                     data_version=str(extra.get("data_version", "-")), metrics=metrics,
+                     notes=f"checkpoint extra: {known}" if known else "")
+
+
+# --- examples ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    """A ready-made mixture of two instruments and the query that picks one of them."""
+
+    audio_path: Path
+    query: str
+    title: str
+
+
+def build_examples(params: Params, cache_dir: Path, count: int = 3) -> list[Example]:
+    """Mix pairs of the embedded world's clean test videos of different classes into ``cache_dir``.
+
+    Reads ``ground_truth.csv`` only to know which instrument each clean test video shows (the
+    demo needs a correct query; nothing is trained on it). Returns [] when no world is rendered.
+    """
+    world = params.path("world")
+    table = world / "ground_truth.csv"
+    if not table.is_file():
+        return []
+    with table.open(newline="") as handle:
+        solos = [row for row in csv.DictReader(handle)
+                 if row["split"] == "test" and row["labels"] and ";" not in row["labels"]]
+    pairs = [(a, b) for a, b in itertools.combinations(solos, 2) if a["labels"] != b["labels"]]
+    chosen, seen = [], set()
+    for first, second in pairs:  # each example queries a different instrument
+        if first["labels"] not in seen and len(chosen) < count:
+            chosen.append((first, second))
+            seen.add(first["labels"])
+    return [_mix_example(world / "videos", a, b, cache_dir) for a, b in chosen]
+
+
+def _mix_example(videos: Path, first: dict, second: dict, cache_dir: Path) -> Example:
+    """Write (once) the equal-level mix of two videos' first EXAMPLE_SECONDS as a wav."""
+    out = cache_dir / f"{first['video_id']}+{second['video_id']}.wav"
+    title = f"{first['labels']} + {second['labels']}"
+    if not out.is_file():
+        waves = []
+        for row in (first, second):
+            audio, rate = audio_io.read_audio(videos / row["video"])
+            audio = audio[:, :int(EXAMPLE_SECONDS * rate)]
+            waves.append(audio / max(float(np.abs(audio).max()), 1e-6))
+        length = min(w.shape[1] for w in waves)
+        channels = min(w.shape[0] for w in waves)
+        mix = 0.45 * (waves[0][:channels, :length] + waves[1][:channels, :length])
+        audio_io.write_wav(out, mix, rate)
+    return Example(out, first["labels"], title)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_model(params: Params, ref: str | None = None):
+    """(Separator, ModelCard) for ``ref`` (default ``serve.model``): a registry reference
+    ``models:/name@alias`` in the params' MLflow store, or a checkpoint path (relative paths are
+    taken from the params file's folder)."""
+    from clipsep.inference import Separator
+    from clipsep.model.factory import load_checkpoint
+    from clipsep.tracking import project_root, resolve_model_reference, tracking_uri
+
+    ref = ref or params.serve.model
+    if ref.startswith("models:/"):
+        checkpoint, clip_weights = resolve_model_reference(ref, tracking=tracking_uri(params))
+        card = registry_card(ref, tracking_uri(params))
+    else:
+        checkpoint = Path(ref) if Path(ref).is_absolute() else project_root(params) / ref
+        clip_weights = None
+        card = checkpoint_card(checkpoint, load_checkpoint(checkpoint, "cpu")[1].extra)
+    log.info("loading %s from %s", ref, checkpoint)
+    separator = Separator.from_pretrained(checkpoint, device=params.separate.device,
+                                          clip_weights=clip_weights, settings=params.separate)
+    return separator, card

@@ -1,0 +1,180 @@
+"""The demo's handlers called directly: input checks, separation, pictures, model card, examples."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tiny_params_at
+from media_factory import VideoSpec, write_video
+
+from app import handlers
+from clipsep.errors import BadInputError
+
+
+def write_tiny_model(root: Path):
+    """(tiny params under root, checkpoint path): a random tiny separator + random tiny CLIP."""
+    from clipsep.model.factory import build_model, save_checkpoint
+    from clipsep.model.query import QueryEncoder
+
+    params = tiny_params_at(root, **{"separate.device": "cpu"})
+    encoder = QueryEncoder.from_config(params.clip, None, "cpu")
+    clip_file = params.path("clip_model") / "clip.pt"
+    clip_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": encoder.model.state_dict()}, clip_file)
+    query = {**encoder.reference(), "pretrained": str(clip_file)}
+    torch.manual_seed(0)
+    model = build_model(params.model, encoder.embed_dim)
+    checkpoint = save_checkpoint(params.path("checkpoints") / "best.pt", model, model_cfg=params.model,
+                                 audio_cfg=params.audio, query=query,
+                                 extra={"step": 4, "metrics": {"val_sdr": 1.5}})
+    return params, checkpoint
+
+
+def write_mini_world(params, classes=("cello", "flute", "trumpet")) -> Path:
+    """A world folder with one clean test video per class and its ground_truth.csv."""
+    world = params.path("world")
+    rows = []
+    for index, label in enumerate(classes):
+        video = f"test/w{index:05d}.mp4"
+        write_video(world / "videos" / video,
+                    VideoSpec(seconds=3.0, tone_hz=220.0 * (index + 1), seed=index))
+        rows.append({"video_id": f"w{index:05d}", "video": video, "split": "test", "labels": label,
+                     "offscreen": "", "melody_id": index, "duration_s": 3.0})
+    with (world / "ground_truth.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return world
+
+
+def tone(seconds: float, rate: int = 22050, channels: int = 2, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = level * np.sin(2 * np.pi * 440.0 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    return np.tile(wave.astype(np.float32), (channels, 1))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("app")
+    params, checkpoint = write_tiny_model(root)
+    params = tiny_params_at(root, **{"separate.device": "cpu", "serve.model": str(checkpoint)})
+    separator, card = handlers.load_model(params)
+    return params, separator, card, root
+
+
+def upload(root: Path, name: str, wave: np.ndarray, rate: int = 22050) -> Path:
+    path = root / "uploads" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave.T, rate)
+    return path
+
+
+def test_separates_an_upload_into_target_and_residual(served):
+    params, separator, card, root = served
+    mixture = tone(3.0)
+    path = upload(root, "mix.wav", mixture)
+    seen = []
+    result = handlers.separate_upload(separator, path, "  flute ", None, params.serve,
+                                      progress=lambda share, what: seen.append(share))
+    assert result.target.shape == result.residual.shape == mixture.shape
+    assert np.allclose(result.target + result.residual, mixture, atol=1e-4)
+    assert seen and seen[-1] == 1.0
+    assert "text 'flute'" in result.summary and "mix.wav" in result.summary
+    assert result.picture.size[0] > 2 * result.picture.size[1]  # three panels side by side
+    rate, pcm = handlers.playable(result.target, result.rate)
+    assert rate == 22050 and pcm.dtype == np.int16 and pcm.shape == (mixture.shape[1], 2)
+
+
+def test_video_offers_its_middle_frame_and_its_sound_is_separated(served):
+    params, separator, _, root = served
+    video = write_video(root / "uploads" / "clip.mp4", VideoSpec(seconds=2.5))
+    frame = handlers.offered_image(video)
+    assert frame is not None and frame.size == (64, 48)
+    result = handlers.separate_upload(separator, video, "", frame, params.serve)
+    assert "image query" in result.summary and result.rate == 44100
+    assert handlers.offered_image(upload(root, "plain.wav", tone(1.0))) is None
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("silence", "silent"), ("corrupt", "unreadable"), ("empty query", "No query"),
+    ("too long", "serve.max_seconds"), ("too big", "serve.max_file_mb"),
+    ("outside", "not an upload"), ("none", "No input"),
+])
+def test_bad_input_gets_a_readable_message(served, problem, expected):
+    params, separator, _, root = served
+    cfg = dataclasses.replace(params.serve, max_seconds=2.0 if problem == "too long" else 60.0,
+                              max_file_mb=0 if problem == "too big" else 50)
+    path = {
+        "silence": lambda: upload(root, "silent.wav", np.zeros((1, 22050), np.float32)),
+        "corrupt": lambda: _write_bytes(root / "uploads" / "broken.mp3", b"ID3 not audio" * 50),
+        "outside": lambda: Path(handlers.__file__),
+        "none": lambda: None,
+    }.get(problem, lambda: upload(root, "ok.wav", tone(3.0)))()
+    text = "" if problem == "empty query" else "cello"
+    with pytest.raises(BadInputError, match=expected) as caught:
+        accepted = handlers.check_upload(path, cfg, [root / "uploads"])
+        handlers.separate_upload(separator, accepted, text, None, cfg)
+    assert str(root) not in str(caught.value)  # names the file, not the server's folders
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_spectrogram_picture_of_a_long_file_stays_small():
+    long_wave = tone(120.0, rate=16000, channels=1)
+    spec = handlers.log_spectrogram(long_wave, 16000)
+    assert spec.shape[0] == handlers.SPECTROGRAM_FFT // 2 + 1
+    assert spec.shape[1] <= handlers.SPECTROGRAM_COLUMNS + 1
+
+
+def test_checkpoint_card_shows_what_the_checkpoint_records(served):
+    _, _, card, _ = served
+    text = card.markdown()
+    assert "best.pt" in text and "val_sdr **1.50**" in text and "step=4" in text
+
+
+def test_registry_card_reads_version_tags_and_run_metrics(tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("demo", artifact_location=(tmp_path / "a").as_uri())
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "eval/text/sdr/mean", 4.25)
+    client.create_registered_model("clipsep")
+    version = client.create_model_version("clipsep", f"runs:/{run.info.run_id}/model",
+                                          run_id=run.info.run_id,
+                                          tags={"data_version": "abc123def456xyz", "git_commit": "0123456789ab"})
+    client.set_registered_model_alias("clipsep", "champion", version.version)
+    card = handlers.registry_card("models:/clipsep@champion", uri)
+    assert (card.version, card.aliases, card.data_version) == ("1", "champion", "abc123def456xyz")
+    assert card.metrics == {"text SDR (dB)": 4.25}
+    assert "text SDR (dB) **4.25**" in card.markdown()
+    mlflow.set_tracking_uri(None)
+
+
+def test_examples_mix_two_different_instruments_once(tmp_path):
+    params = tiny_params_at(tmp_path)
+    write_mini_world(params)
+    examples = handlers.build_examples(params, tmp_path / "cache", count=2)
+    assert len(examples) == 2 and len({e.query for e in examples}) == 2
+    for example in examples:
+        first, second = example.title.split(" + ")
+        assert example.query == first != second
+        audio, rate = sf.read(example.audio_path, always_2d=True)
+        assert rate == 44100 and abs(audio.shape[0] / rate - 3.0) < 0.1  # AAC adds a few frames
+        assert np.abs(audio).max() > 0.1
+    stamp = examples[0].audio_path.stat().st_mtime_ns
+    handlers.build_examples(params, tmp_path / "cache", count=2)
+    assert examples[0].audio_path.stat().st_mtime_ns == stamp  # cached, not rewritten
+    assert handlers.build_examples(tiny_params_at(tmp_path / "empty"), tmp_path / "c2") == []
