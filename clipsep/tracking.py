@@ -464,7 +464,8 @@ def _download_model(name: str, version: str, uri: str, cache_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
-                                                    dst_path=str(staging), tracking_uri=uri)
+                                                    dst_path=str(staging), tracking_uri=uri,
+                                                    registry_uri=uri)
         os.replace(local, final)
     except OSError:
         if not (final / "MLmodel").is_file():  # another process won the race: use theirs
@@ -481,7 +482,6 @@ def resolve_model_reference(ref: str, tracking: str | None = None,
     The registry is MLFLOW_TRACKING_URI / ``tracking`` / the default store of ./params.yaml;
     files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models).
     """
-    import mlflow
     from mlflow import MlflowClient
 
     if not ref.startswith("models:/"):
@@ -491,7 +491,6 @@ def resolve_model_reference(ref: str, tracking: str | None = None,
         return path, None
     name, kind, value = parse_model_reference(ref)
     uri = tracking or default_tracking_uri()
-    mlflow.set_registry_uri(uri)
     version = _model_version(MlflowClient(tracking_uri=uri, registry_uri=uri), name, kind, value)
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "clipsep-models"
     model_dir = _download_model(name, str(version.version), uri, cache)

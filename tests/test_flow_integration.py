@@ -19,7 +19,6 @@ from conftest import REPO
 from clipsep.config import dump_params, load_params
 from clipsep.env import OFFLINE_DEFAULTS
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 DEPLOYMENT = "itest"
 BIN = Path(sys.executable).parent
@@ -96,17 +95,43 @@ def platform(tmp_path: Path):
         servers.stop(server)
 
 
+def trigger(project: Path, env: dict, *params: str) -> subprocess.CompletedProcess:
+    """`prefect deployment run ... --watch`, the documented way to start a run by hand."""
+    command = [str(BIN / "prefect"), "deployment", "run", f"train-clipsep/{DEPLOYMENT}"]
+    for param in params:
+        command += ["-p", param]
+    return subprocess.run(command + ["--watch", "--watch-interval", "2", "--watch-timeout", "1200"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=1300)
+
+
+def artifacts(port: int, *keys: str) -> dict[str, dict]:
+    found = api(port, "/artifacts/filter", {"artifacts": {"key": {"any_": list(keys)}}})
+    return {a["key"]: a for a in found}
+
+
+def test_planned_stages_skip_the_world_only_when_nothing_needs_it(tmp_path):
+    from flows.train_clipsep import flow_params, planned_stages
+
+    default = flow_params(str(REPO / "params.yaml"), "tiny", [], None)
+    assert planned_stages(default) == ["world", "ingest", "validate", "pretrain-clip", "train",
+                                       "evaluate", "register"]
+    own = flow_params(str(REPO / "params.yaml"), "tiny",
+                      ["clip.pretrained=/x/clip.pt", "eval.targets_csv=t.csv",
+                       "eval.interference_csv=i.csv"], str(tmp_path))
+    assert own.ingest.source == str(tmp_path.resolve())
+    assert planned_stages(own) == ["ingest", "validate", "train", "evaluate", "register"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_deployment_run_registers_a_model_with_lineage(platform):
     from mlflow import MlflowClient
 
     project, env, port, runner = platform
-    trigger = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "run", f"train-clipsep/{DEPLOYMENT}",
-         "-p", 'overrides=["train.steps=4"]', "--watch", "--watch-interval", "2",
-         "--watch-timeout", "1200"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=1300)
-    assert trigger.returncode == 0, f"{trigger.stdout}\n{trigger.stderr}\n{runner.log_tail()}"
-    assert "Completed" in trigger.stdout, trigger.stdout
+    done = trigger(project, env, 'overrides=["train.steps=4"]')
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{runner.log_tail()}"
+    assert "Completed" in done.stdout, done.stdout
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlruns/mlflow.db")
     version = client.get_model_version_by_alias("clipsep", "champion")
@@ -121,8 +146,13 @@ def test_deployment_run_registers_a_model_with_lineage(platform):
     assert run.data.params["train.steps"] == "4"
     assert "eval/text/sdr/mean" in run.data.metrics
 
-    artifacts = api(port, "/artifacts/filter", {"artifacts": {"key": {
-        "any_": ["clipsep-metrics", "clipsep-mlflow-run"]}}})
-    by_key = {a["key"]: a for a in artifacts}
+    by_key = artifacts(port, "clipsep-metrics", "clipsep-mlflow-run")
     assert "| text |" in by_key["clipsep-metrics"]["data"]
     assert version.tags["run_id"] in by_key["clipsep-mlflow-run"]["data"]
+
+    # a failing data gate stops the flow before training and publishes its report
+    rejected = trigger(project, env, 'overrides=["validate.min_clips=100000"]')
+    assert rejected.returncode != 0 and "Failed" in rejected.stdout, rejected.stdout
+    report = artifacts(port, "clipsep-validation-failed")["clipsep-validation-failed"]["data"]
+    assert "100000" in report or "min_clips" in report, report
+    assert len(client.search_model_versions("name='clipsep'")) == 1
