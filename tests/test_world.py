@@ -9,13 +9,22 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import REPO, tiny_params_at
+import torch
+import torchaudio
+from conftest import tiny_params_at
 
 from clipsep import stages
-from clipsep.config import load_params
 from clipsep.data import world_sound as ws
-from clipsep.data.world import (GROUND_TRUTH_COLUMNS, SPLITS, plan_world, plot_world_overview,
-                                read_ground_truth, render_sources, render_video, render_world)
+from clipsep.data.world import (
+    GROUND_TRUTH_COLUMNS,
+    SPLITS,
+    plan_world,
+    plot_world_overview,
+    read_ground_truth,
+    render_sources,
+    render_video,
+    render_world,
+)
 from clipsep.errors import BadInputError
 
 
@@ -30,7 +39,9 @@ def world(tmp_path_factory):
 def _decode_audio(path: Path, rate: int = 16000) -> np.ndarray:
     with av.open(str(path)) as container:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks = [r.to_ndarray().ravel() for f in container.decode(audio=0) for r in resampler.resample(f)]
+        chunks = [
+            r.to_ndarray().ravel() for f in container.decode(audio=0) for r in resampler.resample(f)
+        ]
         chunks += [r.to_ndarray().ravel() for r in resampler.resample(None)]
     return np.concatenate(chunks)
 
@@ -53,7 +64,10 @@ def test_videos_decode_with_both_streams(world):
     assert len(frames) == round(float(rows[0]["duration_s"]) * cfg.video_fps)
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.5  # things move
     wave = _decode_audio(first)
-    assert abs(len(wave) / 16000 - float(rows[0]["duration_s"])) < 0.1 and np.sqrt(np.mean(wave**2)) > 1e-3
+    assert (
+        abs(len(wave) / 16000 - float(rows[0]["duration_s"])) < 0.1
+        and np.sqrt(np.mean(wave**2)) > 1e-3
+    )
 
 
 def test_no_label_in_names_or_metadata(world):
@@ -77,7 +91,9 @@ def test_ground_truth_matches_config_and_files(world):
     with (world_dir / "ground_truth.csv").open(newline="") as f:
         assert tuple(csv.DictReader(f).fieldnames) == GROUND_TRUTH_COLUMNS
     rows = read_ground_truth(world_dir)
-    on_disk = {str(p.relative_to(world_dir / "videos")) for p in (world_dir / "videos").rglob("*.mp4")}
+    on_disk = {
+        str(p.relative_to(world_dir / "videos")) for p in (world_dir / "videos").rglob("*.mp4")
+    }
     assert on_disk == {r["video"] for r in rows}
     assert len({r["video_id"] for r in rows}) == len(rows)
     for split in ("train", "val", "test"):
@@ -103,7 +119,10 @@ def test_world_is_deterministic(world, tmp_path):
     render_video(spec, params.world, tmp_path)
     again, original = tmp_path / spec.relpath, world_dir / "videos" / spec.relpath
     np.testing.assert_array_equal(_decode_audio(again), _decode_audio(original))
-    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(original.read_bytes()).digest()
+    assert (
+        hashlib.sha256(again.read_bytes()).digest()
+        == hashlib.sha256(original.read_bytes()).digest()
+    )
     other = plan_world(tiny_params_at(tmp_path, **{"world.seed": 99}).world)
     assert [s.labels for s in other] != [s.labels for s in plan_world(params.world)]
 
@@ -111,14 +130,20 @@ def test_world_is_deterministic(world, tmp_path):
 def test_melodies_are_disjoint_across_splits(world):
     params, world_dir, _ = world
     rows = read_ground_truth(world_dir)
-    ids = {split: {m for r in rows if r["split"] == split for m in r["melody_id"].split(";")}
-           for split in SPLITS}
+    ids = {
+        split: {m for r in rows if r["split"] == split for m in r["melody_id"].split(";")}
+        for split in SPLITS
+    }
     tunes = {}
     for split, melody_ids in ids.items():
         assert melody_ids and all(m.startswith(split + "-") for m in melody_ids)
-        tunes[split] = {tuple((n.semitone, round(n.length_s, 3)) for n in
-                              ws.make_melody(params.world.seed, split, int(m.split("-")[1]), 4.0).notes)
-                        for m in melody_ids}
+        tunes[split] = {
+            tuple(
+                (n.semitone, round(n.length_s, 3))
+                for n in ws.make_melody(params.world.seed, split, int(m.split("-")[1]), 4.0).notes
+            )
+            for m in melody_ids
+        }
     for a in SPLITS:
         for b in SPLITS:
             if a < b:
@@ -137,7 +162,9 @@ def test_noisy_videos_carry_offscreen_energy(world):
         assert np.sum(parts.background**2) > 0
     clean = render_sources(next(s for s in specs if not s.offscreen), cfg)
     assert not clean.offscreen.any() and not clean.background.any()
-    np.testing.assert_allclose(np.sqrt(np.mean(clean.onscreen**2)), 10 ** (ws.TARGET_RMS_DB / 20), rtol=1e-3)
+    np.testing.assert_allclose(
+        np.sqrt(np.mean(clean.onscreen**2)), 10 ** (ws.TARGET_RMS_DB / 20), rtol=1e-3
+    )
 
 
 def test_captions_cover_every_class_and_both_splits(world):
@@ -146,7 +173,10 @@ def test_captions_cover_every_class_and_both_splits(world):
     with (world_dir / "captions" / "captions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["captions"] == len(cfg.classes) * cfg.caption_images_per_class
-    assert {r["label"] for r in rows} == set(cfg.classes) and {r["split"] for r in rows} == {"train", "test"}
+    assert {r["label"] for r in rows} == set(cfg.classes) and {r["split"] for r in rows} == {
+        "train",
+        "test",
+    }
     from PIL import Image
 
     for r in rows:
@@ -161,10 +191,8 @@ def test_rerun_with_same_config_is_skipped(world):
     assert again["skipped"] is True and again["videos"] == summary["videos"]
 
 
-def _timbre(wave: np.ndarray, mfcc) -> "torch.Tensor":
+def _timbre(wave: np.ndarray, mfcc) -> torch.Tensor:
     """Mean/std of MFCC 1..19 over the frames within 30 dB of the loudest, plus attack/decay."""
-    import torch
-
     coeffs = mfcc(torch.from_numpy(wave))
     level_db = coeffs[0] / 40**0.5  # c0 of the orthonormal DCT over 40 mel bands, in mean dB
     active = coeffs[:, level_db > level_db.max() - 30]
@@ -173,28 +201,35 @@ def _timbre(wave: np.ndarray, mfcc) -> "torch.Tensor":
     return torch.cat([active[1:].mean(1), active[1:].std(1), envelope])
 
 
-def instrument_accuracy(classes: tuple[str, ...], seed: int, refs: int = 3, queries: int = 4) -> float:
+def instrument_accuracy(
+    classes: tuple[str, ...], seed: int, refs: int = 3, queries: int = 4
+) -> float:
     """Nearest class centroid (``refs`` train melodies) for ``queries`` test melodies per class."""
-    import torch
-    import torchaudio
-
-    mfcc = torchaudio.transforms.MFCC(16000, n_mfcc=20, melkwargs={"n_fft": 1024, "hop_length": 256,
-                                                                   "n_mels": 40})
+    mfcc = torchaudio.transforms.MFCC(
+        16000, n_mfcc=20, melkwargs={"n_fft": 1024, "hop_length": 256, "n_mels": 40}
+    )
 
     def feature(split: str, index: int, label: str) -> torch.Tensor:
-        return _timbre(ws.render_melody(ws.make_melody(seed, split, index, 4.0), label, 4.0, 16000), mfcc)
+        return _timbre(
+            ws.render_melody(ws.make_melody(seed, split, index, 4.0), label, 4.0, 16000), mfcc
+        )
 
-    centroids = torch.stack([torch.stack([feature("train", 10 * k + i, c) for k in range(refs)]).mean(0)
-                             for i, c in enumerate(classes)])
-    hits = [torch.cdist(feature("test", 10 * k + i, c)[None], centroids).argmin().item() == i
-            for k in range(queries) for i, c in enumerate(classes)]
+    centroids = torch.stack(
+        [
+            torch.stack([feature("train", 10 * k + i, c) for k in range(refs)]).mean(0)
+            for i, c in enumerate(classes)
+        ]
+    )
+    hits = [
+        torch.cdist(feature("test", 10 * k + i, c)[None], centroids).argmin().item() == i
+        for k in range(queries)
+        for i, c in enumerate(classes)
+    ]
     return sum(hits) / len(hits)
 
 
 def test_instrument_sounds_are_distinct(tiny_params):
     """Different melodies of one instrument sound more alike than melodies of other instruments."""
-    import torch
-
     torch.set_num_threads(1)
     accuracy = instrument_accuracy(tiny_params.world.classes, tiny_params.world.seed)
     assert accuracy >= 0.8, accuracy

@@ -20,10 +20,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -36,11 +37,23 @@ log = logging.getLogger(__name__)
 GENERATOR_VERSION = 2  # bump when the rendering changes, so stamped worlds are re-rendered
 SPLITS = ("train", "val", "test", "interference")
 STAMP = "world.json"
-GROUND_TRUTH_COLUMNS = ("video_id", "video", "split", "labels", "offscreen", "melody_id", "duration_s")
+GROUND_TRUTH_COLUMNS = (
+    "video_id",
+    "video",
+    "split",
+    "labels",
+    "offscreen",
+    "melody_id",
+    "duration_s",
+)
 CAPTION_TEMPLATES = (
-    "a photo of {a} {label}.", "a drawing of the {label}.", "{a} {label} on a cluttered background.",
-    "a picture of someone playing the {label}.", "a close-up of {a} {label}.",
-    "the {label}, a musical instrument.", "a blurry photo of {a} {label}.",
+    "a photo of {a} {label}.",
+    "a drawing of the {label}.",
+    "{a} {label} on a cluttered background.",
+    "a picture of someone playing the {label}.",
+    "a close-up of {a} {label}.",
+    "the {label}, a musical instrument.",
+    "a blurry photo of {a} {label}.",
 )
 CAPTION_TRAIN_SHARE = 0.8
 OFFSCREEN_PROBS = (0.5, 0.25, 0.25)  # another instrument, drums, noise (ws.OFFSCREEN_KINDS)
@@ -83,19 +96,29 @@ def _split_rows(cfg: WorldConfig, split: str, rng: np.random.Generator) -> list[
     mixed = split in ("train", "val")
     noisy = np.full(n, split == "interference")  # test targets are clean, the pool is noisy
     if mixed:
-        noisy[rng.permutation(n)[: int(round(cfg.noisy_share * n))]] = True
+        noisy[rng.permutation(n)[: round(cfg.noisy_share * n)]] = True
     duet = np.zeros(n, bool)
     if mixed and len(classes) > 1:
-        duet[rng.permutation(n)[: int(round(cfg.duet_share * n))]] = True
+        duet[rng.permutation(n)[: round(cfg.duet_share * n)]] = True
     rows = []
     for first, is_noisy, is_duet in zip(firsts, noisy, duet):
-        labels = [first] + ([str(rng.choice([c for c in classes if c != first]))] if is_duet else [])
-        rows.append({"split": split, "labels": tuple(labels), "noisy": bool(is_noisy),
-                     "duration_s": round(float(rng.uniform(*cfg.duration_s)), 2)})
+        labels = [first] + (
+            [str(rng.choice([c for c in classes if c != first]))] if is_duet else []
+        )
+        rows.append(
+            {
+                "split": split,
+                "labels": tuple(labels),
+                "noisy": bool(is_noisy),
+                "duration_s": round(float(rng.uniform(*cfg.duration_s)), 2),
+            }
+        )
     return rows
 
 
-def _offscreen_for(labels: tuple[str, ...], classes: tuple[str, ...], rng: np.random.Generator) -> str:
+def _offscreen_for(
+    labels: tuple[str, ...], classes: tuple[str, ...], rng: np.random.Generator
+) -> str:
     kind = ws.OFFSCREEN_KINDS[rng.choice(len(ws.OFFSCREEN_KINDS), p=OFFSCREEN_PROBS)]
     others = [c for c in classes if c not in labels]
     if kind == "instrument":
@@ -115,11 +138,24 @@ def plan_world(cfg: WorldConfig) -> list[VideoSpec]:
         split, labels = row["split"], row["labels"]
         melodies = tuple(range(next_melody[split], next_melody[split] + len(labels)))
         next_melody[split] += len(labels)
-        offscreen, off_melody = (_offscreen_for(labels, cfg.classes, rng) if row["noisy"] else ""), -1
+        offscreen, off_melody = (
+            (_offscreen_for(labels, cfg.classes, rng) if row["noisy"] else ""),
+            -1,
+        )
         if offscreen in cfg.classes:
             off_melody, next_melody[split] = next_melody[split], next_melody[split] + 1
-        specs.append(VideoSpec(index, f"w{index:05d}", split, labels, melodies, offscreen,
-                               off_melody, row["duration_s"]))
+        specs.append(
+            VideoSpec(
+                index,
+                f"w{index:05d}",
+                split,
+                labels,
+                melodies,
+                offscreen,
+                off_melody,
+                row["duration_s"],
+            )
+        )
     return specs
 
 
@@ -145,8 +181,10 @@ def render_sources(spec: VideoSpec, cfg: WorldConfig) -> Sources:
     """Render one video's on-screen, off-screen and background sound at ``cfg.audio_sample_rate``."""
     sr, length = cfg.audio_sample_rate, spec.duration_s
     rng = np.random.default_rng([cfg.seed + spec.index, 1])
-    onscreen = sum(ws.render_melody(ws.make_melody(cfg.seed, spec.split, m, length), label, length, sr)
-                   for label, m in zip(spec.labels, spec.melody_indices))
+    onscreen = sum(
+        ws.render_melody(ws.make_melody(cfg.seed, spec.split, m, length), label, length, sr)
+        for label, m in zip(spec.labels, spec.melody_indices)
+    )
     silence = np.zeros_like(onscreen)
     if not spec.offscreen:
         return Sources(onscreen, silence, silence)
@@ -158,18 +196,23 @@ def render_sources(spec: VideoSpec, cfg: WorldConfig) -> Sources:
         melody = ws.make_melody(cfg.seed, spec.split, spec.offscreen_melody, length)
         off = ws.render_melody(melody, spec.offscreen, length, sr)
     background = ws.coloured_noise(rng, onscreen.size, exponent=float(rng.choice((1.0, 2.0))))
-    return Sources(onscreen, off * ws.db_to_gain(rng.uniform(*cfg.offscreen_db)),
-                   background * ws.db_to_gain(rng.uniform(*cfg.background_noise_db)))
+    return Sources(
+        onscreen,
+        off * ws.db_to_gain(rng.uniform(*cfg.offscreen_db)),
+        background * ws.db_to_gain(rng.uniform(*cfg.background_noise_db)),
+    )
 
 
 def video_frames(spec: VideoSpec, cfg: WorldConfig) -> Iterator[np.ndarray]:
     """The video's pictures, uint8 [S, S, 3] each, at ``cfg.video_fps`` (only on-screen classes)."""
     scene = Scene(spec.labels, cfg.image_size, np.random.default_rng([cfg.seed + spec.index, 2]))
-    for k in range(int(round(spec.duration_s * cfg.video_fps))):
+    for k in range(round(spec.duration_s * cfg.video_fps)):
         yield scene.frame(k / cfg.video_fps)
 
 
-def write_mp4(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: int, sample_rate: int) -> None:
+def write_mp4(
+    path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: int, sample_rate: int
+) -> None:
     """Write H.264 (yuv420p) + AAC stereo to ``path`` atomically; ``audio`` is mono float32 [L]."""
     import av
 
@@ -178,7 +221,9 @@ def write_mp4(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: 
     with av.open(str(tmp), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.pix_fmt = "yuv420p"
-        video.thread_count = 1  # multi-threaded x264 is not bit-reproducible; we parallelise over videos
+        video.thread_count = (
+            1  # multi-threaded x264 is not bit-reproducible; we parallelise over videos
+        )
         sound = out.add_stream("aac", rate=sample_rate)
         sound.layout = "stereo"
         for k, image in enumerate(frames):
@@ -189,7 +234,9 @@ def write_mp4(path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: 
             out.mux(video.encode(picture))
         out.mux(video.encode())
         for start in range(0, stereo.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(stereo[:, start:start + 1024], format="fltp", layout="stereo")
+            frame = av.AudioFrame.from_ndarray(
+                stereo[:, start : start + 1024], format="fltp", layout="stereo"
+            )
             frame.sample_rate, frame.pts = sample_rate, start
             out.mux(sound.encode(frame))
         out.mux(sound.encode())
@@ -200,8 +247,13 @@ def render_video(spec: VideoSpec, cfg: WorldConfig, videos_dir: Path) -> str:
     """Render one video into ``videos_dir/<split>/<id>.mp4`` unless it is already there."""
     path = videos_dir / spec.relpath
     if not path.exists():  # files only appear complete (atomic), so an existing one is finished
-        write_mp4(path, video_frames(spec, cfg), render_sources(spec, cfg).mixture(),
-                  cfg.video_fps, cfg.audio_sample_rate)
+        write_mp4(
+            path,
+            video_frames(spec, cfg),
+            render_sources(spec, cfg).mixture(),
+            cfg.video_fps,
+            cfg.audio_sample_rate,
+        )
     return spec.video_id
 
 
@@ -226,8 +278,14 @@ def render_captions(cfg: WorldConfig, class_index: int, captions_dir: Path) -> l
         else:
             rng.uniform(0, 4)  # keep the stream aligned with a fresh render
         template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
-        rows.append({"image": name, "caption": template.format(a=_article(label), label=label),
-                     "label": label, "split": "train" if k < CAPTION_TRAIN_SHARE * n else "test"})
+        rows.append(
+            {
+                "image": name,
+                "caption": template.format(a=_article(label), label=label),
+                "label": label,
+                "split": "train" if k < CAPTION_TRAIN_SHARE * n else "test",
+            }
+        )
     return rows
 
 
@@ -326,12 +384,21 @@ def render_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Any]:
     specs = plan_world(cfg)
     _prepare(out_dir, digest)
     tasks = [("captions", i, cfg, out_dir / "captions") for i in range(len(cfg.classes))]
-    tasks += [("video", s, cfg, out_dir / "videos") for s in sorted(specs, key=lambda s: -s.duration_s)]
-    log.info("rendering %d videos + %d captioned pictures into %s with %d workers", len(specs),
-             len(cfg.classes) * cfg.caption_images_per_class, out_dir, cfg.workers)
+    tasks += [
+        ("video", s, cfg, out_dir / "videos") for s in sorted(specs, key=lambda s: -s.duration_s)
+    ]
+    log.info(
+        "rendering %d videos + %d captioned pictures into %s with %d workers",
+        len(specs),
+        len(cfg.classes) * cfg.caption_images_per_class,
+        out_dir,
+        cfg.workers,
+    )
     results = _run_all(tasks, cfg.workers)
     captions = [row for rows in results[: len(cfg.classes)] for row in rows]
-    _write_csv(out_dir / "captions" / "captions.csv", ("image", "caption", "label", "split"), captions)
+    _write_csv(
+        out_dir / "captions" / "captions.csv", ("image", "caption", "label", "split"), captions
+    )
     _write_csv(out_dir / "ground_truth.csv", GROUND_TRUTH_COLUMNS, [_truth_row(s) for s in specs])
     summary = _summary(specs, len(captions), out_dir, time.time() - start)
     _write_text(out_dir / STAMP, json.dumps({"config_hash": digest, "summary": summary}, indent=2))
@@ -340,18 +407,29 @@ def render_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Any]:
 
 
 def _truth_row(spec: VideoSpec) -> dict[str, Any]:
-    return {"video_id": spec.video_id, "video": spec.relpath, "split": spec.split,
-            "labels": ";".join(spec.labels), "offscreen": spec.offscreen,
-            "melody_id": spec.melody_id, "duration_s": spec.duration_s}
+    return {
+        "video_id": spec.video_id,
+        "video": spec.relpath,
+        "split": spec.split,
+        "labels": ";".join(spec.labels),
+        "offscreen": spec.offscreen,
+        "melody_id": spec.melody_id,
+        "duration_s": spec.duration_s,
+    }
 
 
-def _summary(specs: list[VideoSpec], n_captions: int, out_dir: Path, seconds: float) -> dict[str, Any]:
-    return {"out_dir": str(out_dir),
-            "videos": {split: sum(s.split == split for s in specs) for split in SPLITS},
-            "noisy_videos": sum(bool(s.offscreen) for s in specs),
-            "duet_videos": sum(len(s.labels) > 1 for s in specs),
-            "video_seconds": round(sum(s.duration_s for s in specs), 1),
-            "captions": n_captions, "seconds": round(seconds, 1)}
+def _summary(
+    specs: list[VideoSpec], n_captions: int, out_dir: Path, seconds: float
+) -> dict[str, Any]:
+    return {
+        "out_dir": str(out_dir),
+        "videos": {split: sum(s.split == split for s in specs) for split in SPLITS},
+        "noisy_videos": sum(bool(s.offscreen) for s in specs),
+        "duet_videos": sum(len(s.labels) > 1 for s in specs),
+        "video_seconds": round(sum(s.duration_s for s in specs), 1),
+        "captions": n_captions,
+        "seconds": round(seconds, 1),
+    }
 
 
 # --- the README picture ----------------------------------------------------------------------
@@ -371,12 +449,14 @@ def _decode(path: Path, t: float, sample_rate: int) -> tuple[np.ndarray, np.ndar
         frame = next(f for f in container.decode(video=0) if f.time >= t).to_ndarray(format="rgb24")
     with av.open(str(path)) as container:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks = [r.to_ndarray().ravel() for f in container.decode(audio=0) for r in resampler.resample(f)]
+        chunks = [
+            r.to_ndarray().ravel() for f in container.decode(audio=0) for r in resampler.resample(f)
+        ]
         chunks += [r.to_ndarray().ravel() for r in resampler.resample(None)]
     return frame, np.concatenate(chunks)
 
 
-def plot_world_overview(world_dir: str | Path, out_png: str | Path, n_classes: int = 8) -> Path:
+def plot_world_overview(world_dir: str | Path, out_png: str | Path, n_classes: int = 10) -> Path:
     """A picture of the world: one frame per class, spectrograms of a clean and a noisy video."""
     import matplotlib
 
@@ -393,18 +473,20 @@ def plot_world_overview(world_dir: str | Path, out_png: str | Path, n_classes: i
     noisy = next((r for r in rows if r["offscreen"] and r["offscreen"] not in ("noise", "")), None)
     noisy = noisy or next(r for r in rows if r["offscreen"])
     cols = (len(shown) + 1) // 2
-    fig = plt.figure(figsize=(2.0 * cols, 6.4), dpi=80)
+    fig = plt.figure(figsize=(2.0 * cols, 6.4), dpi=72)
     grid = fig.add_gridspec(3, cols, height_ratios=(1, 1, 1.3))
     for k, row in enumerate(shown):
         ax = fig.add_subplot(grid[k // cols, k % cols])
         ax.imshow(_decode(world_dir / "videos" / row["video"], 1.0, 16000)[0])
         ax.set_title(row["labels"], fontsize=9)
         ax.axis("off")
-    half = max(1, cols // 2)
+    bottom = grid[2, :].subgridspec(1, 2)
     for k, (row, what) in enumerate([(clean, "clean solo"), (noisy, "noisy")]):
-        ax = fig.add_subplot(grid[2, k * half:(k + 1) * half if k == 0 else cols])
+        ax = fig.add_subplot(bottom[0, k])
         _spectrogram(ax, _decode(world_dir / "videos" / row["video"], 0.0, 16000)[1], 16000)
-        extra = f"\n+ off-screen {row['offscreen']} + background noise" if row["offscreen"] else "\n"
+        extra = (
+            f"\n+ off-screen {row['offscreen']} + background noise" if row["offscreen"] else "\n"
+        )
         ax.set_title(f"{what}: {row['labels']}{extra}", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)

@@ -8,8 +8,8 @@ small sway, so consecutive frames move a little. Images are uint8 numpy arrays [
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,7 +23,7 @@ def _jitter(rgb: RGB, rng: np.random.Generator, hue: float = 0.03, light: float 
     h, l, s = colorsys.rgb_to_hls(*(c / 255 for c in rgb))
     h = (h + rng.uniform(-hue, hue)) % 1.0
     l = float(np.clip(l * rng.uniform(1 - light, 1 + light), 0.02, 0.98))
-    return tuple(int(round(255 * c)) for c in colorsys.hls_to_rgb(h, l, s))
+    return tuple(round(255 * c) for c in colorsys.hls_to_rgb(h, l, s))
 
 
 def _box(cx: float, cy: float, w: float, h: float, s: int) -> list[float]:
@@ -77,8 +77,10 @@ def _violin(d: ImageDraw.ImageDraw, s: int, c: list[RGB], rng: np.random.Generat
 
 def _clarinet(d: ImageDraw.ImageDraw, s: int, c: list[RGB], rng: np.random.Generator) -> None:
     d.rectangle(_box(0.5, 0.47, 0.1, 0.82, s), fill=c[0])
-    d.polygon([(0.45 * s, 0.85 * s), (0.55 * s, 0.85 * s), (0.64 * s, 0.97 * s),
-               (0.36 * s, 0.97 * s)], fill=c[0])  # bell
+    d.polygon(
+        [(0.45 * s, 0.85 * s), (0.55 * s, 0.85 * s), (0.64 * s, 0.97 * s), (0.36 * s, 0.97 * s)],
+        fill=c[0],
+    )  # bell
     for i in range(7):  # silver keys: the texture
         d.ellipse(_box(0.5, 0.2 + i * 0.09, 0.07, 0.04, s), fill=c[1])
     d.rectangle(_box(0.5, 0.06, 0.06, 0.06, s), fill=c[2])
@@ -97,8 +99,10 @@ def _saxophone(d: ImageDraw.ImageDraw, s: int, c: list[RGB], rng: np.random.Gene
     d.line([0.35 * s, 0.12 * s, 0.35 * s, 0.7 * s], fill=c[0], width=width)
     d.arc(_box(0.5, 0.7, 0.3, 0.3, s), 0, 180, fill=c[0], width=width)  # the J curve
     d.line([0.65 * s, 0.7 * s, 0.68 * s, 0.45 * s], fill=c[0], width=width)
-    d.polygon([(0.6 * s, 0.47 * s), (0.78 * s, 0.3 * s), (0.86 * s, 0.38 * s), (0.72 * s, 0.5 * s)],
-              fill=c[0])  # bell
+    d.polygon(
+        [(0.6 * s, 0.47 * s), (0.78 * s, 0.3 * s), (0.86 * s, 0.38 * s), (0.72 * s, 0.5 * s)],
+        fill=c[0],
+    )  # bell
     d.line([0.35 * s, 0.12 * s, 0.25 * s, 0.04 * s], fill=(20, 20, 20), width=max(1, width // 2))
     for i in range(5):
         d.ellipse(_box(0.35, 0.25 + i * 0.09, 0.06, 0.05, s), fill=c[1])
@@ -107,8 +111,10 @@ def _saxophone(d: ImageDraw.ImageDraw, s: int, c: list[RGB], rng: np.random.Gene
 def _trumpet(d: ImageDraw.ImageDraw, s: int, c: list[RGB], rng: np.random.Generator) -> None:
     d.rectangle(_box(0.45, 0.5, 0.7, 0.07, s), fill=c[0])
     d.rectangle(_box(0.45, 0.62, 0.45, 0.06, s), fill=c[0])
-    d.polygon([(0.78 * s, 0.47 * s), (0.97 * s, 0.35 * s), (0.97 * s, 0.65 * s), (0.78 * s, 0.53 * s)],
-              fill=c[0])  # bell
+    d.polygon(
+        [(0.78 * s, 0.47 * s), (0.97 * s, 0.35 * s), (0.97 * s, 0.65 * s), (0.78 * s, 0.53 * s)],
+        fill=c[0],
+    )  # bell
     for i in range(3):  # valves
         d.rectangle(_box(0.38 + i * 0.08, 0.4, 0.05, 0.16, s), fill=c[1])
         d.ellipse(_box(0.38 + i * 0.08, 0.31, 0.07, 0.04, s), fill=c[2])
@@ -117,8 +123,10 @@ def _trumpet(d: ImageDraw.ImageDraw, s: int, c: list[RGB], rng: np.random.Genera
 
 def _tuba(d: ImageDraw.ImageDraw, s: int, c: list[RGB], rng: np.random.Generator) -> None:
     d.ellipse(_box(0.45, 0.62, 0.6, 0.6, s), outline=c[0], width=max(2, int(0.13 * s)))
-    d.polygon([(0.5 * s, 0.35 * s), (0.62 * s, 0.35 * s), (0.85 * s, 0.03 * s), (0.3 * s, 0.03 * s)],
-              fill=c[0])  # big bell
+    d.polygon(
+        [(0.5 * s, 0.35 * s), (0.62 * s, 0.35 * s), (0.85 * s, 0.03 * s), (0.3 * s, 0.03 * s)],
+        fill=c[0],
+    )  # big bell
     d.ellipse(_box(0.575, 0.03, 0.55, 0.06, s), fill=c[2])
     for i in range(4):
         d.rectangle(_box(0.32 + i * 0.08, 0.6, 0.05, 0.2, s), fill=c[1])
@@ -207,9 +215,19 @@ def place_instruments(n: int, rng: np.random.Generator) -> list[Placement]:
     if n == 1:
         centres = [rng.uniform(0.38, 0.62, 2)]
     else:
-        centres = [(0.28 + 0.44 * i + rng.uniform(-0.05, 0.05), rng.uniform(0.4, 0.6)) for i in range(n)]
-    return [Placement(float(cx), float(cy), float(rng.uniform(-30, 30)), float(rng.uniform(0.01, 0.04)),
-                      float(rng.uniform(0, 2 * np.pi))) for cx, cy in centres]
+        centres = [
+            (0.28 + 0.44 * i + rng.uniform(-0.05, 0.05), rng.uniform(0.4, 0.6)) for i in range(n)
+        ]
+    return [
+        Placement(
+            float(cx),
+            float(cy),
+            float(rng.uniform(-30, 30)),
+            float(rng.uniform(0.01, 0.04)),
+            float(rng.uniform(0, 2 * np.pi)),
+        )
+        for cx, cy in centres
+    ]
 
 
 class Scene:
@@ -219,7 +237,9 @@ class Scene:
         self.size = size
         self.background = draw_background(size, rng)
         scale = (0.55, 0.85) if len(labels) == 1 else (0.42, 0.55)
-        self.sprites = [draw_sprite(label, int(size * rng.uniform(*scale)), rng) for label in labels]
+        self.sprites = [
+            draw_sprite(label, int(size * rng.uniform(*scale)), rng) for label in labels
+        ]
         self.placements = place_instruments(len(labels), rng)
 
     def frame(self, t: float) -> np.ndarray:
@@ -230,5 +250,7 @@ class Scene:
             rotated = sprite.rotate(p.angle + 4 * wobble, resample=Image.BILINEAR, expand=True)
             cx = (p.cx + p.sway * wobble) * self.size
             cy = (p.cy + p.sway * np.cos(2 * np.pi * 0.3 * t + p.phase)) * self.size
-            image.paste(rotated, (int(cx - rotated.width / 2), int(cy - rotated.height / 2)), rotated)
+            image.paste(
+                rotated, (int(cx - rotated.width / 2), int(cy - rotated.height / 2)), rotated
+            )
         return np.asarray(image)

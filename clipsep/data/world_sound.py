@@ -77,8 +77,10 @@ def check_classes(classes: tuple[str, ...]) -> None:
     """Raise BadInputError unless every class has a soundfont instrument."""
     unknown = [c for c in classes if c not in INSTRUMENTS]
     if unknown:
-        raise BadInputError(f"world.classes: no General MIDI instrument for {unknown}; "
-                            f"known classes: {sorted(INSTRUMENTS)}")
+        raise BadInputError(
+            f"world.classes: no General MIDI instrument for {unknown}; "
+            f"known classes: {sorted(INSTRUMENTS)}"
+        )
 
 
 def make_melody(seed: int, split: str, index: int, length_s: float) -> Melody:
@@ -126,11 +128,13 @@ def _new_synth(sample_rate: int, channel: int, bank: int, program: int, drums: b
     return synth
 
 
-def _play(synth, channel: int, events: list[tuple[float, int, int, int]], n: int, sr: int) -> np.ndarray:
+def _play(
+    synth, channel: int, events: list[tuple[float, int, int, int]], n: int, sr: int
+) -> np.ndarray:
     """Render (time_s, order, key, velocity) events (velocity 0 = note off) into n mono samples."""
     out, done = np.zeros(n, np.float32), 0
     for time_s, _, key, velocity in sorted(events):
-        until = min(n, int(round(time_s * sr)))
+        until = min(n, round(time_s * sr))
         if until > done:
             block = np.frombuffer(synth.generate(until - done), np.float32)
             out[done:until] = block.reshape(-1, 2).mean(1)
@@ -148,14 +152,14 @@ def render_melody(melody: Melody, label: str, length_s: float, sample_rate: int)
     """The melody played by ``label``'s instrument, loudness-normalised: float32 [round(length_s*sr)]."""
     inst = INSTRUMENTS[label]
     span = max(n.semitone for n in melody.notes) if melody.notes else 0
-    base = inst.low + int(round(melody.register * max(0, inst.high - inst.low - span)))
+    base = inst.low + round(melody.register * max(0, inst.high - inst.low - span))
     events = []
     for note in melody.notes:
         key = min(base + note.semitone, inst.high)
         events.append((note.onset_s, 1, key, note.velocity))
         events.append((note.onset_s + note.length_s, 0, key, 0))  # offs sort before ons
     synth = _new_synth(sample_rate, 0, 0, inst.program, drums=False)
-    wave = _play(synth, 0, events, int(round(length_s * sample_rate)), sample_rate)
+    wave = _play(synth, 0, events, round(length_s * sample_rate), sample_rate)
     return normalise_rms(wave, f"{label} melody {melody.melody_id}")
 
 
@@ -165,15 +169,17 @@ def render_drums(rng: np.random.Generator, length_s: float, sample_rate: int) ->
     events, k = [], 0
     while k * step_s < length_s:
         t, beat_pos = k * step_s, k % 16
-        hits = [(36, beat_pos in (0, 8) or rng.random() < 0.08),  # kick
-                (38, beat_pos in (4, 12) or rng.random() < 0.04),  # snare
-                (42, beat_pos % 2 == 0 and rng.random() < 0.9)]  # closed hi-hat
+        hits = [
+            (36, beat_pos in (0, 8) or rng.random() < 0.08),  # kick
+            (38, beat_pos in (4, 12) or rng.random() < 0.04),  # snare
+            (42, beat_pos % 2 == 0 and rng.random() < 0.9),
+        ]  # closed hi-hat
         for key, on in hits:
             if on:
                 events += [(t, 1, key, int(rng.integers(70, 120))), (t + step_s * 0.9, 0, key, 0)]
         k += 1
     synth = _new_synth(sample_rate, 9, 128, 0, drums=True)
-    wave = _play(synth, 9, events, int(round(length_s * sample_rate)), sample_rate)
+    wave = _play(synth, 9, events, round(length_s * sample_rate), sample_rate)
     return normalise_rms(wave, "drum groove")
 
 
@@ -188,7 +194,7 @@ def coloured_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndar
 
 def noise_bursts(rng: np.random.Generator, length_s: float, sample_rate: int) -> np.ndarray:
     """Off-screen non-musical noise: band-limited bursts (wind, traffic, crowd): float32 [L]."""
-    n = int(round(length_s * sample_rate))
+    n = round(length_s * sample_rate)
     spectrum = np.fft.rfft(rng.standard_normal(n))
     freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
     centre, width = rng.uniform(200, 4000), rng.uniform(0.3, 1.2)
