@@ -1,0 +1,121 @@
+"""The demo launched in-process on a free loopback port, queried with gradio_client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tiny_params_at
+from test_app_handlers import tone, write_mini_world, write_tiny_model
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched_app(root: Path, **serve):
+    """Yield (url, params, demo) of the demo serving a tiny random model, closed afterwards.
+
+    Uploads and outputs go to ``root/gradio`` (GRADIO_TEMP_DIR), examples come from a mini world.
+    """
+    torch.set_num_threads(1)
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    from app.__main__ import load_served
+    from app.demo import build_demo, launch
+
+    _, checkpoint = write_tiny_model(root)
+    overrides = {"separate.device": "cpu", "serve.model": str(checkpoint),
+                 "serve.port": free_port(), **{f"serve.{k}": v for k, v in serve.items()}}
+    params = tiny_params_at(root, **overrides)
+    write_mini_world(params)
+    served = load_served(params)
+    demo = build_demo(params, served)
+    try:
+        launch(demo, params.serve, served, prevent_thread_lock=True, quiet=True)
+        yield f"http://127.0.0.1:{params.serve.port}/", params, demo
+    finally:
+        demo.close()
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    root = tmp_path_factory.mktemp("launch")
+    with launched_app(root, max_file_mb=1) as (url, params, demo):
+        yield url, params, root, demo
+
+
+def test_serves_on_loopback_with_limits_and_no_analytics(app_url):
+    url, params, _, demo = app_url
+    assert params.serve.host == demo.server_name == "127.0.0.1"
+    assert demo.max_file_size == params.serve.max_file_mb << 20
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+    assert config["analytics_enabled"] is False
+    assert config["max_file_size"] == 1 << 20
+    assert "best.pt" in json.dumps(config)
+
+
+def test_client_separates_an_upload(app_url):
+    from gradio_client import Client, handle_file
+
+    url, _, root, _ = app_url
+    mixture = tone(2.0)
+    sf.write(root / "mix.wav", mixture.T, 22050)
+    client = Client(url, verbose=False)
+    target, residual, picture, info = client.predict(
+        handle_file(str(root / "mix.wav")), None, "flute", None, api_name="/separate")
+    target_wave, rate = sf.read(target, always_2d=True)
+    residual_wave, _ = sf.read(residual, always_2d=True)
+    assert rate == 22050 and target_wave.shape == residual_wave.shape == mixture.T.shape
+    # int16 outputs: target + residual gives the mixture back up to rounding
+    assert np.abs(target_wave + residual_wave - mixture.T).max() < 5e-4
+    assert Path(picture).suffix == ".png" and "text 'flute'" in info
+
+
+def test_bad_input_is_a_message_not_a_traceback(app_url):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, _, root, _ = app_url
+    sf.write(root / "silent.wav", np.zeros(22050, np.float32), 22050)
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="silent"):
+        client.predict(handle_file(str(root / "silent.wav")), None, "flute", None,
+                       api_name="/separate")
+    with pytest.raises(AppError, match="No query"):
+        client.predict(handle_file(str(root / "mix.wav")), None, "   ", None, api_name="/separate")
+
+
+def test_upload_over_the_size_limit_is_refused(app_url):
+    url, _, root, _ = app_url
+    big = root / "big.wav"
+    sf.write(big, np.random.default_rng(0).uniform(-0.5, 0.5, 400_000).astype(np.float32), 16000,
+             subtype="FLOAT")
+    boundary = "clipsepboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
