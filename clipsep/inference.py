@@ -238,8 +238,12 @@ class Separator:
         return audio.unwarp(torch.sigmoid(logits), spec.shape[1])[0, 0].clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def target_segment(self, segment: np.ndarray, embedding: torch.Tensor) -> np.ndarray:
-        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (mono mask, own phase)."""
+    def target_segment(self, segment: np.ndarray, embedding: torch.Tensor,
+                       binary: bool = False) -> np.ndarray:
+        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (mono mask, own phase).
+
+        ``binary`` thresholds the mask at 0.5 (the official infer.py); soft is the default.
+        """
         from clipsep import audio
 
         n = segment.shape[1]
@@ -248,6 +252,8 @@ class Separator:
         waves = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
         waves = torch.nn.functional.pad(waves, (0, padded - n))
         mask = self.soft_mask(waves.mean(dim=0), embedding)  # [F, T]
+        if binary:
+            mask = (mask > 0.5).to(mask.dtype)
         specs = audio.stft(waves, self.audio_cfg) * mask  # [C, F, T]
         return audio.istft(specs, padded, self.audio_cfg)[:, :n].cpu().numpy()
 

@@ -27,8 +27,9 @@ def make_tiny_model(folder: Path) -> tuple[Path, Path]:
     clip_path = folder / "clip.pt"
     torch.save({"state_dict": encoder.model.state_dict()}, clip_path)
     network = build_model(params.model, encoder.embed_dim)
+    reference = {**encoder.reference(), "pretrained": str(clip_path)}  # reloads these weights
     checkpoint = save_checkpoint(folder / "tiny.pt", network, model_cfg=params.model,
-                                 audio_cfg=params.audio, query=encoder.reference())
+                                 audio_cfg=params.audio, query=reference)
     return checkpoint, clip_path
 
 

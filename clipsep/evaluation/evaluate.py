@@ -1,0 +1,367 @@
+"""The test protocol (CLIPSep §6, MUSIC+-like): clean targets mixed with noisy interference.
+
+Each target clip gets ``eval.mixtures_per_target`` interference clips drawn with a seeded generator
+(``eval.seed + mixture index``). Both sources are a ``audio.segment_samples`` window centred on the
+clip's middle, divided by 2, summed into the mixture. The model is queried with the target's label
+(text, prompt-ensembled) and with the mean CLIP embedding of the target's three middle frames
+(image). Scores: BSS-Eval target SDR/SIR/SAR, SI-SDR and SDRi (= SDR - mixture SDR), also for the
+oracle ideal binary / ratio masks in the linear STFT domain (upper bounds) and the mixture itself.
+An absent-query control asks for a class present in neither source and reports how much energy
+the model still returns.
+
+Sources of the protocol: ``eval.targets_csv`` / ``eval.interference_csv`` (columns ``audio_path,
+frames_dir, label``; paths relative to the CSV) for MUSIC / VGGSound users; otherwise the clip
+manifest's ``test`` and ``interference`` splits, labelled from the world's ``ground_truth.csv`` --
+evaluation is the only code allowed to read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipsep.config import Params
+from clipsep.errors import BadInputError
+from clipsep.evaluation import metrics as M
+
+log = logging.getLogger(__name__)
+
+METHODS = ("text", "image", "oracle_ibm", "oracle_irm", "mixture")
+SCORES = ("sdr", "sir", "sar", "si_sdr", "sdri")
+QUERY_FRAMES = 3  # the paper's image query: mean embedding of the 3 middle frames
+
+
+@dataclass(frozen=True)
+class ProtocolClip:
+    """One clip of the protocol: 16 kHz-or-any-rate audio, its frames folder and label."""
+
+    audio_path: Path
+    frames_dir: Path | None
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    targets: list[ProtocolClip]
+    interference: list[ProtocolClip]
+    classes: list[str]  # every class name the absent-query control may choose from
+
+
+# --- the protocol's clips -------------------------------------------------------------------
+
+
+def load_protocol(p: Params) -> Protocol:
+    """Target and interference clips from eval.*_csv or from the manifest + ground truth."""
+    if p.eval.targets_csv or p.eval.interference_csv:
+        if not (p.eval.targets_csv and p.eval.interference_csv):
+            raise BadInputError("set both eval.targets_csv and eval.interference_csv (or neither)")
+        targets = read_clip_csv(_rooted(p, p.eval.targets_csv), need_label=True)
+        interference = read_clip_csv(_rooted(p, p.eval.interference_csv), need_label=False)
+        classes = sorted(set().union(*map(heard_classes, targets + interference)))
+    else:
+        targets, interference = manifest_clips(p)
+        classes = sorted(set().union(*map(heard_classes, targets + interference)))
+    if not targets or not interference:
+        raise BadInputError(f"the evaluation protocol needs targets and interference clips, got "
+                            f"{len(targets)} and {len(interference)}")
+    return Protocol(targets, interference, classes)
+
+
+def _rooted(p: Params, path: str) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else p.path("root") / candidate
+
+
+def read_clip_csv(path: Path, need_label: bool) -> list[ProtocolClip]:
+    """A MUSIC/VGGSound-style index: ``audio_path, frames_dir, label`` relative to the CSV."""
+    if not path.is_file():
+        raise BadInputError(f"protocol CSV not found: {path}")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    clips = []
+    for number, row in enumerate(rows, start=2):
+        if not row.get("audio_path"):
+            raise BadInputError(f"{path}, line {number}: empty audio_path")
+        label = (row.get("label") or "").strip() or None
+        if need_label and label is None:
+            raise BadInputError(f"{path}, line {number}: targets need a label (the text query)")
+        frames = (row.get("frames_dir") or "").strip()
+        clips.append(ProtocolClip(path.parent / row["audio_path"],
+                                  path.parent / frames if frames else None, label))
+    return clips
+
+
+def manifest_clips(p: Params) -> tuple[list[ProtocolClip], list[ProtocolClip]]:
+    """The manifest's test / interference clips, labelled from the world's ground truth."""
+    clips_dir, world_dir = p.path("clips"), p.path("world")
+    manifest, truth = clips_dir / "manifest.csv", world_dir / "ground_truth.csv"
+    for needed in (manifest, truth):
+        if not needed.is_file():
+            raise BadInputError(f"{needed} not found: run the world and ingest stages first "
+                                f"(or set eval.targets_csv / eval.interference_csv)")
+    with truth.open(newline="") as handle:
+        # Everything audible: on-screen labels plus the off-screen class, if any.
+        labels = {row["video"]: ";".join(filter(None, (row["labels"], row.get("offscreen"))))
+                  for row in csv.DictReader(handle)}
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen: dict[str, list[ProtocolClip]] = {"test": [], "interference": []}
+    for row in rows:
+        if row["split"] in chosen:
+            label = labels.get(row["source"]) or row.get("label") or None
+            chosen[row["split"]].append(ProtocolClip(clips_dir / row["audio_path"],
+                                                     clips_dir / row["frames_dir"], label))
+    return chosen["test"], chosen["interference"]
+
+
+def heard_classes(clip: ProtocolClip) -> set[str]:
+    return {c.strip() for c in (clip.label or "").split(";") if c.strip()}
+
+
+# --- one mixture ----------------------------------------------------------------------------
+
+
+def load_segment(clip: ProtocolClip, sample_rate: int, length: int) -> np.ndarray:
+    """``length`` mono samples at ``sample_rate`` centred on the clip's middle (tiled if short)."""
+    from clipsep import audio_io
+    from clipsep.inference import resample
+
+    wave, rate = audio_io.read_audio(clip.audio_path)
+    mono = resample(wave.mean(axis=0, keepdims=True), rate, sample_rate)[0]
+    if mono.size == 0 or not np.isfinite(mono).all():
+        raise BadInputError(f"{clip.audio_path}: empty audio or non-finite samples")
+    if mono.size < length:
+        mono = np.tile(mono, math.ceil(length / mono.size))
+    start = (mono.size - length) // 2
+    return mono[start:start + length].astype(np.float32)
+
+
+def image_embedding(separator, clip: ProtocolClip) -> torch.Tensor | None:
+    """Mean CLIP embedding ``[D]`` of the clip's middle frames; None without frames."""
+    from PIL import Image
+
+    frames = sorted(clip.frames_dir.glob("*.jpg")) if clip.frames_dir else []
+    if not frames:
+        return None
+    middle = len(frames) // 2
+    chosen = frames[max(0, middle - QUERY_FRAMES // 2):middle - QUERY_FRAMES // 2 + QUERY_FRAMES]
+    pictures = [Image.open(f).convert("RGB") for f in chosen]
+    return separator.encoder.encode_images(pictures).mean(dim=0).to(separator.device)
+
+
+def oracle_estimates(target: np.ndarray, interference: np.ndarray, cfg) -> dict[str, np.ndarray]:
+    """Ideal binary / ratio mask estimates of ``target`` from the mixture (linear STFT, [L] each)."""
+    from clipsep import audio
+
+    waves = torch.from_numpy(np.stack([target, interference, target + interference]))
+    specs = audio.stft(waves, cfg)  # [3, F, T]
+    source, other = specs[0].abs(), specs[1].abs()
+    masks = {"oracle_ibm": (source >= other).to(source.dtype),
+             "oracle_irm": source / (source + other).clamp_min(1e-10)}
+    return {name: audio.istft(specs[2:3] * mask, target.size, cfg)[0].numpy()
+            for name, mask in masks.items()}
+
+
+def score(target: np.ndarray, interference: np.ndarray, estimate: np.ndarray,
+          backend: str, is_mixture: bool = False) -> dict[str, float]:
+    """SDR/SIR/SAR/SI-SDR of one target estimate (the interference estimate = mixture - it)."""
+    mixture = target + interference
+    other = mixture if is_mixture else mixture - estimate
+    scores = M.bss_eval_target(np.stack([target, interference]), np.stack([estimate, other]),
+                               backend)
+    return {"sdr": scores.sdr, "sir": scores.sir, "sar": scores.sar,
+            "si_sdr": M.si_sdr(target, estimate)}
+
+
+class MixtureScorer:
+    """Scores every method on one mixture; caches query embeddings and loaded clips."""
+
+    def __init__(self, p: Params, separator, protocol: Protocol):
+        self.p, self.separator, self.protocol = p, separator, protocol
+        self.cfg = separator.audio_cfg
+        self._text: dict[str, torch.Tensor] = {}
+        self._segments: dict[Path, np.ndarray] = {}
+
+    def text_embedding(self, label: str) -> torch.Tensor:
+        if label not in self._text:
+            self._text[label] = self.separator.embed_query(label)
+        return self._text[label]
+
+    def segment(self, clip: ProtocolClip) -> np.ndarray:
+        if clip.audio_path not in self._segments:
+            self._segments[clip.audio_path] = load_segment(
+                clip, self.cfg.sample_rate, self.cfg.segment_samples) / 2  # sources / 2, as the paper
+        return self._segments[clip.audio_path]
+
+    def estimate(self, mixture: np.ndarray, embedding: torch.Tensor) -> np.ndarray:
+        binary = not self.p.eval.soft_masks
+        return self.separator.target_segment(mixture[None], embedding, binary=binary)[0]
+
+    def __call__(self, index: int, target: ProtocolClip, interference: ProtocolClip,
+                 rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        source, other = self.segment(target), self.segment(interference)
+        mixture = source + other
+        estimates = {"text": self.estimate(mixture, self.text_embedding(target.label)),
+                     "mixture": mixture, **oracle_estimates(source, other, self.cfg)}
+        picture = image_embedding(self.separator, target)
+        if picture is not None:
+            estimates["image"] = self.estimate(mixture, picture)
+        row: dict[str, Any] = {"index": index, "target": str(target.audio_path),
+                               "interference": str(interference.audio_path), "label": target.label}
+        backend = self.p.eval.metrics_backend
+        for method in METHODS:
+            values = (score(source, other, estimates[method], backend, method == "mixture")
+                      if method in estimates else dict.fromkeys(SCORES[:-1], math.nan))
+            row.update({f"{method}_{k}": v for k, v in values.items()})
+        for method in METHODS:
+            row[f"{method}_sdri"] = row[f"{method}_sdr"] - row["mixture_sdr"]
+        row.update(self.absent_query(mixture, target, interference, estimates["text"], rng))
+        return row, {"mixture": mixture, "target": source, **estimates}
+
+    def absent_query(self, mixture, target, interference, text_estimate, rng) -> dict[str, Any]:
+        """Energy returned for a class heard in neither source (vs the right query's)."""
+        absent = sorted(set(self.protocol.classes) - heard_classes(target)
+                        - heard_classes(interference))
+        result = {"absent_label": None, "absent_energy_db": math.nan,
+                  "text_energy_db": M.energy_db(text_estimate, mixture)}
+        if absent:
+            label = absent[int(rng.integers(len(absent)))]
+            estimate = self.estimate(mixture, self.text_embedding(label))
+            result.update(absent_label=label, absent_energy_db=M.energy_db(estimate, mixture))
+        return result
+
+
+# --- the whole protocol -----------------------------------------------------------------------
+
+
+def mixture_plan(p: Params, protocol: Protocol) -> list[tuple[int, int, int]]:
+    """(mixture index, target index, interference index): interference drawn with seed + index."""
+    plan = []
+    for t, _ in enumerate(protocol.targets):
+        for j in range(p.eval.mixtures_per_target):
+            index = t * p.eval.mixtures_per_target + j
+            rng = np.random.default_rng(p.eval.seed + index)
+            plan.append((index, t, int(rng.integers(len(protocol.interference)))))
+    return plan
+
+
+def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Score ``checkpoint`` on the protocol; writes metrics.json, per_item.csv and plots."""
+    from tqdm import tqdm
+
+    from clipsep.evaluation import plots
+    from clipsep.inference import Separator
+
+    out_dir = Path(out_dir)
+    protocol = load_protocol(p)
+    separator = Separator.from_pretrained(checkpoint, device=p.eval.device)
+    scorer = MixtureScorer(p, separator, protocol)
+    rows, example = [], None
+    for index, t, i in tqdm(mixture_plan(p, protocol), desc="evaluate", unit="mixture"):
+        # A second generator per mixture (offset) picks the absent class, independent of the draw.
+        rng = np.random.default_rng([p.eval.seed + index, 1])
+        row, waves = scorer(index, protocol.targets[t], protocol.interference[i], rng)
+        rows.append(row)
+        example = example or waves
+    metrics = aggregate(rows, p.eval.metrics_backend)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    write_rows(out_dir / "per_item.csv", rows)
+    plots.plot_sdr_distribution(rows, METHODS, out_dir / "sdr_by_method.png")
+    plots.plot_per_class(metrics["per_class"], out_dir / "sdr_per_class.png")
+    plots.plot_example(example, separator.audio_cfg, out_dir / "example.png")
+    text_sdr = metrics["text"]["sdr"]["mean"]
+    log.info("evaluated %d mixtures: text SDR %s dB (%s)", len(rows),
+             "n/a" if text_sdr is None else f"{text_sdr:.2f}", metrics["backend"])
+    return {"n_mixtures": len(rows), "text_sdr": text_sdr, "image_sdr": metrics["image"]["sdr"]["mean"],
+            "oracle_ibm_sdr": metrics["oracle_ibm"]["sdr"]["mean"], "out_dir": str(out_dir)}
+
+
+def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
+    """metrics.json (docs/CONTRACTS.md): mean/sem/median per method and score, per class, control."""
+    metrics: dict[str, Any] = {
+        method: {s: M.summarize(r[f"{method}_{s}"] for r in rows) for s in SCORES}
+        for method in METHODS}
+    metrics["absent_query"] = {
+        "energy_db": M.summarize(r["absent_energy_db"] for r in rows),
+        "right_query_energy_db": M.summarize(r["text_energy_db"] for r in rows)}
+    per_class: dict[str, Any] = {}
+    for label in sorted({r["label"] for r in rows}):
+        mine = [r for r in rows if r["label"] == label]
+        per_class[label] = {"n": len(mine), **{
+            method: {s: M.summarize(r[f"{method}_{s}"] for r in mine) for s in ("sdr", "sdri")}
+            for method in ("text", "image", "oracle_ibm")}}
+    metrics["per_class"] = per_class
+    metrics["n_mixtures"] = len(rows)
+    metrics["backend"] = M.BACKENDS[backend]
+    return metrics
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (tmp + os.replace)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Atomic CSV write of the per-mixture scores."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def compare_metrics(paths: list[str | Path], names: list[str], out_dir: str | Path) -> dict[str, Any]:
+    """Put several metrics.json side by side (e.g. with / without NIT): comparison.json + .png."""
+    from clipsep.evaluation import plots
+
+    if len(paths) != len(names):
+        raise BadInputError(f"{len(paths)} metrics files but {len(names)} names")
+    runs = {}
+    for name, path in zip(names, paths):
+        if not Path(path).is_file():
+            raise BadInputError(f"metrics file not found: {path}")
+        runs[name] = json.loads(Path(path).read_text())
+    table = {name: {method: {s: m[method][s] for s in ("sdr", "sir", "sar", "sdri")}
+                    for method in METHODS if method in m}
+             | {"absent_query_energy_db": m["absent_query"]["energy_db"],
+                "n_mixtures": m["n_mixtures"], "backend": m["backend"]}
+             for name, m in runs.items()}
+    if len({t["backend"] for t in table.values()}) > 1:
+        raise BadInputError("the metrics files use different BSS-Eval backends; never compare them")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "comparison.json", table)
+    plots.plot_comparison(table, METHODS, out_dir / "comparison.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clipsep.evaluation.evaluate compare A/metrics.json B/metrics.json --names a,b``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["compare"])
+    parser.add_argument("metrics", nargs="+", help="metrics.json files")
+    parser.add_argument("--names", required=True, help="comma-separated run names")
+    parser.add_argument("--out", default="reports/comparison", help="output folder")
+    args = parser.parse_args(argv)
+    table = compare_metrics(args.metrics, args.names.split(","), args.out)
+    print(json.dumps(table, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

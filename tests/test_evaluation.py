@@ -1,0 +1,135 @@
+"""Evaluation: metrics.json with every key and finite numbers on a tiny protocol; oracle >> mixture."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from clipsep.errors import BadInputError
+from conftest import tiny_params_at
+from test_inference import make_tiny_model
+
+RATE = 16000
+
+
+def harmonic_tone(f0: float, seconds: float, seed: int) -> np.ndarray:
+    t = np.arange(int(RATE * seconds)) / RATE
+    wave = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6))
+    wave = wave * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t))  # some dynamics
+    return (0.25 * wave + 0.003 * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
+
+
+def write_protocol(root: Path) -> tuple[Path, Path]:
+    """Two labelled targets and two interference clips (wav + 3 frames each) indexed by CSVs."""
+    rows = {"targets": [("cello", 110.0), ("flute", 880.0)],
+            "interference": [("trumpet", 370.0), ("xylophone", 1500.0)]}
+    paths = {}
+    for kind, clips in rows.items():
+        with (root / f"{kind}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["audio_path", "frames_dir", "label"])
+            for number, (label, f0) in enumerate(clips):
+                name = f"{kind}-{number}"
+                sf.write(root / f"{name}.wav", harmonic_tone(f0, 1.6, number), RATE)
+                (root / name).mkdir()
+                for frame in range(1, 4):
+                    colour = np.full((32, 32, 3), 40 * frame + int(f0) % 100, np.uint8)
+                    Image.fromarray(colour).save(root / name / f"{frame:06d}.jpg")
+                writer.writerow([f"{name}.wav", name, label])
+        paths[kind] = root / f"{kind}.csv"
+    return paths["targets"], paths["interference"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    from clipsep.evaluation.evaluate import evaluate
+
+    root = tmp_path_factory.mktemp("eval")
+    checkpoint, _ = make_tiny_model(root)
+    targets, interference = write_protocol(root)
+    params = tiny_params_at(root, **{"eval.targets_csv": str(targets),
+                                     "eval.interference_csv": str(interference),
+                                     "eval.device": "cpu", "eval.mixtures_per_target": 2})
+    summary = evaluate(params, checkpoint, root / "evaluation")
+    return summary, root / "evaluation"
+
+
+def test_metrics_json_has_every_key_with_finite_numbers(evaluated):
+    summary, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_mixtures"] == summary["n_mixtures"] == 4
+    assert metrics["backend"] == "museval v4"
+    for method in ("text", "image", "oracle_ibm", "oracle_irm", "mixture"):
+        for score in ("sdr", "sir", "sar", "si_sdr", "sdri"):
+            for stat in ("mean", "sem", "median"):
+                assert math.isfinite(metrics[method][score][stat]), (method, score, stat)
+    energy = metrics["absent_query"]["energy_db"]
+    assert math.isfinite(energy["mean"]) and energy["mean"] < 0.0
+    assert set(metrics["per_class"]) == {"cello", "flute"}
+    assert metrics["per_class"]["cello"]["n"] == 2
+    for name in ("per_item.csv", "sdr_by_method.png", "sdr_per_class.png", "example.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_oracle_masks_far_above_the_mixture(evaluated):
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["oracle_ibm"]["sdr"]["mean"] > metrics["mixture"]["sdr"]["mean"] + 10.0
+    assert metrics["oracle_irm"]["sdri"]["mean"] > 10.0
+    assert abs(metrics["mixture"]["sdri"]["mean"]) < 1e-9
+
+
+def test_compare_puts_two_runs_side_by_side(evaluated, tmp_path):
+    from clipsep.evaluation.evaluate import compare_metrics
+
+    _, out = evaluated
+    table = compare_metrics([out / "metrics.json", out / "metrics.json"], ["nit", "no-nit"], tmp_path)
+    assert table["nit"]["text"]["sdr"] == table["no-nit"]["text"]["sdr"]
+    assert (tmp_path / "comparison.png").stat().st_size > 0
+    other = json.loads((out / "metrics.json").read_text()) | {"backend": "fast_bss_eval v3"}
+    (tmp_path / "v3.json").write_text(json.dumps(other))
+    with pytest.raises(BadInputError, match="backends"):
+        compare_metrics([out / "metrics.json", tmp_path / "v3.json"], ["a", "b"], tmp_path)
+
+
+def test_manifest_protocol_reads_labels_from_ground_truth(tmp_path):
+    from clipsep.evaluation.evaluate import load_protocol, mixture_plan
+
+    params = tiny_params_at(tmp_path)
+    clips, world = params.path("clips"), params.path("world")
+    clips.mkdir(parents=True)
+    world.mkdir(parents=True)
+    (clips / "manifest.csv").write_text(
+        "clip_id,source,split,audio_path,frames_dir,label\n"
+        "c1,test/w00001.mp4,test,audio/c1.wav,frames/c1,\n"
+        "c2,interference/w00002.mp4,interference,audio/c2.wav,frames/c2,\n"
+        "c3,train/w00003.mp4,train,audio/c3.wav,frames/c3,\n")
+    (world / "ground_truth.csv").write_text(
+        "video_id,video,split,labels,offscreen\n"
+        "w00001,test/w00001.mp4,test,cello,\n"
+        "w00002,interference/w00002.mp4,interference,flute,trumpet\n"
+        "w00003,train/w00003.mp4,train,xylophone,\n")
+    protocol = load_protocol(params)
+    assert [c.label for c in protocol.targets] == ["cello"]
+    assert [c.label for c in protocol.interference] == ["flute;trumpet"]
+    assert protocol.classes == ["cello", "flute", "trumpet"]
+    assert mixture_plan(params, protocol) == [(0, 0, 0)]
+
+
+def test_protocol_csv_errors_are_clear(tmp_path):
+    from clipsep.evaluation.evaluate import load_protocol
+
+    (tmp_path / "t.csv").write_text("audio_path,frames_dir,label\na.wav,,\n")
+    params = tiny_params_at(tmp_path, **{"eval.targets_csv": str(tmp_path / "t.csv"),
+                                         "eval.interference_csv": str(tmp_path / "t.csv")})
+    with pytest.raises(BadInputError, match="need a label"):
+        load_protocol(params)
+    with pytest.raises(BadInputError, match="run the world and ingest"):
+        load_protocol(tiny_params_at(tmp_path / "empty"))
