@@ -23,7 +23,7 @@ def _safe_stem(path: str, index: int) -> str:
 
 
 class ClipSepPyfunc(mlflow.pyfunc.PythonModel):
-    """Registry wrapper around :class:`clipsep.inference.Separator` (loaded lazily, once per device)."""
+    """Registry wrapper around :class:`clipsep.inference.Separator` (loaded once per device)."""
 
     def load_context(self, context) -> None:
         self.checkpoint = Path(context.artifacts["checkpoint"])
@@ -41,18 +41,20 @@ class ClipSepPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """model_input: rows (audio path, query text) -> rows (target wav path, residual wav path)."""
+        """model_input rows (audio path, query text) -> rows (target wav, residual wav paths)."""
         from clipsep.audio_io import read_audio, write_wav
 
         params = params or {}
         out_dir = Path(params.get("out_dir") or tempfile.mkdtemp(prefix="clipsep-pyfunc-"))
         separator = self._separator(str(params.get("device") or "auto"))
         rows = []
-        for index, (audio_path, query) in enumerate(zip(model_input["audio"], model_input["query"])):
+        pairs = zip(model_input["audio"], model_input["query"])
+        for index, (audio_path, query) in enumerate(pairs):
             audio, sample_rate = read_audio(audio_path)
             result = separator.separate(audio, sample_rate, query=str(query))
             folder = out_dir / _safe_stem(str(audio_path), index)
-            rows.append({"target": str(write_wav(folder / "target.wav", result.target, result.sample_rate)),
-                         "residual": str(write_wav(folder / "residual.wav", result.residual,
-                                                   result.sample_rate))})
+            rate = result.sample_rate
+            target = write_wav(folder / "target.wav", result.target, rate)
+            residual = write_wav(folder / "residual.wav", result.residual, rate)
+            rows.append({"target": str(target), "residual": str(residual)})
         return pd.DataFrame(rows, columns=["target", "residual"])

@@ -7,7 +7,8 @@ refers to). The gate then gives the version the alias ``champion`` (it beats the
 text-query SDR by ``registry.promotion_margin_db`` on the same evaluation protocol, or it is the
 first model and clears ``registry.champion_floor_db``) or ``challenger``, with a reason.
 
-Default backend: ``sqlite:///<paths.mlflow>/mlflow.db`` with artifacts in ``<paths.mlflow>/artifacts``;
+Default backend: ``sqlite:///<paths.mlflow>/mlflow.db`` with artifacts in
+``<paths.mlflow>/artifacts``;
 ``registry.tracking_uri`` (or ``MLFLOW_TRACKING_URI`` when resolving references) points elsewhere.
 mlflow is imported lazily: importing this module is cheap and has no side effects.
 """
@@ -37,11 +38,12 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_AUDIO_EXAMPLES = 12  # "a few playable examples": enough to listen, not a dataset copy
-PYFUNC_REQUIREMENTS = ["mlflow>=3.17,<3.18", "torch", "open_clip_torch", "soundfile", "pandas", "clipsep"]
+PYFUNC_REQUIREMENTS = ["mlflow>=3.17,<3.18", "torch", "open_clip_torch", "soundfile", "pandas",
+                       "clipsep"]
 
 
 class RegistryError(ClipsepError):
-    """A registry reference or registry state that cannot be used (unknown model/alias, bad metrics)."""
+    """A registry reference or state that cannot be used (unknown model/alias, bad metrics)."""
 
 
 # --- where things go ---------------------------------------------------------------------------
@@ -60,7 +62,7 @@ def artifact_location(p: Params) -> str | None:
 
 
 def connect(p: Params):
-    """Point mlflow at the params' store, create the experiment if needed; returns (client, experiment_id)."""
+    """Point mlflow at the params' store (experiment created if needed) -> (client, exp id)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -107,7 +109,8 @@ def git_commit(root: Path) -> tuple[str, bool]:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
-    return (commit or "unknown"), bool(commit and git("status", "--porcelain", "--untracked-files=no"))
+    dirty = bool(commit and git("status", "--porcelain", "--untracked-files=no"))
+    return (commit or "unknown"), dirty
 
 
 def file_md5(path: Path) -> str:
@@ -198,7 +201,7 @@ def text_sdr(metrics: dict[str, Any]) -> float:
 
 
 def read_history(path: Path) -> list[tuple[str, float, int]]:
-    """history.csv rows as (metric, value, step); empty cells (e.g. no validation that step) skipped."""
+    """history.csv rows as (metric, value, step); empty cells (no validation that step) skipped."""
     rows: list[tuple[str, float, int]] = []
     with open(path, newline="") as handle:
         for index, row in enumerate(csv.DictReader(handle)):
@@ -231,15 +234,16 @@ def decide_alias(new_sdr: float, champion: dict[str, str] | None, protocol: str,
     """Pure gate: champion tags (text_sdr, eval_protocol, version) or None -> decision."""
     if champion is None:
         if new_sdr >= cfg.champion_floor_db:
-            return GateDecision(CHAMPION, f"first model: text SDR {new_sdr:.2f} dB clears the floor "
-                                          f"{cfg.champion_floor_db:.2f} dB")
+            return GateDecision(CHAMPION, f"first model: text SDR {new_sdr:.2f} dB clears the "
+                                          f"floor {cfg.champion_floor_db:.2f} dB")
         return GateDecision(CHALLENGER, f"no champion yet, but text SDR {new_sdr:.2f} dB is below "
                                         f"the floor {cfg.champion_floor_db:.2f} dB")
     old_version = champion.get("version", "?")
     if champion.get("eval_protocol") != protocol:
         return GateDecision(CHALLENGER, f"champion v{old_version} was evaluated with protocol "
-                                        f"{champion.get('eval_protocol')}, this model with {protocol}: "
-                                        "SDRs are not comparable; promote by hand after re-evaluating")
+                                        f"{champion.get('eval_protocol')}, this model with "
+                                        f"{protocol}: SDRs are not comparable; promote by hand "
+                                        "after re-evaluating")
     old_sdr = float(champion["text_sdr"])
     gain = new_sdr - old_sdr
     verdict = (f"text SDR {new_sdr:.2f} dB vs champion v{old_version} {old_sdr:.2f} dB "
@@ -275,7 +279,7 @@ def apply_gate(client, model_name: str, version: str, new_sdr: float, protocol: 
 
 
 def log_history(client, run_id: str, history_csv: Path) -> int:
-    """Per-step training/validation metrics from history.csv; returns how many values were logged."""
+    """Per-step training/validation metrics from history.csv; returns how many were logged."""
     import time
 
     from mlflow.entities import Metric
@@ -288,7 +292,7 @@ def log_history(client, run_id: str, history_csv: Path) -> int:
 
 
 def _log_files(client, run_id: str, files: list[Path], base: Path, artifact_path: str) -> int:
-    """Log files keeping their folders below ``base`` (examples/00/mixture.wav stays apart from 01/)."""
+    """Log files keeping their folders below ``base`` (examples/00/ stays apart from 01/)."""
     for path in files:
         relative = path.parent.relative_to(base).as_posix()
         target = artifact_path if relative == "." else f"{artifact_path}/{relative}"
@@ -297,7 +301,7 @@ def _log_files(client, run_id: str, files: list[Path], base: Path, artifact_path
 
 
 def log_training_outputs(client, run_id: str, p: Params) -> dict[str, int]:
-    """History as metrics, pictures (curves, spectrograms, evaluation plots) and a few wav examples."""
+    """History as metrics, pictures (curves, spectrograms, evaluation plots), a few wav examples."""
     checkpoints, evaluation = p.path("checkpoints"), p.path("evaluation")
     counts = {"history_values": 0}
     if (checkpoints / "history.csv").is_file():
@@ -305,13 +309,16 @@ def log_training_outputs(client, run_id: str, p: Params) -> dict[str, int]:
     else:
         log.warning("no %s: the run has no per-step metrics", checkpoints / "history.csv")
     wanted = {
-        "training": (checkpoints, [checkpoints / n for n in ("history.csv", "curves.png", "summary.json")]),
+        "training": (checkpoints, [checkpoints / n
+                                   for n in ("history.csv", "curves.png", "summary.json")]),
         "examples": (checkpoints / "examples", sorted((checkpoints / "examples").glob("**/*.png"))
                      + sorted((checkpoints / "examples").glob("**/*.wav"))[:MAX_AUDIO_EXAMPLES]),
         "evaluation": (evaluation, sorted(f for f in evaluation.glob("*")
                                           if f.suffix in (".json", ".csv", ".png", ".md"))),
-        "validation": (p.path("validation"), [p.path("validation") / n for n in ("report.md", "result.json")]),
-        "clip": (p.path("clip_model"), [p.path("clip_model") / n for n in ("zero_shot.json", "loss.png")]),
+        "validation": (p.path("validation"), [p.path("validation") / n
+                                              for n in ("report.md", "result.json")]),
+        "clip": (p.path("clip_model"), [p.path("clip_model") / n
+                                        for n in ("zero_shot.json", "loss.png")]),
     }
     for name, (base, files) in wanted.items():
         counts[name] = _log_files(client, run_id, [f for f in files if f.is_file()], base, name)
@@ -373,7 +380,7 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
 
 
 def register(p: Params) -> dict[str, Any]:
-    """The ``register`` stage: log the pipeline run, register the evaluated model, apply the gate."""
+    """The ``register`` stage: log the pipeline run, register the evaluated model, gate it."""
     import mlflow
 
     checkpoint = p.path("checkpoints") / "best.pt"
@@ -412,7 +419,7 @@ def register(p: Params) -> dict[str, Any]:
 
 
 def parse_model_reference(ref: str) -> tuple[str, str, str]:
-    """'models:/name@alias' -> (name, 'alias', alias); 'models:/name/3' -> (name, 'version', '3')."""
+    """'models:/n@a' -> (n, 'alias', a); 'models:/n/3' -> (n, 'version', '3')."""
     body = ref.removeprefix("models:/")
     if body == ref or not body:
         raise RegistryError(f"{ref!r} is not a registry reference like models:/clipsep@champion")
@@ -453,7 +460,7 @@ def _model_version(client, name: str, kind: str, value: str):
 
 
 def _download_model(name: str, version: str, uri: str, cache_dir: Path) -> Path:
-    """Download a model version's files once into cache_dir/<name>-v<version>-<store hash> (atomic)."""
+    """Download a model version's files once, atomically, into cache_dir/<name>-v<N>-<store>."""
     import mlflow
 
     store = hashlib.md5(uri.encode()).hexdigest()[:8]
@@ -487,7 +494,8 @@ def resolve_model_reference(ref: str, tracking: str | None = None,
     if not ref.startswith("models:/"):
         path = Path(ref)
         if not path.is_file():
-            raise MissingWeightsError(f"checkpoint {ref} not found (give a file or models:/NAME@ALIAS)")
+            raise MissingWeightsError(f"checkpoint {ref} not found (give a file or "
+                                      "models:/NAME@ALIAS)")
         return path, None
     name, kind, value = parse_model_reference(ref)
     uri = tracking or default_tracking_uri()
@@ -495,7 +503,8 @@ def resolve_model_reference(ref: str, tracking: str | None = None,
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "clipsep-models"
     model_dir = _download_model(name, str(version.version), uri, cache)
     files = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
-    artifacts = {key: model_dir / entry["path"] for key, entry in files.get("artifacts", {}).items()}
+    artifacts = {key: model_dir / entry["path"]
+                 for key, entry in files.get("artifacts", {}).items()}
     if "checkpoint" not in artifacts or not artifacts["checkpoint"].is_file():
         raise MissingWeightsError(f"{ref} (version {version.version}) has no checkpoint artifact")
     return artifacts["checkpoint"], artifacts.get("clip_weights")

@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--source", default=None, help="a folder of videos (default: the embedded world)")
+    parser.add_argument("--source", default=None,
+                        help="a folder of videos (default: the embedded world)")
     args = parser.parse_args(argv)
     print(f"serving deployment '{train_clipsep.name}/{args.name}' (cron '{args.cron}') "
           f"on {os.environ.get('PREFECT_API_URL', 'an ephemeral Prefect server')}", flush=True)

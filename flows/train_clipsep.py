@@ -1,4 +1,5 @@
-"""The ``train-clipsep`` flow: world -> ingest -> validate -> pretrain-clip -> train -> evaluate -> register.
+"""The ``train-clipsep`` flow: world -> ingest -> validate -> pretrain-clip -> train -> evaluate
+-> register.
 
 Each task *is* a stage function of :mod:`clipsep.stages` (the same ones ``dvc.yaml`` calls), so no
 stage logic lives here. Retries only where a retry can help: I/O (rendering/decoding videos,
@@ -107,7 +108,7 @@ def publish_validation_failure(p: Params, error: ValidationFailed) -> None:
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
 def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
                   overrides: list[str] | None = None, source: str | None = None) -> dict[str, Any]:
-    """Run the pipeline on the embedded world (``source=None``) or a folder of videos; register the model."""
+    """Run the pipeline on the embedded world (``source=None``) or a video folder; register."""
     logger = get_run_logger()
     p = flow_params(params_file, profile, overrides or [], source)
     plan = planned_stages(p)
@@ -124,14 +125,15 @@ def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
 
 
 def where_to_look(registered: dict[str, Any]) -> str:
-    """The closing message of a run: model version, its metrics, and the commands to look further."""
+    """The closing message of a run: version, metrics, and the commands to look further."""
     alias, name = registered["alias"], registered["model_name"]
     lines = [registered.get("metrics_table", ""), "",
              f"Registered {registered['model_uri']} -> @{alias} "
              f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
              f"MLflow run:  {registered['run_url']}",
              f"MLflow UI:   {registered['ui_command']}",
-             f"Separate:    .venv/bin/clipsep separate MIX.wav --query violin --model models:/{name}@{alias}",
+             "Separate:    .venv/bin/clipsep separate MIX.wav --query violin "
+             f"--model models:/{name}@{alias}",
              f"App:         .venv/bin/python -m app --model models:/{name}@{alias}   "
              "(http://127.0.0.1:7860)"]
     if alias != "champion":
@@ -146,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--source", default=None, help="a folder of videos (default: the embedded world)")
+    parser.add_argument("--source", default=None,
+                        help="a folder of videos (default: the embedded world)")
     args = parser.parse_args(argv)
     registered = train_clipsep(params_file=str(Path(args.params).resolve()), profile=args.profile,
                                overrides=args.overrides, source=args.source)

@@ -25,9 +25,10 @@ BIN = Path(sys.executable).parent
 
 
 def make_project(root: Path) -> Path:
-    """A git-committed copy of the tracked files whose params.yaml is the tiny profile."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    """A git-committed copy of the working tree whose params.yaml is the tiny profile."""
+    # tracked + not-ignored untracked files: the working tree as it is, without data or venv
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, files):
         source, target = REPO / name, root / name
         if source.is_file():
