@@ -90,10 +90,12 @@ def plot_example(waves: dict[str, np.ndarray], audio_cfg, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True)
     seconds = len(waves["mixture"]) / audio_cfg.sample_rate
     nyquist_khz = audio_cfg.sample_rate / 2000
+    decibels = {key: 20 * torch.log10(audio.stft(torch.from_numpy(
+        waves[key][None].astype(np.float32)), audio_cfg)[0].abs() + 1e-6).numpy()
+        for key, _ in panels}
+    top = decibels["mixture"].max()  # one colour scale for all panels: levels stay comparable
     for ax, (key, title) in zip(axes, panels):
-        spec = audio.stft(torch.from_numpy(waves[key][None].astype(np.float32)), audio_cfg)[0]
-        db = 20 * torch.log10(spec.abs() + 1e-6).numpy()
-        image = ax.imshow(db, origin="lower", aspect="auto", vmin=db.max() - 80, vmax=db.max(),
+        image = ax.imshow(decibels[key], origin="lower", aspect="auto", vmin=top - 80, vmax=top,
                           extent=(0, seconds, 0, nyquist_khz), cmap="magma")
         ax.set_title(title)
         ax.set_xlabel("time (s)")
