@@ -86,12 +86,13 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                 button = gr.Button("Separate", variant="primary")
             with gr.Column():
                 target = gr.Audio(label="Target (the queried sound)", type="numpy",
-                                  interactive=False, buttons=["download"])
+                                  interactive=False, buttons=["download"], elem_id="target-audio")
                 residual = gr.Audio(label="Residual (everything else)", type="numpy",
-                                    interactive=False, buttons=["download"])
-                summary = gr.Textbox(label="Info", interactive=False, lines=2)
+                                    interactive=False, buttons=["download"], elem_id="residual-audio")
+                summary = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
         spectrograms = gr.Image(label="Spectrograms: mixture, target, residual", type="pil",
-                                format="png", interactive=False)
+                                format="png", interactive=False, elem_id="spectrograms",
+                                show_label=False)  # the picture titles its own panels
         outputs = [target, residual, spectrograms, summary]
 
         def separate(audio_path, video_path, text, picture, progress=gr.Progress()):
