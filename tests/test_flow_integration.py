@@ -110,7 +110,8 @@ def artifacts(port: int, *keys: str) -> dict[str, dict]:
     return {a["key"]: a for a in found}
 
 
-def test_planned_stages_skip_the_world_only_when_nothing_needs_it(tmp_path):
+def test_planned_stages_skip_the_world_only_when_nothing_needs_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))  # importing prefect makes it
     from flows.train_clipsep import flow_params, planned_stages
 
     default = flow_params(str(REPO / "params.yaml"), "tiny", [], None)
