@@ -25,20 +25,23 @@ def run_cli(model, out: Path, *inputs, extra=()) -> int:
                  "--profile", "tiny", "--set", "separate.device=cpu", *extra])
 
 
-def write_video(path: Path, audio: np.ndarray, rate: int) -> None:
-    """A 2-s H.264 + AAC stereo clip whose frames are a flat colour."""
+def write_video(path: Path, audio: np.ndarray | None, rate: int = 44100) -> None:
+    """A 2-s H.264 (+ AAC stereo unless ``audio`` is None) clip whose frames are a flat colour."""
     import av
 
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=8)
         video.width = video.height = 64
         video.pix_fmt = "yuv420p"
-        sound = out.add_stream("aac", rate=rate)
-        sound.layout = "stereo"
+        if audio is not None:
+            sound = out.add_stream("aac", rate=rate)
+            sound.layout = "stereo"
         for _ in range(16):
             frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 90, np.uint8), format="rgb24")
             out.mux(video.encode(frame))
         out.mux(video.encode())
+        if audio is None:
+            return
         for start in range(0, audio.shape[1], 1024):
             block = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + 1024]),
                                                format="fltp", layout="stereo")
@@ -75,11 +78,14 @@ def test_video_without_query_uses_its_middle_frame(model, tmp_path):
     assert (tmp_path / "out" / "v" / "target.wav").is_file()
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "nan", "silent", "no query"])
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "nan", "silent", "no query",
+                                     "no audio stream"])
 def test_bad_input_exits_2_and_writes_nothing(model, tmp_path, problem, caplog):
-    bad = tmp_path / "bad.wav"
+    bad = tmp_path / ("bad.mp4" if problem == "no audio stream" else "bad.wav")
     audio = tones(16000, 1.0, 1)[0]
-    if problem == "corrupt":
+    if problem == "no audio stream":
+        write_video(bad, None)
+    elif problem == "corrupt":
         bad.write_bytes(b"RIFF\x00\x00garbage" * 10)
     elif problem == "nan":
         audio[300] = np.nan
@@ -90,5 +96,5 @@ def test_bad_input_exits_2_and_writes_nothing(model, tmp_path, problem, caplog):
     out = tmp_path / "out"
     extra = [] if problem == "no query" else ["--query", "flute"]
     assert run_cli(model, out, bad, extra=extra) == 2
-    assert "bad.wav" in caplog.text or "query" in caplog.text
+    assert "bad." in caplog.text or "query" in caplog.text
     assert not out.exists() or list(out.iterdir()) == []
