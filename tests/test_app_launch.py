@@ -119,3 +119,38 @@ def test_upload_over_the_size_limit_is_refused(app_url):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413
+
+
+def test_clipsep_app_command_serves_the_page(tmp_path):
+    """The documented command: `clipsep app` spawns `python -m app`, which serves until stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    _, checkpoint = write_tiny_model(tmp_path)
+    port = free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "clipsep.cli", "app", "--params", str(REPO / "params.yaml"),
+               "--profile", "tiny", "--model", str(checkpoint), "--port", str(port)]
+    server = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, config = time.monotonic() + 90, None
+        while config is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                config = json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/config", timeout=5).read())
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, server.stdout.read1().decode() if server.poll() is not None else ""
+        assert config["analytics_enabled"] is False and str(checkpoint) in json.dumps(config)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=30)
+    missing = subprocess.run([*command[:-4], "--model", str(tmp_path / "missing.pt")], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "missing.pt" in missing.stderr
+    assert "Traceback" not in missing.stderr
