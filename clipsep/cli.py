@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from clipsep.env import apply_offline_defaults
@@ -110,8 +111,12 @@ def separate_files(args: argparse.Namespace) -> dict[str, Any]:
     """Separate every input into OUT/<stem>/{target,residual}.wav; a bad input stops the run."""
     from tqdm import tqdm
 
+    from clipsep.errors import BadInputError
     from clipsep.inference import Separator
 
+    stems = [Path(path).stem for path in args.inputs]
+    if len(set(stems)) < len(stems):  # OUT/<stem>/ would be overwritten by a later input
+        raise BadInputError(f"inputs share a file name stem ({sorted(stems)}); rename one")
     params = load_cli_params(args)
     separator = Separator.from_pretrained(args.model or params.separate.model,
                                           device=params.separate.device,

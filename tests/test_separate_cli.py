@@ -98,3 +98,12 @@ def test_bad_input_exits_2_and_writes_nothing(model, tmp_path, problem, caplog):
     assert run_cli(model, out, bad, extra=extra) == 2
     assert "bad." in caplog.text or "query" in caplog.text
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_inputs_sharing_a_stem_are_refused(model, tmp_path):
+    for name in ("take.wav", "take.flac"):
+        sf.write(tmp_path / name, tones(16000, 1.0, 1)[0], 16000)
+    out = tmp_path / "out"
+    assert run_cli(model, out, tmp_path / "take.wav", tmp_path / "take.flac",
+                   extra=["--query", "cello"]) == 2
+    assert not out.exists()
