@@ -102,8 +102,11 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                      api_name="separate")
         video_in.upload(lambda v: video_changed(served, cfg, v), inputs=video_in,
                         outputs=[audio_in, image], api_name=False)
-        _examples_section(served, [audio_in, query], outputs,
-                          lambda a, t: separate(a, None, t, None))
+
+        def separate_example(audio_path, text, progress=gr.Progress()):
+            return separate_event(served, cfg, audio_path, None, text, None, progress)
+
+        _examples_section(served, [audio_in, query], outputs, separate_example)
     return demo
 
 

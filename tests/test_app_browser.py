@@ -25,6 +25,9 @@ OUTPUTS_READY = """() => {
   return Boolean(info && picture && audio('target-audio') && audio('residual-audio'));
 }"""
 
+EXAMPLE_DONE = """() => [...document.querySelectorAll('#info textarea')]
+  .some(t => t.value.startsWith("query: text 'cello'") && t.value.includes('+'))"""
+
 
 def test_visitor_uploads_queries_and_gets_both_outputs(tmp_path, artifacts_dir):
     playwright = pytest.importorskip("playwright.sync_api")
@@ -45,6 +48,8 @@ def test_visitor_uploads_queries_and_gets_both_outputs(tmp_path, artifacts_dir):
             page.screenshot(path=str(shot), full_page=True)
             assert "text 'flute'" in page.locator("#info textarea").input_value()
             assert page.locator(".toast-body").count() == 0  # no error shown
+            page.get_by_role("button", name="cello + flute -> cello").click()  # one-click example
+            page.wait_for_function(EXAMPLE_DONE, timeout=60_000)
         finally:
             context.close()
     assert shot.stat().st_size > 20_000
