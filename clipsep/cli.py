@@ -118,7 +118,10 @@ def separate_files(args: argparse.Namespace) -> dict[str, Any]:
     if len(set(stems)) < len(stems):  # OUT/<stem>/ would be overwritten by a later input
         raise BadInputError(f"inputs share a file name stem ({sorted(stems)}); rename one")
     params = load_cli_params(args)
-    separator = Separator.from_pretrained(args.model or params.separate.model,
+    model = args.model or params.separate.model
+    if not args.model and not model.startswith("models:/") and not Path(model).is_absolute():
+        model = str(params.path("root") / model)  # the default is relative to the project
+    separator = Separator.from_pretrained(model,
                                           device=params.separate.device,
                                           clip_weights=args.clip_weights, settings=params.separate)
     written = {}
