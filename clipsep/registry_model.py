@@ -9,6 +9,7 @@ Kept apart from :mod:`clipsep.tracking` because it must subclass mlflow's Python
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+
+# where predict writes when no out_dir is given and this is set (the registration's smoke test)
+SCRATCH_ENV = "CLIPSEP_PYFUNC_SCRATCH"
 
 
 def _safe_stem(path: str, index: int) -> str:
@@ -45,7 +49,8 @@ class ClipSepPyfunc(mlflow.pyfunc.PythonModel):
         from clipsep.audio_io import read_audio, write_wav
 
         params = params or {}
-        out_dir = Path(params.get("out_dir") or tempfile.mkdtemp(prefix="clipsep-pyfunc-"))
+        out_dir = Path(params.get("out_dir") or os.environ.get(SCRATCH_ENV)
+                       or tempfile.mkdtemp(prefix="clipsep-pyfunc-"))
         separator = self._separator(str(params.get("device") or "auto"))
         rows = []
         pairs = zip(model_input["audio"], model_input["query"])

@@ -61,6 +61,13 @@ def artifact_location(p: Params) -> str | None:
     return (p.path("mlflow") / "artifacts").as_uri()
 
 
+def client_for(p: Params):
+    """An MlflowClient on the params' store (tracking + registry), whatever mlflow's globals say."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(p), registry_uri=tracking_uri(p))
+
+
 def connect(p: Params):
     """Point mlflow at the params' store (experiment created if needed) -> (client, exp id)."""
     import mlflow
@@ -361,7 +368,7 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     from mlflow.models import infer_signature
 
     from clipsep.model.factory import load_checkpoint
-    from clipsep.registry_model import ClipSepPyfunc
+    from clipsep.registry_model import SCRATCH_ENV, ClipSepPyfunc
 
     _, info = load_checkpoint(checkpoint, "cpu")
     artifacts = {"checkpoint": str(checkpoint)}
@@ -372,10 +379,17 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     output = pd.DataFrame({"target": ["out/mixture/target.wav"],
                            "residual": ["out/mixture/residual.wav"]})
     signature = infer_signature(example, output, params={"out_dir": "", "device": "auto"})
-    model = mlflow.pyfunc.log_model(
-        name="model", python_model=ClipSepPyfunc(), artifacts=artifacts, signature=signature,
-        input_example=example, registered_model_name=p.registry.model_name,
-        pip_requirements=PYFUNC_REQUIREMENTS, tags=tags)
+    # log_model test-runs predict on the input example: its outputs go to a scratch folder
+    with tempfile.TemporaryDirectory(prefix="clipsep-validate-") as scratch:
+        os.environ[SCRATCH_ENV] = scratch
+        try:
+            model = mlflow.pyfunc.log_model(
+                name="model", python_model=ClipSepPyfunc(), artifacts=artifacts,
+                signature=signature, input_example=example,
+                registered_model_name=p.registry.model_name,
+                pip_requirements=PYFUNC_REQUIREMENTS, tags=tags)
+        finally:
+            os.environ.pop(SCRATCH_ENV, None)
     return str(model.registered_model_version)
 
 

@@ -135,7 +135,8 @@ def test_deployment_run_registers_a_model_with_lineage(platform):
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{runner.log_tail()}"
     assert "Completed" in done.stdout, done.stdout
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlruns/mlflow.db")
+    store = f"sqlite:///{project}/mlruns/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     version = client.get_model_version_by_alias("clipsep", "champion")
     assert str(version.version) == "1"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,

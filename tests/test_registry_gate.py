@@ -1,4 +1,4 @@
-"""The promotion gate: champion only when a model beats the champion by the margin (real registry)."""
+"""The promotion gate: champion only when a model beats the champion by the margin (real MLflow)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_params_at
-from platform_inputs import save_random_clip, write_checkpoint, write_metrics, write_pipeline_outputs
+from platform_inputs import (save_random_clip, write_checkpoint, write_metrics,
+                             write_pipeline_outputs)
 
 from clipsep import tracking
 from clipsep.config import RegistryConfig
@@ -48,10 +49,8 @@ def project(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_worse_model_becomes_challenger_and_better_one_takes_over(project):
-    from mlflow import MlflowClient
-
     p, clip = project
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(p))
+    client = tracking.client_for(p)
     first = tracking.register(p)
     assert (first["version"], first["alias"]) == ("1", "champion")
 
@@ -75,15 +74,12 @@ def test_worse_model_becomes_challenger_and_better_one_takes_over(project):
 
 def test_first_model_under_the_floor_is_only_a_challenger(project):
     """A fresh registered model name in the same store: no champion, SDR below the floor."""
-    from mlflow import MlflowClient
-
     p, _ = project
     client, _ = tracking.connect(p)
     client.create_registered_model("clipsep-floor")
     version = client.create_model_version("clipsep-floor", source=str(Path(p.path("checkpoints"))))
     decision = tracking.apply_gate(client, "clipsep-floor", version.version, 1.0, "p1", p.registry)
     assert decision.alias == "challenger"
-    stored = MlflowClient(tracking_uri=tracking.tracking_uri(p)).get_model_version_by_alias(
-        "clipsep-floor", "challenger")
+    stored = tracking.client_for(p).get_model_version_by_alias("clipsep-floor", "challenger")
     assert stored.tags["gate_decision"] == "challenger"
     assert "below the floor" in stored.tags["gate_reason"]

@@ -39,10 +39,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory, clip_weights: Path):
 
 
 def test_register_logs_params_history_metrics_and_lineage(registered):
-    from mlflow import MlflowClient
-
     p, summary, workdir = registered
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(p))
+    client = tracking.client_for(p)
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.steps"] == "4"
     assert run.data.params["model.preset"] == "tiny"
@@ -59,10 +57,8 @@ def test_register_logs_params_history_metrics_and_lineage(registered):
 
 
 def test_register_logs_pictures_audio_and_reports(registered):
-    from mlflow import MlflowClient
-
     p, summary, _ = registered
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(p))
+    client = tracking.client_for(p)
     logged = {f.path for folder in ("training", "examples/00", "evaluation")
               for f in client.list_artifacts(summary["run_id"], folder)}
     assert {"training/history.csv", "training/curves.png", "examples/00/mixture.wav",
@@ -73,11 +69,9 @@ def test_register_logs_pictures_audio_and_reports(registered):
 
 def test_registered_version_carries_tags_signature_and_files(registered, tmp_path):
     import mlflow
-    from mlflow import MlflowClient
-
     p, summary, _ = registered
     uri = tracking.tracking_uri(p)
-    version = MlflowClient(tracking_uri=uri).get_model_version_by_alias("clipsep", "champion")
+    version = tracking.client_for(p).get_model_version_by_alias("clipsep", "champion")
     assert str(version.version) == summary["version"] == "1"
     assert version.tags["run_id"] == summary["run_id"]
     assert version.tags["data_version"] == summary["data_version"]
