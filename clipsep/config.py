@@ -172,6 +172,7 @@ class SeparateConfig:
 
     model: str  # default model reference: a checkpoint path or models:/name@alias
     overlap: float  # share of each model segment overlapping its neighbour (overlap-add)
+    channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
     device: str
 
 

@@ -11,7 +11,8 @@ How a signal of any length is processed with bounded memory (demucs ``apply`` st
   margin of context, so the whole 16 kHz signal never exists at once.
 * The soft mask (sigmoid, un-warped to linear bins) is computed from the mono downmix and applied
   to every channel's STFT with that channel's phase: one network pass per segment whatever the
-  channel count, and the stereo image is kept.
+  channel count, and the stereo image is kept (``separate.channel_masks: shared``; ``independent``
+  runs the network on each channel instead).
 * Each segment's per-channel target is resampled back to the input rate and overlap-added with
   triangular weights (normalised by their sum); a stretch of output is emitted as soon as no later
   segment touches it. Memory is therefore a few segments, independent of the input's length.
@@ -40,7 +41,9 @@ from clipsep.errors import BadInputError
 
 # Mirrors params.yaml's ``separate`` section for Python users who pass no settings
 # (tests/test_inference.py checks the two agree).
-DEFAULT_SETTINGS = SeparateConfig(model="models/clipsep/best.pt", overlap=0.25, device="auto")
+DEFAULT_SETTINGS = SeparateConfig(model="models/clipsep/best.pt", overlap=0.25,
+                                  channel_masks="shared", device="auto")
+CHANNEL_MASKS = ("shared", "independent")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
@@ -180,6 +183,9 @@ class Separator:
                  settings: SeparateConfig = DEFAULT_SETTINGS, device: str = "cpu"):
         if not 0.0 <= settings.overlap < 1.0:
             raise BadInputError(f"separate.overlap must lie in [0, 1), got {settings.overlap}")
+        if settings.channel_masks not in CHANNEL_MASKS:
+            raise BadInputError(f"separate.channel_masks must be one of {CHANNEL_MASKS}, got "
+                                f"{settings.channel_masks!r}")
         self.network = network.eval()
         self.encoder = encoder
         self.audio_cfg = audio_cfg
@@ -251,7 +257,10 @@ class Separator:
         padded = frames * self.audio_cfg.hop_length - 1  # exactly `frames` centred STFT frames
         waves = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
         waves = torch.nn.functional.pad(waves, (0, padded - n))
-        mask = self.soft_mask(waves.mean(dim=0), embedding)  # [F, T]
+        if self.settings.channel_masks == "independent":
+            mask = torch.stack([self.soft_mask(wave, embedding) for wave in waves])  # [C, F, T]
+        else:
+            mask = self.soft_mask(waves.mean(dim=0), embedding)  # [F, T], shared by the channels
         if binary:
             mask = (mask > 0.5).to(mask.dtype)
         specs = audio.stft(waves, self.audio_cfg) * mask  # [C, F, T]

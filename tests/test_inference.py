@@ -144,3 +144,21 @@ def test_default_settings_match_params_yaml():
 
     section = yaml.safe_load((REPO / "params.yaml").read_text())["separate"]
     assert dataclasses.asdict(DEFAULT_SETTINGS) == section
+
+
+def test_independent_channel_masks_match_shared_on_identical_channels(separator):
+    from clipsep.inference import Separator
+
+    settings = dataclasses.replace(separator.settings, channel_masks="independent")
+    independent = Separator(separator.network, separator.encoder, separator.audio_cfg, settings)
+    mono = tones(22050, 2.0, 1)
+    twin = np.concatenate([mono, mono])
+    shared_target = separator.separate(twin, 22050, query="cello").target
+    np.testing.assert_allclose(independent.separate(twin, 22050, query="cello").target,
+                               shared_target, atol=1e-5)
+    distinct = tones(22050, 2.0, 2)
+    result = independent.separate(distinct, 22050, query="cello")
+    assert np.abs(result.target + result.residual - distinct).max() < 1e-5
+    with pytest.raises(BadInputError, match="channel_masks"):
+        Separator(separator.network, separator.encoder, separator.audio_cfg,
+                  dataclasses.replace(settings, channel_masks="stereo"))
