@@ -22,7 +22,8 @@ log = logging.getLogger("app")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: params.yaml)")
     parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
     parser.add_argument("--model", default=None,
                         help="checkpoint path or models:/NAME@ALIAS (default: serve.model)")
@@ -39,8 +40,8 @@ def examples_cache() -> Path:
 def serve(argv: Sequence[str] | None = None) -> int:
     apply_offline_defaults()  # before gradio/mlflow/open_clip are imported
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from clipsep.config import ConfigError, load_params
     from clipsep.errors import ClipsepError
 

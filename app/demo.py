@@ -22,11 +22,12 @@ from clipsep.errors import ClipsepError
 log = logging.getLogger(__name__)
 
 TITLE = "CLIPSep: text-queried sound separation"
-INTRO = ("Upload a recording (or a video, or use the microphone), say which sound you want, and get "
-         "it back on its own together with everything else. Queries are text (\"violin\") or a "
-         "picture; for a video its middle frame is offered as picture query.")
-NO_EXAMPLES = ("No ready-made examples: the embedded world is not rendered here. Run `clipsep world` "
-               "(or `dvc repro world`) in the project folder and restart the app to get some.")
+INTRO = ("Upload a recording (or a video, or use the microphone), say which sound you want, "
+         "and get it back on its own together with everything else. Queries are text "
+         "(\"violin\") or a picture; for a video its middle frame is offered as picture query.")
+NO_EXAMPLES = ("No ready-made examples: the embedded world is not rendered here. Run "
+               "`clipsep world` (or `dvc repro world`) in the project folder and restart the app "
+               "to get some.")
 UNEXPECTED = "Something went wrong on the server while separating (it is logged). Try another file."
 
 
@@ -88,7 +89,8 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                 target = gr.Audio(label="Target (the queried sound)", type="numpy",
                                   interactive=False, buttons=["download"], elem_id="target-audio")
                 residual = gr.Audio(label="Residual (everything else)", type="numpy",
-                                    interactive=False, buttons=["download"], elem_id="residual-audio")
+                                    interactive=False, buttons=["download"],
+                                    elem_id="residual-audio")
                 summary = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
         spectrograms = gr.Image(label="Spectrograms: mixture, target, residual", type="pil",
                                 format="png", interactive=False, elem_id="spectrograms",
@@ -139,7 +141,7 @@ def _examples_section(served: Served, inputs, outputs, run) -> None:
 
 
 def launch(demo: gr.Blocks, cfg: ServeConfig, served: Served, **extra) -> gr.Blocks:
-    """Queue (``serve.concurrency`` at once, ``serve.queue_size`` waiting) and serve on ``serve.host``."""
+    """Queue (serve.concurrency at once, serve.queue_size waiting) and serve on serve.host."""
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
     demo.launch(server_name=cfg.host, server_port=cfg.port, max_file_size=f"{cfg.max_file_mb}mb",
                 show_error=True, share=False,

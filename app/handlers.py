@@ -47,7 +47,8 @@ def check_upload(path: str | Path | None, cfg: ServeConfig, allowed_roots: Seque
     a missing file, and a file over ``serve.max_file_mb``.
     """
     if path is None or not str(path).strip():
-        raise BadInputError("No input: upload an audio or video file, or record from the microphone.")
+        raise BadInputError("No input: upload an audio or video file, or record from the "
+                            "microphone.")
     resolved = Path(path).resolve()
     if not any(resolved.is_relative_to(Path(root).resolve()) for root in allowed_roots):
         raise BadInputError("That file is not an upload of this page; upload it instead.")
@@ -80,15 +81,15 @@ def media_duration_s(path: Path) -> float:
 
 
 def read_input(path: Path, cfg: ServeConfig) -> tuple[np.ndarray, int]:
-    """Decode an accepted upload to ``([C, L] float32, rate)``, refusing files over ``serve.max_seconds``."""
+    """An accepted upload as ``([C, L] float32, rate)``; refuses those over serve.max_seconds."""
     duration = media_duration_s(path)
     if duration > cfg.max_seconds:
         raise BadInputError(f"{path.name} lasts {_clock(duration)}; this demo separates up to "
                             f"{_clock(cfg.max_seconds)} (serve.max_seconds).")
     audio, rate = audio_io.read_audio(path)
     if audio.shape[1] / rate > cfg.max_seconds:  # headers can under-report
-        raise BadInputError(f"{path.name} lasts {_clock(audio.shape[1] / rate)}; this demo separates "
-                            f"up to {_clock(cfg.max_seconds)} (serve.max_seconds).")
+        raise BadInputError(f"{path.name} lasts {_clock(audio.shape[1] / rate)}; this demo "
+                            f"separates up to {_clock(cfg.max_seconds)} (serve.max_seconds).")
     return audio, rate
 
 
@@ -170,7 +171,7 @@ def playable(wave: np.ndarray, rate: int) -> tuple[int, np.ndarray]:
 
 
 def log_spectrogram(wave: np.ndarray, rate: int) -> np.ndarray:
-    """dB magnitude ``[F, T]`` of the mono downmix of ``wave [C, L]``, at most SPECTROGRAM_COLUMNS frames."""
+    """dB magnitude ``[F, T]`` of the mono mix of ``wave [C, L]``; T <= SPECTROGRAM_COLUMNS + 1."""
     import torch
 
     mono = torch.from_numpy(np.ascontiguousarray(wave.mean(axis=0), dtype=np.float32))
@@ -189,7 +190,8 @@ def spectrogram_picture(mixture: np.ndarray, target: np.ndarray, residual: np.nd
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    panels = [("Mixture", mixture), ("Target (query)", target), ("Residual (everything else)", residual)]
+    panels = [("Mixture", mixture), ("Target (query)", target),
+              ("Residual (everything else)", residual)]
     specs = [log_spectrogram(w, rate) for _, w in panels]
     top = max(float(s.max()) for s in specs)
     duration = mixture.shape[1] / rate
@@ -225,8 +227,9 @@ class ModelCard:
     notes: str = ""
 
     def markdown(self) -> str:
-        lines = [f"**Model** `{self.reference}` · version **{self.version}** · aliases {self.aliases}"
-                 f" · data version `{self.data_version[:12]}` · code `{self.git_commit[:10]}`"]
+        lines = [f"**Model** `{self.reference}` · version **{self.version}** · aliases "
+                 f"{self.aliases} · data version `{self.data_version[:12]}` · code "
+                 f"`{self.git_commit[:10]}`"]
         if self.metrics:
             cells = " · ".join(f"{name} **{value:.2f}**" for name, value in self.metrics.items())
             lines.append(f"Evaluation: {cells}")
@@ -243,7 +246,7 @@ SHOWN_METRICS = {  # registry run metric -> label on the page
 
 
 def registry_card(ref: str, tracking: str) -> ModelCard:
-    """The card of a ``models:/name@alias`` (or ``/version``) reference, from registry tags and run metrics."""
+    """The card of ``models:/name@alias`` (or ``/version``): registry tags and run metrics."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -259,7 +262,8 @@ def registry_card(ref: str, tracking: str) -> ModelCard:
         raise RegistryError(f"cannot describe {ref} in {tracking}: {err}") from err
     tags = dict(version.tags or {})
     run_metrics = run.data.metrics if run else {}
-    metrics = {label: run_metrics[key] for key, label in SHOWN_METRICS.items() if key in run_metrics}
+    metrics = {label: run_metrics[key] for key, label in SHOWN_METRICS.items()
+               if key in run_metrics}
     if not metrics and "text_sdr" in tags:
         metrics["text SDR (dB)"] = float(tags["text_sdr"])
     return ModelCard(reference=ref, version=str(version.version),

@@ -100,7 +100,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--profile", default="tiny", help="params profile ('' for none)")
-    parser.add_argument("--model", default=None, help="checkpoint or models:/ (default: random tiny)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint or models:/ (default: a random tiny model)")
     args = parser.parse_args()
     import torch
 
@@ -116,11 +117,13 @@ def main() -> int:
         model = args.model or str(tiny_random_model(work, params))
         separator, card = load_model(params, model)
         print(f"model {model}; serve.concurrency={params.serve.concurrency}, "
-              f"torch threads={torch.get_num_threads()}, {args.clients} clients x {args.seconds:.0f}-s clip")
+              f"torch threads={torch.get_num_threads()}, "
+              f"{args.clients} clients x {args.seconds:.0f}-s clip")
         demo = build_demo(params, Served(separator, card))
         launch(demo, params.serve, Served(separator, card), prevent_thread_lock=True, quiet=True)
         try:
-            url, clip = f"http://127.0.0.1:{params.serve.port}/", write_clip(work / "clip.wav", args.seconds)
+            url = f"http://127.0.0.1:{params.serve.port}/"
+            clip = write_clip(work / "clip.wav", args.seconds)
             lone, error = one_request(url, clip)
             if error:
                 print(f"the lone request failed: {error}")

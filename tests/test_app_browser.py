@@ -1,4 +1,4 @@
-"""A real headless Chromium (Debian's /usr/bin/chromium via Playwright) uses the demo like a visitor."""
+"""A real headless Chromium (Debian's, via Playwright) uses the demo like a visitor."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
 
 OUTPUTS_READY = """() => {
-  const audio = id => document.querySelector(`#${id} a[data-testid="download-link"][href*="audio"]`);
-  const info = [...document.querySelectorAll('#info textarea')].some(t => t.value.startsWith('query:'));
+  const audio = id => document.querySelector(
+    `#${id} a[data-testid="download-link"][href*="audio"]`);
+  const info = [...document.querySelectorAll('#info textarea')]
+    .some(t => t.value.startsWith('query:'));
   const picture = document.querySelector('#spectrograms img[src]');
   return Boolean(info && picture && audio('target-audio') && audio('residual-audio'));
 }"""

@@ -30,8 +30,8 @@ def write_tiny_model(root: Path):
     query = {**encoder.reference(), "pretrained": str(clip_file)}
     torch.manual_seed(0)
     model = build_model(params.model, encoder.embed_dim)
-    checkpoint = save_checkpoint(params.path("checkpoints") / "best.pt", model, model_cfg=params.model,
-                                 audio_cfg=params.audio, query=query,
+    checkpoint = save_checkpoint(params.path("checkpoints") / "best.pt", model,
+                                 model_cfg=params.model, audio_cfg=params.audio, query=query,
                                  extra={"step": 4, "metrics": {"val_sdr": 1.5}})
     return params, checkpoint
 
@@ -55,7 +55,8 @@ def write_mini_world(params, classes=("cello", "flute", "trumpet")) -> Path:
 
 def tone(seconds: float, rate: int = 22050, channels: int = 2, level: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
-    wave = level * np.sin(2 * np.pi * 440.0 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    noise = 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    wave = level * np.sin(2 * np.pi * 440.0 * t) + noise
     return np.tile(wave.astype(np.float32), (channels, 1))
 
 
@@ -154,7 +155,8 @@ def test_registry_card_reads_version_tags_and_run_metrics(tmp_path):
     client.create_registered_model("clipsep")
     version = client.create_model_version("clipsep", f"runs:/{run.info.run_id}/model",
                                           run_id=run.info.run_id,
-                                          tags={"data_version": "abc123def456xyz", "git_commit": "0123456789ab"})
+                                          tags={"data_version": "abc123def456xyz",
+                                                "git_commit": "0123456789ab"})
     client.set_registered_model_alias("clipsep", "champion", version.version)
     card = handlers.registry_card("models:/clipsep@champion", uri)
     assert (card.version, card.aliases, card.data_version) == ("1", "champion", "abc123def456xyz")

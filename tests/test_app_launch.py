@@ -112,10 +112,12 @@ def test_upload_over_the_size_limit_is_refused(app_url):
     sf.write(big, np.random.default_rng(0).uniform(-0.5, 0.5, 400_000).astype(np.float32), 16000,
              subtype="FLOAT")
     boundary = "clipsepboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.wav\"\r\n"
-            f"Content-Type: audio/wav\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"big.wav\"\r\nContent-Type: audio/wav\r\n\r\n")
+    body = head.encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                                     headers={"Content-Type":
+                                              f"multipart/form-data; boundary={boundary}"})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413
@@ -145,7 +147,8 @@ def test_clipsep_app_command_serves_the_page(tmp_path):
                     f"http://127.0.0.1:{port}/config", timeout=5).read())
             except OSError:
                 time.sleep(0.5)
-        assert config is not None, server.stdout.read1().decode() if server.poll() is not None else ""
+        log = server.stdout.read1().decode() if server.poll() is not None else "still starting"
+        assert config is not None, log
         assert config["analytics_enabled"] is False and str(checkpoint) in json.dumps(config)
     finally:
         os.killpg(server.pid, signal.SIGINT)
