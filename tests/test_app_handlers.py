@@ -180,3 +180,24 @@ def test_examples_mix_two_different_instruments_once(tmp_path):
     handlers.build_examples(params, tmp_path / "cache", count=2)
     assert examples[0].audio_path.stat().st_mtime_ns == stamp  # cached, not rewritten
     assert handlers.build_examples(tiny_params_at(tmp_path / "empty"), tmp_path / "c2") == []
+
+
+@pytest.mark.slow  # ~30 s on the shared machine: `register` logs a real pyfunc model
+def test_serves_the_registry_champion_and_shows_its_lineage(tmp_path):
+    """serve.model = models:/clipsep@champion from a real (sqlite) registry filled by `register`."""
+    from platform_inputs import save_random_clip, write_pipeline_outputs
+
+    from clipsep import tracking
+
+    params = tiny_params_at(tmp_path, **{"separate.device": "cpu"})
+    assert params.serve.model == "models:/clipsep@champion"
+    write_pipeline_outputs(params, text_sdr=5.0,
+                           clip_weights=save_random_clip(params, tmp_path / "clip-source.pt"))
+    registered = tracking.register(params)
+    separator, card = handlers.load_model(params)
+    assert (card.version, card.aliases) == (registered["version"], "champion")
+    assert card.data_version == registered["data_version"]
+    assert card.git_commit == registered["git_commit"]
+    assert card.metrics["text SDR (dB)"] == pytest.approx(5.0)
+    result = separator.separate(tone(1.0), 22050, query="cello")
+    assert result.target.shape == (2, 22050)
