@@ -151,8 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default=None,
                         help="a folder of videos (default: the embedded world)")
     args = parser.parse_args(argv)
-    registered = train_clipsep(params_file=str(Path(args.params).resolve()), profile=args.profile,
-                               overrides=args.overrides, source=args.source)
+    try:
+        registered = train_clipsep(params_file=str(Path(args.params).resolve()),
+                                   profile=args.profile, overrides=args.overrides,
+                                   source=args.source)
+    except ClipsepError as err:  # the flow run's log holds the details; say what to fix
+        print(f"\ntrain-clipsep failed: {err}", file=sys.stderr)
+        return 2
     print("\n" + where_to_look(registered))
     return 0
 
