@@ -30,7 +30,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact  # 
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from clipsep import stages  # noqa: E402
-from clipsep.config import Params, load_params  # noqa: E402
+from clipsep.config import ConfigError, Params, load_params  # noqa: E402
 from clipsep.errors import ClipsepError, ValidationFailed  # noqa: E402
 
 FLOW_NAME = "train-clipsep"
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         registered = train_clipsep(params_file=str(Path(args.params).resolve()),
                                    profile=args.profile, overrides=args.overrides,
                                    source=args.source)
-    except ClipsepError as err:  # the flow run's log holds the details; say what to fix
+    except (ClipsepError, ConfigError) as err:  # the flow run's log holds the details; say what to fix
         print(f"\ntrain-clipsep failed: {err}", file=sys.stderr)
         return 2
     print("\n" + where_to_look(registered))
