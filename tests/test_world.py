@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import av
@@ -18,6 +19,7 @@ from clipsep.data import world_sound as ws
 from clipsep.data.world import (
     GROUND_TRUTH_COLUMNS,
     SPLITS,
+    config_hash,
     plan_world,
     plot_world_overview,
     read_ground_truth,
@@ -112,19 +114,21 @@ def test_ground_truth_matches_config_and_files(world):
 
 
 def test_world_is_deterministic(world, tmp_path):
+    """Same config -> same plan and byte-identical files, even rendered in another process."""
     params, world_dir, _ = world
-    assert plan_world(params.world) == plan_world(params.world)
-    spec = next(s for s in plan_world(params.world) if s.offscreen)
-    (tmp_path / spec.split).mkdir()
-    render_video(spec, params.world, tmp_path)
-    again, original = tmp_path / spec.relpath, world_dir / "videos" / spec.relpath
-    np.testing.assert_array_equal(_decode_audio(again), _decode_audio(original))
-    assert (
-        hashlib.sha256(again.read_bytes()).digest()
-        == hashlib.sha256(original.read_bytes()).digest()
-    )
+    specs = plan_world(params.world)
+    assert specs == plan_world(params.world)
+    for spec in [s for s in specs if s.offscreen][:2] + [s for s in specs if not s.offscreen][:2]:
+        (tmp_path / spec.split).mkdir(exist_ok=True)
+        render_video(spec, params.world, tmp_path)
+        again, original = tmp_path / spec.relpath, world_dir / "videos" / spec.relpath
+        np.testing.assert_array_equal(_decode_audio(again), _decode_audio(original))
+        assert (
+            hashlib.sha256(again.read_bytes()).digest()
+            == hashlib.sha256(original.read_bytes()).digest()
+        ), spec.video_id
     other = plan_world(tiny_params_at(tmp_path, **{"world.seed": 99}).world)
-    assert [s.labels for s in other] != [s.labels for s in plan_world(params.world)]
+    assert [s.labels for s in other] != [s.labels for s in specs]
 
 
 def test_melodies_are_disjoint_across_splits(world):
@@ -245,3 +249,54 @@ def test_overview_picture(world, tmp_path):
     _, world_dir, _ = world
     out = plot_world_overview(world_dir, tmp_path / "world.png")
     assert out.is_file() and out.stat().st_size > 10_000
+
+
+def _micro_world(root: Path, **overrides):
+    """A world of a few one-second videos, rendered in-process (fast enough to render twice)."""
+    values = {
+        "world.classes": ["cello", "flute"],
+        "world.videos_per_class": {"train": 1, "val": 0, "test": 1},
+        "world.interference_videos": 1,
+        "world.duration_s": [1.0, 1.5],
+        "world.caption_images_per_class": 2,
+        "world.workers": 1,
+        **{f"world.{k}": v for k, v in overrides.items()},
+    }
+    return tiny_params_at(root, **values).world
+
+
+def test_changed_config_rerenders_and_interrupted_render_resumes(tmp_path):
+    out = tmp_path / "world"
+    assert render_world(_micro_world(tmp_path, seed=1), out)["skipped"] is False
+    cfg = _micro_world(tmp_path, seed=2)
+    assert render_world(cfg, out)["skipped"] is False
+    on_disk = {str(p.relative_to(out / "videos")) for p in (out / "videos").rglob("*.mp4")}
+    assert on_disk == {r["video"] for r in read_ground_truth(out)}  # nothing left of seed 1
+    rows = read_ground_truth(out)
+    lost, kept = out / "videos" / rows[0]["video"], out / "videos" / rows[1]["video"]
+    kept_mtime = kept.stat().st_mtime_ns
+    lost.unlink()
+    (out / "world.json").unlink()
+    (out / ".rendering.json").write_text(json.dumps({"config_hash": config_hash(cfg)}))
+    assert render_world(cfg, out)["skipped"] is False
+    assert lost.is_file() and kept.stat().st_mtime_ns == kept_mtime
+
+
+def test_duets_show_and_sound_two_instruments(tmp_path):
+    cfg = _micro_world(tmp_path, duet_share=1.0, classes=["cello", "flute", "trumpet"])
+    specs = plan_world(cfg)
+    for spec in specs:
+        duet = spec.split in ("train", "val")
+        assert len(spec.labels) == (2 if duet else 1) and len(set(spec.labels)) == len(spec.labels)
+        assert len(spec.melody_id.split(";")) == len(spec.labels)
+    spec = next(s for s in specs if len(s.labels) == 2)
+    parts = [
+        ws.render_melody(
+            ws.make_melody(cfg.seed, spec.split, m, spec.duration_s),
+            label,
+            spec.duration_s,
+            cfg.audio_sample_rate,
+        )
+        for label, m in zip(spec.labels, spec.melody_indices)
+    ]
+    np.testing.assert_allclose(render_sources(spec, cfg).onscreen, parts[0] + parts[1], atol=1e-6)

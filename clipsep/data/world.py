@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,11 @@ import numpy as np
 from clipsep.config import WorldConfig
 from clipsep.data import world_sound as ws
 from clipsep.data.world_pictures import Scene
+from clipsep.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # bump when the rendering changes, so stamped worlds are re-rendered
+GENERATOR_VERSION = 3  # bump when the rendering changes, so stamped worlds are re-rendered
 SPLITS = ("train", "val", "test", "interference")
 STAMP = "world.json"
 GROUND_TRUTH_COLUMNS = (
@@ -129,6 +131,10 @@ def _offscreen_for(
 def plan_world(cfg: WorldConfig) -> list[VideoSpec]:
     """The world's videos in id order, a pure function of ``cfg`` (workers aside)."""
     ws.check_classes(cfg.classes)
+    if cfg.image_size % 2 or cfg.image_size < 16:
+        raise BadInputError(
+            f"world.image_size must be even and >= 16 (H.264 4:2:0), got {cfg.image_size}"
+        )
     rng = np.random.default_rng([cfg.seed, 0])
     rows = [row for split in SPLITS for row in _split_rows(cfg, split, rng)]
     next_melody = dict.fromkeys(SPLITS, 0)
@@ -210,6 +216,23 @@ def video_frames(spec: VideoSpec, cfg: WorldConfig) -> Iterator[np.ndarray]:
         yield scene.frame(k / cfg.video_fps)
 
 
+def rgb_to_yuv420(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] (H, W even) -> planar YUV 4:2:0, BT.601 limited range: uint8 [3H/2, W].
+
+    Done here, not by swscale, so the encoder's input is fixed by numpy alone.
+    """
+    rgb = image.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    luma = 16 + (65.738 * r + 129.057 * g + 25.064 * b) / 256
+    pooled = rgb.reshape(rgb.shape[0] // 2, 2, rgb.shape[1] // 2, 2, 3).mean(axis=(1, 3))
+    r, g, b = pooled[..., 0], pooled[..., 1], pooled[..., 2]
+    cb = 128 + (-37.945 * r - 74.494 * g + 112.439 * b) / 256
+    cr = 128 + (112.439 * r - 94.154 * g - 18.285 * b) / 256
+    chroma = np.concatenate([cb.ravel(), cr.ravel()]).reshape(-1, image.shape[1])
+    planes = np.concatenate([luma, chroma], axis=0)
+    return np.clip(np.round(planes), 0, 255).astype(np.uint8)
+
+
 def write_mp4(
     path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: int, sample_rate: int
 ) -> None:
@@ -219,18 +242,18 @@ def write_mp4(
     tmp = path.with_name(f".{path.stem}.tmp.mp4")
     stereo = np.ascontiguousarray(np.stack([audio, audio]).astype(np.float32))
     with av.open(str(tmp), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
+        # Reproducible bytes: with x264's macroblock-tree rate control the output depended on
+        # what the process had encoded before (measured); one thread keeps decisions in order.
+        video = out.add_stream("libx264", rate=fps, options={"x264-params": "no-mbtree=1"})
         video.pix_fmt = "yuv420p"
-        video.thread_count = (
-            1  # multi-threaded x264 is not bit-reproducible; we parallelise over videos
-        )
+        video.thread_count = 1  # the process pool runs videos in parallel instead
         sound = out.add_stream("aac", rate=sample_rate)
         sound.layout = "stereo"
-        for k, image in enumerate(frames):
-            if k == 0:
-                video.width, video.height = image.shape[1], image.shape[0]
-            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
-            picture.pts = k  # in 1/fps units; left unset, x264's output varies from run to run
+        planes = [rgb_to_yuv420(image) for image in frames]
+        video.width, video.height = planes[0].shape[1], planes[0].shape[0] * 2 // 3
+        for k, plane in enumerate(planes):
+            picture = av.VideoFrame.from_ndarray(plane, format="yuv420p")
+            picture.pts, picture.time_base = k, Fraction(1, fps)
             out.mux(video.encode(picture))
         out.mux(video.encode())
         for start in range(0, stereo.shape[1], 1024):

@@ -95,7 +95,7 @@ def make_melody(seed: int, split: str, index: int, length_s: float) -> Melody:
     loudness, slope = rng.uniform(65, 110), rng.uniform(-3.0, 3.0)
     degree, t, notes = int(rng.integers(0, MAX_DEGREE + 1)), rng.uniform(0.0, 0.3), []
     while t < length_s:
-        if rng.random() < 0.12:  # a rest
+        if rng.random() < 0.12 and notes:  # a rest, never before the first note (short clips)
             t += beat_s * rng.choice((0.5, 1.0))
             continue
         beats = rng.choice(NOTE_BEATS, p=NOTE_BEAT_WEIGHTS)
