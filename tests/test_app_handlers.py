@@ -105,6 +105,7 @@ def test_video_offers_its_middle_frame_and_its_sound_is_separated(served):
 
 @pytest.mark.parametrize("problem, expected", [
     ("silence", "silent"), ("corrupt", "unreadable"), ("empty query", "No query"),
+    ("unsupported", "no audio track"),
     ("too long", "serve.max_seconds"), ("too big", "serve.max_file_mb"),
     ("outside", "not an upload"), ("none", "No input"),
 ])
@@ -115,6 +116,7 @@ def test_bad_input_gets_a_readable_message(served, problem, expected):
     path = {
         "silence": lambda: upload(root, "silent.wav", np.zeros((1, 22050), np.float32)),
         "corrupt": lambda: _write_bytes(root / "uploads" / "broken.mp3", b"ID3 not audio" * 50),
+        "unsupported": lambda: _write_bytes(root / "uploads" / "notes.txt", b"hello " * 100),
         "outside": lambda: Path(handlers.__file__),
         "none": lambda: None,
     }.get(problem, lambda: upload(root, "ok.wav", tone(3.0)))()
@@ -126,6 +128,7 @@ def test_bad_input_gets_a_readable_message(served, problem, expected):
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
 
