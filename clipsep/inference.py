@@ -246,7 +246,7 @@ class Separator:
     @torch.no_grad()
     def target_segment(self, segment: np.ndarray, embedding: torch.Tensor,
                        binary: bool = False) -> np.ndarray:
-        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (mono mask, own phase).
+        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (masked STFT, own phase).
 
         ``binary`` thresholds the mask at 0.5 (the official infer.py); soft is the default.
         """
