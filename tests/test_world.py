@@ -272,7 +272,7 @@ def test_changed_config_rerenders_and_interrupted_render_resumes(tmp_path):
     assert render_world(cfg, out)["skipped"] is False
     on_disk = {str(p.relative_to(out / "videos")) for p in (out / "videos").rglob("*.mp4")}
     assert on_disk == {r["video"] for r in read_ground_truth(out)}  # nothing left of seed 1
-    rows = read_ground_truth(out)
+    rows, captions = read_ground_truth(out), (out / "captions" / "captions.csv").read_text()
     lost, kept = out / "videos" / rows[0]["video"], out / "videos" / rows[1]["video"]
     kept_mtime = kept.stat().st_mtime_ns
     lost.unlink()
@@ -280,6 +280,7 @@ def test_changed_config_rerenders_and_interrupted_render_resumes(tmp_path):
     (out / ".rendering.json").write_text(json.dumps({"config_hash": config_hash(cfg)}))
     assert render_world(cfg, out)["skipped"] is False
     assert lost.is_file() and kept.stat().st_mtime_ns == kept_mtime
+    assert (out / "captions" / "captions.csv").read_text() == captions
 
 
 def test_duets_show_and_sound_two_instruments(tmp_path):

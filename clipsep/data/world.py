@@ -36,7 +36,7 @@ from clipsep.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3  # bump when the rendering changes, so stamped worlds are re-rendered
+GENERATOR_VERSION = 4  # bump when the rendering changes, so stamped worlds are re-rendered
 SPLITS = ("train", "val", "test", "interference")
 STAMP = "world.json"
 GROUND_TRUTH_COLUMNS = (
@@ -293,14 +293,11 @@ def render_captions(cfg: WorldConfig, class_index: int, captions_dir: Path) -> l
     rows = []
     for k in range(n):
         rng = np.random.default_rng([cfg.seed, 3, class_index, k])  # own seeds, not a video's
+        template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]  # drawn first:
+        moment = float(rng.uniform(0, 4))  # a resumed render skips the drawing but not these
         name = f"images/c{class_index * n + k:05d}.png"
-        path = captions_dir / name
-        if not path.exists():
-            image = Scene((label,), cfg.image_size, rng).frame(float(rng.uniform(0, 4)))
-            _save_png(image, path)
-        else:
-            rng.uniform(0, 4)  # keep the stream aligned with a fresh render
-        template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+        if not (captions_dir / name).exists():
+            _save_png(Scene((label,), cfg.image_size, rng).frame(moment), captions_dir / name)
         rows.append(
             {
                 "image": name,
