@@ -204,3 +204,15 @@ def test_serves_the_registry_champion_and_shows_its_lineage(tmp_path):
     assert card.metrics["text SDR (dB)"] == pytest.approx(5.0)
     result = separator.separate(tone(1.0), 22050, query="cello")
     assert result.target.shape == (2, 22050)
+
+
+def test_long_upload_is_separated_in_chunks_with_progress(served):
+    params, separator, _, root = served
+    mixture = tone(40.0, rate=16000, channels=1)
+    path = upload(root, "long.wav", mixture, rate=16000)
+    seen = []
+    result = handlers.separate_upload(separator, path, "cello", None, params.serve,
+                                      progress=lambda share, what: seen.append((share, what)))
+    assert result.target.shape == mixture.shape
+    assert len(seen) > 10 and [s for s, _ in seen] == sorted(s for s, _ in seen)
+    assert seen[-1][1].endswith(f"{len(seen)}/{len(seen)}")
