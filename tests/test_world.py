@@ -1,4 +1,4 @@
-"""The embedded world: real decodable videos, hidden labels, determinism, disjoint melodies, noise."""
+"""The embedded world: decodable videos, hidden labels, determinism, disjoint melodies, noise."""
 
 from __future__ import annotations
 
@@ -243,6 +243,9 @@ def test_unknown_class_is_a_clear_error(tmp_path):
     params = tiny_params_at(tmp_path, **{"world.classes": ["cello", "kazoo"]})
     with pytest.raises(BadInputError, match="kazoo"):
         render_world(params.world, tmp_path / "w")
+    typo = tiny_params_at(tmp_path, **{"world.videos_per_class": {"train": 1, "tset": 1}})
+    with pytest.raises(BadInputError, match="tset"):
+        plan_world(typo.world)
 
 
 def test_overview_picture(world, tmp_path):

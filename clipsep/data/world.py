@@ -135,6 +135,12 @@ def plan_world(cfg: WorldConfig) -> list[VideoSpec]:
         raise BadInputError(
             f"world.image_size must be even and >= 16 (H.264 4:2:0), got {cfg.image_size}"
         )
+    unknown = set(cfg.videos_per_class) - {"train", "val", "test"}
+    if unknown or min(cfg.videos_per_class.values(), default=0) < 0:
+        raise BadInputError(
+            "world.videos_per_class must map train/val/test to counts >= 0, "
+            f"got {cfg.videos_per_class}"
+        )
     rng = np.random.default_rng([cfg.seed, 0])
     rows = [row for split in SPLITS for row in _split_rows(cfg, split, rng)]
     next_melody = dict.fromkeys(SPLITS, 0)
@@ -184,7 +190,7 @@ class Sources:
 
 
 def render_sources(spec: VideoSpec, cfg: WorldConfig) -> Sources:
-    """Render one video's on-screen, off-screen and background sound at ``cfg.audio_sample_rate``."""
+    """One video's on-screen, off-screen and background sound at ``cfg.audio_sample_rate``."""
     sr, length = cfg.audio_sample_rate, spec.duration_s
     rng = np.random.default_rng([cfg.seed + spec.index, 1])
     onscreen = sum(

@@ -168,7 +168,7 @@ LOOKS: dict[str, Look] = {
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one instrument stands: centre (fractions of the frame), angle, sway amplitude and phase."""
+    """Where one instrument stands: centre (fractions of the frame), angle, sway size and phase."""
 
     cx: float
     cy: float
@@ -231,7 +231,7 @@ def place_instruments(n: int, rng: np.random.Generator) -> list[Placement]:
 
 
 class Scene:
-    """The fixed content of one video (background, sprites, placements); ``frame(t)`` draws time t."""
+    """The fixed content of one video (background, sprites, placements); ``frame(t)`` draws it."""
 
     def __init__(self, labels: tuple[str, ...], size: int, rng: np.random.Generator):
         self.size = size

@@ -56,7 +56,7 @@ MAX_DEGREE = 10  # a melody spans at most ~1.5 octaves, so it fits every instrum
 
 @dataclass(frozen=True)
 class Note:
-    """One note: onset and length in seconds, semitones above the melody's lowest pitch, velocity."""
+    """One note: onset and length (s), semitones above the melody's lowest pitch, velocity."""
 
     onset_s: float
     length_s: float
@@ -66,7 +66,7 @@ class Note:
 
 @dataclass(frozen=True)
 class Melody:
-    """A monophonic melody, independent of the instrument; ``register`` (0 = low, 1 = high) places it."""
+    """A monophonic melody, independent of instrument; ``register`` (0 low, 1 high) places it."""
 
     melody_id: str
     notes: tuple[Note, ...]
@@ -149,7 +149,7 @@ def _play(
 
 
 def render_melody(melody: Melody, label: str, length_s: float, sample_rate: int) -> np.ndarray:
-    """The melody played by ``label``'s instrument, loudness-normalised: float32 [round(length_s*sr)]."""
+    """The melody played by ``label``'s instrument, RMS-normalised: float32 [round(length_s*sr)]."""
     inst = INSTRUMENTS[label]
     span = max(n.semitone for n in melody.notes) if melody.notes else 0
     base = inst.low + round(melody.register * max(0, inst.high - inst.low - span))
