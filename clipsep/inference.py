@@ -42,8 +42,9 @@ from clipsep.errors import BadInputError
 # Mirrors params.yaml's ``separate`` section for Python users who pass no settings
 # (tests/test_inference.py checks the two agree).
 DEFAULT_SETTINGS = SeparateConfig(model="models/clipsep/best.pt", overlap=0.25,
-                                  channel_masks="shared", device="auto")
+                                  channel_masks="shared", precision="fp32", device="auto")
 CHANNEL_MASKS = ("shared", "independent")
+PRECISIONS = ("fp32", "bf16")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
@@ -186,6 +187,9 @@ class Separator:
         if settings.channel_masks not in CHANNEL_MASKS:
             raise BadInputError(f"separate.channel_masks must be one of {CHANNEL_MASKS}, got "
                                 f"{settings.channel_masks!r}")
+        if settings.precision not in PRECISIONS:
+            raise BadInputError(f"separate.precision must be one of {PRECISIONS}, got "
+                                f"{settings.precision!r}")
         self.network = network.eval()
         self.encoder = encoder
         self.audio_cfg = audio_cfg
@@ -240,8 +244,12 @@ class Separator:
 
         spec = audio.stft(mono[None], self.audio_cfg)  # [1, F, T]
         warped = audio.warp(spec.abs()[:, None], self.warp_bins)  # [1, 1, W, T]
-        logits = self.network(warped, embedding.reshape(1, 1, -1), with_noise=False).mask_logits
-        return audio.unwarp(torch.sigmoid(logits), spec.shape[1])[0, 0].clamp(0.0, 1.0)
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16,
+                            enabled=self.settings.precision == "bf16"):
+            logits = self.network(warped, embedding.reshape(1, 1, -1), with_noise=False).mask_logits
+        mask = torch.sigmoid(logits.float())
+        return audio.unwarp(mask, spec.shape[1])[0, 0].clamp(0.0, 1.0)
 
     @torch.no_grad()
     def target_segment(self, segment: np.ndarray, embedding: torch.Tensor,

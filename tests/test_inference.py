@@ -162,3 +162,17 @@ def test_independent_channel_masks_match_shared_on_identical_channels(separator)
     with pytest.raises(BadInputError, match="channel_masks"):
         Separator(separator.network, separator.encoder, separator.audio_cfg,
                   dataclasses.replace(settings, channel_masks="stereo"))
+
+
+def test_bf16_precision_gives_nearly_the_fp32_target(separator):
+    from clipsep.inference import Separator
+
+    settings = dataclasses.replace(separator.settings, precision="bf16")
+    fast = Separator(separator.network, separator.encoder, separator.audio_cfg, settings)
+    audio = tones(16000, 2.0, 1)
+    reference = separator.separate(audio, 16000, query="flute").target
+    target = fast.separate(audio, 16000, query="flute").target
+    assert np.sqrt(np.mean((target - reference) ** 2)) < 0.01 * np.sqrt(np.mean(reference ** 2))
+    with pytest.raises(BadInputError, match="precision"):
+        Separator(separator.network, separator.encoder, separator.audio_cfg,
+                  dataclasses.replace(settings, precision="fp8"))
