@@ -174,7 +174,7 @@ class SeparateConfig:
     model: str  # default model reference: a checkpoint path or models:/name@alias
     overlap: float  # share of each model segment overlapping its neighbour (overlap-add)
     channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
-    precision: str  # fp32 | bf16 (autocast for the network pass; ~2.5x faster on recent CPUs)
+    precision: str  # fp32 | bf16 (autocast for the network pass only)
     device: str
 
 
