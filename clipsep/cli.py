@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_separate_command(sub) -> None:
     cmd = sub.add_parser("separate", help="extract the sound a text or image query describes")
-    cmd.add_argument("inputs", nargs="+", metavar="INPUT", help="audio (wav/flac/ogg/mp3) or video files")
+    cmd.add_argument("inputs", nargs="+", metavar="INPUT",
+                     help="audio (wav/flac/ogg/mp3) or video files")
     cmd.add_argument("--query", default=None, help="text query, e.g. 'acoustic guitar'")
     cmd.add_argument("--image", default=None, help="image query (a picture of the sound source)")
     cmd.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS "

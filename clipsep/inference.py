@@ -54,7 +54,7 @@ Progress = Callable[[int, int], None]  # (segments done, segments in total)
 
 @dataclass
 class SeparationResult:
-    """``target`` and ``residual`` shaped like the input (``[L]`` or ``[C, L]``) at ``sample_rate``."""
+    """``target`` and ``residual`` shaped like the input (``[L]`` or ``[C, L]``)."""
 
     target: np.ndarray
     residual: np.ndarray
@@ -62,7 +62,7 @@ class SeparationResult:
 
 
 class AudioSource(Protocol):
-    """Random-access float32 audio: ``read(start, stop) -> [C, stop - start]`` (clamped at the end)."""
+    """Random-access float32 audio: ``read(start, stop) -> [C, stop - start]`` (clamped)."""
 
     sample_rate: int
     channels: int
@@ -199,7 +199,8 @@ class Separator:
         self.warp_bins = network.cfg.warp_bins
 
     @classmethod
-    def from_pretrained(cls, ref: str | Path, device: str = "auto", clip_weights: str | Path | None = None,
+    def from_pretrained(cls, ref: str | Path, device: str = "auto",
+                        clip_weights: str | Path | None = None,
                         settings: SeparateConfig | None = None) -> "Separator":
         """Load a checkpoint path or a registry reference ``models:/name@alias``."""
         from clipsep.env import resolve_device
@@ -290,7 +291,8 @@ class Separator:
         """Split ``audio`` (``[L]`` or ``[C, L]`` float) into the queried target and the residual."""
         wave = np.asarray(audio)
         if wave.ndim not in (1, 2) or not np.issubdtype(wave.dtype, np.number):
-            raise BadInputError(f"audio must be a numeric [L] or [C, L] array, got shape {wave.shape}")
+            raise BadInputError(f"audio must be a numeric [L] or [C, L] array, got shape "
+                                f"{wave.shape}")
         source = ArraySource(np.atleast_2d(wave).astype(np.float32, copy=False), int(sample_rate))
         check_source(source, self.min_input_frames(source.sample_rate))
         embedding = self.embed_query(query, image)
@@ -441,7 +443,8 @@ def check_source(source: AudioSource, min_frames: int) -> None:
                                 f"({where / source.sample_rate:.3f} s)")
         peak = max(peak, float(np.abs(block).max(initial=0.0)))
     if peak < SILENT_PEAK:
-        raise BadInputError(f"{source.name}: the audio is silent (peak {peak:.1e}); nothing to separate")
+        raise BadInputError(f"{source.name}: the audio is silent (peak {peak:.1e}); "
+                            "nothing to separate")
 
 
 def open_source(path: Path, work_dir: Path) -> SoundFileSource:

@@ -199,7 +199,7 @@ class MixtureScorer:
     def segment(self, clip: ProtocolClip) -> np.ndarray:
         if clip.audio_path not in self._segments:
             self._segments[clip.audio_path] = load_segment(
-                clip, self.cfg.sample_rate, self.cfg.segment_samples) / 2  # sources / 2, as the paper
+                clip, self.cfg.sample_rate, self.cfg.segment_samples) / 2  # as the paper
         return self._segments[clip.audio_path]
 
     def estimate(self, mixture: np.ndarray, embedding: torch.Tensor) -> np.ndarray:
@@ -282,7 +282,8 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     text_sdr = metrics["text"]["sdr"]["mean"]
     log.info("evaluated %d mixtures: text SDR %s dB (%s)", len(rows),
              "n/a" if text_sdr is None else f"{text_sdr:.2f}", metrics["backend"])
-    return {"n_mixtures": len(rows), "text_sdr": text_sdr, "image_sdr": metrics["image"]["sdr"]["mean"],
+    return {"n_mixtures": len(rows), "text_sdr": text_sdr,
+            "image_sdr": metrics["image"]["sdr"]["mean"],
             "oracle_ibm_sdr": metrics["oracle_ibm"]["sdr"]["mean"], "out_dir": str(out_dir)}
 
 
@@ -323,7 +324,8 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def compare_metrics(paths: list[str | Path], names: list[str], out_dir: str | Path) -> dict[str, Any]:
+def compare_metrics(paths: list[str | Path], names: list[str],
+                    out_dir: str | Path) -> dict[str, Any]:
     """Put several metrics.json side by side (e.g. with / without NIT): comparison.json + .png."""
     from clipsep.evaluation import plots
 

@@ -44,7 +44,8 @@ def plot_sdr_distribution(rows: list[dict[str, Any]], methods: Sequence[str], pa
     fig, ax = plt.subplots(figsize=(7, 4))
     shown = [i for i, d in enumerate(data) if d]
     ax.boxplot([data[i] for i in shown], showmeans=True)
-    ax.set_xticks(range(1, len(shown) + 1), [METHOD_TITLES.get(methods[i], methods[i]) for i in shown])
+    names = [METHOD_TITLES.get(methods[i], methods[i]) for i in shown]
+    ax.set_xticks(range(1, len(shown) + 1), names)
     for position, i in enumerate(shown, start=1):
         jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(data[i]))
         ax.scatter(position + jitter, data[i], s=8, alpha=0.5, color="tab:gray")
