@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from clipsep.errors import BadInputError
-from clipsep.model.pretrain_clip import load_captions, pretrain_clip
+from clipsep.model.pretrain_clip import label_aware_clip_loss, load_captions, pretrain_clip
 from clipsep.model.query import QueryEncoder
 
 # One look per class: shape + colour, so a few epochs suffice to tell them apart.
@@ -123,3 +123,20 @@ def test_missing_or_broken_caption_csv_is_a_clear_error(tmp_path):
     (tmp_path / "captions" / "captions.csv").write_text("image,caption\na.png,a cello\n")
     with pytest.raises(BadInputError, match="missing"):
         load_captions(tmp_path)
+
+
+def test_label_aware_loss_is_clip_loss_when_labels_differ():
+    import open_clip
+
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    expected = open_clip.ClipLoss()(images, texts, scale)
+    torch.testing.assert_close(label_aware_clip_loss(images, texts, scale, torch.arange(6)),
+                               expected)
+    # Two pictures of one class with swapped captions: no penalty for the "wrong" caption.
+    same = label_aware_clip_loss(images, images[[1, 0, 2, 3, 4, 5]], scale,
+                                 torch.tensor([0, 0, 1, 2, 3, 4]))
+    distinct = label_aware_clip_loss(images, images[[1, 0, 2, 3, 4, 5]], scale, torch.arange(6))
+    assert same < distinct

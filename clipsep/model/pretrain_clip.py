@@ -3,8 +3,8 @@
 The paper uses OpenAI's ViT-B/32, which knows what a violin looks like. The embedded world's
 instruments are drawn pictures no public CLIP has seen (and the project runs offline), so this
 stage trains a small open_clip model (``clip.architecture``, e.g. the bundled ``clipsep-tiny``)
-from scratch with open_clip's own ``ClipLoss`` on ``captions/captions.csv``, saves it as a normal
-open_clip checkpoint (``clip.pt``, loadable with ``pretrained=<path>``) and reports its zero-shot
+from scratch on ``captions/captions.csv`` with open_clip's contrastive loss (made label-aware: see
+:func:`label_aware_clip_loss`), saves it as a normal open_clip checkpoint (``clip.pt``, loadable with ``pretrained=<path>``) and reports its zero-shot
 accuracy on the held-out pictures: each test picture is assigned the class whose prompt-ensembled
 text embedding is closest (cosine), exactly as the separator's text queries are built.
 
@@ -99,19 +99,35 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def label_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                          logit_scale: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
+    """open_clip's ClipLoss, except that a caption with the picture's own label is no negative.
+
+    image_features, text_features: [B, D] L2-normalised; label_ids: [B] ints. A batch of 64 over
+    10 classes holds ~5 same-class captions per picture; plain ClipLoss pushes the picture away
+    from them, which contradicts what the encoder should learn (and measurably slows it). Targets
+    are spread uniformly over the same-label pairs, so with all labels distinct this *is* ClipLoss.
+    """
+    logits = logit_scale * image_features @ text_features.T  # [B, B]
+    same = (label_ids[:, None] == label_ids[None, :]).float()
+    target = same / same.sum(dim=1, keepdim=True)
+    return (torch.nn.functional.cross_entropy(logits, target)
+            + torch.nn.functional.cross_entropy(logits.T, target.T)) / 2
+
+
 def _train(model: torch.nn.Module, data: CaptionSet, train_transform: Callable, tokenizer,
            cfg: ClipConfig, device: str) -> list[float]:
-    """Run ``cfg.pretrain_epochs`` epochs of ClipLoss; returns the loss of every step."""
-    import open_clip
+    """Run ``cfg.pretrain_epochs`` epochs of the contrastive loss; returns every step's loss."""
     from tqdm.auto import tqdm
 
     tokens = tokenizer(data.captions)  # [N, context_length]
+    classes = sorted(set(data.labels))
+    label_ids = torch.tensor([classes.index(label) for label in data.labels])  # [N]
     n = len(data.images)
     batch = min(cfg.pretrain_batch_size, n)
     steps_per_epoch = max(1, n // batch)  # drop the ragged last batch: ClipLoss wants >1 pair
     optimizer = _optimizer(model, cfg)
     scheduler = _schedule(optimizer, cfg.pretrain_epochs * steps_per_epoch)
-    loss_fn = open_clip.ClipLoss()
     generator = torch.Generator().manual_seed(cfg.pretrain_seed)
     losses: list[float] = []
     model.train()
@@ -123,7 +139,8 @@ def _train(model: torch.nn.Module, data: CaptionSet, train_transform: Callable, 
             pixels = torch.stack([train_transform(data.images[i]) for i in index.tolist()])
             image_features, text_features, logit_scale = model(pixels.to(device),
                                                                tokens[index].to(device))[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
+            loss = label_aware_clip_loss(image_features, text_features, logit_scale,
+                                         label_ids[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -195,6 +212,7 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     ``out_dir/zero_shot.json``; returns a summary with the held-out zero-shot accuracy.
     """
     import open_clip
+    from torchvision import transforms
 
     started = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -203,7 +221,10 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     torch.manual_seed(cfg.pretrain_seed)
     register_bundled_configs()
     model, train_transform, _ = open_clip.create_model_and_transforms(
-        cfg.architecture, pretrained=None, device=device)
+        cfg.architecture, pretrained=None, device=device,
+        aug_cfg={"scale": tuple(cfg.pretrain_crop_scale)})
+    # Instruments look the same mirrored; flips double the few pictures each class has.
+    train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     tokenizer = open_clip.get_tokenizer(cfg.architecture)
     log.info("pretraining CLIP %s on %d pictures (%d classes) for %d epochs on %s",
              cfg.architecture, len(splits["train"].images), len(classes), cfg.pretrain_epochs, device)
