@@ -197,7 +197,7 @@ def _plot_losses(losses: list[float], steps_per_epoch: int, path: Path) -> None:
     means = [sum(losses[i:i + steps_per_epoch]) / steps_per_epoch
              for i in range(0, len(losses) - steps_per_epoch + 1, steps_per_epoch)]
     ax.plot(range(1, len(means) + 1), means, lw=2, marker="o", ms=3, label="epoch mean")
-    ax.set(xlabel="epoch", ylabel="contrastive loss (ClipLoss)", title="tiny CLIP pretraining")
+    ax.set(xlabel="epoch", ylabel="label-aware ClipLoss", title="tiny CLIP pretraining")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
