@@ -179,7 +179,8 @@ def test_unknown_weights_are_a_clear_error(clip_setup, no_network, pretrained):
 def test_unknown_architecture_and_bad_templates(clip_setup):
     cfg, weights, _ = clip_setup
     with pytest.raises(MissingWeightsError, match="unknown CLIP architecture"):
-        QueryEncoder.from_config(dataclasses.replace(cfg, architecture="no-such-net"), weights, "cpu")
+        QueryEncoder.from_config(dataclasses.replace(cfg, architecture="no-such-net"), weights,
+                                 "cpu")
     with pytest.raises(BadInputError, match="prompt_templates"):
         QueryEncoder.from_config(dataclasses.replace(cfg, prompt_templates=("a photo",)),
                                  weights, "cpu")

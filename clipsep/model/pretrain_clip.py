@@ -4,9 +4,10 @@ The paper uses OpenAI's ViT-B/32, which knows what a violin looks like. The embe
 instruments are drawn pictures no public CLIP has seen (and the project runs offline), so this
 stage trains a small open_clip model (``clip.architecture``, e.g. the bundled ``clipsep-tiny``)
 from scratch on ``captions/captions.csv`` with open_clip's contrastive loss (made label-aware: see
-:func:`label_aware_clip_loss`), saves it as a normal open_clip checkpoint (``clip.pt``, loadable with ``pretrained=<path>``) and reports its zero-shot
-accuracy on the held-out pictures: each test picture is assigned the class whose prompt-ensembled
-text embedding is closest (cosine), exactly as the separator's text queries are built.
+:func:`label_aware_clip_loss`), saves it as a normal open_clip checkpoint (``clip.pt``, loadable
+with ``pretrained=<path>``) and reports its zero-shot accuracy on the held-out pictures: each
+test picture is assigned the class whose prompt-ensembled text embedding is closest (cosine),
+exactly as the separator's text queries are built.
 
 Outputs in ``out_dir``: ``clip.pt``, ``model_config.json``, ``zero_shot.json``, ``loss.png``.
 """
@@ -49,7 +50,7 @@ class CaptionSet:
 
 
 def load_captions(world_dir: Path) -> dict[str, CaptionSet]:
-    """Read ``world_dir/captions/captions.csv`` into ``{"train": CaptionSet, "test": CaptionSet}``."""
+    """Read ``world_dir/captions/captions.csv`` into ``{"train": ..., "test": ...}`` CaptionSets."""
     csv_path = Path(world_dir) / "captions" / "captions.csv"
     if not csv_path.is_file():
         raise BadInputError(f"no captioned pictures at {csv_path}: run `clipsep world` first")
@@ -227,7 +228,8 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     tokenizer = open_clip.get_tokenizer(cfg.architecture)
     log.info("pretraining CLIP %s on %d pictures (%d classes) for %d epochs on %s",
-             cfg.architecture, len(splits["train"].images), len(classes), cfg.pretrain_epochs, device)
+             cfg.architecture, len(splits["train"].images), len(classes), cfg.pretrain_epochs,
+             device)
     losses = _train(model, splits["train"], train_transform, tokenizer, cfg, device)
     train_seconds = time.perf_counter() - started
 

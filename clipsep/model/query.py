@@ -40,7 +40,10 @@ _OFFLINE_VALUES = ("1", "true", "yes", "on")
 
 
 def register_bundled_configs() -> None:
-    """Make clipsep's JSON architectures (``clip_configs/*.json``) known to open_clip (idempotent)."""
+    """Make clipsep's JSON architectures (``clip_configs/*.json``) known to open_clip.
+
+    Idempotent; called lazily, never at import.
+    """
     global _registered_bundled
     if _registered_bundled:
         return
@@ -71,7 +74,8 @@ def _register_model_config(architecture: str, model_config: dict[str, Any]) -> s
     digest = hashlib.sha256(json.dumps(model_config, sort_keys=True).encode()).hexdigest()[:12]
     name = f"{architecture}-{digest}"
     if open_clip.get_model_config(name) is None:
-        with tempfile.TemporaryDirectory() as tmp:  # the registry keeps the parsed dict, not the file
+        # The registry keeps the parsed dict, not the file, so a temporary file is enough.
+        with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.json"
             path.write_text(json.dumps(model_config))
             open_clip.add_model_config(path)
@@ -115,7 +119,8 @@ def resolve_weights(architecture: str, pretrained: str | None) -> WeightsSource:
     raise MissingWeightsError(
         f"clip.pretrained={pretrained!r} is neither an existing file nor a known open_clip tag for "
         f"{architecture!r} (known tags: {', '.join(known) or 'none'}). Set clip.pretrained to a "
-        "checkpoint file, or to null to use the embedded world's CLIP from `clipsep pretrain-clip`.")
+        "checkpoint file, or to null to use the embedded world's CLIP from "
+        "`clipsep pretrain-clip`.")
 
 
 def _cached_tag_file(architecture: str, tag: str) -> str | None:
@@ -149,7 +154,8 @@ def _tag_create_kwargs(architecture: str, tag: str) -> dict[str, Any]:
     local = _cached_tag_file(architecture, tag)
     if local is None:
         raise MissingWeightsError(
-            f"CLIP weights {architecture!r}/{tag!r} are not in the local cache and HF_HUB_OFFLINE=1 "
+            f"CLIP weights {architecture!r}/{tag!r} are not in the local cache and "
+            "HF_HUB_OFFLINE=1 "
             "forbids downloading them. Either download the checkpoint on a machine with network "
             "access (e.g. open_clip.create_model_and_transforms(...) there, or the file from "
             "huggingface.co) and set clip.pretrained to its local path, or run with network access "
@@ -158,7 +164,8 @@ def _tag_create_kwargs(architecture: str, tag: str) -> dict[str, Any]:
     # Loading a tag's file by path loses the tag's settings; carry the ones that change outputs.
     kwargs: dict[str, Any] = {"pretrained": local, "force_quick_gelu": bool(cfg.get("quick_gelu"))}
     for key, arg in (("mean", "image_mean"), ("std", "image_std"),
-                     ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+                     ("interpolation", "image_interpolation"),
+                     ("resize_mode", "image_resize_mode")):
         if key in cfg:
             kwargs[arg] = cfg[key]
     return kwargs
@@ -176,13 +183,14 @@ def _sha256_state_dict(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def _build_open_clip(architecture: str, model_config: dict[str, Any] | None,
                      weights: WeightsSource, device: str):
-    """(model, tokenizer, preprocess, model_config) for the given weights; errors are user-facing."""
+    """(model, tokenizer, preprocess, model_config) for these weights; errors are user-facing."""
     import open_clip
 
     register_bundled_configs()
@@ -191,8 +199,8 @@ def _build_open_clip(architecture: str, model_config: dict[str, Any] | None,
     else:
         name = _register_model_config(architecture, model_config) if model_config else architecture
         if open_clip.get_model_config(name) is None:
-            raise MissingWeightsError(f"unknown CLIP architecture {architecture!r}: not an open_clip "
-                                      f"model and not in {CONFIG_DIR}")
+            raise MissingWeightsError(f"unknown CLIP architecture {architecture!r}: not an "
+                                      f"open_clip model and not in {CONFIG_DIR}")
         kwargs = (_tag_create_kwargs(architecture, weights.value) if weights.kind == "tag"
                   else {"pretrained": weights.value})
     try:
@@ -213,7 +221,8 @@ def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
                             "'a photo of {}.'")
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
-        raise BadInputError(f"clip.prompt_templates must each contain '{{}}' exactly once; bad: {bad}")
+        raise BadInputError("clip.prompt_templates must each contain '{}' exactly once; "
+                            f"bad: {bad}")
     return tuple(templates)
 
 
@@ -244,9 +253,11 @@ class QueryEncoder:
     @classmethod
     def from_config(cls, clip_cfg: ClipConfig, default_weights: Path | None,
                     device: str = "auto") -> "QueryEncoder":
-        """Build from params; ``clip.pretrained=None`` means ``default_weights`` (pretrain-clip's output).
+        """Build from params; ``clip.pretrained=None`` means ``default_weights``.
 
-        ``default_weights=None`` with ``pretrained=None`` gives a randomly initialised encoder (warns).
+        ``default_weights`` is pretrain-clip's output (``paths.clip_model/clip.pt``).
+
+        ``default_weights=None`` with ``pretrained=None``: a randomly initialised encoder (warns).
         """
         pretrained = clip_cfg.pretrained
         if pretrained is None and default_weights is not None:
@@ -274,8 +285,9 @@ class QueryEncoder:
         encoder = cls._build(ref["architecture"], ref.get("model_config"), pretrained,
                              ref["prompt_templates"], device)
         if ref.get("embed_dim") not in (None, encoder.embed_dim):
-            raise BadInputError(f"CLIP from {encoder.weights.describe()} gives {encoder.embed_dim}-d "
-                                f"embeddings but the checkpoint expects {ref['embed_dim']}-d")
+            raise BadInputError(f"CLIP from {encoder.weights.describe()} gives "
+                                f"{encoder.embed_dim}-d embeddings but the checkpoint expects "
+                                f"{ref['embed_dim']}-d")
         return encoder
 
     @classmethod
