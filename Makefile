@@ -10,6 +10,7 @@ setup:
 
 # The full train-clipsep flow on the embedded world (docs/platform.md); ends by printing where to look.
 quickstart: setup
+	@mkdir -p $${PREFECT_HOME:-$(CURDIR)/.platform/prefect}
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows.train_clipsep
 
 test: setup
@@ -20,6 +21,7 @@ bench-ingest: setup
 
 # The platform (docs/platform.md): one flow run, the scheduled deployment, the MLflow UI.
 flow: setup
+	@mkdir -p $${PREFECT_HOME:-$(CURDIR)/.platform/prefect}
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows.train_clipsep
 
 platform: setup

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +25,9 @@ from typing import Any, Sequence
 from clipsep.env import apply_offline_defaults
 
 apply_offline_defaults()  # before prefect/mlflow/open_clip imports: no telemetry, no hub retries
+# the library logs progress (training steps, stage summaries) on the "clipsep" logger: show it in the
+# flow run's log and on the console, next to Prefect's own lines
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "clipsep")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
