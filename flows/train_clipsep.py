@@ -28,6 +28,7 @@ apply_offline_defaults()  # before prefect/mlflow/open_clip imports: no telemetr
 # the library logs progress (training steps, stage summaries) on the "clipsep" logger: show it in the
 # flow run's log and on the console, next to Prefect's own lines
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "clipsep")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library use outside runs
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
