@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,9 +123,14 @@ def separate_files(args: argparse.Namespace) -> dict[str, Any]:
     model = args.model or params.separate.model
     if not args.model and not model.startswith("models:/") and not Path(model).is_absolute():
         model = str(params.path("root") / model)  # the default is relative to the project
-    separator = Separator.from_pretrained(model,
-                                          device=params.separate.device,
-                                          clip_weights=args.clip_weights, settings=params.separate)
+    registry = None
+    if model.startswith("models:/") and "MLFLOW_TRACKING_URI" not in os.environ:
+        from clipsep.tracking import tracking_uri  # the registry these params name, from any cwd
+
+        registry = tracking_uri(params)
+    separator = Separator.from_pretrained(model, device=params.separate.device,
+                                          clip_weights=args.clip_weights,
+                                          settings=params.separate, tracking_uri=registry)
     written = {}
     for path in args.inputs:
         with tqdm(desc=str(path), unit="segment", leave=False) as bar:

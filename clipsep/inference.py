@@ -201,8 +201,12 @@ class Separator:
     @classmethod
     def from_pretrained(cls, ref: str | Path, device: str = "auto",
                         clip_weights: str | Path | None = None,
-                        settings: SeparateConfig | None = None) -> "Separator":
-        """Load a checkpoint path or a registry reference ``models:/name@alias``."""
+                        settings: SeparateConfig | None = None,
+                        tracking_uri: str | None = None) -> "Separator":
+        """Load a checkpoint path or a registry reference ``models:/name@alias``.
+
+        ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's).
+        """
         from clipsep.env import resolve_device
         from clipsep.model.factory import load_checkpoint
         from clipsep.model.query import QueryEncoder
@@ -211,7 +215,7 @@ class Separator:
         if ref.startswith("models:/"):
             from clipsep.tracking import resolve_model_reference
 
-            path, registry_clip = resolve_model_reference(ref)
+            path, registry_clip = resolve_model_reference(ref, tracking=tracking_uri)
             clip_weights = clip_weights or registry_clip
         else:
             path = Path(ref)

@@ -107,3 +107,28 @@ def test_inputs_sharing_a_stem_are_refused(model, tmp_path):
     assert run_cli(model, out, tmp_path / "take.wav", tmp_path / "take.flac",
                    extra=["--query", "cello"]) == 2
     assert not out.exists()
+
+
+@pytest.mark.slow  # `register` logs a real pyfunc model into a fresh sqlite registry (~10-30 s)
+def test_default_model_is_the_registry_champion_of_the_params(tmp_path, monkeypatch):
+    """No --model: separate.model = models:/clipsep@champion in the store params.yaml names."""
+    from platform_inputs import save_random_clip, write_pipeline_outputs
+
+    from clipsep import tracking
+    from conftest import tiny_params_at
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_params_at(tmp_path)
+    assert params.separate.model == "models:/clipsep@champion"
+    write_pipeline_outputs(params, text_sdr=5.0,
+                           clip_weights=save_random_clip(params, tmp_path / "clip-source.pt"))
+    assert tracking.register(params)["alias"] == "champion"
+    mix = tmp_path / "mix.wav"
+    sf.write(mix, tones(22050, 2.0, channels=2).T, 22050)
+    monkeypatch.chdir(tmp_path)  # not the project folder: the registry comes from --params
+    code = main(["separate", str(mix), "--query", "cello", "--out", str(tmp_path / "out"),
+                 "--params", str(REPO / "params.yaml"), "--profile", "tiny",
+                 "--set", f"paths.root={tmp_path}", "--set", "separate.device=cpu"])
+    assert code == 0
+    target, rate = sf.read(tmp_path / "out" / "mix" / "target.wav")
+    assert rate == 22050 and target.shape == (44100, 2)
