@@ -151,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipsep.errors import ClipsepError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # other libraries (open_clip logs on the root logger) speak at WARNING unless --verbose
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("clipsep").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         result = args.handler(args)
     except (ConfigError, ClipsepError, FileNotFoundError) as err:

@@ -30,6 +30,7 @@ import numpy as np
 
 from clipsep.config import IngestConfig
 from clipsep.errors import BadInputError
+from clipsep.fileio import write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def ingest_folder(source: Path, out_dir: Path, cfg: IngestConfig,
     book.flush()
     removed = remove_orphans(out_dir, book.manifest_rows())
     summary = book.summary(len(todo), removed, time.perf_counter() - started)
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "summary.json", summary)
     log.info("ingest: %d videos (%d new/changed, %d unchanged) -> %d clips, %d quarantined "
              "in %.1f s", summary["videos"], summary["processed"], summary["skipped_unchanged"],
              summary["clips"], summary["quarantined"], summary["seconds"])
@@ -353,9 +354,11 @@ class _Bookkeeper:
 
     def flush(self) -> None:
         """Write manifest.csv, quarantine.csv and state.json (each atomically)."""
-        _write_csv(self.out_dir / "manifest.csv", MANIFEST_COLUMNS, self.manifest_rows())
-        _write_csv(self.out_dir / "quarantine.csv", QUARANTINE_COLUMNS, self.quarantine_rows())
-        _write_atomic(self.out_dir / "state.json", json.dumps(self.state) + "\n")
+        write_csv(self.out_dir / "manifest.csv", MANIFEST_COLUMNS, self.manifest_rows(),
+                  extrasaction="ignore")
+        write_csv(self.out_dir / "quarantine.csv", QUARANTINE_COLUMNS, self.quarantine_rows(),
+                  extrasaction="ignore")
+        write_text(self.out_dir / "state.json", json.dumps(self.state) + "\n")
         self.last_flush = time.monotonic()
 
     def manifest_rows(self) -> list[dict[str, Any]]:
@@ -436,16 +439,4 @@ def remove_orphans(out_dir: Path, rows: list[dict[str, Any]]) -> int:
     return removed
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -16,14 +16,13 @@ Two tables are validated, so every check appears uniformly in one list:
 from __future__ import annotations
 
 import html
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from clipsep.config import ValidateConfig
 from clipsep.errors import BadInputError, ValidationFailed
+from clipsep.fileio import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +55,9 @@ def validate_clips(clips_dir: Path, out_dir: Path, cfg: ValidateConfig) -> dict[
               "evaluated_expectations": len(checks), "failed_expectations": len(failed),
               "expectations": checks}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "result.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_atomic(out_dir / "report.md", render_markdown(result))
-    write_atomic(out_dir / "report.html", render_html(result))
+    write_json(out_dir / "result.json", result, default=str)
+    write_text(out_dir / "report.md", render_markdown(result))
+    write_text(out_dir / "report.html", render_html(result))
     log.info("validation: %d/%d expectations passed; report: %s",
              len(checks) - len(failed), len(checks), out_dir / "report.html")
     if failed:
@@ -329,9 +328,3 @@ def render_html(result: dict[str, Any]) -> str:
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file + os.replace, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

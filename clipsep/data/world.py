@@ -33,6 +33,7 @@ from clipsep.config import WorldConfig
 from clipsep.data import world_sound as ws
 from clipsep.data.world_pictures import Scene
 from clipsep.errors import BadInputError
+from clipsep.fileio import atomic_path, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +319,8 @@ def render_captions(cfg: WorldConfig, class_index: int, captions_dir: Path) -> l
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(image).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp)
 
 
 # --- the whole world -------------------------------------------------------------------------
@@ -351,22 +351,9 @@ def _prepare(out_dir: Path, digest: str) -> None:
     for split in SPLITS:
         (out_dir / "videos" / split).mkdir(parents=True, exist_ok=True)
     (out_dir / "captions" / "images").mkdir(parents=True, exist_ok=True)
-    _write_text(marker, json.dumps({"config_hash": digest}))
+    write_text(marker, json.dumps({"config_hash": digest}))
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _run_task(task: tuple) -> Any:
@@ -422,12 +409,12 @@ def render_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Any]:
     )
     results = _run_all(tasks, cfg.workers)
     captions = [row for rows in results[: len(cfg.classes)] for row in rows]
-    _write_csv(
+    write_csv(
         out_dir / "captions" / "captions.csv", ("image", "caption", "label", "split"), captions
     )
-    _write_csv(out_dir / "ground_truth.csv", GROUND_TRUTH_COLUMNS, [_truth_row(s) for s in specs])
+    write_csv(out_dir / "ground_truth.csv", GROUND_TRUTH_COLUMNS, [_truth_row(s) for s in specs])
     summary = _summary(specs, len(captions), out_dir, time.time() - start)
-    _write_text(out_dir / STAMP, json.dumps({"config_hash": digest, "summary": summary}, indent=2))
+    write_text(out_dir / STAMP, json.dumps({"config_hash": digest, "summary": summary}, indent=2))
     (out_dir / ".rendering.json").unlink(missing_ok=True)
     return {**summary, "skipped": False}
 
@@ -516,10 +503,9 @@ def plot_world_overview(world_dir: str | Path, out_png: str | Path, n_classes: i
         ax.set_title(f"{what}: {row['labels']}{extra}", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 

@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 from clipsep.config import Params
 from clipsep.errors import BadInputError
 from clipsep.evaluation import metrics as M
+from clipsep.fileio import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,8 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
         example = example or waves
     metrics = aggregate(rows, p.eval.metrics_backend)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", metrics)
-    write_rows(out_dir / "per_item.csv", rows)
+    write_metrics(out_dir / "metrics.json", metrics)
+    write_csv(out_dir / "per_item.csv", list(rows[0]), rows)
     plots.plot_sdr_distribution(rows, METHODS, out_dir / "sdr_by_method.png")
     plots.plot_per_class(metrics["per_class"], out_dir / "sdr_per_class.png")
     plots.plot_example(example, separator.audio_cfg, out_dir / "example.png")
@@ -307,21 +307,9 @@ def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
     return metrics
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (tmp + os.replace)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Atomic CSV write of the per-mixture scores."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def write_metrics(path: Path, data: Any) -> None:
+    """metrics.json: strict JSON (a NaN would break DVC and MLflow readers; null marks none)."""
+    write_json(path, data, allow_nan=False)
 
 
 def compare_metrics(paths: list[str | Path], names: list[str],
@@ -345,7 +333,7 @@ def compare_metrics(paths: list[str | Path], names: list[str],
         raise BadInputError("the metrics files use different BSS-Eval backends; never compare them")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "comparison.json", table)
+    write_metrics(out_dir / "comparison.json", table)
     plots.plot_comparison(table, METHODS, out_dir / "comparison.png")
     return table
 

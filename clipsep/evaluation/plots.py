@@ -6,11 +6,11 @@ Every figure is written atomically (tmp file + os.replace) so a crashed run leav
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from clipsep.fileio import atomic_path
 
 METHOD_TITLES = {"text": "text query", "image": "image query", "oracle_ibm": "oracle IBM",
                  "oracle_irm": "oracle IRM", "mixture": "mixture"}
@@ -26,10 +26,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import clipsep
 from clipsep.config import AudioConfig, ModelConfig
 from clipsep.errors import BadInputError, MissingWeightsError
 from clipsep.model.network import CLIPSepNet, NetConfig
+from clipsep.fileio import torch_save
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 CHECKPOINT_FORMAT = "clipsep-separator"
@@ -79,15 +79,7 @@ def save_checkpoint(path: str | Path, model: CLIPSepNet, *, model_cfg: ModelConf
         "extra": _plain_data(extra or {}, "extra"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return torch_save(payload, path)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"

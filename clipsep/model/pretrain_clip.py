@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from clipsep.config import ClipConfig
 from clipsep.env import resolve_device
 from clipsep.errors import BadInputError
 from clipsep.model.query import QueryEncoder, bundled_config, register_bundled_configs
+from clipsep.fileio import atomic_path, torch_save, write_json
 
 log = logging.getLogger(__name__)
 
@@ -170,21 +169,6 @@ def zero_shot(encoder: QueryEncoder, data: CaptionSet, classes: list[str]) -> di
     return {"accuracy": correct / len(truth), "n": len(truth), "per_class": per_class}
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the file into place, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
 def _plot_losses(losses: list[float], steps_per_epoch: int, path: Path) -> None:
     """Per-step ClipLoss (thin) and its per-epoch mean (thick) against the epoch."""
     import matplotlib
@@ -202,7 +186,8 @@ def _plot_losses(losses: list[float], steps_per_epoch: int, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -237,9 +222,8 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "clip.pt"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic(checkpoint, lambda tmp: torch.save({"state_dict": state,
-                                                "epoch": cfg.pretrain_epochs}, tmp))
-    _write_json(out_dir / "model_config.json", open_clip.get_model_config(cfg.architecture))
+    torch_save({"state_dict": state, "epoch": cfg.pretrain_epochs}, checkpoint)
+    write_json(out_dir / "model_config.json", open_clip.get_model_config(cfg.architecture))
     steps_per_epoch = max(1, len(losses) // max(1, cfg.pretrain_epochs))
     _plot_losses(losses, steps_per_epoch, out_dir / "loss.png")
 
@@ -255,7 +239,7 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
               "epochs": cfg.pretrain_epochs, "steps": len(losses),
               "final_loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch,
               "train_seconds": round(train_seconds, 1), "device": device}
-    _write_json(out_dir / "zero_shot.json", report)
+    write_json(out_dir / "zero_shot.json", report)
     log.info("tiny CLIP zero-shot accuracy on %d held-out pictures: %.1f%% (chance %.1f%%)",
              test["n"], 100 * test["accuracy"], 100 * report["chance"])
     return {"checkpoint": str(checkpoint), "zero_shot_accuracy": test["accuracy"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from clipsep.data.mixing import MANIFEST, ClipRecord
 from clipsep.errors import BadInputError
+from clipsep.fileio import torch_save
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,7 @@ def load_or_build(encoder, records: Sequence[ClipRecord], clips_dir: Path,
             log.info("frame embeddings from cache %s", path)
             return cached
     embeddings = compute_embeddings(encoder, records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(embeddings, tmp)
-    os.replace(tmp, path)
+    torch_save(embeddings, path)
     log.info("cached %d clips' frame embeddings in %s", len(embeddings), path)
     return embeddings
 

@@ -41,6 +41,7 @@ from clipsep.env import resolve_device
 from clipsep.errors import BadInputError
 from clipsep.training import embeddings as frame_cache
 from clipsep.training.schedule import lr_multiplier
+from clipsep.fileio import torch_save
 
 log = logging.getLogger(__name__)
 
@@ -236,12 +237,7 @@ def save_state(path: Path, model, optimizer, scheduler, scaler, state: RunState,
                 "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()),
                           *numpy_state[2:]]},
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    torch_save(payload, path)
 
 
 def load_state(path: Path, model, optimizer, scheduler, scaler, key: str) -> RunState | None:

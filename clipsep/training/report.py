@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 
 from clipsep import audio
 from clipsep.audio_io import write_wav
+from clipsep.fileio import write_bytes
 
 HISTORY_FIELDS = ["step", "lr", "loss", "separation", "noise_activation", "grad_norm",
                   "val_loss_image", "val_loss_text", "val_sdr"]
@@ -36,7 +36,7 @@ def write_reports(trainer, data, state, out_dir: Path, *, session_steps: int,
     plot_curves(state.history, out_dir / "curves.png")
     examples = write_examples(trainer, data, out_dir / "best.pt", out_dir / "examples")
     summary = _summary(trainer, data, state, session_steps, session_seconds, examples)
-    _atomic_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
 
 
@@ -47,7 +47,7 @@ def write_history(history: list[dict], path: Path) -> None:
     writer.writeheader()
     for record in history:
         writer.writerow({k: ("" if record.get(k) is None else record.get(k)) for k in HISTORY_FIELDS})
-    _atomic_bytes(path, buffer.getvalue().encode())
+    write_bytes(path, buffer.getvalue().encode())
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -77,7 +77,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    _atomic_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 @torch.no_grad()
@@ -132,7 +132,7 @@ def plot_spectrograms(waves: dict[str, torch.Tensor], params, path: Path, title:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    _atomic_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def _summary(trainer, data, state, session_steps: int, session_seconds: float,
@@ -159,13 +159,3 @@ def _summary(trainer, data, state, session_steps: int, session_seconds: float,
         "nit": trainer.params.model.nit,
         "examples": examples,
     }
-
-
-def _atomic_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -1,0 +1,66 @@
+"""Atomic file writes: a reader (or a later run) never sees half a file under its final name.
+
+Every stage writes its outputs through these, so a killed process leaves either the old file or
+the new one, plus at most a hidden ``.<name>.tmp-<pid><suffix>`` that nothing reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` on success, is removed on error.
+
+    The temporary name keeps the suffix, so writers that infer the format from it (matplotlib,
+    PIL, soundfile) work unchanged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, payload: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any, **dump_options: Any) -> Path:
+    """JSON with 2-space indent and a final newline (``dump_options`` go to ``json.dumps``)."""
+    return write_text(path, json.dumps(data, indent=2, **dump_options) + "\n")
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]],
+              extrasaction: str = "raise") -> Path:
+    """A header row of ``columns``, then one line per dict."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction=extrasaction)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def torch_save(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
