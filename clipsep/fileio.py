@@ -7,6 +7,7 @@ the new one, plus at most a hidden ``.<name>.tmp-<pid><suffix>`` that nothing re
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -64,3 +65,9 @@ def torch_save(obj: Any, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in blocks (constant memory for any size)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()

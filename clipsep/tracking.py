@@ -33,6 +33,7 @@ import yaml
 
 from clipsep.config import Params, RegistryConfig
 from clipsep.errors import BadInputError, ClipsepError, MissingWeightsError
+from clipsep.fileio import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +121,6 @@ def git_commit(root: Path) -> tuple[str, bool]:
     return (commit or "unknown"), dirty
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dvc_lock_entry(root: Path, out_path: Path) -> str | None:
     """The md5 that dvc.lock records for the stage output at ``out_path`` (None if absent)."""
     lock = root / "dvc.lock"
@@ -147,7 +140,7 @@ def data_version(p: Params) -> dict[str, str]:
     manifest = p.path("clips") / "manifest.csv"
     if not manifest.is_file():
         raise BadInputError(f"no clip manifest at {manifest}: run `clipsep ingest` first")
-    version = {"data_version": file_md5(manifest)}
+    version = {"data_version": file_digest(manifest, "md5")}
     lock_md5 = dvc_lock_entry(project_root(p), p.path("clips"))
     version["dvc_lock_clips_md5"] = lock_md5 or "absent"
     return version

@@ -14,7 +14,6 @@ with a reason; they never crash the stage and never become zero-filled examples.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import numpy as np
 
 from clipsep.config import IngestConfig
 from clipsep.errors import BadInputError
-from clipsep.fileio import write_csv, write_json, write_text
+from clipsep.fileio import file_digest, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +114,9 @@ def find_videos(source: Path, exclude: Path | None = None) -> list[Path]:
     return found
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of the file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def hash_files(paths: list[Path], source: Path, pool) -> list[SourceFile]:
     """Hash every file (in the worker pool when there is one)."""
-    hashes = pool.map(file_sha256, paths, chunksize=8) if pool else map(file_sha256, paths)
+    hashes = pool.map(file_digest, paths, chunksize=8) if pool else map(file_digest, paths)
     return [SourceFile(p.relative_to(source).as_posix(), p, h) for p, h in zip(paths, hashes)]
 
 

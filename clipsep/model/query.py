@@ -31,6 +31,7 @@ import torch
 from clipsep.config import ClipConfig
 from clipsep.env import resolve_device
 from clipsep.errors import BadInputError, MissingWeightsError
+from clipsep.fileio import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +170,6 @@ def _tag_create_kwargs(architecture: str, tag: str) -> dict[str, Any]:
         if key in cfg:
             kwargs[arg] = cfg[key]
     return kwargs
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sha256_state_dict(model: torch.nn.Module) -> str:
@@ -319,7 +312,7 @@ class QueryEncoder:
         """
         if self._fingerprint is None:
             if self.weights.kind == "file":
-                weights = "file:" + _sha256_file(Path(self.weights.value))
+                weights = "file:" + file_digest(self.weights.value)
             elif self.weights.kind == "tag":
                 weights = "tag:" + str(self.weights.value)
             else:  # random init or a local-dir folder: hash what was actually loaded
