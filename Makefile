@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 include scripts/env.mk
 
-.PHONY: setup quickstart test bench-ingest clean-data flow platform platform-stop mlflow-ui
+.PHONY: setup quickstart test app bench flow platform platform-stop mlflow-ui
 
 setup:
 	@bash scripts/setup.sh
@@ -16,8 +16,16 @@ quickstart: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
-bench-ingest: setup
+# The demo on http://127.0.0.1:7860, serving models:/clipsep@champion (params.yaml `serve`).
+app: setup
+	$(VENV)/bin/python -m app
+
+# Speed and memory benchmarks: each prints ratios against a baseline measured in the same run.
+bench: setup
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/train.py
+	$(VENV)/bin/python bench/separate.py
+	$(VENV)/bin/python bench/app_load.py
 
 # The platform (docs/platform.md): one flow run, the scheduled deployment, the MLflow UI.
 flow: setup
