@@ -41,7 +41,7 @@ from clipsep.errors import BadInputError
 
 # Mirrors params.yaml's ``separate`` section for Python users who pass no settings
 # (tests/test_inference.py checks the two agree).
-DEFAULT_SETTINGS = SeparateConfig(model="models/clipsep/best.pt", overlap=0.25,
+DEFAULT_SETTINGS = SeparateConfig(model="models:/clipsep@champion", overlap=0.25,
                                   channel_masks="shared", precision="fp32", device="auto")
 CHANNEL_MASKS = ("shared", "independent")
 PRECISIONS = ("fp32", "bf16")
