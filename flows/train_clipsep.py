@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ FLOW_NAME = "train-clipsep"
 # retries per stage: I/O-bound stages may hit a transient failure; compute and gates may not.
 STAGE_RETRIES = {"world": 1, "ingest": 2, "validate": 0, "pretrain-clip": 0, "train": 0,
                  "evaluate": 0, "register": 2}
-METRIC_ROWS = ("text", "image", "oracle_ibm", "oracle_irm", "mixture")
+METRIC_ROWS = ("text", "image", "constant_mask", "oracle_ibm", "oracle_irm", "mixture")
 METRIC_COLUMNS = ("sdr", "sir", "sar", "si_sdr", "sdri")
 
 
@@ -115,6 +116,8 @@ def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
                   overrides: list[str] | None = None, source: str | None = None) -> dict[str, Any]:
     """Run the pipeline on the embedded world (``source=None``) or a video folder; register."""
     logger = get_run_logger()
+    if logging.getLogger("clipsep").level == logging.NOTSET:  # Prefect attaches handlers, not a level
+        logging.getLogger("clipsep").setLevel(logging.INFO)
     p = flow_params(params_file, profile, overrides or [], source)
     plan = planned_stages(p)
     logger.info("params %s (profile %s), stages: %s", p.source_file, profile, " -> ".join(plan))

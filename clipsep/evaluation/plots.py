@@ -13,7 +13,8 @@ import numpy as np
 from clipsep.fileio import atomic_path
 
 METHOD_TITLES = {"text": "text query", "image": "image query", "oracle_ibm": "oracle IBM",
-                 "oracle_irm": "oracle IRM", "mixture": "mixture"}
+                 "oracle_irm": "oracle IRM", "mixture": "mixture",
+                 "constant_mask": "0.5 x mixture"}
 
 
 def _pyplot():
