@@ -477,9 +477,12 @@ def _download_model(name: str, version: str, uri: str, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
-                                                    dst_path=str(staging), tracking_uri=uri,
-                                                    registry_uri=uri)
+        # ask this registry where the version's files are: a "models:/" URI would be resolved
+        # against MLflow's global registry URI (./mlflow.db by default), not this store
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        source = client.get_model_version_download_uri(name, version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
+                                                    tracking_uri=uri)
         os.replace(local, final)
     except OSError:
         if not (final / "MLmodel").is_file():  # another process won the race: use theirs

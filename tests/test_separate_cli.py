@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +128,17 @@ def test_default_model_is_the_registry_champion_of_the_params(tmp_path, monkeypa
     assert tracking.register(params)["alias"] == "champion"
     mix = tmp_path / "mix.wav"
     sf.write(mix, tones(22050, 2.0, channels=2).T, 22050)
-    monkeypatch.chdir(tmp_path)  # not the project folder: the registry comes from --params
-    code = main(["separate", str(mix), "--query", "cello", "--out", str(tmp_path / "out"),
-                 "--params", str(REPO / "params.yaml"), "--profile", "tiny",
-                 "--set", f"paths.root={tmp_path}", "--set", "separate.device=cpu"])
-    assert code == 0
+    # a fresh process (no MLflow globals left by `register`), run outside the project folder:
+    # the registry must come from --params, and nothing may appear in the working folder
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "clipsep", "separate", str(mix), "--query", "cello",
+         "--out", str(tmp_path / "out"), "--params", str(REPO / "params.yaml"), "--profile",
+         "tiny", "--set", f"paths.root={tmp_path}", "--set", "separate.device=cpu"],
+        cwd=work, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(work.iterdir()) == []
     target, rate = sf.read(tmp_path / "out" / "mix" / "target.wav")
     assert rate == 22050 and target.shape == (44100, 2)
