@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from flows.train_clipsep import train_clipsep
+from flows.train_clipsep import add_flow_options, train_clipsep
 
 DEFAULT_CRON = "0 3 * * 1"  # weekly: Monday 03:00
 DEFAULT_NAME = "weekly"
@@ -33,12 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default=os.environ.get("CLIPSEP_DEPLOYMENT", DEFAULT_NAME))
     parser.add_argument("--cron", default=os.environ.get("CLIPSEP_CRON", DEFAULT_CRON))
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--source", default=None,
-                        help="a folder of videos (default: the embedded world)")
+    add_flow_options(parser)
     args = parser.parse_args(argv)
     print(f"serving deployment '{train_clipsep.name}/{args.name}' (cron '{args.cron}') "
           f"on {os.environ.get('PREFECT_API_URL', 'an ephemeral Prefect server')}", flush=True)

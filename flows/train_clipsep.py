@@ -150,14 +150,19 @@ def where_to_look(registered: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="run the train-clipsep flow once")
+def add_flow_options(parser: argparse.ArgumentParser) -> None:
+    """The flow's parameters as options (one run here; a deployment's defaults in flows.serve)."""
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE")
     parser.add_argument("--source", default=None,
                         help="a folder of videos (default: the embedded world)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run the train-clipsep flow once")
+    add_flow_options(parser)
     args = parser.parse_args(argv)
     try:
         registered = train_clipsep(params_file=str(Path(args.params).resolve()),
