@@ -10,7 +10,6 @@ Audio arrays are float32 numpy ``[C, L]`` (channels first) at the file's own rat
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 import logging
@@ -25,6 +24,7 @@ import numpy as np
 from clipsep import audio_io
 from clipsep.config import Params, ServeConfig
 from clipsep.errors import BadInputError
+from clipsep.data.world import read_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +306,8 @@ def build_examples(params: Params, cache_dir: Path, count: int = 3) -> list[Exam
     table = world / "ground_truth.csv"
     if not table.is_file():
         return []
-    with table.open(newline="") as handle:
-        solos = [row for row in csv.DictReader(handle)
-                 if row["split"] == "test" and row["labels"] and ";" not in row["labels"]]
+    solos = [row for row in read_ground_truth(world)
+             if row["split"] == "test" and row["labels"] and ";" not in row["labels"]]
     pairs = [(a, b) for a, b in itertools.combinations(solos, 2) if a["labels"] != b["labels"]]
     chosen, seen = [], set()
     for first, second in pairs:  # each example queries a different instrument

@@ -107,10 +107,10 @@ def test_manifest_protocol_reads_labels_from_ground_truth(tmp_path):
     clips.mkdir(parents=True)
     world.mkdir(parents=True)
     (clips / "manifest.csv").write_text(
-        "clip_id,source,split,audio_path,frames_dir,label\n"
-        "c1,test/w00001.mp4,test,audio/c1.wav,frames/c1,\n"
-        "c2,interference/w00002.mp4,interference,audio/c2.wav,frames/c2,\n"
-        "c3,train/w00003.mp4,train,audio/c3.wav,frames/c3,\n")
+        "clip_id,source,split,audio_path,frames_dir,n_frames,label\n"
+        "c1,test/w00001.mp4,test,audio/c1.wav,frames/c1,6,\n"
+        "c2,interference/w00002.mp4,interference,audio/c2.wav,frames/c2,6,\n"
+        "c3,train/w00003.mp4,train,audio/c3.wav,frames/c3,6,\n")
     (world / "ground_truth.csv").write_text(
         "video_id,video,split,labels,offscreen\n"
         "w00001,test/w00001.mp4,test,cello,\n"

@@ -40,6 +40,7 @@ class ClipRecord:
     frames_dir: Path
     n_frames: int
     label: str | None
+    source: str = ""  # the video path relative to the ingested folder
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def read_manifest(clips_dir: Path) -> list[ClipRecord]:
         return [ClipRecord(clip_id=r["clip_id"], split=r["split"],
                            audio_path=Path(clips_dir) / r["audio_path"],
                            frames_dir=Path(clips_dir) / r["frames_dir"],
-                           n_frames=int(r["n_frames"]), label=(r.get("label") or "").strip() or None)
+                           n_frames=int(r["n_frames"]), label=(r.get("label") or "").strip() or None,
+                           source=r["source"])
                 for r in rows]
     except (KeyError, ValueError) as err:
         raise BadInputError(f"{path}: malformed manifest row ({err})") from err

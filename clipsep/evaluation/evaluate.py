@@ -32,6 +32,8 @@ from clipsep.config import Params
 from clipsep.errors import BadInputError
 from clipsep.evaluation import metrics as M
 from clipsep.fileio import write_csv, write_json
+from clipsep.data.mixing import read_manifest
+from clipsep.data.world import read_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +112,14 @@ def manifest_clips(p: Params) -> tuple[list[ProtocolClip], list[ProtocolClip]]:
         if not needed.is_file():
             raise BadInputError(f"{needed} not found: run the world and ingest stages first "
                                 f"(or set eval.targets_csv / eval.interference_csv)")
-    with truth.open(newline="") as handle:
-        # Everything audible: on-screen labels plus the off-screen class, if any.
-        labels = {row["video"]: ";".join(filter(None, (row["labels"], row.get("offscreen"))))
-                  for row in csv.DictReader(handle)}
-    with manifest.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    # Everything audible: on-screen labels plus the off-screen class, if any.
+    labels = {row["video"]: ";".join(filter(None, (row["labels"], row.get("offscreen"))))
+              for row in read_ground_truth(world_dir)}
     chosen: dict[str, list[ProtocolClip]] = {"test": [], "interference": []}
-    for row in rows:
-        if row["split"] in chosen:
-            label = labels.get(row["source"]) or row.get("label") or None
-            chosen[row["split"]].append(ProtocolClip(clips_dir / row["audio_path"],
-                                                     clips_dir / row["frames_dir"], label))
+    for record in read_manifest(clips_dir):
+        if record.split in chosen:
+            label = labels.get(record.source) or record.label
+            chosen[record.split].append(ProtocolClip(record.audio_path, record.frames_dir, label))
     return chosen["test"], chosen["interference"]
 
 
