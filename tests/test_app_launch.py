@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,17 +14,12 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import tiny_params_at
+from servers import free_port
 from test_app_handlers import tone, write_mini_world, write_tiny_model
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
