@@ -1,11 +1,16 @@
-"""Seconds per training step (batch 8, 256 STFT frames) per preset, fp32 vs bf16 + channels_last.
+"""Seconds per training step (batch 8, 256 STFT frames): the eager fp32 baseline and each faster path.
 
 Runs the real training step (:class:`clipsep.training.loop.Trainer`: STFT + warp + masks, forward,
 NIT loss, backward, clipping, Adam, LR schedule) on random audio and queries, so no data or CLIP is
-needed. Prints a table and the speed-up of each variant over fp32 measured in the same run.
+needed. Variants are timed interleaved (round-robin), so load on the machine hits them alike, and
+each ratio is against the eager fp32 run of the same preset *in the same run*. Prints the CPU,
+its ISA and what ``precision: auto`` resolves to here.
 
-    .venv/bin/python bench/train.py                       # paper + small presets, 3 timed steps
-    .venv/bin/python bench/train.py --presets small --steps 5 --threads 2
+    .venv/bin/python bench/train.py                          # small + cpu presets, 4 rounds
+    .venv/bin/python bench/train.py --presets paper --variants fp32 bf16+channels_last
+    .venv/bin/python bench/train.py --variants fp32 compile   # torch.compile (slow first step)
+
+bf16 variants are skipped where the CPU has no native bf16 (emulated: 20x slower; --force-bf16).
 """
 
 from __future__ import annotations
@@ -19,64 +24,108 @@ import torch
 
 from clipsep.config import load_params
 from clipsep.data.mixing import MixBatch
-from clipsep.training.loop import Dist, build_trainer
+from clipsep.precision import cpu_model_name, native_bf16, resolve_precision
+from clipsep.training.loop import Dist, Trainer, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name -> (train.precision, train.channels_last)
-    "fp32": ("fp32", False),
-    "channels_last": ("fp32", True),
-    "bf16": ("bf16", False),
-    "bf16+channels_last": ("bf16", True),
+VARIANTS = {  # name -> (train.precision, train.channels_last, torch.compile)
+    "fp32": ("fp32", False, False),
+    "channels_last": ("fp32", True, False),
+    "compile": ("fp32", False, True),
+    "bf16": ("bf16", False, False),
+    "bf16+channels_last": ("bf16", True, False),
+    "fp16": ("fp16", False, False),
 }
+QUERY_DIM = 512  # CLIP ViT-B/32, the paper's encoder
 
 
-def time_variant(preset: str, variant: str, batch_size: int, steps: int, device: str) -> float:
-    """Median seconds per training step after one warm-up step."""
-    precision, channels_last = VARIANTS[variant]
+def make_trainer(preset: str, variant: str, batch_size: int, device: str) -> Trainer:
+    precision, channels_last, compiled = VARIANTS[variant]
     params = load_params(REPO / "params.yaml", overrides={
         "model.preset": preset, "train.precision": precision, "train.channels_last": channels_last,
-        "train.batch_size": batch_size})
-    query_dim = 512  # CLIP ViT-B/32, the paper's encoder
-    trainer = build_trainer(params, query_dim, device, Dist())
+        "train.batch_size": batch_size, "train.device": device})
+    trainer = build_trainer(params, QUERY_DIM, device, Dist())
+    if compiled:
+        trainer.model = torch.compile(trainer.model)
+    return trainer
+
+
+def random_batch(trainer: Trainer) -> MixBatch:
     generator = torch.Generator().manual_seed(0)
-    shape = (batch_size, params.train.n_mix, params.audio.segment_samples)
-    batch = MixBatch(sources=0.1 * torch.randn(shape, generator=generator),
-                     queries=torch.randn(batch_size, params.train.n_mix, query_dim,
-                                         generator=generator), clip_ids=[])
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        trainer.step(batch)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    p = trainer.params
+    shape = (p.train.batch_size, p.train.n_mix, p.audio.segment_samples)
+    return MixBatch(sources=0.1 * torch.randn(shape, generator=generator),
+                    queries=torch.randn(p.train.batch_size, p.train.n_mix, QUERY_DIM,
+                                        generator=generator), clip_ids=[])
+
+
+def timed_step(trainer: Trainer, batch: MixBatch) -> float:
+    start = time.perf_counter()
+    trainer.step(batch)
+    if trainer.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_preset(preset: str, variants: list[str], args) -> dict[str, tuple[float, float]]:
+    """{variant: (median s/step, first-step s)} with the variants' steps interleaved."""
+    trainers, first = {}, {}
+    for variant in variants:
+        trainers[variant] = make_trainer(preset, variant, args.batch_size, args.device)
+        first[variant] = timed_step(trainers[variant], random_batch(trainers[variant]))
+    batches = {v: random_batch(t) for v, t in trainers.items()}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            times[variant].append(timed_step(trainers[variant], batches[variant]))
+    return {v: (statistics.median(times[v]), first[v]) for v in variants}
+
+
+def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
+    native, why = native_bf16()
+    keep = []
+    for variant in variants:
+        precision = VARIANTS[variant][0]
+        if precision == "fp16" and not device.startswith("cuda"):
+            print(f"skipping {variant}: needs CUDA")
+        elif precision == "bf16" and device == "cpu" and not native and not force_bf16:
+            print(f"skipping {variant}: {why} (emulated bf16 is 20x slower; --force-bf16)")
+        else:
+            keep.append(variant)
+    return keep
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["paper", "small"])
-    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16+channels_last"],
-                        choices=list(VARIANTS))
+    parser.add_argument("--presets", nargs="+", default=["small", "cpu"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["fp32", "channels_last", "bf16+channels_last"])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    parser.add_argument("--rounds", type=int, default=4, help="timed steps per variant")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--force-bf16", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, "
-          f"batch {args.batch_size}, 256 frames, median of {args.steps} steps")
-    header = f"| preset | {' | '.join(f'{v} s/step' for v in args.variants)} | speed-up vs fp32 |"
-    print(header)
-    print("|" + "---|" * (len(args.variants) + 2))
+    device_name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+                   else cpu_model_name())
+    auto = resolve_precision("auto", args.device)
+    print(f"{device_name}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
+          f"{torch.__version__}; {args.threads} threads; precision auto -> {auto.mode} "
+          f"({auto.reason})")
+    print(f"batch {args.batch_size}, 256 frames, median of {args.rounds} interleaved steps; "
+          "ratios against eager fp32 of the same preset")
+    variants = usable(args.variants, args.device, args.force_bf16)
+    baseline = None
+    print(f"| preset | variant | s/step | first step s | vs {args.presets[0]} fp32 | vs own fp32 |")
+    print("|---|---|---|---|---|---|")
     for preset in args.presets:
-        seconds = {v: time_variant(preset, v, args.batch_size, args.steps, args.device)
-                   for v in args.variants}
-        base = seconds.get("fp32")
-        ratios = ", ".join(f"{v} {base / s:.2f}x" for v, s in seconds.items()
-                           if base and v != "fp32")
-        cells = " | ".join(f"{seconds[v]:.3f}" for v in args.variants)
-        print(f"| {preset} | {cells} | {ratios or 'n/a'} |", flush=True)
+        results = bench_preset(preset, ["fp32", *[v for v in variants if v != "fp32"]], args)
+        own = results["fp32"][0]
+        baseline = baseline or own
+        for variant, (seconds, first) in results.items():
+            print(f"| {preset} | {variant} | {seconds:.3f} | {first:.1f} | "
+                  f"{baseline / seconds:.2f}x | {own / seconds:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ from typing import Any
 import yaml
 
 
+# auto: the fastest precision on this machine that is exact enough (clipsep.precision)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 class ConfigError(ValueError):
     """A params file that cannot be turned into :class:`Params`; the message names file/section/key."""
 
@@ -105,6 +109,7 @@ class ClipConfig:
     pretrain_weight_decay: float
     pretrain_seed: int
     pretrain_crop_scale: tuple[float, float]  # area range of the random resized crop
+    precision: str  # of pretraining: one of PRECISIONS (auto: bf16 only where measured faster)
     device: str
 
 
@@ -141,14 +146,17 @@ class TrainConfig:
     grad_clip: float
     n_mix: int
     gain_range: tuple[float, float]
+    pair_candidates: int  # partner = least CLIP-similar of this many random clips (1 = uniform)
+    absent_candidates: int  # absent-sound query per example: least similar of this many (0 = off)
+    absent_weight: float  # weight of the absent-query loss (target: silence)
     query_frames: int
     nit_lambda: float
     nit_gamma: float
     validate_every: int
     checkpoint_every: int
     val_mixtures: int
-    precision: str  # auto | fp32 | bf16 (CPU autocast) | fp16 (CUDA AMP)
-    channels_last: bool
+    precision: str  # one of PRECISIONS: bf16 CPU autocast, fp16 CUDA AMP; auto picks by speed
+    channels_last: bool | None  # None = auto: with bf16/fp16 only (a loss in fp32 on AVX2)
     num_workers: int
     device: str
     examples: int  # audio + spectrogram examples written per validation
@@ -164,6 +172,7 @@ class EvalConfig:
     mixtures_per_target: int
     soft_masks: bool
     metrics_backend: str  # BSS-Eval v4
+    precision: str  # of the network pass: one of PRECISIONS
     device: str
 
 
@@ -174,7 +183,7 @@ class SeparateConfig:
     model: str  # default model reference: a checkpoint path or models:/name@alias
     overlap: float  # share of each model segment overlapping its neighbour (overlap-add)
     channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
-    precision: str  # fp32 | bf16 (autocast for the network pass only)
+    precision: str  # of the network pass only: one of PRECISIONS
     device: str
 
 
@@ -401,8 +410,12 @@ def _check_invariants(p: Params, source: str) -> None:
         fail("train", "n_mix", "noise invariant training (model.nit) needs n_mix == 2")
     if p.train.warmup_steps > p.train.decay_steps:
         fail("train", "warmup_steps", "must be <= decay_steps")
-    if p.train.precision not in ("auto", "fp32", "bf16", "fp16"):
-        fail("train", "precision", "must be one of auto, fp32, bf16, fp16")
+    for section in ("clip", "train", "eval", "separate"):
+        if getattr(p, section).precision not in PRECISIONS:
+            fail(section, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    if p.train.pair_candidates < 1 or p.train.absent_candidates < 0 or p.train.absent_weight < 0:
+        fail("train", "pair_candidates", "pair_candidates >= 1, absent_candidates >= 0 and "
+             "absent_weight >= 0")
     lo, hi = p.train.gain_range
     if not 0 < lo <= hi:
         fail("train", "gain_range", "must be 0 < low <= high")

@@ -38,13 +38,13 @@ import torch
 from clipsep import audio_io
 from clipsep.config import AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
+from clipsep.precision import autocast, resolve_precision
 
 # Mirrors params.yaml's ``separate`` section for Python users who pass no settings
 # (tests/test_inference.py checks the two agree).
 DEFAULT_SETTINGS = SeparateConfig(model="models:/clipsep@champion", overlap=0.25,
-                                  channel_masks="shared", precision="fp32", device="auto")
+                                  channel_masks="shared", precision="auto", device="auto")
 CHANNEL_MASKS = ("shared", "independent")
-PRECISIONS = ("fp32", "bf16")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
@@ -187,9 +187,7 @@ class Separator:
         if settings.channel_masks not in CHANNEL_MASKS:
             raise BadInputError(f"separate.channel_masks must be one of {CHANNEL_MASKS}, got "
                                 f"{settings.channel_masks!r}")
-        if settings.precision not in PRECISIONS:
-            raise BadInputError(f"separate.precision must be one of {PRECISIONS}, got "
-                                f"{settings.precision!r}")
+        self.precision = resolve_precision(settings.precision, device)  # PrecisionChoice
         self.network = network.eval()
         self.encoder = encoder
         self.audio_cfg = audio_cfg
@@ -249,9 +247,7 @@ class Separator:
 
         spec = audio.stft(mono[None], self.audio_cfg)  # [1, F, T]
         warped = audio.warp(spec.abs()[:, None], self.warp_bins)  # [1, 1, W, T]
-        device_type = torch.device(self.device).type
-        with torch.autocast(device_type, dtype=torch.bfloat16,
-                            enabled=self.settings.precision == "bf16"):
+        with autocast(self.precision.mode, self.device):
             logits = self.network(warped, embedding.reshape(1, 1, -1), with_noise=False).mask_logits
         mask = torch.sigmoid(logits.float())
         return audio.unwarp(mask, spec.shape[1])[0, 0].clamp(0.0, 1.0)

@@ -329,9 +329,20 @@ def lineage_tags(p: Params, metrics: dict[str, Any]) -> dict[str, str]:
     """Tags shared by the run and the model version: code, data and evaluation identity."""
     commit, dirty = git_commit(project_root(p))
     return {"git_commit": commit, "git_dirty": str(dirty), **data_version(p),
+            **training_precision(p),
             "eval_protocol": eval_protocol(p, metrics), "text_sdr": f"{text_sdr(metrics):.4f}",
             "data_source": str(p.ingest.source or "embedded world"),
             "params_file": p.source_file}
+
+
+def training_precision(p: Params) -> dict[str, str]:
+    """What ``train.precision`` resolved to on the training machine, and why (summary.json)."""
+    try:
+        summary = json.loads((p.path("checkpoints") / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"train_precision": str(summary.get("precision")),
+            "train_precision_reason": str(summary.get("precision_reason"))}
 
 
 def clip_weights_file(query_ref: dict[str, Any], root: Path) -> Path | None:

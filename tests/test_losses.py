@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from clipsep.errors import BadInputError
-from clipsep.model.losses import clipsep_loss, nit_loss, separation_loss, weighted_bce
+from clipsep.model.losses import (absent_query_loss, clipsep_loss, nit_loss, separation_loss,
+                                  weighted_bce)
 
 torch.set_num_threads(1)
 NIT = {"nit_lambda": 0.1, "nit_gamma": 0.25}
@@ -131,3 +132,16 @@ def test_saturated_masks_give_finite_gradients(batch, extreme):
     nit_loss(wrong, noise, targets, weight, **NIT).total.backward()
     assert torch.isfinite(wrong.grad).all() and torch.isfinite(noise.grad).all()
     assert wrong.grad.abs().sum() > 0  # the plain loss still pushes saturated wrong masks back
+
+
+def test_absent_query_loss_is_the_weighted_bce_towards_silence(batch):
+    mask_logits, _, _, weight = batch
+    expected = weighted_bce(torch.sigmoid(mask_logits), torch.zeros_like(mask_logits),
+                            weight.expand_as(mask_logits)).mean()
+    assert torch.allclose(absent_query_loss(mask_logits, weight), expected, rtol=1e-4)
+    silent = torch.full_like(mask_logits, -30.0)
+    assert float(absent_query_loss(silent, weight)) < 1e-10  # silence is what it asks for
+    assert float(absent_query_loss(mask_logits + 1, weight)) > float(
+        absent_query_loss(mask_logits, weight))  # a louder absent mask costs more
+    with pytest.raises(BadInputError, match="absent logits"):
+        absent_query_loss(mask_logits, weight[:, :, :4])

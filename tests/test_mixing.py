@@ -14,6 +14,7 @@ from PIL import Image
 from clipsep.data.mixing import (ClipRecord, LoadedClip, MixDataset, centre_frame_range, query_embedding,
                                  read_manifest, segment_at, validation_batch)
 from clipsep.errors import BadInputError
+from conftest import tiny_params_at
 
 CLASS_TONES = {"cello": 110.0, "flute": 880.0, "trumpet": 440.0, "xylophone": 1760.0}
 CLASS_COLOURS = {"cello": (150, 60, 20), "flute": (200, 200, 210), "trumpet": (230, 180, 30),
@@ -158,3 +159,45 @@ def test_loader_workers_draw_the_same_batches_as_direct_indexing(tiny_params):
     for step, batch in zip(range(2, 5), loader):
         assert torch.equal(batch.sources, dataset[step].sources)
         assert batch.clip_ids == dataset[step].clip_ids
+
+
+def _two_kinds(n: int, dim: int = 8) -> list[LoadedClip]:
+    """Clips of two kinds whose frame embeddings point one of two ways (kind = index % 2)."""
+    clips = []
+    for c in range(n):
+        direction = torch.zeros(dim)
+        direction[c % 2] = 1.0
+        embeddings = direction.repeat(6, 1) + 0.01 * torch.randn(6, dim)
+        clips.append(LoadedClip(record=_record(f"c{c}"), wave=torch.full((96000,), 0.1),
+                                frame_embeddings=embeddings))
+    return clips
+
+
+def test_partner_is_the_least_similar_candidate(tmp_path):
+    """With 2 candidates, pairs of one kind fall from ~1/2 to ~1/4 (both candidates alike)."""
+    clips = _two_kinds(20)
+
+    def same_kind_share(candidates: int) -> float:
+        params = tiny_params_at(tmp_path, **{"train.pair_candidates": candidates,
+                                             "train.absent_candidates": 0})
+        dataset = MixDataset(clips, params, batch_size=16)
+        pairs = [ids for step in range(20) for ids in dataset[step].clip_ids]
+        return sum(int(a[1:]) % 2 == int(b[1:]) % 2 for a, b in pairs) / len(pairs)
+
+    uniform, chosen = same_kind_share(1), same_kind_share(2)
+    assert 0.35 < uniform < 0.6  # 9 of the 19 others share the first clip's kind
+    assert chosen < 0.35 and chosen < uniform - 0.15
+
+
+def test_absent_query_comes_from_a_clip_unlike_every_source(tmp_path):
+    clips = _two_kinds(20)
+    params = tiny_params_at(tmp_path, **{"train.pair_candidates": 1,
+                                         "train.absent_candidates": 4})
+    batch = MixDataset(clips, params, batch_size=32)[0]
+    assert batch.absent_queries.shape == (32, 1, 8)
+    for ids, absent in zip(batch.clip_ids, batch.absent_queries[:, 0]):
+        kinds = {int(i[1:]) % 2 for i in ids}
+        if len(kinds) == 1:  # the least similar of 4 is of the other kind (or equally far)
+            assert int(absent.argmax()) != kinds.pop()
+    no_absent = tiny_params_at(tmp_path, **{"train.absent_candidates": 0})
+    assert MixDataset(clips, no_absent, batch_size=4)[0].absent_queries is None

@@ -178,3 +178,42 @@ def test_bf16_autocast_and_channels_last_run():
         out = model(mix.contiguous(memory_format=torch.channels_last), queries)
     assert out.mask_logits.shape == (2, 2, 256, 64)
     assert torch.isfinite(out.mask_logits.float()).all()
+
+
+def test_output_stride_2_equals_fusing_upsampled_features():
+    """The CPU preset's head: logits upsampled after the fusion == fusion of upsampled features."""
+    torch.manual_seed(0)
+    cfg = NetConfig(depth=4, base_channels=4, k=8, fusion="late", nit=True, query_dim=QUERY_DIM,
+                    output_stride=2)
+    net = CLIPSepNet(cfg).eval()
+    mix, queries, _, _ = _batch(n_frames=32)
+    with torch.no_grad():
+        out = net(mix, queries)
+        features = net.features(mix)
+        assert features.shape == (2, 8, 128, 16)  # half resolution
+        upsampled = torch.nn.functional.interpolate(features, scale_factor=2, mode="bilinear",
+                                                    align_corners=True)
+        weights = torch.sigmoid(net.fusion.project(queries))
+        direct = net.fusion.combine(weights, upsampled)
+    assert out.mask_logits.shape == (2, 2, 256, 32) and out.noise_logits.shape == (2, 2, 256, 32)
+    assert torch.allclose(out.mask_logits, direct, atol=1e-5)
+
+
+def test_cpu_preset_is_the_small_network_with_a_cheaper_head():
+    small = build_model(ModelConfig("small", True), 512)
+    cpu = build_model(ModelConfig("cpu", True), 512)
+    assert cpu.cfg.output_stride == 2 and small.cfg.output_stride == 1
+    assert sum(p.numel() for p in cpu.parameters()) == sum(p.numel() for p in small.parameters())
+
+
+def test_noise_heads_read_only_the_source_queries():
+    """Extra (absent-sound) queries after the sources change neither the sources' masks nor NIT."""
+    net = _tiny().eval()
+    mix, queries, _, _ = _batch()
+    extra = torch.randn(2, 1, QUERY_DIM)
+    with torch.no_grad():
+        base = net(mix, queries)
+        more = net(mix, torch.cat([queries, extra], dim=1), noise_queries=2)
+    assert more.mask_logits.shape[1] == 3
+    assert torch.allclose(more.mask_logits[:, :2], base.mask_logits, atol=1e-6)
+    assert torch.allclose(more.noise_logits, base.noise_logits, atol=1e-6)

@@ -22,7 +22,7 @@ from clipsep.config import Params
 from clipsep.errors import BadInputError
 from clipsep.model.factory import load_checkpoint
 from clipsep.model.query import QueryEncoder
-from clipsep.training.loop import precision_mode, resume_key, train
+from clipsep.training.loop import resume_key, train
 from clipsep.training.schedule import lr_multiplier
 
 
@@ -67,13 +67,6 @@ def test_lr_schedule_warms_up_decays_and_stays(tiny_params):
     assert lr_multiplier(200000, cfg) == pytest.approx(0.1)
     values = [lr_multiplier(s, cfg) for s in range(5000, 100001, 500)]
     assert all(a >= b for a, b in zip(values, values[1:]))
-
-
-def test_precision_choice_follows_the_device():
-    assert precision_mode("auto", "cpu") == "bf16"
-    assert precision_mode("auto", "cuda:0") == "fp16"
-    with pytest.raises(BadInputError, match="fp16 needs CUDA"):
-        precision_mode("fp16", "cpu")
 
 
 def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):

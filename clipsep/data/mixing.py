@@ -5,6 +5,16 @@ centred on a random query frame c (time (c - 0.5) / fps), scaled by a random gai
 [-1, 1] and divided by N; the mixture is their sum. The query of each source is the mean of the
 precomputed CLIP image embeddings of frames c-1, c, c+1 (``train.query_frames``).
 
+Pairing and absent queries, label-free (they read only the CLIP frame embeddings):
+
+* ``train.pair_candidates``: each partner is the one, of that many random clips, whose mean
+  frame embedding is least similar (cosine) to the sources already drawn; 1 = uniform random
+  pairs (the paper's default). With 2, a violin is far less often asked to be split from a
+  violin (the idea of the official code's ``drop_closest``, without its threshold).
+* ``train.absent_candidates``: each example also gets the query of a clip that is *not* in the
+  mixture, the least similar of that many random clips to every source; its target is silence
+  (``MixBatch.absent_queries``). 0 = none.
+
 Sampling is a pure function of (seed, rank, step): a resumed or re-run training draws the very
 same batches, whatever the number of loader workers.
 """
@@ -57,11 +67,13 @@ class MixBatch:
     """Sources ``[B, N, L]`` (already gained and divided by N), queries ``[B, N, D]``.
 
     ``mixture`` ([B, L]) is the sum over sources; ``clip_ids`` names the sources ([B][N]).
+    ``absent_queries [B, M, D]`` query sounds that are not in the mixture (target: silence).
     """
 
     sources: torch.Tensor
     queries: torch.Tensor
     clip_ids: list[list[str]]
+    absent_queries: torch.Tensor | None = None
 
     @property
     def mixture(self) -> torch.Tensor:
@@ -148,6 +160,10 @@ class MixDataset(torch.utils.data.Dataset):
             raise BadInputError(f"training needs at least {params.train.n_mix} train clips, "
                                 f"found {len(clips)}")
         self.clips, self.params, self.batch_size, self.rank = list(clips), params, batch_size, rank
+        means = torch.stack([c.frame_embeddings.float().mean(dim=0) for c in self.clips])
+        self.clip_embeddings = torch.nn.functional.normalize(means, dim=-1)  # [C, D]
+        # an absent sound needs a clip beyond the mixture's own
+        self.with_absent = params.train.absent_candidates > 0 and len(self.clips) > params.train.n_mix
 
     def __len__(self) -> int:
         return self.params.train.steps
@@ -155,11 +171,32 @@ class MixDataset(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> MixBatch:
         generator = torch.Generator().manual_seed(step_seed(self.params.train.seed, step, self.rank))
         examples = [self._example(generator) for _ in range(self.batch_size)]
-        return _stack(examples)
+        batch = _stack([e[:3] for e in examples])
+        if self.with_absent:
+            batch.absent_queries = torch.stack([e[3] for e in examples])  # [B, 1, D]
+        return batch
 
-    def _example(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def _draw_sources(self, generator: torch.Generator) -> list[int]:
+        """The first clip uniformly, each partner the least similar of ``pair_candidates``."""
+        picks = [int(torch.randint(len(self.clips), (1,), generator=generator))]
+        while len(picks) < self.params.train.n_mix:
+            picks.append(self._least_similar(picks, self.params.train.pair_candidates, generator))
+        return picks
+
+    def _least_similar(self, chosen: list[int], candidates: int,
+                       generator: torch.Generator) -> int:
+        """Of ``candidates`` random clips not in ``chosen``, the one least similar to all chosen."""
+        free = torch.ones(len(self.clips), dtype=torch.bool)
+        free[chosen] = False
+        pool = free.nonzero().squeeze(1)
+        drawn = pool[torch.randperm(len(pool), generator=generator)[:max(candidates, 1)]]
+        similarity = self.clip_embeddings[drawn] @ self.clip_embeddings[chosen].T  # [K, chosen]
+        return int(drawn[similarity.max(dim=1).values.argmin()])
+
+    def _example(self, generator: torch.Generator):
+        """(sources [N, L], queries [N, D], clip ids, absent query [1, D] or None)."""
         n_mix, (low, high) = self.params.train.n_mix, self.params.train.gain_range
-        picks = torch.randperm(len(self.clips), generator=generator)[:n_mix].tolist()
+        picks = self._draw_sources(generator)
         sources, queries = [], []
         for index in picks:
             clip = self.clips[index]
@@ -170,7 +207,16 @@ class MixDataset(torch.utils.data.Dataset):
             sources.append((segment * gain).clamp(-1.0, 1.0) / n_mix)
             queries.append(query_embedding(clip.frame_embeddings, centre,
                                            self.params.train.query_frames))
-        return torch.stack(sources), torch.stack(queries), [self.clips[i].record.clip_id for i in picks]
+        absent = None
+        if self.with_absent:
+            other = self.clips[self._least_similar(picks, self.params.train.absent_candidates,
+                                                   generator)]
+            first, last = self._frame_range(other)
+            centre = int(torch.randint(first, last + 1, (1,), generator=generator))
+            absent = query_embedding(other.frame_embeddings, centre,
+                                     self.params.train.query_frames)[None]
+        return (torch.stack(sources), torch.stack(queries),
+                [self.clips[i].record.clip_id for i in picks], absent)
 
     def _frame_range(self, clip: LoadedClip) -> tuple[int, int]:
         audio = self.params.audio

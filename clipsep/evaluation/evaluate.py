@@ -18,6 +18,7 @@ evaluation is the only code allowed to read it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -264,7 +265,8 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
 
     out_dir = Path(out_dir)
     protocol = load_protocol(p)
-    separator = Separator.from_pretrained(checkpoint, device=p.eval.device)
+    settings = dataclasses.replace(p.separate, precision=p.eval.precision)
+    separator = Separator.from_pretrained(checkpoint, device=p.eval.device, settings=settings)
     scorer = MixtureScorer(p, separator, protocol)
     rows, example = [], None
     for index, t, i in tqdm(mixture_plan(p, protocol), desc="evaluate", unit="mixture"):

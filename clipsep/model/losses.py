@@ -107,6 +107,21 @@ def _check_shapes(mask_logits: torch.Tensor, targets: torch.Tensor, weight: torc
         raise BadInputError(f"weight must be [B, 1, W, T] = {expected}, got {tuple(weight.shape)}")
 
 
+def absent_query_loss(absent_logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted BCE of masks ``[B, M, W, T]`` for queries of sounds *not* in the mixture, towards 0.
+
+    Mix-and-separate alone never shows the model a query for something absent, so nothing teaches
+    it silence; this term does, with the same per-bin weight as the separation loss. Scalar.
+    """
+    if absent_logits.dim() != 4 or tuple(weight.shape) != (absent_logits.shape[0], 1,
+                                                           *absent_logits.shape[2:]):
+        raise BadInputError(f"absent logits {tuple(absent_logits.shape)} must be [B, M, W, T] "
+                            f"with weight [B, 1, W, T], got weight {tuple(weight.shape)}")
+    expanded = weight.expand_as(absent_logits).flatten(0, 1)
+    flat = absent_logits.flatten(0, 1)
+    return weighted_bce_with_logits(flat, torch.zeros_like(flat), expanded).mean()
+
+
 def separation_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor | None,
                     targets: torch.Tensor, weight: torch.Tensor, *, nit_lambda: float,
                     nit_gamma: float) -> LossTerms:

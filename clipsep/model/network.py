@@ -7,6 +7,10 @@ turns each of the N queries into a mask logit map ``[B, N, W, T]``. With noise i
 (``nit=True``) it also returns two noise-head logit maps ``[B, 2, W, T]``, computed from the mean of
 the N pre-sigmoid query projections; they are for training only (inference uses ``mask_logits``).
 Fusion variants are chosen by name through :data:`FUSIONS`.
+
+With ``output_stride=2`` the U-Net's features are ``[B, k, W/2, T/2]`` and the logit maps are
+upsampled x2 (bilinear, align_corners=True) after the fusion. Fusion is linear per pixel, so this
+equals fusing upsampled features, at a quarter of the cost of the outermost conv.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from clipsep.errors import BadInputError
-from clipsep.model.unet import UNet
+from clipsep.model.unet import UPSAMPLE_MODE, UNet
 
 N_NOISE_HEADS = 2
 LOG_EPS = 1e-10  # log(|X| + 1e-10), the paper's input transform
@@ -37,6 +41,7 @@ class NetConfig:
     query_dim: int  # query embedding size (CLIP ViT-B/32: 512)
     warp_bins: int = 256  # log-frequency rows of the input
     max_multiplier: int = 8  # U-Net widths grow as base * 2**level up to base * max_multiplier
+    output_stride: int = 1  # 2: features at half resolution, logits upsampled (CPU presets)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,7 +85,8 @@ class CLIPSepNet(nn.Module):
         if cfg.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {cfg.fusion!r}; known: {sorted(FUSIONS)}")
         self.cfg = cfg
-        self.unet = UNet(cfg.depth, cfg.base_channels, cfg.k, cfg.max_multiplier)
+        self.unet = UNet(cfg.depth, cfg.base_channels, cfg.k, cfg.max_multiplier,
+                         cfg.output_stride)
         self.fusion = FUSIONS[cfg.fusion](cfg.k, cfg.query_dim)
         self.noise_heads = (nn.ModuleList(nn.Linear(cfg.k, cfg.k) for _ in range(N_NOISE_HEADS))
                             if cfg.nit else None)
@@ -92,8 +98,14 @@ class CLIPSepNet(nn.Module):
         return self.unet(torch.log(mix_mag.detach() + LOG_EPS))
 
     def masks_from_features(self, features: torch.Tensor, queries: torch.Tensor,
-                            with_noise: bool = True) -> SeparationOutput:
-        """Apply N queries ``[B, N, D]`` to features ``[B, k, W, T]`` (no U-Net pass)."""
+                            with_noise: bool = True,
+                            noise_queries: int | None = None) -> SeparationOutput:
+        """Apply N queries ``[B, N, D]`` to features ``[B, k, W', T']`` (no U-Net pass).
+
+        Returns logits at the input resolution ``[B, N, W, T]`` (``W = W' * output_stride``).
+        The noise heads read the first ``noise_queries`` queries (default: all): the sources of
+        the mixture, not the extra absent-sound queries of training.
+        """
         if queries.dim() != 3 or queries.shape[0] != features.shape[0] \
                 or queries.shape[-1] != self.cfg.query_dim:
             raise BadInputError(f"queries must be [B={features.shape[0]}, N, "
@@ -102,16 +114,23 @@ class CLIPSepNet(nn.Module):
         mask_logits = self.fusion.combine(torch.sigmoid(projected), features)
         noise_logits = None
         if with_noise and self.noise_heads is not None:
-            mean_projection = projected.mean(dim=1)  # [B, k]
+            mean_projection = projected[:, :noise_queries].mean(dim=1)  # [B, k]
             noise_weights = torch.stack([torch.sigmoid(head(mean_projection))
                                          for head in self.noise_heads], dim=1)  # [B, 2, k]
-            noise_logits = self.fusion.combine(noise_weights, features)
-        return SeparationOutput(mask_logits, noise_logits)
+            noise_logits = self._full_resolution(self.fusion.combine(noise_weights, features))
+        return SeparationOutput(self._full_resolution(mask_logits), noise_logits)
 
-    def forward(self, mix_mag: torch.Tensor, queries: torch.Tensor,
-                with_noise: bool = True) -> SeparationOutput:
+    def _full_resolution(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg.output_stride == 1:
+            return logits
+        return nn.functional.interpolate(logits, scale_factor=self.cfg.output_stride,
+                                         mode=UPSAMPLE_MODE, align_corners=True)
+
+    def forward(self, mix_mag: torch.Tensor, queries: torch.Tensor, with_noise: bool = True,
+                noise_queries: int | None = None) -> SeparationOutput:
         """``mix_mag [B, 1, W, T]`` warped linear magnitude, ``queries [B, N, D]`` -> masks."""
-        return self.masks_from_features(self.features(mix_mag), queries, with_noise)
+        return self.masks_from_features(self.features(mix_mag), queries, with_noise,
+                                        noise_queries)
 
     def _check_input(self, mix_mag: torch.Tensor) -> None:
         step = 2 ** self.cfg.depth

@@ -28,6 +28,7 @@ from PIL import Image
 
 from clipsep.config import ClipConfig
 from clipsep.env import resolve_device
+from clipsep.precision import autocast, resolve_precision
 from clipsep.errors import BadInputError
 from clipsep.model.query import QueryEncoder, bundled_config, register_bundled_configs
 from clipsep.fileio import atomic_path, torch_save, write_json
@@ -116,8 +117,11 @@ def label_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Ten
 
 
 def _train(model: torch.nn.Module, data: CaptionSet, train_transform: Callable, tokenizer,
-           cfg: ClipConfig, device: str) -> list[float]:
-    """Run ``cfg.pretrain_epochs`` epochs of the contrastive loss; returns every step's loss."""
+           cfg: ClipConfig, device: str, precision: str = "fp32") -> list[float]:
+    """Run ``cfg.pretrain_epochs`` epochs of the contrastive loss; returns every step's loss.
+
+    ``precision`` is a resolved mode (fp32 | bf16 | fp16) for the forward pass; the loss is fp32.
+    """
     from tqdm.auto import tqdm
 
     tokens = tokenizer(data.captions)  # [N, context_length]
@@ -137,9 +141,11 @@ def _train(model: torch.nn.Module, data: CaptionSet, train_transform: Callable, 
         for step in range(steps_per_epoch):
             index = order[step * batch:(step + 1) * batch]
             pixels = torch.stack([train_transform(data.images[i]) for i in index.tolist()])
-            image_features, text_features, logit_scale = model(pixels.to(device),
-                                                               tokens[index].to(device))[:3]
-            loss = label_aware_clip_loss(image_features, text_features, logit_scale,
+            with autocast(precision, device):
+                image_features, text_features, logit_scale = model(pixels.to(device),
+                                                                   tokens[index].to(device))[:3]
+            loss = label_aware_clip_loss(image_features.float(), text_features.float(),
+                                         logit_scale.float(),
                                          label_ids[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -215,7 +221,9 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     log.info("pretraining CLIP %s on %d pictures (%d classes) for %d epochs on %s",
              cfg.architecture, len(splits["train"].images), len(classes), cfg.pretrain_epochs,
              device)
-    losses = _train(model, splits["train"], train_transform, tokenizer, cfg, device)
+    precision = resolve_precision(cfg.precision, device)
+    losses = _train(model, splits["train"], train_transform, tokenizer, cfg, device,
+                    precision.mode)
     train_seconds = time.perf_counter() - started
 
     out_dir = Path(out_dir)
@@ -238,7 +246,8 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
               "classes": classes, "prompt_templates": list(cfg.prompt_templates),
               "epochs": cfg.pretrain_epochs, "steps": len(losses),
               "final_loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch,
-              "train_seconds": round(train_seconds, 1), "device": device}
+              "train_seconds": round(train_seconds, 1), "device": device,
+              "precision": precision.mode, "precision_reason": precision.reason}
     write_json(out_dir / "zero_shot.json", report)
     log.info("tiny CLIP zero-shot accuracy on %d held-out pictures: %.1f%% (chance %.1f%%)",
              test["n"], 100 * test["accuracy"], 100 * report["chance"])

@@ -6,6 +6,10 @@ level no norm. Each decoder stage is ReLU -> bilinear x2 upsampling -> 3x3 conv 
 ``cat([skip, up])`` (skip first); the outermost stage is a biased 3x3 conv to k feature maps with no
 norm or activation. Input ``[B, 1, W, T]`` log-magnitude (W and T divisible by ``2**depth``),
 output ``[B, k, W, T]`` unbounded features.
+
+``output_stride=2`` drops the outermost upsampling: the last conv runs at half resolution and the
+output is ``[B, k, W/2, T/2]``. That conv on 256x256 maps is half of the small preset's FLOPs;
+the caller upsamples what it computes from the features instead (see CLIPSepNet).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from torch import nn
 class UNet(nn.Module):
     """``forward(log_mag [B, 1, W, T]) -> features [B, k, W, T]``."""
 
-    def __init__(self, depth: int, base_channels: int, out_channels: int, max_multiplier: int = 8):
+    def __init__(self, depth: int, base_channels: int, out_channels: int, max_multiplier: int = 8,
+                 output_stride: int = 1):
         super().__init__()
         if depth < 2:
             raise ValueError(f"U-Net depth must be >= 2, got {depth}")
+        if output_stride not in (1, 2):
+            raise ValueError(f"U-Net output_stride must be 1 or 2, got {output_stride}")
         self.depth = depth
         widths = [base_channels * min(2 ** level, max_multiplier) for level in range(depth)]
         self.input_norm = nn.BatchNorm2d(1)
@@ -32,7 +39,8 @@ class UNet(nn.Module):
         self.decoders = nn.ModuleList(
             _decoder(widths[level] * (1 if level == depth - 1 else 2), widths[level - 1])
             for level in range(depth - 1, 0, -1))
-        self.output = nn.Sequential(nn.ReLU(), _upsample(),
+        upsample = [_upsample()] if output_stride == 1 else []
+        self.output = nn.Sequential(nn.ReLU(), *upsample,
                                     nn.Conv2d(2 * widths[0], out_channels, 3, padding=1))
 
     def forward(self, log_mag: torch.Tensor) -> torch.Tensor:
@@ -61,4 +69,7 @@ def _decoder(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 def _upsample() -> nn.Upsample:
-    return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+    return nn.Upsample(scale_factor=2, mode=UPSAMPLE_MODE, align_corners=True)
+
+
+UPSAMPLE_MODE = "bilinear"

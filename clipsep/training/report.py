@@ -24,8 +24,8 @@ from clipsep import audio
 from clipsep.audio_io import write_wav
 from clipsep.fileio import write_bytes
 
-HISTORY_FIELDS = ["step", "lr", "loss", "separation", "noise_activation", "grad_norm",
-                  "val_loss_image", "val_loss_text", "val_sdr"]
+HISTORY_FIELDS = ["step", "lr", "loss", "separation", "absent", "noise_activation",
+                  "grad_norm", "val_loss_image", "val_loss_text", "val_sdr"]
 
 
 def write_reports(trainer, data, state, out_dir: Path, *, session_steps: int,
@@ -155,6 +155,7 @@ def _summary(trainer, data, state, session_steps: int, session_seconds: float,
         "val_mixtures": int(data.val_batch.sources.shape[0]),
         "device": trainer.device,
         "precision": trainer.precision,
+        "precision_reason": trainer.precision_choice.reason,
         "preset": trainer.params.model.preset,
         "nit": trainer.params.model.nit,
         "examples": examples,

@@ -1,0 +1,227 @@
+"""Which arithmetic to run in: fp32, bf16 autocast or fp16 AMP, chosen by what is fast *here*.
+
+bf16 autocast is a 2x win on CPUs with native bf16 (AMX-BF16, AVX512-BF16: Sapphire Rapids and
+later) and a trap everywhere else: oneDNN then emulates it, and on an AVX2-only AMD EPYC a
+training step of the small preset ran 21x slower than fp32, a separation forward 140x slower
+(docs/training.md). So ``auto`` resolves in two steps:
+
+1. Capability: no native bf16 in the CPU flags, or an ISA capped below it by
+   ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``, means fp32, with no measurement.
+2. Measurement: where bf16 is native, a short convolution forward + backward probe (U-Net-sized
+   layers) in fp32 and under bf16 autocast; bf16 is chosen only when it is at least
+   :data:`MIN_SPEEDUP` faster. The verdict is cached per machine (CPU model, flags, torch
+   version, ISA caps, threads) in ``$XDG_CACHE_HOME/clipsep/precision.json``.
+
+On CUDA, ``auto`` is fp16 AMP (the paper's setting). An explicit ``bf16`` on a CPU without native
+support still runs, after one warning line that says how much slower it measured.
+
+Imports torch (lazily) and the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clipsep.config import PRECISIONS
+from clipsep.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by 10 % to be worth its rounding
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# ONEDNN_MAX_CPU_ISA values (oneDNN's cpu_isa names) at or above which bf16 is native
+ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """A resolved precision: ``mode`` (fp32 | bf16 | fp16) and the one-line ``reason`` for it.
+
+    ``bf16_speedup`` is fp32 time / bf16 time of the probe where it was measured, else None.
+    """
+
+    mode: str
+    reason: str
+    requested: str
+    bf16_speedup: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def isa_caps() -> dict[str, str]:
+    """The environment variables that cap the instruction set PyTorch and oneDNN may use."""
+    return {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                                       "ATEN_CPU_CAPABILITY") if os.environ.get(k)}
+
+
+def native_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively (and nothing caps it), with the reason."""
+    flags = cpu_flags()
+    have = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if not have:
+        return False, f"no native bf16 on {cpu_model_name()} (no {' / '.join(NATIVE_BF16_FLAGS)})"
+    caps = isa_caps()
+    onednn = (caps.get("ONEDNN_MAX_CPU_ISA") or caps.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    if not onednn.startswith(ONEDNN_BF16_ISAS):
+        return False, f"oneDNN capped at {onednn} (ONEDNN_MAX_CPU_ISA): bf16 would be emulated"
+    aten = caps.get("ATEN_CPU_CAPABILITY", "").lower()
+    if aten and not aten.startswith("avx512"):
+        return False, f"ATen capped at {aten} (ATEN_CPU_CAPABILITY): bf16 would be emulated"
+    return True, f"native bf16 on {cpu_model_name()} ({', '.join(have)})"
+
+
+def resolve_precision(requested: str, device: str) -> PrecisionChoice:
+    """Turn ``requested`` (auto | fp32 | bf16 | fp16) into the mode to run on ``device``.
+
+    Raises BadInputError for an unknown name or fp16 without CUDA. Logs the choice.
+    """
+    if requested not in PRECISIONS:
+        raise BadInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    cuda = device.startswith("cuda")
+    if requested == "fp16" and not cuda:
+        raise BadInputError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    if cuda:
+        mode = "fp16" if requested == "auto" else requested
+        choice = PrecisionChoice(mode, f"{mode} on {device}", requested)
+    elif requested == "auto":
+        choice = _auto_cpu()
+    elif requested == "bf16":
+        choice = _explicit_cpu_bf16()
+    else:
+        choice = PrecisionChoice("fp32", "fp32 as requested", requested)
+    log.info("precision: %s (%s)", choice.mode, choice.reason)
+    return choice
+
+
+def _auto_cpu() -> PrecisionChoice:
+    native, why = native_bf16()
+    if not native:
+        return PrecisionChoice("fp32", why, "auto")
+    speedup = measured_bf16_speedup()
+    mode = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
+    return PrecisionChoice(mode, f"{why}; bf16 measured {speedup:.2f}x fp32 here", "auto",
+                           speedup)
+
+
+def _explicit_cpu_bf16() -> PrecisionChoice:
+    native, why = native_bf16()
+    if native:
+        return PrecisionChoice("bf16", f"bf16 as requested ({why})", "bf16")
+    speedup = measured_bf16_speedup()
+    log.warning("bf16 requested but %s: it is emulated and measured %.0fx slower than fp32 here; "
+                "use precision auto or fp32", why, 1.0 / max(speedup, 1e-6))
+    return PrecisionChoice("bf16", f"bf16 as requested, emulated ({why})", "bf16", speedup)
+
+
+def measured_bf16_speedup() -> float:
+    """fp32 time / bf16-autocast time of the probe on this machine (cached per machine)."""
+    key = _machine_key()
+    cache = _cache_path()
+    entries = _read_cache(cache)
+    if key in entries:
+        return float(entries[key])
+    speedup = _probe_speedup()
+    entries[key] = round(speedup, 4)
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(tmp, cache)
+    return speedup
+
+
+def _machine_key() -> str:
+    import torch
+
+    parts = [CACHE_VERSION, cpu_model_name(), sorted(cpu_flags()), torch.__version__,
+             isa_caps(), torch.get_num_threads()]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "clipsep" / "precision.json"
+
+
+def _read_cache(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _probe_speedup(repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds of a U-Net-like conv block, forward + backward, fp32 / bf16.
+
+    Sized to take ~0.1 s in fp32 on two cores; where bf16 is emulated it is never run (the
+    capability check answers first), except for the warning of an explicit bf16 request.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # layer init must not move the caller's seed
+        torch.manual_seed(0)
+        return _time_probe(repeats)
+
+
+def _time_probe(repeats: int) -> float:
+    import torch
+
+    block = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32),
+                                torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1))
+    x = torch.rand(4, 16, 64, 64)
+
+    def seconds(bf16: bool) -> float:
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first run warms up oneDNN's kernel cache
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = block(x)
+            out.float().square().mean().backward()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return seconds(False) / seconds(True)
+
+
+def autocast(mode: str, device: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved mode (a no-op for fp32)."""
+    if mode == "fp32":
+        return contextlib.nullcontext()
+    import torch
+
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=dtype)

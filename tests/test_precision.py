@@ -1,0 +1,113 @@
+"""Precision selection: ``auto`` never picks an arithmetic slower than fp32 on this machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+from clipsep import precision
+from clipsep.errors import BadInputError
+
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+@pytest.fixture
+def amx_cpu(monkeypatch, tmp_path):
+    """Pretend to be a CPU with native bf16, with an empty precision cache of our own."""
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    monkeypatch.setattr(precision, "cpu_model_name", lambda: "Test Xeon")
+    for key in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+
+def test_auto_resolves_to_fp32_on_a_forced_avx2_cpu(tmp_path):
+    """The issue's check: with AVX2 forced before Python starts, auto is fp32, whatever the CPU."""
+    code = ("from clipsep.precision import resolve_precision; import json; "
+            "print(json.dumps(resolve_precision('auto', 'cpu').to_dict()))")
+    env = {**os.environ, **AVX2_ONLY, "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True)
+    choice = json.loads(out.stdout.strip().splitlines()[-1])
+    assert choice["mode"] == "fp32"
+    assert choice["bf16_speedup"] is None  # decided by capability: nothing was measured
+    assert not (tmp_path / "clipsep" / "precision.json").exists()
+
+
+def test_isa_caps_disable_native_bf16(amx_cpu, monkeypatch):
+    assert precision.native_bf16()[0]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    native, why = precision.native_bf16()
+    assert not native and "ONEDNN_MAX_CPU_ISA" in why
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    native, why = precision.native_bf16()
+    assert not native and "ATEN_CPU_CAPABILITY" in why
+
+
+def test_no_bf16_flags_means_fp32_without_measuring(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(precision, "_probe_speedup", lambda: pytest.fail("must not measure"))
+    choice = precision.resolve_precision("auto", "cpu")
+    assert (choice.mode, choice.requested) == ("fp32", "auto")
+    assert "no native bf16" in choice.reason
+
+
+@pytest.mark.parametrize("speedup, mode", [(0.5, "fp32"), (1.05, "fp32"), (1.8, "bf16")])
+def test_auto_takes_bf16_only_where_measured_faster(amx_cpu, monkeypatch, speedup, mode):
+    monkeypatch.setattr(precision, "_probe_speedup", lambda: speedup)
+    choice = precision.resolve_precision("auto", "cpu")
+    assert choice.mode == mode
+    assert choice.bf16_speedup == pytest.approx(speedup)
+
+
+def test_the_measurement_is_cached_per_machine(amx_cpu, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(precision, "_probe_speedup", lambda: calls.append(1) or 1.7)
+    assert precision.measured_bf16_speedup() == pytest.approx(1.7)
+    assert precision.measured_bf16_speedup() == pytest.approx(1.7)
+    assert len(calls) == 1
+    cached = json.loads((tmp_path / "clipsep" / "precision.json").read_text())
+    assert list(cached.values()) == [1.7]
+    monkeypatch.setattr(precision, "cpu_model_name", lambda: "Another CPU")
+    precision.measured_bf16_speedup()
+    assert len(calls) == 2  # another machine is measured afresh
+
+
+def test_explicit_bf16_without_native_support_runs_and_says_how_much_slower(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: 0.05)
+    with caplog.at_level(logging.WARNING, logger="clipsep.precision"):
+        choice = precision.resolve_precision("bf16", "cpu")
+    assert choice.mode == "bf16"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "20x slower than fp32" in warnings[0]
+
+
+def test_cuda_and_bad_names():
+    assert precision.resolve_precision("auto", "cuda:0").mode == "fp16"
+    assert precision.resolve_precision("bf16", "cuda").mode == "bf16"
+    with pytest.raises(BadInputError, match="fp16 needs a CUDA device"):
+        precision.resolve_precision("fp16", "cpu")
+    with pytest.raises(BadInputError, match="precision must be one of"):
+        precision.resolve_precision("fp8", "cpu")
+
+
+def test_the_probe_measures_a_positive_ratio_and_leaves_the_seed_alone():
+    """The real probe, fp32 against bf16, on this machine (slow where bf16 is emulated: 1 rep).
+
+    It runs inside seeded training set-up, so it must not consume the global RNG.
+    """
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert precision._probe_speedup(repeats=1) > 0
+    assert torch.equal(torch.rand(4), expected)
