@@ -1,11 +1,12 @@
-"""Reading audio from any file a user has (wav/flac/aiff, compressed audio, a video's sound) and
+"""Reading audio from any file a user has (wav/aiff, flac, compressed audio, a video's sound) and
 writing wav.
 
 Audio arrays here are float32 numpy ``[C, L]`` (channels first) at the file's native rate.
-Uncompressed wav/flac/aiff go through soundfile (sample-exact seeking, so long files stream in
-blocks); everything else (mp3, ogg, opus, m4a, mp3 inside a wav, video containers) is decoded in
-order by PyAV. Every failure a user can cause raises :class:`clipsep.errors.BadInputError` naming
-the file and the problem, the decoders' own errors included.
+Uncompressed wav/aiff go through soundfile (sample-exact seeking, so long files stream in
+blocks); everything else (flac, mp3, ogg, opus, m4a, mp3 inside a wav, video containers) is
+decoded in order by PyAV. Every failure a user can cause raises
+:class:`clipsep.errors.BadInputError` naming the file and the problem, the decoders' own errors
+included.
 
 A file that decodes to less audio than its header declares (an interrupted download, a header
 written before the encoder finished) is not refused: the decoded part is used and one warning line
@@ -33,7 +34,8 @@ from clipsep.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-EXACT_SUFFIXES = {".wav", ".wave", ".flac", ".aiff", ".aif"}
+# FLAC goes through PyAV too: libsndfile loses whole blocks (or everything) of a truncated FLAC
+EXACT_SUFFIXES = {".wav", ".wave", ".aiff", ".aif"}
 # soundfile subtypes decoded and seeked sample-exactly; compressed ones go through PyAV in order
 EXACT_SUBTYPE_PREFIXES = ("PCM_", "FLOAT", "DOUBLE", "ULAW", "ALAW")
 BLOCK_FRAMES = 1 << 16  # samples per channel per decoded block
@@ -72,7 +74,7 @@ def note(notes: list[str] | None, message: str) -> None:
 
 
 def exact_audio_info(path: str | Path) -> AudioInfo | None:
-    """Header of an uncompressed wav/flac/aiff (read and seeked sample-exactly by soundfile), or
+    """Header of an uncompressed wav/aiff (read and seeked sample-exactly by soundfile), or
     None for anything else (compressed codecs, mp3 inside a wav, other containers)."""
     path = Path(path)
     if path.suffix.lower() not in EXACT_SUFFIXES:
@@ -89,7 +91,7 @@ def exact_audio_info(path: str | Path) -> AudioInfo | None:
 
 
 def audio_info(path: str | Path) -> AudioInfo:
-    """Rate, channels and length of an uncompressed wav/flac/aiff (BadInputError otherwise)."""
+    """Rate, channels and length of a file soundfile reads (BadInputError otherwise)."""
     import soundfile as sf
 
     path = check_exists(path)

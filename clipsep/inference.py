@@ -19,7 +19,7 @@ How a signal of any length is processed with bounded memory (demucs ``apply`` st
 * ``residual = input - target`` at the input rate, so ``target + residual == input`` exactly
   (lossless decomposition; content above the model's Nyquist, 8 kHz, lands in the residual).
 
-``separate_file`` streams a file (uncompressed wav/flac/aiff in soundfile blocks; compressed
+``separate_file`` streams a file (uncompressed wav/aiff in soundfile blocks; flac, compressed
 audio and video containers are first decoded in order to a temporary wav) into
 ``DIR/<stem>/target.wav`` and ``residual.wav`` written to temporary names and renamed only when
 everything succeeded. A file holding less audio than its header declares is separated for the
@@ -50,10 +50,7 @@ PRECISIONS = ("fp32", "bf16")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
-# A 2-D array's shorter axis is its channel axis when it has at most MAX_CHANNELS entries and the
-# other axis is at least CHANNEL_AXIS_RATIO times longer; any other 2-D shape is ambiguous.
-MAX_CHANNELS = 64
-CHANNEL_AXIS_RATIO = 8
+MAX_CHANNELS = 64  # a 2-D array's channel axis is the one axis with at most this many entries
 
 Progress = Callable[[int, int], None]  # (segments done, segments in total)
 
@@ -87,10 +84,10 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
     """``audio`` as float32 ``[C, L]`` plus its :class:`Layout`.
 
     ``audio`` is a real numpy array or torch tensor shaped ``[L]`` (mono), ``[C, L]`` or ``[L, C]``
-    (what soundfile.read returns). The channel axis of a 2-D array is its shorter one, when that
-    has at most MAX_CHANNELS (64) entries and the other is at least CHANNEL_AXIS_RATIO (8) times
-    longer; otherwise BadInputError names both readings, unless both are shorter than
-    ``min_frames`` (then it is read as ``[C, L]``, for the caller to refuse as too short).
+    (what soundfile.read returns). The channel axis of a 2-D array is the one axis with at most
+    MAX_CHANNELS (64) entries; when both or neither have, BadInputError names both readings,
+    unless both are shorter than ``min_frames`` (then it is read as ``[C, L]``, for the caller to
+    refuse as too short).
     """
     device = None
     if isinstance(audio, torch.Tensor):
@@ -105,16 +102,14 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
     if wave.ndim == 1:
         return wave[None], Layout(flat=True, device=device)
     rows, cols = wave.shape
-    short, long = min(rows, cols), max(rows, cols)
-    clear = short <= MAX_CHANNELS and long >= CHANNEL_AXIS_RATIO * short and rows != cols
-    if not clear and long < min_frames:
+    clear = (rows <= MAX_CHANNELS) != (cols <= MAX_CHANNELS)
+    if not clear and max(rows, cols) < min_frames:
         return wave, Layout(device=device)
     if not clear:
         raise BadInputError(
             f"audio of shape ({rows}, {cols}) is ambiguous: {rows} channel(s) of {cols} samples "
-            f"([C, L]) or {rows} samples of {cols} channel(s) ([L, C]); the channel axis must "
-            f"have at most {MAX_CHANNELS} entries and the other at least {CHANNEL_AXIS_RATIO} "
-            "times as many")
+            f"([C, L]) or {rows} samples of {cols} channel(s) ([L, C]); exactly one axis, the "
+            f"channel axis, must have at most {MAX_CHANNELS} entries")
     if rows > cols:
         return np.ascontiguousarray(wave.T), Layout(channels_last=True, device=device)
     return wave, Layout(device=device)
@@ -152,7 +147,7 @@ class ArraySource:
 
 
 class SoundFileSource:
-    """An uncompressed wav/flac/aiff read block by block (seeks, never loads the whole file).
+    """An uncompressed wav/aiff read block by block (seeks, never loads the whole file).
 
     ``frames`` starts as the header's count; :func:`check_source` lowers it to what the file
     really holds when the data ends early. A decoder error raises BadInputError naming the file.
@@ -176,7 +171,8 @@ class SoundFileSource:
             self._file.seek(start)
             block = self._file.read(max(stop - start, 0), dtype="float32", always_2d=True)
         except self._errors as err:
-            raise BadInputError(f"{self.name}: the decoder failed at sample {start} ({err})") from err
+            raise BadInputError(f"{self.name}: the decoder failed at sample {start} "
+                                f"({err})") from err
         return np.ascontiguousarray(block.T)
 
     def close(self) -> None:
@@ -363,9 +359,9 @@ class Separator:
         audio``), both in the layout and type given.
 
         ``audio``: numpy array or torch tensor, ``[L]``, ``[C, L]`` or ``[L, C]`` (as
-        soundfile.read returns it). The channel axis of a 2-D array is the shorter one when it
-        has at most 64 entries and the other is at least 8 times longer; other shapes (e.g.
-        ``[2, 2]``) raise BadInputError naming both readings. ``sample_rate`` in Hz, any.
+        soundfile.read returns it). The channel axis of a 2-D array is the one axis with at
+        most 64 entries; when both or neither have (``[2000, 2000]``), BadInputError names both
+        readings. ``sample_rate`` in Hz, any.
         Raises BadInputError for audio too short, silent or with NaN/inf samples, or no query.
         """
         data, layout = channels_first(audio, self.min_input_frames(int(sample_rate)))
@@ -556,7 +552,7 @@ def _scan(source: AudioSource) -> tuple[float, int, Exception | None]:
 
 
 def open_source(path: Path, work_dir: Path) -> SoundFileSource:
-    """A block-readable source for any input: uncompressed wav/flac/aiff directly, anything else
+    """A block-readable source for any input: uncompressed wav/aiff directly, anything else
     (compressed audio, video containers) decoded in order to a temporary float wav in ``work_dir``
     first (PyAV, streamed): compressed formats do not seek sample-exactly."""
     if audio_io.exact_audio_info(path) is not None:
