@@ -229,7 +229,10 @@ def _open_container(path: Path):
 def _audio_stream(container, path: Path):
     if not container.streams.audio:
         raise BadInputError(f"{path}: no audio track in this file")
-    return container.streams.audio[0]
+    stream = container.streams.audio[0]
+    if not stream.rate:
+        raise BadInputError(f"{path}: the audio track states no sample rate")
+    return stream
 
 
 def _declared_frames(container, stream) -> int:
