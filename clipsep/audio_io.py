@@ -176,7 +176,7 @@ def _container_blocks(path: Path, notes: list[str] | None) -> Iterator[tuple[np.
 
     with _open_container(path) as container:
         stream = _audio_stream(container, path)
-        declared = _declared_frames(container, stream)
+        declared = _declared_frames(container, stream, stream_only=True)
         channels = stream.codec_context.channels or len(stream.layout.channels)
         decoded, error = 0, None
         try:  # planar float keeps channels apart at the native rate: no mixing, no resampling
@@ -235,11 +235,12 @@ def _audio_stream(container, path: Path):
     return stream
 
 
-def _declared_frames(container, stream) -> int:
-    """The stream's length in samples as the header states it (0 when it states none)."""
+def _declared_frames(container, stream, stream_only: bool = False) -> int:
+    """The stream's length in samples as the header states it, else (unless ``stream_only``) the
+    container's, which may include a longer video; 0 when neither is stated."""
     if stream.duration is not None and stream.time_base:
         return int(round(stream.duration * stream.time_base * stream.rate))
-    if container.duration is not None:
+    if container.duration is not None and not stream_only:
         return int(round(container.duration / 1_000_000 * stream.rate))  # av.time_base is µs
     return 0
 

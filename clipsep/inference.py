@@ -92,7 +92,8 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
     device = None
     if isinstance(audio, torch.Tensor):
         device = audio.device
-        audio = audio.detach().cpu().numpy()
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.is_floating_point() else audio).numpy()  # bf16: no numpy
     wave = np.asarray(audio)
     real = np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)
     if wave.ndim not in (1, 2) or not real:
@@ -364,9 +365,10 @@ class Separator:
         readings. ``sample_rate`` in Hz, any.
         Raises BadInputError for audio too short, silent or with NaN/inf samples, or no query.
         """
-        data, layout = channels_first(audio, self.min_input_frames(int(sample_rate)))
+        min_frames = self.min_input_frames(int(sample_rate))
+        data, layout = channels_first(audio, min_frames)
         source = ArraySource(data, int(sample_rate))
-        check_source(source, self.min_input_frames(source.sample_rate))
+        check_source(source, min_frames)
         embedding = self.embed_query(query, image)
         target = np.empty_like(source.data)
 
