@@ -63,30 +63,21 @@ def check_upload(path: str | Path | None, cfg: ServeConfig, allowed_roots: Seque
 
 def media_duration_s(path: Path) -> float:
     """Length of the file's audio in seconds, read from its header (nothing is decoded)."""
-    if audio_io.is_soundfile_readable(path):
-        info = audio_io.audio_info(path)
-        return info.frames / info.sample_rate
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise BadInputError(f"{path.name}: no audio track in this file.")
-            stream = container.streams.audio[0]
-            if stream.duration is not None and stream.time_base:
-                return float(stream.duration * stream.time_base)
-            return (container.duration or 0) / 1_000_000  # av.time_base is microseconds
-    except (av.error.FFmpegError, OSError) as err:
-        raise BadInputError(f"{path.name}: not a readable audio or video file ({err}).") from err
+    return audio_io.declared_seconds(path)
 
 
-def read_input(path: Path, cfg: ServeConfig) -> tuple[np.ndarray, int]:
-    """An accepted upload as ``([C, L] float32, rate)``; refuses those over serve.max_seconds."""
+def read_input(path: Path, cfg: ServeConfig,
+               notes: list[str] | None = None) -> tuple[np.ndarray, int]:
+    """An accepted upload as ``([C, L] float32, rate)``; refuses those over serve.max_seconds.
+
+    Decoding the library's way: a file holding less audio than its header says gives the part
+    decoded, and a sentence saying so in ``notes``.
+    """
     duration = media_duration_s(path)
     if duration > cfg.max_seconds:
         raise BadInputError(f"{path.name} lasts {_clock(duration)}; this demo separates up to "
                             f"{_clock(cfg.max_seconds)} (serve.max_seconds).")
-    audio, rate = audio_io.read_audio(path)
+    audio, rate = audio_io.read_audio(path, notes)
     if audio.shape[1] / rate > cfg.max_seconds:  # headers can under-report
         raise BadInputError(f"{path.name} lasts {_clock(audio.shape[1] / rate)}; this demo "
                             f"separates up to {_clock(cfg.max_seconds)} (serve.max_seconds).")
@@ -94,7 +85,8 @@ def read_input(path: Path, cfg: ServeConfig) -> tuple[np.ndarray, int]:
 
 
 def offered_image(path: str | Path | None):
-    """A video's middle frame (PIL.Image) to offer as image query; None for audio or no file."""
+    """A video's middle frame (PIL.Image, upright) to offer as image query; None for audio (cover
+    art included) or no file."""
     if path is None or not audio_io.has_video_stream(path):
         return None
     return audio_io.middle_frame(path)
@@ -147,8 +139,9 @@ def separate_upload(separator, path: Path, text: str | None, image, cfg: ServeCo
         if progress is not None:
             progress(done / total, f"separating: segment {done}/{total}")
 
+    notes: list[str] = []
     try:
-        mixture, rate = read_input(path, cfg)
+        mixture, rate = read_input(path, cfg, notes)
         result = separator.separate(mixture, rate, query=query, image=image_query,
                                     progress=on_segment)
     except BadInputError as err:
@@ -156,6 +149,7 @@ def separate_upload(separator, path: Path, text: str | None, image, cfg: ServeCo
     seconds = time.perf_counter() - started
     summary = (f"query: {described} | input: {path.name}, {_clock(mixture.shape[1] / rate)} at "
                f"{rate} Hz, {mixture.shape[0]} channel(s) | separated in {seconds:.1f} s")
+    summary += "".join(f"\nnote: {_name_only(text, path)}" for text in notes)
     picture = spectrogram_picture(mixture, result.target, result.residual, rate)
     return SeparationOutputs(mixture, result.target, result.residual, rate, picture, summary)
 
@@ -171,13 +165,17 @@ def playable(wave: np.ndarray, rate: int) -> tuple[int, np.ndarray]:
 
 
 def log_spectrogram(wave: np.ndarray, rate: int) -> np.ndarray:
-    """dB magnitude ``[F, T]`` of the mono mix of ``wave [C, L]``; T <= SPECTROGRAM_COLUMNS + 1."""
+    """dB magnitude ``[F, T]`` of the mono mix of ``wave [C, L]``; T <= SPECTROGRAM_COLUMNS + 1.
+
+    Any length the library separates is drawn: zero padding at the ends (reflection needs more
+    samples than half a window, and 512 samples at 8 kHz is a valid input).
+    """
     import torch
 
     mono = torch.from_numpy(np.ascontiguousarray(wave.mean(axis=0), dtype=np.float32))
     hop = max(SPECTROGRAM_FFT // 4, math.ceil(mono.numel() / SPECTROGRAM_COLUMNS))
     spec = torch.stft(mono, SPECTROGRAM_FFT, hop, window=torch.hann_window(SPECTROGRAM_FFT),
-                      return_complex=True)
+                      pad_mode="constant", return_complex=True)
     return (20.0 * torch.log10(spec.abs() + 1e-8)).numpy()
 
 

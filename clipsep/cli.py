@@ -110,10 +110,11 @@ def _add_separate_command(sub) -> None:
 
 
 def separate_files(args: argparse.Namespace) -> dict[str, Any]:
-    """Separate every input into OUT/<stem>/{target,residual}.wav; a bad input stops the run."""
+    """Separate every input into OUT/<stem>/{target,residual}.wav; a bad input is reported and
+    skipped, and the run then ends with PartialFailure (exit status 2)."""
     from tqdm import tqdm
 
-    from clipsep.errors import BadInputError
+    from clipsep.errors import BadInputError, PartialFailure
     from clipsep.inference import Separator
 
     stems = [Path(path).stem for path in args.inputs]
@@ -131,17 +132,28 @@ def separate_files(args: argparse.Namespace) -> dict[str, Any]:
     separator = Separator.from_pretrained(model, device=params.separate.device,
                                           clip_weights=args.clip_weights,
                                           settings=params.separate, tracking_uri=registry)
-    written = {}
+    written, failed = {}, {}
     for path in args.inputs:
-        with tqdm(desc=str(path), unit="segment", leave=False) as bar:
-            def progress(done: int, total: int, bar=bar) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
+        try:
+            with tqdm(desc=str(path), unit="segment", leave=False) as bar:
+                def progress(done: int, total: int, bar=bar) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
 
-            target, residual = separator.separate_file(path, args.out, query=args.query,
-                                                       image=args.image, progress=progress)
+                target, residual = separator.separate_file(path, args.out, query=args.query,
+                                                           image=args.image, progress=progress)
+        except BadInputError as err:
+            if len(args.inputs) == 1:
+                raise
+            failed[str(path)] = str(err) if str(path) in str(err) else f"{path}: {err}"
+            log.error("%s", failed[str(path)])
+            continue
         written[str(path)] = {"target": str(target), "residual": str(residual)}
         log.info("%s -> %s", path, target.parent)
+    if failed:
+        raise PartialFailure(f"{len(failed)} of {len(args.inputs)} inputs could not be separated "
+                             f"(see above); {len(written)} were",
+                             {"separated": written, "failed": failed})
     return {"separated": written}
 
 
@@ -158,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.handler(args)
     except (ConfigError, ClipsepError, FileNotFoundError) as err:
+        if getattr(err, "result", None) is not None:  # a batch with failures: what did work
+            print(json.dumps(err.result, indent=2, default=str))
         log.error("%s", err)
         return 2
     if result is not None:

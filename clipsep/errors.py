@@ -15,3 +15,12 @@ class ValidationFailed(ClipsepError):
 
 class MissingWeightsError(ClipsepError):
     """A model or encoder weight file is not available offline; the message says how to supply it."""
+
+
+class PartialFailure(ClipsepError):
+    """Some items of a batch failed (each reported as it happened); ``result`` is the summary of
+    the batch, what succeeded included."""
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result

@@ -19,9 +19,11 @@ How a signal of any length is processed with bounded memory (demucs ``apply`` st
 * ``residual = input - target`` at the input rate, so ``target + residual == input`` exactly
   (lossless decomposition; content above the model's Nyquist, 8 kHz, lands in the residual).
 
-``separate_file`` streams a file (soundfile blocks; video/other containers are first decoded to a
-temporary wav) into ``DIR/<stem>/target.wav`` and ``residual.wav`` written to temporary names and
-renamed only when everything succeeded.
+``separate_file`` streams a file (uncompressed wav/aiff in soundfile blocks; flac, compressed
+audio and video containers are first decoded in order to a temporary wav) into
+``DIR/<stem>/target.wav`` and ``residual.wav`` written to temporary names and renamed only when
+everything succeeded. A file holding less audio than its header declares is separated for the
+length actually decoded, with a warning.
 """
 
 from __future__ import annotations
@@ -48,17 +50,70 @@ CHANNEL_MASKS = ("shared", "independent")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
+MAX_CHANNELS = 64  # a 2-D array's channel axis is the one axis with at most this many entries
 
 Progress = Callable[[int, int], None]  # (segments done, segments in total)
 
 
 @dataclass
 class SeparationResult:
-    """``target`` and ``residual`` shaped like the input (``[L]`` or ``[C, L]``)."""
+    """``target`` and ``residual`` in the input's layout (``[L]``, ``[C, L]`` or ``[L, C]``) and
+    type (numpy, or a torch tensor on the input's device), float32."""
 
-    target: np.ndarray
-    residual: np.ndarray
+    target: np.ndarray | torch.Tensor
+    residual: np.ndarray | torch.Tensor
     sample_rate: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a caller's array holds its channels, so results go back the same way."""
+
+    flat: bool = False  # [L]
+    channels_last: bool = False  # [L, C]
+    device: torch.device | None = None  # a torch tensor's device; None for numpy
+
+    def restore(self, wave: np.ndarray) -> np.ndarray | torch.Tensor:
+        """``wave [C, L]`` in this layout and type."""
+        out = wave[0] if self.flat else (wave.T if self.channels_last else wave)
+        out = np.ascontiguousarray(out)
+        return out if self.device is None else torch.from_numpy(out).to(self.device)
+
+
+def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
+    """``audio`` as float32 ``[C, L]`` plus its :class:`Layout`.
+
+    ``audio`` is a real numpy array or torch tensor shaped ``[L]`` (mono), ``[C, L]`` or ``[L, C]``
+    (what soundfile.read returns). The channel axis of a 2-D array is the one axis with at most
+    MAX_CHANNELS (64) entries; when both or neither have, BadInputError names both readings,
+    unless both are shorter than ``min_frames`` (then it is read as ``[C, L]``, for the caller to
+    refuse as too short).
+    """
+    device = None
+    if isinstance(audio, torch.Tensor):
+        device = audio.device
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.is_floating_point() else audio).numpy()  # bf16: no numpy
+    wave = np.asarray(audio)
+    real = np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)
+    if wave.ndim not in (1, 2) or not real:
+        raise BadInputError(f"audio must be a real [L], [C, L] or [L, C] array, got shape "
+                            f"{tuple(wave.shape)} of {wave.dtype}")
+    wave = wave.astype(np.float32, copy=False)
+    if wave.ndim == 1:
+        return wave[None], Layout(flat=True, device=device)
+    rows, cols = wave.shape
+    clear = (rows <= MAX_CHANNELS) != (cols <= MAX_CHANNELS)
+    if not clear and max(rows, cols) < min_frames:
+        return wave, Layout(device=device)
+    if not clear:
+        raise BadInputError(
+            f"audio of shape ({rows}, {cols}) is ambiguous: {rows} channel(s) of {cols} samples "
+            f"([C, L]) or {rows} samples of {cols} channel(s) ([L, C]); exactly one axis, the "
+            f"channel axis, must have at most {MAX_CHANNELS} entries")
+    if rows > cols:
+        return np.ascontiguousarray(wave.T), Layout(channels_last=True, device=device)
+    return wave, Layout(device=device)
 
 
 class AudioSource(Protocol):
@@ -93,7 +148,11 @@ class ArraySource:
 
 
 class SoundFileSource:
-    """A soundfile-readable file read block by block (seeks, never loads the whole file)."""
+    """An uncompressed wav/aiff read block by block (seeks, never loads the whole file).
+
+    ``frames`` starts as the header's count; :func:`check_source` lowers it to what the file
+    really holds when the data ends early. A decoder error raises BadInputError naming the file.
+    """
 
     def __init__(self, path: Path, name: str | None = None):
         import soundfile as sf
@@ -101,15 +160,20 @@ class SoundFileSource:
         info = audio_io.audio_info(path)
         self.sample_rate, self.channels, self.frames = info.sample_rate, info.channels, info.frames
         self.name = name or str(path)
+        self._errors = (sf.LibsndfileError, RuntimeError)
         try:
             self._file = sf.SoundFile(str(path))
-        except (sf.LibsndfileError, RuntimeError) as err:
+        except self._errors as err:
             raise BadInputError(f"{self.name}: unreadable audio file ({err})") from err
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = max(start, 0), min(stop, self.frames)
-        self._file.seek(start)
-        block = self._file.read(max(stop - start, 0), dtype="float32", always_2d=True)
+        try:
+            self._file.seek(start)
+            block = self._file.read(max(stop - start, 0), dtype="float32", always_2d=True)
+        except self._errors as err:
+            raise BadInputError(f"{self.name}: the decoder failed at sample {start} "
+                                f"({err})") from err
         return np.ascontiguousarray(block.T)
 
     def close(self) -> None:
@@ -286,15 +350,21 @@ class Separator:
         stride = max(1, round(segment * (1.0 - self.settings.overlap)))
         return ChunkPlan(sample_rate, self.audio_cfg.sample_rate, frames, segment, stride)
 
-    def separate(self, audio: np.ndarray, sample_rate: int, query: str | None = None, image=None,
+    def separate(self, audio, sample_rate: int, query: str | None = None, image=None,
                  progress: Progress | None = None) -> SeparationResult:
-        """Split ``audio`` (``[L]`` or ``[C, L]`` float) into the queried target and the residual."""
-        wave = np.asarray(audio)
-        if wave.ndim not in (1, 2) or not np.issubdtype(wave.dtype, np.number):
-            raise BadInputError(f"audio must be a numeric [L] or [C, L] array, got shape "
-                                f"{wave.shape}")
-        source = ArraySource(np.atleast_2d(wave).astype(np.float32, copy=False), int(sample_rate))
-        check_source(source, self.min_input_frames(source.sample_rate))
+        """Split ``audio`` into the queried target and the residual (``target + residual ==
+        audio``), both in the layout and type given.
+
+        ``audio``: numpy array or torch tensor, ``[L]``, ``[C, L]`` or ``[L, C]`` (as
+        soundfile.read returns it). The channel axis of a 2-D array is the one axis with at
+        most 64 entries; when both or neither have (``[2000, 2000]``), BadInputError names both
+        readings. ``sample_rate`` in Hz, any.
+        Raises BadInputError for audio too short, silent or with NaN/inf samples, or no query.
+        """
+        min_frames = self.min_input_frames(int(sample_rate))
+        data, layout = channels_first(audio, min_frames)
+        source = ArraySource(data, int(sample_rate))
+        check_source(source, min_frames)
         embedding = self.embed_query(query, image)
         target = np.empty_like(source.data)
 
@@ -303,20 +373,29 @@ class Separator:
 
         self.stream(source, embedding, store, progress)
         residual = source.data - target
-        if wave.ndim == 1:
-            target, residual = target[0], residual[0]
-        return SeparationResult(target, residual, int(sample_rate))
+        return SeparationResult(layout.restore(target), layout.restore(residual), int(sample_rate))
 
     def separate_file(self, path: str | Path, out_dir: str | Path, query: str | None = None,
                       image=None, progress: Progress | None = None) -> tuple[Path, Path]:
         """Stream one file into ``out_dir/<stem>/{target,residual}.wav`` (same rate/channels/length).
 
-        Without a query, a video's middle frame serves as the image query. Outputs are written
-        under temporary names in ``out_dir`` and renamed only when the whole file succeeded.
+        Without a query, a video's middle frame serves as the image query (cover art is not one).
+        A file holding less audio than its header declares gives outputs of the length decoded,
+        with a warning. Outputs are written under temporary names in ``out_dir`` and renamed only
+        when the whole file succeeded; on failure, folders this call created are removed again.
         """
         path = audio_io.check_exists(path)
         out_dir = Path(out_dir)
+        first_new = _first_missing(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._separate_into(path, out_dir, query, image, progress)
+        except BaseException:
+            _remove_empty_folders(out_dir, first_new)
+            raise
+
+    def _separate_into(self, path: Path, out_dir: Path, query: str | None, image,
+                       progress: Progress | None) -> tuple[Path, Path]:
         with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=out_dir) as work_dir:
             work = Path(work_dir)
             source = open_source(path, work)
@@ -429,43 +508,90 @@ def _fit(wave: np.ndarray, n: int) -> np.ndarray:
 
 
 def check_source(source: AudioSource, min_frames: int) -> None:
-    """BadInputError for audio too short to separate, with NaN/inf samples, or silent throughout."""
+    """BadInputError for audio too short to separate, with NaN/inf samples, or silent throughout.
+
+    A file source whose data ends before its header's length (or whose decoder fails part-way)
+    is cut to the samples that were read, with a warning: its outputs have that length.
+    """
+    peak, readable, error = _scan(source)
+    if readable < source.frames:
+        audio_io.check_decoded(source.name, readable, source.frames, source.sample_rate, None,
+                               error)
+        source.frames = readable
     if source.channels < 1 or source.frames < min_frames:
         raise BadInputError(f"{source.name}: {source.frames} sample(s) at {source.sample_rate} Hz "
                             f"is too short to separate (need at least {min_frames})")
-    peak = 0.0
+    if peak < SILENT_PEAK:
+        raise BadInputError(f"{source.name}: the audio is silent (peak {peak:.1e}); "
+                            "nothing to separate")
+
+
+def _scan(source: AudioSource) -> tuple[float, int, Exception | None]:
+    """(peak, samples readable from the start, the decoder error that stopped the reading) of a
+    source; BadInputError at a NaN/inf sample."""
+    peak, readable = 0.0, 0
     for start in range(0, source.frames, SCAN_BLOCK):
-        block = source.read(start, start + SCAN_BLOCK)
+        try:
+            block = source.read(start, start + SCAN_BLOCK)
+        except BadInputError as err:
+            if readable == 0:
+                raise
+            return peak, readable, err
         finite = np.isfinite(block)
         if not finite.all():
             where = start + int(np.argwhere(~finite)[0][1])
             raise BadInputError(f"{source.name}: NaN or infinite sample at index {where} "
                                 f"({where / source.sample_rate:.3f} s)")
         peak = max(peak, float(np.abs(block).max(initial=0.0)))
-    if peak < SILENT_PEAK:
-        raise BadInputError(f"{source.name}: the audio is silent (peak {peak:.1e}); "
-                            "nothing to separate")
+        readable += block.shape[1]
+        if block.shape[1] < min(SCAN_BLOCK, source.frames - start):
+            break  # the data ends before the header says it does
+    return peak, readable, None
 
 
 def open_source(path: Path, work_dir: Path) -> SoundFileSource:
-    """A block-readable source for any input: soundfile formats directly, others decoded to a
-    temporary float wav in ``work_dir`` first (PyAV, streamed)."""
-    if audio_io.is_soundfile_readable(path):
+    """A block-readable source for any input: uncompressed wav/aiff directly, anything else
+    (compressed audio, video containers) decoded in order to a temporary float wav in ``work_dir``
+    first (PyAV, streamed): compressed formats do not seek sample-exactly."""
+    if audio_io.exact_audio_info(path) is not None:
         return SoundFileSource(path)
     decoded = work_dir / "decoded-input.wav"
     audio_io.decode_to_wav(path, decoded)
     return SoundFileSource(decoded, name=str(path))
 
 
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None if it exists)."""
+    if folder.exists():
+        return None
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
+
+
+def _remove_empty_folders(folder: Path, top: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
+    if top is None:
+        return
+    folder, top = folder.resolve(), top.resolve()
+    while folder.is_relative_to(top):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone)
+            return
+        folder = folder.parent
+
+
 def load_image(image):
-    """A PIL.Image (RGB) from a PIL.Image or an image file path."""
-    from PIL import Image, UnidentifiedImageError
+    """A PIL.Image (RGB) from a PIL.Image or an image file path, turned upright by its EXIF
+    orientation (as a phone's photo is shown)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return ImageOps.exif_transpose(image).convert("RGB")
     path = audio_io.check_exists(image)
     try:
         with Image.open(path) as picture:
-            return picture.convert("RGB")
+            return ImageOps.exif_transpose(picture).convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise BadInputError(f"{path}: not a readable image ({err})") from err

@@ -1,9 +1,10 @@
 """Decoding one video file with PyAV: mono audio at the target rate plus pictures at given times.
 
 One demux pass reads both streams: audio frames go through an ``av.AudioResampler`` (float, mono,
-16 kHz) and video frames are decoded sequentially; for each requested time only the nearest frame is
-resized, centre-cropped and JPEG-encoded (seeking per second was slower on short clips because each
-seek re-decodes from the previous keyframe). Anything that makes a file unusable raises
+16 kHz) and video frames (cover art is not video) are decoded sequentially; for each requested
+time only the nearest frame is turned upright (display matrix), resized, centre-cropped and
+JPEG-encoded (seeking per second was slower on short clips because each seek re-decodes from the
+previous keyframe). Anything that makes a file unusable raises
 :class:`UnusableMedia` with a short machine-readable ``reason`` and a human ``detail``.
 """
 
@@ -18,6 +19,8 @@ from typing import Callable
 import av
 import numpy as np
 from PIL import Image
+
+from clipsep.audio_io import picture_streams, quarter_turns
 
 # First bytes of containers we accept: a file starting like this that will not open is corrupt
 # (e.g. an interrupted download), anything else that will not open is not media at all.
@@ -106,10 +109,11 @@ def _decode_failure(err: Exception, picker: "_PicturePicker",
 
 
 def _pick_streams(container):
-    videos = [s for s in container.streams.video if s.codec_context.width]
+    videos = [s for s in picture_streams(container) if s.codec_context.width]
     audios = list(container.streams.audio)
     if not videos:
-        raise UnusableMedia("no_video", "the file has no video stream")
+        cover = " (only cover art)" if container.streams.video else ""
+        raise UnusableMedia("no_video", f"the file has no video stream{cover}")
     if not audios:
         raise UnusableMedia("no_audio", "the file has no audio stream")
     return videos[0], audios[0]
@@ -218,12 +222,17 @@ class _PicturePicker:
 
 
 def encode_picture(frame, size: int) -> bytes:
-    """Shorter side to ``size`` (bicubic, by swscale), centre crop ``size`` square, JPEG bytes."""
-    scale = size / min(frame.width, frame.height)
-    width = max(size, int(round(frame.width * scale)))
-    height = max(size, int(round(frame.height * scale)))
-    resized = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC")
-    rgb = resized.to_ndarray()
+    """Turned upright (display matrix), shorter side to ``size`` (bicubic, by swscale), centre
+    crop ``size`` square, JPEG bytes."""
+    turns = quarter_turns(frame)
+    shown_w, shown_h = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+    scale = size / min(shown_w, shown_h)
+    width = max(size, int(round(shown_w * scale)))  # as shown, after turning
+    height = max(size, int(round(shown_h * scale)))
+    coded_w, coded_h = (height, width) if turns % 2 else (width, height)
+    resized = frame.reformat(width=coded_w, height=coded_h, format="rgb24",
+                             interpolation="BICUBIC")
+    rgb = np.rot90(resized.to_ndarray(), turns)
     top, left = (height - size) // 2, (width - size) // 2
     buffer = io.BytesIO()
     crop = Image.fromarray(rgb[top:top + size, left:left + size])

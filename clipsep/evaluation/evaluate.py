@@ -147,15 +147,16 @@ def load_segment(clip: ProtocolClip, sample_rate: int, length: int) -> np.ndarra
 
 
 def image_embedding(separator, clip: ProtocolClip) -> torch.Tensor | None:
-    """Mean CLIP embedding ``[D]`` of the clip's middle frames; None without frames."""
-    from PIL import Image
+    """Mean CLIP embedding ``[D]`` of the clip's middle frames (upright by their EXIF
+    orientation); None without frames."""
+    from clipsep.inference import load_image
 
     frames = sorted(clip.frames_dir.glob("*.jpg")) if clip.frames_dir else []
     if not frames:
         return None
     middle = len(frames) // 2
     chosen = frames[max(0, middle - QUERY_FRAMES // 2):middle - QUERY_FRAMES // 2 + QUERY_FRAMES]
-    pictures = [Image.open(f).convert("RGB") for f in chosen]
+    pictures = [load_image(f) for f in chosen]
     return separator.encoder.encode_images(pictures).mean(dim=0).to(separator.device)
 
 
