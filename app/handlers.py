@@ -245,27 +245,16 @@ SHOWN_METRICS = {  # registry run metric -> label on the page
 
 def registry_card(ref: str, tracking: str) -> ModelCard:
     """The card of ``models:/name@alias`` (or ``/version``): registry tags and run metrics."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from clipsep.registry_reader import describe_model
 
-    from clipsep.tracking import RegistryError, parse_model_reference
-
-    name, kind, value = parse_model_reference(ref)
-    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    try:
-        version = (client.get_model_version_by_alias(name, value) if kind == "alias"
-                   else client.get_model_version(name, value))
-        run = client.get_run(version.run_id) if version.run_id else None
-    except MlflowException as err:
-        raise RegistryError(f"cannot describe {ref} in {tracking}: {err}") from err
-    tags = dict(version.tags or {})
-    run_metrics = run.data.metrics if run else {}
+    version = describe_model(ref, tracking)
+    tags, run_metrics = version.tags, version.run_metrics
     metrics = {label: run_metrics[key] for key, label in SHOWN_METRICS.items()
                if key in run_metrics}
     if not metrics and "text_sdr" in tags:
         metrics["text SDR (dB)"] = float(tags["text_sdr"])
-    return ModelCard(reference=ref, version=str(version.version),
-                     aliases=", ".join(version.aliases or []) or "-",
+    return ModelCard(reference=ref, version=version.version,
+                     aliases=", ".join(version.aliases) or "-",
                      data_version=tags.get("data_version", "-"),
                      git_commit=tags.get("git_commit", "-"), metrics=metrics,
                      notes=f"gate: {tags['gate_reason']}" if "gate_reason" in tags else "")
@@ -337,21 +326,19 @@ def _mix_example(videos: Path, first: dict, second: dict, cache_dir: Path) -> Ex
 
 def load_model(params: Params, ref: str | None = None):
     """(Separator, ModelCard) for ``ref`` (default ``serve.model``): a registry reference
-    ``models:/name@alias`` in the params' MLflow store, or a checkpoint path (relative paths are
-    taken from the params file's folder)."""
+    ``models:/name@alias`` in the params' MLflow store (MLFLOW_TRACKING_URI when set), or a
+    checkpoint path (relative paths are taken from the params' ``paths.root``)."""
     from clipsep.inference import Separator
-    from clipsep.model.factory import load_checkpoint
-    from clipsep.tracking import project_root, resolve_model_reference, tracking_uri
+    from clipsep.registry_reader import is_registry_reference, registry_uri
 
     ref = ref or params.serve.model
-    if ref.startswith("models:/"):
-        checkpoint, clip_weights = resolve_model_reference(ref, tracking=tracking_uri(params))
-        card = registry_card(ref, tracking_uri(params))
+    uri = registry_uri(params)
+    log.info("loading %s", ref)
+    separator = Separator.from_pretrained(ref, device=params.separate.device,
+                                          settings=params.separate, tracking_uri=uri,
+                                          root=params.path("root"))
+    if is_registry_reference(ref):
+        card = registry_card(ref, uri)
     else:
-        checkpoint = Path(ref) if Path(ref).is_absolute() else project_root(params) / ref
-        clip_weights = None
-        card = checkpoint_card(checkpoint, load_checkpoint(checkpoint, "cpu")[1].extra)
-    log.info("loading %s from %s", ref, checkpoint)
-    separator = Separator.from_pretrained(checkpoint, device=params.separate.device,
-                                          clip_weights=clip_weights, settings=params.separate)
+        card = checkpoint_card(separator.source.checkpoint, separator.extra)
     return separator, card

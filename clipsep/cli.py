@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,22 +115,18 @@ def separate_files(args: argparse.Namespace) -> dict[str, Any]:
 
     from clipsep.errors import BadInputError, PartialFailure
     from clipsep.inference import Separator
+    from clipsep.registry_reader import registry_uri
 
     stems = [Path(path).stem for path in args.inputs]
     if len(set(stems)) < len(stems):  # OUT/<stem>/ would be overwritten by a later input
         raise BadInputError(f"inputs share a file name stem ({sorted(stems)}); rename one")
     params = load_cli_params(args)
-    model = args.model or params.separate.model
-    if not args.model and not model.startswith("models:/") and not Path(model).is_absolute():
-        model = str(params.path("root") / model)  # the default is relative to the project
-    registry = None
-    if model.startswith("models:/") and "MLFLOW_TRACKING_URI" not in os.environ:
-        from clipsep.tracking import tracking_uri  # the registry these params name, from any cwd
-
-        registry = tracking_uri(params)
-    separator = Separator.from_pretrained(model, device=params.separate.device,
-                                          clip_weights=args.clip_weights,
-                                          settings=params.separate, tracking_uri=registry)
+    # --model is taken from the working folder, the default from the project (paths.root)
+    separator = Separator.from_pretrained(args.model or params.separate.model,
+                                          device=params.separate.device,
+                                          clip_weights=args.clip_weights, settings=params.separate,
+                                          tracking_uri=registry_uri(params),
+                                          root=None if args.model else params.path("root"))
     written, failed = {}, {}
     for path in args.inputs:
         try:

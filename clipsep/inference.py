@@ -41,6 +41,7 @@ from clipsep import audio_io
 from clipsep.config import AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
 from clipsep.precision import autocast, resolve_precision
+from clipsep.registry_reader import ResolvedModel
 
 # Mirrors params.yaml's ``separate`` section for Python users who pass no settings
 # (tests/test_inference.py checks the two agree).
@@ -245,7 +246,8 @@ class Separator:
     """A loaded separator: network + frozen CLIP query encoder + the checkpoint's audio front end."""
 
     def __init__(self, network, encoder, audio_cfg: AudioConfig,
-                 settings: SeparateConfig = DEFAULT_SETTINGS, device: str = "cpu"):
+                 settings: SeparateConfig = DEFAULT_SETTINGS, device: str = "cpu",
+                 source: ResolvedModel | None = None, extra: dict | None = None):
         if not 0.0 <= settings.overlap < 1.0:
             raise BadInputError(f"separate.overlap must lie in [0, 1), got {settings.overlap}")
         if settings.channel_masks not in CHANNEL_MASKS:
@@ -259,33 +261,34 @@ class Separator:
         self.device = device
         self.depth = network.cfg.depth
         self.warp_bins = network.cfg.warp_bins
+        self.source = source  # the files it was loaded from (None when built in memory)
+        self.extra = extra or {}  # what the checkpoint records (step, metrics, data version)
 
     @classmethod
     def from_pretrained(cls, ref: str | Path, device: str = "auto",
                         clip_weights: str | Path | None = None,
                         settings: SeparateConfig | None = None,
-                        tracking_uri: str | None = None) -> "Separator":
-        """Load a checkpoint path or a registry reference ``models:/name@alias``.
+                        tracking_uri: str | None = None,
+                        root: str | Path | None = None) -> "Separator":
+        """Load a checkpoint path or a registry reference ``models:/name@alias`` (or ``/N``).
 
-        ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's).
+        ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's);
+        relative checkpoint paths are taken from ``root`` (default: the working folder).
+        See :func:`clipsep.registry_reader.resolve_model` for the errors.
         """
         from clipsep.env import resolve_device
         from clipsep.model.factory import load_checkpoint
         from clipsep.model.query import QueryEncoder
+        from clipsep.registry_reader import resolve_model
 
-        ref = str(ref)
-        if ref.startswith("models:/"):
-            from clipsep.tracking import resolve_model_reference
-
-            path, registry_clip = resolve_model_reference(ref, tracking=tracking_uri)
-            clip_weights = clip_weights or registry_clip
-        else:
-            path = Path(ref)
+        resolved = resolve_model(ref, tracking_uri=tracking_uri, root=root)
+        clip_weights = clip_weights or resolved.clip_weights
         device = resolve_device(device)
-        network, info = load_checkpoint(path, device)
+        network, info = load_checkpoint(resolved.checkpoint, device)
         encoder = QueryEncoder.from_reference(info.query, device,
                                               weights=Path(clip_weights) if clip_weights else None)
-        return cls(network, encoder, info.audio_cfg, settings or DEFAULT_SETTINGS, device)
+        return cls(network, encoder, info.audio_cfg, settings or DEFAULT_SETTINGS, device,
+                   source=resolved, extra=dict(info.extra))
 
     # --- queries -----------------------------------------------------------------------------
 

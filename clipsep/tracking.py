@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from typing import Any
 import yaml
 
 from clipsep.config import Params, RegistryConfig
-from clipsep.errors import BadInputError, ClipsepError, MissingWeightsError
+from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest
+from clipsep.registry_reader import RegistryUnavailableError, lookup_version, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,7 @@ PYFUNC_REQUIREMENTS = ["mlflow>=3.17,<3.18", "torch", "open_clip_torch", "soundf
                        "clipsep"]
 
 
-class RegistryError(ClipsepError):
-    """A registry reference or state that cannot be used (unknown model/alias, bad metrics)."""
-
-
 # --- where things go ---------------------------------------------------------------------------
-
-
-def tracking_uri(p: Params) -> str:
-    """registry.tracking_uri, else a sqlite store under paths.mlflow (4 slashes: absolute path)."""
-    return p.registry.tracking_uri or f"sqlite:///{p.path('mlflow')}/mlflow.db"
 
 
 def artifact_location(p: Params) -> str | None:
@@ -79,8 +70,11 @@ def connect(p: Params):
         p.path("mlflow").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(p.registry.experiment)
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiment = client.get_experiment_by_name(p.registry.experiment)
+    except Exception as err:  # a dead server, a corrupt database: stop before logging anything
+        raise RegistryUnavailableError.of(uri, err) from err
     if experiment is None:
         return client, client.create_experiment(p.registry.experiment,
                                                 artifact_location=artifact_location(p))
@@ -254,12 +248,13 @@ def decide_alias(new_sdr: float, champion: dict[str, str] | None, protocol: str,
 
 
 def champion_tags(client, model_name: str) -> dict[str, str] | None:
-    """Tags of the current champion version (plus its number), or None when there is none."""
-    from mlflow.exceptions import MlflowException
+    """Tags of the current champion version (plus its number), or None when there is none.
 
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:  # no registered model yet, or no champion alias
+    A store that cannot be read raises RegistryUnavailableError: it is never "no champion" (that
+    would promote a new model over the existing one).
+    """
+    version = lookup_version(client, model_name, "alias", CHAMPION)
+    if version is None:  # no registered model yet, or no champion alias
         return None
     return {**version.tags, "version": str(version.version)}
 
@@ -431,101 +426,3 @@ def register(p: Params) -> dict[str, Any]:
             "model_uri": f"models:/{p.registry.model_name}/{version}",
             "tracking_uri": tracking_uri(p), "run_url": run_url(p, experiment_id, run_id),
             "ui_command": ui_command(p)}
-
-
-# --- resolving registry references -------------------------------------------------------------
-
-
-def parse_model_reference(ref: str) -> tuple[str, str, str]:
-    """'models:/n@a' -> (n, 'alias', a); 'models:/n/3' -> (n, 'version', '3')."""
-    body = ref.removeprefix("models:/")
-    if body == ref or not body:
-        raise RegistryError(f"{ref!r} is not a registry reference like models:/clipsep@champion")
-    if "@" in body:
-        name, _, alias = body.partition("@")
-        if name and alias:
-            return name, "alias", alias
-    else:
-        name, _, version = body.partition("/")
-        if name and version.isdigit():
-            return name, "version", version
-    raise RegistryError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the default store of ./params.yaml."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    from clipsep.config import load_params
-
-    if not Path("params.yaml").is_file():
-        raise RegistryError("cannot resolve a models:/ reference: set MLFLOW_TRACKING_URI or run "
-                            "from the project folder (its params.yaml names the default store)")
-    return tracking_uri(load_params("params.yaml"))
-
-
-def _model_version(client, name: str, kind: str, value: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        if kind == "alias":
-            return client.get_model_version_by_alias(name, value)
-        return client.get_model_version(name, value)
-    except MlflowException as err:
-        raise RegistryError(f"no model version models:/{name}{'@' if kind == 'alias' else '/'}"
-                            f"{value} in {client.tracking_uri}: train and register one first "
-                            "(`make quickstart` or `clipsep register`)") from err
-
-
-def _download_model(name: str, version: str, uri: str, cache_dir: Path) -> Path:
-    """Download a model version's files once, atomically, into cache_dir/<name>-v<N>-<store>."""
-    import mlflow
-
-    store = hashlib.md5(uri.encode()).hexdigest()[:8]
-    final = cache_dir / f"{name}-v{version}-{store}"
-    if (final / "MLmodel").is_file():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir))
-    try:
-        # ask this registry where the version's files are: a "models:/" URI would be resolved
-        # against MLflow's global registry URI (./mlflow.db by default), not this store
-        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        source = client.get_model_version_download_uri(name, version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
-                                                    tracking_uri=uri)
-        os.replace(local, final)
-    except OSError:
-        if not (final / "MLmodel").is_file():  # another process won the race: use theirs
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def resolve_model_reference(ref: str, tracking: str | None = None,
-                            cache_dir: str | Path | None = None) -> tuple[Path, Path | None]:
-    """'models:/clipsep@champion' (or a checkpoint path) -> (checkpoint path, CLIP weights | None).
-
-    The registry is MLFLOW_TRACKING_URI / ``tracking`` / the default store of ./params.yaml;
-    files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models).
-    """
-    from mlflow import MlflowClient
-
-    if not ref.startswith("models:/"):
-        path = Path(ref)
-        if not path.is_file():
-            raise MissingWeightsError(f"checkpoint {ref} not found (give a file or "
-                                      "models:/NAME@ALIAS)")
-        return path, None
-    name, kind, value = parse_model_reference(ref)
-    uri = tracking or default_tracking_uri()
-    version = _model_version(MlflowClient(tracking_uri=uri, registry_uri=uri), name, kind, value)
-    cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "clipsep-models"
-    model_dir = _download_model(name, str(version.version), uri, cache)
-    files = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
-    artifacts = {key: model_dir / entry["path"]
-                 for key, entry in files.get("artifacts", {}).items()}
-    if "checkpoint" not in artifacts or not artifacts["checkpoint"].is_file():
-        raise MissingWeightsError(f"{ref} (version {version.version}) has no checkpoint artifact")
-    return artifacts["checkpoint"], artifacts.get("clip_weights")

@@ -83,3 +83,29 @@ def test_first_model_under_the_floor_is_only_a_challenger(project):
     stored = tracking.client_for(p).get_model_version_by_alias("clipsep-floor", "challenger")
     assert stored.tags["gate_decision"] == "challenger"
     assert "below the floor" in stored.tags["gate_reason"]
+
+
+def test_an_unreadable_store_is_not_no_champion(tmp_path):
+    """A store that cannot be read stops `register` with a clear error: it never promotes."""
+    from clipsep.cli import main
+    from clipsep.registry_reader import ModelNotFoundError, RegistryUnavailableError, resolve_model
+
+    p = tiny_params_at(tmp_path)
+    write_pipeline_outputs(p, text_sdr=9.0,
+                           clip_weights=save_random_clip(p, tmp_path / "clip-source.pt"))
+    client, _ = tracking.connect(p)  # a store that was fine when the run started ...
+    assert tracking.champion_tags(client, "clipsep") is None  # ... and has no champion yet
+    store = p.path("mlflow") / "mlflow.db"
+    garbage = b"this is not an sqlite database\n" * 64
+    store.write_bytes(garbage)  # ... and then cannot be read
+    with pytest.raises(RegistryUnavailableError, match="cannot read the MLflow store"):
+        tracking.champion_tags(client, "clipsep")
+    uri = tracking.tracking_uri(p)
+    with pytest.raises(RegistryUnavailableError, match="cannot read the MLflow store"):
+        tracking.register(p)
+    with pytest.raises(RegistryUnavailableError):
+        resolve_model("models:/clipsep@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
+    assert not issubclass(RegistryUnavailableError, ModelNotFoundError)
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    assert main(["register", *flags]) == 2
+    assert store.read_bytes() == garbage  # nothing stored is lost or overwritten

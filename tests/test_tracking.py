@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 from conftest import tiny_params_at
 from platform_inputs import save_random_clip, write_manifest, write_pipeline_outputs
 
-from clipsep import tracking
+from clipsep import registry_reader, tracking
 from clipsep.errors import BadInputError, MissingWeightsError
 
 torch.set_num_threads(1)
@@ -81,14 +83,15 @@ def test_registered_version_carries_tags_signature_and_files(registered, tmp_pat
     info = mlflow.models.get_model_info("models:/clipsep@champion")
     assert info.signature.inputs.input_names() == ["audio", "query"]
     assert info.signature.outputs.input_names() == ["target", "residual"]
-    checkpoint, clip_weights = tracking.resolve_model_reference(
-        "models:/clipsep@champion", tracking=uri, cache_dir=tmp_path / "cache")
-    assert checkpoint.read_bytes() == (p.path("checkpoints") / "best.pt").read_bytes()
-    assert clip_weights is not None
-    assert clip_weights.read_bytes() == (p.path("clip_model") / "clip.pt").read_bytes()
-    again = tracking.resolve_model_reference("models:/clipsep/1", tracking=uri,
+    resolved = registry_reader.resolve_model("models:/clipsep@champion", tracking_uri=uri,
                                              cache_dir=tmp_path / "cache")
-    assert again == (checkpoint, clip_weights), "a second resolve must reuse the cached download"
+    assert resolved.version == "1"
+    assert resolved.checkpoint.read_bytes() == (p.path("checkpoints") / "best.pt").read_bytes()
+    assert resolved.clip_weights is not None
+    assert resolved.clip_weights.read_bytes() == (p.path("clip_model") / "clip.pt").read_bytes()
+    again = registry_reader.resolve_model("models:/clipsep/1", tracking_uri=uri,
+                                          cache_dir=tmp_path / "cache")
+    assert again == resolved, "a second resolve must reuse the cached download"
 
 
 def test_registered_pyfunc_separates_a_file(registered, tmp_path):
@@ -111,15 +114,52 @@ def test_registered_pyfunc_separates_a_file(registered, tmp_path):
 def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
     p, _, _ = registered
     uri = tracking.tracking_uri(p)
-    with pytest.raises(tracking.RegistryError, match="no model version"):
-        tracking.resolve_model_reference("models:/clipsep@nonexistent", tracking=uri,
-                                         cache_dir=tmp_path / "cache")
-    with pytest.raises(tracking.RegistryError, match="expected models:/NAME@ALIAS"):
-        tracking.parse_model_reference("models:/clipsep/latest")
+    with pytest.raises(registry_reader.ModelNotFoundError, match="no model version"):
+        registry_reader.resolve_model("models:/clipsep@nonexistent", tracking_uri=uri,
+                                      cache_dir=tmp_path / "cache")
+    with pytest.raises(registry_reader.ModelNotFoundError, match="no model version"):
+        registry_reader.resolve_model("models:/clipsep/99", tracking_uri=uri,
+                                      cache_dir=tmp_path / "cache")
+    with pytest.raises(registry_reader.RegistryError, match="expected models:/NAME@ALIAS"):
+        registry_reader.parse_model_reference("models:/clipsep/latest")
     with pytest.raises(MissingWeightsError):
-        tracking.resolve_model_reference(str(tmp_path / "missing.pt"))
+        registry_reader.resolve_model(str(tmp_path / "missing.pt"))
     local = p.path("checkpoints") / "best.pt"
-    assert tracking.resolve_model_reference(str(local)) == (local, None)
+    assert registry_reader.resolve_model(str(local)) == registry_reader.ResolvedModel(local)
+    relative = registry_reader.resolve_model("best.pt", root=local.parent)
+    assert relative.checkpoint == local and relative.version is None
+
+
+
+def _resolve_in_fresh_process(uri: str, cache: Path) -> tuple[str, bool]:
+    """(version, whether mlflow was imported) of resolving the champion in a new interpreter."""
+    code = ("import sys; from clipsep.registry_reader import resolve_model; "
+            f"r = resolve_model('models:/clipsep@champion', tracking_uri={uri!r}, "
+            f"cache_dir={str(cache)!r}); print(r.version, 'mlflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=cache.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    version, imported = done.stdout.split()
+    return version, imported == "True"
+
+
+def test_cached_resolution_skips_mlflow_until_the_alias_moves(registered, tmp_path):
+    p, _, _ = registered
+    uri, cache = tracking.tracking_uri(p), tmp_path / "cache"
+    assert _resolve_in_fresh_process(uri, cache) == ("1", True)  # cold: MLflow downloads v1
+    assert _resolve_in_fresh_process(uri, cache) == ("1", False)  # warm: no MLflow at all
+    client = tracking.client_for(p)
+    first = client.get_model_version("clipsep", "1")
+    moved = client.create_model_version("clipsep", first.source, run_id=first.run_id)
+    client.set_registered_model_alias("clipsep", "champion", moved.version)
+    try:
+        assert _resolve_in_fresh_process(uri, cache) == (str(moved.version), True)
+        assert _resolve_in_fresh_process(uri, cache) == (str(moved.version), False)
+    finally:
+        client.set_registered_model_alias("clipsep", "champion", "1")
+        client.delete_model_version("clipsep", moved.version)
+    assert registry_reader.resolve_model("models:/clipsep@champion", tracking_uri=uri,
+                                         cache_dir=cache).version == "1"
 
 
 def test_register_refuses_missing_inputs_and_broken_metrics(tmp_path):

@@ -1,0 +1,273 @@
+"""Reading the model registry: one way to turn a model reference into local files.
+
+A model reference is a checkpoint path, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+:func:`resolve_model` turns any of them into a :class:`ResolvedModel` (checkpoint file, CLIP
+weights file or None, registry version); :func:`describe_model` reads a version's tags, aliases
+and run metrics. This is the registry's read side: inference, the CLI, the app and evaluation use
+it; the write side (logging runs, registering, the promotion gate) lives in
+:mod:`clipsep.tracking`, above it.
+
+Errors tell apart a reference that names nothing (:class:`ModelNotFoundError`: no such model,
+alias or version) from a store that could not be read (:class:`RegistryUnavailableError`).
+
+Cache, keyed by the registry version: a version's files are downloaded once into
+``<cache_dir>/<name>-v<N>-<store>/`` (versions are immutable). For a sqlite store the alias is
+looked up with a read-only sqlite query first; when it still names a version already in the
+cache, the files are used without importing mlflow at all (a cold ``clipsep separate`` skips
+seconds of MLflow start-up). Any doubt (an unknown alias, another store kind, a schema this query
+does not know) takes the MLflow path, which is authoritative.
+mlflow is imported lazily: importing this module is cheap and has no side effects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+import yaml
+
+from clipsep.config import Params
+from clipsep.errors import ClipsepError, MissingWeightsError
+
+REGISTRY_PREFIX = "models:/"
+CACHE_FOLDER = "clipsep-models"  # under the temp folder unless a cache_dir is given
+# MLflow's error codes for a name, alias or version that does not exist
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+class RegistryError(ClipsepError):
+    """A registry reference or state that cannot be used."""
+
+
+class ModelNotFoundError(RegistryError):
+    """The store was read, and it has no such registered model, alias or version."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The store could not be read (missing server, corrupt or unreadable database)."""
+
+    @classmethod
+    def of(cls, uri: str, err: BaseException) -> RegistryUnavailableError:
+        """The error for store ``uri`` failing with ``err`` (its first line, cut to 300 chars)."""
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return cls(f"cannot read the MLflow store {uri}: {first_line[:300]}")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Local files of a model reference; ``version`` is None for a plain checkpoint path."""
+
+    checkpoint: Path
+    clip_weights: Path | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What the registry records about one model version (tags, aliases, its run's metrics)."""
+
+    reference: str
+    version: str
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    run_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# --- which store ------------------------------------------------------------------------------
+
+
+def tracking_uri(p: Params) -> str:
+    """registry.tracking_uri, else a sqlite store under paths.mlflow (4 slashes: absolute path)."""
+    return p.registry.tracking_uri or f"sqlite:///{p.path('mlflow')}/mlflow.db"
+
+
+def registry_uri(p: Params | None = None) -> str:
+    """Where references are resolved: MLFLOW_TRACKING_URI, else the store of ``p`` (default:
+    ./params.yaml)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if p is not None:
+        return tracking_uri(p)
+    from clipsep.config import load_params
+
+    if not Path("params.yaml").is_file():
+        raise RegistryError("cannot resolve a models:/ reference: set MLFLOW_TRACKING_URI or run "
+                            "from the project folder (its params.yaml names the default store)")
+    return tracking_uri(load_params("params.yaml"))
+
+
+def parse_model_reference(ref: str) -> tuple[str, str, str]:
+    """'models:/n@a' -> (n, 'alias', a); 'models:/n/3' -> (n, 'version', '3')."""
+    body = ref.removeprefix(REGISTRY_PREFIX)
+    if body == ref or not body:
+        raise RegistryError(f"{ref!r} is not a registry reference like models:/clipsep@champion")
+    if "@" in body:
+        name, _, alias = body.partition("@")
+        if name and alias:
+            return name, "alias", alias
+    else:
+        name, _, version = body.partition("/")
+        if name and version.isdigit():
+            return name, "version", version
+    raise RegistryError(f"{ref!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def is_registry_reference(ref: str | Path) -> bool:
+    """True for ``models:/...`` references, False for checkpoint paths."""
+    return str(ref).startswith(REGISTRY_PREFIX)
+
+
+# --- reading versions -------------------------------------------------------------------------
+
+
+def lookup_version(client, name: str, kind: str, value: str):
+    """The ModelVersion ``name@value`` (alias) or ``name/value`` (version); None when the store
+    has no such model, alias or version. RegistryUnavailableError when it cannot be read."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if kind == "alias":
+            return client.get_model_version_by_alias(name, value)
+        return client.get_model_version(name, value)
+    except MlflowException as err:
+        if err.error_code in NOT_FOUND_CODES:
+            return None
+        raise RegistryUnavailableError.of(client.tracking_uri, err) from err
+    except Exception as err:  # a dead server, a corrupt database: never "no such model"
+        raise RegistryUnavailableError.of(client.tracking_uri, err) from err
+
+
+def _client(uri: str):
+    try:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as err:  # a store that cannot even be opened
+        raise RegistryUnavailableError.of(uri, err) from err
+
+
+def _require_version(client, ref: str, uri: str):
+    name, kind, value = parse_model_reference(ref)
+    version = lookup_version(client, name, kind, value)
+    if version is None:
+        raise ModelNotFoundError(f"no model version {ref} in {uri}: train and register one "
+                                 "first (`make quickstart` or `clipsep register`)")
+    return version
+
+
+def describe_model(ref: str, uri: str) -> ModelDescription:
+    """Tags, aliases and run metrics of the version ``ref`` (``models:/...``) names in ``uri``."""
+    client = _client(uri)
+    version = _require_version(client, ref, uri)
+    try:
+        run = client.get_run(version.run_id) if version.run_id else None
+    except Exception as err:  # a store that answered the version, then failed
+        raise RegistryUnavailableError.of(uri, err) from err
+    return ModelDescription(reference=ref, version=str(version.version),
+                            aliases=tuple(version.aliases or ()), tags=dict(version.tags or {}),
+                            run_metrics=dict(run.data.metrics) if run else {})
+
+
+# --- resolving references into files ----------------------------------------------------------
+
+
+def resolve_model(ref: str | Path, tracking_uri: str | None = None,
+                  cache_dir: str | Path | None = None, root: str | Path | None = None
+                  ) -> ResolvedModel:
+    """A checkpoint path or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` -> local files.
+
+    ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's);
+    relative checkpoint paths are taken from ``root`` (default: the working folder); registry
+    files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models).
+    Raises MissingWeightsError (no such file, no checkpoint in the version), ModelNotFoundError,
+    RegistryUnavailableError.
+    """
+    if not is_registry_reference(ref):
+        path = Path(ref)
+        path = path if path.is_absolute() or root is None else Path(root) / path
+        if not path.is_file():
+            raise MissingWeightsError(f"checkpoint {path} not found (give a file or "
+                                      "models:/NAME@ALIAS)")
+        return ResolvedModel(path)
+    ref = str(ref)
+    name, kind, value = parse_model_reference(ref)
+    uri = tracking_uri or registry_uri()
+    cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / CACHE_FOLDER
+    version = _sqlite_version(uri, name, kind, value)
+    model_dir = _version_dir(cache, name, version, uri) if version else None
+    if model_dir is None or not (model_dir / "MLmodel").is_file():
+        client = _client(uri)
+        version = str(_require_version(client, ref, uri).version)
+        model_dir = _download_model(client, name, version, uri, _version_dir(cache, name, version,
+                                                                               uri))
+    return _read_artifacts(ref, model_dir, version)
+
+
+def _version_dir(cache: Path, name: str, version: str, uri: str) -> Path:
+    store = hashlib.md5(uri.encode()).hexdigest()[:8]
+    return cache / f"{name}-v{version}-{store}"
+
+
+def _read_artifacts(ref: str, model_dir: Path, version: str) -> ResolvedModel:
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    files = mlmodel["flavors"]["python_function"]
+    artifacts = {key: model_dir / entry["path"]
+                 for key, entry in files.get("artifacts", {}).items()}
+    if "checkpoint" not in artifacts or not artifacts["checkpoint"].is_file():
+        raise MissingWeightsError(f"{ref} (version {version}) has no checkpoint artifact")
+    return ResolvedModel(artifacts["checkpoint"], artifacts.get("clip_weights"), version)
+
+
+def _sqlite_version(uri: str, name: str, kind: str, value: str) -> str | None:
+    """The version an alias (or version number) names in a sqlite store, read without mlflow.
+
+    None whenever this cannot say for sure (not sqlite, no such row, another schema): the caller
+    then asks MLflow.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(unquote(uri.removeprefix("sqlite:///").partition("?")[0]))
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if not path.is_file():
+        return None
+    query = ("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"
+             if kind == "alias" else
+             "SELECT version FROM model_versions WHERE name = ? AND version = ? "
+             "AND current_stage != 'Deleted_Internal'")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute(query, (name, int(value) if kind == "version" else value)).fetchall()
+    except (sqlite3.Error, ValueError):
+        return None
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
+def _download_model(client, name: str, version: str, uri: str, final: Path) -> Path:
+    """Download a model version's files once, atomically, into ``final``."""
+    import mlflow
+
+    if (final / "MLmodel").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        # ask this registry where the version's files are: a "models:/" URI would be resolved
+        # against MLflow's global registry URI (./mlflow.db by default), not this store
+        source = client.get_model_version_download_uri(name, version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
+                                                    tracking_uri=uri)
+        os.replace(local, final)
+    except OSError:
+        if not (final / "MLmodel").is_file():  # another process won the race: use theirs
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
