@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clipsep import audio
 from clipsep.config import Params
 from clipsep.data.mixing import (LoadedClip, MixBatch, MixDataset, load_wave, read_manifest,
                                  validation_batch)
@@ -43,12 +42,12 @@ from clipsep.errors import BadInputError
 from clipsep.precision import PrecisionChoice, autocast, resolve_precision
 from clipsep.training import embeddings as frame_cache
 from clipsep.training.schedule import lr_multiplier
+from clipsep.training.spectral import SpectralBatch, reconstruct, run_model, sdr_db, spectral_batch
 from clipsep.fileio import torch_save
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "clipsep-training-state"
-DDP_CHECK_ENV = "CLIPSEP_DDP_CHECK_DIR"  # tests: each rank writes its parameter checksum here
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUME_FREE_KEYS = {"steps", "validate_every", "checkpoint_every", "num_workers", "device",
                     "examples", "precision", "channels_last"}
@@ -143,51 +142,6 @@ def _text_queries(encoder, val_clips: list[LoadedClip], batch: MixBatch) -> torc
     return torch.stack([torch.stack([table[labels[i]] for i in ids]) for ids in batch.clip_ids])
 
 
-# --- spectral targets ----------------------------------------------------------------------------
-
-
-@dataclass
-class SpectralBatch:
-    """Network input and targets of one batch (float32, warped log-frequency domain).
-
-    ``mix_warped [B, 1, W, T]`` linear magnitude, ``targets [B, N, W, T]`` binary masks,
-    ``weight [B, 1, W, T]``; ``mix_spec [B, F, T]`` complex for reconstruction.
-    """
-
-    mix_warped: torch.Tensor
-    targets: torch.Tensor
-    weight: torch.Tensor
-    mix_spec: torch.Tensor
-
-
-def spectral_batch(sources: torch.Tensor, params: Params) -> SpectralBatch:
-    """STFT, warp, binary masks and loss weights of sources ``[B, N, L]`` (mixture = their sum)."""
-    batch, n_mix, length = sources.shape
-    mix_spec = audio.stft(sources.sum(dim=1), params.audio)
-    mix_warped = audio.warp(mix_spec.abs().unsqueeze(1), params.audio.warp_bins)
-    source_mag = audio.stft(sources.reshape(batch * n_mix, length), params.audio).abs()
-    source_warped = audio.warp(source_mag.view(batch, n_mix, *source_mag.shape[1:]),
-                               params.audio.warp_bins)
-    return SpectralBatch(mix_warped=mix_warped,
-                         targets=audio.binary_masks(source_warped, mix_warped),
-                         weight=audio.loss_weight(mix_warped), mix_spec=mix_spec)
-
-
-def run_model(model: torch.nn.Module, mix_warped: torch.Tensor, queries: torch.Tensor,
-              depth: int, channels_last: bool, with_noise: bool = True,
-              noise_queries: int | None = None):
-    """Forward with T zero-padded to a multiple of 2**depth; logits cropped back to T.
-
-    ``noise_queries``: how many leading queries are the mixture's sources (for the NIT heads).
-    """
-    frames = mix_warped.shape[-1]
-    padded = audio.pad_frames(frames, depth)
-    if padded != frames:
-        mix_warped = torch.nn.functional.pad(mix_warped, (0, padded - frames))
-    if channels_last:
-        mix_warped = mix_warped.contiguous(memory_format=torch.channels_last)
-    masks, noise = model(mix_warped, queries, with_noise=with_noise, noise_queries=noise_queries)
-    return masks[..., :frames], (noise[..., :frames] if noise is not None else None)
 
 
 # --- state, resumption ---------------------------------------------------------------------------
@@ -293,26 +247,6 @@ def _val_chunks(data: TrainingData, params: Params,
     for start in range(0, sources.shape[0], params.train.batch_size):
         chunk = sources[start:start + params.train.batch_size].to(device)
         yield start, chunk.shape[0], spectral_batch(chunk, params)
-
-
-def reconstruct(mask_prob: torch.Tensor, mix_spec: torch.Tensor, params: Params) -> torch.Tensor:
-    """Waveforms ``[B, N, L]`` from warped masks ``[B, N, W, T]`` and mixture STFT ``[B, F, T]``.
-
-    Soft masks, un-warped to linear frequency, applied to the mixture with its phase.
-    """
-    batch, n_mix = mask_prob.shape[:2]
-    linear = audio.unwarp(mask_prob, mix_spec.shape[1]).clamp(0.0, 1.0)
-    spec = linear * mix_spec.unsqueeze(1)
-    length = params.audio.segment_samples
-    waves = audio.istft(spec.reshape(batch * n_mix, *spec.shape[2:]), length, params.audio)
-    return waves.view(batch, n_mix, length)
-
-
-def sdr_db(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per signal: ``[B, N, L]`` -> ``[B, N]``."""
-    signal = references.pow(2).sum(-1)
-    error = (references - estimates).pow(2).sum(-1)
-    return 10 * torch.log10((signal + 1e-10) / (error + 1e-10))
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -432,7 +366,6 @@ def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
         summary = report.write_reports(trainer, data, state, out_dir,
                                        session_steps=state.step - started,
                                        session_seconds=time.perf_counter() - session_start)
-    _write_ddp_check(trainer.net, dist, state.step)
     dist.barrier()
     if dist.enabled:
         torch.distributed.destroy_process_group()
@@ -514,13 +447,3 @@ def _show_progress(progress, record: dict, state: RunState, log_every: int, dist
         log.info("step %d/%d loss %.4f lr %.2e %.2f steps/s%s", state.step, progress.total,
                  record["loss"], record["lr"], rate, "" if val is None else f" val {val:.4f}")
 
-
-def _write_ddp_check(net: torch.nn.Module, dist: Dist, step: int) -> None:
-    """Tests of DDP: each rank writes a checksum of its parameters to ``$CLIPSEP_DDP_CHECK_DIR``."""
-    folder = os.environ.get(DDP_CHECK_ENV)
-    if not folder:
-        return
-    checksum = float(sum(p.detach().double().sum() for p in net.parameters()))
-    path = Path(folder) / f"rank{dist.rank}.json"
-    path.write_text(json.dumps({"rank": dist.rank, "world_size": dist.world_size, "step": step,
-                                "checksum": checksum}))

@@ -23,6 +23,7 @@ import torch
 from clipsep import audio
 from clipsep.audio_io import write_wav
 from clipsep.fileio import write_bytes
+from clipsep.training.spectral import reconstruct, run_model, spectral_batch
 
 HISTORY_FIELDS = ["step", "lr", "loss", "separation", "absent", "noise_activation",
                   "grad_norm", "val_loss_image", "val_loss_text", "val_sdr"]
@@ -84,7 +85,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
 def write_examples(trainer, data, checkpoint: Path, folder: Path) -> list[str]:
     """Separate the first validation mixtures with ``checkpoint``; write wavs and spectrograms."""
     from clipsep.model.factory import load_checkpoint
-    from clipsep.training.loop import reconstruct, run_model, spectral_batch
 
     params, device = trainer.params, trainer.device
     count = min(params.train.examples, data.val_batch.sources.shape[0])
