@@ -1,1 +1,1 @@
-"""The Gradio demo of clipsep: ``python -m app`` (or ``clipsep app``). See docs/app.md."""
+"""The Gradio demo of clipsep: ``python -m app`` from the project folder. See docs/app.md."""

@@ -49,27 +49,6 @@ def show_params(args: argparse.Namespace) -> dict[str, Any]:
     return params.to_dict()
 
 
-def run_app(args: argparse.Namespace) -> None:
-    """Run the demo as ``python -m app`` in a child process: clipsep itself never imports gradio."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    from clipsep.errors import ClipsepError
-
-    root = Path(__file__).resolve().parents[1]  # the project folder holding app/
-    if not (root / "app" / "__main__.py").is_file():
-        raise ClipsepError(f"the demo (app/) is not next to {root / 'clipsep'}: run `python -m app` "
-                           "from the project folder")
-    flags = [f for name in ("params", "profile", "model", "port") if getattr(args, name)
-             for f in (f"--{name}", str(getattr(args, name)))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root),
-                                                                       os.environ.get("PYTHONPATH")]))}
-    status = subprocess.run([sys.executable, "-m", "app", *flags], env=env).returncode
-    if status not in (0, -2, 130):  # Ctrl-C is the normal way to stop the server
-        raise ClipsepError(f"the demo stopped with exit status {status} (see its log above)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from clipsep.stages import STAGES
 
@@ -84,12 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(params_cmd)
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
     params_cmd.set_defaults(handler=show_params)
-    app_cmd = sub.add_parser("app", help="serve the Gradio demo (runs `python -m app`)")
-    app_cmd.add_argument("--params", default=None, help="params file (default: params.yaml)")
-    app_cmd.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
-    app_cmd.add_argument("--model", default=None, help="checkpoint or models:/NAME@ALIAS")
-    app_cmd.add_argument("--port", default=None, help="port (default: serve.port)")
-    app_cmd.set_defaults(handler=run_app)
     _add_separate_command(sub)
     return parser
 

@@ -117,8 +117,8 @@ def test_upload_over_the_size_limit_is_refused(app_url):
     assert refused.value.code == 413
 
 
-def test_clipsep_app_command_serves_the_page(tmp_path):
-    """The documented command: `clipsep app` spawns `python -m app`, which serves until stopped."""
+def test_app_command_serves_the_page(tmp_path):
+    """The documented command `python -m app` serves until stopped; a bad model exits with 2."""
     import signal
     import subprocess
     import sys
@@ -128,8 +128,9 @@ def test_clipsep_app_command_serves_the_page(tmp_path):
 
     _, checkpoint = write_tiny_model(tmp_path)
     port = free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "clipsep.cli", "app", "--params", str(REPO / "params.yaml"),
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "app", "--params", str(REPO / "params.yaml"),
                "--profile", "tiny", "--model", str(checkpoint), "--port", str(port)]
     server = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
