@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from clipsep.env import apply_offline_defaults
 
 log = logging.getLogger("clipsep")
+FLAGS = {"query": "--query TEXT", "image": "--image PATH"}  # library argument -> its CLI flag
 
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +114,8 @@ def separate_files(args: argparse.Namespace) -> dict[str, Any]:
         except BadInputError as err:
             if len(args.inputs) == 1:
                 raise
-            failed[str(path)] = str(err) if str(path) in str(err) else f"{path}: {err}"
+            message = with_flags(err)
+            failed[str(path)] = message if str(path) in message else f"{path}: {message}"
             log.error("%s", failed[str(path)])
             continue
         written[str(path)] = {"target": str(target), "residual": str(residual)}
@@ -123,6 +125,12 @@ def separate_files(args: argparse.Namespace) -> dict[str, Any]:
                              f"(see above); {len(written)} were",
                              {"separated": written, "failed": failed})
     return {"separated": written}
+
+
+def with_flags(err: Exception) -> str:
+    """The error's message plus the command-line flags of the arguments it names."""
+    flags = [FLAGS[name] for name in getattr(err, "arguments", ()) if name in FLAGS]
+    return f"{err} ({' / '.join(flags)})" if flags else str(err)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ClipsepError, FileNotFoundError) as err:
         if getattr(err, "result", None) is not None:  # a batch with failures: what did work
             print(json.dumps(err.result, indent=2, default=str))
-        log.error("%s", err)
+        log.error("%s", with_flags(err))
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str))

@@ -6,7 +6,15 @@ class ClipsepError(Exception):
 
 
 class BadInputError(ClipsepError, ValueError):
-    """An input file or value that cannot be used (corrupt, silent, NaN, empty query, ...)."""
+    """An input file or value that cannot be used (corrupt, silent, NaN, empty query, ...).
+
+    ``arguments`` names the parameters at fault (e.g. ``("query",)``): the message speaks of the
+    library's arguments, and each edge (CLI, app) can add the name of its own control for them.
+    """
+
+    def __init__(self, message: str, arguments: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.arguments = arguments
 
 
 class ValidationFailed(ClipsepError):

@@ -295,15 +295,16 @@ class Separator:
     def embed_query(self, query: str | None = None, image=None) -> torch.Tensor:
         """One query embedding ``[D]``: text (prompt-ensembled) or an image (PIL.Image or a path)."""
         if query is not None and image is not None:
-            raise BadInputError("give a text query or an image query, not both")
+            raise BadInputError("give a text query or an image query, not both",
+                                arguments=("query", "image"))
         if query is not None:
             if not isinstance(query, str) or not query.strip():
                 raise BadInputError(f"the text query is empty ({query!r}); say what to extract, "
-                                    "e.g. --query 'acoustic guitar'")
+                                    "e.g. 'acoustic guitar'", arguments=("query",))
             return self.encoder.encode_text([query.strip()])[0].to(self.device)
         if image is not None:
             return self.encoder.encode_images([load_image(image)])[0].to(self.device)
-        raise BadInputError("no query: give a text query (--query) or an image (--image)")
+        raise BadInputError("no query: give a text query or an image", arguments=("query", "image"))
 
     # --- the model step ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from clipsep.cli import main
+from clipsep.errors import BadInputError
 from conftest import REPO
 from test_inference import make_tiny_model, tones
 
@@ -142,3 +143,20 @@ def test_default_model_is_the_registry_champion_of_the_params(tmp_path, monkeypa
     assert list(work.iterdir()) == []
     target, rate = sf.read(tmp_path / "out" / "mix" / "target.wav")
     assert rate == 22050 and target.shape == (44100, 2)
+
+
+@pytest.mark.parametrize("query, flags", [(None, "(--query TEXT / --image PATH)"),
+                                          ("  ", "(--query TEXT)")])
+def test_the_cli_names_its_flags_the_library_its_arguments(model, tmp_path, caplog, query, flags):
+    from clipsep.inference import Separator
+
+    mix = tmp_path / "mix.wav"
+    sf.write(mix, tones(16000, 1.0, 1)[0], 16000)
+    extra = [] if query is None else ["--query", query]
+    assert run_cli(model, tmp_path / "out", mix, extra=extra) == 2
+    assert flags in caplog.text
+    checkpoint, clip = model
+    separator = Separator.from_pretrained(checkpoint, device="cpu", clip_weights=clip)
+    with pytest.raises(BadInputError) as caught:
+        separator.separate(tones(16000, 1.0, 1)[0], 16000, query=query)
+    assert "--" not in str(caught.value) and "query" in caught.value.arguments
