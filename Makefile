@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 include scripts/env.mk
 
-.PHONY: setup quickstart test app bench flow platform platform-stop mlflow-ui
+.PHONY: setup quickstart lint test app bench flow platform platform-stop mlflow-ui
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,9 @@ setup:
 quickstart: setup
 	@mkdir -p $${PREFECT_HOME:-$(CURDIR)/.platform/prefect}
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows.train_clipsep
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -18,7 +20,7 @@ def test_default_and_profiles_load():
 
 def test_params_are_frozen():
     params = load_params(REPO / "params.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         params.train.steps = 3  # type: ignore[misc]
 
 

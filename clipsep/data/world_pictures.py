@@ -20,10 +20,10 @@ SUPERSAMPLE = 2  # sprites are drawn at 2x and downsampled: smooth edges at 64 p
 
 def _jitter(rgb: RGB, rng: np.random.Generator, hue: float = 0.03, light: float = 0.12) -> RGB:
     """The colour with a small random shift of hue and brightness (within-class variation)."""
-    h, l, s = colorsys.rgb_to_hls(*(c / 255 for c in rgb))
+    h, lightness, s = colorsys.rgb_to_hls(*(c / 255 for c in rgb))
     h = (h + rng.uniform(-hue, hue)) % 1.0
-    l = float(np.clip(l * rng.uniform(1 - light, 1 + light), 0.02, 0.98))
-    return tuple(round(255 * c) for c in colorsys.hls_to_rgb(h, l, s))
+    lightness = float(np.clip(lightness * rng.uniform(1 - light, 1 + light), 0.02, 0.98))
+    return tuple(round(255 * c) for c in colorsys.hls_to_rgb(h, lightness, s))
 
 
 def _box(cx: float, cy: float, w: float, h: float, s: int) -> list[float]:
