@@ -260,7 +260,7 @@ class Separator:
         self.settings = settings
         self.device = device
         self.depth = network.cfg.depth
-        self.warp_bins = network.cfg.warp_bins
+        self.warp_bins = audio_cfg.warp_bins  # what training warped with
         self.source = source  # the files it was loaded from (None when built in memory)
         self.extra = extra or {}  # what the checkpoint records (step, metrics, data version)
 

@@ -217,3 +217,25 @@ def test_noise_heads_read_only_the_source_queries():
     assert more.mask_logits.shape[1] == 3
     assert torch.allclose(more.mask_logits[:, :2], base.mask_logits, atol=1e-6)
     assert torch.allclose(more.noise_logits, base.noise_logits, atol=1e-6)
+
+
+def test_warp_bins_has_one_value_across_presets_and_profiles(tmp_path, tiny_params):
+    """audio.warp_bins (training's warp) and each preset's input rows must agree, or be refused."""
+    import dataclasses
+
+    from conftest import REPO
+
+    from clipsep.config import load_params
+    from clipsep.model.factory import preset_config
+
+    profiles = [None, *sorted(f.stem for f in (REPO / "profiles").glob("*.yaml"))]
+    audio_rows = {load_params(REPO / "params.yaml", profile=name).audio.warp_bins
+                  for name in profiles}
+    preset_rows = {preset_config(name, nit=False, query_dim=QUERY_DIM).warp_bins
+                   for name in list_presets()}
+    assert audio_rows == preset_rows == {256}
+    other_front_end = dataclasses.replace(tiny_params.audio, warp_bins=128)
+    with pytest.raises(BadInputError, match="warp_bins=256 rows but audio.warp_bins=128"):
+        save_checkpoint(tmp_path / "x.pt", _tiny(), model_cfg=tiny_params.model,
+                        audio_cfg=other_front_end, query=QUERY_REF)
+    assert not (tmp_path / "x.pt").exists()

@@ -65,9 +65,21 @@ def build_model(model_cfg: ModelConfig, query_dim: int) -> CLIPSepNet:
     return CLIPSepNet(preset_config(model_cfg.preset, nit=model_cfg.nit, query_dim=query_dim))
 
 
+def check_warp_bins(net_cfg: NetConfig, audio_cfg: AudioConfig, where: str) -> None:
+    """BadInputError unless the network's input rows are the audio front end's warp_bins.
+
+    ``audio.warp_bins`` (params.yaml) is the number training warps with and inference reads back
+    from the checkpoint; a preset's ``warp_bins`` only describes the network and must agree.
+    """
+    if net_cfg.warp_bins != audio_cfg.warp_bins:
+        raise BadInputError(f"{where}: the model preset expects warp_bins={net_cfg.warp_bins} rows "
+                            f"but audio.warp_bins={audio_cfg.warp_bins}; they must agree")
+
+
 def save_checkpoint(path: str | Path, model: CLIPSepNet, *, model_cfg: ModelConfig,
                     audio_cfg: AudioConfig, query: dict, extra: dict | None = None) -> Path:
     """Write a self-describing checkpoint atomically (tmp file + ``os.replace``)."""
+    check_warp_bins(model.cfg, audio_cfg, str(path))
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -98,6 +110,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     except (KeyError, TypeError, RuntimeError) as err:
         raise BadInputError(f"checkpoint {path} does not fit this clipsep version "
                             f"({clipsep.__version__}): {err}") from err
+    check_warp_bins(info.net_cfg, info.audio_cfg, str(path))
     return model.to(device).eval(), info
 
 

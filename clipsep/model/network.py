@@ -1,6 +1,6 @@
 """CLIPSep separator: U-Net audio features + query fusion (+ NIT noise heads).
 
-Imports torch (and clipsep.errors) only.
+Imports torch, clipsep.audio (the input transform) and clipsep.errors only.
 
 ``CLIPSepNet.forward(mix_mag [B, 1, W, T], queries [B, N, D])`` runs the U-Net once per mixture and
 turns each of the N queries into a mask logit map ``[B, N, W, T]``. With noise invariant training
@@ -22,11 +22,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from clipsep.audio import log_magnitude
 from clipsep.errors import BadInputError
 from clipsep.model.unet import UPSAMPLE_MODE, UNet
 
 N_NOISE_HEADS = 2
-LOG_EPS = 1e-10  # log(|X| + 1e-10), the paper's input transform
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class CLIPSepNet(nn.Module):
     def features(self, mix_mag: torch.Tensor) -> torch.Tensor:
         """U-Net features ``S [B, k, W, T]`` of a warped linear magnitude ``[B, 1, W, T]``."""
         self._check_input(mix_mag)
-        return self.unet(torch.log(mix_mag.detach() + LOG_EPS))
+        return self.unet(log_magnitude(mix_mag.detach()))
 
     def masks_from_features(self, features: torch.Tensor, queries: torch.Tensor,
                             with_noise: bool = True,
