@@ -122,7 +122,8 @@ def _input_column(params: Params):
             video_in = gr.Video(label="Mixture (video: its sound is separated)", sources=["upload"])
     query = gr.Textbox(label="Text query", placeholder="what to extract, e.g. violin")
     gr.Examples(examples=[[name] for name in params.world.classes], inputs=[query],
-                label="Query suggestions (click to fill)", examples_per_page=len(params.world.classes))
+                label="Query suggestions (click to fill)",
+                examples_per_page=len(params.world.classes))
     image = gr.Image(label="Image query (optional; used when the text query is empty)", type="pil",
                      sources=["upload"])
     return audio_in, video_in, query, image

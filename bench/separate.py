@@ -5,7 +5,8 @@ For each model preset (the paper's and params.yaml's default) and each length (d
 depend on the weights) and separates the file through the same file-based path as the CLI
 (``Separator.separate_file``). It reports wall time of the separation, RTF (= wall / audio length,
 < 1 is faster than real time) and the process's peak RSS. Memory must not grow with length: the
-10-min peak RSS should stay within 1.3x of the 10-s one (the ratio is printed; exit status 1 if not).
+10-min peak RSS should stay within 1.3x of the 10-s one (the ratio is printed; exit status 1 if
+not).
 
     .venv/bin/python bench/separate.py                      # 2 threads, 10/60/600 s, paper+default
     .venv/bin/python bench/separate.py --durations 10,60 --presets small --threads 2
@@ -78,7 +79,8 @@ def run_case(checkpoint: str, wav: str, out_dir: str, threads: int) -> None:
     separator.separate_file(wav, out_dir, query="cello")
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"wall_s": wall, "peak_rss_mb": peak / 1024, "loaded_rss_mb": loaded_rss / 1024}))
+    print(json.dumps({"wall_s": wall, "peak_rss_mb": peak / 1024,
+                      "loaded_rss_mb": loaded_rss / 1024}))
 
 
 def measure(checkpoint: Path, seconds: int, work: Path, threads: int) -> dict:
@@ -97,7 +99,8 @@ def measure(checkpoint: Path, seconds: int, work: Path, threads: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--durations", default="10,60,600", help="seconds, comma-separated")
-    parser.add_argument("--presets", default="paper,default", help="presets ('default' = params.yaml)")
+    parser.add_argument("--presets", default="paper,default",
+                        help="presets ('default' = params.yaml)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     results, ok = [], True
     with tempfile.TemporaryDirectory(prefix="clipsep-bench-") as tmp:
         work = Path(tmp)
-        print(f"{'preset':<14}{'audio':>8}{'wall s':>9}{'RTF':>8}{'peak RSS MB':>13}{'after load':>12}")
+        print(f"{'preset':<14}{'audio':>8}{'wall s':>9}{'RTF':>8}{'peak RSS MB':>13}"
+              f"{'after load':>12}")
         for name in args.presets.split(","):
             preset = default_preset if name == "default" else name
             checkpoint = make_checkpoint(preset, work)

@@ -20,7 +20,8 @@ FLAGS = {"query": "--query TEXT", "image": "--image PATH"}  # library argument -
 
 
 def _add_params_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: params.yaml)")
     parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override one parameter (repeatable)")
@@ -141,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # other libraries (open_clip logs on the root logger) speak at WARNING unless --verbose
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     logging.getLogger("clipsep").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         result = args.handler(args)

@@ -3,7 +3,8 @@
 ``load_params`` reads a params file, applies an optional size profile (``profiles/<name>.yaml``,
 which lists only the keys that differ) and ``section.key=value`` overrides, and returns one frozen
 :class:`Params`. The dataclasses here carry types and meanings, not values: every value lives in
-params.yaml, the one source of hyperparameters. An unknown key, a wrong type or an inconsistent value raises :class:`ConfigError`
+params.yaml, the one source of hyperparameters. An unknown key, a wrong type or an inconsistent
+value raises :class:`ConfigError`
 naming the file, section and key. This module imports no torch: the CLI, DVC and tests load it fast.
 """
 
@@ -25,12 +26,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
-    """A params file that cannot be turned into :class:`Params`; the message names file/section/key."""
+    """A params file that cannot become :class:`Params`; the message names file/section/key."""
 
 
 @dataclass(frozen=True)
 class PathsConfig:
-    """Where each stage reads and writes, relative to ``root`` (itself relative to the params file)."""
+    """Where each stage reads and writes, relative to ``root`` (relative to the params file)."""
 
     root: str
     world: str  # rendered embedded world: videos/, captions/, ground_truth.csv
@@ -256,7 +257,7 @@ def load_params(
     profile: str | None = None,
     overrides: typing.Iterable[str] | typing.Mapping[str, Any] = (),
 ) -> Params:
-    """Load ``path``, apply ``profiles/<profile>.yaml`` (next to it) and ``section.key=value`` overrides."""
+    """Load ``path``, apply ``profiles/<profile>.yaml`` (beside it), ``section.key=value`` pairs."""
     path = Path(path).resolve()
     raw = _read_yaml(path)
     if profile:
@@ -386,7 +387,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {hint.__name__}, got a boolean {value!r}")
     if not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {hint.__name__}, "
+                          f"got {type(value).__name__} {value!r}")
     return value
 
 

@@ -1,4 +1,5 @@
-"""Offline and telemetry-off defaults, applied by entry points (CLI, flows, app, tests) before heavy imports."""
+"""Offline and telemetry-off defaults, applied by entry points (CLI, flows, app, tests) before
+heavy imports."""
 
 from __future__ import annotations
 

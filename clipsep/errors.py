@@ -22,7 +22,7 @@ class ValidationFailed(ClipsepError):
 
 
 class MissingWeightsError(ClipsepError):
-    """A model or encoder weight file is not available offline; the message says how to supply it."""
+    """A model or encoder weight file is not available offline; the message says how to get it."""
 
 
 class PartialFailure(ClipsepError):

@@ -237,13 +237,13 @@ def resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
 
 
 def triangular_weights(n: int) -> np.ndarray:
-    """Overlap-add weights ``[n]``: positive everywhere, peaking mid-segment (demucs' transition)."""
+    """Overlap-add weights ``[n]``: positive everywhere, peaking mid-segment (demucs' ramp)."""
     ramp = np.arange(1, n + 1, dtype=np.float64)
     return np.minimum(ramp, ramp[::-1])
 
 
 class Separator:
-    """A loaded separator: network + frozen CLIP query encoder + the checkpoint's audio front end."""
+    """A loaded separator: network + frozen CLIP query encoder + the checkpoint's audio config."""
 
     def __init__(self, network, encoder, audio_cfg: AudioConfig,
                  settings: SeparateConfig = DEFAULT_SETTINGS, device: str = "cpu",
@@ -293,7 +293,7 @@ class Separator:
     # --- queries -----------------------------------------------------------------------------
 
     def embed_query(self, query: str | None = None, image=None) -> torch.Tensor:
-        """One query embedding ``[D]``: text (prompt-ensembled) or an image (PIL.Image or a path)."""
+        """One query embedding ``[D]``: text (prompt-ensembled) or an image (PIL.Image or path)."""
         if query is not None and image is not None:
             raise BadInputError("give a text query or an image query, not both",
                                 arguments=("query", "image"))
@@ -310,7 +310,7 @@ class Separator:
 
     @torch.no_grad()
     def soft_mask(self, mono: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """Linear-frequency soft mask ``[F, T]`` for a model-rate mono wave ``[n]`` (n <= padded)."""
+        """Linear-frequency soft mask ``[F, T]`` of a model-rate mono wave ``[n]`` (n <= padded)."""
         from clipsep import audio
 
         spec = audio.stft(mono[None], self.audio_cfg)  # [1, F, T]
@@ -323,7 +323,7 @@ class Separator:
     @torch.no_grad()
     def target_segment(self, segment: np.ndarray, embedding: torch.Tensor,
                        binary: bool = False) -> np.ndarray:
-        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (masked STFT, own phase).
+        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (masked STFT, phase).
 
         ``binary`` thresholds the mask at 0.5 (the official infer.py); soft is the default.
         """
@@ -346,7 +346,7 @@ class Separator:
     # --- whole signals -----------------------------------------------------------------------
 
     def min_input_frames(self, sample_rate: int) -> int:
-        """Shortest input (samples at ``sample_rate``) that fills one STFT window at the model rate."""
+        """Shortest input (samples at ``sample_rate``) filling one STFT window at the model rate."""
         return math.ceil(self.audio_cfg.n_fft * sample_rate / self.audio_cfg.sample_rate)
 
     def plan(self, sample_rate: int, frames: int) -> ChunkPlan:
@@ -381,7 +381,7 @@ class Separator:
 
     def separate_file(self, path: str | Path, out_dir: str | Path, query: str | None = None,
                       image=None, progress: Progress | None = None) -> tuple[Path, Path]:
-        """Stream one file into ``out_dir/<stem>/{target,residual}.wav`` (same rate/channels/length).
+        """Stream a file into ``out_dir/<stem>/{target,residual}.wav`` (same rate/channels/length).
 
         Without a query, a video's middle frame serves as the image query (cover art is not one).
         A file holding less audio than its header declares gives outputs of the length decoded,

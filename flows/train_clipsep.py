@@ -26,10 +26,11 @@ from typing import Any, Sequence
 from clipsep.env import apply_offline_defaults
 
 apply_offline_defaults()  # before prefect/mlflow/open_clip imports: no telemetry, no hub retries
-# the library logs progress (training steps, stage summaries) on the "clipsep" logger: show it in the
-# flow run's log and on the console, next to Prefect's own lines
+# the library logs progress (training steps, stage summaries) on the "clipsep" logger: show it in
+# the flow run's log and on the console, next to Prefect's own lines
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "clipsep")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library use outside runs
+# library use outside flow runs
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
@@ -116,7 +117,8 @@ def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
                   overrides: list[str] | None = None, source: str | None = None) -> dict[str, Any]:
     """Run the pipeline on the embedded world (``source=None``) or a video folder; register."""
     logger = get_run_logger()
-    if logging.getLogger("clipsep").level == logging.NOTSET:  # Prefect attaches handlers, not a level
+    # Prefect attaches handlers, not a level
+    if logging.getLogger("clipsep").level == logging.NOTSET:
         logging.getLogger("clipsep").setLevel(logging.INFO)
     p = flow_params(params_file, profile, overrides or [], source)
     plan = planned_stages(p)
@@ -168,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         registered = train_clipsep(params_file=str(Path(args.params).resolve()),
                                    profile=args.profile, overrides=args.overrides,
                                    source=args.source)
-    except (ClipsepError, ConfigError) as err:  # the flow run's log holds the details; say what to fix
+    except (ClipsepError, ConfigError) as err:  # the run's log holds the details; say what to fix
         print(f"\ntrain-clipsep failed: {err}", file=sys.stderr)
         return 2
     print("\n" + where_to_look(registered))

@@ -44,7 +44,7 @@ def write_manifest(p: Params, n_clips: int = 4, salt: str = "") -> Path:
 
 
 def save_random_clip(p: Params, path: Path) -> Path:
-    """An open_clip-loadable weights file of the (randomly initialised) tiny CLIP; ~25 MB, build once."""
+    """An open_clip-loadable weights file of the (randomly initialised) tiny CLIP; ~25 MB, once."""
     from clipsep.model.query import QueryEncoder
 
     encoder = QueryEncoder.from_config(p.clip, None, "cpu")

@@ -1,7 +1,8 @@
 """Start and stop real servers (Prefect server, deployment runner) on free loopback ports, by PID.
 
 Each process gets its own session so that a stop can reach the children it spawned (uvicorn
-workers), but signals go only to processes started here: SIGTERM first, SIGKILL after a grace period.
+workers), but signals go only to processes started here: SIGTERM first, SIGKILL after a grace
+period.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Server:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
-def start(name: str, command: Sequence[str], env: Mapping[str, str], cwd: Path, log_dir: Path) -> Server:
+def start(name: str, command: Sequence[str], env: Mapping[str, str], cwd: Path,
+          log_dir: Path) -> Server:
     """Start ``command`` in its own session, stdout+stderr to ``log_dir/<name>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -56,8 +58,8 @@ def wait_until(ready: Callable[[], bool], server: Server, timeout_s: float, what
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited ({server.process.returncode}) before {what}:\n"
-                               f"{server.log_tail()}")
+            raise RuntimeError(f"{server.name} exited ({server.process.returncode}) before "
+                               f"{what}:\n{server.log_tail()}")
         if ready():
             return
         time.sleep(0.5)

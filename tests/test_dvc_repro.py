@@ -26,7 +26,8 @@ def run(args: list, cwd: Path, env: dict, ok: bool = True) -> str:
     """Run a command, expecting success (ok) or failure; on surprise show its output."""
     done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
-    assert (done.returncode == 0) == ok, f"{args} exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert (done.returncode == 0) == ok, (f"{args} exit {done.returncode}:\n{done.stdout}\n"
+                                          f"{done.stderr}")
     return done.stdout + done.stderr
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: metrics.json with every key and finite numbers on a tiny protocol; oracle >> mixture."""
+"""Evaluation: metrics.json with every key and finite numbers on a tiny protocol; oracle >> mix."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def harmonic_tone(f0: float, seconds: float, seed: int) -> np.ndarray:
     t = np.arange(int(RATE * seconds)) / RATE
     wave = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6))
     wave = wave * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t))  # some dynamics
-    return (0.25 * wave + 0.003 * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    return (0.25 * wave + 0.003 * noise).astype(np.float32)
 
 
 def write_protocol(root: Path) -> tuple[Path, Path]:
@@ -90,7 +91,8 @@ def test_compare_puts_two_runs_side_by_side(evaluated, tmp_path):
     from clipsep.evaluation.evaluate import compare_metrics
 
     _, out = evaluated
-    table = compare_metrics([out / "metrics.json", out / "metrics.json"], ["nit", "no-nit"], tmp_path)
+    table = compare_metrics([out / "metrics.json", out / "metrics.json"], ["nit", "no-nit"],
+                            tmp_path)
     assert table["nit"]["text"]["sdr"] == table["no-nit"]["text"]["sdr"]
     assert (tmp_path / "comparison.png").stat().st_size > 0
     other = json.loads((out / "metrics.json").read_text()) | {"backend": "fast_bss_eval v3"}

@@ -75,7 +75,7 @@ def deployment_exists(port: int):
 
 @pytest.fixture
 def platform(tmp_path: Path):
-    """(project dir, env, port) with a Prefect server and the deployment runner up; stopped after."""
+    """(project dir, env, port) with a Prefect server and the deployment runner up; then stopped."""
     project = make_project(tmp_path / "project")
     port = servers.free_port()
     env = platform_env(tmp_path, port)

@@ -11,7 +11,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from clipsep.data.mixing import (ClipRecord, LoadedClip, MixDataset, centre_frame_range, query_embedding,
+from clipsep.data.mixing import (ClipRecord, LoadedClip, MixDataset, centre_frame_range,
+                                 query_embedding,
                                  read_manifest, segment_at, validation_batch)
 from clipsep.errors import BadInputError
 from conftest import tiny_params_at
@@ -91,7 +92,8 @@ def test_query_is_mean_of_three_frames_around_centre(tiny_params):
     embeddings = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 4)
     assert torch.equal(query_embedding(embeddings, centre=3, n_frames=3), torch.full((4,), 2.0))
     # clamped at the clip's edge: frames 1, 1, 2 -> mean of rows 0, 0, 1
-    assert torch.allclose(query_embedding(embeddings, centre=1, n_frames=3), torch.full((4,), 1 / 3))
+    assert torch.allclose(query_embedding(embeddings, centre=1, n_frames=3),
+                          torch.full((4,), 1 / 3))
     clips = _loaded_clips(3, 6.0)
     batch = MixDataset(clips, tiny_params, batch_size=4)[0]
     for b, ids in enumerate(batch.clip_ids):

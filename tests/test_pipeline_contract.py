@@ -1,4 +1,4 @@
-"""Code tier: dvc.yaml, the CLI and clipsep.stages agree; the library stays free of platform tools."""
+"""Code tier: dvc.yaml, the CLI and clipsep.stages agree; the library is free of platform tools."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`clipsep separate`: two files per input (audio and video), input layout kept, nothing half-written."""
+"""`clipsep separate`: two files per input (audio or video), layout kept, nothing half-written."""
 
 from __future__ import annotations
 

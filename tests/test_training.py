@@ -19,7 +19,6 @@ from conftest import REPO, tiny_params_at
 from test_mixing import make_clips_dir
 
 from clipsep.config import Params
-from clipsep.errors import BadInputError
 from clipsep.model.factory import load_checkpoint
 from clipsep.model.query import QueryEncoder
 from clipsep.training.loop import resume_key, train

@@ -91,7 +91,8 @@ def read_manifest(clips_dir: Path) -> list[ClipRecord]:
         return [ClipRecord(clip_id=r["clip_id"], split=r["split"],
                            audio_path=Path(clips_dir) / r["audio_path"],
                            frames_dir=Path(clips_dir) / r["frames_dir"],
-                           n_frames=int(r["n_frames"]), label=(r.get("label") or "").strip() or None,
+                           n_frames=int(r["n_frames"]),
+                           label=(r.get("label") or "").strip() or None,
                            source=r["source"])
                 for r in rows]
     except (KeyError, ValueError) as err:
@@ -163,13 +164,15 @@ class MixDataset(torch.utils.data.Dataset):
         means = torch.stack([c.frame_embeddings.float().mean(dim=0) for c in self.clips])
         self.clip_embeddings = torch.nn.functional.normalize(means, dim=-1)  # [C, D]
         # an absent sound needs a clip beyond the mixture's own
-        self.with_absent = params.train.absent_candidates > 0 and len(self.clips) > params.train.n_mix
+        self.with_absent = (params.train.absent_candidates > 0
+                            and len(self.clips) > params.train.n_mix)
 
     def __len__(self) -> int:
         return self.params.train.steps
 
     def __getitem__(self, step: int) -> MixBatch:
-        generator = torch.Generator().manual_seed(step_seed(self.params.train.seed, step, self.rank))
+        seed = step_seed(self.params.train.seed, step, self.rank)
+        generator = torch.Generator().manual_seed(seed)
         examples = [self._example(generator) for _ in range(self.batch_size)]
         batch = _stack([e[:3] for e in examples])
         if self.with_absent:
@@ -248,7 +251,8 @@ def validation_batch(clips: Sequence[LoadedClip], params: Params) -> MixBatch:
             segment = segment_at(clip.wave, (centre - 0.5) / fps, audio.segment_samples,
                                  audio.sample_rate)
             sources.append(segment / n_mix)
-            queries.append(query_embedding(clip.frame_embeddings, centre, params.train.query_frames))
+            queries.append(query_embedding(clip.frame_embeddings, centre,
+                                           params.train.query_frames))
         examples.append((torch.stack(sources), torch.stack(queries),
                          [clips[i].record.clip_id for i in picks]))
     return _stack(examples)

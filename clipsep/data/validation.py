@@ -31,7 +31,8 @@ MANIFEST_COLUMNS = ("clip_id", "source", "source_hash", "split", "start_s", "dur
 QUARANTINE_COLUMNS = ("source", "source_hash", "reason", "detail")
 TEXT_COLUMNS = ("clip_id", "source", "source_hash", "split", "audio_path", "frames_dir", "label")
 SPLITS = ("train", "val", "test", "interference")
-# pandas reads whole numbers as int64 and decimals as float64; anything else means junk in the column
+# pandas reads whole numbers as int64 and decimals as float64; anything else means junk in the
+# column
 INT_TYPES = ["int64", "int32", "Int64", "Int32"]
 NUMBER_TYPES = INT_TYPES + ["float64", "float32", "Float64"]
 SHOWN_UNEXPECTED = 5  # example values per failed expectation in the reports
@@ -239,8 +240,8 @@ def expectation_record(table: str, outcome) -> dict[str, Any]:
     result = outcome.result or {}
     error = None
     if outcome.exception_info:
-        infos = outcome.exception_info.values() if "raised_exception" not in outcome.exception_info \
-            else [outcome.exception_info]
+        raised_once = "raised_exception" in outcome.exception_info
+        infos = [outcome.exception_info] if raised_once else outcome.exception_info.values()
         error = next((i.get("exception_message") for i in infos if i.get("raised_exception")), None)
     return {
         "table": table,

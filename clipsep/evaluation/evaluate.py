@@ -161,7 +161,7 @@ def image_embedding(separator, clip: ProtocolClip) -> torch.Tensor | None:
 
 
 def oracle_estimates(target: np.ndarray, interference: np.ndarray, cfg) -> dict[str, np.ndarray]:
-    """Ideal binary / ratio mask estimates of ``target`` from the mixture (linear STFT, [L] each)."""
+    """Ideal binary / ratio mask estimates of ``target`` from the mixture (linear STFT, [L])."""
     from clipsep import audio
 
     waves = torch.from_numpy(np.stack([target, interference, target + interference]))
@@ -292,7 +292,7 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
 
 
 def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
-    """metrics.json (docs/CONTRACTS.md): mean/sem/median per method and score, per class, control."""
+    """metrics.json (docs/CONTRACTS.md): mean/sem/median per method and score, class, control."""
     metrics: dict[str, Any] = {
         method: {s: M.summarize(r[f"{method}_{s}"] for r in rows) for s in SCORES}
         for method in METHODS}
@@ -343,7 +343,10 @@ def compare_metrics(paths: list[str | Path], names: list[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m clipsep.evaluation.evaluate compare A/metrics.json B/metrics.json --names a,b``."""
+    """``python -m clipsep.evaluation.evaluate compare A/metrics.json B/metrics.json --names a,b``
+
+    Prints (and writes) the side-by-side table of two or more evaluations.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,4 +1,4 @@
-"""Separation metrics: BSS-Eval v4 (museval) or v3-style (fast_bss_eval), SI-SDR, energy, statistics.
+"""Separation metrics: BSS-Eval v4 (museval) or v3-style (fast_bss_eval), SI-SDR, energy, stats.
 
 BSS-Eval comes from a maintained library, never re-implemented here. museval's ``bss_eval`` with
 ``window=inf`` is what CLIPSep reports (v4, 512-tap time-invariant distortion filters, whole clip

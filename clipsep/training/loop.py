@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -223,7 +222,8 @@ def validate(model, data: TrainingData, params: Params, device: str,
     for start, batch, spec in _val_chunks(data, params, device):
         image_q = data.val_batch.queries[start:start + batch].to(device)
         masks, noise = run_model(model, spec.mix_warped, image_q, depth, False)
-        loss = separation_loss(masks, noise, spec.targets, spec.weight, nit_lambda=params.train.nit_lambda,
+        loss = separation_loss(masks, noise, spec.targets, spec.weight,
+                               nit_lambda=params.train.nit_lambda,
                                nit_gamma=params.train.nit_gamma).total
         totals["val_loss_image"].append(float(loss) * batch)
         estimates = reconstruct(torch.sigmoid(masks.float()), spec.mix_spec, params)

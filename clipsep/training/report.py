@@ -47,7 +47,8 @@ def write_history(history: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for record in history:
-        writer.writerow({k: ("" if record.get(k) is None else record.get(k)) for k in HISTORY_FIELDS})
+        writer.writerow({k: ("" if record.get(k) is None else record.get(k))
+                         for k in HISTORY_FIELDS})
     write_bytes(path, buffer.getvalue().encode())
 
 

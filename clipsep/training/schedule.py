@@ -13,7 +13,7 @@ from clipsep.config import TrainConfig
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     """Factor applied to ``cfg.lr`` for optimiser step ``step`` (0-based).
 
-    Warm-up: (step + 1) / warmup_steps up to 1 (the paper's LambdaLR uses step + 1, so the very first
+    Warm-up: (step + 1) / warmup_steps up to 1 (the paper's LambdaLR uses step + 1, so the first
     step already moves). Decay: linear from 1 at ``warmup_steps`` to ``final_lr_scale`` at
     ``decay_steps``. After ``decay_steps``: ``final_lr_scale``.
     """
