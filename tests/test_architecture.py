@@ -17,8 +17,9 @@ PACKAGE = REPO / "clipsep"
 FLOORS = {
     # 0 foundation: errors, environment, atomic files, params
     "clipsep": 0, "clipsep.errors": 0, "clipsep.env": 0, "clipsep.fileio": 0, "clipsep.config": 0,
-    # 1 signals and stores: STFT/warp, audio files, media probing, the registry's read side
-    "clipsep.audio": 1, "clipsep.audio_io": 1, "clipsep.registry_reader": 1,
+    # 1 signals, stores and the machine: STFT/warp, audio files, media probing, the registry's
+    # read side, precision selection
+    "clipsep.audio": 1, "clipsep.audio_io": 1, "clipsep.registry_reader": 1, "clipsep.precision": 1,
     "clipsep.data.media": 1, "clipsep.data.world_pictures": 1, "clipsep.data.world_sound": 1,
     "clipsep.model.unet": 1, "clipsep.evaluation.metrics": 1,
     # 2 data and models: datasets, ingest, validation, networks, CLIP, training's building blocks
@@ -75,11 +76,13 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def floor_of(name: str) -> int | None:
+    """The floor of ``name`` or of its longest listed package ("clipsep" itself matches only
+    itself, so a new top-level module must be placed by hand)."""
     parts = name.split(".")
-    for end in range(len(parts), 0, -1):
+    for end in range(len(parts), 1, -1):
         if ".".join(parts[:end]) in FLOORS:
             return FLOORS[".".join(parts[:end])]
-    return None
+    return FLOORS.get(name)
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -148,3 +151,4 @@ def test_the_checks_see_function_local_imports_and_circles(tmp_path):
     graph = {"clipsep.audio": {"clipsep.cli"}, "clipsep.cli": {"clipsep.audio"}}
     assert circles(graph) == [["clipsep.audio", "clipsep.cli"]]
     assert upward_arrows(graph) == ["clipsep.audio (floor 1) -> clipsep.cli (floor 5)"]
+    assert floor_of("clipsep.newcomer") is None and floor_of("clipsep.data.newcomer") == 2
