@@ -197,6 +197,8 @@ class RegistryConfig:
     model_name: str
     promotion_margin_db: float  # a challenger must beat the champion's text SDR by this
     champion_floor_db: float  # a first model must reach this text SDR to become champion
+    absent_margin_db: float  # champion only if an absent query returns >= this many dB less
+    # energy than the right query (absent_query.energy_db vs right_query_energy_db)
 
 
 @dataclass(frozen=True)

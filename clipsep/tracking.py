@@ -223,9 +223,31 @@ class GateDecision:
     reason: str
 
 
+def absent_gap_db(metrics: dict[str, Any]) -> float | None:
+    """Mean energy an absent query returns minus the right query's (dB; None if not measured).
+
+    Very negative: the model tells absent from present. Near 0: it returns about as much of the
+    mixture for a sound that is not there as for the one that is (it leaks).
+    """
+    try:
+        absent = metrics["absent_query"]
+        gap = float(absent["energy_db"]["mean"]) - float(absent["right_query_energy_db"]["mean"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return gap if math.isfinite(gap) else None
+
+
 def decide_alias(new_sdr: float, champion: dict[str, str] | None, protocol: str,
-                 cfg: RegistryConfig) -> GateDecision:
-    """Pure gate: champion tags (text_sdr, eval_protocol, version) or None -> decision."""
+                 cfg: RegistryConfig, absent_gap: float | None = None) -> GateDecision:
+    """Pure gate: champion tags (text_sdr, eval_protocol, version) or None -> decision.
+
+    ``absent_gap`` (:func:`absent_gap_db`) above ``-cfg.absent_margin_db`` keeps a model
+    challenger whatever its SDR: it leaks.
+    """
+    if absent_gap is not None and absent_gap > -cfg.absent_margin_db:
+        return GateDecision(CHALLENGER, f"leaks: an absent query returns {absent_gap:+.2f} dB "
+                                        "relative to the right query's output; the gate wants "
+                                        f"at most {-cfg.absent_margin_db:+.2f} dB")
     if champion is None:
         if new_sdr >= cfg.champion_floor_db:
             return GateDecision(CHAMPION, f"first model: text SDR {new_sdr:.2f} dB clears the "
@@ -260,9 +282,10 @@ def champion_tags(client, model_name: str) -> dict[str, str] | None:
 
 
 def apply_gate(client, model_name: str, version: str, new_sdr: float, protocol: str,
-               cfg: RegistryConfig) -> GateDecision:
+               cfg: RegistryConfig, absent_gap: float | None = None) -> GateDecision:
     """Decide against the current champion, set the alias and record the decision as tags."""
-    decision = decide_alias(new_sdr, champion_tags(client, model_name), protocol, cfg)
+    decision = decide_alias(new_sdr, champion_tags(client, model_name), protocol, cfg,
+                            absent_gap)
     client.set_registered_model_alias(model_name, decision.alias, version)
     client.set_model_version_tag(model_name, version, "gate_decision", decision.alias)
     client.set_model_version_tag(model_name, version, "gate_reason", decision.reason)
@@ -416,7 +439,7 @@ def register(p: Params) -> dict[str, Any]:
         for key, value in {**tags, "run_id": run_id}.items():
             client.set_model_version_tag(p.registry.model_name, version, key, value)
         decision = apply_gate(client, p.registry.model_name, version, float(tags["text_sdr"]),
-                              tags["eval_protocol"], p.registry)
+                              tags["eval_protocol"], p.registry, absent_gap_db(metrics))
         mlflow.set_tags({"model_version": version, "gate_decision": decision.alias,
                          "gate_reason": decision.reason})
     return {"run_id": run_id, "experiment_id": experiment_id, "model_name": p.registry.model_name,

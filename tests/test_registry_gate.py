@@ -16,7 +16,7 @@ from clipsep.config import RegistryConfig
 torch.set_num_threads(1)
 
 GATE = RegistryConfig(tracking_uri=None, experiment="clipsep", model_name="clipsep",
-                      promotion_margin_db=0.2, champion_floor_db=3.0)
+                      promotion_margin_db=0.2, champion_floor_db=3.0, absent_margin_db=3.0)
 
 
 def test_first_model_must_clear_the_floor():
@@ -24,6 +24,18 @@ def test_first_model_must_clear_the_floor():
     below = tracking.decide_alias(2.0, None, "p1", GATE)
     assert below.alias == "challenger"
     assert "below the floor 3.00 dB" in below.reason
+
+
+def test_a_model_that_leaks_stays_challenger():
+    """An absent query returning nearly what the right query returns is a leak, whatever the SDR."""
+    metrics = {"absent_query": {"energy_db": {"mean": -8.1},
+                                "right_query_energy_db": {"mean": -7.0}}}
+    gap = tracking.absent_gap_db(metrics)
+    assert gap == pytest.approx(-1.1)
+    leaky = tracking.decide_alias(9.0, None, "p1", GATE, gap)
+    assert leaky.alias == "challenger" and "leaks" in leaky.reason
+    assert tracking.decide_alias(9.0, None, "p1", GATE, -12.0).alias == "champion"
+    assert tracking.absent_gap_db({"absent_query": {"energy_db": {"mean": None}}}) is None
 
 
 def test_margin_and_protocol_decide_against_a_champion():

@@ -228,6 +228,7 @@ class MixtureScorer:
         for method in METHODS:
             row[f"{method}_sdri"] = row[f"{method}_sdr"] - row["mixture_sdr"]
         row.update(self.absent_query(mixture, target, interference, estimates["text"], rng))
+        row["target_energy_db"] = M.energy_db(source, mixture)  # what the right query should return
         return row, {"mixture": mixture, "target": source, **estimates}
 
     def absent_query(self, mixture, target, interference, text_estimate, rng) -> dict[str, Any]:
@@ -298,7 +299,8 @@ def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
         for method in METHODS}
     metrics["absent_query"] = {
         "energy_db": M.summarize(r["absent_energy_db"] for r in rows),
-        "right_query_energy_db": M.summarize(r["text_energy_db"] for r in rows)}
+        "right_query_energy_db": M.summarize(r["text_energy_db"] for r in rows),
+        "target_energy_db": M.summarize(r["target_energy_db"] for r in rows)}
     per_class: dict[str, Any] = {}
     for label in sorted({r["label"] for r in rows}):
         mine = [r for r in rows if r["label"] == label]
