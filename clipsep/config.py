@@ -186,6 +186,11 @@ class SeparateConfig:
     channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
     precision: str  # of the network pass only: one of PRECISIONS
     device: str
+    activity_frame_s: float  # stem activity: frame length (energies per frame)
+    activity_smoothing_s: float  # centred window the frame energies are summed over
+    activity_threshold_db: float  # active: stem energy above this dB re the mixture's
+    activity_floor_db: float  # ... and the mixture above this dBFS (silence has no activity)
+    activity_min_s: float  # shorter active stretches are dropped
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,7 @@ def run_cli(tiny, out: Path, *inputs: Path, query: str | None = QUERY) -> int:
     params, checkpoint, _ = tiny
     extra = ["--query", query] if query else []
     return main(["separate", *map(str, inputs), "--model", str(checkpoint), "--out", str(out),
-                 *extra, "--params", str(REPO / "params.yaml"), "--profile", "tiny",
+                 "--json", *extra, "--params", str(REPO / "params.yaml"), "--profile", "tiny",
                  "--set", f"paths.root={params.path('root')}", "--set", "separate.device=cpu"])
 
 
@@ -225,7 +225,8 @@ def test_cli_separates_the_good_files_and_reports_each_bad_one(tiny, corpus, tmp
             assert name in summary["failed"][str(path)]
             assert not (out / path.stem).exists(), name
         else:
-            assert summary["separated"][str(path)]["target"] == str(out / path.stem / "target.wav")
+            target = summary["separated"][str(path)]["stems"]["target"]
+            assert target == str(out / path.stem / "target.wav")
             check_separated(case, path, *read_outputs(out / path.stem))
         if case.warning:
             assert any(r.levelname == "WARNING" and name in r.getMessage()
