@@ -44,7 +44,7 @@ class ActivityMeter:
         self.frames = 0  # samples seen
 
     def update(self, start: int, stems: np.ndarray, mixture: np.ndarray) -> None:
-        """Add ``stems [N, C, n]`` and ``mixture [C, n]`` covering samples ``[start, start + n)``."""
+        """Add ``stems [N, C, n]`` and ``mixture [C, n]`` covering ``[start, start + n)``."""
         n = mixture.shape[-1]
         index = (start + np.arange(n)) // self.frame
         size = int(index[-1]) + 1 if n else 0
@@ -84,8 +84,8 @@ class ActivityMeter:
         for first, stop in zip(edges[::2], edges[1::2]):
             if stop - first >= min_frames:
                 end = min(stop * self.frame, self.frames)
-                found.append(Segment(round(first * self.frame / self.sample_rate, 3),
-                                     round(end / self.sample_rate, 3),
+                found.append(Segment(round(float(first * self.frame / self.sample_rate), 3),
+                                     round(float(end / self.sample_rate), 3),
                                      round(float(ratio[first:stop].mean()), 2)))
         return found
 
