@@ -204,6 +204,7 @@ class RegistryConfig:
     champion_floor_db: float  # a first model must reach this text SDR to become champion
     absent_margin_db: float  # champion only if an absent query returns >= this many dB less
     # energy than the right query (absent_query.energy_db vs right_query_energy_db)
+    live_tracking: bool  # training opens the MLflow run and logs metrics/checkpoints as it goes
 
 
 @dataclass(frozen=True)
