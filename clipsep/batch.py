@@ -1,7 +1,7 @@
 """Separating many files with one loaded model: inputs (files and folders), skips, a report.
 
 ``find_jobs`` turns the command line's inputs into jobs: a file is separated into
-``OUT/<stem>/``; a folder is walked (nested; audio and video suffixes of :mod:`clipsep.audio_io`)
+``OUT/<stem>/``; a folder is walked (nested; the audio and video suffixes of MEDIA_SUFFIXES)
 and each file found goes to ``OUT/<its folder relative to the input folder>/<stem>/``. ``run_jobs``
 separates them in order, skipping a file whose outputs all exist unless ``overwrite``, and carries
 on past a file that fails. Exit status (:func:`exit_status`): 0 when nothing failed, 2 when a file
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from clipsep import outputs
-from clipsep.audio_io import SOUNDFILE_SUFFIXES, VIDEO_SUFFIXES
 from clipsep.errors import BadInputError, ClipsepError
 
 log = logging.getLogger(__name__)
 
-MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | VIDEO_SUFFIXES
+# what a folder walk picks up (a file named explicitly may be anything PyAV opens)
+MEDIA_SUFFIXES = {".wav", ".wave", ".aiff", ".aif", ".flac", ".mp3", ".ogg", ".oga", ".opus",
+                  ".m4a", ".aac", ".wma", ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi"}
 
 
 @dataclass(frozen=True)

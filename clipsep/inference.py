@@ -30,8 +30,9 @@ precision. With one query nothing changes (a single sigmoid never exceeds 1).
 ``separate_file`` streams a file (uncompressed wav/aiff in soundfile blocks; flac, compressed
 audio and video containers are first decoded in order to a temporary wav) into
 ``DIR/<stem>/target.wav`` (one query) or ``DIR/<stem>/<query>.wav`` (several) and
-``residual.wav``, written to temporary names and renamed only when everything succeeded. A file holding less audio than its header declares is separated for the
-length actually decoded, with a warning.
+``residual.wav`` (and each stem's ``.activity.csv``), written to temporary names and renamed only
+when everything succeeded. A file holding less audio than its header declares is separated for
+the length actually decoded, with a warning.
 """
 
 from __future__ import annotations

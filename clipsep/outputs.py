@@ -84,10 +84,6 @@ def input_subtype(path: Path) -> str | None:
     """libsndfile subtype of a soundfile-readable input (``PCM_16``, ``FLOAT``, ...), else None."""
     import soundfile as sf
 
-    from clipsep.audio_io import is_soundfile_readable
-
-    if not is_soundfile_readable(path):
-        return None
     try:
         return sf.info(str(path)).subtype
     except (sf.LibsndfileError, RuntimeError):
