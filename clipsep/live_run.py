@@ -16,7 +16,6 @@ names ``register`` used to copy from history.csv afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,35 +27,15 @@ from clipsep.fileio import write_json
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"
 FLUSH_EVERY = 50  # steps of metrics buffered per log_batch call
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
-
-
-def run_file(p: Params) -> Path:
-    return p.path("checkpoints") / RUN_FILE
-
-
-def recorded_run(p: Params, client) -> Any | None:
-    """The run ``mlflow_run.json`` names, if the file exists and the store knows the run."""
-    from mlflow.exceptions import MlflowException
-
-    path = run_file(p)
-    if not path.is_file():
-        return None
-    try:
-        return client.get_run(json.loads(path.read_text())["run_id"])
-    except (MlflowException, KeyError, ValueError) as err:
-        log.warning("%s names no run of %s (%s): a new run is opened", path, client.tracking_uri,
-                    err)
-        return None
 
 
 def open_run(p: Params, resuming: bool) -> "LiveRun":
     """Continue the recorded run (resuming, not FINISHED) or open a new one with the params."""
     from mlflow.entities import Param
 
-    from clipsep.tracking import connect, flatten_params, system_info
+    from clipsep.tracking import connect, flatten_params, recorded_run, run_file, system_info
 
     client, experiment_id = connect(p)
     previous = recorded_run(p, client)

@@ -419,10 +419,30 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     return str(model.registered_model_version)
 
 
+RUN_FILE = "mlflow_run.json"  # under paths.checkpoints: the run training opened (live_run)
+
+
+def run_file(p: Params) -> Path:
+    return p.path("checkpoints") / RUN_FILE
+
+
+def recorded_run(p: Params, client) -> Any | None:
+    """The run ``mlflow_run.json`` names, if the file exists and the store knows the run."""
+    from mlflow.exceptions import MlflowException
+
+    path = run_file(p)
+    if not path.is_file():
+        return None
+    try:
+        return client.get_run(json.loads(path.read_text())["run_id"])
+    except (MlflowException, KeyError, ValueError) as err:
+        log.warning("%s names no run of %s (%s): a new run is opened", path, client.tracking_uri,
+                    err)
+        return None
+
+
 def _open_training_run(p: Params, client):
     """The MLflow run the training stage opened and left open (see clipsep.live_run), or None."""
-    from clipsep.live_run import recorded_run
-
     run = recorded_run(p, client)
     return run if run is not None and run.info.status != "FINISHED" else None
 

@@ -38,7 +38,7 @@ def fail_at(monkeypatch, step: int, error: BaseException) -> None:
     monkeypatch.setattr(loop.Trainer, "step", step_or_fail)
 
 
-def test_training_logs_live_and_register_closes_the_same_run(tmp_path, shared_inputs):
+def test_training_logs_live_and_register_closes_the_same_run(tmp_path, shared_inputs):  # noqa: F811
     params = _params(tmp_path, shared_inputs, "labelled")
     summary = loop.train(params, params.path("clips"), params.path("checkpoints"), live(params))
     client = tracking.client_for(params)
@@ -62,14 +62,14 @@ def test_training_logs_live_and_register_closes_the_same_run(tmp_path, shared_in
 
 @pytest.mark.parametrize("error,status", [(RuntimeError("boom"), "FAILED"),
                                           (KeyboardInterrupt(), "KILLED")])
-def test_a_broken_run_shows_its_status_and_resuming_continues_it(tmp_path, shared_inputs,
+def test_a_broken_run_shows_its_status_and_resuming_continues_it(tmp_path, shared_inputs,  # noqa: F811
                                                                  monkeypatch, error, status):
     params = _params(tmp_path, shared_inputs, "labelled")
     fail_at(monkeypatch, 4, error)  # after the step-2 checkpoint, at step 4
     with pytest.raises(type(error)):
         loop.train(params, params.path("clips"), params.path("checkpoints"), live(params))
     client = tracking.client_for(params)
-    run = live_run.recorded_run(params, client)
+    run = tracking.recorded_run(params, client)
     assert run.info.status == status
     assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3]
     monkeypatch.undo()

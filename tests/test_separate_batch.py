@@ -13,7 +13,7 @@ from test_inference import tones
 from test_separate_cli import model, run_cli, write_video  # noqa: F401 - module fixture
 
 
-def test_several_queries_write_one_stem_each_and_sum_to_the_input(model, tmp_path, capsys):
+def test_several_queries_write_one_stem_each_and_sum_to_the_input(model, tmp_path, capsys):  # noqa: F811
     audio = tones(44100, 2.0, 2)
     sf.write(tmp_path / "duet.wav", audio.T, 44100, subtype="FLOAT")
     out = tmp_path / "out"
@@ -31,7 +31,7 @@ def test_several_queries_write_one_stem_each_and_sum_to_the_input(model, tmp_pat
 @pytest.mark.parametrize("fmt,bits,subtype", [
     ("wav", None, "FLOAT"), ("wav", "16", "PCM_16"), ("wav", "24", "PCM_24"),
     ("flac", None, "PCM_24"), ("flac", "16", "PCM_16"), ("mp3", None, "MPEG_LAYER_III")])
-def test_output_format_and_bit_depth(model, tmp_path, fmt, bits, subtype):
+def test_output_format_and_bit_depth(model, tmp_path, fmt, bits, subtype):  # noqa: F811
     sf.write(tmp_path / "take.wav", tones(22050, 1.5, 2).T, 22050, subtype="FLOAT")
     extra = ["--query", "cello", "--format", fmt] + (["--bits", bits] if bits else [])
     assert run_cli(model, tmp_path / "out", tmp_path / "take.wav", extra=extra) == 0
@@ -42,7 +42,7 @@ def test_output_format_and_bit_depth(model, tmp_path, fmt, bits, subtype):
             assert info.frames == int(22050 * 1.5)
 
 
-def test_integer_output_clips_and_says_how_many_samples(model, tmp_path, caplog):
+def test_integer_output_clips_and_says_how_many_samples(model, tmp_path, caplog):  # noqa: F811
     loud = tones(16000, 1.5, 1) * 6.0  # peaks near 1.9: a float input beyond full scale
     sf.write(tmp_path / "loud.wav", loud.T, 16000, subtype="FLOAT")
     assert run_cli(model, tmp_path / "o32", tmp_path / "loud.wav",
@@ -62,7 +62,7 @@ def test_integer_output_clips_and_says_how_many_samples(model, tmp_path, caplog)
                                    ["--format", "mp3", "--bits", "16"],
                                    ["--query", "residual", "--query", "cello"],
                                    ["--query", "a b", "--query", "a_b"]])
-def test_usage_errors_exit_2_before_any_work(model, tmp_path, extra):
+def test_usage_errors_exit_2_before_any_work(model, tmp_path, extra):  # noqa: F811
     sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
     extra = extra if "--query" in extra else ["--query", "cello", *extra]
     assert run_cli(model, tmp_path / "out", tmp_path / "x.wav", extra=extra) == 2
@@ -77,7 +77,7 @@ def make_tree(root: Path) -> None:
     (root / "notes.txt").write_text("not audio")
 
 
-def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, capsys):
+def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, capsys):  # noqa: F811
     make_tree(tmp_path / "in")
     out = tmp_path / "out"
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--json"]) == 0
@@ -101,7 +101,7 @@ def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, ca
     assert (out / "a" / "target.wav").stat().st_mtime_ns != before
 
 
-def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, capsys):
+def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, capsys):  # noqa: F811
     make_tree(tmp_path / "in")
     (tmp_path / "in" / "live" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
     out = tmp_path / "out"
@@ -111,7 +111,7 @@ def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, caps
     assert not (out / "live" / "broken").exists()
 
 
-def test_activity_csv_matches_the_library_segments(model, tmp_path):
+def test_activity_csv_matches_the_library_segments(model, tmp_path):  # noqa: F811
     from clipsep.activity import activity
     from clipsep.inference import DEFAULT_SETTINGS
 

@@ -10,7 +10,7 @@ from clipsep.errors import BadInputError
 from test_inference import separator, tones  # noqa: F401 - the module's tiny separator fixture
 
 
-def test_stems_and_residual_sum_to_the_input(separator):
+def test_stems_and_residual_sum_to_the_input(separator):  # noqa: F811
     audio = tones(44100, 2.5, 2)
     stems = separator.separate(audio, 44100, queries=["violin", "cello", "acoustic guitar"])
     assert list(stems) == ["violin", "cello", "acoustic guitar"]
@@ -21,7 +21,7 @@ def test_stems_and_residual_sum_to_the_input(separator):
 
 
 
-def test_overlapping_masks_are_normalised(separator):
+def test_overlapping_masks_are_normalised(separator):  # noqa: F811
     # a random-init tiny model gives masks near 0.5: three of them overlap, so they are normalised
     # and the residual's mask 1 - sum(masks) is ~0 (at the model's rate nothing lies above Nyquist)
     audio = tones(16000, 2.0, 1)
@@ -32,7 +32,7 @@ def test_overlapping_masks_are_normalised(separator):
 
 
 def test_one_query_among_several_equals_the_single_query_result_when_masks_do_not_overlap(
-        separator):
+        separator):  # noqa: F811
     audio = tones(16000, 2.0, 1)[0]
     single = separator.separate(audio, 16000, query="flute")
     stems = separator.separate(audio, 16000, queries=["flute"])
@@ -51,7 +51,7 @@ def test_normalised_masks_never_sum_above_one():
     torch.testing.assert_close(out[:, 2], masks[:, 2])  # sum exactly 1: kept
 
 
-def test_one_unet_pass_per_segment_for_all_queries(separator, monkeypatch):
+def test_one_unet_pass_per_segment_for_all_queries(separator, monkeypatch):  # noqa: F811
     calls = []
     unet = separator.network.unet
     original = unet.forward
@@ -64,12 +64,12 @@ def test_one_unet_pass_per_segment_for_all_queries(separator, monkeypatch):
 @pytest.mark.parametrize("kwargs,message", [
     ({"queries": []}, "no query"), ({"queries": ["cello", " cello "]}, "twice"),
     ({"queries": ["cello", ""]}, "empty"), ({"queries": ["a"], "query": "b"}, "not both")])
-def test_bad_query_lists_are_refused(separator, kwargs, message):
+def test_bad_query_lists_are_refused(separator, kwargs, message):  # noqa: F811
     with pytest.raises(BadInputError, match=message):
         separator.separate(tones(16000, 1.0, 1), 16000, **kwargs)
 
 
-def test_image_query_joins_text_queries(separator):
+def test_image_query_joins_text_queries(separator):  # noqa: F811
     from PIL import Image
 
     picture = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
