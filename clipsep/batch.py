@@ -84,8 +84,10 @@ def expected_outputs(job: Job, names: Sequence[str], output: outputs.OutputForma
 
 def run_jobs(separator, jobs: Sequence[Job], names: Sequence[str], overwrite: bool,
              separate_kwargs: dict[str, Any],
-             progress: Callable[[Job], Any] | None = None) -> list[Outcome]:
-    """Separate every job (``separator.separate_file(path, out_dir, **separate_kwargs)``)."""
+             progress: Callable[[Job], Any] | None = None,
+             describe: Callable[[Exception], str] = str) -> list[Outcome]:
+    """Separate every job (``separator.separate_file(path, out_dir, **separate_kwargs)``);
+    ``describe`` turns a failure into its one-line message (the CLI adds its flags)."""
     output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
     outcomes = []
     for job in jobs:
@@ -97,7 +99,8 @@ def run_jobs(separator, jobs: Sequence[Job], names: Sequence[str], overwrite: bo
             result = separator.separate_file(job.path, job.out_dir, progress=progress(job)
                                              if progress else None, **separate_kwargs)
         except ClipsepError as err:
-            message = str(err) if str(job.path) in str(err) else f"{job.path}: {err}"
+            text = describe(err)
+            message = text if str(job.path) in text else f"{job.path}: {text}"
             log.error("%s", message)
             outcomes.append(Outcome(job, "failed", time.perf_counter() - started, error=message))
             continue

@@ -152,7 +152,8 @@ def separate_files(args: argparse.Namespace) -> int:
 
     bars = _ProgressBars()
     try:
-        outcomes = batch.run_jobs(separator, jobs, names, args.overwrite, kwargs, bars.start)
+        outcomes = batch.run_jobs(separator, jobs, names, args.overwrite, kwargs, bars.start,
+                                  describe=with_flags)
     finally:
         bars.close()
     failed = sum(o.status == "failed" for o in outcomes)
