@@ -49,7 +49,8 @@ def allowed_roots(served: Served) -> list[Path]:
 
 def separate_event(served: Served, cfg: ServeConfig, audio_path, video_path, text, image,
                    progress: gr.Progress):
-    """The Separate button: (target, residual, spectrograms, summary) or a gr.Error."""
+    """The Separate button: (target, residual, spectrograms, summary, *more stems) or a
+    gr.Error. Comma-separated queries fill the extra stem players (hidden when unused)."""
     path = audio_path or video_path
     try:
         accepted = handlers.check_upload(path, cfg, allowed_roots(served))
@@ -60,8 +61,12 @@ def separate_event(served: Served, cfg: ServeConfig, audio_path, video_path, tex
     except Exception as err:  # noqa: BLE001 - a visitor gets a sentence, the log the traceback
         log.exception("separation failed for %s", path)
         raise gr.Error(UNEXPECTED, print_exception=False) from err
+    extra = [gr.update(value=handlers.playable(wave, result.rate), label=f"Stem: {name}",
+                       visible=True) for name, wave in list(result.stems.items())[1:]]
+    extra += [gr.update(value=None, visible=False)] * (handlers.MAX_STEMS - 1 - len(extra))
     return (handlers.playable(result.target, result.rate),
-            handlers.playable(result.residual, result.rate), result.picture, result.summary)
+            handlers.playable(result.residual, result.rate), result.picture, result.summary,
+            *extra)
 
 
 def video_changed(served: Served, cfg: ServeConfig, video_path):
@@ -91,11 +96,14 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                 residual = gr.Audio(label="Residual (everything else)", type="numpy",
                                     interactive=False, buttons=["download"],
                                     elem_id="residual-audio")
+                more = [gr.Audio(label=f"Stem {k + 2}", type="numpy", interactive=False,
+                                 buttons=["download"], visible=False, elem_id=f"stem-{k + 2}-audio")
+                        for k in range(handlers.MAX_STEMS - 1)]
                 summary = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
         spectrograms = gr.Image(label="Spectrograms: mixture, target, residual", type="pil",
                                 format="png", interactive=False, elem_id="spectrograms",
                                 show_label=False)  # the picture titles its own panels
-        outputs = [target, residual, spectrograms, summary]
+        outputs = [target, residual, spectrograms, summary, *more]
 
         def separate(audio_path, video_path, text, picture, progress=gr.Progress()):
             return separate_event(served, cfg, audio_path, video_path, text, picture, progress)
@@ -120,7 +128,8 @@ def _input_column(params: Params):
                                 sources=["upload", "microphone"])
         with gr.Tab("Video"):
             video_in = gr.Video(label="Mixture (video: its sound is separated)", sources=["upload"])
-    query = gr.Textbox(label="Text query", placeholder="what to extract, e.g. violin")
+    query = gr.Textbox(label="Text query (several: comma-separated)",
+                       placeholder="what to extract, e.g. violin, or: violin, cello")
     gr.Examples(examples=[[name] for name in params.world.classes], inputs=[query],
                 label="Query suggestions (click to fill)",
                 examples_per_page=len(params.world.classes))

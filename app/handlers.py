@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from clipsep import audio_io
+from clipsep.activity import activity
 from clipsep.config import Params, ServeConfig
 from clipsep.errors import BadInputError
 from clipsep.data.world import read_ground_truth
@@ -92,8 +93,14 @@ def offered_image(path: str | Path | None):
     return audio_io.middle_frame(path)
 
 
+def split_queries(text: str | None) -> list[str]:
+    """Comma-separated text queries, stripped, empty ones dropped (``"violin, cello"``)."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
 def choose_query(text: str | None, image) -> tuple[str | None, Any, str]:
-    """(text query, image query, description): a typed text wins; else the image; else an error."""
+    """(text query, image query, description): a typed text wins; else the image; else an error.
+    Several comma-separated queries come back joined as typed (see :func:`split_queries`)."""
     if text is not None and text.strip():
         return text.strip(), None, f"text {text.strip()!r}"
     if image is not None:
@@ -117,22 +124,34 @@ def _clock(seconds: float) -> str:
 # --- separation --------------------------------------------------------------------------------
 
 
+MAX_STEMS = 4  # the page has this many stem players (more queries are refused)
+
+
 @dataclass
 class SeparationOutputs:
-    """What the page shows: mixture/target/residual ``[C, L]`` at ``rate``, a picture, a summary."""
+    """What the page shows: mixture/stems/residual ``[C, L]`` at ``rate``, each stem's activity
+    segments, a picture and a summary. ``target`` is the first stem (the only one for one query)."""
 
     mixture: np.ndarray
     target: np.ndarray
     residual: np.ndarray
     rate: int
-    picture: Any  # PIL.Image of the three spectrograms
+    picture: Any  # PIL.Image of the spectrograms
     summary: str
+    stems: dict[str, np.ndarray] = field(default_factory=dict)  # query -> stem, in query order
+    activity: dict[str, list] = field(default_factory=dict)  # query -> [(start_s, end_s, mean_db)]
 
 
 def separate_upload(separator, path: Path, text: str | None, image, cfg: ServeConfig,
                     progress: Progress | None = None) -> SeparationOutputs:
-    """Separate an accepted upload with the queried sound as target (chunked, with progress)."""
+    """Separate an accepted upload with the queried sound as target (chunked, with progress).
+
+    Several comma-separated text queries (up to MAX_STEMS) give one stem each, in one pass."""
     query, image_query, described = choose_query(text, image)
+    queries = split_queries(query)
+    if len(queries) > MAX_STEMS:
+        raise BadInputError(f"{len(queries)} queries; this demo separates up to {MAX_STEMS} at "
+                            "once.")
     started = time.perf_counter()
 
     def on_segment(done: int, total: int) -> None:
@@ -142,16 +161,32 @@ def separate_upload(separator, path: Path, text: str | None, image, cfg: ServeCo
     notes: list[str] = []
     try:
         mixture, rate = read_input(path, cfg, notes)
-        result = separator.separate(mixture, rate, query=query, image=image_query,
-                                    progress=on_segment)
+        if len(queries) > 1:
+            result = separator.separate(mixture, rate, queries=queries, progress=on_segment)
+            stems, residual = dict(result), result.residual
+        else:
+            result = separator.separate(mixture, rate, query=queries[0] if queries else None,
+                                        image=image_query, progress=on_segment)
+            stems, residual = {query or "image": result.target}, result.residual
     except BadInputError as err:
         raise BadInputError(_name_only(str(err), path)) from err
     seconds = time.perf_counter() - started
+    found = {name: activity(stem, mixture, rate, separator.settings)
+             for name, stem in stems.items()}
     summary = (f"query: {described} | input: {path.name}, {_clock(mixture.shape[1] / rate)} at "
-               f"{rate} Hz, {mixture.shape[0]} channel(s) | separated in {seconds:.1f} s")
+               f"{rate} Hz, {mixture.shape[0]} channel(s) | separated in {seconds:.1f} s\n"
+               + "\n".join(f"{name!r} sounds at: {_segments_text(segs)}"
+                           for name, segs in found.items()))
     summary += "".join(f"\nnote: {_name_only(text, path)}" for text in notes)
-    picture = spectrogram_picture(mixture, result.target, result.residual, rate)
-    return SeparationOutputs(mixture, result.target, result.residual, rate, picture, summary)
+    picture = spectrogram_picture(mixture, stems, residual, rate, found)
+    return SeparationOutputs(mixture, next(iter(stems.values())), residual, rate, picture, summary,
+                             stems, found)
+
+
+def _segments_text(segments) -> str:
+    if not segments:
+        return "nowhere"
+    return ", ".join(f"{s.start_s:.1f}-{s.end_s:.1f} s ({s.mean_db:+.0f} dB)" for s in segments)
 
 
 def playable(wave: np.ndarray, rate: int) -> tuple[int, np.ndarray]:
@@ -179,25 +214,33 @@ def log_spectrogram(wave: np.ndarray, rate: int) -> np.ndarray:
     return (20.0 * torch.log10(spec.abs() + 1e-8)).numpy()
 
 
-def spectrogram_picture(mixture: np.ndarray, target: np.ndarray, residual: np.ndarray,
-                        rate: int):
-    """Mixture, target and residual spectrograms side by side on one dB scale (PIL.Image)."""
+def spectrogram_picture(mixture: np.ndarray, target, residual: np.ndarray, rate: int,
+                        activity: dict[str, list] | None = None):
+    """Mixture, stem(s) and residual spectrograms on one dB scale (PIL.Image). ``target`` is one
+    stem ``[C, L]`` or a mapping query -> stem; ``activity`` (query -> segments) is drawn as a
+    bar along the top of that stem's panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    panels = [("Mixture", mixture), ("Target (query)", target),
-              ("Residual (everything else)", residual)]
-    specs = [log_spectrogram(w, rate) for _, w in panels]
+    stems = target if isinstance(target, dict) else {"query": target}
+    panels = [("Mixture", mixture, None)]
+    panels += [(f"Target: {name}" if len(stems) > 1 or isinstance(target, dict)
+                else "Target (query)", wave, name) for name, wave in stems.items()]
+    panels.append(("Residual (everything else)", residual, None))
+    specs = [log_spectrogram(w, rate) for _, w, _ in panels]
     top = max(float(s.max()) for s in specs)
     duration = mixture.shape[1] / rate
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True, constrained_layout=True)
-    for ax, (title, _), spec in zip(axes, panels, specs):
+    fig, axes = plt.subplots(1, len(panels), figsize=(13 * len(panels) / 3, 3.4), sharey=True,
+                             constrained_layout=True)
+    for ax, (title, _, name), spec in zip(axes, panels, specs):
         image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma",
                           vmin=top - DYNAMIC_RANGE_DB, vmax=top,
                           extent=(0.0, duration, 0.0, rate / 2000.0))
+        for segment in (activity or {}).get(name, []):  # where the stem sounds
+            ax.axvspan(segment.start_s, segment.end_s, ymin=0.96, ymax=1.0, color="#3ec6ff")
         ax.set_title(title)
         ax.set_xlabel("time (s)")
     axes[0].set_ylabel("frequency (kHz)")

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from clipsep.env import apply_offline_defaults
@@ -70,62 +69,102 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_separate_command(sub) -> None:
-    cmd = sub.add_parser("separate", help="extract the sound a text or image query describes")
+    cmd = sub.add_parser("separate", help="extract the sounds text or image queries describe")
     cmd.add_argument("inputs", nargs="+", metavar="INPUT",
-                     help="audio (wav/flac/ogg/mp3) or video files")
-    cmd.add_argument("--query", default=None, help="text query, e.g. 'acoustic guitar'")
+                     help="audio (wav/flac/ogg/mp3) or video files, or folders (walked, nested)")
+    cmd.add_argument("--query", dest="queries", action="append", default=[],
+                     help="text query, e.g. 'acoustic guitar'; repeat for several stems in one "
+                     "pass (OUT/<stem>/<query>.wav each)")
     cmd.add_argument("--image", default=None, help="image query (a picture of the sound source)")
     cmd.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS "
                      "(default: params separate.model)")
     cmd.add_argument("--clip-weights", default=None, help="CLIP weights replacing the stored ones")
     cmd.add_argument("--out", default="separated", help="output folder (default: separated)")
+    cmd.add_argument("--format", default="wav", choices=["wav", "flac", "mp3"],
+                     help="output format (default: wav)")
+    cmd.add_argument("--bits", default=None, choices=["16", "24", "32f"],
+                     help="bit depth: 16/24-bit PCM clip at full scale (counted and warned), 32f "
+                     "keeps everything (default: the input's PCM depth, else 32f; FLAC: 24)")
+    cmd.add_argument("--overwrite", action="store_true",
+                     help="separate again files whose outputs exist (default: skip them)")
+    cmd.add_argument("--json", action="store_true",
+                     help="print a machine-readable summary instead of the table")
     _add_params_options(cmd)
     cmd.set_defaults(handler=separate_files)
 
 
-def separate_files(args: argparse.Namespace) -> dict[str, Any]:
-    """Separate every input into OUT/<stem>/{target,residual}.wav; a bad input is reported and
-    skipped, and the run then ends with PartialFailure (exit status 2)."""
-    from tqdm import tqdm
-
-    from clipsep.errors import BadInputError, PartialFailure
+def _load_separator(args: argparse.Namespace, params):
+    """(Separator, model reference) for --model or the params' separate.model."""
     from clipsep.inference import Separator
     from clipsep.registry_reader import registry_uri
 
-    stems = [Path(path).stem for path in args.inputs]
-    if len(set(stems)) < len(stems):  # OUT/<stem>/ would be overwritten by a later input
-        raise BadInputError(f"inputs share a file name stem ({sorted(stems)}); rename one")
-    params = load_cli_params(args)
     # --model is taken from the working folder, the default from the project (paths.root)
-    separator = Separator.from_pretrained(args.model or params.separate.model,
-                                          device=params.separate.device,
+    model = args.model or params.separate.model
+    separator = Separator.from_pretrained(model, device=params.separate.device,
                                           clip_weights=args.clip_weights, settings=params.separate,
                                           tracking_uri=registry_uri(params),
                                           root=None if args.model else params.path("root"))
-    written, failed = {}, {}
-    for path in args.inputs:
-        try:
-            with tqdm(desc=str(path), unit="segment", leave=False) as bar:
-                def progress(done: int, total: int, bar=bar) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
+    return separator, model
 
-                target, residual = separator.separate_file(path, args.out, query=args.query,
-                                                           image=args.image, progress=progress)
-        except BadInputError as err:
-            if len(args.inputs) == 1:
-                raise
-            message = with_flags(err)
-            failed[str(path)] = message if str(path) in message else f"{path}: {message}"
-            log.error("%s", failed[str(path)])
-            continue
-        written[str(path)] = {"target": str(target), "residual": str(residual)}
-        log.info("%s -> %s", path, target.parent)
+
+class _ProgressBars:
+    """One tqdm bar per file (segments done), closed when the next file starts."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, job):
+        from tqdm import tqdm
+
+        self.close()
+        self.bar = tqdm(desc=str(job.path), unit="segment", leave=False)
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def separate_files(args: argparse.Namespace) -> int:
+    """Separate every input file (and every file in input folders) into OUT/<stem>/; print a
+    table (or --json); exit 1 if a file found in a folder failed, 2 if a named input did."""
+    import time
+
+    from clipsep import batch, outputs
+    from clipsep.inference import IMAGE_STEM, SINGLE_STEM
+
+    started = time.perf_counter()
+    output = outputs.OutputFormat(args.format, args.bits)
+    several = len(args.queries) > 1 or (args.queries and args.image)
+    queries = [q.strip() for q in args.queries] if several else None
+    names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
+    outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
+    jobs = batch.find_jobs(args.inputs, args.out)
+    params = load_cli_params(args)
+    separator, model = _load_separator(args, params)
+    kwargs = dict(queries=queries, image=args.image, output=output,
+                  query=None if several else (args.queries[0] if args.queries else None))
+
+    bars = _ProgressBars()
+    try:
+        outcomes = batch.run_jobs(separator, jobs, names, args.overwrite, kwargs, bars.start,
+                                  describe=with_flags)
+    finally:
+        bars.close()
+    failed = sum(o.status == "failed" for o in outcomes)
     if failed:
-        raise PartialFailure(f"{len(failed)} of {len(args.inputs)} inputs could not be separated "
-                             f"(see above); {len(written)} were",
-                             {"separated": written, "failed": failed})
-    return {"separated": written}
+        log.warning("%d of %d inputs could not be separated (see above); %d were", failed,
+                    len(outcomes), sum(o.status == "separated" for o in outcomes))
+    if args.json:
+        print(json.dumps(batch.summary(outcomes, model, time.perf_counter() - started), indent=2))
+    else:
+        print(batch.table(outcomes))
+    return batch.exit_status(outcomes)
 
 
 def with_flags(err: Exception) -> str:
@@ -152,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(err.result, indent=2, default=str))
         log.error("%s", with_flags(err))
         return 2
+    if isinstance(result, int):  # a command that printed its own report returns its status
+        return result
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0

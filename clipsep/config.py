@@ -186,6 +186,11 @@ class SeparateConfig:
     channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
     precision: str  # of the network pass only: one of PRECISIONS
     device: str
+    activity_frame_s: float  # stem activity: frame length (energies per frame)
+    activity_smoothing_s: float  # centred window the frame energies are summed over
+    activity_threshold_db: float  # active: stem energy above this dB re the mixture's
+    activity_floor_db: float  # ... and the mixture above this dBFS (silence has no activity)
+    activity_min_s: float  # shorter active stretches are dropped
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,7 @@ class RegistryConfig:
     champion_floor_db: float  # a first model must reach this text SDR to become champion
     absent_margin_db: float  # champion only if an absent query returns >= this many dB less
     # energy than the right query (absent_query.energy_db vs right_query_energy_db)
+    live_tracking: bool  # training opens the MLflow run and logs metrics/checkpoints as it goes
 
 
 @dataclass(frozen=True)

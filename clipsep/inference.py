@@ -19,11 +19,20 @@ How a signal of any length is processed with bounded memory (demucs ``apply`` st
 * ``residual = input - target`` at the input rate, so ``target + residual == input`` exactly
   (lossless decomposition; content above the model's Nyquist, 8 kHz, lands in the residual).
 
+Several queries share one pass (``separate(audio, rate, queries=[...])``): the U-Net features of
+each segment are computed once and every query adds only its late-fusion weighted sum. The masks
+are independent sigmoids, so two queries can both claim a time-frequency bin. Where the masks of a
+bin sum to more than 1 they are divided by that sum (:func:`normalise_masks`); elsewhere they are
+kept. So every stem is a masked copy of the input, the residual ``input - sum(stems)`` is the
+input under the mask ``1 - sum(masks) >= 0``, and ``sum(stems) + residual == input`` to float
+precision. With one query nothing changes (a single sigmoid never exceeds 1).
+
 ``separate_file`` streams a file (uncompressed wav/aiff in soundfile blocks; flac, compressed
 audio and video containers are first decoded in order to a temporary wav) into
-``DIR/<stem>/target.wav`` and ``residual.wav`` written to temporary names and renamed only when
-everything succeeded. A file holding less audio than its header declares is separated for the
-length actually decoded, with a warning.
+``DIR/<stem>/target.wav`` (one query) or ``DIR/<stem>/<query>.wav`` (several) and
+``residual.wav`` (and each stem's ``.activity.csv``), written to temporary names and renamed only
+when everything succeeded. A file holding less audio than its header declares is separated for
+the length actually decoded, with a warning.
 """
 
 from __future__ import annotations
@@ -32,12 +41,13 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from clipsep import audio_io
+from clipsep import audio_io, outputs
+from clipsep.activity import ActivityMeter, Segment
 from clipsep.config import AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
 from clipsep.precision import autocast, resolve_precision
@@ -46,7 +56,10 @@ from clipsep.registry_reader import ResolvedModel
 # Mirrors params.yaml's ``separate`` section for Python users who pass no settings
 # (tests/test_inference.py checks the two agree).
 DEFAULT_SETTINGS = SeparateConfig(model="models:/clipsep@champion", overlap=0.25,
-                                  channel_masks="shared", precision="auto", device="auto")
+                                  channel_masks="shared", precision="auto", device="auto",
+                                  activity_frame_s=0.05, activity_smoothing_s=0.25,
+                                  activity_threshold_db=-12.0, activity_floor_db=-60.0,
+                                  activity_min_s=0.2)
 CHANNEL_MASKS = ("shared", "independent")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
@@ -54,6 +67,8 @@ RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled seg
 MAX_CHANNELS = 64  # a 2-D array's channel axis is the one axis with at most this many entries
 
 Progress = Callable[[int, int], None]  # (segments done, segments in total)
+SINGLE_STEM = "target"  # the stem's name when one query is given (query=/image=)
+IMAGE_STEM = "image"  # the stem's name of an image query among several queries
 
 
 @dataclass
@@ -115,6 +130,44 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
     if rows > cols:
         return np.ascontiguousarray(wave.T), Layout(channels_last=True, device=device)
     return wave, Layout(device=device)
+
+
+class Stems(Mapping[str, np.ndarray]):
+    """Several queries' stems: ``stems[query]`` shaped like the input (``[L]`` or ``[C, L]``), in
+    query order, plus ``residual = input - sum(stems)`` and the ``sample_rate``."""
+
+    def __init__(self, stems: dict[str, np.ndarray], residual: np.ndarray, sample_rate: int):
+        self._stems = stems
+        self.residual = residual
+        self.sample_rate = sample_rate
+
+    def __getitem__(self, query: str) -> np.ndarray:
+        return self._stems[query]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stems)
+
+    def __len__(self) -> int:
+        return len(self._stems)
+
+
+@dataclass
+class FileResult:
+    """What :meth:`Separator.separate_file` wrote for one input file."""
+
+    input: Path
+    stems: dict[str, Path]  # stem name (query, or "target") -> audio file
+    residual: Path
+    activity: dict[str, list[Segment]]  # stem name -> segments where it sounds
+    activity_files: dict[str, Path]  # stem name -> its .activity.csv
+    sample_rate: int
+    channels: int
+    frames: int
+    clipped: int  # samples clipped to full scale by an integer output format
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
 
 
 class AudioSource(Protocol):
@@ -306,26 +359,57 @@ class Separator:
             return self.encoder.encode_images([load_image(image)])[0].to(self.device)
         raise BadInputError("no query: give a text query or an image", arguments=("query", "image"))
 
+    def embed_queries(self, queries: Sequence[str], image=None) -> tuple[list[str], torch.Tensor]:
+        """Stem names and embeddings ``[N, D]`` of several text queries (+ an optional image,
+        named ``"image"``). BadInputError for none, an empty one, or two with the same name."""
+        if isinstance(queries, str):
+            queries = [queries]
+        names = [q.strip() if isinstance(q, str) else q for q in queries]
+        if not names and image is None:
+            raise BadInputError("no query: give text queries (--query) or an image (--image)")
+        embeddings = [self.embed_query(query) for query in names]
+        if image is not None:
+            names.append(IMAGE_STEM)
+            embeddings.append(self.embed_query(image=image))
+        if len(set(names)) < len(names):
+            raise BadInputError(f"the same query is given twice ({names}); give each once")
+        return names, torch.stack(embeddings)
+
+    def _queries(self, query, image, queries) -> tuple[list[str], torch.Tensor]:
+        """(stem names, embeddings [N, D]) for ``query``/``image`` (one stem, "target") or
+        ``queries`` (+ ``image``: one stem per query)."""
+        if queries is None:
+            return [SINGLE_STEM], self.embed_query(query, image)[None]
+        if query is not None:
+            raise BadInputError("give query= or queries=, not both")
+        return self.embed_queries(queries, image)
+
     # --- the model step ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def soft_mask(self, mono: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """Linear-frequency soft mask ``[F, T]`` of a model-rate mono wave ``[n]`` (n <= padded)."""
+    def soft_masks(self, mono: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Linear-frequency soft masks ``[N, F, T]`` of N queries ``[N, D]`` for a model-rate mono
+        wave ``[n]``: one U-Net pass, then :func:`normalise_masks` (sum <= 1 in every bin)."""
         from clipsep import audio
 
         spec = audio.stft(mono[None], self.audio_cfg)  # [1, F, T]
         warped = audio.warp(spec.abs()[:, None], self.warp_bins)  # [1, 1, W, T]
         with autocast(self.precision.mode, self.device):
-            logits = self.network(warped, embedding.reshape(1, 1, -1), with_noise=False).mask_logits
-        mask = torch.sigmoid(logits.float())
-        return audio.unwarp(mask, spec.shape[1])[0, 0].clamp(0.0, 1.0)
+            logits = self.network(warped, embeddings[None], with_noise=False).mask_logits
+        masks = audio.unwarp(torch.sigmoid(logits.float()), spec.shape[1])[0].clamp(0.0, 1.0)
+        return normalise_masks(masks)
+
+    def soft_mask(self, mono: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """One query's soft mask ``[F, T]`` (embedding ``[D]``) for a model-rate wave ``[n]``."""
+        return self.soft_masks(mono, embedding.reshape(1, -1))[0]
 
     @torch.no_grad()
-    def target_segment(self, segment: np.ndarray, embedding: torch.Tensor,
-                       binary: bool = False) -> np.ndarray:
-        """The queried part of a model-rate segment ``[C, n]`` -> ``[C, n]`` (masked STFT, phase).
+    def stems_segment(self, segment: np.ndarray, embeddings: torch.Tensor,
+                      binary: bool = False) -> np.ndarray:
+        """Each query's part of a model-rate segment ``[C, n]`` -> ``[N, C, n]`` (masked STFT,
+        own phase) for embeddings ``[N, D]``.
 
-        ``binary`` thresholds the mask at 0.5 (the official infer.py); soft is the default.
+        ``binary`` thresholds the masks at 0.5 (the official infer.py); soft is the default.
         """
         from clipsep import audio
 
@@ -335,13 +419,19 @@ class Separator:
         waves = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32)).to(self.device)
         waves = torch.nn.functional.pad(waves, (0, padded - n))
         if self.settings.channel_masks == "independent":
-            mask = torch.stack([self.soft_mask(wave, embedding) for wave in waves])  # [C, F, T]
+            masks = torch.stack([self.soft_masks(w, embeddings) for w in waves], 1)  # [N, C, F, T]
         else:
-            mask = self.soft_mask(waves.mean(dim=0), embedding)  # [F, T], shared by the channels
+            masks = self.soft_masks(waves.mean(dim=0), embeddings)[:, None]  # [N, 1, F, T]
         if binary:
-            mask = (mask > 0.5).to(mask.dtype)
-        specs = audio.stft(waves, self.audio_cfg) * mask  # [C, F, T]
-        return audio.istft(specs, padded, self.audio_cfg)[:, :n].cpu().numpy()
+            masks = (masks > 0.5).to(masks.dtype)
+        specs = audio.stft(waves, self.audio_cfg)[None] * masks  # [N, C, F, T]
+        stems = audio.istft(specs.flatten(0, 1), padded, self.audio_cfg)[:, :n]
+        return stems.reshape(len(embeddings), -1, n).cpu().numpy()
+
+    def target_segment(self, segment: np.ndarray, embedding: torch.Tensor,
+                       binary: bool = False) -> np.ndarray:
+        """One query's (embedding ``[D]``) part of a model-rate segment ``[C, n]`` -> ``[C, n]``."""
+        return self.stems_segment(segment, embedding.reshape(1, -1), binary)[0]
 
     # --- whole signals -----------------------------------------------------------------------
 
@@ -355,7 +445,8 @@ class Separator:
         return ChunkPlan(sample_rate, self.audio_cfg.sample_rate, frames, segment, stride)
 
     def separate(self, audio, sample_rate: int, query: str | None = None, image=None,
-                 progress: Progress | None = None) -> SeparationResult:
+                 progress: Progress | None = None,
+                 queries: Sequence[str] | None = None) -> SeparationResult | Stems:
         """Split ``audio`` into the queried target and the residual (``target + residual ==
         audio``), both in the layout and type given.
 
@@ -363,25 +454,35 @@ class Separator:
         soundfile.read returns it). The channel axis of a 2-D array is the one axis with at
         most 64 entries; when both or neither have (``[2000, 2000]``), BadInputError names both
         readings. ``sample_rate`` in Hz, any.
+        With ``queries=[...]`` (text; plus ``image`` if given, named ``"image"``) all queries share
+        one network pass per segment and the result is a :class:`Stems` mapping query -> stem
+        (``sum(stems) + residual == audio``).
         Raises BadInputError for audio too short, silent or with NaN/inf samples, or no query.
         """
         min_frames = self.min_input_frames(int(sample_rate))
         data, layout = channels_first(audio, min_frames)
         source = ArraySource(data, int(sample_rate))
         check_source(source, min_frames)
-        embedding = self.embed_query(query, image)
-        target = np.empty_like(source.data)
+        names, embeddings = self._queries(query, image, queries)
+        stems = np.empty((len(names), *source.data.shape), np.float32)
 
         def store(start: int, block: np.ndarray) -> None:
-            target[:, start:start + block.shape[1]] = block
+            stems[:, :, start:start + block.shape[-1]] = block
 
-        self.stream(source, embedding, store, progress)
-        residual = source.data - target
-        return SeparationResult(layout.restore(target), layout.restore(residual), int(sample_rate))
+        self.stream(source, embeddings, store, progress)
+        residual = layout.restore(source.data - stems.sum(axis=0))
+        if queries is None:
+            return SeparationResult(layout.restore(stems[0]), residual, int(sample_rate))
+        return Stems({name: layout.restore(stem) for name, stem in zip(names, stems)}, residual,
+                     int(sample_rate))
 
     def separate_file(self, path: str | Path, out_dir: str | Path, query: str | None = None,
-                      image=None, progress: Progress | None = None) -> tuple[Path, Path]:
-        """Stream a file into ``out_dir/<stem>/{target,residual}.wav`` (same rate/channels/length).
+                      image=None, progress: Progress | None = None,
+                      queries: Sequence[str] | None = None,
+                      output: outputs.OutputFormat = outputs.DEFAULT_FORMAT) -> FileResult:
+        """Stream one file into ``out_dir/<stem>/``: ``target`` (one query) or one file per query
+        (``queries``), ``residual``, and each stem's ``.activity.csv``; same rate, channels and
+        length as the input, in ``output``'s format (default: wav at the input's bit depth).
 
         Without a query, a video's middle frame serves as the image query (cover art is not one).
         A file holding less audio than its header declares gives outputs of the length decoded,
@@ -393,84 +494,105 @@ class Separator:
         first_new = _first_missing(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            return self._separate_into(path, out_dir, query, image, progress)
+            return self._separate_into(path, out_dir, query, image, progress, queries, output)
         except BaseException:
             _remove_empty_folders(out_dir, first_new)
             raise
 
     def _separate_into(self, path: Path, out_dir: Path, query: str | None, image,
-                       progress: Progress | None) -> tuple[Path, Path]:
+                       progress: Progress | None, queries: Sequence[str] | None,
+                       output: outputs.OutputFormat) -> FileResult:
         with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=out_dir) as work_dir:
             work = Path(work_dir)
             source = open_source(path, work)
             try:
                 check_source(source, self.min_input_frames(source.sample_rate))
-                if query is None and image is None and audio_io.has_video_stream(path):
+                if query is None and image is None and not queries \
+                        and audio_io.has_video_stream(path):
                     image = audio_io.middle_frame(path)
-                embedding = self.embed_query(query, image)
-                self._write_outputs(source, embedding, work, progress)
+                names, embeddings = self._queries(query, image, queries)
+                files = outputs.stem_files(names, output.suffix)
+                subtype = output.subtype_for(outputs.input_subtype(path))
+                clipped, meter = self._write_outputs(source, embeddings, work, files, output,
+                                                     subtype, progress)
             finally:
                 source.close()
             final = out_dir / path.stem
             final.mkdir(parents=True, exist_ok=True)
-            outputs = []
-            for name in ("target.wav", "residual.wav"):
-                (work / name).replace(final / name)
-                outputs.append(final / name)
-        return outputs[0], outputs[1]
+            activity = meter.segments(self.settings)
+            written = {}
+            for name, file in files.items():
+                (work / file).replace(final / file)
+                written[name] = final / file
+            activity_files = {name: outputs.write_activity_csv(
+                final / outputs.activity_file(files[name]), activity[name]) for name in names}
+        return FileResult(path, {n: written[n] for n in names}, written[outputs.RESIDUAL],
+                          activity, activity_files, source.sample_rate, source.channels,
+                          source.frames, clipped)
 
-    def _write_outputs(self, source: SoundFileSource, embedding: torch.Tensor, work: Path,
-                       progress: Progress | None) -> None:
-        import soundfile as sf
-
-        fmt = dict(samplerate=source.sample_rate, channels=source.channels, subtype="FLOAT",
-                   format="WAV")
-        with sf.SoundFile(str(work / "target.wav"), "w", **fmt) as target_file, \
-                sf.SoundFile(str(work / "residual.wav"), "w", **fmt) as residual_file:
+    def _write_outputs(self, source: SoundFileSource, embeddings: torch.Tensor, work: Path,
+                       files: dict[str, str], output: outputs.OutputFormat, subtype: str | None,
+                       progress: Progress | None) -> tuple[int, ActivityMeter]:
+        """Stream stems + residual into ``work``; (samples clipped, the stems' activity meter)."""
+        names = list(files)[:-1]  # the residual comes last
+        meter = ActivityMeter(names, source.sample_rate, self.settings.activity_frame_s)
+        with outputs.StemWriter(work, files, output, subtype, source.sample_rate,
+                                source.channels) as writer:
             def write(start: int, block: np.ndarray) -> None:
-                mixture = source.read(start, start + block.shape[1])
-                target_file.write(block.T)
-                residual_file.write((mixture - block).T)
+                mixture = source.read(start, start + block.shape[-1])
+                writer.write(block, mixture - block.sum(axis=0))
+                meter.update(start, block, mixture)
 
-            self.stream(source, embedding, write, progress)
+            self.stream(source, embeddings, write, progress)
+        return writer.clipped, meter
 
     # --- streaming overlap-add ---------------------------------------------------------------
 
-    def stream(self, source: AudioSource, embedding: torch.Tensor,
+    def stream(self, source: AudioSource, embeddings: torch.Tensor,
                sink: Callable[[int, np.ndarray], None], progress: Progress | None = None) -> None:
-        """Overlap-add every segment's target; ``sink(start, target [C, n])`` gets the input-rate
-        output in order, each stretch as soon as it is final (memory: a few segments)."""
+        """Overlap-add every segment's stems for embeddings ``[N, D]`` (or one ``[D]``);
+        ``sink(start, stems [N, C, n])`` gets the input-rate output in order, each stretch as soon
+        as it is final (memory: a few segments)."""
+        embeddings = embeddings.reshape(-1, embeddings.shape[-1])
         plan = self.plan(source.sample_rate, source.frames)
         capacity = -(-plan.segment * plan.in_rate // plan.model_rate) + 2
-        summed = np.zeros((source.channels, capacity))
+        summed = np.zeros((len(embeddings), source.channels, capacity))
         weights = np.zeros(capacity)
-        base = 0  # input index of summed[:, 0]
+        base = 0  # input index of summed[..., 0]
         for k in range(plan.n_chunks):
             start, stop = plan.input_span(k)
-            target = self._segment_at_input_rate(source, plan, k, embedding)  # [C, stop - start]
+            stems = self._segment_at_input_rate(source, plan, k, embeddings)  # [N, C, n]
             window = triangular_weights(stop - start)
             offset = start - base
-            summed[:, offset:offset + stop - start] += target * window
+            summed[..., offset:offset + stop - start] += stems * window
             weights[offset:offset + stop - start] += window
             done = plan.emit_until(k) - base
             if done > 0:
-                sink(base, (summed[:, :done] / weights[:done]).astype(np.float32))
-                summed[:, :capacity - done] = summed[:, done:].copy()
+                sink(base, (summed[..., :done] / weights[:done]).astype(np.float32))
+                summed[..., :capacity - done] = summed[..., done:].copy()
                 weights[:capacity - done] = weights[done:].copy()
-                summed[:, capacity - done:] = 0.0
+                summed[..., capacity - done:] = 0.0
                 weights[capacity - done:] = 0.0
                 base += done
             if progress is not None:
                 progress(k + 1, plan.n_chunks)
 
     def _segment_at_input_rate(self, source: AudioSource, plan: ChunkPlan, k: int,
-                               embedding: torch.Tensor) -> np.ndarray:
-        """Target of segment k ``[C, n_in]`` at the input rate, from a resampled model-rate cut."""
+                               embeddings: torch.Tensor) -> np.ndarray:
+        """Stems of segment k ``[N, C, n_in]`` at the input rate from a resampled model-rate cut."""
         model_start, model_stop = plan.model_span(k)
         start, stop = plan.input_span(k)
         segment = _model_rate_cut(source, plan, model_start, model_stop)
-        target = self.target_segment(segment, embedding)
-        return _input_rate_cut(target, plan, model_start, start, stop)
+        stems = self.stems_segment(segment, embeddings)  # [N, C, n]
+        cut = _input_rate_cut(stems.reshape(-1, stems.shape[-1]), plan, model_start, start, stop)
+        return cut.reshape(*stems.shape[:2], -1)
+
+
+def normalise_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Masks ``[N, ...]`` divided by their sum where it exceeds 1 (unchanged elsewhere), so no
+    time-frequency bin is given out more than once: ``sum(stems) + residual == input`` with a
+    residual mask ``1 - sum >= 0``."""
+    return masks / masks.sum(dim=0, keepdim=True).clamp(min=1.0)
 
 
 def _model_rate_cut(source: AudioSource, plan: ChunkPlan, model_start: int,

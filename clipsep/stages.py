@@ -79,7 +79,13 @@ def train(p: Params) -> dict[str, Any]:
     """Mix-and-separate training (with NIT when model.nit) from the ingested clips."""
     from clipsep.training.loop import train as run
 
-    return run(p, p.path("clips"), p.path("checkpoints"))
+    live = None
+    if p.registry.live_tracking:  # the MLflow run opens now and fills as training goes
+        from clipsep.live_run import open_run
+
+        def live(resuming: bool):
+            return open_run(p, resuming)
+    return run(p, p.path("clips"), p.path("checkpoints"), live)
 
 
 def evaluate(p: Params) -> dict[str, Any]:

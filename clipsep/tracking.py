@@ -318,11 +318,15 @@ def _log_files(client, run_id: str, files: list[Path], base: Path, artifact_path
     return len(files)
 
 
-def log_training_outputs(client, run_id: str, p: Params) -> dict[str, int]:
-    """History as metrics, pictures (curves, spectrograms, evaluation plots), a few wav examples."""
+def log_training_outputs(client, run_id: str, p: Params,
+                         with_history: bool = True) -> dict[str, int]:
+    """History as metrics (unless logged live), pictures (curves, spectrograms, evaluation
+    plots), a few wav examples."""
     checkpoints, evaluation = p.path("checkpoints"), p.path("evaluation")
     counts = {"history_values": 0}
-    if (checkpoints / "history.csv").is_file():
+    if not with_history:
+        pass
+    elif (checkpoints / "history.csv").is_file():
         counts["history_values"] = log_history(client, run_id, checkpoints / "history.csv")
     else:
         log.warning("no %s: the run has no per-step metrics", checkpoints / "history.csv")
@@ -415,6 +419,34 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     return str(model.registered_model_version)
 
 
+RUN_FILE = "mlflow_run.json"  # under paths.checkpoints: the run training opened (live_run)
+
+
+def run_file(p: Params) -> Path:
+    return p.path("checkpoints") / RUN_FILE
+
+
+def recorded_run(p: Params, client) -> Any | None:
+    """The run ``mlflow_run.json`` names, if the file exists and the store knows the run."""
+    from mlflow.exceptions import MlflowException
+
+    path = run_file(p)
+    if not path.is_file():
+        return None
+    try:
+        return client.get_run(json.loads(path.read_text())["run_id"])
+    except (MlflowException, KeyError, ValueError) as err:
+        log.warning("%s names no run of %s (%s): a new run is opened", path, client.tracking_uri,
+                    err)
+        return None
+
+
+def _open_training_run(p: Params, client):
+    """The MLflow run the training stage opened and left open (see clipsep.live_run), or None."""
+    run = recorded_run(p, client)
+    return run if run is not None and run.info.status != "FINISHED" else None
+
+
 def register(p: Params) -> dict[str, Any]:
     """The ``register`` stage: log the pipeline run, register the evaluated model, gate it."""
     import mlflow
@@ -427,14 +459,17 @@ def register(p: Params) -> dict[str, Any]:
     metrics = json.loads(metrics_file.read_text())
     tags = lineage_tags(p, metrics)
     client, experiment_id = connect(p)
-    with mlflow.start_run(experiment_id=experiment_id,
-                          run_name=f"{p.model.preset}-{tags['data_version'][:8]}") as run:
+    live = _open_training_run(p, client)  # the run training opened (live_run), else a new one
+    started = (mlflow.start_run(run_id=live.info.run_id) if live else mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{p.model.preset}-{tags['data_version'][:8]}"))
+    with started as run:
         run_id = run.info.run_id
-        mlflow.log_params(flatten_params(p))
+        if live is None:  # training logged its params (and history) live otherwise
+            mlflow.log_params(flatten_params(p))
         mlflow.set_tags({**tags, **{f"sys.{k}": v for k, v in system_info().items()}})
         mlflow.log_metrics(flatten_metrics(metrics, "eval"))
         mlflow.log_dict(p.to_dict(), "params.yaml")
-        counts = log_training_outputs(client, run_id, p)
+        counts = log_training_outputs(client, run_id, p, with_history=live is None)
         version = log_pyfunc(p, checkpoint, tags)
         for key, value in {**tags, "run_id": run_id}.items():
             client.set_model_version_tag(p.registry.model_name, version, key, value)

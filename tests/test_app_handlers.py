@@ -93,6 +93,20 @@ def test_separates_an_upload_into_target_and_residual(served):
     assert rate == 22050 and pcm.dtype == np.int16 and pcm.shape == (mixture.shape[1], 2)
 
 
+def test_comma_separated_queries_give_one_stem_each_with_activity(served):
+    params, separator, _, root = served
+    mixture = tone(3.0)
+    path = upload(root, "mix2.wav", mixture)
+    result = handlers.separate_upload(separator, path, "flute, cello ,", None, params.serve)
+    assert list(result.stems) == ["flute", "cello"] and list(result.activity) == ["flute", "cello"]
+    assert np.allclose(sum(result.stems.values()) + result.residual, result.mixture, atol=1e-5)
+    assert "'flute' sounds at" in result.summary and "'cello' sounds at" in result.summary
+    single = handlers.separate_upload(separator, path, "flute", None, params.serve)
+    assert result.picture.size[0] > 1.2 * single.picture.size[0]  # four panels, not three
+    with pytest.raises(BadInputError, match="up to 4"):
+        handlers.separate_upload(separator, path, "a, b, c, d, e", None, params.serve)
+
+
 def test_video_offers_its_middle_frame_and_its_sound_is_separated(served):
     params, separator, _, root = served
     video = write_video(root / "uploads" / "clip.mp4", VideoSpec(seconds=2.5))

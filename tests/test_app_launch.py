@@ -76,14 +76,21 @@ def test_client_separates_an_upload(app_url):
     mixture = tone(2.0)
     sf.write(root / "mix.wav", mixture.T, 22050)
     client = Client(url, verbose=False)
-    target, residual, picture, info = client.predict(
+    target, residual, picture, info, *more = client.predict(
         handle_file(str(root / "mix.wav")), None, "flute", None, api_name="/separate")
+    assert more == [None, None, None]  # the extra stem players stay empty for one query
     target_wave, rate = sf.read(target, always_2d=True)
     residual_wave, _ = sf.read(residual, always_2d=True)
     assert rate == 22050 and target_wave.shape == residual_wave.shape == mixture.T.shape
     # int16 outputs: target + residual gives the mixture back up to rounding
     assert np.abs(target_wave + residual_wave - mixture.T).max() < 5e-4
     assert Path(picture).suffix == ".png" and "text 'flute'" in info
+    # comma-separated queries: one player per stem; stems + residual = mixture
+    first, residual, _, info, second, third, fourth = client.predict(
+        handle_file(str(root / "mix.wav")), None, "flute, cello", None, api_name="/separate")
+    assert third is None and fourth is None and "'cello' sounds at" in info
+    total = sum(sf.read(f, always_2d=True)[0] for f in (first, second, residual))
+    assert np.abs(total - mixture.T).max() < 1e-3
 
 
 def test_bad_input_is_a_message_not_a_traceback(app_url):

@@ -22,14 +22,17 @@ FLOORS = {
     "clipsep.audio": 1, "clipsep.audio_io": 1, "clipsep.registry_reader": 1, "clipsep.precision": 1,
     "clipsep.data.media": 1, "clipsep.data.world_pictures": 1, "clipsep.data.world_sound": 1,
     "clipsep.model.unet": 1, "clipsep.evaluation.metrics": 1,
+    # stem activity and how stems are written (names, formats, clipping)
+    "clipsep.activity": 1, "clipsep.outputs": 1,
     # 2 data and models: datasets, ingest, validation, networks, CLIP, training's building blocks
     "clipsep.data": 2, "clipsep.model": 2, "clipsep.training": 2, "clipsep.evaluation.plots": 2,
     # 3 the two uses of a model: separating (inference) and learning one (the training loop)
     "clipsep.inference": 3, "clipsep.training.loop": 3, "clipsep.training.report": 3,
     # 4 judging and publishing a model: evaluation, the pyfunc wrapper, the registry's write side
     "clipsep.evaluation": 4, "clipsep.registry_model": 4, "clipsep.tracking": 4,
+    "clipsep.live_run": 4,
     # 5 entry points: the stage table and the command line
-    "clipsep.stages": 5, "clipsep.cli": 5, "clipsep.__main__": 5,
+    "clipsep.stages": 5, "clipsep.cli": 5, "clipsep.__main__": 5, "clipsep.batch": 5,
 }
 OUTSIDE = ("app", "flows", "tests", "bench", "prefect", "gradio", "dvc")  # never imported
 

@@ -16,7 +16,8 @@ from clipsep.config import RegistryConfig
 torch.set_num_threads(1)
 
 GATE = RegistryConfig(tracking_uri=None, experiment="clipsep", model_name="clipsep",
-                      promotion_margin_db=0.2, champion_floor_db=3.0, absent_margin_db=3.0)
+                      promotion_margin_db=0.2, champion_floor_db=3.0, absent_margin_db=3.0,
+                      live_tracking=False)
 
 
 def test_first_model_must_clear_the_floor():

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -338,8 +339,12 @@ def build_trainer(params: Params, query_dim: int, device: str, dist: Dist) -> Tr
                    channels_last)
 
 
-def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
+def train(params: Params, clips_dir: Path, out_dir: Path,
+          open_live: Callable[[bool], Any] | None = None) -> dict[str, Any]:
     """Train a separator on ``clips_dir``; write checkpoints and reports to ``out_dir``.
+
+    ``open_live(resuming)`` (rank 0; e.g. :func:`clipsep.live_run.open_run` bound to the params)
+    returns a live MLflow run that gets every step's record and the checkpoints as they come.
 
     Returns the summary (also written to ``out_dir/summary.json`` by rank 0).
     """
@@ -360,12 +365,17 @@ def train(params: Params, clips_dir: Path, out_dir: Path) -> dict[str, Any]:
         (out_dir / "best.pt").unlink(missing_ok=True)  # a fresh run must not inherit a stale best
     started = state.step
     session_start = time.perf_counter()
-    run_steps(trainer, data, state, out_dir, dist, key)
+    live = open_live(state.step > 0) if dist.is_main and open_live is not None else None
+    with _ends_run_on_error(live):
+        run_steps(trainer, data, state, out_dir, dist, key, live)
     summary: dict[str, Any] = {"rank": dist.rank, "steps": state.step}
     if dist.is_main:
         summary = report.write_reports(trainer, data, state, out_dir,
                                        session_steps=state.step - started,
                                        session_seconds=time.perf_counter() - session_start)
+    if live is not None:
+        live.flush()
+        summary["mlflow_run_id"] = live.run_id
     dist.barrier()
     if dist.enabled:
         torch.distributed.destroy_process_group()
@@ -382,9 +392,36 @@ def _check_run_params(params: Params, dist: Dist) -> None:
                             f"number of processes ({dist.world_size})")
 
 
+@contextlib.contextmanager
+def _ends_run_on_error(live):
+    """Close the live MLflow run FAILED on an error, KILLED on Ctrl-C or SIGTERM (re-raised)."""
+    import signal
+    import threading
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    main_thread = live is not None and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        if live is not None:
+            live.end("KILLED")
+        raise
+    except BaseException:
+        if live is not None:
+            live.end("FAILED")
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_steps(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path, dist: Dist,
-              key: str) -> None:
-    """Steps ``state.step .. train.steps - 1``: train, validate, checkpoint, show progress."""
+              key: str, live=None) -> None:
+    """Steps ``state.step .. train.steps - 1``: train, validate, checkpoint, show progress
+    (and log each step's record and the checkpoints to the ``live`` MLflow run, if any)."""
     train = trainer.params.train
     dataset = MixDataset(data.train_clips, trainer.params, train.batch_size // dist.world_size,
                          dist.rank)
@@ -407,10 +444,16 @@ def run_steps(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Pa
             tick = time.perf_counter()  # validation time is not training time
         state.history.append(record)
         _show_progress(progress, record, state, log_every, dist)
+        if live is not None:
+            live.record(record)
+            if state.best_step == state.step:
+                live.checkpoint(out_dir / "best.pt")
         if state.step % train.checkpoint_every == 0 or state.step == train.steps:
             if dist.is_main:
                 save_state(out_dir / "last.pt", trainer.net, trainer.optimizer, trainer.scheduler,
                            trainer.scaler, state, key)
+                if live is not None:
+                    live.checkpoint(out_dir / "last.pt")
             tick = time.perf_counter()
     progress.close()
 

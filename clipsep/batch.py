@@ -1,0 +1,149 @@
+"""Separating many files with one loaded model: inputs (files and folders), skips, a report.
+
+``find_jobs`` turns the command line's inputs into jobs: a file is separated into
+``OUT/<stem>/``; a folder is walked (nested; the audio and video suffixes of MEDIA_SUFFIXES)
+and each file found goes to ``OUT/<its folder relative to the input folder>/<stem>/``. ``run_jobs``
+separates them in order, skipping a file whose outputs all exist unless ``overwrite``, and carries
+on past a file that fails. Exit status (:func:`exit_status`): 0 when nothing failed, 2 when a file
+named on the command line was unusable (a usage error), 1 when only files found in a folder failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from clipsep import outputs
+from clipsep.errors import BadInputError, ClipsepError
+
+log = logging.getLogger(__name__)
+
+# what a folder walk picks up (a file named explicitly may be anything PyAV opens)
+MEDIA_SUFFIXES = {".wav", ".wave", ".aiff", ".aif", ".flac", ".mp3", ".ogg", ".oga", ".opus",
+                  ".m4a", ".aac", ".wma", ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file, the folder its ``<stem>/`` goes in, and whether it was named explicitly."""
+
+    path: Path
+    out_dir: Path
+    named: bool
+
+
+@dataclass
+class Outcome:
+    """What happened to one job: ``separated``, ``skipped`` or ``failed`` (with the reason)."""
+
+    job: Job
+    status: str
+    seconds: float = 0.0
+    result: Any = None  # clipsep.inference.FileResult when separated
+    error: str = ""
+
+
+def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
+    """Jobs for files and folders; BadInputError for a missing input, an empty folder, or two
+    inputs that would write the same ``<stem>/`` folder."""
+    out = Path(out)
+    jobs = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = [p for p in sorted(item.rglob("*")) if p.is_file()
+                     and p.suffix.lower() in MEDIA_SUFFIXES and not _inside(p, out)
+                     and not any(part.startswith(".") for part in p.relative_to(item).parts)]
+            if not found:
+                raise BadInputError(f"{item}: no audio or video files in this folder "
+                                    f"(looked for {', '.join(sorted(MEDIA_SUFFIXES))})")
+            jobs += [Job(p, out / p.parent.relative_to(item), False) for p in found]
+        elif item.is_file():
+            jobs.append(Job(item, out, True))
+        else:
+            raise BadInputError(f"{item}: no such file or folder")
+    targets = [(job.out_dir / job.path.stem).as_posix().lower() for job in jobs]
+    clashes = sorted({str(j.path) for j, t in zip(jobs, targets) if targets.count(t) > 1})
+    if clashes:
+        raise BadInputError(f"inputs {clashes} would write the same output folder (same name "
+                            "stem); rename one")
+    return jobs
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def expected_outputs(job: Job, names: Sequence[str], output: outputs.OutputFormat) -> list[Path]:
+    """The audio files separating ``job`` with stems ``names`` writes."""
+    files = outputs.stem_files(names, output.suffix)
+    return [job.out_dir / job.path.stem / name for name in files.values()]
+
+
+def run_jobs(separator, jobs: Sequence[Job], names: Sequence[str], overwrite: bool,
+             separate_kwargs: dict[str, Any],
+             progress: Callable[[Job], Any] | None = None,
+             describe: Callable[[Exception], str] = str) -> list[Outcome]:
+    """Separate every job (``separator.separate_file(path, out_dir, **separate_kwargs)``);
+    ``describe`` turns a failure into its one-line message (the CLI adds its flags)."""
+    output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
+    outcomes = []
+    for job in jobs:
+        if not overwrite and all(p.is_file() for p in expected_outputs(job, names, output)):
+            outcomes.append(Outcome(job, "skipped", error="outputs exist (--overwrite redoes)"))
+            continue
+        started = time.perf_counter()
+        try:
+            result = separator.separate_file(job.path, job.out_dir, progress=progress(job)
+                                             if progress else None, **separate_kwargs)
+        except ClipsepError as err:
+            text = describe(err)
+            message = text if str(job.path) in text else f"{job.path}: {text}"
+            log.error("%s", message)
+            outcomes.append(Outcome(job, "failed", time.perf_counter() - started, error=message))
+            continue
+        if result.clipped:
+            log.warning("%s: %d sample(s) beyond full scale were clipped in the integer/MP3 "
+                        "output (--bits 32f keeps them)", job.path, result.clipped)
+        outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result))
+    return outcomes
+
+
+def exit_status(outcomes: Sequence[Outcome]) -> int:
+    failed = [o for o in outcomes if o.status == "failed"]
+    if any(o.job.named for o in failed):
+        return 2
+    return 1 if failed else 0
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """A per-file table (status, seconds, audio length, where) and a failure count."""
+    width = max([len(str(o.job.path)) for o in outcomes] + [5])
+    lines = [f"{'input':<{width}}  {'status':<9}{'audio s':>8}{'took s':>8}  output / reason"]
+    for o in outcomes:
+        audio = f"{o.result.duration_s:8.1f}" if o.result else f"{'-':>8}"
+        where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else o.error
+        lines.append(f"{str(o.job.path):<{width}}  {o.status:<9}{audio}{o.seconds:8.1f}  {where}")
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("separated", "skipped", "failed")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str, Any]:
+    """The ``--json`` report: ``separated`` (per input: stems, residual, activity segments,
+    duration, time taken), ``skipped`` and ``failed`` (per input: why), model and total seconds."""
+    report: dict[str, Any] = {"model": model, "seconds": round(seconds, 3), "separated": {},
+                              "skipped": {}, "failed": {}}
+    for o in outcomes:
+        if o.result is None:
+            report[o.status][str(o.job.path)] = o.error
+            continue
+        r = o.result
+        report["separated"][str(o.job.path)] = {
+            "stems": {n: str(p) for n, p in r.stems.items()}, "residual": str(r.residual),
+            "activity": {n: [list(s) for s in segs] for n, segs in r.activity.items()},
+            "duration_s": round(r.duration_s, 3), "sample_rate": r.sample_rate,
+            "channels": r.channels, "clipped_samples": r.clipped, "seconds": round(o.seconds, 3)}
+    return report

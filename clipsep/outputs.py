@@ -1,0 +1,164 @@
+"""How separated stems are written: file names, formats, bit depths and clipping.
+
+* Names: one query -> ``target``; several -> one file per query named from the query made
+  filesystem-safe (:func:`safe_name`); always ``residual`` last.
+* Formats (``--format``): ``wav``, ``flac``, ``mp3`` (all through soundfile's libsndfile, which
+  encodes MP3 with LAME; no external program).
+* Bit depth (``--bits``): ``16``, ``24`` (integer PCM) or ``32f`` (32-bit float). The default keeps
+  the input's depth when it is 16- or 24-bit PCM, else 32-bit float (FLAC holds no float: 24).
+* Clipping: a stem or residual may exceed full scale (a mask keeps the input's phase, and
+  overlap-add sums segments). Float wav keeps such samples as they are. Integer PCM and MP3 cannot
+  hold them: they are clipped to [-1, 1] and the number of clipped samples is reported (demucs'
+  ``--clip-mode clamp``); choose ``--bits 32f`` to keep them.
+
+Imports numpy and soundfile only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from clipsep.activity import Segment
+from clipsep.errors import BadInputError
+from clipsep.fileio import write_csv
+
+log = logging.getLogger(__name__)
+
+RESIDUAL = "residual"
+FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}  # --format -> libsndfile major format
+BITS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}  # --bits -> libsndfile subtype
+KEPT_PCM = {"PCM_16", "PCM_24"}  # input subtypes whose depth the default keeps
+MP3_SUBTYPE = "MPEG_LAYER_III"
+MAX_NAME = 80  # characters of a query kept in its file name
+ACTIVITY_COLUMNS = ("start_s", "end_s", "mean_db")
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """``format`` (wav | flac | mp3) and ``bits`` (16 | 24 | 32f | None = from the input)."""
+
+    format: str = "wav"
+    bits: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise BadInputError(f"--format must be one of {sorted(FORMATS)}, got {self.format!r}")
+        if self.bits is not None and self.bits not in BITS:
+            raise BadInputError(f"--bits must be one of {list(BITS)}, got {self.bits!r}")
+        if self.format == "flac" and self.bits == "32f":
+            raise BadInputError("FLAC holds integer samples only: use --bits 16 or 24, or "
+                                "--format wav for 32-bit float")
+        if self.format == "mp3" and self.bits is not None:
+            raise BadInputError("MP3 has no bit depth: drop --bits with --format mp3")
+
+    @property
+    def suffix(self) -> str:
+        return f".{self.format}"
+
+    def subtype_for(self, input_subtype: str | None) -> str:
+        """The libsndfile subtype written for an input of ``input_subtype`` (None: not PCM)."""
+        if self.format == "mp3":
+            return MP3_SUBTYPE
+        if self.bits is not None:
+            return BITS[self.bits]
+        if input_subtype in KEPT_PCM:
+            return input_subtype
+        return "PCM_24" if self.format == "flac" else "FLOAT"
+
+
+DEFAULT_FORMAT = OutputFormat()
+
+
+def clips(subtype: str) -> bool:
+    """True when ``subtype`` cannot hold samples beyond full scale (integer PCM, MP3)."""
+    return subtype != "FLOAT"
+
+
+def input_subtype(path: Path) -> str | None:
+    """libsndfile subtype of a soundfile-readable input (``PCM_16``, ``FLOAT``, ...), else None."""
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).subtype
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+
+
+def safe_name(query: str) -> str:
+    """A file-name stem for a query: letters, digits, ``-``, ``_`` and ``.`` kept, other runs
+    become ``_`` (``"acoustic guitar"`` -> ``acoustic_guitar``), no leading dot, <= MAX_NAME."""
+    name = re.sub(r"[^\w.-]+", "_", query.strip(), flags=re.ASCII).strip("._")[:MAX_NAME]
+    if not name:
+        raise BadInputError(f"the query {query!r} leaves no usable file name; use letters or "
+                            "digits")
+    return name
+
+
+def stem_files(names: Sequence[str], suffix: str) -> dict[str, str]:
+    """File name per stem name, ``residual`` last; BadInputError when two names collide."""
+    files = {name: safe_name(name) + suffix for name in names}
+    files[RESIDUAL] = RESIDUAL + suffix
+    taken = [f.lower() for f in files.values()]  # case-insensitive file systems
+    if len(set(taken)) < len(taken) or RESIDUAL in names:
+        raise BadInputError(f"queries {list(names)} give clashing file names "
+                            f"{sorted(files.values())}; rename one")
+    return files
+
+
+def activity_file(audio_file: str) -> str:
+    """``violin.wav`` -> ``violin.activity.csv``."""
+    return Path(audio_file).stem + ".activity.csv"
+
+
+def write_activity_csv(path: Path, segments: Sequence[Segment]) -> Path:
+    """One row per segment: ``start_s,end_s,mean_db`` (header always written)."""
+    return write_csv(path, ACTIVITY_COLUMNS, (s._asdict() for s in segments))
+
+
+class StemWriter:
+    """Streams stems ``[N, C, n]`` and the residual ``[C, n]`` into ``files`` under ``folder``,
+    clipping to full scale where the subtype needs it and counting the clipped samples."""
+
+    def __init__(self, folder: Path, files: dict[str, str], output: OutputFormat, subtype: str,
+                 sample_rate: int, channels: int):
+        self.folder, self.files = folder, files
+        self.options = dict(samplerate=sample_rate, channels=channels,
+                            format=FORMATS[output.format], subtype=subtype)
+        self.clip = clips(subtype)
+        self.clipped = 0
+        self._handles = []
+
+    def __enter__(self) -> "StemWriter":
+        import soundfile as sf
+
+        try:
+            for file in self.files.values():
+                self._handles.append(sf.SoundFile(str(self.folder / file), "w", **self.options))
+        except (sf.LibsndfileError, RuntimeError) as err:
+            self.close()
+            raise BadInputError(f"cannot write {self.options['format']} "
+                                f"{self.options['subtype']} at {self.options['samplerate']} Hz "
+                                f"with {self.options['channels']} channel(s): {err}") from err
+        return self
+
+    def write(self, stems: np.ndarray, residual: np.ndarray) -> None:
+        for handle, block in zip(self._handles, [*stems, residual]):
+            if self.clip:
+                over = np.abs(block) > 1.0
+                self.clipped += int(over.sum())
+                block = np.clip(block, -1.0, 1.0) if over.any() else block
+            handle.write(np.ascontiguousarray(block.T))
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        self._handles = []
+
+    def __exit__(self, *exc) -> None:
+        self.close()

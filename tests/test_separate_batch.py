@@ -1,0 +1,125 @@
+"""`clipsep separate`: several queries, output formats and bit depths, folders, --json, activity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from test_inference import tones
+from test_separate_cli import model, run_cli, write_video  # noqa: F401 - module fixture
+
+
+def test_several_queries_write_one_stem_each_and_sum_to_the_input(model, tmp_path, capsys):  # noqa: F811
+    audio = tones(44100, 2.0, 2)
+    sf.write(tmp_path / "duet.wav", audio.T, 44100, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert run_cli(model, out, tmp_path / "duet.wav", extra=[
+        "--query", "violin", "--query", "acoustic guitar", "--query", "cello/bass?"]) == 0
+    files = sorted(p.name for p in (out / "duet").iterdir())
+    assert files == ["acoustic_guitar.activity.csv", "acoustic_guitar.wav",
+                     "cello_bass.activity.csv", "cello_bass.wav", "residual.wav",
+                     "violin.activity.csv", "violin.wav"]
+    total = sum(sf.read(out / "duet" / f, dtype="float32", always_2d=True)[0].T
+                for f in ("violin.wav", "acoustic_guitar.wav", "cello_bass.wav", "residual.wav"))
+    assert np.abs(total - audio).max() <= 4 * np.finfo(np.float32).eps
+
+
+@pytest.mark.parametrize("fmt,bits,subtype", [
+    ("wav", None, "FLOAT"), ("wav", "16", "PCM_16"), ("wav", "24", "PCM_24"),
+    ("flac", None, "PCM_24"), ("flac", "16", "PCM_16"), ("mp3", None, "MPEG_LAYER_III")])
+def test_output_format_and_bit_depth(model, tmp_path, fmt, bits, subtype):  # noqa: F811
+    sf.write(tmp_path / "take.wav", tones(22050, 1.5, 2).T, 22050, subtype="FLOAT")
+    extra = ["--query", "cello", "--format", fmt] + (["--bits", bits] if bits else [])
+    assert run_cli(model, tmp_path / "out", tmp_path / "take.wav", extra=extra) == 0
+    for name in ("target", "residual"):
+        info = sf.info(tmp_path / "out" / "take" / f"{name}.{fmt}")
+        assert (info.subtype, info.samplerate, info.channels) == (subtype, 22050, 2)
+        if fmt != "mp3":  # mp3 pads the start and end with encoder delay
+            assert info.frames == int(22050 * 1.5)
+
+
+def test_integer_output_clips_and_says_how_many_samples(model, tmp_path, caplog):  # noqa: F811
+    loud = tones(16000, 1.5, 1) * 6.0  # peaks near 1.9: a float input beyond full scale
+    sf.write(tmp_path / "loud.wav", loud.T, 16000, subtype="FLOAT")
+    assert run_cli(model, tmp_path / "o32", tmp_path / "loud.wav",
+                   extra=["--query", "cello", "--bits", "32f"]) == 0
+    assert "clipped" not in caplog.text  # float keeps what is beyond full scale
+    over = sum(int((np.abs(sf.read(tmp_path / "o32" / "loud" / f"{n}.wav")[0]) > 1.0).sum())
+               for n in ("target", "residual"))
+    assert over > 0
+    assert run_cli(model, tmp_path / "o16", tmp_path / "loud.wav",
+                   extra=["--query", "cello", "--bits", "16"]) == 0
+    assert f"loud.wav: {over} sample(s) beyond full scale were clipped" in caplog.text
+    target = sf.read(tmp_path / "o16" / "loud" / "target.wav")[0]
+    assert np.abs(target).max() <= 1.0
+
+
+@pytest.mark.parametrize("extra", [["--format", "flac", "--bits", "32f"],
+                                   ["--format", "mp3", "--bits", "16"],
+                                   ["--query", "residual", "--query", "cello"],
+                                   ["--query", "a b", "--query", "a_b"]])
+def test_usage_errors_exit_2_before_any_work(model, tmp_path, extra):  # noqa: F811
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+    extra = extra if "--query" in extra else ["--query", "cello", *extra]
+    assert run_cli(model, tmp_path / "out", tmp_path / "x.wav", extra=extra) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def make_tree(root: Path) -> None:
+    (root / "live" / "day1").mkdir(parents=True)
+    sf.write(root / "a.wav", tones(16000, 1.2, 1)[0], 16000)
+    sf.write(root / "live" / "b.flac", tones(22050, 1.2, 2).T, 22050)
+    write_video(root / "live" / "day1" / "c.mp4", tones(44100, 2.0, 2), 44100)
+    (root / "notes.txt").write_text("not audio")
+
+
+def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, capsys):  # noqa: F811
+    make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    inputs = [str(tmp_path / "in" / n) for n in ("a.wav", "live/b.flac", "live/day1/c.mp4")]
+    assert list(report["separated"]) == inputs and report["failed"] == report["skipped"] == {}
+    for stem in ("a", "live/b", "live/day1/c"):
+        assert (out / stem / "target.wav").is_file() and (out / stem / "residual.wav").is_file()
+    entry = report["separated"][inputs[1]]
+    assert entry["duration_s"] == pytest.approx(1.2) and entry["channels"] == 2
+    assert entry["stems"]["target"] == str(out / "live" / "b" / "target.wav")
+    assert isinstance(entry["activity"]["target"], list)
+    assert report["model"].endswith("tiny.pt") and report["seconds"] > 0
+    before = (out / "a" / "target.wav").stat().st_mtime_ns
+    assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["skipped"]) == inputs
+    assert (out / "a" / "target.wav").stat().st_mtime_ns == before
+    assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--overwrite"]) == 0
+    table = capsys.readouterr().out
+    assert "3 separated, 0 skipped, 0 failed" in table
+    assert (out / "a" / "target.wav").stat().st_mtime_ns != before
+
+
+def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, capsys):  # noqa: F811
+    make_tree(tmp_path / "in")
+    (tmp_path / "in" / "live" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    out = tmp_path / "out"
+    assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello"]) == 1
+    table = capsys.readouterr().out
+    assert "3 separated, 0 skipped, 1 failed" in table and "broken.wav" in table
+    assert not (out / "live" / "broken").exists()
+
+
+def test_activity_csv_matches_the_library_segments(model, tmp_path):  # noqa: F811
+    from clipsep.activity import activity
+    from clipsep.inference import DEFAULT_SETTINGS
+
+    sf.write(tmp_path / "m.wav", tones(16000, 3.0, 1)[0], 16000, subtype="FLOAT")
+    assert run_cli(model, tmp_path / "out", tmp_path / "m.wav", extra=["--query", "cello"]) == 0
+    target, _ = sf.read(tmp_path / "out" / "m" / "target.wav", dtype="float32")
+    mixture, _ = sf.read(tmp_path / "m.wav", dtype="float32")
+    rows = (tmp_path / "out" / "m" / "target.activity.csv").read_text().splitlines()
+    assert rows[0] == "start_s,end_s,mean_db"
+    expected = activity(target, mixture, 16000, DEFAULT_SETTINGS)
+    assert [tuple(map(float, r.split(","))) for r in rows[1:]] == [tuple(s) for s in expected]
