@@ -155,3 +155,37 @@ def test_sigkilled_training_resumes_to_identical_weights(tmp_path, shared_inputs
         assert torch.equal(tensor, final["model"][name]), name
     assert [r["loss"] for r in reference["run"]["history"]] == [
         r["loss"] for r in final["run"]["history"]]
+
+
+def test_channels_last_step_gives_the_eager_loss_and_gradients(tmp_path):
+    """The memory-format switch that ``auto`` turns on with bf16 changes speed, not the maths."""
+    from clipsep.data.mixing import MixBatch
+    from clipsep.training.loop import Dist, build_trainer
+
+    generator = torch.Generator().manual_seed(0)
+    grads, losses = [], []
+    for channels_last in (False, True):
+        params = tiny_params_at(tmp_path, **{"model.preset": "cpu", "train.precision": "fp32",
+                                             "train.channels_last": channels_last,
+                                             "train.batch_size": 2})
+        trainer = build_trainer(params, 16, "cpu", Dist())
+        assert trainer.channels_last is channels_last
+        generator.manual_seed(0)
+        batch = MixBatch(sources=0.1 * torch.randn(2, 2, params.audio.segment_samples,
+                                                   generator=generator),
+                         queries=torch.randn(2, 2, 16, generator=generator), clip_ids=[])
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        trainer.optimizer.param_groups[0]["lr"] = 0.0  # keep the weights: compare one gradient
+        losses.append(trainer.step(batch)["loss"])
+        trainer.optimizer.param_groups[0]["lr"] = lr
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.net.parameters()]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    # fp32 convolutions sum in another order per layout: equal up to rounding, not bitwise
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-3
+
+
+def test_auto_memory_format_follows_the_resolved_precision(tmp_path):
+    from clipsep.training.loop import Dist, build_trainer
+
+    params = tiny_params_at(tmp_path, **{"train.precision": "fp32", "train.channels_last": None})
+    assert build_trainer(params, 16, "cpu", Dist()).channels_last is False
