@@ -1,18 +1,26 @@
-"""Benchmark `clipsep separate`: real-time factor and peak memory vs input length.
+"""Benchmark separation: the network's forward per engine, and `clipsep separate`'s RTF and memory.
 
-For each model preset (the paper's and params.yaml's default) and each length (default 10 s, 60 s,
-10 min of 44.1 kHz stereo), a fresh subprocess loads a random-init checkpoint (speed does not
-depend on the weights) and separates the file through the same file-based path as the CLI
+Part ``forward`` (one 4.1-s segment: warped magnitude [1, 1, 256, 256] + one query [1, 1, 512]):
+the eager NCHW forward, channels_last, torch.compile (its compile time is reported) and ONNX
+Runtime on the exported network (``clipsep export``; its export time is reported), timed
+interleaved (round-robin, so load on the machine hits them alike), median per variant, each ratio
+against the eager forward of the same preset in the same run. Prints the CPU model, its ISA and
+what ``precision: auto`` resolves to. The ONNX output is checked against eager (max |diff|).
+
+Part ``rtf``: for each model preset, engine and length (default 10 s, 60 s, 10 min of 44.1 kHz
+stereo), a fresh subprocess loads a random-init checkpoint (speed does not depend on the weights)
+and separates the file through the same file-based path as the CLI
 (``Separator.separate_file``). It reports wall time of the separation, RTF (= wall / audio length,
 < 1 is faster than real time) and the process's peak RSS. Memory must not grow with length: the
 10-min peak RSS should stay within 1.3x of the 10-s one (the ratio is printed; exit status 1 if
 not).
 
-    .venv/bin/python bench/separate.py                      # 2 threads, 10/60/600 s, paper+default
-    .venv/bin/python bench/separate.py --durations 10,60 --presets small --threads 2
+    .venv/bin/python bench/separate.py --part forward --presets small,cpu
+    .venv/bin/python bench/separate.py --part rtf --durations 10,600 --engines torch,onnx
+    .venv/bin/python bench/separate.py                      # both parts, defaults below
 
-Several queries share one U-Net pass per segment: the last table compares 3 queries with 1 on a
-``--query-seconds`` file for each preset (wall-time ratio; exit status 1 above MAX_QUERY_RATIO).
+Several queries share one U-Net pass per segment: part ``rtf`` ends, per preset, with 3 queries
+against 1 on a ``--query-seconds`` file (wall-time ratio; exit status 1 above MAX_QUERY_RATIO).
 
 The query encoder is the bundled clipsep-tiny CLIP for every preset (the query is encoded once per
 file; its cost does not scale with length).
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,7 +80,103 @@ def make_checkpoint(preset: str, folder: Path) -> Path:
                            audio_cfg=default.audio, query=reference)
 
 
-def run_case(checkpoint: str, wav: str, out_dir: str, threads: int, n_queries: int = 1) -> None:
+FORWARD_VARIANTS = ("eager", "channels_last", "compile", "onnxruntime")
+
+
+def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
+    """{variant: (callable(mag, queries) -> mask logits, set-up seconds)} for one checkpoint."""
+    import torch
+
+    from clipsep.model.factory import load_checkpoint
+
+    made = {}
+    for name in names:
+        network, _ = load_checkpoint(checkpoint, "cpu")
+        start = time.perf_counter()
+        if name == "channels_last":
+            network = network.to(memory_format=torch.channels_last)
+        elif name == "compile":
+            network = torch.compile(network)
+        elif name == "onnxruntime":
+            from clipsep.model.export import export_onnx, load_onnx_network
+
+            folder = export_onnx(checkpoint, work / f"onnx-{checkpoint.stem}")
+            network, _ = load_onnx_network(folder)
+        made[name] = [network, time.perf_counter() - start]
+    return made
+
+
+def forward_once(network, name: str, mag, queries):
+    import torch
+
+    if name == "channels_last":
+        mag = mag.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return network(mag, queries, with_noise=False).mask_logits
+
+
+def bench_forward(preset: str, checkpoint: Path, work: Path, names: list[str],
+                  rounds: int) -> list[dict]:
+    """Median forward seconds per variant (interleaved rounds) and each one's set-up time (the
+    first call included: that is when torch.compile compiles)."""
+    import torch
+
+    made = forward_variants(checkpoint, work, names)
+    generator = torch.Generator().manual_seed(0)
+    mag = torch.rand(1, 1, 256, 256, generator=generator) + 0.01
+    queries = torch.randn(1, 1, made["eager"][0].cfg.query_dim, generator=generator)
+    reference = forward_once(made["eager"][0], "eager", mag, queries)
+    diffs = {}
+    for name, entry in made.items():
+        start = time.perf_counter()
+        for _ in range(2):  # warm-up (compile happens in the first)
+            out = forward_once(entry[0], name, mag, queries)
+        entry[1] += (time.perf_counter() - start) / 2 if name != "compile" else \
+            time.perf_counter() - start
+        diffs[name] = float((out - reference).abs().max())
+    times = {name: [] for name in made}
+    for _ in range(rounds):
+        for name, (network, _) in made.items():
+            start = time.perf_counter()
+            forward_once(network, name, mag, queries)
+            times[name].append(time.perf_counter() - start)
+    eager = statistics.median(times["eager"])
+    return [{"preset": preset, "variant": name, "forward_s": statistics.median(times[name]),
+             "speedup": eager / statistics.median(times[name]), "setup_s": made[name][1],
+             "max_abs_diff": diffs[name]} for name in made]
+
+
+def machine_line(threads: int) -> str:
+    import torch
+
+    from clipsep.precision import cpu_model_name, resolve_precision
+
+    auto = resolve_precision("auto", "cpu")
+    return (f"{cpu_model_name()}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
+            f"{torch.__version__}; {threads} threads; precision auto -> {auto.mode} "
+            f"({auto.reason})")
+
+
+def forward_part(presets: list[str], work: Path, args) -> list[dict]:
+    names = ["eager", *[v for v in args.variants.split(",") if v != "eager"]]
+    print(f"forward of one 4.1-s segment ([1, 1, 256, 256] + 1 query [1, 1, D]), fp32, median of "
+          f"{args.rounds} interleaved rounds; ratios against eager NCHW of the same preset")
+    print("| preset | variant | forward ms | vs eager | set-up s | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for preset in presets:
+        checkpoint = make_checkpoint(preset, work)
+        for row in bench_forward(preset, checkpoint, work, names, args.rounds):
+            setup = {"compile": "compile ", "onnxruntime": "export "}.get(row["variant"], "")
+            print(f"| {preset} | {row['variant']} | {1000 * row['forward_s']:.1f} | "
+                  f"{row['speedup']:.2f}x | {setup}{row['setup_s']:.1f} | "
+                  f"{row['max_abs_diff']:.1e} |", flush=True)
+            rows.append(row)
+    return rows
+
+
+def run_case(checkpoint: str, wav: str, out_dir: str, threads: int, engine: str,
+             n_queries: int = 1) -> None:
     """Child process: separate one file with 1 query (``target``) or ``n_queries`` in one pass;
     print a JSON line with timings and peak RSS."""
     import torch
@@ -79,7 +184,7 @@ def run_case(checkpoint: str, wav: str, out_dir: str, threads: int, n_queries: i
     torch.set_num_threads(threads)
     from clipsep.inference import Separator
 
-    separator = Separator.from_pretrained(checkpoint, device="cpu")
+    separator = Separator.from_pretrained(checkpoint, device="cpu", engine=engine)
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if n_queries == 1:
@@ -92,24 +197,26 @@ def run_case(checkpoint: str, wav: str, out_dir: str, threads: int, n_queries: i
                       "loaded_rss_mb": loaded_rss / 1024}))
 
 
-def measure(checkpoint: Path, seconds: int, work: Path, threads: int,
+def measure(checkpoint: Path, seconds: int, work: Path, threads: int, engine: str = "torch",
             n_queries: int = 1) -> dict:
     wav = work / f"input-{seconds}s.wav"
     if not wav.exists():
         write_test_file(wav, seconds)
     command = [sys.executable, __file__, "_case", str(checkpoint), str(wav), str(work / "out"),
-               str(threads), str(n_queries)]
+               str(threads), engine, str(n_queries)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"case failed ({checkpoint.name}, {seconds} s):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"case failed ({checkpoint.name}, {engine}, {seconds} s):\n"
+                         f"{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {**result, "seconds": seconds, "rtf": result["wall_s"] / seconds}
+    return {**result, "seconds": seconds, "engine": engine, "rtf": result["wall_s"] / seconds}
 
 
 def compare_queries(checkpoint: Path, preset: str, seconds: int, work: Path,
                     threads: int) -> bool:
     """Print the wall time of 3 queries in one pass against 1 query; True within the bound."""
-    runs = {n: [measure(checkpoint, seconds, work, threads, n)["wall_s"] for _ in range(2)]
+    runs = {n: [measure(checkpoint, seconds, work, threads, n_queries=n)["wall_s"]
+                for _ in range(2)]
             for n in (1, 3)}  # the faster of two runs: a shared machine's noise only adds time
     one, three = min(runs[1]), min(runs[3])
     ratio = three / one
@@ -119,41 +226,66 @@ def compare_queries(checkpoint: Path, preset: str, seconds: int, work: Path,
     return ratio <= MAX_QUERY_RATIO
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--durations", default="10,60,600", help="seconds, comma-separated")
-    parser.add_argument("--presets", default="paper,default",
-                        help="presets ('default' = params.yaml)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--query-seconds", type=int, default=60,
-                        help="length of the 3-queries-vs-1 comparison (0 skips it)")
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args(argv)
-    from clipsep.config import load_params
-
-    default_preset = load_params(REPO / "params.yaml").model.preset
+def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
     durations = [int(d) for d in args.durations.split(",")]
     results, ok = [], True
-    with tempfile.TemporaryDirectory(prefix="clipsep-bench-") as tmp:
-        work = Path(tmp)
-        print(f"{'preset':<14}{'audio':>8}{'wall s':>9}{'RTF':>8}{'peak RSS MB':>13}"
-              f"{'after load':>12}")
-        for name in args.presets.split(","):
-            preset = default_preset if name == "default" else name
-            checkpoint = make_checkpoint(preset, work)
+    print(f"{'preset':<10}{'engine':<8}{'audio':>8}{'wall s':>9}{'RTF':>8}{'peak RSS MB':>13}"
+          f"{'after load':>12}")
+    for preset in presets:
+        checkpoint = make_checkpoint(preset, work)
+        for engine in args.engines.split(","):
+            model = checkpoint
+            if engine == "onnx":  # exported once here, so no child pays for the export
+                from clipsep.model.export import export_onnx
+
+                model = export_onnx(checkpoint, work / f"onnx-{preset}")
             rows = []
             for seconds in durations:
-                row = {"preset": preset, **measure(checkpoint, seconds, work, args.threads)}
+                row = {"preset": preset, **measure(model, seconds, work, args.threads, engine)}
                 rows.append(row)
-                print(f"{preset:<14}{seconds:>7}s{row['wall_s']:>9.1f}{row['rtf']:>8.3f}"
-                      f"{row['peak_rss_mb']:>13.0f}{row['loaded_rss_mb']:>12.0f}", flush=True)
+                print(f"{preset:<10}{engine:<8}{seconds:>7}s{row['wall_s']:>9.1f}"
+                      f"{row['rtf']:>8.3f}{row['peak_rss_mb']:>13.0f}"
+                      f"{row['loaded_rss_mb']:>12.0f}", flush=True)
             ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
             ok &= ratio <= MAX_RSS_RATIO
             print(f"  peak RSS {durations[-1]} s / {durations[0]} s = {ratio:.2f}x "
                   f"({'ok' if ratio <= MAX_RSS_RATIO else 'OVER'} <= {MAX_RSS_RATIO}x)")
             results.extend(rows)
-            if args.query_seconds:
-                ok &= compare_queries(checkpoint, preset, args.query_seconds, work, args.threads)
+        if args.query_seconds:
+            ok &= compare_queries(checkpoint, preset, args.query_seconds, work, args.threads)
+    return results, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("forward", "rtf", "all"), default="all")
+    parser.add_argument("--presets", default="small,cpu",
+                        help="presets, comma-separated ('default' = params.yaml's)")
+    parser.add_argument("--variants", default=",".join(FORWARD_VARIANTS),
+                        help=f"forward variants (of {', '.join(FORWARD_VARIANTS)})")
+    parser.add_argument("--rounds", type=int, default=20, help="timed forwards per variant")
+    parser.add_argument("--durations", default="10,60,600", help="rtf: seconds, comma-separated")
+    parser.add_argument("--engines", default="torch,onnx", help="rtf: separate.engine values")
+    parser.add_argument("--query-seconds", type=int, default=60,
+                        help="rtf: length of the 3-queries-vs-1 comparison (0 skips it)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    import torch
+
+    from clipsep.config import load_params
+
+    torch.set_num_threads(args.threads)
+    default_preset = load_params(REPO / "params.yaml").model.preset
+    presets = [default_preset if p == "default" else p for p in args.presets.split(",")]
+    print(machine_line(args.threads))
+    results, ok = {}, True
+    with tempfile.TemporaryDirectory(prefix="clipsep-bench-") as tmp:
+        work = Path(tmp)
+        if args.part in ("forward", "all"):
+            results["forward"] = forward_part(presets, work, args)
+        if args.part in ("rtf", "all"):
+            results["rtf"], ok = rtf_part(presets, work, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0 if ok else 1
@@ -161,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_case":
-        run_case(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+        run_case(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
+                 int(sys.argv[7]))
     else:
         sys.exit(main())

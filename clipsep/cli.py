@@ -65,7 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
     params_cmd.set_defaults(handler=show_params)
     _add_separate_command(sub)
+    _add_export_command(sub)
     return parser
+
+
+def _add_export_command(sub) -> None:
+    cmd = sub.add_parser("export", help="write the separator network as ONNX (+ its settings)")
+    cmd.add_argument("model", metavar="MODEL", help="separator checkpoint (.pt)")
+    cmd.add_argument("out", metavar="OUT", help="output folder (separator.onnx, "
+                     "clipsep-export.json); run it with Separator.from_pretrained(OUT)")
+    cmd.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
+    cmd.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    cmd.set_defaults(handler=export_model)
+
+
+def export_model(args: argparse.Namespace) -> dict[str, Any]:
+    """``clipsep export MODEL --format onnx OUT``: a thin wrapper of export_onnx."""
+    from clipsep.model.export import export_onnx, read_export
+
+    folder = export_onnx(args.model, args.out, opset=args.opset)
+    manifest = read_export(folder).manifest
+    return {"exported": str(folder), "format": args.format, "opset": manifest["opset"],
+            "onnx": str(folder / manifest["onnx_file"]), "inputs": manifest["shapes"]}
 
 
 def _add_separate_command(sub) -> None:

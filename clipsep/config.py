@@ -23,6 +23,7 @@ import yaml
 
 # auto: the fastest precision on this machine that is exact enough (clipsep.precision)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("torch", "onnx")  # what runs the separator network at separation time
 
 
 class ConfigError(ValueError):
@@ -186,6 +187,7 @@ class SeparateConfig:
     channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
     precision: str  # of the network pass only: one of PRECISIONS
     device: str
+    engine: str  # torch | onnx (ONNX Runtime on the CPU): one of ENGINES
     activity_frame_s: float  # stem activity: frame length (energies per frame)
     activity_smoothing_s: float  # centred window the frame energies are summed over
     activity_threshold_db: float  # active: stem energy above this dB re the mixture's
@@ -423,6 +425,8 @@ def _check_invariants(p: Params, source: str) -> None:
     for section in ("clip", "train", "eval", "separate"):
         if getattr(p, section).precision not in PRECISIONS:
             fail(section, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    if p.separate.engine not in ENGINES:
+        fail("separate", "engine", f"must be one of {', '.join(ENGINES)}")
     if p.train.pair_candidates < 1 or p.train.absent_candidates < 0 or p.train.absent_weight < 0:
         fail("train", "pair_candidates", "pair_candidates >= 1, absent_candidates >= 0 and "
              "absent_weight >= 0")

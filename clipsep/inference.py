@@ -37,6 +37,7 @@ the length actually decoded, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ DEFAULT_SETTINGS = SeparateConfig(model="models:/clipsep@champion", overlap=0.25
                                   channel_masks="shared", precision="auto", device="auto",
                                   activity_frame_s=0.05, activity_smoothing_s=0.25,
                                   activity_threshold_db=-12.0, activity_floor_db=-60.0,
-                                  activity_min_s=0.2)
+                                  activity_min_s=0.2, engine="torch")
 CHANNEL_MASKS = ("shared", "independent")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
@@ -322,25 +323,35 @@ class Separator:
                         clip_weights: str | Path | None = None,
                         settings: SeparateConfig | None = None,
                         tracking_uri: str | None = None,
-                        root: str | Path | None = None) -> "Separator":
-        """Load a checkpoint path or a registry reference ``models:/name@alias`` (or ``/N``).
+                        root: str | Path | None = None,
+                        engine: str | None = None) -> "Separator":
+        """Load a checkpoint path, a registry reference ``models:/name@alias`` (or ``/N``) or a
+        folder written by ``clipsep export`` (run by ONNX Runtime).
 
         ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's);
         relative checkpoint paths are taken from ``root`` (default: the working folder).
         See :func:`clipsep.registry_reader.resolve_model` for the errors.
+        ``engine`` (default ``settings.engine``) runs the network: ``torch`` (eager) or ``onnx``
+        (the checkpoint exported once, cached, run by ONNX Runtime on the CPU in fp32; see
+        :mod:`clipsep.model.export`). BadInputError for an unknown engine or onnx on CUDA.
         """
         from clipsep.env import resolve_device
-        from clipsep.model.factory import load_checkpoint
+        from clipsep.model.export import is_export_folder
         from clipsep.model.query import QueryEncoder
-        from clipsep.registry_reader import resolve_model
+        from clipsep.registry_reader import ResolvedModel, resolve_model
 
-        resolved = resolve_model(ref, tracking_uri=tracking_uri, root=root)
+        settings = settings or DEFAULT_SETTINGS
+        engine, device, settings = _choose_engine(ref, engine, device, settings)
+        if is_export_folder(ref):
+            resolved = ResolvedModel(Path(ref))
+        else:
+            resolved = resolve_model(ref, tracking_uri=tracking_uri, root=root)
         clip_weights = clip_weights or resolved.clip_weights
         device = resolve_device(device)
-        network, info = load_checkpoint(resolved.checkpoint, device)
+        network, info = load_network(resolved.checkpoint, device, engine)
         encoder = QueryEncoder.from_reference(info.query, device,
                                               weights=Path(clip_weights) if clip_weights else None)
-        return cls(network, encoder, info.audio_cfg, settings or DEFAULT_SETTINGS, device,
+        return cls(network, encoder, info.audio_cfg, settings, device,
                    source=resolved, extra=dict(info.extra))
 
     # --- queries -----------------------------------------------------------------------------
@@ -593,6 +604,48 @@ def normalise_masks(masks: torch.Tensor) -> torch.Tensor:
     time-frequency bin is given out more than once: ``sum(stems) + residual == input`` with a
     residual mask ``1 - sum >= 0``."""
     return masks / masks.sum(dim=0, keepdim=True).clamp(min=1.0)
+
+
+def load_network(path: Path, device: str, engine: str):
+    """``(network, info)`` for a checkpoint or an export folder: a CLIPSepNet (engine torch) or
+    an :class:`~clipsep.model.export.OnnxNetwork` with the same call signature (engine onnx; a
+    checkpoint is exported once and cached). ``info`` has ``audio_cfg`` and ``query``."""
+    from clipsep.model import export
+    from clipsep.model.factory import load_checkpoint
+
+    if export.is_export_folder(path):
+        return export.load_onnx_network(path)
+    if engine == "onnx":
+        return export.load_onnx_network(export.cached_export(path))
+    return load_checkpoint(path, device)
+
+
+def _choose_engine(ref: str | Path, engine: str | None, device: str, settings: SeparateConfig
+                   ) -> tuple[str, str, SeparateConfig]:
+    """(engine, device, settings) to load ``ref`` with: an export folder runs with onnx only;
+    else ``engine`` or ``settings.engine``; onnx adjusts device and precision (below)."""
+    from clipsep.model.export import check_engine, is_export_folder
+
+    exported = is_export_folder(ref)
+    engine = check_engine(engine or ("onnx" if exported else settings.engine))
+    if exported and engine != "onnx":
+        raise BadInputError(f"{ref} is an ONNX export folder: it runs with engine onnx only")
+    if engine == "onnx":
+        device, settings = _onnx_device_and_settings(device, settings)
+    return engine, device, settings
+
+
+def _onnx_device_and_settings(device: str, settings: SeparateConfig
+                              ) -> tuple[str, SeparateConfig]:
+    """The ONNX engine runs fp32 on the CPU: device auto -> cpu, precision auto -> fp32;
+    BadInputError for an explicit CUDA device or reduced precision."""
+    if device not in ("auto", "cpu"):
+        raise BadInputError(f"separate.engine onnx runs on the CPU, not on {device!r}; use "
+                            "engine torch there")
+    if settings.precision not in ("auto", "fp32"):
+        raise BadInputError(f"separate.engine onnx runs fp32, not {settings.precision}; use "
+                            "precision auto or fp32, or engine torch")
+    return "cpu", dataclasses.replace(settings, precision="fp32")
 
 
 def _model_rate_cut(source: AudioSource, plan: ChunkPlan, model_start: int,

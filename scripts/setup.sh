@@ -24,10 +24,10 @@ fi
 echo "setup: creating/updating .venv (first time: a few minutes)"
 [ -x .venv/bin/python ] || python3.11 -m venv .venv || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip setuptools wheel 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[platform,app,test]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[platform,app,test,onnx]" 2>&1 | grep -v "is ignored" || true
 # tinysoundfont declares pyaudio (live playback only, needs portaudio headers); rendering never imports it
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps tinysoundfont==0.3.7 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import clipsep, torch, open_clip, av, tinysoundfont, great_expectations, prefect, mlflow, dvc, gradio" \
+.venv/bin/python -c "import clipsep, torch, open_clip, av, tinysoundfont, great_expectations, prefect, mlflow, dvc, gradio, onnxruntime, onnxscript" \
     || { echo "setup: the environment does not import; see the pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "setup: done"

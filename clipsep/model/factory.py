@@ -120,7 +120,8 @@ def _read_payload(path: Path, device: str | torch.device) -> dict[str, Any]:
                                   f"(train one with `clipsep train`, or pass an existing .pt file)")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as err:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
+            KeyError, IndexError, TypeError, AttributeError) as err:  # a text file: KeyError
         raise BadInputError(f"cannot read checkpoint {path}: corrupt, truncated or not a "
                             f"weights-only torch file ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
