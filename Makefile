@@ -11,7 +11,7 @@ setup:
 # The full train-clipsep flow on the embedded world (docs/platform.md); ends by printing where to look.
 quickstart: setup
 	@mkdir -p $${PREFECT_HOME:-$(CURDIR)/.platform/prefect}
-	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows.train_clipsep
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -33,7 +33,7 @@ bench: setup
 # The platform (docs/platform.md): one flow run, the scheduled deployment, the MLflow UI.
 flow: setup
 	@mkdir -p $${PREFECT_HOME:-$(CURDIR)/.platform/prefect}
-	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows.train_clipsep
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.platform/prefect} $(VENV)/bin/python -m flows
 
 platform: setup
 	@bash scripts/platform.sh start

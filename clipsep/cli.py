@@ -33,10 +33,11 @@ def load_cli_params(args: argparse.Namespace):
 
 
 def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one pipeline stage by name and return its summary."""
-    from clipsep.stages import STAGES
+    """Run one pipeline stage by name and return its summary. It always runs (``dvc repro``
+    decides what to skip) and leaves its record, so a later flow run can skip it."""
+    from clipsep.stages import run_stage as run
 
-    return STAGES[name](load_cli_params(args))
+    return run(name, load_cli_params(args)).summary
 
 
 def show_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -143,6 +143,14 @@ def lookup_version(client, name: str, kind: str, value: str):
         raise RegistryUnavailableError.of(client.tracking_uri, err) from err
 
 
+def version_from_run(uri: str, name: str, version: str, run_id: str) -> bool:
+    """Whether ``uri`` holds version ``version`` of model ``name``, registered from run ``run_id``
+    (how a skipped register stage knows its model is still there). Raises
+    RegistryUnavailableError when the store cannot be read."""
+    found = lookup_version(_client(uri), name, "version", str(version))
+    return found is not None and found.run_id == run_id
+
+
 def _client(uri: str):
     try:
         from mlflow import MlflowClient

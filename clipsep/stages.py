@@ -5,6 +5,12 @@ calls these through the CLI (``clipsep <stage>``) and the Prefect flow ``train-c
 same functions, so a stage's logic lives once. Each stage imports its library lazily: the CLI starts
 fast and ``import clipsep.stages`` has no side effects.
 
+:func:`run_stage` runs one stage and leaves a record of it next to its outputs
+(:mod:`clipsep.stage_record`); with ``skip_unchanged`` it skips a stage whose params sections,
+library code and input files are unchanged since its last successful run (the flow does this; DVC
+keeps its own skip logic over the same declarations: ``STAGE_PARAMS``, ``STAGE_CODE`` and
+:func:`stage_inputs`, which ``dvc.yaml`` mirrors and tests/test_pipeline_contract.py checks).
+
 Layout (``paths`` section of params.yaml):
     world/       videos/{train,val,test,interference}/*.mp4, captions/{images/,captions.csv},
                  ground_truth.csv (labels; only evaluation reads it)
@@ -18,10 +24,16 @@ Layout (``paths`` section of params.yaml):
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from clipsep import stage_record
 from clipsep.config import Params
+
+log = logging.getLogger("clipsep")
 
 # Which params sections each stage reads: dvc.yaml declares exactly these (a test checks it).
 STAGE_PARAMS: dict[str, list[str]] = {
@@ -32,6 +44,22 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "train": ["clip", "audio", "model", "train"],
     "evaluate": ["clip", "audio", "eval"],
     "register": ["registry"],
+}
+# The library code each stage runs (relative to the clipsep package): dvc.yaml's code deps.
+STAGE_CODE: dict[str, list[str]] = {
+    "world": ["data/world.py", "data/world_pictures.py", "data/world_sound.py"],
+    "ingest": ["data/ingest.py", "data/media.py"],
+    "validate": ["data/validation.py"],
+    "pretrain-clip": ["model/pretrain_clip.py", "model/query.py"],
+    "train": ["training", "model", "audio.py", "data/mixing.py"],
+    "evaluate": ["evaluation", "inference.py"],
+    "register": ["tracking.py", "registry_reader.py", "registry_model.py"],
+}
+# The `paths` folder each stage writes (its record lives there); register writes to the MLflow
+# store, so its record lives beside the evaluation it registered.
+STAGE_OUTPUTS: dict[str, str | None] = {
+    "world": "world", "ingest": "clips", "validate": "validation", "pretrain-clip": "clip_model",
+    "train": "checkpoints", "evaluate": "evaluation", "register": None,
 }
 
 
@@ -54,11 +82,16 @@ def ingest(p: Params) -> dict[str, Any]:
     """Turn the source video folder into clips + manifest + quarantine list under paths.clips."""
     from clipsep.data.ingest import ingest_folder
 
-    labels = None
-    if p.ingest.labels_csv:  # like ingest.source: relative to paths.root
-        labels = Path(p.ingest.labels_csv)
-        labels = labels if labels.is_absolute() else Path(p.path("root")) / labels
+    labels = _under_root(p, p.ingest.labels_csv)  # like ingest.source: relative to paths.root
     return ingest_folder(ingest_source(p), p.path("clips"), p.ingest, labels_csv=labels)
+
+
+def _under_root(p: Params, value: str | None) -> Path | None:
+    """A params file path (relative to paths.root), or None when unset."""
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else Path(p.path("root")) / path
 
 
 def validate(p: Params) -> dict[str, Any]:
@@ -111,3 +144,93 @@ STAGES: dict[str, Callable[[Params], dict[str, Any]]] = {
     "evaluate": evaluate,
     "register": register,
 }
+
+
+def stage_inputs(stage: str, p: Params) -> list[Path]:
+    """The data files and folders ``stage`` reads (dvc.yaml's data deps for the default params)."""
+    clips, world, evaluation = p.path("clips"), p.path("world"), p.path("evaluation")
+    clip_model = [p.path("clip_model")] if p.clip.pretrained is None else _clip_file(p)
+    optional = {"ingest": [p.ingest.labels_csv],
+                "evaluate": [p.eval.targets_csv, p.eval.interference_csv]}.get(stage, [])
+    listed = {
+        "world": [],
+        "ingest": [ingest_source(p)],
+        "validate": [clips],
+        "pretrain-clip": [world / "captions"],
+        "train": [clips, p.path("validation") / "result.json", *clip_model],
+        "evaluate": [world, clips, *clip_model, p.path("checkpoints")],
+        "register": [p.path("checkpoints"), evaluation / "metrics.json"],
+    }[stage]
+    return listed + [_under_root(p, value) for value in optional if value]
+
+
+def _clip_file(p: Params) -> list[Path]:
+    """clip.pretrained as a local file or folder ([] for an open_clip tag)."""
+    path = Path(str(p.clip.pretrained).removeprefix("local-dir:")).expanduser()
+    return [path.resolve()] if path.exists() else []
+
+
+def stage_fingerprint(stage: str, p: Params) -> stage_record.Fingerprint:
+    """What ``stage`` reads: its params sections, its library code, its input files."""
+    package = Path(__file__).parent
+    sections = p.to_dict()
+    return stage_record.fingerprint(
+        params={name: sections[name] for name in STAGE_PARAMS[stage]},
+        code={name: package / name for name in STAGE_CODE[stage]},
+        inputs={str(path): path for path in stage_inputs(stage, p)})
+
+
+def record_folder(stage: str, p: Params) -> Path:
+    """Where ``stage`` leaves its record: its output folder (register: the evaluation's)."""
+    return p.path(STAGE_OUTPUTS[stage] or "evaluation")
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage of a pipeline run: its summary, whether it was skipped, and why."""
+
+    stage: str
+    summary: dict[str, Any]
+    skipped: bool
+    fingerprint: str  # the first 12 hex digits
+    reason: str  # "unchanged", or why it ran
+    seconds: float  # wall time of this call (the stage, or the check that skipped it)
+
+
+def run_stage(stage: str, p: Params, skip_unchanged: bool = False) -> StageRun:
+    """Run ``stage`` and record it; with ``skip_unchanged``, skip it when its fingerprint and
+    outputs match the record of its last successful run (its recorded summary is returned).
+
+    Raises whatever the stage raises (no record is written then).
+    """
+    start = time.perf_counter()
+    fp = stage_fingerprint(stage, p)
+    folder = record_folder(stage, p)
+    outputs = p.path(STAGE_OUTPUTS[stage]) if STAGE_OUTPUTS[stage] else None
+    reason = "forced"
+    if skip_unchanged:
+        summary, reason = stage_record.compare(folder, stage, fp, outputs)
+        if summary is not None and stage == "register":
+            summary, reason = _registered_still(p, summary)
+        if summary is not None:
+            log.info("%s: inputs unchanged since the last run (fingerprint %s), skipped",
+                     stage, fp.short)
+            return StageRun(stage, summary, True, fp.short, reason, time.perf_counter() - start)
+        log.info("%s: %s (fingerprint %s), running", stage, reason, fp.short)
+    summary = STAGES[stage](p)
+    seconds = time.perf_counter() - start
+    stage_record.write_record(folder, stage, fp, outputs, summary, seconds)
+    return StageRun(stage, summary, False, fp.short, reason, seconds)
+
+
+def _registered_still(p: Params, summary: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """A recorded registration stands only while its model version is in the store."""
+    from clipsep.registry_reader import RegistryError, tracking_uri, version_from_run
+
+    name, version = summary.get("model_name"), summary.get("version")
+    try:
+        if version_from_run(tracking_uri(p), str(name), str(version), str(summary.get("run_id"))):
+            return summary, "unchanged"
+    except RegistryError as err:
+        return None, f"the registry could not confirm version {version} ({err})"
+    return None, f"version {version} of {name} (run {summary.get('run_id')}) is not in the store"

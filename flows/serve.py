@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from flows.train_clipsep import add_flow_options, train_clipsep
+from flows.entry import add_flow_options, prepare_environment
 
 DEFAULT_CRON = "0 3 * * 1"  # weekly: Monday 03:00
 DEFAULT_NAME = "weekly"
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cron", default=os.environ.get("CLIPSEP_CRON", DEFAULT_CRON))
     add_flow_options(parser)
     args = parser.parse_args(argv)
+    prepare_environment()  # before Prefect is imported; the flow runs inherit it
+    from flows.train_clipsep import train_clipsep
+
     print(f"serving deployment '{train_clipsep.name}/{args.name}' (cron '{args.cron}') "
           f"on {os.environ.get('PREFECT_API_URL', 'an ephemeral Prefect server')}", flush=True)
     train_clipsep.serve(name=args.name, cron=args.cron, parameters=deployment_parameters(args),

@@ -1,7 +1,7 @@
 """The ``train-clipsep`` flow: world -> ingest -> validate -> pretrain-clip -> train -> evaluate
 -> register.
 
-Each task *is* a stage function of :mod:`clipsep.stages` (the same ones ``dvc.yaml`` calls), so no
+Each task runs a stage function of :mod:`clipsep.stages` (the same ones ``dvc.yaml`` calls), so no
 stage logic lives here. Retries only where a retry can help: I/O (rendering/decoding videos,
 talking to the MLflow store); none where it cannot (a failing validation gate stops the flow and
 publishes its report; training and evaluation are deterministic).
@@ -10,7 +10,12 @@ Lineage: the flow runs the stages in-process (it accepts profiles, overrides and
 folder, which a params.yaml-pinned ``dvc repro`` cannot express) and records the exact data version
 it used on the MLflow run and model version: the md5 of clips/manifest.csv (which holds a sha256 of
 every source video), the dvc.lock md5 of the clips folder when present, the git commit and the
-merged params. ``python -m flows.train_clipsep`` runs it once; ``flows.serve`` serves it on a cron.
+merged params. ``python -m flows`` runs it once (``flows/__main__.py`` sets the environment
+first); ``flows.serve`` serves it on a cron.
+
+Skipping: each stage runs through :func:`clipsep.stages.run_stage` with ``skip_unchanged``, so a
+stage whose params sections, code and input files are unchanged since its last successful run is
+skipped and logged as such; the run ends with a table of each stage's wall time.
 """
 
 from __future__ import annotations
@@ -18,27 +23,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from clipsep import stages
+from clipsep.config import ConfigError, Params, load_params
 from clipsep.env import apply_offline_defaults
-
-apply_offline_defaults()  # before prefect/mlflow/open_clip imports: no telemetry, no hub retries
-# the library logs progress (training steps, stage summaries) on the "clipsep" logger: show it in
-# the flow run's log and on the console, next to Prefect's own lines
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "clipsep")
-# library use outside flow runs
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from clipsep import stages  # noqa: E402
-from clipsep.config import ConfigError, Params, load_params  # noqa: E402
-from clipsep.errors import ClipsepError, ValidationFailed  # noqa: E402
+from clipsep.errors import ClipsepError, ValidationFailed
+from clipsep.precision import cpu_model_name
+from flows.entry import add_flow_options
 
 FLOW_NAME = "train-clipsep"
 # retries per stage: I/O-bound stages may hit a transient failure; compute and gates may not.
@@ -49,8 +48,9 @@ METRIC_COLUMNS = ("sdr", "sir", "sar", "si_sdr", "sdri")
 
 
 def stage_task(stage: str):
-    """The stage function of clipsep.stages as a Prefect task (no cache: stages write files)."""
-    return task(stages.STAGES[stage], name=stage, task_run_name=stage,
+    """A stage of clipsep.stages as a Prefect task that skips it when its inputs are unchanged
+    (no Prefect cache: the stage's own record decides, next to the files it writes)."""
+    return task(stages.run_stage, name=stage, task_run_name=stage,
                 retries=STAGE_RETRIES[stage], retry_delay_seconds=10, cache_policy=NO_CACHE)
 
 
@@ -92,10 +92,21 @@ def metrics_markdown(metrics: dict[str, Any], registered: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
-def publish(p: Params, registered: dict[str, Any]) -> str:
-    """Prefect artifacts: the metrics table and links to the MLflow run and model version."""
+def timing_markdown(runs: Sequence[stages.StageRun], seconds: dict[str, float],
+                    total_s: float, cpu: str) -> str:
+    """Each stage's wall time (s) and whether it ran or was skipped, the total, the CPU."""
+    lines = ["| stage | wall time (s) | |", "|---|---:|---|"]
+    for run in runs:
+        status = "skipped (unchanged)" if run.skipped else "ran"
+        lines.append(f"| {run.stage} | {seconds[run.stage]:.1f} | {status} |")
+    lines += [f"| **total** | **{total_s:.1f}** | |", "", f"CPU: {cpu}"]
+    return "\n".join(lines)
+
+
+def publish(p: Params, registered: dict[str, Any], timing: str) -> str:
+    """Prefect artifacts: the metrics and timing tables, links to the MLflow run and version."""
     metrics = json.loads((p.path("evaluation") / "metrics.json").read_text())
-    table = metrics_markdown(metrics, registered)
+    table = metrics_markdown(metrics, registered) + "\n\n### Stage times\n\n" + timing
     create_markdown_artifact(key="clipsep-metrics", markdown=table,
                              description="evaluation metrics and promotion gate decision")
     create_link_artifact(key="clipsep-mlflow-run", link=registered["run_url"],
@@ -115,7 +126,10 @@ def publish_validation_failure(p: Params, error: ValidationFailed) -> None:
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
 def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
                   overrides: list[str] | None = None, source: str | None = None) -> dict[str, Any]:
-    """Run the pipeline on the embedded world (``source=None``) or a video folder; register."""
+    """Run the pipeline on the embedded world (``source=None``) or a video folder; register.
+    Stages whose inputs are unchanged since their last successful run are skipped."""
+    start = time.perf_counter()
+    apply_offline_defaults()  # a worker's process may not have come through python -m flows
     logger = get_run_logger()
     # Prefect attaches handlers, not a level
     if logging.getLogger("clipsep").level == logging.NOTSET:
@@ -123,22 +137,28 @@ def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
     p = flow_params(params_file, profile, overrides or [], source)
     plan = planned_stages(p)
     logger.info("params %s (profile %s), stages: %s", p.source_file, profile, " -> ".join(plan))
-    summaries: dict[str, Any] = {}
+    runs, seconds = [], {}
     for stage in plan:
+        began = time.perf_counter()
         try:
-            summaries[stage] = stage_task(stage)(p)
+            runs.append(stage_task(stage)(stage, p, skip_unchanged=True))
         except ValidationFailed as err:
             publish_validation_failure(p, err)
             raise
-    table = publish(p, summaries["register"])
-    return {**summaries["register"], "metrics_table": table}
+        seconds[stage] = time.perf_counter() - began
+    registered = runs[-1].summary
+    timing = timing_markdown(runs, seconds, time.perf_counter() - start, cpu_model_name())
+    logger.info("stage times:\n%s", timing)
+    table = publish(p, registered, timing)
+    return {**registered, "metrics_table": table, "register_skipped": runs[-1].skipped}
 
 
 def where_to_look(registered: dict[str, Any]) -> str:
     """The closing message of a run: version, metrics, and the commands to look further."""
     alias, name = registered["alias"], registered["model_name"]
+    done = "Already registered (unchanged)" if registered.get("register_skipped") else "Registered"
     lines = [registered.get("metrics_table", ""), "",
-             f"Registered {registered['model_uri']} -> @{alias} "
+             f"{done} {registered['model_uri']} -> @{alias} "
              f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
              f"MLflow run:  {registered['run_url']}",
              f"MLflow UI:   {registered['ui_command']}",
@@ -152,18 +172,10 @@ def where_to_look(registered: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_flow_options(parser: argparse.ArgumentParser) -> None:
-    """The flow's parameters as options (one run here; a deployment's defaults in flows.serve)."""
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--source", default=None,
-                        help="a folder of videos (default: the embedded world)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="run the train-clipsep flow once")
+    """One run (``python -m flows`` calls this after :func:`flows.entry.prepare_environment`)."""
+    parser = argparse.ArgumentParser(prog="python -m flows",
+                                     description="run the train-clipsep flow once")
     add_flow_options(parser)
     args = parser.parse_args(argv)
     try:
@@ -177,5 +189,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # prefect is imported by now, before the environment could be set
+    sys.exit("run the flow with `python -m flows` (it sets the environment before Prefect starts)")

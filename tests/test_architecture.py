@@ -20,6 +20,7 @@ FLOORS = {
     # 1 signals, stores and the machine: STFT/warp, audio files, media probing, the registry's
     # read side, precision selection
     "clipsep.audio": 1, "clipsep.audio_io": 1, "clipsep.registry_reader": 1, "clipsep.precision": 1,
+    "clipsep.stage_record": 1,
     "clipsep.data.media": 1, "clipsep.data.world_pictures": 1, "clipsep.data.world_sound": 1,
     "clipsep.model.unet": 1, "clipsep.evaluation.metrics": 1,
     # stem activity and how stems are written (names, formats, clipping)

@@ -1,0 +1,128 @@
+"""Skip a stage whose inputs are unchanged: its fingerprint, and the record left after success.
+
+A stage's :class:`Fingerprint` covers everything it reads: the params sections it declares, the
+library code it runs (content digests) and its input files and folders (cheap identity: relative
+path, size and mtime of each file). After the stage succeeds, a record ``.stage-<name>.json`` is
+written next to its outputs, holding the fingerprint, the identity of the outputs and the stage's
+summary. A later run may skip the stage when both the fingerprint and the outputs' identity match
+the record; a changed param, input or code file, or an output touched or deleted since, runs it
+again. Stages downstream follow by themselves: a stage that runs rewrites its outputs, which are
+the inputs of the stages after it.
+
+Hidden names (starting with ``.``: records, atomic-write temporaries, ``.DS_Store``) and bytecode
+never count. This module imports no torch and touches nothing until called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from clipsep.fileio import file_digest, write_json
+
+RECORD_FORMAT = 1
+ABSENT = "absent"
+
+
+def _counts(relative: Path) -> bool:
+    """Whether a file below a tree counts for its identity (not hidden, not bytecode)."""
+    return not any(part.startswith(".") or part == "__pycache__" for part in relative.parts) \
+        and relative.suffix != ".pyc"
+
+
+def tree_identity(path: str | Path, content: bool = False) -> str:
+    """sha256 over the files of ``path`` (a file or a folder, recursively): for each, its relative
+    path and size + mtime (ns), or with ``content`` the sha256 of its bytes (for small code
+    files). ``"absent"`` when ``path`` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return ABSENT
+    if path.is_file():
+        files = [(".", path)]
+    else:
+        files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*")
+                       if f.is_file() and _counts(f.relative_to(path)))
+    digest = hashlib.sha256()
+    for name, file in files:
+        stat = file.stat()
+        facts = file_digest(file) if content else f"{stat.st_size}:{stat.st_mtime_ns}"
+        digest.update(f"{name}\0{facts}\n".encode())
+    return digest.hexdigest()
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Digests of what a stage reads, by kind: ``params``, ``code``, ``inputs``."""
+
+    parts: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        return _digest(self.parts)
+
+    @property
+    def short(self) -> str:
+        """The first 12 hex digits, for log lines."""
+        return self.digest[:12]
+
+
+def fingerprint(params: Mapping[str, Any], code: Mapping[str, Path],
+                inputs: Mapping[str, Path]) -> Fingerprint:
+    """The fingerprint of a stage run.
+
+    ``params``: the params sections the stage reads (plain data); ``code``: name -> library file or
+    folder (content digests); ``inputs``: name -> data file or folder (size + mtime identity; a
+    missing one counts as ``"absent"``).
+    """
+    return Fingerprint({
+        "params": _digest(dict(params)),
+        "code": _digest({name: tree_identity(path, content=True) for name, path in code.items()}),
+        "inputs": _digest({name: tree_identity(path) for name, path in inputs.items()}),
+    })
+
+
+def record_path(folder: str | Path, stage: str) -> Path:
+    return Path(folder) / f".stage-{stage}.json"
+
+
+def write_record(folder: str | Path, stage: str, fp: Fingerprint, outputs: Path | None,
+                 summary: dict[str, Any], seconds: float) -> Path:
+    """Record a successful run of ``stage`` (call it after the stage wrote its ``outputs``)."""
+    record = {"format": RECORD_FORMAT, "stage": stage, "fingerprint": fp.digest, "parts": fp.parts,
+              "outputs": tree_identity(outputs) if outputs is not None else None,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 3),
+              "summary": summary}
+    return write_json(record_path(folder, stage), record, default=str)
+
+
+def read_record(folder: str | Path, stage: str) -> dict[str, Any] | None:
+    """The record of the last successful run, or None (none, unreadable, another format)."""
+    try:
+        record = json.loads(record_path(folder, stage).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and record.get("format") == RECORD_FORMAT
+    return record if ok and record.get("stage") == stage else None
+
+
+def compare(folder: str | Path, stage: str, fp: Fingerprint,
+            outputs: Path | None) -> tuple[dict[str, Any] | None, str]:
+    """(the recorded summary, "unchanged") when ``stage`` may be skipped, else (None, why not)."""
+    record = read_record(folder, stage)
+    if record is None:
+        return None, "no record of a successful run"
+    changed = [kind for kind, value in fp.parts.items()
+               if record.get("parts", {}).get(kind) != value]
+    if changed:
+        return None, " and ".join(changed) + " changed since the last run"
+    if outputs is not None and tree_identity(outputs) != record.get("outputs"):
+        return None, f"outputs in {outputs} changed or missing since the last run"
+    return record.get("summary") or {}, "unchanged"
