@@ -1,13 +1,13 @@
 """Skip a stage whose inputs are unchanged: its fingerprint, and the record left after success.
 
 A stage's :class:`Fingerprint` covers everything it reads: the params sections it declares, the
-library code it runs (content digests) and its input files and folders (cheap identity: relative
-path, size and mtime of each file). After the stage succeeds, a record ``.stage-<name>.json`` is
-written next to its outputs, holding the fingerprint, the identity of the outputs and the stage's
-summary. A later run may skip the stage when both the fingerprint and the outputs' identity match
-the record; a changed param, input or code file, or an output touched or deleted since, runs it
-again. Stages downstream follow by themselves: a stage that runs rewrites its outputs, which are
-the inputs of the stages after it.
+library code it runs and its input files (content digests), and its input folders (cheap
+identity: relative path, size and mtime of each file in them). After the stage succeeds, a record
+``.stage-<name>.json`` is written next to its outputs, holding the fingerprint, the identity of
+the outputs and the stage's summary. A later run may skip the stage when both the fingerprint and
+the outputs' identity match the record; a changed param, input or code file, or an output touched
+or deleted since, runs it again. Stages downstream follow by themselves: a stage that runs
+rewrites its outputs, which are the inputs of the stages after it.
 
 Hidden names (starting with ``.``: records, atomic-write temporaries, ``.DS_Store``) and bytecode
 never count. This module imports no torch and touches nothing until called.
@@ -79,13 +79,16 @@ def fingerprint(params: Mapping[str, Any], code: Mapping[str, Path],
     """The fingerprint of a stage run.
 
     ``params``: the params sections the stage reads (plain data); ``code``: name -> library file or
-    folder (content digests); ``inputs``: name -> data file or folder (size + mtime identity; a
-    missing one counts as ``"absent"``).
+    folder (content digests); ``inputs``: name -> data file (content digest: a manifest or a
+    metrics file rewritten with the same bytes is unchanged) or folder (size + mtime of its files);
+    a missing one counts as ``"absent"``.
     """
+    data = {name: tree_identity(path, content=Path(path).is_file())
+            for name, path in inputs.items()}
     return Fingerprint({
         "params": _digest(dict(params)),
         "code": _digest({name: tree_identity(path, content=True) for name, path in code.items()}),
-        "inputs": _digest({name: tree_identity(path) for name, path in inputs.items()}),
+        "inputs": _digest(data),
     })
 
 

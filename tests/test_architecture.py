@@ -18,7 +18,7 @@ FLOORS = {
     # 0 foundation: errors, environment, atomic files, params
     "clipsep": 0, "clipsep.errors": 0, "clipsep.env": 0, "clipsep.fileio": 0, "clipsep.config": 0,
     # 1 signals, stores and the machine: STFT/warp, audio files, media probing, the registry's
-    # read side, precision selection
+    # read side, precision selection, the stages' run records
     "clipsep.audio": 1, "clipsep.audio_io": 1, "clipsep.registry_reader": 1, "clipsep.precision": 1,
     "clipsep.stage_record": 1,
     "clipsep.data.media": 1, "clipsep.data.world_pictures": 1, "clipsep.data.world_sound": 1,

@@ -124,6 +124,40 @@ def test_planned_stages_skip_the_world_only_when_nothing_needs_it(tmp_path, monk
     assert planned_stages(own) == ["ingest", "validate", "train", "evaluate", "register"]
 
 
+def test_stage_times_table_names_each_stage_the_total_and_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
+    from clipsep.stages import StageRun
+    from flows.train_clipsep import timing_markdown
+
+    runs = [StageRun("world", {}, True, "ab12", "unchanged", 0.01),
+            StageRun("train", {}, False, "cd34", "params changed since the last run", 61.0)]
+    table = timing_markdown(runs, {"world": 0.21, "train": 61.04}, 63.5, "Some CPU @ 2.0GHz")
+    assert "| world | 0.2 | skipped (unchanged) |" in table
+    assert "| train | 61.0 | ran |" in table
+    assert "| **total** | **63.5** | |" in table and table.endswith("CPU: Some CPU @ 2.0GHz")
+
+
+def test_the_environment_is_set_by_the_entry_point_not_by_imports(tmp_path):
+    """Importing the flow changes no environment variable; `python -m flows` sets them first."""
+    from flows.entry import PREFECT_DEFAULTS
+
+    ours = {**OFFLINE_DEFAULTS, **PREFECT_DEFAULTS}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect_home"), PYTHONPATH=str(REPO))
+    probe = ("import os; before = dict(os.environ); import flows.train_clipsep; "
+             f"print(sorted(k for k in {sorted(ours)!r} if os.environ.get(k) != before.get(k)))")
+    imported = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip().splitlines()[-1] == "[]"
+    launched = subprocess.run([sys.executable, "-m", "flows", "--help"], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0 and "usage: python -m flows" in launched.stdout, launched.stderr
+    refused = subprocess.run([sys.executable, "-m", "flows.train_clipsep"], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "python -m flows" in refused.stderr
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(2400)

@@ -13,13 +13,10 @@ import yaml
 
 from clipsep.cli import build_parser
 from clipsep.config import load_params
-from clipsep.stages import STAGE_PARAMS, STAGES
+from clipsep.stages import STAGE_CODE, STAGE_PARAMS, STAGES, stage_inputs
+from clipsep.stages import STAGE_OUTPUTS as STAGE_OUTPUT_PATH  # its outs and metrics lie under it
 from conftest import REPO
 
-# Which params path each stage writes; its outs and metrics must lie under it.
-STAGE_OUTPUT_PATH = {"world": "world", "ingest": "clips", "validate": "validation",
-                     "pretrain-clip": "clip_model", "train": "checkpoints",
-                     "evaluate": "evaluation", "register": None}
 PLATFORM_PACKAGES = {"prefect", "gradio", "dvc"}
 
 
@@ -61,6 +58,16 @@ def test_stage_cmd_params_and_outs_agree(name):
     for dep in entries(stage, "deps"):
         if dep.startswith("clipsep/"):  # library code a stage runs must exist
             assert (REPO / dep).exists(), f"{name}: dependency {dep} does not exist"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_dvc_deps_are_what_the_flow_fingerprints(name):
+    """DVC and the flow's skip records (clipsep.stage_record) watch the same code and data."""
+    declared = {(REPO / resolve(dep)).resolve() for dep in entries(dvc_stages()[name], "deps")}
+    params = load_params(REPO / "params.yaml")
+    fingerprinted = ({(REPO / "clipsep" / code).resolve() for code in STAGE_CODE[name]}
+                     | {path.resolve() for path in stage_inputs(name, params)})
+    assert declared == fingerprinted
 
 
 def test_outputs_live_under_one_data_folder_per_kind():
