@@ -96,10 +96,6 @@ def test_unchanged_stages_are_skipped_and_a_change_reruns_what_depends_on_it(tmp
     # an ingest param: ingest rewrites the clips, so the gate (which reads them) runs too
     frames = tiny_params_at(tmp_path, **{"validate.min_clips": 5, "ingest.frame_size": 48})
     assert ran(run_all(frames)) == ["ingest", "validate"]
-    # an input file touched: the stage reading it runs (and what reads its outputs)
-    picture = next(f for f in sorted((p.path("world") / "captions").rglob("*")) if f.is_file())
-    os.utime(picture, ns=(picture.stat().st_atime_ns, picture.stat().st_mtime_ns + 10**9))
-    assert ran(run_all(frames)) == ["pretrain-clip"]
     # an output removed since the record: that stage runs again
     (p.path("validation") / "report.html").unlink()
     assert ran(run_all(frames)) == ["validate"]
