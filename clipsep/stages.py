@@ -53,7 +53,7 @@ STAGE_CODE: dict[str, list[str]] = {
     "pretrain-clip": ["model/pretrain_clip.py", "model/query.py"],
     "train": ["training", "model", "audio.py", "data/mixing.py"],
     "evaluate": ["evaluation", "inference.py"],
-    "register": ["tracking.py", "registry_reader.py", "registry_model.py"],
+    "register": ["tracking.py", "registry_reader.py", "registry_model.py", "live_run.py"],
 }
 # The `paths` folder each stage writes (its record lives there); register writes to the MLflow
 # store, so its record lives beside the evaluation it registered.
