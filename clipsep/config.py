@@ -3,8 +3,9 @@
 ``load_params`` reads a params file, applies an optional size profile (``profiles/<name>.yaml``,
 which lists only the keys that differ) and ``section.key=value`` overrides, and returns one frozen
 :class:`Params`. The dataclasses here carry types and meanings, not values: every value lives in
-params.yaml, the one source of hyperparameters. An unknown key, a wrong type or an inconsistent
-value raises :class:`ConfigError`
+params.yaml, the one source of hyperparameters. (``SeparateConfig`` alone has defaults, for the
+Python API without a params file; params.yaml repeats them and a test checks the two agree.) An
+unknown key, a missing key, a wrong type or an inconsistent value raises :class:`ConfigError`
 naming the file, section and key. This module imports no torch: the CLI, DVC and tests load it fast.
 """
 
@@ -180,19 +181,24 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SeparateConfig:
-    """Separating user files (``clipsep separate`` and the Python API)."""
+    """Separating user files (``clipsep separate`` and the Python API).
 
-    model: str  # default model reference: a checkpoint path or models:/name@alias
-    overlap: float  # share of each model segment overlapping its neighbour (overlap-add)
-    channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
-    precision: str  # of the network pass only: one of PRECISIONS
-    device: str
-    engine: str  # torch | onnx (ONNX Runtime on the CPU): one of ENGINES
-    activity_frame_s: float  # stem activity: frame length (energies per frame)
-    activity_smoothing_s: float  # centred window the frame energies are summed over
-    activity_threshold_db: float  # active: stem energy above this dB re the mixture's
-    activity_floor_db: float  # ... and the mixture above this dBFS (silence has no activity)
-    activity_min_s: float  # shorter active stretches are dropped
+    The one section with defaults: ``SeparateConfig()`` is what a Python user who loads no params
+    file separates with (``clipsep.inference.DEFAULT_SETTINGS``). params.yaml still lists every
+    key (a params file must be complete) and tests/test_inference.py checks it repeats these.
+    """
+
+    model: str = "models:/clipsep@champion"  # a checkpoint path or models:/name@alias
+    overlap: float = 0.25  # share of each model segment overlapping its neighbour (overlap-add)
+    channel_masks: str = "shared"  # shared: one mask from the mono downmix | independent
+    precision: str = "auto"  # of the network pass only: one of PRECISIONS
+    device: str = "auto"
+    engine: str = "torch"  # torch | onnx (ONNX Runtime on the CPU): one of ENGINES
+    activity_frame_s: float = 0.05  # stem activity: frame length (energies per frame)
+    activity_smoothing_s: float = 0.25  # centred window the frame energies are summed over
+    activity_threshold_db: float = -12.0  # active: stem energy above this dB re the mixture's
+    activity_floor_db: float = -60.0  # ... and the mixture above this dBFS (silence: inactive)
+    activity_min_s: float = 0.2  # shorter active stretches are dropped
 
 
 @dataclass(frozen=True)
