@@ -11,6 +11,7 @@ naming the file, section and key. This module imports no torch: the CLI, DVC and
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -301,6 +302,26 @@ def build_params(raw: typing.Mapping[str, Any], source: str = "<dict>") -> Param
     params = Params(**sections, source_file=source)
     _check_invariants(params, source)
     return params
+
+
+def add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--params F``, ``--profile P`` and repeatable ``--set SECTION.KEY=VALUE``
+    (``args.overrides``, a list of strings) to ``parser``: every command line that loads params
+    (the CLI, the app, the flows) declares them here."""
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one parameter (repeatable)")
+
+
+def params_from_args(args: argparse.Namespace,
+                     extra: typing.Mapping[str, Any] | None = None) -> Params:
+    """:func:`load_params` with the options of :func:`add_params_arguments`; ``extra``
+    (``{"section.key": value}``, e.g. from a command's own flags) wins over ``--set``."""
+    overrides = dict(_split_override(text) for text in args.overrides)
+    overrides.update(extra or {})
+    return load_params(args.params, profile=args.profile, overrides=overrides)
 
 
 def dump_params(params: Params, path: str | Path) -> None:
