@@ -1,8 +1,8 @@
 """``python -m app [--params F] [--profile P] [--set K=V] [--model REF] [--port N]``: the demo.
 
-Loads ``serve.model`` (default ``models:/clipsep@champion`` from the params' MLflow store, or a
-checkpoint path), renders the examples once into a cache folder, and serves the page on
-``serve.host:serve.port`` (127.0.0.1 by default) until Ctrl-C. Telemetry is off.
+Loads ``serve.model`` (null: ``separate.model``, ``models:/clipsep@champion`` from the params'
+MLflow store, or a checkpoint path), renders the examples once into a cache folder, and serves
+the page on ``serve.host:serve.port`` (127.0.0.1 by default) until Ctrl-C. Telemetry is off.
 """
 
 from __future__ import annotations

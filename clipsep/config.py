@@ -226,7 +226,7 @@ class ServeConfig:
     max_seconds: float
     concurrency: int  # separations running at once; the rest wait in the queue
     queue_size: int  # waiting requests beyond which new ones are turned away
-    model: str
+    model: str | None  # None (params.yaml: null) -> separate.model; never None once loaded
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def build_params(raw: typing.Mapping[str, Any], source: str = "<dict>") -> Param
         raise ConfigError(f"{source}: missing section(s) {missing}")
     sections = {name: _build_section(cls, raw[name], f"{source}: section '{name}'")
                 for name, cls in SECTIONS.items()}
-    params = Params(**sections, source_file=source)
+    params = _derive(Params(**sections, source_file=source))
     _check_invariants(params, source)
     return params
 
@@ -427,6 +427,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {hint.__name__}, "
                           f"got {type(value).__name__} {value!r}")
     return value
+
+
+def _derive(p: Params) -> Params:
+    """Fill the keys whose null means "the same as another key": serve.model -> separate.model."""
+    if p.serve.model is None:
+        p = dataclasses.replace(p, serve=dataclasses.replace(p.serve, model=p.separate.model))
+    return p
 
 
 def _check_invariants(p: Params, source: str) -> None:
