@@ -1,8 +1,8 @@
-"""``python -m app [--params F] [--profile P] [--model REF] [--port N]``: serve the demo.
+"""``python -m app [--params F] [--profile P] [--set K=V] [--model REF] [--port N]``: the demo.
 
-Loads ``serve.model`` (default ``models:/clipsep@champion`` from the params' MLflow store, or a
-checkpoint path), renders the examples once into a cache folder, and serves the page on
-``serve.host:serve.port`` (127.0.0.1 by default) until Ctrl-C. Telemetry is off.
+Loads ``serve.model`` (null: ``separate.model``, ``models:/clipsep@champion`` from the params'
+MLflow store, or a checkpoint path), renders the examples once into a cache folder, and serves
+the page on ``serve.host:serve.port`` (127.0.0.1 by default) until Ctrl-C. Telemetry is off.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from clipsep.config import add_params_arguments, params_from_args
 from clipsep.env import apply_offline_defaults
 
 log = logging.getLogger("app")
@@ -22,9 +23,7 @@ log = logging.getLogger("app")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file (default: params.yaml)")
-    parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
+    add_params_arguments(parser)
     parser.add_argument("--model", default=None,
                         help="checkpoint path or models:/NAME@ALIAS (default: serve.model)")
     parser.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
@@ -42,14 +41,14 @@ def serve(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from clipsep.config import ConfigError, load_params
+    from clipsep.config import ConfigError
     from clipsep.errors import ClipsepError
 
     overrides = {"serve.model": args.model} if args.model else {}
     if args.port is not None:
         overrides["serve.port"] = args.port
     try:
-        params = load_params(args.params, profile=args.profile, overrides=overrides)
+        params = params_from_args(args, overrides)
         served = load_served(params)
     except (ConfigError, ClipsepError) as err:
         log.error("%s", err)

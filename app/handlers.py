@@ -24,6 +24,7 @@ import numpy as np
 from clipsep import audio_io
 from clipsep.activity import activity
 from clipsep.config import Params, ServeConfig
+from clipsep.env import headless_pyplot
 from clipsep.errors import BadInputError
 from clipsep.data.world import read_ground_truth
 
@@ -219,10 +220,7 @@ def spectrogram_picture(mixture: np.ndarray, target, residual: np.ndarray, rate:
     """Mixture, stem(s) and residual spectrograms on one dB scale (PIL.Image). ``target`` is one
     stem ``[C, L]`` or a mapping query -> stem; ``activity`` (query -> segments) is drawn as a
     bar along the top of that stem's panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
     from PIL import Image
 
     stems = target if isinstance(target, dict) else {"query": target}

@@ -166,7 +166,9 @@ def binary_masks(sources_warped: torch.Tensor, mix_warped: torch.Tensor) -> torc
 def ratio_masks(sources_warped: torch.Tensor) -> torch.Tensor:
     """Soft ground truth ``|S_n| / sum_m |S_m|`` in [0, 1]: ``[B, N, W, T]`` -> ``[B, N, W, T]``.
 
-    (Sums over sources, not over the batch as the official code accidentally does.)
+    Any non-negative magnitudes work (warped rows ``W`` or linear STFT bins ``F``): evaluation's
+    oracle IRM uses it on the linear STFT. (Sums over sources, not over the batch as the official
+    code accidentally does.)
     """
     total = sources_warped.sum(dim=1, keepdim=True)
     return (sources_warped / total.clamp_min(LOG_EPS)).clamp(0.0, 1.0)

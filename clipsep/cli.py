@@ -12,24 +12,11 @@ import logging
 import sys
 from typing import Any, Sequence
 
+from clipsep.config import add_params_arguments, params_from_args
 from clipsep.env import apply_offline_defaults
 
 log = logging.getLogger("clipsep")
 FLAGS = {"query": "--query TEXT", "image": "--image PATH"}  # library argument -> its CLI flag
-
-
-def _add_params_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file (default: params.yaml)")
-    parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override one parameter (repeatable)")
-
-
-def load_cli_params(args: argparse.Namespace):
-    from clipsep.config import load_params
-
-    return load_params(args.params, profile=args.profile, overrides=args.overrides)
 
 
 def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -37,14 +24,14 @@ def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
     decides what to skip) and leaves its record, so a later flow run can skip it."""
     from clipsep.stages import run_stage as run
 
-    return run(name, load_cli_params(args)).summary
+    return run(name, params_from_args(args)).summary
 
 
 def show_params(args: argparse.Namespace) -> dict[str, Any]:
     """Print (or write with --output) the merged params, e.g. a profile as a full params file."""
     from clipsep.config import dump_params
 
-    params = load_cli_params(args)
+    params = params_from_args(args)
     if args.output:
         dump_params(params, args.output)
         return {"written": args.output}
@@ -59,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, fn in STAGES.items():
         stage = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
-        _add_params_options(stage)
+        add_params_arguments(stage)
         stage.set_defaults(handler=lambda a, n=name: run_stage(n, a))
     params_cmd = sub.add_parser("params", help="print the merged params (profile + overrides)")
-    _add_params_options(params_cmd)
+    add_params_arguments(params_cmd)
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
     params_cmd.set_defaults(handler=show_params)
     _add_separate_command(sub)
@@ -111,7 +98,7 @@ def _add_separate_command(sub) -> None:
                      help="separate again files whose outputs exist (default: skip them)")
     cmd.add_argument("--json", action="store_true",
                      help="print a machine-readable summary instead of the table")
-    _add_params_options(cmd)
+    add_params_arguments(cmd)
     cmd.set_defaults(handler=separate_files)
 
 
@@ -167,7 +154,7 @@ def separate_files(args: argparse.Namespace) -> int:
     names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
     outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
     jobs = batch.find_jobs(args.inputs, args.out)
-    params = load_cli_params(args)
+    params = params_from_args(args)
     separator, model = _load_separator(args, params)
     kwargs = dict(queries=queries, image=args.image, output=output,
                   query=None if several else (args.queries[0] if args.queries else None))

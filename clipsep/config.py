@@ -3,13 +3,15 @@
 ``load_params`` reads a params file, applies an optional size profile (``profiles/<name>.yaml``,
 which lists only the keys that differ) and ``section.key=value`` overrides, and returns one frozen
 :class:`Params`. The dataclasses here carry types and meanings, not values: every value lives in
-params.yaml, the one source of hyperparameters. An unknown key, a wrong type or an inconsistent
-value raises :class:`ConfigError`
+params.yaml, the one source of hyperparameters. (``SeparateConfig`` alone has defaults, for the
+Python API without a params file; params.yaml repeats them and a test checks the two agree.) An
+unknown key, a missing key, a wrong type or an inconsistent value raises :class:`ConfigError`
 naming the file, section and key. This module imports no torch: the CLI, DVC and tests load it fast.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -180,19 +182,24 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SeparateConfig:
-    """Separating user files (``clipsep separate`` and the Python API)."""
+    """Separating user files (``clipsep separate`` and the Python API).
 
-    model: str  # default model reference: a checkpoint path or models:/name@alias
-    overlap: float  # share of each model segment overlapping its neighbour (overlap-add)
-    channel_masks: str  # shared: one mask from the mono downmix | independent: one per channel
-    precision: str  # of the network pass only: one of PRECISIONS
-    device: str
-    engine: str  # torch | onnx (ONNX Runtime on the CPU): one of ENGINES
-    activity_frame_s: float  # stem activity: frame length (energies per frame)
-    activity_smoothing_s: float  # centred window the frame energies are summed over
-    activity_threshold_db: float  # active: stem energy above this dB re the mixture's
-    activity_floor_db: float  # ... and the mixture above this dBFS (silence has no activity)
-    activity_min_s: float  # shorter active stretches are dropped
+    The one section with defaults: ``SeparateConfig()`` is what a Python user who loads no params
+    file separates with (``clipsep.inference.DEFAULT_SETTINGS``). params.yaml still lists every
+    key (a params file must be complete) and tests/test_inference.py checks it repeats these.
+    """
+
+    model: str = "models:/clipsep@champion"  # a checkpoint path or models:/name@alias
+    overlap: float = 0.25  # share of each model segment overlapping its neighbour (overlap-add)
+    channel_masks: str = "shared"  # shared: one mask from the mono downmix | independent
+    precision: str = "auto"  # of the network pass only: one of PRECISIONS
+    device: str = "auto"
+    engine: str = "torch"  # torch | onnx (ONNX Runtime on the CPU): one of ENGINES
+    activity_frame_s: float = 0.05  # stem activity: frame length (energies per frame)
+    activity_smoothing_s: float = 0.25  # centred window the frame energies are summed over
+    activity_threshold_db: float = -12.0  # active: stem energy above this dB re the mixture's
+    activity_floor_db: float = -60.0  # ... and the mixture above this dBFS (silence: inactive)
+    activity_min_s: float = 0.2  # shorter active stretches are dropped
 
 
 @dataclass(frozen=True)
@@ -219,7 +226,7 @@ class ServeConfig:
     max_seconds: float
     concurrency: int  # separations running at once; the rest wait in the queue
     queue_size: int  # waiting requests beyond which new ones are turned away
-    model: str
+    model: str | None  # None (params.yaml: null) -> separate.model; never None once loaded
 
 
 @dataclass(frozen=True)
@@ -292,9 +299,29 @@ def build_params(raw: typing.Mapping[str, Any], source: str = "<dict>") -> Param
         raise ConfigError(f"{source}: missing section(s) {missing}")
     sections = {name: _build_section(cls, raw[name], f"{source}: section '{name}'")
                 for name, cls in SECTIONS.items()}
-    params = Params(**sections, source_file=source)
+    params = _derive(Params(**sections, source_file=source))
     _check_invariants(params, source)
     return params
+
+
+def add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--params F``, ``--profile P`` and repeatable ``--set SECTION.KEY=VALUE``
+    (``args.overrides``, a list of strings) to ``parser``: every command line that loads params
+    (the CLI, the app, the flows) declares them here."""
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one parameter (repeatable)")
+
+
+def params_from_args(args: argparse.Namespace,
+                     extra: typing.Mapping[str, Any] | None = None) -> Params:
+    """:func:`load_params` with the options of :func:`add_params_arguments`; ``extra``
+    (``{"section.key": value}``, e.g. from a command's own flags) wins over ``--set``."""
+    overrides = dict(_split_override(text) for text in args.overrides)
+    overrides.update(extra or {})
+    return load_params(args.params, profile=args.profile, overrides=overrides)
 
 
 def dump_params(params: Params, path: str | Path) -> None:
@@ -400,6 +427,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {hint.__name__}, "
                           f"got {type(value).__name__} {value!r}")
     return value
+
+
+def _derive(p: Params) -> Params:
+    """Fill the keys whose null means "the same as another key": serve.model -> separate.model."""
+    if p.serve.model is None:
+        p = dataclasses.replace(p, serve=dataclasses.replace(p.serve, model=p.separate.model))
+    return p
 
 
 def _check_invariants(p: Params, source: str) -> None:

@@ -34,3 +34,14 @@ def resolve_device(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def headless_pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend: every figure here is written to a
+    file (PNG), never shown, so plotting works on a server without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

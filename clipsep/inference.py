@@ -54,13 +54,9 @@ from clipsep.errors import BadInputError
 from clipsep.precision import autocast, resolve_precision
 from clipsep.registry_reader import ResolvedModel
 
-# Mirrors params.yaml's ``separate`` section for Python users who pass no settings
-# (tests/test_inference.py checks the two agree).
-DEFAULT_SETTINGS = SeparateConfig(model="models:/clipsep@champion", overlap=0.25,
-                                  channel_masks="shared", precision="auto", device="auto",
-                                  activity_frame_s=0.05, activity_smoothing_s=0.25,
-                                  activity_threshold_db=-12.0, activity_floor_db=-60.0,
-                                  activity_min_s=0.2, engine="torch")
+# What Python users who pass no settings separate with: SeparateConfig's defaults, which
+# params.yaml's ``separate`` section repeats (tests/test_inference.py checks the two agree).
+DEFAULT_SETTINGS = SeparateConfig()
 CHANNEL_MASKS = ("shared", "independent")
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file

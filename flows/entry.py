@@ -32,9 +32,8 @@ def prepare_environment() -> None:
 def add_flow_options(parser: argparse.ArgumentParser) -> None:
     """The flow's parameters as options (one run in ``python -m flows``; a deployment's defaults
     in ``flows.serve``)."""
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE")
+    from clipsep.config import add_params_arguments
+
+    add_params_arguments(parser)
     parser.add_argument("--source", default=None,
                         help="a folder of videos (default: the embedded world)")

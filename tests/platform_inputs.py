@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 
 from clipsep.config import Params
+from clipsep.env import headless_pyplot
 
 MANIFEST_COLUMNS = ["clip_id", "source", "source_hash", "split", "start_s", "duration_s",
                     "audio_path", "frames_dir", "n_frames", "sample_rate", "rms_db", "label"]
@@ -91,10 +92,7 @@ def write_metrics(p: Params, text_sdr: float) -> Path:
 
 def write_training_outputs(p: Params) -> None:
     """history.csv (validation every 2 steps), curves.png, one example mixture wav + png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     out = p.path("checkpoints")
     (out / "examples").mkdir(parents=True, exist_ok=True)

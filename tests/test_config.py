@@ -71,3 +71,14 @@ def test_dump_roundtrip(tmp_path):
 def test_paths_resolve_against_params_file(tmp_path):
     params = load_params(REPO / "params.yaml", overrides={"paths.root": str(tmp_path)})
     assert params.path("clips") == tmp_path / "data" / "clips"
+
+
+def test_serve_model_null_means_the_separate_model():
+    """One default model: serve.model is null in params.yaml and follows separate.model."""
+    assert yaml.safe_load((REPO / "params.yaml").read_text())["serve"]["model"] is None
+    params = load_params(REPO / "params.yaml", overrides=["separate.model=models/x/best.pt"])
+    assert params.serve.model == params.separate.model == "models/x/best.pt"
+    both = load_params(REPO / "params.yaml", overrides={"separate.model": "models/x/best.pt",
+                                                        "serve.model": "models:/clipsep@staging"})
+    assert (both.separate.model, both.serve.model) == ("models/x/best.pt",
+                                                       "models:/clipsep@staging")

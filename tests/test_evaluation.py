@@ -135,3 +135,25 @@ def test_protocol_csv_errors_are_clear(tmp_path):
         load_protocol(params)
     with pytest.raises(BadInputError, match="run the world and ingest"):
         load_protocol(tiny_params_at(tmp_path / "empty"))
+
+
+def test_oracle_masks_are_the_ideal_masks_of_the_linear_stft():
+    """IBM: the target's bins where it dominates; IRM: ``|S| / (|S| + |N|)`` (audio.ratio_masks)."""
+    import torch
+
+    from clipsep.evaluation.evaluate import oracle_estimates
+
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    target = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    noise = (0.3 * rng.standard_normal(t.size)).astype(np.float32)
+    estimates = oracle_estimates(target, noise, None)  # None: the paper's STFT (1024/256)
+    window = torch.hann_window(1024)
+    spec = [torch.stft(torch.from_numpy(x), 1024, 256, window=window, center=True,
+                       pad_mode="constant", return_complex=True) for x in (target, noise)]
+    s, n = spec[0].abs(), spec[1].abs()
+    for name, mask in (("oracle_ibm", (s >= n).float()), ("oracle_irm", s / (s + n))):
+        expected = torch.istft((spec[0] + spec[1]) * mask, 1024, 256, window=window,
+                               center=True, length=target.size).numpy()
+        np.testing.assert_allclose(estimates[name], expected, atol=1e-5)
+    assert np.abs(estimates["oracle_irm"] - target).max() < np.abs(noise).max()

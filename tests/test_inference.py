@@ -140,10 +140,13 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_default_settings_match_params_yaml():
+    """SeparateConfig's defaults are the Python API's settings; params.yaml repeats each one."""
+    from clipsep.config import SeparateConfig
     from clipsep.inference import DEFAULT_SETTINGS
 
     section = yaml.safe_load((REPO / "params.yaml").read_text())["separate"]
-    assert dataclasses.asdict(DEFAULT_SETTINGS) == section
+    assert DEFAULT_SETTINGS == SeparateConfig()
+    assert dataclasses.asdict(SeparateConfig()) == section
 
 
 def test_independent_channel_masks_match_shared_on_identical_channels(separator):

@@ -32,6 +32,7 @@ import numpy as np
 from clipsep.config import WorldConfig
 from clipsep.data import world_sound as ws
 from clipsep.data.world_pictures import Scene
+from clipsep.env import headless_pyplot
 from clipsep.errors import BadInputError
 from clipsep.fileio import atomic_path, write_csv, write_text
 
@@ -471,10 +472,7 @@ def _decode(path: Path, t: float, sample_rate: int) -> tuple[np.ndarray, np.ndar
 
 def plot_world_overview(world_dir: str | Path, out_png: str | Path, n_classes: int = 10) -> Path:
     """A picture of the world: one frame per class, spectrograms of a clean and a noisy video."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     world_dir, rows = Path(world_dir), read_ground_truth(world_dir)
     solos = {}

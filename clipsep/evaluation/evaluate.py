@@ -168,7 +168,7 @@ def oracle_estimates(target: np.ndarray, interference: np.ndarray, cfg) -> dict[
     specs = audio.stft(waves, cfg)  # [3, F, T]
     source, other = specs[0].abs(), specs[1].abs()
     masks = {"oracle_ibm": (source >= other).to(source.dtype),
-             "oracle_irm": source / (source + other).clamp_min(1e-10)}
+             "oracle_irm": audio.ratio_masks(torch.stack([source, other])[None])[0, 0]}
     return {name: audio.istft(specs[2:3] * mask, target.size, cfg)[0].numpy()
             for name, mask in masks.items()}
 

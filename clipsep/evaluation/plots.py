@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from clipsep.env import headless_pyplot
 from clipsep.fileio import atomic_path
 
 METHOD_TITLES = {"text": "text query", "image": "image query", "oracle_ibm": "oracle IBM",
@@ -17,19 +19,10 @@ METHOD_TITLES = {"text": "text query", "image": "image query", "oracle_ibm": "or
                  "constant_mask": "0.5 x mixture"}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    headless_pyplot().close(fig)
 
 
 def _finite(values) -> list[float]:
@@ -38,7 +31,7 @@ def _finite(values) -> list[float]:
 
 def plot_sdr_distribution(rows: list[dict[str, Any]], methods: Sequence[str], path: Path) -> None:
     """Box plot (+ points) of target SDR for each method over all mixtures."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     data = [_finite(r[f"{m}_sdr"] for r in rows) for m in methods]
     fig, ax = plt.subplots(figsize=(7, 4))
     shown = [i for i, d in enumerate(data) if d]
@@ -57,7 +50,7 @@ def plot_sdr_distribution(rows: list[dict[str, Any]], methods: Sequence[str], pa
 
 def plot_per_class(per_class: dict[str, Any], path: Path) -> None:
     """Mean SDR ± s.e.m. per target class: text query, image query and the oracle IBM."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     labels = sorted(per_class)
     methods = ("text", "image", "oracle_ibm")
     width = 0.8 / len(methods)
@@ -84,7 +77,7 @@ def plot_example(waves: dict[str, np.ndarray], audio_cfg, path: Path) -> None:
 
     from clipsep import audio
 
-    plt = _pyplot()
+    plt = headless_pyplot()
     panels = [("mixture", "mixture"), ("target", "true target"), ("text", "text-query estimate"),
               ("oracle_ibm", "oracle IBM estimate")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True)
@@ -106,7 +99,7 @@ def plot_example(waves: dict[str, np.ndarray], audio_cfg, path: Path) -> None:
 
 def plot_comparison(table: dict[str, Any], methods: Sequence[str], path: Path) -> None:
     """Mean SDR ± s.e.m. per method for each run side by side (e.g. with vs without NIT)."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     runs = list(table)
     width = 0.8 / max(len(runs), 1)
     x = np.arange(len(methods))

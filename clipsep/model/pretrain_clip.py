@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from clipsep.config import ClipConfig
-from clipsep.env import resolve_device
+from clipsep.env import headless_pyplot, resolve_device
 from clipsep.precision import autocast, resolve_precision
 from clipsep.errors import BadInputError
 from clipsep.model.query import QueryEncoder, bundled_config, register_bundled_configs
@@ -177,10 +177,7 @@ def zero_shot(encoder: QueryEncoder, data: CaptionSet, classes: list[str]) -> di
 
 def _plot_losses(losses: list[float], steps_per_epoch: int, path: Path) -> None:
     """Per-step ClipLoss (thin) and its per-epoch mean (thick) against the epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [(i + 1) / steps_per_epoch for i in range(len(losses))]

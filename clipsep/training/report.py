@@ -22,6 +22,7 @@ import torch
 
 from clipsep import audio
 from clipsep.audio_io import write_wav
+from clipsep.env import headless_pyplot
 from clipsep.fileio import write_bytes
 from clipsep.training.spectral import reconstruct, run_model, spectral_batch
 
@@ -54,10 +55,7 @@ def write_history(history: list[dict], path: Path) -> None:
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """``curves.png``: loss per step (+ validation losses) and validation SDR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     fig, (ax_loss, ax_sdr) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     steps = [r["step"] for r in history]
@@ -112,10 +110,7 @@ def write_examples(trainer, data, checkpoint: Path, folder: Path) -> list[str]:
 
 def plot_spectrograms(waves: dict[str, torch.Tensor], params, path: Path, title: str) -> None:
     """Side-by-side log spectrograms (dB, shared colour scale) of the given waveforms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     mags = {k: audio.stft(w.float().cpu()[None], params.audio).abs()[0] for k, w in waves.items()}
     peak = max(float(m.max()) for m in mags.values()) + 1e-10

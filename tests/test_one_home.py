@@ -1,0 +1,64 @@
+"""Every number and every piece of setup has one home (issue #11, section 3): the copies are gone
+and stay gone."""
+
+from __future__ import annotations
+
+from conftest import REPO
+
+CODE_DIRS = ("clipsep", "app", "flows", "tests", "bench", "scripts")
+
+
+def python_files():
+    for folder in CODE_DIRS:
+        yield from sorted((REPO / folder).rglob("*.py"))
+
+
+def files_containing(text: str) -> list[str]:
+    here = __file__
+    return sorted(str(p.relative_to(REPO)) for p in python_files()
+                  if str(p) != here and text in p.read_text())
+
+
+def test_the_matplotlib_backend_is_chosen_in_one_place():
+    assert files_containing("matplotlib.use(") == ["clipsep/env.py"]
+
+
+def test_headless_pyplot_draws_on_agg_without_a_display(tmp_path):
+    from clipsep.env import headless_pyplot
+
+    plt = headless_pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "f.png")
+    plt.close(fig)
+    assert plt.get_backend().lower() == "agg"
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_params_options_are_declared_in_one_place():
+    declaring = [f for f in files_containing('"--profile"')
+                 if f.split("/")[0] in ("clipsep", "app", "flows")]
+    assert declaring == ["clipsep/config.py"]
+
+
+def test_params_from_args_applies_profile_then_set_then_the_commands_own_flags():
+    import argparse
+
+    from clipsep.config import add_params_arguments, load_params, params_from_args
+
+    parser = argparse.ArgumentParser()
+    add_params_arguments(parser)
+    args = parser.parse_args(["--params", str(REPO / "params.yaml"), "--profile", "tiny",
+                              "--set", "train.steps=3", "--set", "serve.port=1"])
+    params = params_from_args(args, {"serve.port": 9})
+    tiny = load_params(REPO / "params.yaml", profile="tiny")
+    assert (params.train.steps, params.serve.port) == (3, 9)
+    assert params.model == tiny.model and params.train.batch_size == tiny.train.batch_size
+
+
+def test_the_app_takes_set_overrides_like_the_cli():
+    from app.__main__ import parse_args
+
+    args = parse_args(["--set", "serve.max_seconds=5", "--port", "7000"])
+    assert (args.params, args.profile, args.overrides) == ("params.yaml", None,
+                                                          ["serve.max_seconds=5"])
