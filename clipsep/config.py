@@ -193,6 +193,7 @@ class SeparateConfig:
     activity_threshold_db: float  # active: stem energy above this dB re the mixture's
     activity_floor_db: float  # ... and the mixture above this dBFS (silence has no activity)
     activity_min_s: float  # shorter active stretches are dropped
+    high_band: str  # above the model's Nyquist: extend (the target's share) | residual (all)
 
 
 @dataclass(frozen=True)
