@@ -13,7 +13,8 @@ from 4-8 kHz and from the whole band (ablation of ``TOP_BAND``); and a bound tha
 source's high band (``s - up(down(s))``) to the band-limited estimate. Columns: plain SDR
 ``10 log10 |s|^2 / |s - s_hat|^2`` over the full band and over the band above 8 kHz alone (an
 empty high band scores 0 dB there), museval v4 SDR (whole clip, ``--museval``), and the share of
-the estimate's energy above 8 kHz (the truth's share is printed beside it).
+the estimate's energy above 8 kHz in dB (the truth's share is printed beside it). The mixture
+row has no museval score: its interference estimate is silent, where BSS-Eval is undefined.
 
     .venv/bin/python bench/fullband.py --checkpoint models/exp/e2_cpu_pair1_absent0/best.pt \\
         --clip-weights models/clip/clip.pt --world data/world --pairs 20 --seconds 6 --museval
@@ -95,13 +96,19 @@ def plain_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     return 10.0 * math.log10(float(np.sum(reference ** 2)) / max(error, 1e-20))
 
 
+def share_db(part: np.ndarray, whole: np.ndarray) -> float:
+    """Energy of ``part`` re ``whole`` in dB (-200 for silence)."""
+    return 10.0 * math.log10(max(float(np.sum(part ** 2)), 1e-20) / max(float(np.sum(whole ** 2)),
+                                                                       1e-20))
+
+
 def scores(case: dict, estimate: np.ndarray, cutoff: float, museval: bool) -> dict:
     from clipsep.evaluation import metrics
 
     s, rate = case["source"], case["rate"]
     high_s, high_e = high_pass(s, rate, cutoff), high_pass(estimate, rate, cutoff)
     row = {"sdr": plain_sdr(s, estimate), "sdr_high": plain_sdr(high_s, high_e),
-           "share_high": float(np.sum(high_e ** 2) / max(np.sum(estimate ** 2), 1e-20))}
+           "share_high": share_db(high_e, estimate)}
     if museval:
         references = np.stack([s, case["mixture"] - s])
         estimates = np.stack([estimate, case["mixture"] - estimate])
@@ -117,16 +124,34 @@ def band_limited_truth(source: np.ndarray, rate: int, model_rate: int) -> np.nda
     return resample(down, model_rate, rate)[0, :source.size].astype(np.float64)
 
 
+def cached_target_segment(separator):
+    """Let ``separator`` (and copies sharing its network) compute each segment's target once: the
+    variants differ only above the model's band, so the network pass is shared between them."""
+    cache: dict[tuple, np.ndarray] = {}
+    compute = separator.target_segment
+
+    def target_segment(segment, embedding, binary=False):
+        key = (segment.shape, hash(segment.tobytes()), hash(embedding.cpu().numpy().tobytes()))
+        if key not in cache:
+            cache[key] = compute(segment, embedding, binary)
+        return cache[key]
+
+    target_segment.cache = cache  # cleared for every case: a few segments in memory
+    return target_segment
+
+
 def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: bool) -> dict:
     import clipsep.inference as inference
 
     base = inference.Separator.from_pretrained(checkpoint, device="cpu", clip_weights=clip_weights)
+    shared_pass = cached_target_segment(base)
     model_rate = base.audio_cfg.sample_rate
     cutoff = model_rate / 2
     results: dict[str, list[dict]] = {name: [] for name in (MIXTURE_ROW, *VARIANTS, BOUND_ROW)}
     truth_share = []
     for i, case in enumerate(cases):
         started = time.perf_counter()
+        shared_pass.cache.clear()
         mixture, rate = case["mixture"].astype(np.float32), case["rate"]
         results[MIXTURE_ROW].append(scores(case, case["mixture"], cutoff, museval))
         estimates = {}
@@ -134,6 +159,7 @@ def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: boo
             inference.TOP_BAND = top_band
             settings = dataclasses.replace(base.settings, high_band=high_band)
             sep = inference.Separator(base.network, base.encoder, base.audio_cfg, settings)
+            sep.target_segment = shared_pass
             result = sep.separate(mixture, rate, query=case["label"])
             assert np.abs(result.target + result.residual - mixture).max() < 1e-5
             estimates[name] = result.target.astype(np.float64)
@@ -141,8 +167,7 @@ def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: boo
         true_high = case["source"] - band_limited_truth(case["source"], rate, model_rate)
         bound = estimates["residual (band-limited, before)"] + true_high
         results[BOUND_ROW].append(scores(case, bound, cutoff, museval))
-        truth_share.append(float(np.sum(high_pass(case["source"], rate, cutoff) ** 2)
-                                 / np.sum(case["source"] ** 2)))
+        truth_share.append(share_db(high_pass(case["source"], rate, cutoff), case["source"]))
         print(f"case {i + 1}/{len(cases)} ({case['label']}): "
               f"{time.perf_counter() - started:.1f} s", flush=True)
     inference.TOP_BAND = 0.25
@@ -152,20 +177,19 @@ def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: boo
 def table(evaluation: dict) -> str:
     from clipsep.evaluation.metrics import summarize
 
-    def cell(values, scale=1.0):
-        s = summarize([v * scale for v in values])
+    def cell(values):
+        s = summarize(values)
         return "n/a" if s["mean"] is None else \
             f"{s['mean']:.2f} ± {s['sem']:.2f} ({s['median']:.2f})"
 
-    columns = [("SDR full band, dB", "sdr", 1.0), ("SDR > 8 kHz, dB", "sdr_high", 1.0),
-               ("museval v4 SDR, dB", "museval_sdr", 1.0), ("energy > 8 kHz, %", "share_high",
-                                                             100.0)]
+    columns = [("SDR full band, dB", "sdr"), ("SDR > 8 kHz, dB", "sdr_high"),
+               ("museval v4 SDR, dB", "museval_sdr"), ("energy > 8 kHz re all, dB", "share_high")]
     lines = ["| estimate | " + " | ".join(c[0] for c in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for name, rows in evaluation["rows"].items():
-        cells = [cell([r[key] for r in rows if key in r], scale) for _, key, scale in columns]
+        cells = [cell([r[key] for r in rows if key in r]) for _, key in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| truth | | | | " + cell(evaluation["truth_share_high"], 100.0) + " |")
+    lines.append("| truth | | | | " + cell(evaluation["truth_share_high"]) + " |")
     return "\n".join(lines)
 
 
