@@ -124,27 +124,27 @@ def band_limited_truth(source: np.ndarray, rate: int, model_rate: int) -> np.nda
     return resample(down, model_rate, rate)[0, :source.size].astype(np.float64)
 
 
-def cached_target_segment(separator):
+def cached_stems_segment(separator):
     """Let ``separator`` (and copies sharing its network) compute each segment's target once: the
     variants differ only above the model's band, so the network pass is shared between them."""
     cache: dict[tuple, np.ndarray] = {}
-    compute = separator.target_segment
+    compute = separator.stems_segment
 
-    def target_segment(segment, embedding, binary=False):
-        key = (segment.shape, hash(segment.tobytes()), hash(embedding.cpu().numpy().tobytes()))
+    def stems_segment(segment, embeddings, binary=False):
+        key = (segment.shape, hash(segment.tobytes()), hash(embeddings.cpu().numpy().tobytes()))
         if key not in cache:
-            cache[key] = compute(segment, embedding, binary)
+            cache[key] = compute(segment, embeddings, binary)
         return cache[key]
 
-    target_segment.cache = cache  # cleared for every case: a few segments in memory
-    return target_segment
+    stems_segment.cache = cache  # cleared for every case: a few segments in memory
+    return stems_segment
 
 
 def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: bool) -> dict:
     import clipsep.inference as inference
 
     base = inference.Separator.from_pretrained(checkpoint, device="cpu", clip_weights=clip_weights)
-    shared_pass = cached_target_segment(base)
+    shared_pass = cached_stems_segment(base)
     model_rate = base.audio_cfg.sample_rate
     cutoff = model_rate / 2
     results: dict[str, list[dict]] = {name: [] for name in (MIXTURE_ROW, *VARIANTS, BOUND_ROW)}
@@ -159,7 +159,7 @@ def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: boo
             inference.TOP_BAND = top_band
             settings = dataclasses.replace(base.settings, high_band=high_band)
             sep = inference.Separator(base.network, base.encoder, base.audio_cfg, settings)
-            sep.target_segment = shared_pass
+            sep.stems_segment = shared_pass
             result = sep.separate(mixture, rate, query=case["label"])
             assert np.abs(result.target + result.residual - mixture).max() < 1e-5
             estimates[name] = result.target.astype(np.float64)
