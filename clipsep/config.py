@@ -200,6 +200,7 @@ class SeparateConfig:
     activity_threshold_db: float = -12.0  # active: stem energy above this dB re the mixture's
     activity_floor_db: float = -60.0  # ... and the mixture above this dBFS (silence: inactive)
     activity_min_s: float = 0.2  # shorter active stretches are dropped
+    high_band: str = "extend"  # above the model's Nyquist: extend (the target's share) | residual
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,14 @@ How a signal of any length is processed with bounded memory (demucs ``apply`` st
 * Each segment's per-channel target is resampled back to the input rate and overlap-added with
   triangular weights (normalised by their sum); a stretch of output is emitted as soon as no later
   segment touches it. Memory is therefore a few segments, independent of the input's length.
+* Above the model's band (input rates over 16 kHz: everything above 8 kHz), the model says
+  nothing. ``separate.high_band: extend`` gives the target its share there: the input's part
+  that the model-rate round trip drops (``input - up(down(input))``, exactly complementary to
+  what the model sees) is scaled, frame by frame, by the least-squares gain of the target's top
+  band (the top quarter of the model's band, 6-8 kHz) on the mixture's (:func:`top_band_gain`).
+  ``residual`` leaves all of it to the residual (band-limited target, as before).
 * ``residual = input - target`` at the input rate, so ``target + residual == input`` exactly
-  (lossless decomposition; content above the model's Nyquist, 8 kHz, lands in the residual).
+  (a lossless decomposition in either ``high_band`` mode).
 
 Several queries share one pass (``separate(audio, rate, queries=[...])``): the U-Net features of
 each segment are computed once and every query adds only its late-fusion weighted sum. The masks
@@ -58,6 +64,8 @@ from clipsep.registry_reader import ResolvedModel
 # params.yaml's ``separate`` section repeats (tests/test_inference.py checks the two agree).
 DEFAULT_SETTINGS = SeparateConfig()
 CHANNEL_MASKS = ("shared", "independent")
+HIGH_BANDS = ("extend", "residual")
+TOP_BAND = 0.25  # share of the model's band below its Nyquist that sets the high band's gain
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
@@ -303,6 +311,9 @@ class Separator:
         if settings.channel_masks not in CHANNEL_MASKS:
             raise BadInputError(f"separate.channel_masks must be one of {CHANNEL_MASKS}, got "
                                 f"{settings.channel_masks!r}")
+        if settings.high_band not in HIGH_BANDS:
+            raise BadInputError(f"separate.high_band must be one of {HIGH_BANDS}, got "
+                                f"{settings.high_band!r}")
         self.precision = resolve_precision(settings.precision, device)  # PrecisionChoice
         self.network = network.eval()
         self.encoder = encoder
@@ -592,7 +603,33 @@ class Separator:
         segment = _model_rate_cut(source, plan, model_start, model_stop)
         stems = self.stems_segment(segment, embeddings)  # [N, C, n]
         cut = _input_rate_cut(stems.reshape(-1, stems.shape[-1]), plan, model_start, start, stop)
-        return cut.reshape(*stems.shape[:2], -1)
+        low = cut.reshape(*stems.shape[:2], -1)
+        if self.settings.high_band == "residual" or plan.in_rate <= plan.model_rate:
+            return low
+        return low + self._high_band_stems(source, plan, k, segment, stems)
+
+    def _high_band_stems(self, source: AudioSource, plan: ChunkPlan, k: int,
+                         segment: np.ndarray, stems: np.ndarray) -> np.ndarray:
+        """Each stem's share ``[N, C, n_in]`` of segment k's input above the model's band.
+
+        ``segment`` is the model-rate cut ``[C, n]``, ``stems`` its stems ``[N, C, n]``. The high
+        band is what the model-rate round trip drops, ``input - up(segment)``, so that a target
+        mask of 1 everywhere would give back the input; each stem gets it scaled by its
+        :func:`top_band_gain`, interpolated linearly from the STFT frame centres to every sample.
+        """
+        model_start, _ = plan.model_span(k)
+        start, stop = plan.input_span(k)
+        above = (_fit(source.read(start, stop), stop - start)
+                 - _input_rate_cut(segment, plan, model_start, start, stop))
+        shared = self.settings.channel_masks == "shared"
+        hop, ratio = self.audio_cfg.hop_length, plan.in_rate / plan.model_rate
+        samples = np.arange(start, stop)
+        out = []
+        for stem in stems:
+            gain = top_band_gain(segment, stem, self.audio_cfg, shared)  # [C or 1, T]
+            centres = (model_start + hop * np.arange(gain.shape[1])) * ratio
+            out.append(above * np.stack([np.interp(samples, centres, g) for g in gain]))
+        return np.stack(out)
 
 
 def normalise_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -673,6 +710,33 @@ def _input_rate_cut(target: np.ndarray, plan: ChunkPlan, model_start: int, start
     resampled = resample(padded, plan.model_rate, plan.in_rate)
     offset = start - aligned // model_step * in_step
     return _fit(resampled[:, offset:], stop - start)
+
+
+def top_band_gain(mixture: np.ndarray, target: np.ndarray, cfg: AudioConfig,
+                  shared: bool = True) -> np.ndarray:
+    """Per STFT frame, the least-squares gain ``g`` of the mixture's top band onto the target's:
+    ``g = sum Re(S conj(X)) / sum |X|^2`` over the bins of the top :data:`TOP_BAND` of the
+    model's band (6-8 kHz at 16 kHz), clipped to [0, 1].
+
+    ``mixture`` and ``target`` are model-rate ``[C, n]`` (``target`` = the masked mixture). For a
+    target ``S = M X`` this is the mixture-energy-weighted mean of the mask over those bins, so it
+    reads only the separated wave, not the mask. ``shared``: one gain for all channels (sums over
+    them, as the shared mask) -> ``[1, T]``; else one per channel ``[C, T]``. ``T`` =
+    ``n_frames(n)`` centred frames (a frame whose top band is silent gets 0).
+    """
+    from clipsep import audio
+
+    n = max(mixture.shape[1], cfg.n_fft)
+    mix, est = (audio.stft(torch.from_numpy(_fit(np.asarray(w, np.float32), n)), cfg)
+                for w in (mixture, target))
+    low = math.floor((1.0 - TOP_BAND) * (mix.shape[1] - 1))
+    mix, est = mix[:, low:], est[:, low:]
+    num = (est * mix.conj()).real.sum(dim=1, dtype=torch.float64)  # [C, T]
+    den = mix.abs().square().sum(dim=1, dtype=torch.float64)
+    if shared:
+        num, den = num.sum(dim=0, keepdim=True), den.sum(dim=0, keepdim=True)
+    gain = (num / den.clamp(min=1e-20)).clamp(0.0, 1.0)
+    return gain[:, :audio.n_frames(mixture.shape[1], cfg)].numpy()
 
 
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:

@@ -179,3 +179,59 @@ def test_bf16_precision_gives_nearly_the_fp32_target(separator):
     with pytest.raises(BadInputError, match="precision"):
         Separator(separator.network, separator.encoder, separator.audio_cfg,
                   dataclasses.replace(settings, precision="fp8"))
+
+
+def band_projection(part: np.ndarray, whole: np.ndarray, rate: int, low: float,
+                    high: float) -> float:
+    """<part, whole> / <whole, whole> over the FFT bins in [low, high) Hz (all channels)."""
+    freqs = np.fft.rfftfreq(whole.shape[-1], 1.0 / rate)
+    band = (freqs >= low) & (freqs < high)
+    p, w = np.fft.rfft(part)[..., band], np.fft.rfft(whole)[..., band]
+    return float(np.sum((p * w.conj()).real) / np.sum(np.abs(w) ** 2))
+
+
+def bright_tones(rate: int, seconds: float) -> np.ndarray:
+    """Stereo: 440 Hz + 7 kHz (inside the model's top band) + 12 kHz and 15 kHz (above 8 kHz)."""
+    t = np.arange(int(rate * seconds)) / rate
+    mono = sum(a * np.sin(2 * np.pi * f * t) for a, f in
+               [(0.3, 440.0), (0.1, 7000.0), (0.1, 12000.0), (0.05, 15000.0)])
+    return np.stack([mono, 0.7 * mono]).astype(np.float32)
+
+
+@pytest.mark.parametrize("high_band", ["extend", "residual"])
+def test_high_band_extension_gives_the_target_its_share_above_8khz(separator, high_band):
+    from clipsep.inference import Separator
+
+    settings = dataclasses.replace(separator.settings, high_band=high_band)
+    sep = Separator(separator.network, separator.encoder, separator.audio_cfg, settings)
+    audio = bright_tones(44100, 3.0)
+    result = sep.separate(audio, 44100, query="violin")
+    assert np.abs(result.target + result.residual - audio).max() < 1e-5  # exact either way
+    top = band_projection(result.target, audio, 44100, 6500.0, 7500.0)  # the mask at 7 kHz
+    above = band_projection(result.target, audio, 44100, 9000.0, 22050.0)
+    assert 0.05 < top < 0.95
+    if high_band == "extend":  # the 7-kHz share carries over to 12 and 15 kHz
+        assert above == pytest.approx(top, abs=0.03)
+    else:  # band-limited: nothing above the model's Nyquist
+        assert abs(above) < 1e-3
+
+
+def test_top_band_gain_is_the_targets_share_and_extension_is_complementary(separator):
+    from clipsep.inference import ArraySource, _input_rate_cut, _model_rate_cut, top_band_gain
+
+    mixture = bright_tones(16000, 1.0)  # 7 kHz in the top band
+    gain = top_band_gain(mixture, 0.3 * mixture, separator.audio_cfg, shared=True)
+    np.testing.assert_allclose(gain, 0.3, atol=1e-4)
+    per_channel = top_band_gain(mixture, mixture * np.array([[0.2], [0.9]], np.float32),
+                                separator.audio_cfg, shared=False)
+    np.testing.assert_allclose(per_channel, [[0.2], [0.9]] * np.ones_like(per_channel), atol=1e-4)
+    # a target equal to its segment (mask 1) plus the extension gives back the input exactly
+    audio = bright_tones(44100, 3.0)
+    source = ArraySource(audio, 44100)
+    plan = separator.plan(44100, audio.shape[1])
+    for k in range(plan.n_chunks):
+        (m0, m1), (start, stop) = plan.model_span(k), plan.input_span(k)
+        segment = _model_rate_cut(source, plan, m0, m1)
+        whole = (_input_rate_cut(segment, plan, m0, start, stop)
+                 + separator._high_band_stems(source, plan, k, segment, segment[None])[0])
+        np.testing.assert_allclose(whole, audio[:, start:stop], atol=1e-5)
