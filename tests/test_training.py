@@ -180,8 +180,9 @@ def test_channels_last_step_gives_the_eager_loss_and_gradients(tmp_path):
         trainer.optimizer.param_groups[0]["lr"] = lr
         grads.append(torch.cat([p.grad.flatten() for p in trainer.net.parameters()]))
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
-    # fp32 convolutions sum in another order per layout: equal up to rounding, not bitwise
-    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-3
+    # fp32 convolutions sum in another order per layout (and per thread count): equal up to
+    # rounding, which BatchNorm over a batch of 2 amplifies to ~1 %; a wrong layout gives O(1)
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 3e-2
 
 
 def test_auto_memory_format_follows_the_resolved_precision(tmp_path):
