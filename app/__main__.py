@@ -24,8 +24,9 @@ log = logging.getLogger("app")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     add_params_arguments(parser)
-    parser.add_argument("--model", default=None,
-                        help="checkpoint path or models:/NAME@ALIAS (default: serve.model)")
+    parser.add_argument(
+        "--model", default=None, help="checkpoint path or models:/NAME@ALIAS (default: serve.model)"
+    )
     parser.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
     return parser.parse_args(argv)
 
@@ -39,8 +40,11 @@ def examples_cache() -> Path:
 def serve(argv: Sequence[str] | None = None) -> int:
     apply_offline_defaults()  # before gradio/mlflow/open_clip are imported
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        datefmt="%H:%M:%S",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from clipsep.config import ConfigError
     from clipsep.errors import ClipsepError
 

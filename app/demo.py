@@ -22,12 +22,16 @@ from clipsep.errors import ClipsepError
 log = logging.getLogger(__name__)
 
 TITLE = "CLIPSep: text-queried sound separation"
-INTRO = ("Upload a recording (or a video, or use the microphone), say which sound you want, "
-         "and get it back on its own together with everything else. Queries are text "
-         "(\"violin\") or a picture; for a video its middle frame is offered as picture query.")
-NO_EXAMPLES = ("No ready-made examples: the embedded world is not rendered here. Run "
-               "`clipsep world` (or `dvc repro world`) in the project folder and restart the app "
-               "to get some.")
+INTRO = (
+    "Upload a recording (or a video, or use the microphone), say which sound you want, "
+    "and get it back on its own together with everything else. Queries are text "
+    '("violin") or a picture; for a video its middle frame is offered as picture query.'
+)
+NO_EXAMPLES = (
+    "No ready-made examples: the embedded world is not rendered here. Run "
+    "`clipsep world` (or `dvc repro world`) in the project folder and restart the app "
+    "to get some."
+)
 UNEXPECTED = "Something went wrong on the server while separating (it is logged). Try another file."
 
 
@@ -47,26 +51,39 @@ def allowed_roots(served: Served) -> list[Path]:
     return roots + [served.examples_dir] if served.examples_dir else roots
 
 
-def separate_event(served: Served, cfg: ServeConfig, audio_path, video_path, text, image,
-                   progress: gr.Progress):
+def separate_event(
+    served: Served, cfg: ServeConfig, audio_path, video_path, text, image, progress: gr.Progress
+):
     """The Separate button: (target, residual, spectrograms, summary, *more stems) or a
     gr.Error. Comma-separated queries fill the extra stem players (hidden when unused)."""
     path = audio_path or video_path
     try:
         accepted = handlers.check_upload(path, cfg, allowed_roots(served))
-        result = handlers.separate_upload(served.separator, accepted, text, image, cfg,
-                                          progress=lambda share, what: progress(share, desc=what))
+        result = handlers.separate_upload(
+            served.separator,
+            accepted,
+            text,
+            image,
+            cfg,
+            progress=lambda share, what: progress(share, desc=what),
+        )
     except ClipsepError as err:
         raise gr.Error(str(err), print_exception=False) from err
     except Exception as err:  # noqa: BLE001 - a visitor gets a sentence, the log the traceback
         log.exception("separation failed for %s", path)
         raise gr.Error(UNEXPECTED, print_exception=False) from err
-    extra = [gr.update(value=handlers.playable(wave, result.rate), label=f"Stem: {name}",
-                       visible=True) for name, wave in list(result.stems.items())[1:]]
+    extra = [
+        gr.update(value=handlers.playable(wave, result.rate), label=f"Stem: {name}", visible=True)
+        for name, wave in list(result.stems.items())[1:]
+    ]
     extra += [gr.update(value=None, visible=False)] * (handlers.MAX_STEMS - 1 - len(extra))
-    return (handlers.playable(result.target, result.rate),
-            handlers.playable(result.residual, result.rate), result.picture, result.summary,
-            *extra)
+    return (
+        handlers.playable(result.target, result.rate),
+        handlers.playable(result.residual, result.rate),
+        result.picture,
+        result.summary,
+        *extra,
+    )
 
 
 def video_changed(served: Served, cfg: ServeConfig, video_path):
@@ -91,27 +108,57 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                 audio_in, video_in, query, image = _input_column(params)
                 button = gr.Button("Separate", variant="primary")
             with gr.Column():
-                target = gr.Audio(label="Target (the queried sound)", type="numpy",
-                                  interactive=False, buttons=["download"], elem_id="target-audio")
-                residual = gr.Audio(label="Residual (everything else)", type="numpy",
-                                    interactive=False, buttons=["download"],
-                                    elem_id="residual-audio")
-                more = [gr.Audio(label=f"Stem {k + 2}", type="numpy", interactive=False,
-                                 buttons=["download"], visible=False, elem_id=f"stem-{k + 2}-audio")
-                        for k in range(handlers.MAX_STEMS - 1)]
+                target = gr.Audio(
+                    label="Target (the queried sound)",
+                    type="numpy",
+                    interactive=False,
+                    buttons=["download"],
+                    elem_id="target-audio",
+                )
+                residual = gr.Audio(
+                    label="Residual (everything else)",
+                    type="numpy",
+                    interactive=False,
+                    buttons=["download"],
+                    elem_id="residual-audio",
+                )
+                more = [
+                    gr.Audio(
+                        label=f"Stem {k + 2}",
+                        type="numpy",
+                        interactive=False,
+                        buttons=["download"],
+                        visible=False,
+                        elem_id=f"stem-{k + 2}-audio",
+                    )
+                    for k in range(handlers.MAX_STEMS - 1)
+                ]
                 summary = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
-        spectrograms = gr.Image(label="Spectrograms: mixture, target, residual", type="pil",
-                                format="png", interactive=False, elem_id="spectrograms",
-                                show_label=False)  # the picture titles its own panels
+        spectrograms = gr.Image(
+            label="Spectrograms: mixture, target, residual",
+            type="pil",
+            format="png",
+            interactive=False,
+            elem_id="spectrograms",
+            show_label=False,
+        )  # the picture titles its own panels
         outputs = [target, residual, spectrograms, summary, *more]
 
         def separate(audio_path, video_path, text, picture, progress=gr.Progress()):
             return separate_event(served, cfg, audio_path, video_path, text, picture, progress)
 
-        button.click(separate, inputs=[audio_in, video_in, query, image], outputs=outputs,
-                     api_name="separate")
-        video_in.upload(lambda v: video_changed(served, cfg, v), inputs=video_in,
-                        outputs=[audio_in, image], api_name=False)
+        button.click(
+            separate,
+            inputs=[audio_in, video_in, query, image],
+            outputs=outputs,
+            api_name="separate",
+        )
+        video_in.upload(
+            lambda v: video_changed(served, cfg, v),
+            inputs=video_in,
+            outputs=[audio_in, image],
+            api_name=False,
+        )
 
         def separate_example(audio_path, text, progress=gr.Progress()):
             return separate_event(served, cfg, audio_path, None, text, None, progress)
@@ -124,17 +171,28 @@ def _input_column(params: Params):
     """Audio/video tabs, the text query with one-click suggestions, the optional image query."""
     with gr.Tabs():
         with gr.Tab("Audio"):
-            audio_in = gr.Audio(label="Mixture (upload or record)", type="filepath",
-                                sources=["upload", "microphone"])
+            audio_in = gr.Audio(
+                label="Mixture (upload or record)",
+                type="filepath",
+                sources=["upload", "microphone"],
+            )
         with gr.Tab("Video"):
             video_in = gr.Video(label="Mixture (video: its sound is separated)", sources=["upload"])
-    query = gr.Textbox(label="Text query (several: comma-separated)",
-                       placeholder="what to extract, e.g. violin, or: violin, cello")
-    gr.Examples(examples=[[name] for name in params.world.classes], inputs=[query],
-                label="Query suggestions (click to fill)",
-                examples_per_page=len(params.world.classes))
-    image = gr.Image(label="Image query (optional; used when the text query is empty)", type="pil",
-                     sources=["upload"])
+    query = gr.Textbox(
+        label="Text query (several: comma-separated)",
+        placeholder="what to extract, e.g. violin, or: violin, cello",
+    )
+    gr.Examples(
+        examples=[[name] for name in params.world.classes],
+        inputs=[query],
+        label="Query suggestions (click to fill)",
+        examples_per_page=len(params.world.classes),
+    )
+    image = gr.Image(
+        label="Image query (optional; used when the text query is empty)",
+        type="pil",
+        sources=["upload"],
+    )
     return audio_in, video_in, query, image
 
 
@@ -142,16 +200,28 @@ def _examples_section(served: Served, inputs, outputs, run) -> None:
     if not served.examples:
         gr.Markdown(NO_EXAMPLES)
         return
-    gr.Examples(examples=[[str(e.audio_path), e.query] for e in served.examples], inputs=inputs,
-                outputs=outputs, fn=run, run_on_click=True, cache_examples=False,
-                example_labels=[f"{e.title} -> {e.query}" for e in served.examples],
-                label="Examples from the embedded world (click one)")
+    gr.Examples(
+        examples=[[str(e.audio_path), e.query] for e in served.examples],
+        inputs=inputs,
+        outputs=outputs,
+        fn=run,
+        run_on_click=True,
+        cache_examples=False,
+        example_labels=[f"{e.title} -> {e.query}" for e in served.examples],
+        label="Examples from the embedded world (click one)",
+    )
 
 
 def launch(demo: gr.Blocks, cfg: ServeConfig, served: Served, **extra) -> gr.Blocks:
     """Queue (serve.concurrency at once, serve.queue_size waiting) and serve on serve.host."""
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
-    demo.launch(server_name=cfg.host, server_port=cfg.port, max_file_size=f"{cfg.max_file_mb}mb",
-                show_error=True, share=False,
-                allowed_paths=[str(served.examples_dir)] if served.examples_dir else None, **extra)
+    demo.launch(
+        server_name=cfg.host,
+        server_port=cfg.port,
+        max_file_size=f"{cfg.max_file_mb}mb",
+        show_error=True,
+        share=False,
+        allowed_paths=[str(served.examples_dir)] if served.examples_dir else None,
+        **extra,
+    )
     return demo

@@ -49,8 +49,9 @@ def check_upload(path: str | Path | None, cfg: ServeConfig, allowed_roots: Seque
     a missing file, and a file over ``serve.max_file_mb``.
     """
     if path is None or not str(path).strip():
-        raise BadInputError("No input: upload an audio or video file, or record from the "
-                            "microphone.")
+        raise BadInputError(
+            "No input: upload an audio or video file, or record from the microphone."
+        )
     resolved = Path(path).resolve()
     if not any(resolved.is_relative_to(Path(root).resolve()) for root in allowed_roots):
         raise BadInputError("That file is not an upload of this page; upload it instead.")
@@ -58,8 +59,10 @@ def check_upload(path: str | Path | None, cfg: ServeConfig, allowed_roots: Seque
         raise BadInputError(f"The upload {resolved.name!r} is gone; please upload it again.")
     size = resolved.stat().st_size
     if size > cfg.max_file_mb * MB:
-        raise BadInputError(f"{resolved.name} is {size / MB:.1f} MB; this demo accepts files up to "
-                            f"{cfg.max_file_mb} MB (serve.max_file_mb).")
+        raise BadInputError(
+            f"{resolved.name} is {size / MB:.1f} MB; this demo accepts files up to "
+            f"{cfg.max_file_mb} MB (serve.max_file_mb)."
+        )
     return resolved
 
 
@@ -68,8 +71,9 @@ def media_duration_s(path: Path) -> float:
     return audio_io.declared_seconds(path)
 
 
-def read_input(path: Path, cfg: ServeConfig,
-               notes: list[str] | None = None) -> tuple[np.ndarray, int]:
+def read_input(
+    path: Path, cfg: ServeConfig, notes: list[str] | None = None
+) -> tuple[np.ndarray, int]:
     """An accepted upload as ``([C, L] float32, rate)``; refuses those over serve.max_seconds.
 
     Decoding the library's way: a file holding less audio than its header says gives the part
@@ -77,12 +81,16 @@ def read_input(path: Path, cfg: ServeConfig,
     """
     duration = media_duration_s(path)
     if duration > cfg.max_seconds:
-        raise BadInputError(f"{path.name} lasts {_clock(duration)}; this demo separates up to "
-                            f"{_clock(cfg.max_seconds)} (serve.max_seconds).")
+        raise BadInputError(
+            f"{path.name} lasts {_clock(duration)}; this demo separates up to "
+            f"{_clock(cfg.max_seconds)} (serve.max_seconds)."
+        )
     audio, rate = audio_io.read_audio(path, notes)
     if audio.shape[1] / rate > cfg.max_seconds:  # headers can under-report
-        raise BadInputError(f"{path.name} lasts {_clock(audio.shape[1] / rate)}; this demo "
-                            f"separates up to {_clock(cfg.max_seconds)} (serve.max_seconds).")
+        raise BadInputError(
+            f"{path.name} lasts {_clock(audio.shape[1] / rate)}; this demo "
+            f"separates up to {_clock(cfg.max_seconds)} (serve.max_seconds)."
+        )
     return audio, rate
 
 
@@ -106,15 +114,17 @@ def choose_query(text: str | None, image) -> tuple[str | None, Any, str]:
         return text.strip(), None, f"text {text.strip()!r}"
     if image is not None:
         return None, image, "the image query"
-    raise BadInputError("No query: type what to extract (e.g. 'violin'), click a suggestion, "
-                        "or give an image query.")
+    raise BadInputError(
+        "No query: type what to extract (e.g. 'violin'), click a suggestion, "
+        "or give an image query."
+    )
 
 
 def _name_only(message: str, path: Path) -> str:
     """The message with the server's folders cut from the upload's path (and the library's
     name for an in-memory array, "audio", replaced by the file's name)."""
     message = message.replace(str(path), path.name)
-    return path.name + message[len("audio"):] if message.startswith("audio: ") else message
+    return path.name + message[len("audio") :] if message.startswith("audio: ") else message
 
 
 def _clock(seconds: float) -> str:
@@ -143,16 +153,23 @@ class SeparationOutputs:
     activity: dict[str, list] = field(default_factory=dict)  # query -> [(start_s, end_s, mean_db)]
 
 
-def separate_upload(separator, path: Path, text: str | None, image, cfg: ServeConfig,
-                    progress: Progress | None = None) -> SeparationOutputs:
+def separate_upload(
+    separator,
+    path: Path,
+    text: str | None,
+    image,
+    cfg: ServeConfig,
+    progress: Progress | None = None,
+) -> SeparationOutputs:
     """Separate an accepted upload with the queried sound as target (chunked, with progress).
 
     Several comma-separated text queries (up to MAX_STEMS) give one stem each, in one pass."""
     query, image_query, described = choose_query(text, image)
     queries = split_queries(query)
     if len(queries) > MAX_STEMS:
-        raise BadInputError(f"{len(queries)} queries; this demo separates up to {MAX_STEMS} at "
-                            "once.")
+        raise BadInputError(
+            f"{len(queries)} queries; this demo separates up to {MAX_STEMS} at once."
+        )
     started = time.perf_counter()
 
     def on_segment(done: int, total: int) -> None:
@@ -166,22 +183,30 @@ def separate_upload(separator, path: Path, text: str | None, image, cfg: ServeCo
             result = separator.separate(mixture, rate, queries=queries, progress=on_segment)
             stems, residual = dict(result), result.residual
         else:
-            result = separator.separate(mixture, rate, query=queries[0] if queries else None,
-                                        image=image_query, progress=on_segment)
+            result = separator.separate(
+                mixture,
+                rate,
+                query=queries[0] if queries else None,
+                image=image_query,
+                progress=on_segment,
+            )
             stems, residual = {query or "image": result.target}, result.residual
     except BadInputError as err:
         raise BadInputError(_name_only(str(err), path)) from err
     seconds = time.perf_counter() - started
-    found = {name: activity(stem, mixture, rate, separator.settings)
-             for name, stem in stems.items()}
-    summary = (f"query: {described} | input: {path.name}, {_clock(mixture.shape[1] / rate)} at "
-               f"{rate} Hz, {mixture.shape[0]} channel(s) | separated in {seconds:.1f} s\n"
-               + "\n".join(f"{name!r} sounds at: {_segments_text(segs)}"
-                           for name, segs in found.items()))
+    found = {
+        name: activity(stem, mixture, rate, separator.settings) for name, stem in stems.items()
+    }
+    summary = (
+        f"query: {described} | input: {path.name}, {_clock(mixture.shape[1] / rate)} at "
+        f"{rate} Hz, {mixture.shape[0]} channel(s) | separated in {seconds:.1f} s\n"
+        + "\n".join(f"{name!r} sounds at: {_segments_text(segs)}" for name, segs in found.items())
+    )
     summary += "".join(f"\nnote: {_name_only(text, path)}" for text in notes)
     picture = spectrogram_picture(mixture, stems, residual, rate, found)
-    return SeparationOutputs(mixture, next(iter(stems.values())), residual, rate, picture, summary,
-                             stems, found)
+    return SeparationOutputs(
+        mixture, next(iter(stems.values())), residual, rate, picture, summary, stems, found
+    )
 
 
 def _segments_text(segments) -> str:
@@ -210,13 +235,24 @@ def log_spectrogram(wave: np.ndarray, rate: int) -> np.ndarray:
 
     mono = torch.from_numpy(np.ascontiguousarray(wave.mean(axis=0), dtype=np.float32))
     hop = max(SPECTROGRAM_FFT // 4, math.ceil(mono.numel() / SPECTROGRAM_COLUMNS))
-    spec = torch.stft(mono, SPECTROGRAM_FFT, hop, window=torch.hann_window(SPECTROGRAM_FFT),
-                      pad_mode="constant", return_complex=True)
+    spec = torch.stft(
+        mono,
+        SPECTROGRAM_FFT,
+        hop,
+        window=torch.hann_window(SPECTROGRAM_FFT),
+        pad_mode="constant",
+        return_complex=True,
+    )
     return (20.0 * torch.log10(spec.abs() + 1e-8)).numpy()
 
 
-def spectrogram_picture(mixture: np.ndarray, target, residual: np.ndarray, rate: int,
-                        activity: dict[str, list] | None = None):
+def spectrogram_picture(
+    mixture: np.ndarray,
+    target,
+    residual: np.ndarray,
+    rate: int,
+    activity: dict[str, list] | None = None,
+):
     """Mixture, stem(s) and residual spectrograms on one dB scale (PIL.Image). ``target`` is one
     stem ``[C, L]`` or a mapping query -> stem; ``activity`` (query -> segments) is drawn as a
     bar along the top of that stem's panel."""
@@ -225,18 +261,31 @@ def spectrogram_picture(mixture: np.ndarray, target, residual: np.ndarray, rate:
 
     stems = target if isinstance(target, dict) else {"query": target}
     panels = [("Mixture", mixture, None)]
-    panels += [(f"Target: {name}" if len(stems) > 1 or isinstance(target, dict)
-                else "Target (query)", wave, name) for name, wave in stems.items()]
+    panels += [
+        (
+            f"Target: {name}" if len(stems) > 1 or isinstance(target, dict) else "Target (query)",
+            wave,
+            name,
+        )
+        for name, wave in stems.items()
+    ]
     panels.append(("Residual (everything else)", residual, None))
     specs = [log_spectrogram(w, rate) for _, w, _ in panels]
     top = max(float(s.max()) for s in specs)
     duration = mixture.shape[1] / rate
-    fig, axes = plt.subplots(1, len(panels), figsize=(13 * len(panels) / 3, 3.4), sharey=True,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(13 * len(panels) / 3, 3.4), sharey=True, constrained_layout=True
+    )
     for ax, (title, _, name), spec in zip(axes, panels, specs):
-        image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma",
-                          vmin=top - DYNAMIC_RANGE_DB, vmax=top,
-                          extent=(0.0, duration, 0.0, rate / 2000.0))
+        image = ax.imshow(
+            spec,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=top - DYNAMIC_RANGE_DB,
+            vmax=top,
+            extent=(0.0, duration, 0.0, rate / 2000.0),
+        )
         for segment in (activity or {}).get(name, []):  # where the stem sounds
             ax.axvspan(segment.start_s, segment.end_s, ymin=0.96, ymax=1.0, color="#3ec6ff")
         ax.set_title(title)
@@ -266,9 +315,11 @@ class ModelCard:
     notes: str = ""
 
     def markdown(self) -> str:
-        lines = [f"**Model** `{self.reference}` · version **{self.version}** · aliases "
-                 f"{self.aliases} · data version `{self.data_version[:12]}` · code "
-                 f"`{self.git_commit[:10]}`"]
+        lines = [
+            f"**Model** `{self.reference}` · version **{self.version}** · aliases "
+            f"{self.aliases} · data version `{self.data_version[:12]}` · code "
+            f"`{self.git_commit[:10]}`"
+        ]
         if self.metrics:
             cells = " · ".join(f"{name} **{value:.2f}**" for name, value in self.metrics.items())
             lines.append(f"Evaluation: {cells}")
@@ -278,8 +329,10 @@ class ModelCard:
 
 
 SHOWN_METRICS = {  # registry run metric -> label on the page
-    "eval/text/sdr/mean": "text SDR (dB)", "eval/text/sdri/mean": "text SDRi (dB)",
-    "eval/text/sir/mean": "text SIR (dB)", "eval/image/sdr/mean": "image SDR (dB)",
+    "eval/text/sdr/mean": "text SDR (dB)",
+    "eval/text/sdri/mean": "text SDRi (dB)",
+    "eval/text/sir/mean": "text SIR (dB)",
+    "eval/image/sdr/mean": "image SDR (dB)",
     "eval/n_mixtures": "test mixtures",
 }
 
@@ -290,26 +343,41 @@ def registry_card(ref: str, tracking: str) -> ModelCard:
 
     version = describe_model(ref, tracking)
     tags, run_metrics = version.tags, version.run_metrics
-    metrics = {label: run_metrics[key] for key, label in SHOWN_METRICS.items()
-               if key in run_metrics}
+    metrics = {
+        label: run_metrics[key] for key, label in SHOWN_METRICS.items() if key in run_metrics
+    }
     if not metrics and "text_sdr" in tags:
         metrics["text SDR (dB)"] = float(tags["text_sdr"])
-    return ModelCard(reference=ref, version=version.version,
-                     aliases=", ".join(version.aliases) or "-",
-                     data_version=tags.get("data_version", "-"),
-                     git_commit=tags.get("git_commit", "-"), metrics=metrics,
-                     notes=f"gate: {tags['gate_reason']}" if "gate_reason" in tags else "")
+    return ModelCard(
+        reference=ref,
+        version=version.version,
+        aliases=", ".join(version.aliases) or "-",
+        data_version=tags.get("data_version", "-"),
+        git_commit=tags.get("git_commit", "-"),
+        metrics=metrics,
+        notes=f"gate: {tags['gate_reason']}" if "gate_reason" in tags else "",
+    )
 
 
 def checkpoint_card(path: Path, extra: dict[str, Any]) -> ModelCard:
     """The card of a checkpoint file: what its ``extra`` records (step, metrics, data version)."""
-    metrics = {str(k): float(v) for k, v in (extra.get("metrics") or {}).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    known = ", ".join(f"{k}={v}" for k, v in extra.items()
-                      if k not in ("metrics", "data_version") and not isinstance(v, (dict, list)))
-    return ModelCard(reference=str(path), version="file (not from the registry)",
-                     data_version=str(extra.get("data_version", "-")), metrics=metrics,
-                     notes=f"checkpoint extra: {known}" if known else "")
+    metrics = {
+        str(k): float(v)
+        for k, v in (extra.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    known = ", ".join(
+        f"{k}={v}"
+        for k, v in extra.items()
+        if k not in ("metrics", "data_version") and not isinstance(v, (dict, list))
+    )
+    return ModelCard(
+        reference=str(path),
+        version="file (not from the registry)",
+        data_version=str(extra.get("data_version", "-")),
+        metrics=metrics,
+        notes=f"checkpoint extra: {known}" if known else "",
+    )
 
 
 # --- examples ----------------------------------------------------------------------------------
@@ -334,8 +402,11 @@ def build_examples(params: Params, cache_dir: Path, count: int = 3) -> list[Exam
     table = world / "ground_truth.csv"
     if not table.is_file():
         return []
-    solos = [row for row in read_ground_truth(world)
-             if row["split"] == "test" and row["labels"] and ";" not in row["labels"]]
+    solos = [
+        row
+        for row in read_ground_truth(world)
+        if row["split"] == "test" and row["labels"] and ";" not in row["labels"]
+    ]
     pairs = [(a, b) for a, b in itertools.combinations(solos, 2) if a["labels"] != b["labels"]]
     chosen, seen = [], set()
     for first, second in pairs:  # each example queries a different instrument
@@ -353,7 +424,7 @@ def _mix_example(videos: Path, first: dict, second: dict, cache_dir: Path) -> Ex
         waves = []
         for row in (first, second):
             audio, rate = audio_io.read_audio(videos / row["video"])
-            audio = audio[:, :int(EXAMPLE_SECONDS * rate)]
+            audio = audio[:, : int(EXAMPLE_SECONDS * rate)]
             waves.append(audio / max(float(np.abs(audio).max()), 1e-6))
         length = min(w.shape[1] for w in waves)
         channels = min(w.shape[0] for w in waves)
@@ -375,9 +446,13 @@ def load_model(params: Params, ref: str | None = None):
     ref = ref or params.serve.model
     uri = registry_uri(params)
     log.info("loading %s", ref)
-    separator = Separator.from_pretrained(ref, device=params.separate.device,
-                                          settings=params.separate, tracking_uri=uri,
-                                          root=params.path("root"))
+    separator = Separator.from_pretrained(
+        ref,
+        device=params.separate.device,
+        settings=params.separate,
+        tracking_uri=uri,
+        root=params.path("root"),
+    )
     if is_registry_reference(ref):
         card = registry_card(ref, uri)
     else:

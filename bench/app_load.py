@@ -48,8 +48,13 @@ def tiny_random_model(work: Path, params) -> Path:
     clip_file = work / "clip.pt"
     torch.save({"state_dict": encoder.model.state_dict()}, clip_file)
     model = build_model(params.model, encoder.embed_dim)
-    return save_checkpoint(work / "best.pt", model, model_cfg=params.model, audio_cfg=params.audio,
-                           query={**encoder.reference(), "pretrained": str(clip_file)})
+    return save_checkpoint(
+        work / "best.pt",
+        model,
+        model_cfg=params.model,
+        audio_cfg=params.audio,
+        query={**encoder.reference(), "pretrained": str(clip_file)},
+    )
 
 
 def write_clip(path: Path, seconds: float, rate: int = 44100) -> Path:
@@ -91,8 +96,10 @@ def report(lone: float, results: list[tuple[float, str | None]], wall: float) ->
         for name, share in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)):
             value = percentile(latencies, share)
             print(f"{name}: {value:6.2f} s  ({value / lone:5.1f} x lone)")
-        print(f"mean {statistics.mean(latencies):.2f} s; all {len(results)} done in {wall:.1f} s "
-              f"-> {len(latencies) / wall:.2f} separations/s")
+        print(
+            f"mean {statistics.mean(latencies):.2f} s; all {len(results)} done in {wall:.1f} s "
+            f"-> {len(latencies) / wall:.2f} separations/s"
+        )
 
 
 def main() -> int:
@@ -100,8 +107,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--profile", default="tiny", help="params profile ('' for none)")
-    parser.add_argument("--model", default=None,
-                        help="checkpoint or models:/ (default: a random tiny model)")
+    parser.add_argument(
+        "--model", default=None, help="checkpoint or models:/ (default: a random tiny model)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -112,13 +120,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="clipsep-app-load-") as tmp:
         work = Path(tmp)
         os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")
-        params = load_params(REPO / "params.yaml", profile=args.profile or None,
-                             overrides={"serve.port": free_port(), "separate.device": "cpu"})
+        params = load_params(
+            REPO / "params.yaml",
+            profile=args.profile or None,
+            overrides={"serve.port": free_port(), "separate.device": "cpu"},
+        )
         model = args.model or str(tiny_random_model(work, params))
         separator, card = load_model(params, model)
-        print(f"model {model}; serve.concurrency={params.serve.concurrency}, "
-              f"torch threads={torch.get_num_threads()}, "
-              f"{args.clients} clients x {args.seconds:.0f}-s clip")
+        print(
+            f"model {model}; serve.concurrency={params.serve.concurrency}, "
+            f"torch threads={torch.get_num_threads()}, "
+            f"{args.clients} clients x {args.seconds:.0f}-s clip"
+        )
         demo = build_demo(params, Served(separator, card))
         launch(demo, params.serve, Served(separator, card), prevent_thread_lock=True, quiet=True)
         try:

@@ -41,8 +41,14 @@ MODULES = ("clipsep.cli", "torch", "open_clip", "mlflow", "onnxruntime")
 def import_seconds(module: str) -> dict[str, float]:
     """Cumulative import seconds of ``module`` and of every package imported on the way (at any
     depth: each is imported once, where it is first needed)."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                          capture_output=True, text=True, check=True, cwd=REPO, env=child_env())
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env=child_env(),
+    )
     seconds: dict[str, float] = {}
     for line in done.stderr.splitlines():
         fields = line.split("|")
@@ -57,9 +63,11 @@ def import_table(repeats: int = 3) -> None:
     for module in MODULES:
         runs = [import_seconds(module) for _ in range(repeats)]
         total = statistics.median(run.get(module, float("nan")) for run in runs)
-        heavy = {name: statistics.median(run.get(name, 0.0) for run in runs)
-                 for name in ("torch", "open_clip", "mlflow", "onnxruntime", "scipy", "pandas")
-                 if name != module and any(name in run for run in runs)}
+        heavy = {
+            name: statistics.median(run.get(name, 0.0) for run in runs)
+            for name in ("torch", "open_clip", "mlflow", "onnxruntime", "scipy", "pandas")
+            if name != module and any(name in run for run in runs)
+        }
         pulled = ", ".join(f"{k} {v:.2f}" for k, v in heavy.items() if v > 0.05) or "none"
         print(f"| {module} | {total:.2f} | {pulled} |", flush=True)
 
@@ -81,20 +89,39 @@ def register(checkpoint: Path, clip: Path, work: Path) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(work / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.pyfunc.log_model(name="model", python_model=ClipSepPyfunc(),
-                                       artifacts={"checkpoint": str(checkpoint),
-                                                  "clip_weights": str(clip)},
-                                       registered_model_name="clipsep")
-    MlflowClient(uri).set_registered_model_alias("clipsep", "champion",
-                                                 info.registered_model_version)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ClipSepPyfunc(),
+            artifacts={"checkpoint": str(checkpoint), "clip_weights": str(clip)},
+            registered_model_name="clipsep",
+        )
+    MlflowClient(uri).set_registered_model_alias(
+        "clipsep", "champion", info.registered_model_version
+    )
     return uri
 
 
-def separate_once(model: str, wav: Path, out: Path, env: dict[str, str],
-                  overrides: list[str]) -> float:
-    command = [sys.executable, "-m", "clipsep.cli", "separate", str(wav), "--query", "cello",
-               "--model", model, "--out", str(out), "--params", str(REPO / "params.yaml"),
-               "--set", "separate.device=cpu", *[f for o in overrides for f in ("--set", o)]]
+def separate_once(
+    model: str, wav: Path, out: Path, env: dict[str, str], overrides: list[str]
+) -> float:
+    command = [
+        sys.executable,
+        "-m",
+        "clipsep.cli",
+        "separate",
+        str(wav),
+        "--query",
+        "cello",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--params",
+        str(REPO / "params.yaml"),
+        "--set",
+        "separate.device=cpu",
+        *[f for o in overrides for f in ("--set", o)],
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
@@ -106,8 +133,9 @@ def separate_once(model: str, wav: Path, out: Path, env: dict[str, str],
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="input length (44.1 kHz stereo)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs per case after the first")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per case after the first"
+    )
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--skip-imports", action="store_true")
     args = parser.parse_args()
@@ -115,8 +143,10 @@ def main() -> int:
     from clipsep.precision import cpu_model_name
 
     preset = load_params(REPO / "params.yaml").model.preset
-    print(f"{cpu_model_name()}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}; "
-          f"{args.seconds}-s 44.1 kHz stereo input; preset {preset}")
+    print(
+        f"{cpu_model_name()}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}; "
+        f"{args.seconds}-s 44.1 kHz stereo input; preset {preset}"
+    )
     if not args.skip_imports:
         import_table()
     with tempfile.TemporaryDirectory(prefix="clipsep-bench-cli-") as tmp:
@@ -127,8 +157,9 @@ def main() -> int:
         print(f"| case | first run s | median of {args.repeats} later runs s | runs |")
         print("|---|---|---|---|")
         for case in args.cases.split(","):
-            env = child_env(TMPDIR=str(work / f"tmp-{case}"),
-                            XDG_CACHE_HOME=str(work / f"cache-{case}"))
+            env = child_env(
+                TMPDIR=str(work / f"tmp-{case}"), XDG_CACHE_HOME=str(work / f"cache-{case}")
+            )
             os.makedirs(env["TMPDIR"], exist_ok=True)
             model, overrides = str(checkpoint), []
             if case == "registry":
@@ -136,10 +167,15 @@ def main() -> int:
                 model = "models:/clipsep@champion"
             elif case == "path+onnx":
                 overrides = ["separate.engine=onnx"]
-            runs = [separate_once(model, wav, work / "out", env, overrides)
-                    for _ in range(args.repeats + 1)]
-            print(f"| {case} | {runs[0]:.1f} | {statistics.median(runs[1:]):.1f} | "
-                  f"{' '.join(f'{r:.1f}' for r in runs)} |", flush=True)
+            runs = [
+                separate_once(model, wav, work / "out", env, overrides)
+                for _ in range(args.repeats + 1)
+            ]
+            print(
+                f"| {case} | {runs[0]:.1f} | {statistics.median(runs[1:]):.1f} | "
+                f"{' '.join(f'{r:.1f}' for r in runs)} |",
+                flush=True,
+            )
     return 0
 
 

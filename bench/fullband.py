@@ -47,8 +47,11 @@ def test_videos(world: Path) -> list[tuple[Path, str]]:
     """(video path, label) of the world's single-label test videos."""
     with open(world / "ground_truth.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return [(world / "videos" / r["video"], r["labels"]) for r in rows
-            if r["split"] == "test" and ";" not in r["labels"] and "|" not in r["labels"]]
+    return [
+        (world / "videos" / r["video"], r["labels"])
+        for r in rows
+        if r["split"] == "test" and ";" not in r["labels"] and "|" not in r["labels"]
+    ]
 
 
 def window(path: Path, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -59,8 +62,8 @@ def window(path: Path, seconds: float, rng: np.random.Generator) -> tuple[np.nda
     mono = wave.astype(np.float64).mean(axis=0)
     n = int(round(seconds * rate))
     start = int(rng.integers(0, max(1, mono.size - n)))
-    cut = mono[start:start + n]
-    return cut / max(np.sqrt(np.mean(cut ** 2)), 1e-9), rate
+    cut = mono[start : start + n]
+    return cut / max(np.sqrt(np.mean(cut**2)), 1e-9), rate
 
 
 def make_cases(world: Path, pairs: int, seconds: float, seed: int) -> list[dict]:
@@ -93,13 +96,14 @@ def high_pass(wave: np.ndarray, rate: int, cutoff: float) -> np.ndarray:
 
 def plain_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     error = float(np.sum((reference - estimate) ** 2))
-    return 10.0 * math.log10(float(np.sum(reference ** 2)) / max(error, 1e-20))
+    return 10.0 * math.log10(float(np.sum(reference**2)) / max(error, 1e-20))
 
 
 def share_db(part: np.ndarray, whole: np.ndarray) -> float:
     """Energy of ``part`` re ``whole`` in dB (-200 for silence)."""
-    return 10.0 * math.log10(max(float(np.sum(part ** 2)), 1e-20) / max(float(np.sum(whole ** 2)),
-                                                                       1e-20))
+    return 10.0 * math.log10(
+        max(float(np.sum(part**2)), 1e-20) / max(float(np.sum(whole**2)), 1e-20)
+    )
 
 
 def scores(case: dict, estimate: np.ndarray, cutoff: float, museval: bool) -> dict:
@@ -107,8 +111,11 @@ def scores(case: dict, estimate: np.ndarray, cutoff: float, museval: bool) -> di
 
     s, rate = case["source"], case["rate"]
     high_s, high_e = high_pass(s, rate, cutoff), high_pass(estimate, rate, cutoff)
-    row = {"sdr": plain_sdr(s, estimate), "sdr_high": plain_sdr(high_s, high_e),
-           "share_high": share_db(high_e, estimate)}
+    row = {
+        "sdr": plain_sdr(s, estimate),
+        "sdr_high": plain_sdr(high_s, high_e),
+        "share_high": share_db(high_e, estimate),
+    }
     if museval:
         references = np.stack([s, case["mixture"] - s])
         estimates = np.stack([estimate, case["mixture"] - estimate])
@@ -121,7 +128,7 @@ def band_limited_truth(source: np.ndarray, rate: int, model_rate: int) -> np.nda
     from clipsep.inference import resample
 
     down = resample(source[None].astype(np.float32), rate, model_rate)
-    return resample(down, model_rate, rate)[0, :source.size].astype(np.float64)
+    return resample(down, model_rate, rate)[0, : source.size].astype(np.float64)
 
 
 def cached_stems_segment(separator):
@@ -168,8 +175,10 @@ def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: boo
         bound = estimates["residual (band-limited, before)"] + true_high
         results[BOUND_ROW].append(scores(case, bound, cutoff, museval))
         truth_share.append(share_db(high_pass(case["source"], rate, cutoff), case["source"]))
-        print(f"case {i + 1}/{len(cases)} ({case['label']}): "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"case {i + 1}/{len(cases)} ({case['label']}): {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
     inference.TOP_BAND = 0.25
     return {"rows": results, "truth_share_high": truth_share}
 
@@ -179,13 +188,20 @@ def table(evaluation: dict) -> str:
 
     def cell(values):
         s = summarize(values)
-        return "n/a" if s["mean"] is None else \
-            f"{s['mean']:.2f} ± {s['sem']:.2f} ({s['median']:.2f})"
+        return (
+            "n/a" if s["mean"] is None else f"{s['mean']:.2f} ± {s['sem']:.2f} ({s['median']:.2f})"
+        )
 
-    columns = [("SDR full band, dB", "sdr"), ("SDR > 8 kHz, dB", "sdr_high"),
-               ("museval v4 SDR, dB", "museval_sdr"), ("energy > 8 kHz re all, dB", "share_high")]
-    lines = ["| estimate | " + " | ".join(c[0] for c in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
+    columns = [
+        ("SDR full band, dB", "sdr"),
+        ("SDR > 8 kHz, dB", "sdr_high"),
+        ("museval v4 SDR, dB", "museval_sdr"),
+        ("energy > 8 kHz re all, dB", "share_high"),
+    ]
+    lines = [
+        "| estimate | " + " | ".join(c[0] for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     for name, rows in evaluation["rows"].items():
         cells = [cell([r[key] for r in rows if key in r]) for _, key in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -211,8 +227,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cases = make_cases(Path(args.world), args.pairs, args.seconds, args.seed)
     evaluation = evaluate(cases, args.checkpoint, args.clip_weights, args.museval)
-    print(f"\n{len(cases)} cases ({args.pairs} mixtures of 2 test videos, {args.seconds:g} s, "
-          f"0 dB, {cases[0]['rate']} Hz), mean ± s.e.m. (median):\n")
+    print(
+        f"\n{len(cases)} cases ({args.pairs} mixtures of 2 test videos, {args.seconds:g} s, "
+        f"0 dB, {cases[0]['rate']} Hz), mean ± s.e.m. (median):\n"
+    )
     print(table(evaluation))
     if args.json:
         Path(args.json).write_text(json.dumps(evaluation, indent=1))

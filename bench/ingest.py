@@ -38,8 +38,12 @@ FFMPEG = "/usr/bin/ffmpeg"
 def make_videos(folder: Path, count: int, seconds: float, size: int, fps: int) -> list[Path]:
     import media_factory
 
-    specs = [media_factory.VideoSpec(seconds=seconds, size=(size, size), fps=fps, seed=i,
-                                     tone_hz=220 + 20 * i) for i in range(count)]
+    specs = [
+        media_factory.VideoSpec(
+            seconds=seconds, size=(size, size), fps=fps, seed=i, tone_hz=220 + 20 * i
+        )
+        for i in range(count)
+    ]
     return [media_factory.write_video(folder / f"v{i:03d}.mp4", s) for i, s in enumerate(specs)]
 
 
@@ -53,8 +57,10 @@ def run_project(videos_dir: Path, out_dir: Path, workers: int, profile: str | No
     started = time.perf_counter()
     summary = ingest_folder(videos_dir, out_dir, cfg)
     elapsed = time.perf_counter() - started
-    print(f"    ({summary['clips']} clips, {summary['quarantined']} quarantined, "
-          f"frame_size {cfg.frame_size})")
+    print(
+        f"    ({summary['clips']} clips, {summary['quarantined']} quarantined, "
+        f"frame_size {cfg.frame_size})"
+    )
     return elapsed
 
 
@@ -86,8 +92,9 @@ def resize_center_crop(path: Path, size: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=16, help="number of videos to make")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each made video")
     parser.add_argument("--size", type=int, default=128, help="made videos are SIZE x SIZE pixels")
@@ -121,19 +128,24 @@ def report(videos_dir: Path, videos: list[Path], work: Path, args: argparse.Name
     for repeat in range(args.repeats):  # interleaved: a loaded machine's slow spells hit all three
         print(f"repeat {repeat + 1}/{args.repeats}")
         print("(a) clipsep ingest_folder, worker processes:")
-        project.append(run_project(videos_dir, work / f"clips_a{repeat}", args.workers,
-                                   args.profile))
+        project.append(
+            run_project(videos_dir, work / f"clips_a{repeat}", args.workers, args.profile)
+        )
         print("(b) paper recipe: ffmpeg wav + ffmpeg -r 1 jpg + PIL resize/centre-crop, sequential")
         recipe.append(run_recipe(videos, work / f"recipe{repeat}", frame_size))
         print("(c) clipsep ingest_folder, one process:")
         single.append(run_project(videos_dir, work / f"clips_c{repeat}", 1, args.profile))
     project, recipe, single = min(project), min(recipe), min(single)
-    rows = [("(a) clipsep, %d workers" % args.workers, project), ("(b) two-ffmpeg recipe", recipe),
-            ("(c) clipsep, 1 process", single)]
+    rows = [
+        ("(a) clipsep, %d workers" % args.workers, project),
+        ("(b) two-ffmpeg recipe", recipe),
+        ("(c) clipsep, 1 process", single),
+    ]
     for name, seconds in rows:
         print(f"{name:28s} {seconds:7.2f} s  {count / seconds:7.2f} videos/s")
-    print(f"ratio a/b: {recipe / project:.2f}x   ratio c/b: {recipe / single:.2f}x   "
-          "(goal a/b >= 3x)")
+    print(
+        f"ratio a/b: {recipe / project:.2f}x   ratio c/b: {recipe / single:.2f}x   (goal a/b >= 3x)"
+    )
 
 
 if __name__ == "__main__":

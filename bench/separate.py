@@ -76,8 +76,13 @@ def make_checkpoint(preset: str, folder: Path) -> Path:
     model_cfg = type(default.model)(preset=preset, nit=default.model.nit)
     network = build_model(model_cfg, encoder.embed_dim)
     reference = {**encoder.reference(), "pretrained": str(clip_path)}
-    return save_checkpoint(folder / f"{preset}.pt", network, model_cfg=model_cfg,
-                           audio_cfg=default.audio, query=reference)
+    return save_checkpoint(
+        folder / f"{preset}.pt",
+        network,
+        model_cfg=model_cfg,
+        audio_cfg=default.audio,
+        query=reference,
+    )
 
 
 FORWARD_VARIANTS = ("eager", "channels_last", "compile", "onnxruntime")
@@ -115,8 +120,9 @@ def forward_once(network, name: str, mag, queries):
         return network(mag, queries, with_noise=False).mask_logits
 
 
-def bench_forward(preset: str, checkpoint: Path, work: Path, names: list[str],
-                  rounds: int) -> list[dict]:
+def bench_forward(
+    preset: str, checkpoint: Path, work: Path, names: list[str], rounds: int
+) -> list[dict]:
     """Median forward seconds per variant (interleaved rounds) and each one's set-up time (the
     first call included: that is when torch.compile compiles)."""
     import torch
@@ -131,8 +137,9 @@ def bench_forward(preset: str, checkpoint: Path, work: Path, names: list[str],
         start = time.perf_counter()
         for _ in range(2):  # warm-up (compile happens in the first)
             out = forward_once(entry[0], name, mag, queries)
-        entry[1] += (time.perf_counter() - start) / 2 if name != "compile" else \
-            time.perf_counter() - start
+        entry[1] += (
+            (time.perf_counter() - start) / 2 if name != "compile" else time.perf_counter() - start
+        )
         diffs[name] = float((out - reference).abs().max())
     times = {name: [] for name in made}
     for _ in range(rounds):
@@ -141,9 +148,17 @@ def bench_forward(preset: str, checkpoint: Path, work: Path, names: list[str],
             forward_once(network, name, mag, queries)
             times[name].append(time.perf_counter() - start)
     eager = statistics.median(times["eager"])
-    return [{"preset": preset, "variant": name, "forward_s": statistics.median(times[name]),
-             "speedup": eager / statistics.median(times[name]), "setup_s": made[name][1],
-             "max_abs_diff": diffs[name]} for name in made]
+    return [
+        {
+            "preset": preset,
+            "variant": name,
+            "forward_s": statistics.median(times[name]),
+            "speedup": eager / statistics.median(times[name]),
+            "setup_s": made[name][1],
+            "max_abs_diff": diffs[name],
+        }
+        for name in made
+    ]
 
 
 def machine_line(threads: int) -> str:
@@ -152,15 +167,19 @@ def machine_line(threads: int) -> str:
     from clipsep.precision import cpu_model_name, resolve_precision
 
     auto = resolve_precision("auto", "cpu")
-    return (f"{cpu_model_name()}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
-            f"{torch.__version__}; {threads} threads; precision auto -> {auto.mode} "
-            f"({auto.reason})")
+    return (
+        f"{cpu_model_name()}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
+        f"{torch.__version__}; {threads} threads; precision auto -> {auto.mode} "
+        f"({auto.reason})"
+    )
 
 
 def forward_part(presets: list[str], work: Path, args) -> list[dict]:
     names = ["eager", *[v for v in args.variants.split(",") if v != "eager"]]
-    print(f"forward of one 4.1-s segment ([1, 1, 256, 256] + 1 query [1, 1, D]), fp32, median of "
-          f"{args.rounds} interleaved rounds; ratios against eager NCHW of the same preset")
+    print(
+        f"forward of one 4.1-s segment ([1, 1, 256, 256] + 1 query [1, 1, D]), fp32, median of "
+        f"{args.rounds} interleaved rounds; ratios against eager NCHW of the same preset"
+    )
     print("| preset | variant | forward ms | vs eager | set-up s | max abs diff |")
     print("|---|---|---|---|---|---|")
     rows = []
@@ -168,15 +187,19 @@ def forward_part(presets: list[str], work: Path, args) -> list[dict]:
         checkpoint = make_checkpoint(preset, work)
         for row in bench_forward(preset, checkpoint, work, names, args.rounds):
             setup = {"compile": "compile ", "onnxruntime": "export "}.get(row["variant"], "")
-            print(f"| {preset} | {row['variant']} | {1000 * row['forward_s']:.1f} | "
-                  f"{row['speedup']:.2f}x | {setup}{row['setup_s']:.1f} | "
-                  f"{row['max_abs_diff']:.1e} |", flush=True)
+            print(
+                f"| {preset} | {row['variant']} | {1000 * row['forward_s']:.1f} | "
+                f"{row['speedup']:.2f}x | {setup}{row['setup_s']:.1f} | "
+                f"{row['max_abs_diff']:.1e} |",
+                flush=True,
+            )
             rows.append(row)
     return rows
 
 
-def run_case(checkpoint: str, wav: str, out_dir: str, threads: int, engine: str,
-             n_queries: int = 1) -> None:
+def run_case(
+    checkpoint: str, wav: str, out_dir: str, threads: int, engine: str, n_queries: int = 1
+) -> None:
     """Child process: separate one file with 1 query (``target``) or ``n_queries`` in one pass;
     print a JSON line with timings and peak RSS."""
     import torch
@@ -193,44 +216,65 @@ def run_case(checkpoint: str, wav: str, out_dir: str, threads: int, engine: str,
         separator.separate_file(wav, out_dir, queries=THREE_QUERIES[:n_queries])
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"wall_s": wall, "peak_rss_mb": peak / 1024,
-                      "loaded_rss_mb": loaded_rss / 1024}))
+    print(
+        json.dumps({"wall_s": wall, "peak_rss_mb": peak / 1024, "loaded_rss_mb": loaded_rss / 1024})
+    )
 
 
-def measure(checkpoint: Path, seconds: int, work: Path, threads: int, engine: str = "torch",
-            n_queries: int = 1) -> dict:
+def measure(
+    checkpoint: Path,
+    seconds: int,
+    work: Path,
+    threads: int,
+    engine: str = "torch",
+    n_queries: int = 1,
+) -> dict:
     wav = work / f"input-{seconds}s.wav"
     if not wav.exists():
         write_test_file(wav, seconds)
-    command = [sys.executable, __file__, "_case", str(checkpoint), str(wav), str(work / "out"),
-               str(threads), engine, str(n_queries)]
+    command = [
+        sys.executable,
+        __file__,
+        "_case",
+        str(checkpoint),
+        str(wav),
+        str(work / "out"),
+        str(threads),
+        engine,
+        str(n_queries),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"case failed ({checkpoint.name}, {engine}, {seconds} s):\n"
-                         f"{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"case failed ({checkpoint.name}, {engine}, {seconds} s):\n{done.stderr[-3000:]}"
+        )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {**result, "seconds": seconds, "engine": engine, "rtf": result["wall_s"] / seconds}
 
 
-def compare_queries(checkpoint: Path, preset: str, seconds: int, work: Path,
-                    threads: int) -> bool:
+def compare_queries(checkpoint: Path, preset: str, seconds: int, work: Path, threads: int) -> bool:
     """Print the wall time of 3 queries in one pass against 1 query; True within the bound."""
-    runs = {n: [measure(checkpoint, seconds, work, threads, n_queries=n)["wall_s"]
-                for _ in range(2)]
-            for n in (1, 3)}  # the faster of two runs: a shared machine's noise only adds time
+    runs = {
+        n: [measure(checkpoint, seconds, work, threads, n_queries=n)["wall_s"] for _ in range(2)]
+        for n in (1, 3)
+    }  # the faster of two runs: a shared machine's noise only adds time
     one, three = min(runs[1]), min(runs[3])
     ratio = three / one
-    print(f"  {preset}: {seconds} s with 1 query {one:.1f} s, 3 queries {three:.1f} s = "
-          f"{ratio:.2f}x ({'ok' if ratio <= MAX_QUERY_RATIO else 'OVER'} <= {MAX_QUERY_RATIO}x)",
-          flush=True)
+    print(
+        f"  {preset}: {seconds} s with 1 query {one:.1f} s, 3 queries {three:.1f} s = "
+        f"{ratio:.2f}x ({'ok' if ratio <= MAX_QUERY_RATIO else 'OVER'} <= {MAX_QUERY_RATIO}x)",
+        flush=True,
+    )
     return ratio <= MAX_QUERY_RATIO
 
 
 def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
     durations = [int(d) for d in args.durations.split(",")]
     results, ok = [], True
-    print(f"{'preset':<10}{'engine':<8}{'audio':>8}{'wall s':>9}{'RTF':>8}{'peak RSS MB':>13}"
-          f"{'after load':>12}")
+    print(
+        f"{'preset':<10}{'engine':<8}{'audio':>8}{'wall s':>9}{'RTF':>8}{'peak RSS MB':>13}"
+        f"{'after load':>12}"
+    )
     for preset in presets:
         checkpoint = make_checkpoint(preset, work)
         for engine in args.engines.split(","):
@@ -243,13 +287,18 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
             for seconds in durations:
                 row = {"preset": preset, **measure(model, seconds, work, args.threads, engine)}
                 rows.append(row)
-                print(f"{preset:<10}{engine:<8}{seconds:>7}s{row['wall_s']:>9.1f}"
-                      f"{row['rtf']:>8.3f}{row['peak_rss_mb']:>13.0f}"
-                      f"{row['loaded_rss_mb']:>12.0f}", flush=True)
+                print(
+                    f"{preset:<10}{engine:<8}{seconds:>7}s{row['wall_s']:>9.1f}"
+                    f"{row['rtf']:>8.3f}{row['peak_rss_mb']:>13.0f}"
+                    f"{row['loaded_rss_mb']:>12.0f}",
+                    flush=True,
+                )
             ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
             ok &= ratio <= MAX_RSS_RATIO
-            print(f"  peak RSS {durations[-1]} s / {durations[0]} s = {ratio:.2f}x "
-                  f"({'ok' if ratio <= MAX_RSS_RATIO else 'OVER'} <= {MAX_RSS_RATIO}x)")
+            print(
+                f"  peak RSS {durations[-1]} s / {durations[0]} s = {ratio:.2f}x "
+                f"({'ok' if ratio <= MAX_RSS_RATIO else 'OVER'} <= {MAX_RSS_RATIO}x)"
+            )
             results.extend(rows)
         if args.query_seconds:
             ok &= compare_queries(checkpoint, preset, args.query_seconds, work, args.threads)
@@ -259,15 +308,25 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("forward", "rtf", "all"), default="all")
-    parser.add_argument("--presets", default="small,cpu",
-                        help="presets, comma-separated ('default' = params.yaml's)")
-    parser.add_argument("--variants", default=",".join(FORWARD_VARIANTS),
-                        help=f"forward variants (of {', '.join(FORWARD_VARIANTS)})")
+    parser.add_argument(
+        "--presets",
+        default="small,cpu",
+        help="presets, comma-separated ('default' = params.yaml's)",
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(FORWARD_VARIANTS),
+        help=f"forward variants (of {', '.join(FORWARD_VARIANTS)})",
+    )
     parser.add_argument("--rounds", type=int, default=20, help="timed forwards per variant")
     parser.add_argument("--durations", default="10,60,600", help="rtf: seconds, comma-separated")
     parser.add_argument("--engines", default="torch,onnx", help="rtf: separate.engine values")
-    parser.add_argument("--query-seconds", type=int, default=60,
-                        help="rtf: length of the 3-queries-vs-1 comparison (0 skips it)")
+    parser.add_argument(
+        "--query-seconds",
+        type=int,
+        default=60,
+        help="rtf: length of the 3-queries-vs-1 comparison (0 skips it)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -293,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_case":
-        run_case(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
-                 int(sys.argv[7]))
+        run_case(
+            sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], int(sys.argv[7])
+        )
     else:
         sys.exit(main())

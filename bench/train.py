@@ -42,9 +42,16 @@ QUERY_DIM = 512  # CLIP ViT-B/32, the paper's encoder
 
 def make_trainer(preset: str, variant: str, batch_size: int, device: str) -> Trainer:
     precision, channels_last, compiled = VARIANTS[variant]
-    params = load_params(REPO / "params.yaml", overrides={
-        "model.preset": preset, "train.precision": precision, "train.channels_last": channels_last,
-        "train.batch_size": batch_size, "train.device": device})
+    params = load_params(
+        REPO / "params.yaml",
+        overrides={
+            "model.preset": preset,
+            "train.precision": precision,
+            "train.channels_last": channels_last,
+            "train.batch_size": batch_size,
+            "train.device": device,
+        },
+    )
     trainer = build_trainer(params, QUERY_DIM, device, Dist())
     if compiled:
         trainer.model = torch.compile(trainer.model)
@@ -55,9 +62,11 @@ def random_batch(trainer: Trainer) -> MixBatch:
     generator = torch.Generator().manual_seed(0)
     p = trainer.params
     shape = (p.train.batch_size, p.train.n_mix, p.audio.segment_samples)
-    return MixBatch(sources=0.1 * torch.randn(shape, generator=generator),
-                    queries=torch.randn(p.train.batch_size, p.train.n_mix, QUERY_DIM,
-                                        generator=generator), clip_ids=[])
+    return MixBatch(
+        sources=0.1 * torch.randn(shape, generator=generator),
+        queries=torch.randn(p.train.batch_size, p.train.n_mix, QUERY_DIM, generator=generator),
+        clip_ids=[],
+    )
 
 
 def timed_step(trainer: Trainer, batch: MixBatch) -> float:
@@ -99,8 +108,12 @@ def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["small", "cpu"])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=["fp32", "channels_last", "bf16+channels_last"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=["fp32", "channels_last", "bf16+channels_last"],
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4, help="timed steps per variant")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -108,14 +121,21 @@ def main() -> None:
     parser.add_argument("--force-bf16", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device_name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-                   else cpu_model_name())
+    device_name = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else cpu_model_name()
+    )
     auto = resolve_precision("auto", args.device)
-    print(f"{device_name}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
-          f"{torch.__version__}; {args.threads} threads; precision auto -> {auto.mode} "
-          f"({auto.reason})")
-    print(f"batch {args.batch_size}, 256 frames, median of {args.rounds} interleaved steps; "
-          "ratios against eager fp32 of the same preset")
+    print(
+        f"{device_name}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
+        f"{torch.__version__}; {args.threads} threads; precision auto -> {auto.mode} "
+        f"({auto.reason})"
+    )
+    print(
+        f"batch {args.batch_size}, 256 frames, median of {args.rounds} interleaved steps; "
+        "ratios against eager fp32 of the same preset"
+    )
     variants = usable(args.variants, args.device, args.force_bf16)
     baseline = None
     print(f"| preset | variant | s/step | first step s | vs {args.presets[0]} fp32 | vs own fp32 |")
@@ -125,8 +145,11 @@ def main() -> None:
         own = results["fp32"][0]
         baseline = baseline or own
         for variant, (seconds, first) in results.items():
-            print(f"| {preset} | {variant} | {seconds:.3f} | {first:.1f} | "
-                  f"{baseline / seconds:.2f}x | {own / seconds:.2f}x |", flush=True)
+            print(
+                f"| {preset} | {variant} | {seconds:.3f} | {first:.1f} | "
+                f"{baseline / seconds:.2f}x | {own / seconds:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

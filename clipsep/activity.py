@@ -62,8 +62,11 @@ class ActivityMeter:
     def ratio_db(self, smoothing_s: float) -> np.ndarray:
         """Smoothed stem-to-mixture energy ratio ``[N, frames]`` in dB."""
         width = max(1, round(smoothing_s * self.sample_rate / self.frame))
-        stems = np.stack([_moving_sum(e, width) for e in self.stem_energy]) \
-            if len(self.names) else self.stem_energy
+        stems = (
+            np.stack([_moving_sum(e, width) for e in self.stem_energy])
+            if len(self.names)
+            else self.stem_energy
+        )
         return 10.0 * np.log10((stems + TINY) / (_moving_sum(self.mix_energy, width) + TINY))
 
     def segments(self, settings) -> dict[str, list[Segment]]:
@@ -72,11 +75,16 @@ class ActivityMeter:
         width = max(1, round(settings.activity_smoothing_s * self.sample_rate / self.frame))
         samples = np.minimum(self.frame, self.frames - np.arange(self.mix_energy.size) * self.frame)
         level = _moving_sum(self.mix_energy, width) / np.maximum(
-            _moving_sum(samples.astype(np.float64), width) * self.mix_channels, 1.0)
+            _moving_sum(samples.astype(np.float64), width) * self.mix_channels, 1.0
+        )
         loud = 10.0 * np.log10(level + TINY) > settings.activity_floor_db
         min_frames = math.ceil(settings.activity_min_s * self.sample_rate / self.frame)
-        return {name: self._runs((ratio[q] > settings.activity_threshold_db) & loud, ratio[q],
-                                 min_frames) for q, name in enumerate(self.names)}
+        return {
+            name: self._runs(
+                (ratio[q] > settings.activity_threshold_db) & loud, ratio[q], min_frames
+            )
+            for q, name in enumerate(self.names)
+        }
 
     def _runs(self, active: np.ndarray, ratio: np.ndarray, min_frames: int) -> list[Segment]:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
@@ -84,14 +92,17 @@ class ActivityMeter:
         for first, stop in zip(edges[::2], edges[1::2]):
             if stop - first >= min_frames:
                 end = min(stop * self.frame, self.frames)
-                found.append(Segment(round(float(first * self.frame / self.sample_rate), 3),
-                                     round(float(end / self.sample_rate), 3),
-                                     round(float(ratio[first:stop].mean()), 2)))
+                found.append(
+                    Segment(
+                        round(float(first * self.frame / self.sample_rate), 3),
+                        round(float(end / self.sample_rate), 3),
+                        round(float(ratio[first:stop].mean()), 2),
+                    )
+                )
         return found
 
 
-def activity(stem: np.ndarray, mixture: np.ndarray, sample_rate: int,
-             settings) -> list[Segment]:
+def activity(stem: np.ndarray, mixture: np.ndarray, sample_rate: int, settings) -> list[Segment]:
     """Segments where ``stem`` (``[L]`` or ``[C, L]``) sounds in ``mixture`` (same shape)."""
     stem2, mix2 = np.atleast_2d(stem), np.atleast_2d(mixture)
     meter = ActivityMeter(["stem"], sample_rate, settings.activity_frame_s)

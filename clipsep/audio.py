@@ -50,16 +50,25 @@ def stft(wave: torch.Tensor, cfg: AudioConfig | None = None) -> torch.Tensor:
     if wave.shape[-1] < n_fft // 2 + 1:
         raise BadInputError(f"waveform of {wave.shape[-1]} samples is too short for n_fft={n_fft}")
     window = torch.hann_window(n_fft, device=wave.device, dtype=wave.dtype)
-    return torch.stft(wave, n_fft, hop_length=hop, window=window, center=True,
-                      pad_mode="constant", return_complex=True)
+    return torch.stft(
+        wave,
+        n_fft,
+        hop_length=hop,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
 
 
-def istft(spec: torch.Tensor, length: int | None = None,
-          cfg: AudioConfig | None = None) -> torch.Tensor:
+def istft(
+    spec: torch.Tensor, length: int | None = None, cfg: AudioConfig | None = None
+) -> torch.Tensor:
     """Inverse of :func:`stft`: complex ``[B, F, T] -> [B, length]`` (default ``hop * (T - 1)``)."""
     if spec.dim() != 3 or not spec.is_complex():
-        raise BadInputError(f"istft expects a complex [B, F, T] tensor, got {tuple(spec.shape)} "
-                            f"{spec.dtype}")
+        raise BadInputError(
+            f"istft expects a complex [B, F, T] tensor, got {tuple(spec.shape)} {spec.dtype}"
+        )
     n_fft, hop = _fft_sizes(cfg)
     window = torch.hann_window(n_fft, device=spec.device, dtype=spec.real.dtype)
     return torch.istft(spec, n_fft, hop_length=hop, window=window, center=True, length=length)
@@ -72,7 +81,7 @@ def n_frames(samples: int, cfg: AudioConfig | None = None) -> int:
 
 def pad_frames(frames: int, depth: int) -> int:
     """Smallest frame count >= ``frames`` divisible by ``2**depth`` (what the U-Net needs)."""
-    step = 2 ** depth
+    step = 2**depth
     return -(-frames // step) * step
 
 
@@ -83,7 +92,7 @@ def warp_positions(n_freq: int, bins: int) -> torch.Tensor:
     normalised to index coordinates: f(i) = (F-1)/20 * (21^(i/(bins-1)) - 1).
     """
     rows = torch.linspace(0.0, 1.0, bins, dtype=torch.float64)
-    return (n_freq - 1) / (WARP_BASE - 1) * (WARP_BASE ** rows - 1)
+    return (n_freq - 1) / (WARP_BASE - 1) * (WARP_BASE**rows - 1)
 
 
 def unwarp_positions(n_freq: int, bins: int) -> torch.Tensor:
@@ -106,8 +115,9 @@ def _interpolation_matrix(positions: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _warp_matrix(n_freq: int, bins: int, inverse: bool, device: torch.device,
-                 dtype: torch.dtype) -> torch.Tensor:
+def _warp_matrix(
+    n_freq: int, bins: int, inverse: bool, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     if inverse:
         matrix = _interpolation_matrix(unwarp_positions(n_freq, bins), bins)
     else:
@@ -128,8 +138,9 @@ def warp(mag: torch.Tensor, bins: int = 256) -> torch.Tensor:
         raise BadInputError(f"warp expects [B, C, F, T], got shape {tuple(mag.shape)}")
     n_freq = mag.shape[2]
     if n_freq < 2 or bins < 2:
-        raise BadInputError(f"warp needs at least 2 frequency bins and 2 rows, got F={n_freq}, "
-                            f"bins={bins}")
+        raise BadInputError(
+            f"warp needs at least 2 frequency bins and 2 rows, got F={n_freq}, bins={bins}"
+        )
     matrix = _warp_matrix(n_freq, bins, False, mag.device, mag.dtype)
     return _apply_rows(mag, matrix)
 
@@ -140,8 +151,9 @@ def unwarp(x: torch.Tensor, n_freq: int) -> torch.Tensor:
         raise BadInputError(f"unwarp expects [B, C, bins, T], got shape {tuple(x.shape)}")
     bins = x.shape[2]
     if n_freq < 2 or bins < 2:
-        raise BadInputError(f"unwarp needs at least 2 rows and 2 bins, got bins={bins}, "
-                            f"n_freq={n_freq}")
+        raise BadInputError(
+            f"unwarp needs at least 2 rows and 2 bins, got bins={bins}, n_freq={n_freq}"
+        )
     matrix = _warp_matrix(n_freq, bins, True, x.device, x.dtype)
     return _apply_rows(x, matrix)
 
@@ -181,7 +193,9 @@ def loss_weight(mix_warped: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(sources: torch.Tensor, mix: torch.Tensor) -> None:
     if sources.dim() != 4 or mix.dim() != 4 or mix.shape[1] != 1:
-        raise BadInputError(f"expected sources [B, N, W, T] and mix [B, 1, W, T], got "
-                            f"{tuple(sources.shape)} and {tuple(mix.shape)}")
+        raise BadInputError(
+            f"expected sources [B, N, W, T] and mix [B, 1, W, T], got "
+            f"{tuple(sources.shape)} and {tuple(mix.shape)}"
+        )
     if sources.shape[0] != mix.shape[0] or sources.shape[2:] != mix.shape[2:]:
         raise BadInputError(f"sources {tuple(sources.shape)} and mix {tuple(mix.shape)} disagree")

@@ -126,8 +126,9 @@ def read_audio(path: str | Path, notes: list[str] | None = None) -> tuple[np.nda
     return np.concatenate([b for b, _ in blocks], axis=1), rate
 
 
-def iter_audio_blocks(path: str | Path,
-                      notes: list[str] | None = None) -> Iterator[tuple[np.ndarray, int]]:
+def iter_audio_blocks(
+    path: str | Path, notes: list[str] | None = None
+) -> Iterator[tuple[np.ndarray, int]]:
     """Decode any file in order: yields (float32 ``[C, n]``, rate) blocks; at least one sample or
     BadInputError. Decoding that stops early (error or end of data before the header's length)
     keeps what was decoded and reports it through :func:`note`."""
@@ -146,8 +147,14 @@ def decode_to_wav(path: Path, out_path: Path, notes: list[str] | None = None) ->
     try:
         for block, rate in iter_audio_blocks(path, notes):
             if writer is None:
-                writer = sf.SoundFile(str(out_path), "w", samplerate=rate, channels=block.shape[0],
-                                      subtype="FLOAT", format="WAV")
+                writer = sf.SoundFile(
+                    str(out_path),
+                    "w",
+                    samplerate=rate,
+                    channels=block.shape[0],
+                    subtype="FLOAT",
+                    format="WAV",
+                )
             writer.write(block.T)
     finally:
         if writer is not None:
@@ -155,8 +162,9 @@ def decode_to_wav(path: Path, out_path: Path, notes: list[str] | None = None) ->
     return audio_info(out_path)
 
 
-def _soundfile_blocks(path: Path, info: AudioInfo,
-                      notes: list[str] | None) -> Iterator[tuple[np.ndarray, int]]:
+def _soundfile_blocks(
+    path: Path, info: AudioInfo, notes: list[str] | None
+) -> Iterator[tuple[np.ndarray, int]]:
     import soundfile as sf
 
     decoded, error = 0, None
@@ -197,8 +205,15 @@ def _frames_then_flush(container, stream):
     yield None  # flushes the resampler
 
 
-def check_decoded(name: str, decoded: int, declared: int, rate: int, notes: list[str] | None,
-                  error: Exception | None = None, slack: float = 0.0) -> None:
+def check_decoded(
+    name: str,
+    decoded: int,
+    declared: int,
+    rate: int,
+    notes: list[str] | None,
+    error: Exception | None = None,
+    slack: float = 0.0,
+) -> None:
     """After decoding ``name``: BadInputError when nothing came out; a note when the decoder
     stopped on an error, or the audio ended more than ``slack`` samples before the header's
     ``declared`` length (the decoded part is what gets used)."""
@@ -209,8 +224,11 @@ def check_decoded(name: str, decoded: int, declared: int, rate: int, notes: list
         return
     why = f"the decoder stopped: {_reason(error)}" if error is not None else "the data ends early"
     declared_text = f" of the {declared / rate:.2f} s its header declares" if declared else ""
-    note(notes, f"{name}: only {decoded / rate:.2f} s ({decoded} samples){declared_text} could "
-                f"be decoded ({why}); using the decoded part")
+    note(
+        notes,
+        f"{name}: only {decoded / rate:.2f} s ({decoded} samples){declared_text} could "
+        f"be decoded ({why}); using the decoded part",
+    )
 
 
 def _reason(error: BaseException) -> str:

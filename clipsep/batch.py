@@ -22,8 +22,26 @@ from clipsep.errors import BadInputError, ClipsepError
 log = logging.getLogger(__name__)
 
 # what a folder walk picks up (a file named explicitly may be anything PyAV opens)
-MEDIA_SUFFIXES = {".wav", ".wave", ".aiff", ".aif", ".flac", ".mp3", ".ogg", ".oga", ".opus",
-                  ".m4a", ".aac", ".wma", ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi"}
+MEDIA_SUFFIXES = {
+    ".wav",
+    ".wave",
+    ".aiff",
+    ".aif",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+    ".aac",
+    ".wma",
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
+}
 
 
 @dataclass(frozen=True)
@@ -53,12 +71,19 @@ def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
     jobs = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = [p for p in sorted(item.rglob("*")) if p.is_file()
-                     and p.suffix.lower() in MEDIA_SUFFIXES and not _inside(p, out)
-                     and not any(part.startswith(".") for part in p.relative_to(item).parts)]
+            found = [
+                p
+                for p in sorted(item.rglob("*"))
+                if p.is_file()
+                and p.suffix.lower() in MEDIA_SUFFIXES
+                and not _inside(p, out)
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            ]
             if not found:
-                raise BadInputError(f"{item}: no audio or video files in this folder "
-                                    f"(looked for {', '.join(sorted(MEDIA_SUFFIXES))})")
+                raise BadInputError(
+                    f"{item}: no audio or video files in this folder "
+                    f"(looked for {', '.join(sorted(MEDIA_SUFFIXES))})"
+                )
             jobs += [Job(p, out / p.parent.relative_to(item), False) for p in found]
         elif item.is_file():
             jobs.append(Job(item, out, True))
@@ -67,8 +92,9 @@ def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
     targets = [(job.out_dir / job.path.stem).as_posix().lower() for job in jobs]
     clashes = sorted({str(j.path) for j, t in zip(jobs, targets) if targets.count(t) > 1})
     if clashes:
-        raise BadInputError(f"inputs {clashes} would write the same output folder (same name "
-                            "stem); rename one")
+        raise BadInputError(
+            f"inputs {clashes} would write the same output folder (same name stem); rename one"
+        )
     return jobs
 
 
@@ -82,10 +108,15 @@ def expected_outputs(job: Job, names: Sequence[str], output: outputs.OutputForma
     return [job.out_dir / job.path.stem / name for name in files.values()]
 
 
-def run_jobs(separator, jobs: Sequence[Job], names: Sequence[str], overwrite: bool,
-             separate_kwargs: dict[str, Any],
-             progress: Callable[[Job], Any] | None = None,
-             describe: Callable[[Exception], str] = str) -> list[Outcome]:
+def run_jobs(
+    separator,
+    jobs: Sequence[Job],
+    names: Sequence[str],
+    overwrite: bool,
+    separate_kwargs: dict[str, Any],
+    progress: Callable[[Job], Any] | None = None,
+    describe: Callable[[Exception], str] = str,
+) -> list[Outcome]:
     """Separate every job (``separator.separate_file(path, out_dir, **separate_kwargs)``);
     ``describe`` turns a failure into its one-line message (the CLI adds its flags)."""
     output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
@@ -96,8 +127,12 @@ def run_jobs(separator, jobs: Sequence[Job], names: Sequence[str], overwrite: bo
             continue
         started = time.perf_counter()
         try:
-            result = separator.separate_file(job.path, job.out_dir, progress=progress(job)
-                                             if progress else None, **separate_kwargs)
+            result = separator.separate_file(
+                job.path,
+                job.out_dir,
+                progress=progress(job) if progress else None,
+                **separate_kwargs,
+            )
         except ClipsepError as err:
             text = describe(err)
             message = text if str(job.path) in text else f"{job.path}: {text}"
@@ -105,8 +140,12 @@ def run_jobs(separator, jobs: Sequence[Job], names: Sequence[str], overwrite: bo
             outcomes.append(Outcome(job, "failed", time.perf_counter() - started, error=message))
             continue
         if result.clipped:
-            log.warning("%s: %d sample(s) beyond full scale were clipped in the integer/MP3 "
-                        "output (--bits 32f keeps them)", job.path, result.clipped)
+            log.warning(
+                "%s: %d sample(s) beyond full scale were clipped in the integer/MP3 "
+                "output (--bits 32f keeps them)",
+                job.path,
+                result.clipped,
+            )
         outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result))
     return outcomes
 
@@ -134,16 +173,26 @@ def table(outcomes: Sequence[Outcome]) -> str:
 def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str, Any]:
     """The ``--json`` report: ``separated`` (per input: stems, residual, activity segments,
     duration, time taken), ``skipped`` and ``failed`` (per input: why), model and total seconds."""
-    report: dict[str, Any] = {"model": model, "seconds": round(seconds, 3), "separated": {},
-                              "skipped": {}, "failed": {}}
+    report: dict[str, Any] = {
+        "model": model,
+        "seconds": round(seconds, 3),
+        "separated": {},
+        "skipped": {},
+        "failed": {},
+    }
     for o in outcomes:
         if o.result is None:
             report[o.status][str(o.job.path)] = o.error
             continue
         r = o.result
         report["separated"][str(o.job.path)] = {
-            "stems": {n: str(p) for n, p in r.stems.items()}, "residual": str(r.residual),
+            "stems": {n: str(p) for n, p in r.stems.items()},
+            "residual": str(r.residual),
             "activity": {n: [list(s) for s in segs] for n, segs in r.activity.items()},
-            "duration_s": round(r.duration_s, 3), "sample_rate": r.sample_rate,
-            "channels": r.channels, "clipped_samples": r.clipped, "seconds": round(o.seconds, 3)}
+            "duration_s": round(r.duration_s, 3),
+            "sample_rate": r.sample_rate,
+            "channels": r.channels,
+            "clipped_samples": r.clipped,
+            "seconds": round(o.seconds, 3),
+        }
     return report

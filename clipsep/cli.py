@@ -60,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_export_command(sub) -> None:
     cmd = sub.add_parser("export", help="write the separator network as ONNX (+ its settings)")
     cmd.add_argument("model", metavar="MODEL", help="separator checkpoint (.pt)")
-    cmd.add_argument("out", metavar="OUT", help="output folder (separator.onnx, "
-                     "clipsep-export.json); run it with Separator.from_pretrained(OUT)")
+    cmd.add_argument(
+        "out",
+        metavar="OUT",
+        help="output folder (separator.onnx, "
+        "clipsep-export.json); run it with Separator.from_pretrained(OUT)",
+    )
     cmd.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
     cmd.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
     cmd.set_defaults(handler=export_model)
@@ -73,31 +77,60 @@ def export_model(args: argparse.Namespace) -> dict[str, Any]:
 
     folder = export_onnx(args.model, args.out, opset=args.opset)
     manifest = read_export(folder).manifest
-    return {"exported": str(folder), "format": args.format, "opset": manifest["opset"],
-            "onnx": str(folder / manifest["onnx_file"]), "inputs": manifest["shapes"]}
+    return {
+        "exported": str(folder),
+        "format": args.format,
+        "opset": manifest["opset"],
+        "onnx": str(folder / manifest["onnx_file"]),
+        "inputs": manifest["shapes"],
+    }
 
 
 def _add_separate_command(sub) -> None:
     cmd = sub.add_parser("separate", help="extract the sounds text or image queries describe")
-    cmd.add_argument("inputs", nargs="+", metavar="INPUT",
-                     help="audio (wav/flac/ogg/mp3) or video files, or folders (walked, nested)")
-    cmd.add_argument("--query", dest="queries", action="append", default=[],
-                     help="text query, e.g. 'acoustic guitar'; repeat for several stems in one "
-                     "pass (OUT/<stem>/<query>.wav each)")
+    cmd.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="audio (wav/flac/ogg/mp3) or video files, or folders (walked, nested)",
+    )
+    cmd.add_argument(
+        "--query",
+        dest="queries",
+        action="append",
+        default=[],
+        help="text query, e.g. 'acoustic guitar'; repeat for several stems in one "
+        "pass (OUT/<stem>/<query>.wav each)",
+    )
     cmd.add_argument("--image", default=None, help="image query (a picture of the sound source)")
-    cmd.add_argument("--model", default=None, help="checkpoint path or models:/NAME@ALIAS "
-                     "(default: params separate.model)")
+    cmd.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint path or models:/NAME@ALIAS (default: params separate.model)",
+    )
     cmd.add_argument("--clip-weights", default=None, help="CLIP weights replacing the stored ones")
     cmd.add_argument("--out", default="separated", help="output folder (default: separated)")
-    cmd.add_argument("--format", default="wav", choices=["wav", "flac", "mp3"],
-                     help="output format (default: wav)")
-    cmd.add_argument("--bits", default=None, choices=["16", "24", "32f"],
-                     help="bit depth: 16/24-bit PCM clip at full scale (counted and warned), 32f "
-                     "keeps everything (default: the input's PCM depth, else 32f; FLAC: 24)")
-    cmd.add_argument("--overwrite", action="store_true",
-                     help="separate again files whose outputs exist (default: skip them)")
-    cmd.add_argument("--json", action="store_true",
-                     help="print a machine-readable summary instead of the table")
+    cmd.add_argument(
+        "--format",
+        default="wav",
+        choices=["wav", "flac", "mp3"],
+        help="output format (default: wav)",
+    )
+    cmd.add_argument(
+        "--bits",
+        default=None,
+        choices=["16", "24", "32f"],
+        help="bit depth: 16/24-bit PCM clip at full scale (counted and warned), 32f "
+        "keeps everything (default: the input's PCM depth, else 32f; FLAC: 24)",
+    )
+    cmd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="separate again files whose outputs exist (default: skip them)",
+    )
+    cmd.add_argument(
+        "--json", action="store_true", help="print a machine-readable summary instead of the table"
+    )
     add_params_arguments(cmd)
     cmd.set_defaults(handler=separate_files)
 
@@ -109,10 +142,14 @@ def _load_separator(args: argparse.Namespace, params):
 
     # --model is taken from the working folder, the default from the project (paths.root)
     model = args.model or params.separate.model
-    separator = Separator.from_pretrained(model, device=params.separate.device,
-                                          clip_weights=args.clip_weights, settings=params.separate,
-                                          tracking_uri=registry_uri(params),
-                                          root=None if args.model else params.path("root"))
+    separator = Separator.from_pretrained(
+        model,
+        device=params.separate.device,
+        clip_weights=args.clip_weights,
+        settings=params.separate,
+        tracking_uri=registry_uri(params),
+        root=None if args.model else params.path("root"),
+    )
     return separator, model
 
 
@@ -156,19 +193,28 @@ def separate_files(args: argparse.Namespace) -> int:
     jobs = batch.find_jobs(args.inputs, args.out)
     params = params_from_args(args)
     separator, model = _load_separator(args, params)
-    kwargs = dict(queries=queries, image=args.image, output=output,
-                  query=None if several else (args.queries[0] if args.queries else None))
+    kwargs = dict(
+        queries=queries,
+        image=args.image,
+        output=output,
+        query=None if several else (args.queries[0] if args.queries else None),
+    )
 
     bars = _ProgressBars()
     try:
-        outcomes = batch.run_jobs(separator, jobs, names, args.overwrite, kwargs, bars.start,
-                                  describe=with_flags)
+        outcomes = batch.run_jobs(
+            separator, jobs, names, args.overwrite, kwargs, bars.start, describe=with_flags
+        )
     finally:
         bars.close()
     failed = sum(o.status == "failed" for o in outcomes)
     if failed:
-        log.warning("%d of %d inputs could not be separated (see above); %d were", failed,
-                    len(outcomes), sum(o.status == "separated" for o in outcomes))
+        log.warning(
+            "%d of %d inputs could not be separated (see above); %d were",
+            failed,
+            len(outcomes),
+            sum(o.status == "separated" for o in outcomes),
+        )
     if args.json:
         print(json.dumps(batch.summary(outcomes, model, time.perf_counter() - started), indent=2))
     else:
@@ -189,9 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     # other libraries (open_clip logs on the root logger) speak at WARNING unless --verbose
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     logging.getLogger("clipsep").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         result = args.handler(args)

@@ -282,8 +282,10 @@ def load_params(
         profile_path = path.parent / PROFILES_DIR / f"{profile}.yaml"
         if not profile_path.is_file():
             known = sorted(p.stem for p in (path.parent / PROFILES_DIR).glob("*.yaml"))
-            raise ConfigError(f"unknown profile {profile!r}: {profile_path} does not exist "
-                              f"(known: {', '.join(known) or 'none'})")
+            raise ConfigError(
+                f"unknown profile {profile!r}: {profile_path} does not exist "
+                f"(known: {', '.join(known) or 'none'})"
+            )
         raw = _merge(raw, _read_yaml(profile_path), str(profile_path))
     raw = _merge(raw, _parse_overrides(overrides), "overrides")
     return build_params(raw, source=str(path))
@@ -293,13 +295,16 @@ def build_params(raw: typing.Mapping[str, Any], source: str = "<dict>") -> Param
     """Turn a nested mapping into :class:`Params`, checking every key, type and invariant."""
     unknown = set(raw) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; "
-                          f"known sections: {sorted(SECTIONS)}")
+        raise ConfigError(
+            f"{source}: unknown section(s) {sorted(unknown)}; known sections: {sorted(SECTIONS)}"
+        )
     missing = [name for name in SECTIONS if name not in raw]
     if missing:
         raise ConfigError(f"{source}: missing section(s) {missing}")
-    sections = {name: _build_section(cls, raw[name], f"{source}: section '{name}'")
-                for name, cls in SECTIONS.items()}
+    sections = {
+        name: _build_section(cls, raw[name], f"{source}: section '{name}'")
+        for name, cls in SECTIONS.items()
+    }
     params = _derive(Params(**sections, source_file=source))
     _check_invariants(params, source)
     return params
@@ -309,15 +314,23 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--params F``, ``--profile P`` and repeatable ``--set SECTION.KEY=VALUE``
     (``args.overrides``, a list of strings) to ``parser``: every command line that loads params
     (the CLI, the app, the flows) declares them here."""
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
     parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override one parameter (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one parameter (repeatable)",
+    )
 
 
-def params_from_args(args: argparse.Namespace,
-                     extra: typing.Mapping[str, Any] | None = None) -> Params:
+def params_from_args(
+    args: argparse.Namespace, extra: typing.Mapping[str, Any] | None = None
+) -> Params:
     """:func:`load_params` with the options of :func:`add_params_arguments`; ``extra``
     (``{"section.key": value}``, e.g. from a command's own flags) wins over ``--set``."""
     overrides = dict(_split_override(text) for text in args.overrides)
@@ -359,8 +372,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str
 
 
 def _parse_overrides(overrides: typing.Iterable[str] | typing.Mapping[str, Any]) -> dict:
-    items = overrides.items() if isinstance(overrides, typing.Mapping) else (
-        _split_override(o) for o in overrides)
+    items = (
+        overrides.items()
+        if isinstance(overrides, typing.Mapping)
+        else (_split_override(o) for o in overrides)
+    )
     nested: dict[str, dict[str, Any]] = {}
     for key, value in items:
         section, _, name = key.partition(".")
@@ -425,8 +441,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {hint.__name__}, got a boolean {value!r}")
     if not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, "
-                          f"got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -463,8 +480,11 @@ def _check_invariants(p: Params, source: str) -> None:
     if p.separate.engine not in ENGINES:
         fail("separate", "engine", f"must be one of {', '.join(ENGINES)}")
     if p.train.pair_candidates < 1 or p.train.absent_candidates < 0 or p.train.absent_weight < 0:
-        fail("train", "pair_candidates", "pair_candidates >= 1, absent_candidates >= 0 and "
-             "absent_weight >= 0")
+        fail(
+            "train",
+            "pair_candidates",
+            "pair_candidates >= 1, absent_candidates >= 0 and absent_weight >= 0",
+        )
     lo, hi = p.train.gain_range
     if not 0 < lo <= hi:
         fail("train", "gain_range", "must be 0 < low <= high")

@@ -49,8 +49,12 @@ def write_json(path: str | Path, data: Any, **dump_options: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, **dump_options) + "\n")
 
 
-def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]],
-              extrasaction: str = "raise") -> Path:
+def write_csv(
+    path: str | Path,
+    columns: Sequence[str],
+    rows: Iterable[dict[str, Any]],
+    extrasaction: str = "raise",
+) -> Path:
     """A header row of ``columns``, then one line per dict."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction=extrasaction)

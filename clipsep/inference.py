@@ -118,8 +118,10 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
     wave = np.asarray(audio)
     real = np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)
     if wave.ndim not in (1, 2) or not real:
-        raise BadInputError(f"audio must be a real [L], [C, L] or [L, C] array, got shape "
-                            f"{tuple(wave.shape)} of {wave.dtype}")
+        raise BadInputError(
+            f"audio must be a real [L], [C, L] or [L, C] array, got shape "
+            f"{tuple(wave.shape)} of {wave.dtype}"
+        )
     wave = wave.astype(np.float32, copy=False)
     if wave.ndim == 1:
         return wave[None], Layout(flat=True, device=device)
@@ -131,7 +133,8 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
         raise BadInputError(
             f"audio of shape ({rows}, {cols}) is ambiguous: {rows} channel(s) of {cols} samples "
             f"([C, L]) or {rows} samples of {cols} channel(s) ([L, C]); exactly one axis, the "
-            f"channel axis, must have at most {MAX_CHANNELS} entries")
+            f"channel axis, must have at most {MAX_CHANNELS} entries"
+        )
     if rows > cols:
         return np.ascontiguousarray(wave.T), Layout(channels_last=True, device=device)
     return wave, Layout(device=device)
@@ -203,7 +206,7 @@ class ArraySource:
         return self.data.shape[1]
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return self.data[:, max(start, 0):min(stop, self.frames)]
+        return self.data[:, max(start, 0) : min(stop, self.frames)]
 
 
 class SoundFileSource:
@@ -231,8 +234,9 @@ class SoundFileSource:
             self._file.seek(start)
             block = self._file.read(max(stop - start, 0), dtype="float32", always_2d=True)
         except self._errors as err:
-            raise BadInputError(f"{self.name}: the decoder failed at sample {start} "
-                                f"({err})") from err
+            raise BadInputError(
+                f"{self.name}: the decoder failed at sample {start} ({err})"
+            ) from err
         return np.ascontiguousarray(block.T)
 
     def close(self) -> None:
@@ -303,17 +307,27 @@ def triangular_weights(n: int) -> np.ndarray:
 class Separator:
     """A loaded separator: network + frozen CLIP query encoder + the checkpoint's audio config."""
 
-    def __init__(self, network, encoder, audio_cfg: AudioConfig,
-                 settings: SeparateConfig = DEFAULT_SETTINGS, device: str = "cpu",
-                 source: ResolvedModel | None = None, extra: dict | None = None):
+    def __init__(
+        self,
+        network,
+        encoder,
+        audio_cfg: AudioConfig,
+        settings: SeparateConfig = DEFAULT_SETTINGS,
+        device: str = "cpu",
+        source: ResolvedModel | None = None,
+        extra: dict | None = None,
+    ):
         if not 0.0 <= settings.overlap < 1.0:
             raise BadInputError(f"separate.overlap must lie in [0, 1), got {settings.overlap}")
         if settings.channel_masks not in CHANNEL_MASKS:
-            raise BadInputError(f"separate.channel_masks must be one of {CHANNEL_MASKS}, got "
-                                f"{settings.channel_masks!r}")
+            raise BadInputError(
+                f"separate.channel_masks must be one of {CHANNEL_MASKS}, got "
+                f"{settings.channel_masks!r}"
+            )
         if settings.high_band not in HIGH_BANDS:
-            raise BadInputError(f"separate.high_band must be one of {HIGH_BANDS}, got "
-                                f"{settings.high_band!r}")
+            raise BadInputError(
+                f"separate.high_band must be one of {HIGH_BANDS}, got {settings.high_band!r}"
+            )
         self.precision = resolve_precision(settings.precision, device)  # PrecisionChoice
         self.network = network.eval()
         self.encoder = encoder
@@ -326,12 +340,16 @@ class Separator:
         self.extra = extra or {}  # what the checkpoint records (step, metrics, data version)
 
     @classmethod
-    def from_pretrained(cls, ref: str | Path, device: str = "auto",
-                        clip_weights: str | Path | None = None,
-                        settings: SeparateConfig | None = None,
-                        tracking_uri: str | None = None,
-                        root: str | Path | None = None,
-                        engine: str | None = None) -> "Separator":
+    def from_pretrained(
+        cls,
+        ref: str | Path,
+        device: str = "auto",
+        clip_weights: str | Path | None = None,
+        settings: SeparateConfig | None = None,
+        tracking_uri: str | None = None,
+        root: str | Path | None = None,
+        engine: str | None = None,
+    ) -> "Separator":
         """Load a checkpoint path, a registry reference ``models:/name@alias`` (or ``/N``) or a
         folder written by ``clipsep export`` (run by ONNX Runtime).
 
@@ -356,22 +374,34 @@ class Separator:
         clip_weights = clip_weights or resolved.clip_weights
         device = resolve_device(device)
         network, info = load_network(resolved.checkpoint, device, engine)
-        encoder = QueryEncoder.from_reference(info.query, device,
-                                              weights=Path(clip_weights) if clip_weights else None)
-        return cls(network, encoder, info.audio_cfg, settings, device,
-                   source=resolved, extra=dict(info.extra))
+        encoder = QueryEncoder.from_reference(
+            info.query, device, weights=Path(clip_weights) if clip_weights else None
+        )
+        return cls(
+            network,
+            encoder,
+            info.audio_cfg,
+            settings,
+            device,
+            source=resolved,
+            extra=dict(info.extra),
+        )
 
     # --- queries -----------------------------------------------------------------------------
 
     def embed_query(self, query: str | None = None, image=None) -> torch.Tensor:
         """One query embedding ``[D]``: text (prompt-ensembled) or an image (PIL.Image or path)."""
         if query is not None and image is not None:
-            raise BadInputError("give a text query or an image query, not both",
-                                arguments=("query", "image"))
+            raise BadInputError(
+                "give a text query or an image query, not both", arguments=("query", "image")
+            )
         if query is not None:
             if not isinstance(query, str) or not query.strip():
-                raise BadInputError(f"the text query is empty ({query!r}); say what to extract, "
-                                    "e.g. 'acoustic guitar'", arguments=("query",))
+                raise BadInputError(
+                    f"the text query is empty ({query!r}); say what to extract, "
+                    "e.g. 'acoustic guitar'",
+                    arguments=("query",),
+                )
             return self.encoder.encode_text([query.strip()])[0].to(self.device)
         if image is not None:
             return self.encoder.encode_images([load_image(image)])[0].to(self.device)
@@ -422,8 +452,9 @@ class Separator:
         return self.soft_masks(mono, embedding.reshape(1, -1))[0]
 
     @torch.no_grad()
-    def stems_segment(self, segment: np.ndarray, embeddings: torch.Tensor,
-                      binary: bool = False) -> np.ndarray:
+    def stems_segment(
+        self, segment: np.ndarray, embeddings: torch.Tensor, binary: bool = False
+    ) -> np.ndarray:
         """Each query's part of a model-rate segment ``[C, n]`` -> ``[N, C, n]`` (masked STFT,
         own phase) for embeddings ``[N, D]``.
 
@@ -446,8 +477,9 @@ class Separator:
         stems = audio.istft(specs.flatten(0, 1), padded, self.audio_cfg)[:, :n]
         return stems.reshape(len(embeddings), -1, n).cpu().numpy()
 
-    def target_segment(self, segment: np.ndarray, embedding: torch.Tensor,
-                       binary: bool = False) -> np.ndarray:
+    def target_segment(
+        self, segment: np.ndarray, embedding: torch.Tensor, binary: bool = False
+    ) -> np.ndarray:
         """One query's (embedding ``[D]``) part of a model-rate segment ``[C, n]`` -> ``[C, n]``."""
         return self.stems_segment(segment, embedding.reshape(1, -1), binary)[0]
 
@@ -462,9 +494,15 @@ class Separator:
         stride = max(1, round(segment * (1.0 - self.settings.overlap)))
         return ChunkPlan(sample_rate, self.audio_cfg.sample_rate, frames, segment, stride)
 
-    def separate(self, audio, sample_rate: int, query: str | None = None, image=None,
-                 progress: Progress | None = None,
-                 queries: Sequence[str] | None = None) -> SeparationResult | Stems:
+    def separate(
+        self,
+        audio,
+        sample_rate: int,
+        query: str | None = None,
+        image=None,
+        progress: Progress | None = None,
+        queries: Sequence[str] | None = None,
+    ) -> SeparationResult | Stems:
         """Split ``audio`` into the queried target and the residual (``target + residual ==
         audio``), both in the layout and type given.
 
@@ -485,19 +523,28 @@ class Separator:
         stems = np.empty((len(names), *source.data.shape), np.float32)
 
         def store(start: int, block: np.ndarray) -> None:
-            stems[:, :, start:start + block.shape[-1]] = block
+            stems[:, :, start : start + block.shape[-1]] = block
 
         self.stream(source, embeddings, store, progress)
         residual = layout.restore(source.data - stems.sum(axis=0))
         if queries is None:
             return SeparationResult(layout.restore(stems[0]), residual, int(sample_rate))
-        return Stems({name: layout.restore(stem) for name, stem in zip(names, stems)}, residual,
-                     int(sample_rate))
+        return Stems(
+            {name: layout.restore(stem) for name, stem in zip(names, stems)},
+            residual,
+            int(sample_rate),
+        )
 
-    def separate_file(self, path: str | Path, out_dir: str | Path, query: str | None = None,
-                      image=None, progress: Progress | None = None,
-                      queries: Sequence[str] | None = None,
-                      output: outputs.OutputFormat = outputs.DEFAULT_FORMAT) -> FileResult:
+    def separate_file(
+        self,
+        path: str | Path,
+        out_dir: str | Path,
+        query: str | None = None,
+        image=None,
+        progress: Progress | None = None,
+        queries: Sequence[str] | None = None,
+        output: outputs.OutputFormat = outputs.DEFAULT_FORMAT,
+    ) -> FileResult:
         """Stream one file into ``out_dir/<stem>/``: ``target`` (one query) or one file per query
         (``queries``), ``residual``, and each stem's ``.activity.csv``; same rate, channels and
         length as the input, in ``output``'s format (default: wav at the input's bit depth).
@@ -517,22 +564,34 @@ class Separator:
             _remove_empty_folders(out_dir, first_new)
             raise
 
-    def _separate_into(self, path: Path, out_dir: Path, query: str | None, image,
-                       progress: Progress | None, queries: Sequence[str] | None,
-                       output: outputs.OutputFormat) -> FileResult:
+    def _separate_into(
+        self,
+        path: Path,
+        out_dir: Path,
+        query: str | None,
+        image,
+        progress: Progress | None,
+        queries: Sequence[str] | None,
+        output: outputs.OutputFormat,
+    ) -> FileResult:
         with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=out_dir) as work_dir:
             work = Path(work_dir)
             source = open_source(path, work)
             try:
                 check_source(source, self.min_input_frames(source.sample_rate))
-                if query is None and image is None and not queries \
-                        and audio_io.has_video_stream(path):
+                if (
+                    query is None
+                    and image is None
+                    and not queries
+                    and audio_io.has_video_stream(path)
+                ):
                     image = audio_io.middle_frame(path)
                 names, embeddings = self._queries(query, image, queries)
                 files = outputs.stem_files(names, output.suffix)
                 subtype = output.subtype_for(outputs.input_subtype(path))
-                clipped, meter = self._write_outputs(source, embeddings, work, files, output,
-                                                     subtype, progress)
+                clipped, meter = self._write_outputs(
+                    source, embeddings, work, files, output, subtype, progress
+                )
             finally:
                 source.close()
             final = out_dir / path.stem
@@ -542,20 +601,41 @@ class Separator:
             for name, file in files.items():
                 (work / file).replace(final / file)
                 written[name] = final / file
-            activity_files = {name: outputs.write_activity_csv(
-                final / outputs.activity_file(files[name]), activity[name]) for name in names}
-        return FileResult(path, {n: written[n] for n in names}, written[outputs.RESIDUAL],
-                          activity, activity_files, source.sample_rate, source.channels,
-                          source.frames, clipped)
+            activity_files = {
+                name: outputs.write_activity_csv(
+                    final / outputs.activity_file(files[name]), activity[name]
+                )
+                for name in names
+            }
+        return FileResult(
+            path,
+            {n: written[n] for n in names},
+            written[outputs.RESIDUAL],
+            activity,
+            activity_files,
+            source.sample_rate,
+            source.channels,
+            source.frames,
+            clipped,
+        )
 
-    def _write_outputs(self, source: SoundFileSource, embeddings: torch.Tensor, work: Path,
-                       files: dict[str, str], output: outputs.OutputFormat, subtype: str | None,
-                       progress: Progress | None) -> tuple[int, ActivityMeter]:
+    def _write_outputs(
+        self,
+        source: SoundFileSource,
+        embeddings: torch.Tensor,
+        work: Path,
+        files: dict[str, str],
+        output: outputs.OutputFormat,
+        subtype: str | None,
+        progress: Progress | None,
+    ) -> tuple[int, ActivityMeter]:
         """Stream stems + residual into ``work``; (samples clipped, the stems' activity meter)."""
         names = list(files)[:-1]  # the residual comes last
         meter = ActivityMeter(names, source.sample_rate, self.settings.activity_frame_s)
-        with outputs.StemWriter(work, files, output, subtype, source.sample_rate,
-                                source.channels) as writer:
+        with outputs.StemWriter(
+            work, files, output, subtype, source.sample_rate, source.channels
+        ) as writer:
+
             def write(start: int, block: np.ndarray) -> None:
                 mixture = source.read(start, start + block.shape[-1])
                 writer.write(block, mixture - block.sum(axis=0))
@@ -566,8 +646,13 @@ class Separator:
 
     # --- streaming overlap-add ---------------------------------------------------------------
 
-    def stream(self, source: AudioSource, embeddings: torch.Tensor,
-               sink: Callable[[int, np.ndarray], None], progress: Progress | None = None) -> None:
+    def stream(
+        self,
+        source: AudioSource,
+        embeddings: torch.Tensor,
+        sink: Callable[[int, np.ndarray], None],
+        progress: Progress | None = None,
+    ) -> None:
         """Overlap-add every segment's stems for embeddings ``[N, D]`` (or one ``[D]``);
         ``sink(start, stems [N, C, n])`` gets the input-rate output in order, each stretch as soon
         as it is final (memory: a few segments)."""
@@ -582,21 +667,22 @@ class Separator:
             stems = self._segment_at_input_rate(source, plan, k, embeddings)  # [N, C, n]
             window = triangular_weights(stop - start)
             offset = start - base
-            summed[..., offset:offset + stop - start] += stems * window
-            weights[offset:offset + stop - start] += window
+            summed[..., offset : offset + stop - start] += stems * window
+            weights[offset : offset + stop - start] += window
             done = plan.emit_until(k) - base
             if done > 0:
                 sink(base, (summed[..., :done] / weights[:done]).astype(np.float32))
-                summed[..., :capacity - done] = summed[..., done:].copy()
-                weights[:capacity - done] = weights[done:].copy()
-                summed[..., capacity - done:] = 0.0
-                weights[capacity - done:] = 0.0
+                summed[..., : capacity - done] = summed[..., done:].copy()
+                weights[: capacity - done] = weights[done:].copy()
+                summed[..., capacity - done :] = 0.0
+                weights[capacity - done :] = 0.0
                 base += done
             if progress is not None:
                 progress(k + 1, plan.n_chunks)
 
-    def _segment_at_input_rate(self, source: AudioSource, plan: ChunkPlan, k: int,
-                               embeddings: torch.Tensor) -> np.ndarray:
+    def _segment_at_input_rate(
+        self, source: AudioSource, plan: ChunkPlan, k: int, embeddings: torch.Tensor
+    ) -> np.ndarray:
         """Stems of segment k ``[N, C, n_in]`` at the input rate from a resampled model-rate cut."""
         model_start, model_stop = plan.model_span(k)
         start, stop = plan.input_span(k)
@@ -608,8 +694,9 @@ class Separator:
             return low
         return low + self._high_band_stems(source, plan, k, segment, stems)
 
-    def _high_band_stems(self, source: AudioSource, plan: ChunkPlan, k: int,
-                         segment: np.ndarray, stems: np.ndarray) -> np.ndarray:
+    def _high_band_stems(
+        self, source: AudioSource, plan: ChunkPlan, k: int, segment: np.ndarray, stems: np.ndarray
+    ) -> np.ndarray:
         """Each stem's share ``[N, C, n_in]`` of segment k's input above the model's band.
 
         ``segment`` is the model-rate cut ``[C, n]``, ``stems`` its stems ``[N, C, n]``. The high
@@ -619,8 +706,9 @@ class Separator:
         """
         model_start, _ = plan.model_span(k)
         start, stop = plan.input_span(k)
-        above = (_fit(source.read(start, stop), stop - start)
-                 - _input_rate_cut(segment, plan, model_start, start, stop))
+        above = _fit(source.read(start, stop), stop - start) - _input_rate_cut(
+            segment, plan, model_start, start, stop
+        )
         shared = self.settings.channel_masks == "shared"
         hop, ratio = self.audio_cfg.hop_length, plan.in_rate / plan.model_rate
         samples = np.arange(start, stop)
@@ -653,8 +741,9 @@ def load_network(path: Path, device: str, engine: str):
     return load_checkpoint(path, device)
 
 
-def _choose_engine(ref: str | Path, engine: str | None, device: str, settings: SeparateConfig
-                   ) -> tuple[str, str, SeparateConfig]:
+def _choose_engine(
+    ref: str | Path, engine: str | None, device: str, settings: SeparateConfig
+) -> tuple[str, str, SeparateConfig]:
     """(engine, device, settings) to load ``ref`` with: an export folder runs with onnx only;
     else ``engine`` or ``settings.engine``; onnx adjusts device and precision (below)."""
     from clipsep.model.export import check_engine, is_export_folder
@@ -668,21 +757,24 @@ def _choose_engine(ref: str | Path, engine: str | None, device: str, settings: S
     return engine, device, settings
 
 
-def _onnx_device_and_settings(device: str, settings: SeparateConfig
-                              ) -> tuple[str, SeparateConfig]:
+def _onnx_device_and_settings(device: str, settings: SeparateConfig) -> tuple[str, SeparateConfig]:
     """The ONNX engine runs fp32 on the CPU: device auto -> cpu, precision auto -> fp32;
     BadInputError for an explicit CUDA device or reduced precision."""
     if device not in ("auto", "cpu"):
-        raise BadInputError(f"separate.engine onnx runs on the CPU, not on {device!r}; use "
-                            "engine torch there")
+        raise BadInputError(
+            f"separate.engine onnx runs on the CPU, not on {device!r}; use engine torch there"
+        )
     if settings.precision not in ("auto", "fp32"):
-        raise BadInputError(f"separate.engine onnx runs fp32, not {settings.precision}; use "
-                            "precision auto or fp32, or engine torch")
+        raise BadInputError(
+            f"separate.engine onnx runs fp32, not {settings.precision}; use "
+            "precision auto or fp32, or engine torch"
+        )
     return "cpu", dataclasses.replace(settings, precision="fp32")
 
 
-def _model_rate_cut(source: AudioSource, plan: ChunkPlan, model_start: int,
-                    model_stop: int) -> np.ndarray:
+def _model_rate_cut(
+    source: AudioSource, plan: ChunkPlan, model_start: int, model_stop: int
+) -> np.ndarray:
     """Input resampled to the model rate over ``[model_start, model_stop)`` -> ``[C, n]``."""
     n = model_stop - model_start
     if plan.in_rate == plan.model_rate:
@@ -698,8 +790,9 @@ def _model_rate_cut(source: AudioSource, plan: ChunkPlan, model_start: int,
     return _fit(resampled[:, offset:], n)
 
 
-def _input_rate_cut(target: np.ndarray, plan: ChunkPlan, model_start: int, start: int,
-                    stop: int) -> np.ndarray:
+def _input_rate_cut(
+    target: np.ndarray, plan: ChunkPlan, model_start: int, start: int, stop: int
+) -> np.ndarray:
     """Model-rate ``target [C, n]`` (from ``model_start``) resampled to input ``[start, stop)``."""
     if plan.in_rate == plan.model_rate:
         return _fit(target, stop - start)
@@ -712,8 +805,9 @@ def _input_rate_cut(target: np.ndarray, plan: ChunkPlan, model_start: int, start
     return _fit(resampled[:, offset:], stop - start)
 
 
-def top_band_gain(mixture: np.ndarray, target: np.ndarray, cfg: AudioConfig,
-                  shared: bool = True) -> np.ndarray:
+def top_band_gain(
+    mixture: np.ndarray, target: np.ndarray, cfg: AudioConfig, shared: bool = True
+) -> np.ndarray:
     """Per STFT frame, the least-squares gain ``g`` of the mixture's top band onto the target's:
     ``g = sum Re(S conj(X)) / sum |X|^2`` over the bins of the top :data:`TOP_BAND` of the
     model's band (6-8 kHz at 16 kHz), clipped to [0, 1].
@@ -727,8 +821,10 @@ def top_band_gain(mixture: np.ndarray, target: np.ndarray, cfg: AudioConfig,
     from clipsep import audio
 
     n = max(mixture.shape[1], cfg.n_fft)
-    mix, est = (audio.stft(torch.from_numpy(_fit(np.asarray(w, np.float32), n)), cfg)
-                for w in (mixture, target))
+    mix, est = (
+        audio.stft(torch.from_numpy(_fit(np.asarray(w, np.float32), n)), cfg)
+        for w in (mixture, target)
+    )
     low = math.floor((1.0 - TOP_BAND) * (mix.shape[1] - 1))
     mix, est = mix[:, low:], est[:, low:]
     num = (est * mix.conj()).real.sum(dim=1, dtype=torch.float64)  # [C, T]
@@ -736,7 +832,7 @@ def top_band_gain(mixture: np.ndarray, target: np.ndarray, cfg: AudioConfig,
     if shared:
         num, den = num.sum(dim=0, keepdim=True), den.sum(dim=0, keepdim=True)
     gain = (num / den.clamp(min=1e-20)).clamp(0.0, 1.0)
-    return gain[:, :audio.n_frames(mixture.shape[1], cfg)].numpy()
+    return gain[:, : audio.n_frames(mixture.shape[1], cfg)].numpy()
 
 
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:
@@ -754,15 +850,19 @@ def check_source(source: AudioSource, min_frames: int) -> None:
     """
     peak, readable, error = _scan(source)
     if readable < source.frames:
-        audio_io.check_decoded(source.name, readable, source.frames, source.sample_rate, None,
-                               error)
+        audio_io.check_decoded(
+            source.name, readable, source.frames, source.sample_rate, None, error
+        )
         source.frames = readable
     if source.channels < 1 or source.frames < min_frames:
-        raise BadInputError(f"{source.name}: {source.frames} sample(s) at {source.sample_rate} Hz "
-                            f"is too short to separate (need at least {min_frames})")
+        raise BadInputError(
+            f"{source.name}: {source.frames} sample(s) at {source.sample_rate} Hz "
+            f"is too short to separate (need at least {min_frames})"
+        )
     if peak < SILENT_PEAK:
-        raise BadInputError(f"{source.name}: the audio is silent (peak {peak:.1e}); "
-                            "nothing to separate")
+        raise BadInputError(
+            f"{source.name}: the audio is silent (peak {peak:.1e}); nothing to separate"
+        )
 
 
 def _scan(source: AudioSource) -> tuple[float, int, Exception | None]:
@@ -779,8 +879,10 @@ def _scan(source: AudioSource) -> tuple[float, int, Exception | None]:
         finite = np.isfinite(block)
         if not finite.all():
             where = start + int(np.argwhere(~finite)[0][1])
-            raise BadInputError(f"{source.name}: NaN or infinite sample at index {where} "
-                                f"({where / source.sample_rate:.3f} s)")
+            raise BadInputError(
+                f"{source.name}: NaN or infinite sample at index {where} "
+                f"({where / source.sample_rate:.3f} s)"
+            )
         peak = max(peak, float(np.abs(block).max(initial=0.0)))
         readable += block.shape[1]
         if block.shape[1] < min(SCAN_BLOCK, source.frames - start):

@@ -47,7 +47,7 @@ def open_run(p: Params, resuming: bool) -> "LiveRun":
     run = client.create_run(experiment_id, run_name=f"{p.model.preset}-training", tags=tags)
     params = [Param(k, v[:6000]) for k, v in flatten_params(p).items()]
     for start in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[start:start + 100])
+        client.log_batch(run.info.run_id, params=params[start : start + 100])
     write_json(run_file(p), {"run_id": run.info.run_id, "experiment_id": experiment_id})
     log.info("MLflow run %s opened (live training metrics)", run.info.run_id)
     return LiveRun(client, run.info.run_id)
@@ -66,14 +66,17 @@ class LiveRun:
         from mlflow.entities import Metric
 
         step, now = int(record["step"]), int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step) for k, v in record.items()
-                         if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
+        self.pending += [
+            Metric(k, float(v), now, step)
+            for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)
+        ]
         if step % FLUSH_EVERY == 0 or any(k.startswith("val_") for k in record):
             self.flush()
 
     def flush(self) -> None:
         for start in range(0, len(self.pending), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=self.pending[start:start + MAX_BATCH])
+            self.client.log_batch(self.run_id, metrics=self.pending[start : start + MAX_BATCH])
         self.pending = []
 
     def checkpoint(self, path: Path) -> None:

@@ -52,8 +52,10 @@ class OutputFormat:
         if self.bits is not None and self.bits not in BITS:
             raise BadInputError(f"--bits must be one of {list(BITS)}, got {self.bits!r}")
         if self.format == "flac" and self.bits == "32f":
-            raise BadInputError("FLAC holds integer samples only: use --bits 16 or 24, or "
-                                "--format wav for 32-bit float")
+            raise BadInputError(
+                "FLAC holds integer samples only: use --bits 16 or 24, or "
+                "--format wav for 32-bit float"
+            )
         if self.format == "mp3" and self.bits is not None:
             raise BadInputError("MP3 has no bit depth: drop --bits with --format mp3")
 
@@ -95,8 +97,9 @@ def safe_name(query: str) -> str:
     become ``_`` (``"acoustic guitar"`` -> ``acoustic_guitar``), no leading dot, <= MAX_NAME."""
     name = re.sub(r"[^\w.-]+", "_", query.strip(), flags=re.ASCII).strip("._")[:MAX_NAME]
     if not name:
-        raise BadInputError(f"the query {query!r} leaves no usable file name; use letters or "
-                            "digits")
+        raise BadInputError(
+            f"the query {query!r} leaves no usable file name; use letters or digits"
+        )
     return name
 
 
@@ -106,8 +109,9 @@ def stem_files(names: Sequence[str], suffix: str) -> dict[str, str]:
     files[RESIDUAL] = RESIDUAL + suffix
     taken = [f.lower() for f in files.values()]  # case-insensitive file systems
     if len(set(taken)) < len(taken) or RESIDUAL in names:
-        raise BadInputError(f"queries {list(names)} give clashing file names "
-                            f"{sorted(files.values())}; rename one")
+        raise BadInputError(
+            f"queries {list(names)} give clashing file names {sorted(files.values())}; rename one"
+        )
     return files
 
 
@@ -125,11 +129,22 @@ class StemWriter:
     """Streams stems ``[N, C, n]`` and the residual ``[C, n]`` into ``files`` under ``folder``,
     clipping to full scale where the subtype needs it and counting the clipped samples."""
 
-    def __init__(self, folder: Path, files: dict[str, str], output: OutputFormat, subtype: str,
-                 sample_rate: int, channels: int):
+    def __init__(
+        self,
+        folder: Path,
+        files: dict[str, str],
+        output: OutputFormat,
+        subtype: str,
+        sample_rate: int,
+        channels: int,
+    ):
         self.folder, self.files = folder, files
-        self.options = dict(samplerate=sample_rate, channels=channels,
-                            format=FORMATS[output.format], subtype=subtype)
+        self.options = dict(
+            samplerate=sample_rate,
+            channels=channels,
+            format=FORMATS[output.format],
+            subtype=subtype,
+        )
         self.clip = clips(subtype)
         self.clipped = 0
         self._handles = []
@@ -142,9 +157,11 @@ class StemWriter:
                 self._handles.append(sf.SoundFile(str(self.folder / file), "w", **self.options))
         except (sf.LibsndfileError, RuntimeError) as err:
             self.close()
-            raise BadInputError(f"cannot write {self.options['format']} "
-                                f"{self.options['subtype']} at {self.options['samplerate']} Hz "
-                                f"with {self.options['channels']} channel(s): {err}") from err
+            raise BadInputError(
+                f"cannot write {self.options['format']} "
+                f"{self.options['subtype']} at {self.options['samplerate']} Hz "
+                f"with {self.options['channels']} channel(s): {err}"
+            ) from err
         return self
 
     def write(self, stems: np.ndarray, residual: np.ndarray) -> None:

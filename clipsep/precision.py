@@ -83,8 +83,11 @@ def _cpuinfo_field(name: str) -> str | None:
 
 def isa_caps() -> dict[str, str]:
     """The environment variables that cap the instruction set PyTorch and oneDNN may use."""
-    return {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
-                                       "ATEN_CPU_CAPABILITY") if os.environ.get(k)}
+    return {
+        k: os.environ[k]
+        for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+        if os.environ.get(k)
+    }
 
 
 def native_bf16() -> tuple[bool, str]:
@@ -132,8 +135,7 @@ def _auto_cpu() -> PrecisionChoice:
         return PrecisionChoice("fp32", why, "auto")
     speedup = measured_bf16_speedup()
     mode = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
-    return PrecisionChoice(mode, f"{why}; bf16 measured {speedup:.2f}x fp32 here", "auto",
-                           speedup)
+    return PrecisionChoice(mode, f"{why}; bf16 measured {speedup:.2f}x fp32 here", "auto", speedup)
 
 
 def _explicit_cpu_bf16() -> PrecisionChoice:
@@ -141,8 +143,12 @@ def _explicit_cpu_bf16() -> PrecisionChoice:
     if native:
         return PrecisionChoice("bf16", f"bf16 as requested ({why})", "bf16")
     speedup = measured_bf16_speedup()
-    log.warning("bf16 requested but %s: it is emulated and measured %.0fx slower than fp32 here; "
-                "use precision auto or fp32", why, 1.0 / max(speedup, 1e-6))
+    log.warning(
+        "bf16 requested but %s: it is emulated and measured %.0fx slower than fp32 here; "
+        "use precision auto or fp32",
+        why,
+        1.0 / max(speedup, 1e-6),
+    )
     return PrecisionChoice("bf16", f"bf16 as requested, emulated ({why})", "bf16", speedup)
 
 
@@ -166,8 +172,14 @@ def measured_bf16_speedup() -> float:
 def _machine_key() -> str:
     import torch
 
-    parts = [CACHE_VERSION, cpu_model_name(), sorted(cpu_flags()), torch.__version__,
-             isa_caps(), torch.get_num_threads()]
+    parts = [
+        CACHE_VERSION,
+        cpu_model_name(),
+        sorted(cpu_flags()),
+        torch.__version__,
+        isa_caps(),
+        torch.get_num_threads(),
+    ]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
@@ -200,8 +212,12 @@ def _probe_speedup(repeats: int = 3) -> float:
 def _time_probe(repeats: int) -> float:
     import torch
 
-    block = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32),
-                                torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1))
+    block = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.BatchNorm2d(32),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+    )
     x = torch.rand(4, 16, 64, 64)
 
     def seconds(bf16: bool) -> float:

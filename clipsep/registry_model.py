@@ -40,17 +40,22 @@ class ClipSepPyfunc(mlflow.pyfunc.PythonModel):
             from clipsep.inference import Separator
 
             self._separators[device] = Separator.from_pretrained(
-                str(self.checkpoint), device=device, clip_weights=self.clip_weights)
+                str(self.checkpoint), device=device, clip_weights=self.clip_weights
+            )
         return self._separators[device]
 
-    def predict(self, context, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """model_input rows (audio path, query text) -> rows (target wav, residual wav paths)."""
         from clipsep.audio_io import read_audio, write_wav
 
         params = params or {}
-        out_dir = Path(params.get("out_dir") or os.environ.get(SCRATCH_ENV)
-                       or tempfile.mkdtemp(prefix="clipsep-pyfunc-"))
+        out_dir = Path(
+            params.get("out_dir")
+            or os.environ.get(SCRATCH_ENV)
+            or tempfile.mkdtemp(prefix="clipsep-pyfunc-")
+        )
         separator = self._separator(str(params.get("device") or "auto"))
         rows = []
         pairs = zip(model_input["audio"], model_input["query"])

@@ -97,8 +97,10 @@ def registry_uri(p: Params | None = None) -> str:
     from clipsep.config import load_params
 
     if not Path("params.yaml").is_file():
-        raise RegistryError("cannot resolve a models:/ reference: set MLFLOW_TRACKING_URI or run "
-                            "from the project folder (its params.yaml names the default store)")
+        raise RegistryError(
+            "cannot resolve a models:/ reference: set MLFLOW_TRACKING_URI or run "
+            "from the project folder (its params.yaml names the default store)"
+        )
     return tracking_uri(load_params("params.yaml"))
 
 
@@ -164,8 +166,10 @@ def _require_version(client, ref: str, uri: str):
     name, kind, value = parse_model_reference(ref)
     version = lookup_version(client, name, kind, value)
     if version is None:
-        raise ModelNotFoundError(f"no model version {ref} in {uri}: train and register one "
-                                 "first (`make quickstart` or `clipsep register`)")
+        raise ModelNotFoundError(
+            f"no model version {ref} in {uri}: train and register one "
+            "first (`make quickstart` or `clipsep register`)"
+        )
     return version
 
 
@@ -177,17 +181,24 @@ def describe_model(ref: str, uri: str) -> ModelDescription:
         run = client.get_run(version.run_id) if version.run_id else None
     except Exception as err:  # a store that answered the version, then failed
         raise RegistryUnavailableError.of(uri, err) from err
-    return ModelDescription(reference=ref, version=str(version.version),
-                            aliases=tuple(version.aliases or ()), tags=dict(version.tags or {}),
-                            run_metrics=dict(run.data.metrics) if run else {})
+    return ModelDescription(
+        reference=ref,
+        version=str(version.version),
+        aliases=tuple(version.aliases or ()),
+        tags=dict(version.tags or {}),
+        run_metrics=dict(run.data.metrics) if run else {},
+    )
 
 
 # --- resolving references into files ----------------------------------------------------------
 
 
-def resolve_model(ref: str | Path, tracking_uri: str | None = None,
-                  cache_dir: str | Path | None = None, root: str | Path | None = None
-                  ) -> ResolvedModel:
+def resolve_model(
+    ref: str | Path,
+    tracking_uri: str | None = None,
+    cache_dir: str | Path | None = None,
+    root: str | Path | None = None,
+) -> ResolvedModel:
     """A checkpoint path or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` -> local files.
 
     ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's);
@@ -200,8 +211,9 @@ def resolve_model(ref: str | Path, tracking_uri: str | None = None,
         path = Path(ref)
         path = path if path.is_absolute() or root is None else Path(root) / path
         if not path.is_file():
-            raise MissingWeightsError(f"checkpoint {path} not found (give a file or "
-                                      "models:/NAME@ALIAS)")
+            raise MissingWeightsError(
+                f"checkpoint {path} not found (give a file or models:/NAME@ALIAS)"
+            )
         return ResolvedModel(path)
     ref = str(ref)
     name, kind, value = parse_model_reference(ref)
@@ -212,8 +224,9 @@ def resolve_model(ref: str | Path, tracking_uri: str | None = None,
     if model_dir is None or not (model_dir / "MLmodel").is_file():
         client = _client(uri)
         version = str(_require_version(client, ref, uri).version)
-        model_dir = _download_model(client, name, version, uri, _version_dir(cache, name, version,
-                                                                               uri))
+        model_dir = _download_model(
+            client, name, version, uri, _version_dir(cache, name, version, uri)
+        )
     return _read_artifacts(ref, model_dir, version)
 
 
@@ -225,8 +238,9 @@ def _version_dir(cache: Path, name: str, version: str, uri: str) -> Path:
 def _read_artifacts(ref: str, model_dir: Path, version: str) -> ResolvedModel:
     mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
     files = mlmodel["flavors"]["python_function"]
-    artifacts = {key: model_dir / entry["path"]
-                 for key, entry in files.get("artifacts", {}).items()}
+    artifacts = {
+        key: model_dir / entry["path"] for key, entry in files.get("artifacts", {}).items()
+    }
     if "checkpoint" not in artifacts or not artifacts["checkpoint"].is_file():
         raise MissingWeightsError(f"{ref} (version {version}) has no checkpoint artifact")
     return ResolvedModel(artifacts["checkpoint"], artifacts.get("clip_weights"), version)
@@ -245,10 +259,12 @@ def _sqlite_version(uri: str, name: str, kind: str, value: str) -> str | None:
         path = Path.cwd() / path
     if not path.is_file():
         return None
-    query = ("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"
-             if kind == "alias" else
-             "SELECT version FROM model_versions WHERE name = ? AND version = ? "
-             "AND current_stage != 'Deleted_Internal'")
+    query = (
+        "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"
+        if kind == "alias"
+        else "SELECT version FROM model_versions WHERE name = ? AND version = ? "
+        "AND current_stage != 'Deleted_Internal'"
+    )
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
             rows = db.execute(query, (name, int(value) if kind == "version" else value)).fetchall()
@@ -269,8 +285,9 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
         # ask this registry where the version's files are: a "models:/" URI would be resolved
         # against MLflow's global registry URI (./mlflow.db by default), not this store
         source = client.get_model_version_download_uri(name, version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
-                                                    tracking_uri=uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(staging), tracking_uri=uri
+        )
         os.replace(local, final)
     except OSError:
         if not (final / "MLmodel").is_file():  # another process won the race: use theirs
@@ -278,4 +295,3 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
-

@@ -30,8 +30,10 @@ ABSENT = "absent"
 
 def _counts(relative: Path) -> bool:
     """Whether a file below a tree counts for its identity (not hidden, not bytecode)."""
-    return not any(part.startswith(".") or part == "__pycache__" for part in relative.parts) \
+    return (
+        not any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
         and relative.suffix != ".pyc"
+    )
 
 
 def tree_identity(path: str | Path, content: bool = False) -> str:
@@ -44,8 +46,11 @@ def tree_identity(path: str | Path, content: bool = False) -> str:
     if path.is_file():
         files = [(".", path)]
     else:
-        files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*")
-                       if f.is_file() and _counts(f.relative_to(path)))
+        files = sorted(
+            (f.relative_to(path).as_posix(), f)
+            for f in path.rglob("*")
+            if f.is_file() and _counts(f.relative_to(path))
+        )
     digest = hashlib.sha256()
     for name, file in files:
         stat = file.stat()
@@ -74,8 +79,9 @@ class Fingerprint:
         return self.digest[:12]
 
 
-def fingerprint(params: Mapping[str, Any], code: Mapping[str, Path],
-                inputs: Mapping[str, Path]) -> Fingerprint:
+def fingerprint(
+    params: Mapping[str, Any], code: Mapping[str, Path], inputs: Mapping[str, Path]
+) -> Fingerprint:
     """The fingerprint of a stage run.
 
     ``params``: the params sections the stage reads (plain data); ``code``: name -> library file or
@@ -83,26 +89,43 @@ def fingerprint(params: Mapping[str, Any], code: Mapping[str, Path],
     metrics file rewritten with the same bytes is unchanged) or folder (size + mtime of its files);
     a missing one counts as ``"absent"``.
     """
-    data = {name: tree_identity(path, content=Path(path).is_file())
-            for name, path in inputs.items()}
-    return Fingerprint({
-        "params": _digest(dict(params)),
-        "code": _digest({name: tree_identity(path, content=True) for name, path in code.items()}),
-        "inputs": _digest(data),
-    })
+    data = {
+        name: tree_identity(path, content=Path(path).is_file()) for name, path in inputs.items()
+    }
+    return Fingerprint(
+        {
+            "params": _digest(dict(params)),
+            "code": _digest(
+                {name: tree_identity(path, content=True) for name, path in code.items()}
+            ),
+            "inputs": _digest(data),
+        }
+    )
 
 
 def record_path(folder: str | Path, stage: str) -> Path:
     return Path(folder) / f".stage-{stage}.json"
 
 
-def write_record(folder: str | Path, stage: str, fp: Fingerprint, outputs: Path | None,
-                 summary: dict[str, Any], seconds: float) -> Path:
+def write_record(
+    folder: str | Path,
+    stage: str,
+    fp: Fingerprint,
+    outputs: Path | None,
+    summary: dict[str, Any],
+    seconds: float,
+) -> Path:
     """Record a successful run of ``stage`` (call it after the stage wrote its ``outputs``)."""
-    record = {"format": RECORD_FORMAT, "stage": stage, "fingerprint": fp.digest, "parts": fp.parts,
-              "outputs": tree_identity(outputs) if outputs is not None else None,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 3),
-              "summary": summary}
+    record = {
+        "format": RECORD_FORMAT,
+        "stage": stage,
+        "fingerprint": fp.digest,
+        "parts": fp.parts,
+        "outputs": tree_identity(outputs) if outputs is not None else None,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(seconds, 3),
+        "summary": summary,
+    }
     return write_json(record_path(folder, stage), record, default=str)
 
 
@@ -116,14 +139,16 @@ def read_record(folder: str | Path, stage: str) -> dict[str, Any] | None:
     return record if ok and record.get("stage") == stage else None
 
 
-def compare(folder: str | Path, stage: str, fp: Fingerprint,
-            outputs: Path | None) -> tuple[dict[str, Any] | None, str]:
+def compare(
+    folder: str | Path, stage: str, fp: Fingerprint, outputs: Path | None
+) -> tuple[dict[str, Any] | None, str]:
     """(the recorded summary, "unchanged") when ``stage`` may be skipped, else (None, why not)."""
     record = read_record(folder, stage)
     if record is None:
         return None, "no record of a successful run"
-    changed = [kind for kind, value in fp.parts.items()
-               if record.get("parts", {}).get(kind) != value]
+    changed = [
+        kind for kind, value in fp.parts.items() if record.get("parts", {}).get(kind) != value
+    ]
     if changed:
         return None, " and ".join(changed) + " changed since the last run"
     if outputs is not None and tree_identity(outputs) != record.get("outputs"):

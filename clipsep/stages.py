@@ -58,8 +58,13 @@ STAGE_CODE: dict[str, list[str]] = {
 # The `paths` folder each stage writes (its record lives there); register writes to the MLflow
 # store, so its record lives beside the evaluation it registered.
 STAGE_OUTPUTS: dict[str, str | None] = {
-    "world": "world", "ingest": "clips", "validate": "validation", "pretrain-clip": "clip_model",
-    "train": "checkpoints", "evaluate": "evaluation", "register": None,
+    "world": "world",
+    "ingest": "clips",
+    "validate": "validation",
+    "pretrain-clip": "clip_model",
+    "train": "checkpoints",
+    "evaluate": "evaluation",
+    "register": None,
 }
 
 
@@ -118,6 +123,7 @@ def train(p: Params) -> dict[str, Any]:
 
         def live(resuming: bool):
             return open_run(p, resuming)
+
     return run(p, p.path("clips"), p.path("checkpoints"), live)
 
 
@@ -150,8 +156,10 @@ def stage_inputs(stage: str, p: Params) -> list[Path]:
     """The data files and folders ``stage`` reads (dvc.yaml's data deps for the default params)."""
     clips, world, evaluation = p.path("clips"), p.path("world"), p.path("evaluation")
     clip_model = [p.path("clip_model")] if p.clip.pretrained is None else _clip_file(p)
-    optional = {"ingest": [p.ingest.labels_csv],
-                "evaluate": [p.eval.targets_csv, p.eval.interference_csv]}.get(stage, [])
+    optional = {
+        "ingest": [p.ingest.labels_csv],
+        "evaluate": [p.eval.targets_csv, p.eval.interference_csv],
+    }.get(stage, [])
     listed = {
         "world": [],
         "ingest": [ingest_source(p)],
@@ -177,7 +185,8 @@ def stage_fingerprint(stage: str, p: Params) -> stage_record.Fingerprint:
     return stage_record.fingerprint(
         params={name: sections[name] for name in STAGE_PARAMS[stage]},
         code={name: package / name for name in STAGE_CODE[stage]},
-        inputs={str(path): path for path in stage_inputs(stage, p)})
+        inputs={str(path): path for path in stage_inputs(stage, p)},
+    )
 
 
 def record_folder(stage: str, p: Params) -> Path:
@@ -213,8 +222,9 @@ def run_stage(stage: str, p: Params, skip_unchanged: bool = False) -> StageRun:
         if summary is not None and stage == "register":
             summary, reason = _registered_still(p, summary)
         if summary is not None:
-            log.info("%s: inputs unchanged since the last run (fingerprint %s), skipped",
-                     stage, fp.short)
+            log.info(
+                "%s: inputs unchanged since the last run (fingerprint %s), skipped", stage, fp.short
+            )
             return StageRun(stage, summary, True, fp.short, reason, time.perf_counter() - start)
         log.info("%s: %s (fingerprint %s), running", stage, reason, fp.short)
     summary = STAGES[stage](p)

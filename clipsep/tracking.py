@@ -39,8 +39,14 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_AUDIO_EXAMPLES = 12  # "a few playable examples": enough to listen, not a dataset copy
-PYFUNC_REQUIREMENTS = ["mlflow>=3.17,<3.18", "torch", "open_clip_torch", "soundfile", "pandas",
-                       "clipsep"]
+PYFUNC_REQUIREMENTS = [
+    "mlflow>=3.17,<3.18",
+    "torch",
+    "open_clip_torch",
+    "soundfile",
+    "pandas",
+    "clipsep",
+]
 
 
 # --- where things go ---------------------------------------------------------------------------
@@ -76,8 +82,9 @@ def connect(p: Params):
     except Exception as err:  # a dead server, a corrupt database: stop before logging anything
         raise RegistryUnavailableError.of(uri, err) from err
     if experiment is None:
-        return client, client.create_experiment(p.registry.experiment,
-                                                artifact_location=artifact_location(p))
+        return client, client.create_experiment(
+            p.registry.experiment, artifact_location=artifact_location(p)
+        )
     return client, experiment.experiment_id
 
 
@@ -91,8 +98,10 @@ def ui_command(p: Params) -> str:
     """The command that opens the MLflow UI on this store (127.0.0.1 only)."""
     if tracking_uri(p).startswith("http"):
         return f"open {tracking_uri(p)}"
-    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri "
-            f"{tracking_uri(p)} --host 127.0.0.1 --port 5000 --workers 1")
+    return (
+        f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri "
+        f"{tracking_uri(p)} --host 127.0.0.1 --port 5000 --workers 1"
+    )
 
 
 # --- lineage -----------------------------------------------------------------------------------
@@ -105,9 +114,11 @@ def project_root(p: Params) -> Path:
 
 def git_commit(root: Path) -> tuple[str, bool]:
     """(HEAD commit or 'unknown', whether the work tree has uncommitted changes)."""
+
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                              timeout=30)
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30
+        )
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
@@ -144,9 +155,13 @@ def system_info() -> dict[str, str]:
     """Host facts worth comparing runs by (python, torch, cpu/gpu)."""
     import torch
 
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": str(os.cpu_count()), "torch": torch.__version__,
-            "cuda": str(torch.cuda.is_available())}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "cuda": str(torch.cuda.is_available()),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -154,8 +169,12 @@ def system_info() -> dict[str, str]:
 
 def eval_protocol(p: Params, metrics: dict[str, Any]) -> str:
     """A short hash naming the evaluation protocol: two SDRs compare only if this matches."""
-    protocol = {"eval": p.to_dict()["eval"], "sample_rate": p.audio.sample_rate,
-                "n_mixtures": metrics.get("n_mixtures"), "backend": metrics.get("backend")}
+    protocol = {
+        "eval": p.to_dict()["eval"],
+        "sample_rate": p.audio.sample_rate,
+        "n_mixtures": metrics.get("n_mixtures"),
+        "backend": metrics.get("backend"),
+    }
     if p.eval.targets_csv is None:  # the test set is rendered from the world's params
         protocol["world"] = p.to_dict()["world"]
     protocol["eval"].pop("device", None)
@@ -167,8 +186,11 @@ def eval_protocol(p: Params, metrics: dict[str, Any]) -> str:
 
 def flatten_params(p: Params) -> dict[str, str]:
     """{'train.lr': '0.001', ...}: every hyperparameter and path as an MLflow param."""
-    return {f"{section}.{key}": json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-            for section, values in p.to_dict().items() for key, value in values.items()}
+    return {
+        f"{section}.{key}": json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        for section, values in p.to_dict().items()
+        for key, value in values.items()
+    }
 
 
 def flatten_metrics(tree: Any, prefix: str) -> dict[str, float]:
@@ -237,33 +259,52 @@ def absent_gap_db(metrics: dict[str, Any]) -> float | None:
     return gap if math.isfinite(gap) else None
 
 
-def decide_alias(new_sdr: float, champion: dict[str, str] | None, protocol: str,
-                 cfg: RegistryConfig, absent_gap: float | None = None) -> GateDecision:
+def decide_alias(
+    new_sdr: float,
+    champion: dict[str, str] | None,
+    protocol: str,
+    cfg: RegistryConfig,
+    absent_gap: float | None = None,
+) -> GateDecision:
     """Pure gate: champion tags (text_sdr, eval_protocol, version) or None -> decision.
 
     ``absent_gap`` (:func:`absent_gap_db`) above ``-cfg.absent_margin_db`` keeps a model
     challenger whatever its SDR: it leaks.
     """
     if absent_gap is not None and absent_gap > -cfg.absent_margin_db:
-        return GateDecision(CHALLENGER, f"leaks: an absent query returns {absent_gap:+.2f} dB "
-                                        "relative to the right query's output; the gate wants "
-                                        f"at most {-cfg.absent_margin_db:+.2f} dB")
+        return GateDecision(
+            CHALLENGER,
+            f"leaks: an absent query returns {absent_gap:+.2f} dB "
+            "relative to the right query's output; the gate wants "
+            f"at most {-cfg.absent_margin_db:+.2f} dB",
+        )
     if champion is None:
         if new_sdr >= cfg.champion_floor_db:
-            return GateDecision(CHAMPION, f"first model: text SDR {new_sdr:.2f} dB clears the "
-                                          f"floor {cfg.champion_floor_db:.2f} dB")
-        return GateDecision(CHALLENGER, f"no champion yet, but text SDR {new_sdr:.2f} dB is below "
-                                        f"the floor {cfg.champion_floor_db:.2f} dB")
+            return GateDecision(
+                CHAMPION,
+                f"first model: text SDR {new_sdr:.2f} dB clears the "
+                f"floor {cfg.champion_floor_db:.2f} dB",
+            )
+        return GateDecision(
+            CHALLENGER,
+            f"no champion yet, but text SDR {new_sdr:.2f} dB is below "
+            f"the floor {cfg.champion_floor_db:.2f} dB",
+        )
     old_version = champion.get("version", "?")
     if champion.get("eval_protocol") != protocol:
-        return GateDecision(CHALLENGER, f"champion v{old_version} was evaluated with protocol "
-                                        f"{champion.get('eval_protocol')}, this model with "
-                                        f"{protocol}: SDRs are not comparable; promote by hand "
-                                        "after re-evaluating")
+        return GateDecision(
+            CHALLENGER,
+            f"champion v{old_version} was evaluated with protocol "
+            f"{champion.get('eval_protocol')}, this model with "
+            f"{protocol}: SDRs are not comparable; promote by hand "
+            "after re-evaluating",
+        )
     old_sdr = float(champion["text_sdr"])
     gain = new_sdr - old_sdr
-    verdict = (f"text SDR {new_sdr:.2f} dB vs champion v{old_version} {old_sdr:.2f} dB "
-               f"(gain {gain:+.2f} dB, margin {cfg.promotion_margin_db:.2f} dB)")
+    verdict = (
+        f"text SDR {new_sdr:.2f} dB vs champion v{old_version} {old_sdr:.2f} dB "
+        f"(gain {gain:+.2f} dB, margin {cfg.promotion_margin_db:.2f} dB)"
+    )
     if gain > cfg.promotion_margin_db:
         return GateDecision(CHAMPION, f"beats the champion: {verdict}")
     return GateDecision(CHALLENGER, f"does not beat the champion by the margin: {verdict}")
@@ -281,11 +322,17 @@ def champion_tags(client, model_name: str) -> dict[str, str] | None:
     return {**version.tags, "version": str(version.version)}
 
 
-def apply_gate(client, model_name: str, version: str, new_sdr: float, protocol: str,
-               cfg: RegistryConfig, absent_gap: float | None = None) -> GateDecision:
+def apply_gate(
+    client,
+    model_name: str,
+    version: str,
+    new_sdr: float,
+    protocol: str,
+    cfg: RegistryConfig,
+    absent_gap: float | None = None,
+) -> GateDecision:
     """Decide against the current champion, set the alias and record the decision as tags."""
-    decision = decide_alias(new_sdr, champion_tags(client, model_name), protocol, cfg,
-                            absent_gap)
+    decision = decide_alias(new_sdr, champion_tags(client, model_name), protocol, cfg, absent_gap)
     client.set_registered_model_alias(model_name, decision.alias, version)
     client.set_model_version_tag(model_name, version, "gate_decision", decision.alias)
     client.set_model_version_tag(model_name, version, "gate_reason", decision.reason)
@@ -305,7 +352,7 @@ def log_history(client, run_id: str, history_csv: Path) -> int:
     now = int(time.time() * 1000)
     metrics = [Metric(name, value, now, step) for name, value, step in read_history(history_csv)]
     for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per call
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
     return len(metrics)
 
 
@@ -318,8 +365,9 @@ def _log_files(client, run_id: str, files: list[Path], base: Path, artifact_path
     return len(files)
 
 
-def log_training_outputs(client, run_id: str, p: Params,
-                         with_history: bool = True) -> dict[str, int]:
+def log_training_outputs(
+    client, run_id: str, p: Params, with_history: bool = True
+) -> dict[str, int]:
     """History as metrics (unless logged live), pictures (curves, spectrograms, evaluation
     plots), a few wav examples."""
     checkpoints, evaluation = p.path("checkpoints"), p.path("evaluation")
@@ -331,16 +379,27 @@ def log_training_outputs(client, run_id: str, p: Params,
     else:
         log.warning("no %s: the run has no per-step metrics", checkpoints / "history.csv")
     wanted = {
-        "training": (checkpoints, [checkpoints / n
-                                   for n in ("history.csv", "curves.png", "summary.json")]),
-        "examples": (checkpoints / "examples", sorted((checkpoints / "examples").glob("**/*.png"))
-                     + sorted((checkpoints / "examples").glob("**/*.wav"))[:MAX_AUDIO_EXAMPLES]),
-        "evaluation": (evaluation, sorted(f for f in evaluation.glob("*")
-                                          if f.suffix in (".json", ".csv", ".png", ".md"))),
-        "validation": (p.path("validation"), [p.path("validation") / n
-                                              for n in ("report.md", "result.json")]),
-        "clip": (p.path("clip_model"), [p.path("clip_model") / n
-                                        for n in ("zero_shot.json", "loss.png")]),
+        "training": (
+            checkpoints,
+            [checkpoints / n for n in ("history.csv", "curves.png", "summary.json")],
+        ),
+        "examples": (
+            checkpoints / "examples",
+            sorted((checkpoints / "examples").glob("**/*.png"))
+            + sorted((checkpoints / "examples").glob("**/*.wav"))[:MAX_AUDIO_EXAMPLES],
+        ),
+        "evaluation": (
+            evaluation,
+            sorted(f for f in evaluation.glob("*") if f.suffix in (".json", ".csv", ".png", ".md")),
+        ),
+        "validation": (
+            p.path("validation"),
+            [p.path("validation") / n for n in ("report.md", "result.json")],
+        ),
+        "clip": (
+            p.path("clip_model"),
+            [p.path("clip_model") / n for n in ("zero_shot.json", "loss.png")],
+        ),
     }
     for name, (base, files) in wanted.items():
         counts[name] = _log_files(client, run_id, [f for f in files if f.is_file()], base, name)
@@ -350,11 +409,16 @@ def log_training_outputs(client, run_id: str, p: Params,
 def lineage_tags(p: Params, metrics: dict[str, Any]) -> dict[str, str]:
     """Tags shared by the run and the model version: code, data and evaluation identity."""
     commit, dirty = git_commit(project_root(p))
-    return {"git_commit": commit, "git_dirty": str(dirty), **data_version(p),
-            **training_precision(p),
-            "eval_protocol": eval_protocol(p, metrics), "text_sdr": f"{text_sdr(metrics):.4f}",
-            "data_source": str(p.ingest.source or "embedded world"),
-            "params_file": p.source_file}
+    return {
+        "git_commit": commit,
+        "git_dirty": str(dirty),
+        **data_version(p),
+        **training_precision(p),
+        "eval_protocol": eval_protocol(p, metrics),
+        "text_sdr": f"{text_sdr(metrics):.4f}",
+        "data_source": str(p.ingest.source or "embedded world"),
+        "params_file": p.source_file,
+    }
 
 
 def training_precision(p: Params) -> dict[str, str]:
@@ -363,8 +427,10 @@ def training_precision(p: Params) -> dict[str, str]:
         summary = json.loads((p.path("checkpoints") / "summary.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"train_precision": str(summary.get("precision")),
-            "train_precision_reason": str(summary.get("precision_reason"))}
+    return {
+        "train_precision": str(summary.get("precision")),
+        "train_precision_reason": str(summary.get("precision_reason")),
+    }
 
 
 def clip_weights_file(query_ref: dict[str, Any], root: Path) -> Path | None:
@@ -402,18 +468,24 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     if clip_file is not None:
         artifacts["clip_weights"] = str(clip_file)
     example = _input_example(p)
-    output = pd.DataFrame({"target": ["out/mixture/target.wav"],
-                           "residual": ["out/mixture/residual.wav"]})
+    output = pd.DataFrame(
+        {"target": ["out/mixture/target.wav"], "residual": ["out/mixture/residual.wav"]}
+    )
     signature = infer_signature(example, output, params={"out_dir": "", "device": "auto"})
     # log_model test-runs predict on the input example: its outputs go to a scratch folder
     with tempfile.TemporaryDirectory(prefix="clipsep-validate-") as scratch:
         os.environ[SCRATCH_ENV] = scratch
         try:
             model = mlflow.pyfunc.log_model(
-                name="model", python_model=ClipSepPyfunc(), artifacts=artifacts,
-                signature=signature, input_example=example,
+                name="model",
+                python_model=ClipSepPyfunc(),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
                 registered_model_name=p.registry.model_name,
-                pip_requirements=PYFUNC_REQUIREMENTS, tags=tags)
+                pip_requirements=PYFUNC_REQUIREMENTS,
+                tags=tags,
+            )
         finally:
             os.environ.pop(SCRATCH_ENV, None)
     return str(model.registered_model_version)
@@ -436,8 +508,9 @@ def recorded_run(p: Params, client) -> Any | None:
     try:
         return client.get_run(json.loads(path.read_text())["run_id"])
     except (MlflowException, KeyError, ValueError) as err:
-        log.warning("%s names no run of %s (%s): a new run is opened", path, client.tracking_uri,
-                    err)
+        log.warning(
+            "%s names no run of %s (%s): a new run is opened", path, client.tracking_uri, err
+        )
         return None
 
 
@@ -460,8 +533,13 @@ def register(p: Params) -> dict[str, Any]:
     tags = lineage_tags(p, metrics)
     client, experiment_id = connect(p)
     live = _open_training_run(p, client)  # the run training opened (live_run), else a new one
-    started = (mlflow.start_run(run_id=live.info.run_id) if live else mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{p.model.preset}-{tags['data_version'][:8]}"))
+    started = (
+        mlflow.start_run(run_id=live.info.run_id)
+        if live
+        else mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{p.model.preset}-{tags['data_version'][:8]}"
+        )
+    )
     with started as run:
         run_id = run.info.run_id
         if live is None:  # training logged its params (and history) live otherwise
@@ -473,14 +551,35 @@ def register(p: Params) -> dict[str, Any]:
         version = log_pyfunc(p, checkpoint, tags)
         for key, value in {**tags, "run_id": run_id}.items():
             client.set_model_version_tag(p.registry.model_name, version, key, value)
-        decision = apply_gate(client, p.registry.model_name, version, float(tags["text_sdr"]),
-                              tags["eval_protocol"], p.registry, absent_gap_db(metrics))
-        mlflow.set_tags({"model_version": version, "gate_decision": decision.alias,
-                         "gate_reason": decision.reason})
-    return {"run_id": run_id, "experiment_id": experiment_id, "model_name": p.registry.model_name,
-            "version": version, "alias": decision.alias, "reason": decision.reason,
-            "text_sdr": float(tags["text_sdr"]), "data_version": tags["data_version"],
-            "git_commit": tags["git_commit"], "logged": counts,
-            "model_uri": f"models:/{p.registry.model_name}/{version}",
-            "tracking_uri": tracking_uri(p), "run_url": run_url(p, experiment_id, run_id),
-            "ui_command": ui_command(p)}
+        decision = apply_gate(
+            client,
+            p.registry.model_name,
+            version,
+            float(tags["text_sdr"]),
+            tags["eval_protocol"],
+            p.registry,
+            absent_gap_db(metrics),
+        )
+        mlflow.set_tags(
+            {
+                "model_version": version,
+                "gate_decision": decision.alias,
+                "gate_reason": decision.reason,
+            }
+        )
+    return {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "model_name": p.registry.model_name,
+        "version": version,
+        "alias": decision.alias,
+        "reason": decision.reason,
+        "text_sdr": float(tags["text_sdr"]),
+        "data_version": tags["data_version"],
+        "git_commit": tags["git_commit"],
+        "logged": counts,
+        "model_uri": f"models:/{p.registry.model_name}/{version}",
+        "tracking_uri": tracking_uri(p),
+        "run_url": run_url(p, experiment_id, run_id),
+        "ui_command": ui_command(p),
+    }

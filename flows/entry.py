@@ -35,5 +35,6 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     from clipsep.config import add_params_arguments
 
     add_params_arguments(parser)
-    parser.add_argument("--source", default=None,
-                        help="a folder of videos (default: the embedded world)")
+    parser.add_argument(
+        "--source", default=None, help="a folder of videos (default: the embedded world)"
+    )

@@ -25,8 +25,12 @@ DEFAULT_NAME = "weekly"
 
 def deployment_parameters(args: argparse.Namespace) -> dict:
     """Default flow parameters of the deployment (a trigger's -p values override them)."""
-    return {"params_file": str(Path(args.params).resolve()), "profile": args.profile,
-            "overrides": args.overrides, "source": args.source}
+    return {
+        "params_file": str(Path(args.params).resolve()),
+        "profile": args.profile,
+        "overrides": args.overrides,
+        "source": args.source,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,10 +42,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()  # before Prefect is imported; the flow runs inherit it
     from flows.train_clipsep import train_clipsep
 
-    print(f"serving deployment '{train_clipsep.name}/{args.name}' (cron '{args.cron}') "
-          f"on {os.environ.get('PREFECT_API_URL', 'an ephemeral Prefect server')}", flush=True)
-    train_clipsep.serve(name=args.name, cron=args.cron, parameters=deployment_parameters(args),
-                        tags=["clipsep"], description="train, evaluate and register CLIPSep")
+    print(
+        f"serving deployment '{train_clipsep.name}/{args.name}' (cron '{args.cron}') "
+        f"on {os.environ.get('PREFECT_API_URL', 'an ephemeral Prefect server')}",
+        flush=True,
+    )
+    train_clipsep.serve(
+        name=args.name,
+        cron=args.cron,
+        parameters=deployment_parameters(args),
+        tags=["clipsep"],
+        description="train, evaluate and register CLIPSep",
+    )
     return 0
 
 

@@ -41,8 +41,15 @@ from flows.entry import add_flow_options
 
 FLOW_NAME = "train-clipsep"
 # retries per stage: I/O-bound stages may hit a transient failure; compute and gates may not.
-STAGE_RETRIES = {"world": 1, "ingest": 2, "validate": 0, "pretrain-clip": 0, "train": 0,
-                 "evaluate": 0, "register": 2}
+STAGE_RETRIES = {
+    "world": 1,
+    "ingest": 2,
+    "validate": 0,
+    "pretrain-clip": 0,
+    "train": 0,
+    "evaluate": 0,
+    "register": 2,
+}
 METRIC_ROWS = ("text", "image", "constant_mask", "oracle_ibm", "oracle_irm", "mixture")
 METRIC_COLUMNS = ("sdr", "sir", "sar", "si_sdr", "sdri")
 
@@ -50,12 +57,19 @@ METRIC_COLUMNS = ("sdr", "sir", "sar", "si_sdr", "sdri")
 def stage_task(stage: str):
     """A stage of clipsep.stages as a Prefect task that skips it when its inputs are unchanged
     (no Prefect cache: the stage's own record decides, next to the files it writes)."""
-    return task(stages.run_stage, name=stage, task_run_name=stage,
-                retries=STAGE_RETRIES[stage], retry_delay_seconds=10, cache_policy=NO_CACHE)
+    return task(
+        stages.run_stage,
+        name=stage,
+        task_run_name=stage,
+        retries=STAGE_RETRIES[stage],
+        retry_delay_seconds=10,
+        cache_policy=NO_CACHE,
+    )
 
 
-def flow_params(params_file: str, profile: str | None, overrides: Sequence[str],
-                source: str | None) -> Params:
+def flow_params(
+    params_file: str, profile: str | None, overrides: Sequence[str], source: str | None
+) -> Params:
     """Merged params; ``source`` (a user's video folder) becomes ingest.source."""
     extra = list(overrides)
     if source:
@@ -69,8 +83,12 @@ def flow_params(params_file: str, profile: str | None, overrides: Sequence[str],
 def planned_stages(p: Params) -> list[str]:
     """Stages this configuration needs: the world only for its videos, captions or test protocol."""
     needs_pretrain = p.clip.pretrained is None  # the embedded world's own tiny CLIP
-    needs_world = (p.ingest.source is None or needs_pretrain or p.eval.targets_csv is None
-                   or p.eval.interference_csv is None)
+    needs_world = (
+        p.ingest.source is None
+        or needs_pretrain
+        or p.eval.targets_csv is None
+        or p.eval.interference_csv is None
+    )
     plan = ["world"] if needs_world else []
     plan += ["ingest", "validate"] + (["pretrain-clip"] if needs_pretrain else [])
     return plan + ["train", "evaluate", "register"]
@@ -79,21 +97,30 @@ def planned_stages(p: Params) -> list[str]:
 def metrics_markdown(metrics: dict[str, Any], registered: dict[str, Any]) -> str:
     """Evaluation metrics (mean +- sem, dB) as a markdown table, with the gate's decision."""
     header = "| query | " + " | ".join(METRIC_COLUMNS) + " |"
-    lines = [f"## clipsep v{registered['version']}: {registered['alias']}",
-             f"{registered['reason']}", "", header, "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    lines = [
+        f"## clipsep v{registered['version']}: {registered['alias']}",
+        f"{registered['reason']}",
+        "",
+        header,
+        "|---" * (len(METRIC_COLUMNS) + 1) + "|",
+    ]
     for row in (r for r in METRIC_ROWS if isinstance(metrics.get(r), dict)):
         cells = []
         for column in METRIC_COLUMNS:
             stat = metrics[row].get(column)
             cells.append(f"{stat['mean']:.2f} ± {stat.get('sem', 0):.2f}" if stat else "–")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", f"{metrics.get('n_mixtures', '?')} test mixtures, {metrics.get('backend', '?')}; "
-              f"data version `{registered['data_version']}`, git `{registered['git_commit'][:10]}`"]
+    lines += [
+        "",
+        f"{metrics.get('n_mixtures', '?')} test mixtures, {metrics.get('backend', '?')}; "
+        f"data version `{registered['data_version']}`, git `{registered['git_commit'][:10]}`",
+    ]
     return "\n".join(lines)
 
 
-def timing_markdown(runs: Sequence[stages.StageRun], seconds: dict[str, float],
-                    total_s: float, cpu: str) -> str:
+def timing_markdown(
+    runs: Sequence[stages.StageRun], seconds: dict[str, float], total_s: float, cpu: str
+) -> str:
     """Each stage's wall time (s) and whether it ran or was skipped, the total, the CPU."""
     lines = ["| stage | wall time (s) | |", "|---|---:|---|"]
     for run in runs:
@@ -107,25 +134,38 @@ def publish(p: Params, registered: dict[str, Any], timing: str) -> str:
     """Prefect artifacts: the metrics and timing tables, links to the MLflow run and version."""
     metrics = json.loads((p.path("evaluation") / "metrics.json").read_text())
     table = metrics_markdown(metrics, registered) + "\n\n### Stage times\n\n" + timing
-    create_markdown_artifact(key="clipsep-metrics", markdown=table,
-                             description="evaluation metrics and promotion gate decision")
-    create_link_artifact(key="clipsep-mlflow-run", link=registered["run_url"],
-                         link_text=f"MLflow run {registered['run_id']} "
-                                   f"({registered['model_uri']} @{registered['alias']})",
-                         description=f"tracking store: {registered['tracking_uri']}")
+    create_markdown_artifact(
+        key="clipsep-metrics",
+        markdown=table,
+        description="evaluation metrics and promotion gate decision",
+    )
+    create_link_artifact(
+        key="clipsep-mlflow-run",
+        link=registered["run_url"],
+        link_text=f"MLflow run {registered['run_id']} "
+        f"({registered['model_uri']} @{registered['alias']})",
+        description=f"tracking store: {registered['tracking_uri']}",
+    )
     return table
 
 
 def publish_validation_failure(p: Params, error: ValidationFailed) -> None:
     report = p.path("validation") / "report.md"
     text = report.read_text() if report.is_file() else str(error)
-    create_markdown_artifact(key="clipsep-validation-failed", markdown=text,
-                             description="the data gate rejected the dataset")
+    create_markdown_artifact(
+        key="clipsep-validation-failed",
+        markdown=text,
+        description="the data gate rejected the dataset",
+    )
 
 
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
-def train_clipsep(params_file: str = "params.yaml", profile: str | None = None,
-                  overrides: list[str] | None = None, source: str | None = None) -> dict[str, Any]:
+def train_clipsep(
+    params_file: str = "params.yaml",
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
     """Run the pipeline on the embedded world (``source=None``) or a video folder; register.
     Stages whose inputs are unchanged since their last successful run are skipped."""
     start = time.perf_counter()
@@ -157,31 +197,40 @@ def where_to_look(registered: dict[str, Any]) -> str:
     """The closing message of a run: version, metrics, and the commands to look further."""
     alias, name = registered["alias"], registered["model_name"]
     done = "Already registered (unchanged)" if registered.get("register_skipped") else "Registered"
-    lines = [registered.get("metrics_table", ""), "",
-             f"{done} {registered['model_uri']} -> @{alias} "
-             f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
-             f"MLflow run:  {registered['run_url']}",
-             f"MLflow UI:   {registered['ui_command']}",
-             "Separate:    .venv/bin/clipsep separate MIX.wav --query violin "
-             f"--model models:/{name}@{alias}",
-             f"App:         .venv/bin/python -m app --model models:/{name}@{alias}   "
-             "(http://127.0.0.1:7860)"]
+    lines = [
+        registered.get("metrics_table", ""),
+        "",
+        f"{done} {registered['model_uri']} -> @{alias} "
+        f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
+        f"MLflow run:  {registered['run_url']}",
+        f"MLflow UI:   {registered['ui_command']}",
+        "Separate:    .venv/bin/clipsep separate MIX.wav --query violin "
+        f"--model models:/{name}@{alias}",
+        f"App:         .venv/bin/python -m app --model models:/{name}@{alias}   "
+        "(http://127.0.0.1:7860)",
+    ]
     if alias != "champion":
-        lines.append(f"Note: no promotion; models:/{name}@champion is unchanged or absent "
-                     "(see registry.champion_floor_db / promotion_margin_db in params.yaml).")
+        lines.append(
+            f"Note: no promotion; models:/{name}@champion is unchanged or absent "
+            "(see registry.champion_floor_db / promotion_margin_db in params.yaml)."
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """One run (``python -m flows`` calls this after :func:`flows.entry.prepare_environment`)."""
-    parser = argparse.ArgumentParser(prog="python -m flows",
-                                     description="run the train-clipsep flow once")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows", description="run the train-clipsep flow once"
+    )
     add_flow_options(parser)
     args = parser.parse_args(argv)
     try:
-        registered = train_clipsep(params_file=str(Path(args.params).resolve()),
-                                   profile=args.profile, overrides=args.overrides,
-                                   source=args.source)
+        registered = train_clipsep(
+            params_file=str(Path(args.params).resolve()),
+            profile=args.profile,
+            overrides=args.overrides,
+            source=args.source,
+        )
     except (ClipsepError, ConfigError) as err:  # the run's log holds the details; say what to fix
         print(f"\ntrain-clipsep failed: {err}", file=sys.stderr)
         return 2

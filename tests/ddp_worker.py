@@ -24,9 +24,17 @@ REPO = Path(__file__).resolve().parents[1]
 def main(root: str, steps_text: str) -> None:
     apply_offline_defaults()
     steps = int(steps_text)
-    params = load_params(REPO / "params.yaml", profile="tiny", overrides={
-        "paths.root": root, "train.steps": steps, "train.validate_every": steps,
-        "train.checkpoint_every": steps, "train.decay_steps": steps})
+    params = load_params(
+        REPO / "params.yaml",
+        profile="tiny",
+        overrides={
+            "paths.root": root,
+            "train.steps": steps,
+            "train.validate_every": steps,
+            "train.checkpoint_every": steps,
+            "train.decay_steps": steps,
+        },
+    )
     dist, device = loop.init_distributed(resolve_device(params.train.device))
     out_dir = params.path("checkpoints")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -34,8 +42,10 @@ def main(root: str, steps_text: str) -> None:
     trainer = loop.build_trainer(params, data.val_batch.queries.shape[-1], device, dist)
     state = loop.RunState()
     loop.run_steps(trainer, data, state, out_dir, dist, loop.resume_key(params, dist.world_size))
-    torch_save({"step": state.step, "world_size": dist.world_size,
-                "model": trainer.net.state_dict()}, Path(root) / "ranks" / f"rank{dist.rank}.pt")
+    torch_save(
+        {"step": state.step, "world_size": dist.world_size, "model": trainer.net.state_dict()},
+        Path(root) / "ranks" / f"rank{dist.rank}.pt",
+    )
     dist.barrier()
     torch.distributed.destroy_process_group()
 

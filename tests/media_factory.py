@@ -93,7 +93,7 @@ def _encode_sound(out, stream, spec: VideoSpec) -> None:
     chunk = stream.codec_context.frame_size or 1024
     fmt = stream.codec_context.format.name
     for start in range(0, total, chunk):
-        block = stereo[:, start:start + chunk]
+        block = stereo[:, start : start + chunk]
         if fmt == "flt":  # packed float codecs want [1, samples*channels]
             data = block.T.reshape(1, -1).copy()
         else:
@@ -120,8 +120,9 @@ CONTAINER_SPECS: dict[str, VideoSpec] = {
 
 def write_container_zoo(folder: Path) -> dict[str, Path]:
     """One good video per extension (mkv h264+aac, webm vp9+opus 48 kHz, avi mpeg4+mp3, mov)."""
-    return {ext: write_video(folder / f"zoo_{ext}.{ext}", spec)
-            for ext, spec in CONTAINER_SPECS.items()}
+    return {
+        ext: write_video(folder / f"zoo_{ext}.{ext}", spec) for ext, spec in CONTAINER_SPECS.items()
+    }
 
 
 # --- the fault corpus ---------------------------------------------------------------------------

@@ -19,8 +19,20 @@ import torch
 from clipsep.config import Params
 from clipsep.env import headless_pyplot
 
-MANIFEST_COLUMNS = ["clip_id", "source", "source_hash", "split", "start_s", "duration_s",
-                    "audio_path", "frames_dir", "n_frames", "sample_rate", "rms_db", "label"]
+MANIFEST_COLUMNS = [
+    "clip_id",
+    "source",
+    "source_hash",
+    "split",
+    "start_s",
+    "duration_s",
+    "audio_path",
+    "frames_dir",
+    "n_frames",
+    "sample_rate",
+    "rms_db",
+    "label",
+]
 
 
 def write_manifest(p: Params, n_clips: int = 4, salt: str = "") -> Path:
@@ -31,12 +43,27 @@ def write_manifest(p: Params, n_clips: int = 4, salt: str = "") -> Path:
     rows = []
     for index in range(n_clips):
         clip_id = f"c{index:04d}"
-        sf.write(clips / "audio" / f"{clip_id}.wav",
-                 (0.1 * rng.standard_normal(p.audio.sample_rate)).astype("float32"),
-                 p.audio.sample_rate)
-        rows.append([clip_id, f"train/v{index}.mp4", f"sha{index}{salt}", "train", 0.0, 1.0,
-                     f"audio/{clip_id}.wav", f"frames/{clip_id}", 1, p.audio.sample_rate, -20.0,
-                     p.world.classes[index % len(p.world.classes)]])
+        sf.write(
+            clips / "audio" / f"{clip_id}.wav",
+            (0.1 * rng.standard_normal(p.audio.sample_rate)).astype("float32"),
+            p.audio.sample_rate,
+        )
+        rows.append(
+            [
+                clip_id,
+                f"train/v{index}.mp4",
+                f"sha{index}{salt}",
+                "train",
+                0.0,
+                1.0,
+                f"audio/{clip_id}.wav",
+                f"frames/{clip_id}",
+                1,
+                p.audio.sample_rate,
+                -20.0,
+                p.world.classes[index % len(p.world.classes)],
+            ]
+        )
     with open(clips / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
@@ -64,26 +91,47 @@ def write_checkpoint(p: Params, clip_weights: Path, seed: int = 0) -> Path:
     clip_file.parent.mkdir(parents=True, exist_ok=True)
     clip_file.unlink(missing_ok=True)
     os.link(clip_weights, clip_file)
-    query = {"architecture": p.clip.architecture, "model_config": config,
-             "pretrained": str(clip_file), "prompt_templates": list(p.clip.prompt_templates),
-             "embed_dim": config["embed_dim"]}
+    query = {
+        "architecture": p.clip.architecture,
+        "model_config": config,
+        "pretrained": str(clip_file),
+        "prompt_templates": list(p.clip.prompt_templates),
+        "embed_dim": config["embed_dim"],
+    }
     torch.manual_seed(seed)
     model = build_model(p.model, config["embed_dim"])
-    return save_checkpoint(p.path("checkpoints") / "best.pt", model, model_cfg=p.model,
-                           audio_cfg=p.audio, query=query, extra={"step": 4})
+    return save_checkpoint(
+        p.path("checkpoints") / "best.pt",
+        model,
+        model_cfg=p.model,
+        audio_cfg=p.audio,
+        query=query,
+        extra={"step": 4},
+    )
 
 
 def write_metrics(p: Params, text_sdr: float) -> Path:
     """metrics.json in the shape of CONTRACTS.md "Evaluation"."""
+
     def stats(mean: float) -> dict:
         return {"mean": mean, "sem": 0.1, "median": mean}
 
-    metrics = {"text": {"sdr": stats(text_sdr), "sir": stats(text_sdr + 3), "sar": stats(9.0),
-                        "si_sdr": stats(text_sdr - 1), "sdri": stats(text_sdr + 2)},
-               "image": {"sdr": stats(text_sdr - 0.5)}, "oracle_ibm": {"sdr": stats(12.0)},
-               "mixture": {"sdr": stats(-2.0)}, "absent_query": {"energy_db": stats(-9.0)},
-               "per_class": {"cello": {"sdr": stats(text_sdr)}}, "n_mixtures": 4,
-               "backend": "museval v4"}
+    metrics = {
+        "text": {
+            "sdr": stats(text_sdr),
+            "sir": stats(text_sdr + 3),
+            "sar": stats(9.0),
+            "si_sdr": stats(text_sdr - 1),
+            "sdri": stats(text_sdr + 2),
+        },
+        "image": {"sdr": stats(text_sdr - 0.5)},
+        "oracle_ibm": {"sdr": stats(12.0)},
+        "mixture": {"sdr": stats(-2.0)},
+        "absent_query": {"energy_db": stats(-9.0)},
+        "per_class": {"cello": {"sdr": stats(text_sdr)}},
+        "n_mixtures": 4,
+        "backend": "museval v4",
+    }
     out = p.path("evaluation") / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics))
@@ -108,9 +156,11 @@ def write_training_outputs(p: Params) -> None:
     (out / "examples" / "00").mkdir(exist_ok=True)
     figure.savefig(out / "examples" / "00" / "spectrogram.png")
     plt.close(figure)
-    sf.write(out / "examples" / "00" / "mixture.wav",
-             0.1 * np.random.default_rng(1).standard_normal(p.audio.sample_rate).astype("float32"),
-             p.audio.sample_rate)
+    sf.write(
+        out / "examples" / "00" / "mixture.wav",
+        0.1 * np.random.default_rng(1).standard_normal(p.audio.sample_rate).astype("float32"),
+        p.audio.sample_rate,
+    )
 
 
 def write_pipeline_outputs(p: Params, text_sdr: float, clip_weights: Path, seed: int = 0) -> None:

@@ -42,14 +42,21 @@ class Server:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
-def start(name: str, command: Sequence[str], env: Mapping[str, str], cwd: Path,
-          log_dir: Path) -> Server:
+def start(
+    name: str, command: Sequence[str], env: Mapping[str, str], cwd: Path, log_dir: Path
+) -> Server:
     """Start ``command`` in its own session, stdout+stderr to ``log_dir/<name>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(list(command), cwd=cwd, env=dict(env), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Server(name, process, log_path)
 
 
@@ -58,8 +65,10 @@ def wait_until(ready: Callable[[], bool], server: Server, timeout_s: float, what
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited ({server.process.returncode}) before "
-                               f"{what}:\n{server.log_tail()}")
+            raise RuntimeError(
+                f"{server.name} exited ({server.process.returncode}) before "
+                f"{what}:\n{server.log_tail()}"
+            )
         if ready():
             return
         time.sleep(0.5)
@@ -73,6 +82,7 @@ def http_ok(url: str) -> Callable[[], bool]:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
     return check
 
 

@@ -43,5 +43,7 @@ def test_streamed_blocks_give_the_same_segments_as_one_block():
     whole = activity(target, mixture[0], RATE, DEFAULT_SETTINGS)
     meter = ActivityMeter(["t"], RATE, DEFAULT_SETTINGS.activity_frame_s)
     for start in range(0, mixture.shape[1], 7777):  # blocks that do not align with frames
-        meter.update(start, target[None, None, start:start + 7777], mixture[:, start:start + 7777])
+        meter.update(
+            start, target[None, None, start : start + 7777], mixture[:, start : start + 7777]
+        )
     assert meter.segments(DEFAULT_SETTINGS)["t"] == whole

@@ -10,13 +10,22 @@ from test_app_handlers import tone
 from test_app_launch import launched_app
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium"),
-              pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*"),
+]
 
 OUTPUTS_READY = """() => {
   const audio = id => document.querySelector(
@@ -36,8 +45,12 @@ def test_visitor_uploads_queries_and_gets_both_outputs(tmp_path, artifacts_dir):
     sf.write(tmp_path / "mixture.wav", tone(3.0).T, 22050)
     with launched_app(tmp_path) as (url, _, _), playwright.sync_playwright() as driver:
         context = driver.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
-            viewport={"width": 1280, "height": 1000}, args=CHROMIUM_FLAGS)
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            viewport={"width": 1280, "height": 1000},
+            args=CHROMIUM_FLAGS,
+        )
         try:
             page = context.new_page()
             page.goto(url, wait_until="networkidle")

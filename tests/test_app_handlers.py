@@ -30,9 +30,14 @@ def write_tiny_model(root: Path):
     query = {**encoder.reference(), "pretrained": str(clip_file)}
     torch.manual_seed(0)
     model = build_model(params.model, encoder.embed_dim)
-    checkpoint = save_checkpoint(params.path("checkpoints") / "best.pt", model,
-                                 model_cfg=params.model, audio_cfg=params.audio, query=query,
-                                 extra={"step": 4, "metrics": {"val_sdr": 1.5}})
+    checkpoint = save_checkpoint(
+        params.path("checkpoints") / "best.pt",
+        model,
+        model_cfg=params.model,
+        audio_cfg=params.audio,
+        query=query,
+        extra={"step": 4, "metrics": {"val_sdr": 1.5}},
+    )
     return params, checkpoint
 
 
@@ -42,10 +47,21 @@ def write_mini_world(params, classes=("cello", "flute", "trumpet")) -> Path:
     rows = []
     for index, label in enumerate(classes):
         video = f"test/w{index:05d}.mp4"
-        write_video(world / "videos" / video,
-                    VideoSpec(seconds=3.0, tone_hz=220.0 * (index + 1), seed=index))
-        rows.append({"video_id": f"w{index:05d}", "video": video, "split": "test", "labels": label,
-                     "offscreen": "", "melody_id": index, "duration_s": 3.0})
+        write_video(
+            world / "videos" / video,
+            VideoSpec(seconds=3.0, tone_hz=220.0 * (index + 1), seed=index),
+        )
+        rows.append(
+            {
+                "video_id": f"w{index:05d}",
+                "video": video,
+                "split": "test",
+                "labels": label,
+                "offscreen": "",
+                "melody_id": index,
+                "duration_s": 3.0,
+            }
+        )
     with (world / "ground_truth.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -82,8 +98,14 @@ def test_separates_an_upload_into_target_and_residual(served):
     mixture = tone(3.0)
     path = upload(root, "mix.wav", mixture)
     seen = []
-    result = handlers.separate_upload(separator, path, "  flute ", None, params.serve,
-                                      progress=lambda share, what: seen.append(share))
+    result = handlers.separate_upload(
+        separator,
+        path,
+        "  flute ",
+        None,
+        params.serve,
+        progress=lambda share, what: seen.append(share),
+    )
     assert result.target.shape == result.residual.shape == mixture.shape
     assert np.allclose(result.target + result.residual, mixture, atol=1e-4)
     assert seen and seen[-1] == 1.0
@@ -117,16 +139,26 @@ def test_video_offers_its_middle_frame_and_its_sound_is_separated(served):
     assert handlers.offered_image(upload(root, "plain.wav", tone(1.0))) is None
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("silence", "silent"), ("corrupt", "unreadable"), ("empty query", "No query"),
-    ("unsupported", "no audio track"),
-    ("too long", "serve.max_seconds"), ("too big", "serve.max_file_mb"),
-    ("outside", "not an upload"), ("none", "No input"),
-])
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("silence", "silent"),
+        ("corrupt", "unreadable"),
+        ("empty query", "No query"),
+        ("unsupported", "no audio track"),
+        ("too long", "serve.max_seconds"),
+        ("too big", "serve.max_file_mb"),
+        ("outside", "not an upload"),
+        ("none", "No input"),
+    ],
+)
 def test_bad_input_gets_a_readable_message(served, problem, expected):
     params, separator, _, root = served
-    cfg = dataclasses.replace(params.serve, max_seconds=2.0 if problem == "too long" else 60.0,
-                              max_file_mb=0 if problem == "too big" else 50)
+    cfg = dataclasses.replace(
+        params.serve,
+        max_seconds=2.0 if problem == "too long" else 60.0,
+        max_file_mb=0 if problem == "too big" else 50,
+    )
     path = {
         "silence": lambda: upload(root, "silent.wav", np.zeros((1, 22050), np.float32)),
         "corrupt": lambda: _write_bytes(root / "uploads" / "broken.mp3", b"ID3 not audio" * 50),
@@ -170,10 +202,12 @@ def test_registry_card_reads_version_tags_and_run_metrics(tmp_path):
     run = client.create_run(experiment)
     client.log_metric(run.info.run_id, "eval/text/sdr/mean", 4.25)
     client.create_registered_model("clipsep")
-    version = client.create_model_version("clipsep", f"runs:/{run.info.run_id}/model",
-                                          run_id=run.info.run_id,
-                                          tags={"data_version": "abc123def456xyz",
-                                                "git_commit": "0123456789ab"})
+    version = client.create_model_version(
+        "clipsep",
+        f"runs:/{run.info.run_id}/model",
+        run_id=run.info.run_id,
+        tags={"data_version": "abc123def456xyz", "git_commit": "0123456789ab"},
+    )
     client.set_registered_model_alias("clipsep", "champion", version.version)
     card = handlers.registry_card("models:/clipsep@champion", uri)
     assert (card.version, card.aliases, card.data_version) == ("1", "champion", "abc123def456xyz")
@@ -208,8 +242,9 @@ def test_serves_the_registry_champion_and_shows_its_lineage(tmp_path):
 
     params = tiny_params_at(tmp_path, **{"separate.device": "cpu"})
     assert params.serve.model == "models:/clipsep@champion"
-    write_pipeline_outputs(params, text_sdr=5.0,
-                           clip_weights=save_random_clip(params, tmp_path / "clip-source.pt"))
+    write_pipeline_outputs(
+        params, text_sdr=5.0, clip_weights=save_random_clip(params, tmp_path / "clip-source.pt")
+    )
     registered = tracking.register(params)
     separator, card = handlers.load_model(params)
     assert (card.version, card.aliases) == (registered["version"], "champion")
@@ -225,8 +260,14 @@ def test_long_upload_is_separated_in_chunks_with_progress(served):
     mixture = tone(40.0, rate=16000, channels=1)
     path = upload(root, "long.wav", mixture, rate=16000)
     seen = []
-    result = handlers.separate_upload(separator, path, "cello", None, params.serve,
-                                      progress=lambda share, what: seen.append((share, what)))
+    result = handlers.separate_upload(
+        separator,
+        path,
+        "cello",
+        None,
+        params.serve,
+        progress=lambda share, what: seen.append((share, what)),
+    )
     assert result.target.shape == mixture.shape
     assert len(seen) > 10 and [s for s, _ in seen] == sorted(s for s, _ in seen)
     assert seen[-1][1].endswith(f"{len(seen)}/{len(seen)}")

@@ -17,9 +17,11 @@ from conftest import tiny_params_at
 from servers import free_port
 from test_app_handlers import tone, write_mini_world, write_tiny_model
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*"),
+]
 
 
 @contextlib.contextmanager
@@ -35,8 +37,12 @@ def launched_app(root: Path, **serve):
     from app.demo import build_demo, launch
 
     _, checkpoint = write_tiny_model(root)
-    overrides = {"separate.device": "cpu", "serve.model": str(checkpoint),
-                 "serve.port": free_port(), **{f"serve.{k}": v for k, v in serve.items()}}
+    overrides = {
+        "separate.device": "cpu",
+        "serve.model": str(checkpoint),
+        "serve.port": free_port(),
+        **{f"serve.{k}": v for k, v in serve.items()},
+    }
     params = tiny_params_at(root, **overrides)
     write_mini_world(params)
     served = load_served(params)
@@ -71,8 +77,9 @@ def test_serves_on_loopback_with_limits_and_no_analytics(app_url):
 
 def empty_player(output) -> bool:
     """An unused stem player: None, or a hidden update without a value (as gradio_client sends)."""
-    return output is None or (isinstance(output, dict) and output.get("value") is None
-                              and output.get("visible") is False)
+    return output is None or (
+        isinstance(output, dict) and output.get("value") is None and output.get("visible") is False
+    )
 
 
 def player_file(output) -> str:
@@ -88,7 +95,8 @@ def test_client_separates_an_upload(app_url):
     sf.write(root / "mix.wav", mixture.T, 22050)
     client = Client(url, verbose=False)
     target, residual, picture, info, *more = client.predict(
-        handle_file(str(root / "mix.wav")), None, "flute", None, api_name="/separate")
+        handle_file(str(root / "mix.wav")), None, "flute", None, api_name="/separate"
+    )
     assert all(empty_player(m) for m in more)  # the extra stem players stay empty for one query
     target_wave, rate = sf.read(target, always_2d=True)
     residual_wave, _ = sf.read(residual, always_2d=True)
@@ -98,7 +106,8 @@ def test_client_separates_an_upload(app_url):
     assert Path(picture).suffix == ".png" and "text 'flute'" in info
     # comma-separated queries: one player per stem; stems + residual = mixture
     first, residual, _, info, second, third, fourth = client.predict(
-        handle_file(str(root / "mix.wav")), None, "flute, cello", None, api_name="/separate")
+        handle_file(str(root / "mix.wav")), None, "flute, cello", None, api_name="/separate"
+    )
     assert empty_player(third) and empty_player(fourth) and "'cello' sounds at" in info
     files = (first, player_file(second), residual)
     total = sum(sf.read(f, always_2d=True)[0] for f in files)
@@ -113,8 +122,9 @@ def test_bad_input_is_a_message_not_a_traceback(app_url):
     sf.write(root / "silent.wav", np.zeros(22050, np.float32), 22050)
     client = Client(url, verbose=False)
     with pytest.raises(AppError, match="silent"):
-        client.predict(handle_file(str(root / "silent.wav")), None, "flute", None,
-                       api_name="/separate")
+        client.predict(
+            handle_file(str(root / "silent.wav")), None, "flute", None, api_name="/separate"
+        )
     with pytest.raises(AppError, match="No query"):
         client.predict(handle_file(str(root / "mix.wav")), None, "   ", None, api_name="/separate")
 
@@ -122,15 +132,24 @@ def test_bad_input_is_a_message_not_a_traceback(app_url):
 def test_upload_over_the_size_limit_is_refused(app_url):
     url, _, root, _ = app_url
     big = root / "big.wav"
-    sf.write(big, np.random.default_rng(0).uniform(-0.5, 0.5, 400_000).astype(np.float32), 16000,
-             subtype="FLOAT")
+    sf.write(
+        big,
+        np.random.default_rng(0).uniform(-0.5, 0.5, 400_000).astype(np.float32),
+        16000,
+        subtype="FLOAT",
+    )
     boundary = "clipsepboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
-            f"filename=\"big.wav\"\r\nContent-Type: audio/wav\r\n\r\n")
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+        f'filename="big.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+    )
     body = head.encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
-                                     headers={"Content-Type":
-                                              f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        url + "gradio_api/upload",
+        data=body,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413
@@ -147,18 +166,40 @@ def test_app_command_serves_the_page(tmp_path):
 
     _, checkpoint = write_tiny_model(tmp_path)
     port = free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "app", "--params", str(REPO / "params.yaml"),
-               "--profile", "tiny", "--model", str(checkpoint), "--port", str(port)]
-    server = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "app",
+        "--params",
+        str(REPO / "params.yaml"),
+        "--profile",
+        "tiny",
+        "--model",
+        str(checkpoint),
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline, config = time.monotonic() + 90, None
         while config is None and time.monotonic() < deadline and server.poll() is None:
             try:
-                config = json.loads(urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/config", timeout=5).read())
+                config = json.loads(
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read()
+                )
             except OSError:
                 time.sleep(0.5)
         log = server.stdout.read1().decode() if server.poll() is not None else "still starting"
@@ -167,7 +208,13 @@ def test_app_command_serves_the_page(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGINT)
         server.wait(timeout=30)
-    missing = subprocess.run([*command[:-4], "--model", str(tmp_path / "missing.pt")], env=env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [*command[:-4], "--model", str(tmp_path / "missing.pt")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "missing.pt" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -16,24 +16,45 @@ PACKAGE = REPO / "clipsep"
 # module (or package prefix: every module below it) -> floor; the longest match wins
 FLOORS = {
     # 0 foundation: errors, environment, atomic files, params
-    "clipsep": 0, "clipsep.errors": 0, "clipsep.env": 0, "clipsep.fileio": 0, "clipsep.config": 0,
+    "clipsep": 0,
+    "clipsep.errors": 0,
+    "clipsep.env": 0,
+    "clipsep.fileio": 0,
+    "clipsep.config": 0,
     # 1 signals, stores and the machine: STFT/warp, audio files, media probing, the registry's
     # read side, precision selection, the stages' run records
-    "clipsep.audio": 1, "clipsep.audio_io": 1, "clipsep.registry_reader": 1, "clipsep.precision": 1,
+    "clipsep.audio": 1,
+    "clipsep.audio_io": 1,
+    "clipsep.registry_reader": 1,
+    "clipsep.precision": 1,
     "clipsep.stage_record": 1,
-    "clipsep.data.media": 1, "clipsep.data.world_pictures": 1, "clipsep.data.world_sound": 1,
-    "clipsep.model.unet": 1, "clipsep.evaluation.metrics": 1,
+    "clipsep.data.media": 1,
+    "clipsep.data.world_pictures": 1,
+    "clipsep.data.world_sound": 1,
+    "clipsep.model.unet": 1,
+    "clipsep.evaluation.metrics": 1,
     # stem activity and how stems are written (names, formats, clipping)
-    "clipsep.activity": 1, "clipsep.outputs": 1,
+    "clipsep.activity": 1,
+    "clipsep.outputs": 1,
     # 2 data and models: datasets, ingest, validation, networks, CLIP, training's building blocks
-    "clipsep.data": 2, "clipsep.model": 2, "clipsep.training": 2, "clipsep.evaluation.plots": 2,
+    "clipsep.data": 2,
+    "clipsep.model": 2,
+    "clipsep.training": 2,
+    "clipsep.evaluation.plots": 2,
     # 3 the two uses of a model: separating (inference) and learning one (the training loop)
-    "clipsep.inference": 3, "clipsep.training.loop": 3, "clipsep.training.report": 3,
+    "clipsep.inference": 3,
+    "clipsep.training.loop": 3,
+    "clipsep.training.report": 3,
     # 4 judging and publishing a model: evaluation, the pyfunc wrapper, the registry's write side
-    "clipsep.evaluation": 4, "clipsep.registry_model": 4, "clipsep.tracking": 4,
+    "clipsep.evaluation": 4,
+    "clipsep.registry_model": 4,
+    "clipsep.tracking": 4,
     "clipsep.live_run": 4,
     # 5 entry points: the stage table and the command line
-    "clipsep.stages": 5, "clipsep.cli": 5, "clipsep.__main__": 5, "clipsep.batch": 5,
+    "clipsep.stages": 5,
+    "clipsep.cli": 5,
+    "clipsep.__main__": 5,
+    "clipsep.batch": 5,
 }
 OUTSIDE = ("app", "flows", "tests", "bench", "prefect", "gradio", "dvc")  # never imported
 
@@ -57,7 +78,7 @@ def imported_names(path: Path, name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = package[:len(package) - node.level + 1]
+                parent = package[: len(package) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
@@ -122,9 +143,12 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
-    return [f"{source} (floor {floor_of(source)}) -> {target} (floor {floor_of(target)})"
-            for source, targets in sorted(graph.items()) for target in sorted(targets)
-            if floor_of(target) > floor_of(source)]
+    return [
+        f"{source} (floor {floor_of(source)}) -> {target} (floor {floor_of(target)})"
+        for source, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if floor_of(target) > floor_of(source)
+    ]
 
 
 def test_every_module_has_a_floor():
@@ -141,9 +165,12 @@ def test_no_import_points_up_a_floor():
 
 
 def test_the_library_never_imports_the_edges():
-    reaching_out = sorted(f"{name} imports {imported}" for name, path in modules().items()
-                          for imported in imported_names(path, name)
-                          if imported.split(".")[0] in OUTSIDE)
+    reaching_out = sorted(
+        f"{name} imports {imported}"
+        for name, path in modules().items()
+        for imported in imported_names(path, name)
+        if imported.split(".")[0] in OUTSIDE
+    )
     assert reaching_out == []
 
 

@@ -41,8 +41,9 @@ def test_paper_clip_length_gives_256_frames():
 def test_warp_equals_grid_sample_with_the_paper_grid(n_frames):
     mag = torch.rand(2, 3, 513, n_frames, dtype=torch.float64)
     grid = _paper_grid(n_frames, 256).expand(6, -1, -1, -1)
-    expected = F.grid_sample(mag.flatten(0, 1).unsqueeze(1), grid, mode="bilinear",
-                             align_corners=True).view(2, 3, 256, n_frames)
+    expected = F.grid_sample(
+        mag.flatten(0, 1).unsqueeze(1), grid, mode="bilinear", align_corners=True
+    ).view(2, 3, 256, n_frames)
     got = audio.warp(mag, 256)
     assert got.shape == (2, 3, 256, n_frames)
     assert torch.allclose(got, expected, atol=1e-10)

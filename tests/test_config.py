@@ -78,7 +78,11 @@ def test_serve_model_null_means_the_separate_model():
     assert yaml.safe_load((REPO / "params.yaml").read_text())["serve"]["model"] is None
     params = load_params(REPO / "params.yaml", overrides=["separate.model=models/x/best.pt"])
     assert params.serve.model == params.separate.model == "models/x/best.pt"
-    both = load_params(REPO / "params.yaml", overrides={"separate.model": "models/x/best.pt",
-                                                        "serve.model": "models:/clipsep@staging"})
-    assert (both.separate.model, both.serve.model) == ("models/x/best.pt",
-                                                       "models:/clipsep@staging")
+    both = load_params(
+        REPO / "params.yaml",
+        overrides={"separate.model": "models/x/best.pt", "serve.model": "models:/clipsep@staging"},
+    )
+    assert (both.separate.model, both.serve.model) == (
+        "models/x/best.pt",
+        "models:/clipsep@staging",
+    )

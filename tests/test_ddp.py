@@ -19,18 +19,29 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None,
-                    reason="torchrun is not installed next to this Python")
+@pytest.mark.skipif(
+    not TORCHRUN.exists() and shutil.which("torchrun") is None,
+    reason="torchrun is not installed next to this Python",
+)
 def test_two_gloo_ranks_train_in_lockstep(tmp_path):
     params = tiny_params_at(tmp_path)
     write_random_clip(params)
     make_clips_dir(tmp_path / "data", per_class={"train": 1, "val": 1})  # -> data/clips
     steps = 3
-    command = [str(TORCHRUN if TORCHRUN.exists() else shutil.which("torchrun")), "--standalone",
-               "--nproc_per_node=2", str(REPO / "tests" / "ddp_worker.py"), str(tmp_path),
-               str(steps)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    command = [
+        str(TORCHRUN if TORCHRUN.exists() else shutil.which("torchrun")),
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "tests" / "ddp_worker.py"),
+        str(tmp_path),
+        str(steps),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -24,10 +24,12 @@ DATA_STAGES = ("world", "ingest", "validate")
 
 def run(args: list, cwd: Path, env: dict, ok: bool = True) -> str:
     """Run a command, expecting success (ok) or failure; on surprise show its output."""
-    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert (done.returncode == 0) == ok, (f"{args} exit {done.returncode}:\n{done.stdout}\n"
-                                          f"{done.stderr}")
+    done = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert (done.returncode == 0) == ok, (
+        f"{args} exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
     return done.stdout + done.stderr
 
 
@@ -37,16 +39,24 @@ def clean_copy(tmp_path):
     if not DVC.exists():
         pytest.skip("dvc is not installed in .venv (pip install -e '.[platform]')")
     repo = tmp_path / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                             check=True).stdout.decode().split("\0")
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, tracked):
         if (REPO / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
     (repo / ".venv").symlink_to(REPO / ".venv")  # what scripts/setup.sh would create
-    env = {**os.environ, "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site-cache"),
-           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+    env = {
+        **os.environ,
+        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site-cache"),
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
     run(["git", "init", "-q"], repo, env)
     run([repo / ".venv/bin/clipsep", "params", "--profile", "tiny", "-o", "params.yaml"], repo, env)
     run([DVC, "remote", "modify", "--local", "local", "url", tmp_path / "remote"], repo, env)
@@ -85,8 +95,12 @@ def check_push_then_pull(repo: Path, env: dict) -> None:
     shutil.rmtree(repo / "data")
     shutil.rmtree(repo / ".dvc" / "cache")
     run([DVC, "pull", "--with-deps", "validate"], repo, env)  # later stages never ran
-    for path in ("data/clips/manifest.csv", "data/validation/result.json",
-                 "data/validation/report.html", "data/world/ground_truth.csv"):
+    for path in (
+        "data/clips/manifest.csv",
+        "data/validation/result.json",
+        "data/validation/report.html",
+        "data/world/ground_truth.csv",
+    ):
         assert (repo / path).is_file(), f"{path} not restored by dvc pull"
     status = run([DVC, "status", "validate"], repo, env)
     assert "up to date" in status, status

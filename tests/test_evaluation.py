@@ -29,8 +29,10 @@ def harmonic_tone(f0: float, seconds: float, seed: int) -> np.ndarray:
 
 def write_protocol(root: Path) -> tuple[Path, Path]:
     """Two labelled targets and two interference clips (wav + 3 frames each) indexed by CSVs."""
-    rows = {"targets": [("cello", 110.0), ("flute", 880.0)],
-            "interference": [("trumpet", 370.0), ("xylophone", 1500.0)]}
+    rows = {
+        "targets": [("cello", 110.0), ("flute", 880.0)],
+        "interference": [("trumpet", 370.0), ("xylophone", 1500.0)],
+    }
     paths = {}
     for kind, clips in rows.items():
         with (root / f"{kind}.csv").open("w", newline="") as handle:
@@ -55,9 +57,15 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     checkpoint, _ = make_tiny_model(root)
     targets, interference = write_protocol(root)
-    params = tiny_params_at(root, **{"eval.targets_csv": str(targets),
-                                     "eval.interference_csv": str(interference),
-                                     "eval.device": "cpu", "eval.mixtures_per_target": 2})
+    params = tiny_params_at(
+        root,
+        **{
+            "eval.targets_csv": str(targets),
+            "eval.interference_csv": str(interference),
+            "eval.device": "cpu",
+            "eval.mixtures_per_target": 2,
+        },
+    )
     summary = evaluate(params, checkpoint, root / "evaluation")
     return summary, root / "evaluation"
 
@@ -91,8 +99,9 @@ def test_compare_puts_two_runs_side_by_side(evaluated, tmp_path):
     from clipsep.evaluation.evaluate import compare_metrics
 
     _, out = evaluated
-    table = compare_metrics([out / "metrics.json", out / "metrics.json"], ["nit", "no-nit"],
-                            tmp_path)
+    table = compare_metrics(
+        [out / "metrics.json", out / "metrics.json"], ["nit", "no-nit"], tmp_path
+    )
     assert table["nit"]["text"]["sdr"] == table["no-nit"]["text"]["sdr"]
     assert (tmp_path / "comparison.png").stat().st_size > 0
     other = json.loads((out / "metrics.json").read_text()) | {"backend": "fast_bss_eval v3"}
@@ -112,12 +121,14 @@ def test_manifest_protocol_reads_labels_from_ground_truth(tmp_path):
         "clip_id,source,split,audio_path,frames_dir,n_frames,label\n"
         "c1,test/w00001.mp4,test,audio/c1.wav,frames/c1,6,\n"
         "c2,interference/w00002.mp4,interference,audio/c2.wav,frames/c2,6,\n"
-        "c3,train/w00003.mp4,train,audio/c3.wav,frames/c3,6,\n")
+        "c3,train/w00003.mp4,train,audio/c3.wav,frames/c3,6,\n"
+    )
     (world / "ground_truth.csv").write_text(
         "video_id,video,split,labels,offscreen\n"
         "w00001,test/w00001.mp4,test,cello,\n"
         "w00002,interference/w00002.mp4,interference,flute,trumpet\n"
-        "w00003,train/w00003.mp4,train,xylophone,\n")
+        "w00003,train/w00003.mp4,train,xylophone,\n"
+    )
     protocol = load_protocol(params)
     assert [c.label for c in protocol.targets] == ["cello"]
     assert [c.label for c in protocol.interference] == ["flute;trumpet"]
@@ -129,8 +140,13 @@ def test_protocol_csv_errors_are_clear(tmp_path):
     from clipsep.evaluation.evaluate import load_protocol
 
     (tmp_path / "t.csv").write_text("audio_path,frames_dir,label\na.wav,,\n")
-    params = tiny_params_at(tmp_path, **{"eval.targets_csv": str(tmp_path / "t.csv"),
-                                         "eval.interference_csv": str(tmp_path / "t.csv")})
+    params = tiny_params_at(
+        tmp_path,
+        **{
+            "eval.targets_csv": str(tmp_path / "t.csv"),
+            "eval.interference_csv": str(tmp_path / "t.csv"),
+        },
+    )
     with pytest.raises(BadInputError, match="need a label"):
         load_protocol(params)
     with pytest.raises(BadInputError, match="run the world and ingest"):
@@ -149,11 +165,22 @@ def test_oracle_masks_are_the_ideal_masks_of_the_linear_stft():
     noise = (0.3 * rng.standard_normal(t.size)).astype(np.float32)
     estimates = oracle_estimates(target, noise, None)  # None: the paper's STFT (1024/256)
     window = torch.hann_window(1024)
-    spec = [torch.stft(torch.from_numpy(x), 1024, 256, window=window, center=True,
-                       pad_mode="constant", return_complex=True) for x in (target, noise)]
+    spec = [
+        torch.stft(
+            torch.from_numpy(x),
+            1024,
+            256,
+            window=window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        for x in (target, noise)
+    ]
     s, n = spec[0].abs(), spec[1].abs()
     for name, mask in (("oracle_ibm", (s >= n).float()), ("oracle_irm", s / (s + n))):
-        expected = torch.istft((spec[0] + spec[1]) * mask, 1024, 256, window=window,
-                               center=True, length=target.size).numpy()
+        expected = torch.istft(
+            (spec[0] + spec[1]) * mask, 1024, 256, window=window, center=True, length=target.size
+        ).numpy()
         np.testing.assert_allclose(estimates[name], expected, atol=1e-5)
     assert np.abs(estimates["oracle_irm"] - target).max() < np.abs(noise).max()

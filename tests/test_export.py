@@ -40,9 +40,22 @@ def exported(tmp_path_factory):
     checkpoint, clip = make_tiny_model(folder)
     spread_weights(checkpoint)
     out = folder / "onnx"
-    done = subprocess.run([sys.executable, "-m", "clipsep.cli", "export", str(checkpoint),
-                           "--format", "onnx", str(out)], capture_output=True, text=True,
-                          cwd=REPO, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipsep.cli",
+            "export",
+            str(checkpoint),
+            "--format",
+            "onnx",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return checkpoint, clip, out, json.loads(done.stdout)
 
@@ -95,8 +108,9 @@ def test_separator_runs_the_export_folder_like_eager(exported):
     from clipsep.model.export import OnnxNetwork
 
     checkpoint, clip, out, _ = exported
-    eager = Separator.from_pretrained(checkpoint, clip_weights=clip, settings=eager_settings(),
-                                      engine="torch")
+    eager = Separator.from_pretrained(
+        checkpoint, clip_weights=clip, settings=eager_settings(), engine="torch"
+    )
     onnx = Separator.from_pretrained(out, clip_weights=clip, settings=eager_settings())
     assert isinstance(onnx.network, OnnxNetwork) and onnx.device == "cpu"
     audio = tones(44100, 2.5, 2)
@@ -121,8 +135,13 @@ def test_engine_onnx_exports_a_checkpoint_once_and_reuses_it(exported, tmp_path,
     assert again.network.path == cached and cached.stat().st_mtime_ns == stamp
     from_folder = Separator.from_pretrained(out, clip_weights=clip, settings=eager_settings())
     audio = tones(16000, 2.0, 1)
-    assert np.abs(again.separate(audio, 16000, query="flute").target
-                  - from_folder.separate(audio, 16000, query="flute").target).max() < 1e-6
+    assert (
+        np.abs(
+            again.separate(audio, 16000, query="flute").target
+            - from_folder.separate(audio, 16000, query="flute").target
+        ).max()
+        < 1e-6
+    )
 
 
 def test_engine_errors_are_clear(exported):
@@ -135,8 +154,9 @@ def test_engine_errors_are_clear(exported):
     with pytest.raises(BadInputError, match="runs on the CPU"):
         Separator.from_pretrained(out, clip_weights=clip, device="cuda")
     with pytest.raises(BadInputError, match="runs fp32"):
-        Separator.from_pretrained(out, clip_weights=clip,
-                                  settings=dataclasses.replace(eager_settings(), precision="bf16"))
+        Separator.from_pretrained(
+            out, clip_weights=clip, settings=dataclasses.replace(eager_settings(), precision="bf16")
+        )
     with pytest.raises(BadInputError, match="export folder"):
         Separator.from_pretrained(out, clip_weights=clip, engine="torch")
     with pytest.raises(ConfigError, match="engine"):
@@ -147,8 +167,10 @@ def test_cli_export_bad_inputs_exit_2(exported, tmp_path, capsys):
     from clipsep.cli import main
 
     checkpoint, _, _, _ = exported
-    assert main(["export", str(tmp_path / "absent.pt"), "--format", "onnx",
-                 str(tmp_path / "out")]) == 2
+    assert (
+        main(["export", str(tmp_path / "absent.pt"), "--format", "onnx", str(tmp_path / "out")])
+        == 2
+    )
     assert not (tmp_path / "out").exists()
     occupied = tmp_path / "occupied"
     occupied.mkdir()

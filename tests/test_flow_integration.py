@@ -27,15 +27,24 @@ BIN = Path(sys.executable).parent
 def make_project(root: Path) -> Path:
     """A git-committed copy of the working tree whose params.yaml is the tiny profile."""
     # tracked + not-ignored untracked files: the working tree as it is, without data or venv
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         source, target = REPO / name, root / name
         if source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
-    tiny = load_params(REPO / "params.yaml", profile="tiny",
-                       overrides={"registry.champion_floor_db": -100.0})
+    tiny = load_params(
+        REPO / "params.yaml", profile="tiny", overrides={"registry.champion_floor_db": -100.0}
+    )
     dump_params(tiny, root / "params.yaml")
     git = ["git", "-c", "user.name=itest", "-c", "user.email=itest@localhost"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tiny project"]):
@@ -44,12 +53,19 @@ def make_project(root: Path) -> Path:
 
 
 def platform_env(tmp: Path, port: int) -> dict[str, str]:
-    env = {**os.environ, **OFFLINE_DEFAULTS, "HOME": str(tmp / "home"),
-           "PREFECT_HOME": str(tmp / "prefect_home"),
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_LOGGING_LEVEL": "INFO",
-           "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        **OFFLINE_DEFAULTS,
+        "HOME": str(tmp / "home"),
+        "PREFECT_HOME": str(tmp / "prefect_home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "COLUMNS": "200",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     (tmp / "home").mkdir(exist_ok=True)
     return env
@@ -57,9 +73,11 @@ def platform_env(tmp: Path, port: int) -> dict[str, str]:
 
 def api(port: int, path: str, body: dict | None = None):
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api{path}", method="POST" if body is not None else "GET",
+        f"http://127.0.0.1:{port}/api{path}",
+        method="POST" if body is not None else "GET",
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"})
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -70,6 +88,7 @@ def deployment_exists(port: int):
             return bool(api(port, f"/deployments/name/train-clipsep/{DEPLOYMENT}").get("id"))
         except OSError:
             return False
+
     return check
 
 
@@ -80,14 +99,25 @@ def platform(tmp_path: Path):
     port = servers.free_port()
     env = platform_env(tmp_path, port)
     logs = tmp_path / "logs"
-    server = servers.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host",
-                                              "127.0.0.1", "--port", str(port)], env, project, logs)
+    server = servers.start(
+        "prefect-server",
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        project,
+        logs,
+    )
     runner = None
     try:
-        servers.wait_until(servers.http_ok(f"http://127.0.0.1:{port}/api/health"), server, 180,
-                           "healthy API")
-        runner = servers.start("runner", [sys.executable, "-m", "flows.serve", "--name", DEPLOYMENT,
-                                          "--params", "params.yaml"], env, project, logs)
+        servers.wait_until(
+            servers.http_ok(f"http://127.0.0.1:{port}/api/health"), server, 180, "healthy API"
+        )
+        runner = servers.start(
+            "runner",
+            [sys.executable, "-m", "flows.serve", "--name", DEPLOYMENT, "--params", "params.yaml"],
+            env,
+            project,
+            logs,
+        )
         servers.wait_until(deployment_exists(port), runner, 180, "deployment")
         yield project, env, port, runner
     finally:  # runner first (it talks to the server), then the server
@@ -101,8 +131,14 @@ def trigger(project: Path, env: dict, *params: str) -> subprocess.CompletedProce
     command = [str(BIN / "prefect"), "deployment", "run", f"train-clipsep/{DEPLOYMENT}"]
     for param in params:
         command += ["-p", param]
-    return subprocess.run(command + ["--watch", "--watch-interval", "2", "--watch-timeout", "1200"],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=1300)
+    return subprocess.run(
+        command + ["--watch", "--watch-interval", "2", "--watch-timeout", "1200"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1300,
+    )
 
 
 def artifacts(port: int, *keys: str) -> dict[str, dict]:
@@ -115,11 +151,21 @@ def test_planned_stages_skip_the_world_only_when_nothing_needs_it(tmp_path, monk
     from flows.train_clipsep import flow_params, planned_stages
 
     default = flow_params(str(REPO / "params.yaml"), "tiny", [], None)
-    assert planned_stages(default) == ["world", "ingest", "validate", "pretrain-clip", "train",
-                                       "evaluate", "register"]
-    own = flow_params(str(REPO / "params.yaml"), "tiny",
-                      ["clip.pretrained=/x/clip.pt", "eval.targets_csv=t.csv",
-                       "eval.interference_csv=i.csv"], str(tmp_path))
+    assert planned_stages(default) == [
+        "world",
+        "ingest",
+        "validate",
+        "pretrain-clip",
+        "train",
+        "evaluate",
+        "register",
+    ]
+    own = flow_params(
+        str(REPO / "params.yaml"),
+        "tiny",
+        ["clip.pretrained=/x/clip.pt", "eval.targets_csv=t.csv", "eval.interference_csv=i.csv"],
+        str(tmp_path),
+    )
     assert own.ingest.source == str(tmp_path.resolve())
     assert planned_stages(own) == ["ingest", "validate", "train", "evaluate", "register"]
 
@@ -129,8 +175,10 @@ def test_stage_times_table_names_each_stage_the_total_and_the_cpu(tmp_path, monk
     from clipsep.stages import StageRun
     from flows.train_clipsep import timing_markdown
 
-    runs = [StageRun("world", {}, True, "ab12", "unchanged", 0.01),
-            StageRun("train", {}, False, "cd34", "params changed since the last run", 61.0)]
+    runs = [
+        StageRun("world", {}, True, "ab12", "unchanged", 0.01),
+        StageRun("train", {}, False, "cd34", "params changed since the last run", 61.0),
+    ]
     table = timing_markdown(runs, {"world": 0.21, "train": 61.04}, 63.5, "Some CPU @ 2.0GHz")
     assert "| world | 0.2 | skipped (unchanged) |" in table
     assert "| train | 61.0 | ran |" in table
@@ -144,17 +192,37 @@ def test_the_environment_is_set_by_the_entry_point_not_by_imports(tmp_path):
     ours = {**OFFLINE_DEFAULTS, **PREFECT_DEFAULTS}
     env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(PREFECT_HOME=str(tmp_path / "prefect_home"), PYTHONPATH=str(REPO))
-    probe = ("import os; before = dict(os.environ); import flows.train_clipsep; "
-             f"print(sorted(k for k in {sorted(ours)!r} if os.environ.get(k) != before.get(k)))")
-    imported = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+    probe = (
+        "import os; before = dict(os.environ); import flows.train_clipsep; "
+        f"print(sorted(k for k in {sorted(ours)!r} if os.environ.get(k) != before.get(k)))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip().splitlines()[-1] == "[]"
-    launched = subprocess.run([sys.executable, "-m", "flows", "--help"], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
+    launched = subprocess.run(
+        [sys.executable, "-m", "flows", "--help"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert launched.returncode == 0 and "usage: python -m flows" in launched.stdout, launched.stderr
-    refused = subprocess.run([sys.executable, "-m", "flows.train_clipsep"], env=env, cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [sys.executable, "-m", "flows.train_clipsep"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode != 0 and "python -m flows" in refused.stderr
 
 
@@ -173,8 +241,9 @@ def test_deployment_run_registers_a_model_with_lineage(platform):
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     version = client.get_model_version_by_alias("clipsep", "champion")
     assert str(version.version) == "1"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.strip()
     manifest = project / "data" / "clips" / "manifest.csv"
     assert version.tags["git_commit"] == head
     assert version.tags["data_version"] == hashlib.md5(manifest.read_bytes()).hexdigest()

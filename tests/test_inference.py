@@ -28,8 +28,9 @@ def make_tiny_model(folder: Path) -> tuple[Path, Path]:
     torch.save({"state_dict": encoder.model.state_dict()}, clip_path)
     network = build_model(params.model, encoder.embed_dim)
     reference = {**encoder.reference(), "pretrained": str(clip_path)}  # reloads these weights
-    checkpoint = save_checkpoint(folder / "tiny.pt", network, model_cfg=params.model,
-                                 audio_cfg=params.audio, query=reference)
+    checkpoint = save_checkpoint(
+        folder / "tiny.pt", network, model_cfg=params.model, audio_cfg=params.audio, query=reference
+    )
     return checkpoint, clip_path
 
 
@@ -44,13 +45,16 @@ def separator(tmp_path_factory):
 def tones(rate: int, seconds: float, channels: int) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate
     rng = np.random.default_rng(rate)
-    waves = [0.3 * np.sin(2 * np.pi * (220 * (c + 1)) * t) + 0.02 * rng.standard_normal(t.size)
-             for c in range(channels)]
+    waves = [
+        0.3 * np.sin(2 * np.pi * (220 * (c + 1)) * t) + 0.02 * rng.standard_normal(t.size)
+        for c in range(channels)
+    ]
     return np.stack(waves).astype(np.float32)
 
 
-@pytest.mark.parametrize("rate,channels,flat", [(16000, 1, True), (44100, 2, False),
-                                                (8000, 1, False)])
+@pytest.mark.parametrize(
+    "rate,channels,flat", [(16000, 1, True), (44100, 2, False), (8000, 1, False)]
+)
 def test_outputs_shaped_like_input_and_sum_to_it(separator, rate, channels, flat):
     audio = tones(rate, 2.5, channels)
     audio = audio[0] if flat else audio
@@ -71,12 +75,13 @@ def test_chunked_equals_one_pass(separator):
     assert one_pass.plan(44100, audio.shape[1]).n_chunks == 1
     chunked = separator.separate(audio, 44100, query="flute").target
     reference = one_pass.separate(audio, 44100, query="flute").target
-    error = np.sqrt(np.mean((chunked - reference) ** 2)) / np.sqrt(np.mean(reference ** 2))
+    error = np.sqrt(np.mean((chunked - reference) ** 2)) / np.sqrt(np.mean(reference**2))
     assert error < 1e-3
 
 
-@pytest.mark.parametrize("rate,frames", [(44100, 300000), (16000, 16383), (8000, 5000),
-                                         (44101, 100000), (96000, 500000)])
+@pytest.mark.parametrize(
+    "rate,frames", [(44100, 300000), (16000, 16383), (8000, 5000), (44101, 100000), (96000, 500000)]
+)
 def test_chunk_plan_covers_input_in_order(separator, rate, frames):
     plan = separator.plan(rate, frames)
     emitted = 0
@@ -99,11 +104,21 @@ def test_image_query_from_picture_and_path(separator, tmp_path):
     np.testing.assert_allclose(by_object, by_path, atol=1e-6)
 
 
-@pytest.mark.parametrize("case,message", [
-    ("empty query", "query is empty"), ("blank query", "query is empty"), ("no query", "no query"),
-    ("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("one sample", "too short"),
-    ("silence", "silent"), ("3-d", "array"), ("both queries", "not both"),
-    ("missing image", "no such file")])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("empty query", "query is empty"),
+        ("blank query", "query is empty"),
+        ("no query", "no query"),
+        ("nan", "NaN or infinite"),
+        ("inf", "NaN or infinite"),
+        ("one sample", "too short"),
+        ("silence", "silent"),
+        ("3-d", "array"),
+        ("both queries", "not both"),
+        ("missing image", "no such file"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(separator, case, message):
     from PIL import Image
 
@@ -157,14 +172,19 @@ def test_independent_channel_masks_match_shared_on_identical_channels(separator)
     mono = tones(22050, 2.0, 1)
     twin = np.concatenate([mono, mono])
     shared_target = separator.separate(twin, 22050, query="cello").target
-    np.testing.assert_allclose(independent.separate(twin, 22050, query="cello").target,
-                               shared_target, atol=1e-5)
+    np.testing.assert_allclose(
+        independent.separate(twin, 22050, query="cello").target, shared_target, atol=1e-5
+    )
     distinct = tones(22050, 2.0, 2)
     result = independent.separate(distinct, 22050, query="cello")
     assert np.abs(result.target + result.residual - distinct).max() < 1e-5
     with pytest.raises(BadInputError, match="channel_masks"):
-        Separator(separator.network, separator.encoder, separator.audio_cfg,
-                  dataclasses.replace(settings, channel_masks="stereo"))
+        Separator(
+            separator.network,
+            separator.encoder,
+            separator.audio_cfg,
+            dataclasses.replace(settings, channel_masks="stereo"),
+        )
 
 
 def test_bf16_precision_gives_nearly_the_fp32_target(separator):
@@ -175,14 +195,19 @@ def test_bf16_precision_gives_nearly_the_fp32_target(separator):
     audio = tones(16000, 2.0, 1)
     reference = separator.separate(audio, 16000, query="flute").target
     target = fast.separate(audio, 16000, query="flute").target
-    assert np.sqrt(np.mean((target - reference) ** 2)) < 0.01 * np.sqrt(np.mean(reference ** 2))
+    assert np.sqrt(np.mean((target - reference) ** 2)) < 0.01 * np.sqrt(np.mean(reference**2))
     with pytest.raises(BadInputError, match="precision"):
-        Separator(separator.network, separator.encoder, separator.audio_cfg,
-                  dataclasses.replace(settings, precision="fp8"))
+        Separator(
+            separator.network,
+            separator.encoder,
+            separator.audio_cfg,
+            dataclasses.replace(settings, precision="fp8"),
+        )
 
 
-def band_projection(part: np.ndarray, whole: np.ndarray, rate: int, low: float,
-                    high: float) -> float:
+def band_projection(
+    part: np.ndarray, whole: np.ndarray, rate: int, low: float, high: float
+) -> float:
     """<part, whole> / <whole, whole> over the FFT bins in [low, high) Hz (all channels)."""
     freqs = np.fft.rfftfreq(whole.shape[-1], 1.0 / rate)
     band = (freqs >= low) & (freqs < high)
@@ -193,8 +218,10 @@ def band_projection(part: np.ndarray, whole: np.ndarray, rate: int, low: float,
 def bright_tones(rate: int, seconds: float) -> np.ndarray:
     """Stereo: 440 Hz + 7 kHz (inside the model's top band) + 12 kHz and 15 kHz (above 8 kHz)."""
     t = np.arange(int(rate * seconds)) / rate
-    mono = sum(a * np.sin(2 * np.pi * f * t) for a, f in
-               [(0.3, 440.0), (0.1, 7000.0), (0.1, 12000.0), (0.05, 15000.0)])
+    mono = sum(
+        a * np.sin(2 * np.pi * f * t)
+        for a, f in [(0.3, 440.0), (0.1, 7000.0), (0.1, 12000.0), (0.05, 15000.0)]
+    )
     return np.stack([mono, 0.7 * mono]).astype(np.float32)
 
 
@@ -222,8 +249,9 @@ def test_top_band_gain_is_the_targets_share_and_extension_is_complementary(separ
     mixture = bright_tones(16000, 1.0)  # 7 kHz in the top band
     gain = top_band_gain(mixture, 0.3 * mixture, separator.audio_cfg, shared=True)
     np.testing.assert_allclose(gain, 0.3, atol=1e-4)
-    per_channel = top_band_gain(mixture, mixture * np.array([[0.2], [0.9]], np.float32),
-                                separator.audio_cfg, shared=False)
+    per_channel = top_band_gain(
+        mixture, mixture * np.array([[0.2], [0.9]], np.float32), separator.audio_cfg, shared=False
+    )
     np.testing.assert_allclose(per_channel, [[0.2], [0.9]] * np.ones_like(per_channel), atol=1e-4)
     # a target equal to its segment (mask 1) plus the extension gives back the input exactly
     audio = bright_tones(44100, 3.0)
@@ -232,6 +260,8 @@ def test_top_band_gain_is_the_targets_share_and_extension_is_complementary(separ
     for k in range(plan.n_chunks):
         (m0, m1), (start, stop) = plan.model_span(k), plan.input_span(k)
         segment = _model_rate_cut(source, plan, m0, m1)
-        whole = (_input_rate_cut(segment, plan, m0, start, stop)
-                 + separator._high_band_stems(source, plan, k, segment, segment[None])[0])
+        whole = (
+            _input_rate_cut(segment, plan, m0, start, stop)
+            + separator._high_band_stems(source, plan, k, segment, segment[None])[0]
+        )
         np.testing.assert_allclose(whole, audio[:, start:stop], atol=1e-5)

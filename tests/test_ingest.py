@@ -96,7 +96,7 @@ def test_long_video_is_cut_into_clips_with_the_right_pictures(corpus_run):
         pictures = sorted((clips / row["frames_dir"]).glob("*.jpg"))
         for number, picture in enumerate(pictures, start=1):
             t = float(row["start_s"]) + number - 0.5  # contract: frame i shows start + (i - 0.5) s
-            grey = np.asarray(Image.open(picture).convert("L"))[cfg.frame_size // 2:, :].mean()
+            grey = np.asarray(Image.open(picture).convert("L"))[cfg.frame_size // 2 :, :].mean()
             assert abs(grey - media.grey_level(t, spec.seconds)) < 4, (row["clip_id"], number)
 
 
@@ -192,10 +192,12 @@ def test_killed_run_leaves_nothing_a_rerun_would_trust(tmp_path):
         media.write_video(source / f"v{index}.mp4", media.VideoSpec(seconds=30.0, seed=index))
     reference = ingest_folder(source, tmp_path / "reference", tiny_ingest(tmp_path))
     out = tmp_path / "killed"
-    code = KILLABLE_RUN.format(tests=str(REPO / "tests"), root=str(tmp_path), source=str(source),
-                               out=str(out))
-    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
-                               stderr=subprocess.DEVNULL)
+    code = KILLABLE_RUN.format(
+        tests=str(REPO / "tests"), root=str(tmp_path), source=str(source), out=str(out)
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], start_new_session=True, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     while not (out / "audio").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -219,7 +221,8 @@ def test_ingest_stage_reads_params(tmp_path):
     assert stages.ingest(params)["clips"] == 1
     assert read_csv(params.path("clips") / "manifest.csv")[0]["label"] == "violin"
     (tmp_path / "labels.csv").write_text("path,label\nviolin/a.mov,viola\n")
-    relabelled = tiny_params_at(tmp_path, **{"ingest.source": "in",
-                                             "ingest.labels_csv": "labels.csv"})
+    relabelled = tiny_params_at(
+        tmp_path, **{"ingest.source": "in", "ingest.labels_csv": "labels.csv"}
+    )
     assert stages.ingest(relabelled)["skipped_unchanged"] == 1  # labels do not touch the clips
     assert read_csv(params.path("clips") / "manifest.csv")[0]["label"] == "viola"

@@ -53,8 +53,10 @@ def tones(rate: int, seconds: float, channels: int) -> np.ndarray:
     """``[C, L]`` float32: a different sine per channel plus a little noise."""
     t = np.arange(int(round(rate * seconds))) / rate
     rng = np.random.default_rng(channels)
-    waves = [0.3 * np.sin(2 * np.pi * 220.0 * (c + 1) * t) + 0.02 * rng.standard_normal(t.size)
-             for c in range(channels)]
+    waves = [
+        0.3 * np.sin(2 * np.pi * 220.0 * (c + 1) * t) + 0.02 * rng.standard_normal(t.size)
+        for c in range(channels)
+    ]
     return np.stack(waves).astype(np.float32)
 
 
@@ -64,24 +66,62 @@ def ffmpeg(*args: str) -> None:
 
 def reference_decode(path: Path, channels: int) -> np.ndarray:
     """``[C, L]`` float32 as the ffmpeg CLI decodes the file's first audio stream."""
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
-                          "-c:a", "pcm_f32le", "-"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-f",
+            "f32le",
+            "-c:a",
+            "pcm_f32le",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, np.float32).reshape(-1, channels).T
 
 
 def write_cover_art(path: Path, audio_codec: str, picture_codec: str = "mjpeg") -> Path:
     """A 1-s 44.1 kHz stereo file whose second stream is an attached picture (cover art)."""
-    ffmpeg("-f", "lavfi", "-i", "sine=f=330:d=1:sample_rate=44100", "-f", "lavfi", "-i",
-           "testsrc=s=64x48:d=1", "-map", "0:a", "-map", "1:v", "-frames:v", "1", "-ac", "2",
-           "-c:a", audio_codec, "-c:v", picture_codec, "-disposition:v:0", "attached_pic",
-           str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=330:d=1:sample_rate=44100",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=s=64x48:d=1",
+        "-map",
+        "0:a",
+        "-map",
+        "1:v",
+        "-frames:v",
+        "1",
+        "-ac",
+        "2",
+        "-c:a",
+        audio_codec,
+        "-c:v",
+        picture_codec,
+        "-disposition:v:0",
+        "attached_pic",
+        str(path),
+    )
     return path
 
 
 def write_portrait(path: Path, seconds: float = 2.0, size: tuple[int, int] = (320, 180)) -> Path:
     """A phone's portrait video: coded ``size`` (landscape) with a 90-degree display rotation."""
-    coded = media.write_video(path.with_name("coded-" + path.name),
-                              media.VideoSpec(seconds=seconds, size=size))
+    coded = media.write_video(
+        path.with_name("coded-" + path.name), media.VideoSpec(seconds=seconds, size=size)
+    )
     ffmpeg("-i", str(coded), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(path))
     coded.unlink()
     return path
@@ -107,30 +147,60 @@ def build_corpus(folder: Path) -> list[Case]:
     wav(UNICODE_NAME, 22050, 0.5, 2, "PCM_16")
     wav("shortest_8k.wav", 8000, 512 / 8000, 1, "PCM_16")  # the shortest input at 8 kHz
     wav("too_short_8k.wav", 8000, 511 / 8000, 1, "PCM_16", refused="too short to separate")
-    wav("nan.wav", 16000, 0.5, 1, "FLOAT", edit=lambda a: a.__setitem__((0, 300), np.nan),
-        refused="NaN or infinite sample at index 300")
+    wav(
+        "nan.wav",
+        16000,
+        0.5,
+        1,
+        "FLOAT",
+        edit=lambda a: a.__setitem__((0, 300), np.nan),
+        refused="NaN or infinite sample at index 300",
+    )
     wav("silence.wav", 16000, 0.5, 2, "FLOAT", edit=lambda a: a.fill(0.0), refused="silent")
     sf.write(folder / "deep24.flac", tones(44100, 0.6, 2).T, 44100, subtype="PCM_24")
     cases.append(Case("deep24.flac", 44100, 2, 26460))
 
     source = folder / "source.wav.tmp"
     sf.write(source, tones(44100, 1.0, 2).T, 44100, subtype="FLOAT", format="WAV")
-    for name, codec, rate in [("song.mp3", "libmp3lame", 44100),
-                              ("hymn.ogg", "libvorbis", 44100),
-                              ("voice.opus", "libopus", 48000), ("tune.m4a", "aac", 44100)]:
+    for name, codec, rate in [
+        ("song.mp3", "libmp3lame", 44100),
+        ("hymn.ogg", "libvorbis", 44100),
+        ("voice.opus", "libopus", 48000),
+        ("tune.m4a", "aac", 44100),
+    ]:
         ffmpeg("-f", "wav", "-i", str(source), "-c:a", codec, "-ar", str(rate), str(folder / name))
         cases.append(Case(name, rate, 2))
     # kind 1: the header promises more than the data holds
-    ffmpeg("-f", "wav", "-i", str(source), "-c:a", "libmp3lame", "-f", "wav",
-           str(folder / "mp3_in.wav"))
+    ffmpeg(
+        "-f",
+        "wav",
+        "-i",
+        str(source),
+        "-c:a",
+        "libmp3lame",
+        "-f",
+        "wav",
+        str(folder / "mp3_in.wav"),
+    )
     cases.append(Case("mp3_in.wav", 44100, 2))
-    ffmpeg("-f", "lavfi", "-i", "sine=f=440:d=5:sample_rate=44100", "-ac", "2", "-b:a", "128k",
-           "-f", "mp3", str(folder / "whole.mp3.tmp"))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:d=5:sample_rate=44100",
+        "-ac",
+        "2",
+        "-b:a",
+        "128k",
+        "-f",
+        "mp3",
+        str(folder / "whole.mp3.tmp"),
+    )
     (folder / "cut.mp3").write_bytes((folder / "whole.mp3.tmp").read_bytes()[:40_000])
     cases.append(Case("cut.mp3", 44100, 2, warning="of the 5.00 s its header declares"))
     sf.write(folder / "whole.flac.tmp", tones(44100, 1.0, 2).T, 44100, format="FLAC")
     data = (folder / "whole.flac.tmp").read_bytes()
-    (folder / "cut_short.flac").write_bytes(data[:len(data) * 6 // 10])
+    (folder / "cut_short.flac").write_bytes(data[: len(data) * 6 // 10])
     cases.append(Case("cut_short.flac", 44100, 2, warning="of the 1.00 s its header declares"))
     # kind 2: cover art (separated with a query; see test_cover_art_is_not_a_video without)
     write_cover_art(folder / "cover_art.mp3", "libmp3lame")
@@ -150,11 +220,30 @@ def build_corpus(folder: Path) -> list[Case]:
     return cases
 
 
-CASE_NAMES = ["mono.wav", "surround51.wav", "u8_8k.wav", "f64_96k.wav", UNICODE_NAME,
-              "shortest_8k.wav", "too_short_8k.wav", "nan.wav", "silence.wav", "deep24.flac",
-              "song.mp3", "hymn.ogg", "voice.opus", "tune.m4a", "mp3_in.wav", "cut.mp3",
-              "cut_short.flac", "cover_art.mp3", "portrait.mp4", "mute.mp4", "garbage.wav",
-              "empty.mp3"]
+CASE_NAMES = [
+    "mono.wav",
+    "surround51.wav",
+    "u8_8k.wav",
+    "f64_96k.wav",
+    UNICODE_NAME,
+    "shortest_8k.wav",
+    "too_short_8k.wav",
+    "nan.wav",
+    "silence.wav",
+    "deep24.flac",
+    "song.mp3",
+    "hymn.ogg",
+    "voice.opus",
+    "tune.m4a",
+    "mp3_in.wav",
+    "cut.mp3",
+    "cut_short.flac",
+    "cover_art.mp3",
+    "portrait.mp4",
+    "mute.mp4",
+    "garbage.wav",
+    "empty.mp3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +265,9 @@ def tiny(tmp_path_factory):
     return params, checkpoint, separator
 
 
-def check_separated(case: Case, path: Path, target: np.ndarray, residual: np.ndarray,
-                    rate: int, atol: float = 1e-5) -> None:
+def check_separated(
+    case: Case, path: Path, target: np.ndarray, residual: np.ndarray, rate: int, atol: float = 1e-5
+) -> None:
     """``target``/``residual`` ``[C, L]`` at ``rate`` are a valid split of the file (to ``atol``:
     the outputs' quantisation, see :func:`output_atol`)."""
     reference = reference_decode(path, case.channels)
@@ -212,13 +302,31 @@ def run_cli(tiny, out: Path, *inputs: Path, query: str | None = QUERY) -> int:
 
     params, checkpoint, _ = tiny
     extra = ["--query", query] if query else []
-    return main(["separate", *map(str, inputs), "--model", str(checkpoint), "--out", str(out),
-                 "--json", *extra, "--params", str(REPO / "params.yaml"), "--profile", "tiny",
-                 "--set", f"paths.root={params.path('root')}", "--set", "separate.device=cpu"])
+    return main(
+        [
+            "separate",
+            *map(str, inputs),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--json",
+            *extra,
+            "--params",
+            str(REPO / "params.yaml"),
+            "--profile",
+            "tiny",
+            "--set",
+            f"paths.root={params.path('root')}",
+            "--set",
+            "separate.device=cpu",
+        ]
+    )
 
 
-def test_cli_separates_the_good_files_and_reports_each_bad_one(tiny, corpus, tmp_path, capsys,
-                                                               caplog):
+def test_cli_separates_the_good_files_and_reports_each_bad_one(
+    tiny, corpus, tmp_path, capsys, caplog
+):
     folder, cases = corpus
     out = tmp_path / "out"
     paths = [folder / name for name in CASE_NAMES]
@@ -235,15 +343,21 @@ def test_cli_separates_the_good_files_and_reports_each_bad_one(tiny, corpus, tmp
         else:
             target = summary["separated"][str(path)]["stems"]["target"]
             assert target == str(out / path.stem / "target.wav")
-            check_separated(case, path, *read_outputs(out / path.stem),
-                            atol=output_atol(out / path.stem))
+            check_separated(
+                case, path, *read_outputs(out / path.stem), atol=output_atol(out / path.stem)
+            )
         if case.warning:
-            assert any(r.levelname == "WARNING" and name in r.getMessage()
-                       and re.search(case.warning, r.getMessage()) for r in caplog.records), name
+            assert any(
+                r.levelname == "WARNING"
+                and name in r.getMessage()
+                and re.search(case.warning, r.getMessage())
+                for r in caplog.records
+            ), name
     assert "inputs could not be separated" in caplog.text
     assert "Traceback" not in caplog.text
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        Path(n).stem for n, c in cases.items() if not c.refused)  # no temporary leftovers
+        Path(n).stem for n, c in cases.items() if not c.refused
+    )  # no temporary leftovers
 
 
 @pytest.mark.parametrize("name", ["cut.mp3", "garbage.wav", "cover_art.mp3"])
@@ -256,8 +370,9 @@ def test_cli_single_file_outcome(tiny, corpus, tmp_path, caplog, name):
     status = run_cli(tiny, out, folder / name, query=query)
     if name == "cut.mp3":
         assert status == 0
-        check_separated(cases[name], folder / name, *read_outputs(out / "cut"),
-                        atol=output_atol(out / "cut"))
+        check_separated(
+            cases[name], folder / name, *read_outputs(out / "cut"), atol=output_atol(out / "cut")
+        )
         assert "its header declares" in caplog.text
     else:
         assert status == 2
@@ -286,8 +401,11 @@ def test_api_separate_file(tiny, corpus, tmp_path, caplog, name):
     target = result.stems["target"]
     assert target.parent == result.residual.parent == out / path.stem
     check_separated(case, path, *read_outputs(target.parent), atol=output_atol(target.parent))
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
-                and "random weights" not in r.getMessage()]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and "random weights" not in r.getMessage()
+    ]
     if case.warning:
         assert len(warnings) == 1 and re.search(case.warning, warnings[0]) and name in warnings[0]
     else:
@@ -380,8 +498,9 @@ def test_cover_art_is_not_a_video(tiny, corpus, tmp_path):
         with pytest.raises(BadInputError, match="no query: give a text query"):
             separator.separate_file(path, tmp_path / "out")
         with pytest.raises(BadInputError, match="No query"):
-            handlers.separate_upload(separator, path, "", handlers.offered_image(path),
-                                     params.serve)
+            handlers.separate_upload(
+                separator, path, "", handlers.offered_image(path), params.serve
+            )
         with pytest.raises(BadInputError, match="no video stream"):
             audio_io.middle_frame(path)
 
@@ -430,4 +549,4 @@ def test_ingest_turns_frames_upright_and_quarantines_cover_art(tmp_path):
     # media_factory draws a red band along the coded picture's top edge: upright, it is the left
     red = rgb[..., 0] - rgb[..., 1]
     width = rgb.shape[1]
-    assert red[:, :width // 16].mean() > 100 and red[:, width // 4:].mean() < 20
+    assert red[:, : width // 16].mean() > 100 and red[:, width // 4 :].mean() < 20

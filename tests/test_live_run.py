@@ -60,10 +60,16 @@ def test_training_logs_live_and_register_closes_the_same_run(tmp_path, shared_in
     assert version.run_id == run.info.run_id  # the version carries the run's evaluation metrics
 
 
-@pytest.mark.parametrize("error,status", [(RuntimeError("boom"), "FAILED"),
-                                          (KeyboardInterrupt(), "KILLED")])
-def test_a_broken_run_shows_its_status_and_resuming_continues_it(tmp_path, shared_inputs,  # noqa: F811
-                                                                 monkeypatch, error, status):
+@pytest.mark.parametrize(
+    "error,status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")]
+)
+def test_a_broken_run_shows_its_status_and_resuming_continues_it(
+    tmp_path,
+    shared_inputs,  # noqa: F811
+    monkeypatch,
+    error,
+    status,
+):
     params = _params(tmp_path, shared_inputs, "labelled")
     fail_at(monkeypatch, 4, error)  # after the step-2 checkpoint, at step 4
     with pytest.raises(type(error)):

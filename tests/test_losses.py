@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from clipsep.errors import BadInputError
-from clipsep.model.losses import (absent_query_loss, clipsep_loss, nit_loss, separation_loss,
-                                  weighted_bce)
+from clipsep.model.losses import (
+    absent_query_loss,
+    clipsep_loss,
+    nit_loss,
+    separation_loss,
+    weighted_bce,
+)
 
 torch.set_num_threads(1)
 NIT = {"nit_lambda": 0.1, "nit_gamma": 0.25}
@@ -27,10 +32,12 @@ def batch():
 def test_weighted_bce_matches_torch(batch):
     mask_logits, _, targets, weight = batch
     prob = torch.sigmoid(mask_logits)
-    expected = F.binary_cross_entropy(prob, targets, weight=weight.expand_as(prob),
-                                      reduction="none")
-    assert torch.allclose(weighted_bce(prob, targets, weight.expand_as(prob)),
-                          expected.flatten(1).mean(1), atol=1e-6)
+    expected = F.binary_cross_entropy(
+        prob, targets, weight=weight.expand_as(prob), reduction="none"
+    )
+    assert torch.allclose(
+        weighted_bce(prob, targets, weight.expand_as(prob)), expected.flatten(1).mean(1), atol=1e-6
+    )
 
 
 def test_swapping_noise_heads_changes_nothing(batch):
@@ -102,10 +109,14 @@ def test_saturated_sum_has_zero_gradient(batch):
 
 def test_separation_loss_dispatches_on_noise_logits(batch):
     mask_logits, noise_logits, targets, weight = batch
-    assert torch.equal(separation_loss(mask_logits, None, targets, weight, **NIT).total,
-                       clipsep_loss(mask_logits, targets, weight).total)
-    assert torch.equal(separation_loss(mask_logits, noise_logits, targets, weight, **NIT).total,
-                       nit_loss(mask_logits, noise_logits, targets, weight, **NIT).total)
+    assert torch.equal(
+        separation_loss(mask_logits, None, targets, weight, **NIT).total,
+        clipsep_loss(mask_logits, targets, weight).total,
+    )
+    assert torch.equal(
+        separation_loss(mask_logits, noise_logits, targets, weight, **NIT).total,
+        nit_loss(mask_logits, noise_logits, targets, weight, **NIT).total,
+    )
 
 
 def test_losses_reject_bad_shapes(batch):
@@ -136,12 +147,14 @@ def test_saturated_masks_give_finite_gradients(batch, extreme):
 
 def test_absent_query_loss_is_the_weighted_bce_towards_silence(batch):
     mask_logits, _, _, weight = batch
-    expected = weighted_bce(torch.sigmoid(mask_logits), torch.zeros_like(mask_logits),
-                            weight.expand_as(mask_logits)).mean()
+    expected = weighted_bce(
+        torch.sigmoid(mask_logits), torch.zeros_like(mask_logits), weight.expand_as(mask_logits)
+    ).mean()
     assert torch.allclose(absent_query_loss(mask_logits, weight), expected, rtol=1e-4)
     silent = torch.full_like(mask_logits, -30.0)
     assert float(absent_query_loss(silent, weight)) < 1e-10  # silence is what it asks for
     assert float(absent_query_loss(mask_logits + 1, weight)) > float(
-        absent_query_loss(mask_logits, weight))  # a louder absent mask costs more
+        absent_query_loss(mask_logits, weight)
+    )  # a louder absent mask costs more
     with pytest.raises(BadInputError, match="absent logits"):
         absent_query_loss(mask_logits, weight[:, :, :4])

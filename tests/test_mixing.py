@@ -11,19 +11,35 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from clipsep.data.mixing import (ClipRecord, LoadedClip, MixDataset, centre_frame_range,
-                                 query_embedding,
-                                 read_manifest, segment_at, validation_batch)
+from clipsep.data.mixing import (
+    ClipRecord,
+    LoadedClip,
+    MixDataset,
+    centre_frame_range,
+    query_embedding,
+    read_manifest,
+    segment_at,
+    validation_batch,
+)
 from clipsep.errors import BadInputError
 from conftest import tiny_params_at
 
 CLASS_TONES = {"cello": 110.0, "flute": 880.0, "trumpet": 440.0, "xylophone": 1760.0}
-CLASS_COLOURS = {"cello": (150, 60, 20), "flute": (200, 200, 210), "trumpet": (230, 180, 30),
-                 "xylophone": (40, 90, 200)}
+CLASS_COLOURS = {
+    "cello": (150, 60, 20),
+    "flute": (200, 200, 210),
+    "trumpet": (230, 180, 30),
+    "xylophone": (40, 90, 200),
+}
 
 
-def make_clips_dir(root: Path, per_class: dict[str, int] | None = None, seconds: float = 6.0,
-                   sample_rate: int = 16000, frame_size: int = 32) -> Path:
+def make_clips_dir(
+    root: Path,
+    per_class: dict[str, int] | None = None,
+    seconds: float = 6.0,
+    sample_rate: int = 16000,
+    frame_size: int = 32,
+) -> Path:
     """A tiny ingested-clips folder (manifest + wav + 1-fps jpg frames) made of per-class tones."""
     per_class = per_class or {"train": 2, "val": 1}
     clips = root / "clips"
@@ -43,12 +59,24 @@ def make_clips_dir(root: Path, per_class: dict[str, int] | None = None, seconds:
                 n_frames = int(seconds)
                 for i in range(1, n_frames + 1):
                     Image.new("RGB", (frame_size, frame_size), CLASS_COLOURS[label]).save(
-                        frames / f"{i:06d}.jpg")
-                rows.append({"clip_id": clip_id, "source": f"{split}/{clip_id}.mp4",
-                             "source_hash": "0" * 64, "split": split, "start_s": 0.0,
-                             "duration_s": seconds, "audio_path": f"audio/{clip_id}.wav",
-                             "frames_dir": f"frames/{clip_id}", "n_frames": n_frames,
-                             "sample_rate": sample_rate, "rms_db": -13.5, "label": label})
+                        frames / f"{i:06d}.jpg"
+                    )
+                rows.append(
+                    {
+                        "clip_id": clip_id,
+                        "source": f"{split}/{clip_id}.mp4",
+                        "source_hash": "0" * 64,
+                        "split": split,
+                        "start_s": 0.0,
+                        "duration_s": seconds,
+                        "audio_path": f"audio/{clip_id}.wav",
+                        "frames_dir": f"frames/{clip_id}",
+                        "n_frames": n_frames,
+                        "sample_rate": sample_rate,
+                        "rms_db": -13.5,
+                        "label": label,
+                    }
+                )
     with (clips / "manifest.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -68,8 +96,14 @@ def _loaded_clips(n: int, seconds: float, dim: int = 8) -> list[LoadedClip]:
 
 
 def _record(clip_id: str) -> ClipRecord:
-    return ClipRecord(clip_id=clip_id, split="train", audio_path=Path("x.wav"),
-                      frames_dir=Path("x"), n_frames=6, label=None)
+    return ClipRecord(
+        clip_id=clip_id,
+        split="train",
+        audio_path=Path("x.wav"),
+        frames_dir=Path("x"),
+        n_frames=6,
+        label=None,
+    )
 
 
 def test_mixture_is_sum_of_gained_sources_and_gains_in_range(tiny_params):
@@ -92,8 +126,9 @@ def test_query_is_mean_of_three_frames_around_centre(tiny_params):
     embeddings = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 4)
     assert torch.equal(query_embedding(embeddings, centre=3, n_frames=3), torch.full((4,), 2.0))
     # clamped at the clip's edge: frames 1, 1, 2 -> mean of rows 0, 0, 1
-    assert torch.allclose(query_embedding(embeddings, centre=1, n_frames=3),
-                          torch.full((4,), 1 / 3))
+    assert torch.allclose(
+        query_embedding(embeddings, centre=1, n_frames=3), torch.full((4,), 1 / 3)
+    )
     clips = _loaded_clips(3, 6.0)
     batch = MixDataset(clips, tiny_params, batch_size=4)[0]
     for b, ids in enumerate(batch.clip_ids):
@@ -156,8 +191,9 @@ def test_manifest_reader_makes_paths_absolute(tmp_path):
 def test_loader_workers_draw_the_same_batches_as_direct_indexing(tiny_params):
     clips = _loaded_clips(4, 6.0)
     dataset = MixDataset(clips, tiny_params, batch_size=2)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1,
-                                         sampler=range(2, 5))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=1, sampler=range(2, 5)
+    )
     for step, batch in zip(range(2, 5), loader):
         assert torch.equal(batch.sources, dataset[step].sources)
         assert batch.clip_ids == dataset[step].clip_ids
@@ -170,8 +206,11 @@ def _two_kinds(n: int, dim: int = 8) -> list[LoadedClip]:
         direction = torch.zeros(dim)
         direction[c % 2] = 1.0
         embeddings = direction.repeat(6, 1) + 0.01 * torch.randn(6, dim)
-        clips.append(LoadedClip(record=_record(f"c{c}"), wave=torch.full((96000,), 0.1),
-                                frame_embeddings=embeddings))
+        clips.append(
+            LoadedClip(
+                record=_record(f"c{c}"), wave=torch.full((96000,), 0.1), frame_embeddings=embeddings
+            )
+        )
     return clips
 
 
@@ -180,8 +219,9 @@ def test_partner_is_the_least_similar_candidate(tmp_path):
     clips = _two_kinds(20)
 
     def same_kind_share(candidates: int) -> float:
-        params = tiny_params_at(tmp_path, **{"train.pair_candidates": candidates,
-                                             "train.absent_candidates": 0})
+        params = tiny_params_at(
+            tmp_path, **{"train.pair_candidates": candidates, "train.absent_candidates": 0}
+        )
         dataset = MixDataset(clips, params, batch_size=16)
         pairs = [ids for step in range(20) for ids in dataset[step].clip_ids]
         return sum(int(a[1:]) % 2 == int(b[1:]) % 2 for a, b in pairs) / len(pairs)
@@ -193,8 +233,7 @@ def test_partner_is_the_least_similar_candidate(tmp_path):
 
 def test_absent_query_comes_from_a_clip_unlike_every_source(tmp_path):
     clips = _two_kinds(20)
-    params = tiny_params_at(tmp_path, **{"train.pair_candidates": 1,
-                                         "train.absent_candidates": 4})
+    params = tiny_params_at(tmp_path, **{"train.pair_candidates": 1, "train.absent_candidates": 4})
     batch = MixDataset(clips, params, batch_size=32)[0]
     assert batch.absent_queries.shape == (32, 1, 8)
     for ids, absent in zip(batch.clip_ids, batch.absent_queries[:, 0]):

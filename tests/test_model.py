@@ -14,8 +14,11 @@ from clipsep.model.network import CLIPSepNet, NetConfig
 
 torch.set_num_threads(1)
 QUERY_DIM = 16
-QUERY_REF = {"architecture": "clipsep-tiny", "pretrained": None,
-             "prompt_templates": ["a photo of {}."]}
+QUERY_REF = {
+    "architecture": "clipsep-tiny",
+    "pretrained": None,
+    "prompt_templates": ["a photo of {}."],
+}
 
 
 def _tiny(nit: bool = True, seed: int = 0) -> CLIPSepNet:
@@ -66,8 +69,9 @@ def test_queries_share_one_unet_pass():
     with torch.no_grad():
         together = model(mix, queries).mask_logits
         features = model.features(mix)
-        one_by_one = [model.masks_from_features(features, queries[:, i:i + 1]).mask_logits
-                      for i in range(2)]
+        one_by_one = [
+            model.masks_from_features(features, queries[:, i : i + 1]).mask_logits for i in range(2)
+        ]
     assert torch.allclose(together, torch.cat(one_by_one, dim=1), atol=1e-6)
 
 
@@ -136,8 +140,14 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_params):
     model = _tiny(nit=True).train()
     _train_steps(model, 3)  # move weights and BN statistics away from their init
     model.eval()
-    path = save_checkpoint(tmp_path / "ckpt" / "best.pt", model, model_cfg=tiny_params.model,
-                           audio_cfg=tiny_params.audio, query=QUERY_REF, extra={"step": 3})
+    path = save_checkpoint(
+        tmp_path / "ckpt" / "best.pt",
+        model,
+        model_cfg=tiny_params.model,
+        audio_cfg=tiny_params.audio,
+        query=QUERY_REF,
+        extra={"step": 3},
+    )
     assert not list(path.parent.glob(".*tmp*"))  # atomic write leaves no temp file
     loaded, info = load_checkpoint(path, device="cpu")
     assert not loaded.training
@@ -153,8 +163,14 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tiny_params):
 
 def test_checkpoint_refuses_non_plain_metadata(tmp_path, tiny_params):
     with pytest.raises(BadInputError, match="query.weights"):
-        save_checkpoint(tmp_path / "x.pt", _tiny(), model_cfg=tiny_params.model,
-                        audio_cfg=tiny_params.audio, query={"weights": object()}, extra={})
+        save_checkpoint(
+            tmp_path / "x.pt",
+            _tiny(),
+            model_cfg=tiny_params.model,
+            audio_cfg=tiny_params.audio,
+            query={"weights": object()},
+            extra={},
+        )
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -183,16 +199,18 @@ def test_bf16_autocast_and_channels_last_run():
 def test_output_stride_2_equals_fusing_upsampled_features():
     """The CPU preset's head: logits upsampled after the fusion == fusion of upsampled features."""
     torch.manual_seed(0)
-    cfg = NetConfig(depth=4, base_channels=4, k=8, fusion="late", nit=True, query_dim=QUERY_DIM,
-                    output_stride=2)
+    cfg = NetConfig(
+        depth=4, base_channels=4, k=8, fusion="late", nit=True, query_dim=QUERY_DIM, output_stride=2
+    )
     net = CLIPSepNet(cfg).eval()
     mix, queries, _, _ = _batch(n_frames=32)
     with torch.no_grad():
         out = net(mix, queries)
         features = net.features(mix)
         assert features.shape == (2, 8, 128, 16)  # half resolution
-        upsampled = torch.nn.functional.interpolate(features, scale_factor=2, mode="bilinear",
-                                                    align_corners=True)
+        upsampled = torch.nn.functional.interpolate(
+            features, scale_factor=2, mode="bilinear", align_corners=True
+        )
         weights = torch.sigmoid(net.fusion.project(queries))
         direct = net.fusion.combine(weights, upsampled)
     assert out.mask_logits.shape == (2, 2, 256, 32) and out.noise_logits.shape == (2, 2, 256, 32)
@@ -229,13 +247,20 @@ def test_warp_bins_has_one_value_across_presets_and_profiles(tmp_path, tiny_para
     from clipsep.model.factory import preset_config
 
     profiles = [None, *sorted(f.stem for f in (REPO / "profiles").glob("*.yaml"))]
-    audio_rows = {load_params(REPO / "params.yaml", profile=name).audio.warp_bins
-                  for name in profiles}
-    preset_rows = {preset_config(name, nit=False, query_dim=QUERY_DIM).warp_bins
-                   for name in list_presets()}
+    audio_rows = {
+        load_params(REPO / "params.yaml", profile=name).audio.warp_bins for name in profiles
+    }
+    preset_rows = {
+        preset_config(name, nit=False, query_dim=QUERY_DIM).warp_bins for name in list_presets()
+    }
     assert audio_rows == preset_rows == {256}
     other_front_end = dataclasses.replace(tiny_params.audio, warp_bins=128)
     with pytest.raises(BadInputError, match="warp_bins=256 rows but audio.warp_bins=128"):
-        save_checkpoint(tmp_path / "x.pt", _tiny(), model_cfg=tiny_params.model,
-                        audio_cfg=other_front_end, query=QUERY_REF)
+        save_checkpoint(
+            tmp_path / "x.pt",
+            _tiny(),
+            model_cfg=tiny_params.model,
+            audio_cfg=other_front_end,
+            query=QUERY_REF,
+        )
     assert not (tmp_path / "x.pt").exists()

@@ -15,8 +15,9 @@ def python_files():
 
 def files_containing(text: str) -> list[str]:
     here = __file__
-    return sorted(str(p.relative_to(REPO)) for p in python_files()
-                  if str(p) != here and text in p.read_text())
+    return sorted(
+        str(p.relative_to(REPO)) for p in python_files() if str(p) != here and text in p.read_text()
+    )
 
 
 def test_the_matplotlib_backend_is_chosen_in_one_place():
@@ -36,8 +37,9 @@ def test_headless_pyplot_draws_on_agg_without_a_display(tmp_path):
 
 
 def test_the_params_options_are_declared_in_one_place():
-    declaring = [f for f in files_containing('"--profile"')
-                 if f.split("/")[0] in ("clipsep", "app", "flows")]
+    declaring = [
+        f for f in files_containing('"--profile"') if f.split("/")[0] in ("clipsep", "app", "flows")
+    ]
     assert declaring == ["clipsep/config.py"]
 
 
@@ -48,8 +50,18 @@ def test_params_from_args_applies_profile_then_set_then_the_commands_own_flags()
 
     parser = argparse.ArgumentParser()
     add_params_arguments(parser)
-    args = parser.parse_args(["--params", str(REPO / "params.yaml"), "--profile", "tiny",
-                              "--set", "train.steps=3", "--set", "serve.port=1"])
+    args = parser.parse_args(
+        [
+            "--params",
+            str(REPO / "params.yaml"),
+            "--profile",
+            "tiny",
+            "--set",
+            "train.steps=3",
+            "--set",
+            "serve.port=1",
+        ]
+    )
     params = params_from_args(args, {"serve.port": 9})
     tiny = load_params(REPO / "params.yaml", profile="tiny")
     assert (params.train.steps, params.serve.port) == (3, 9)
@@ -60,5 +72,8 @@ def test_the_app_takes_set_overrides_like_the_cli():
     from app.__main__ import parse_args
 
     args = parse_args(["--set", "serve.max_seconds=5", "--port", "7000"])
-    assert (args.params, args.profile, args.overrides) == ("params.yaml", None,
-                                                          ["serve.max_seconds=5"])
+    assert (args.params, args.profile, args.overrides) == (
+        "params.yaml",
+        None,
+        ["serve.max_seconds=5"],
+    )

@@ -65,8 +65,9 @@ def test_dvc_deps_are_what_the_flow_fingerprints(name):
     """DVC and the flow's skip records (clipsep.stage_record) watch the same code and data."""
     declared = {(REPO / resolve(dep)).resolve() for dep in entries(dvc_stages()[name], "deps")}
     params = load_params(REPO / "params.yaml")
-    fingerprinted = ({(REPO / "clipsep" / code).resolve() for code in STAGE_CODE[name]}
-                     | {path.resolve() for path in stage_inputs(name, params)})
+    fingerprinted = {(REPO / "clipsep" / code).resolve() for code in STAGE_CODE[name]} | {
+        path.resolve() for path in stage_inputs(name, params)
+    }
     assert declared == fingerprinted
 
 
@@ -87,8 +88,11 @@ def test_library_never_imports_platform_tools():
                 names = [node.module]
             else:
                 continue
-            offenders += [f"{module.relative_to(REPO)}: {n}" for n in names
-                          if n.split(".")[0] in PLATFORM_PACKAGES]
+            offenders += [
+                f"{module.relative_to(REPO)}: {n}"
+                for n in names
+                if n.split(".")[0] in PLATFORM_PACKAGES
+            ]
     assert not offenders, offenders
 
 

@@ -31,11 +31,20 @@ def amx_cpu(monkeypatch, tmp_path):
 
 def test_auto_resolves_to_fp32_on_a_forced_avx2_cpu(tmp_path):
     """The issue's check: with AVX2 forced before Python starts, auto is fp32, whatever the CPU."""
-    code = ("from clipsep.precision import resolve_precision; import json; "
-            "print(json.dumps(resolve_precision('auto', 'cpu').to_dict()))")
+    code = (
+        "from clipsep.precision import resolve_precision; import json; "
+        "print(json.dumps(resolve_precision('auto', 'cpu').to_dict()))"
+    )
     env = {**os.environ, **AVX2_ONLY, "XDG_CACHE_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     choice = json.loads(out.stdout.strip().splitlines()[-1])
     assert choice["mode"] == "fp32"
     assert choice["bf16_speedup"] is None  # decided by capability: nothing was measured

@@ -17,8 +17,12 @@ from clipsep.model.pretrain_clip import label_aware_clip_loss, load_captions, pr
 from clipsep.model.query import QueryEncoder
 
 # One look per class: shape + colour, so a few epochs suffice to tell them apart.
-LOOKS = {"cello": ("ellipse", (200, 40, 40)), "flute": ("rectangle", (40, 90, 220)),
-         "trumpet": ("triangle", (230, 200, 30)), "xylophone": ("bars", (40, 170, 60))}
+LOOKS = {
+    "cello": ("ellipse", (200, 40, 40)),
+    "flute": ("rectangle", (40, 90, 220)),
+    "trumpet": ("triangle", (230, 200, 30)),
+    "xylophone": ("bars", (40, 170, 60)),
+}
 
 
 def draw_picture(label: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -35,8 +39,9 @@ def draw_picture(label: str, size: int, rng: np.random.Generator) -> Image.Image
     elif shape == "rectangle":
         draw.rectangle([box[0], box[1] + side // 3, box[2], box[3] - side // 3], fill=colour)
     elif shape == "triangle":
-        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])],
-                     fill=colour)
+        draw.polygon(
+            [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour
+        )
     else:
         for i in range(4):
             left = box[0] + i * side // 4
@@ -44,8 +49,13 @@ def draw_picture(label: str, size: int, rng: np.random.Generator) -> Image.Image
     return picture
 
 
-def make_caption_set(world_dir: Path, per_class_train: int = 12, per_class_test: int = 4,
-                     size: int = 64, seed: int = 0) -> Path:
+def make_caption_set(
+    world_dir: Path,
+    per_class_train: int = 12,
+    per_class_test: int = 4,
+    size: int = 64,
+    seed: int = 0,
+) -> Path:
     """Write world_dir/captions/{images/*.png, captions.csv} like the world generator does."""
     rng = np.random.default_rng(seed)
     captions_dir = world_dir / "captions"
@@ -57,8 +67,14 @@ def make_caption_set(world_dir: Path, per_class_train: int = 12, per_class_test:
                 name = f"images/{label}-{split}-{i}.png"
                 draw_picture(label, size, rng).save(captions_dir / name)
                 caption = ["a {} on stage", "someone playing the {}", "a picture of a {}"][i % 3]
-                rows.append({"image": name, "caption": caption.format(label), "label": label,
-                             "split": split})
+                rows.append(
+                    {
+                        "image": name,
+                        "caption": caption.format(label),
+                        "label": label,
+                        "split": split,
+                    }
+                )
     with open(captions_dir / "captions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "caption", "label", "split"])
         writer.writeheader()
@@ -74,8 +90,9 @@ def pretrained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pretrain")
     world = make_caption_set(root / "world")
-    cfg = dataclasses.replace(tiny_params_at(root).clip, device="cpu", pretrain_epochs=8,
-                              pretrain_lr=0.001)
+    cfg = dataclasses.replace(
+        tiny_params_at(root).clip, device="cpu", pretrain_epochs=8, pretrain_lr=0.001
+    )
     summary = pretrain_clip(cfg, world, root / "clip")
     return cfg, world, root / "clip", summary
 
@@ -107,8 +124,9 @@ def test_checkpoint_loads_in_open_clip_and_in_the_encoder(pretrained):
     cfg, _, out_dir, _ = pretrained
     state = torch.load(out_dir / "clip.pt", weights_only=True)
     assert set(state) >= {"state_dict"}
-    model, _, _ = open_clip.create_model_and_transforms(cfg.architecture,
-                                                        pretrained=str(out_dir / "clip.pt"))
+    model, _, _ = open_clip.create_model_and_transforms(
+        cfg.architecture, pretrained=str(out_dir / "clip.pt")
+    )
     encoder = QueryEncoder.from_config(cfg, out_dir / "clip.pt", "cpu")
     tokens = encoder.tokenizer(["a photo of cello."])
     with torch.no_grad():
@@ -133,10 +151,12 @@ def test_label_aware_loss_is_clip_loss_when_labels_differ():
     texts = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     scale = torch.tensor(10.0)
     expected = open_clip.ClipLoss()(images, texts, scale)
-    torch.testing.assert_close(label_aware_clip_loss(images, texts, scale, torch.arange(6)),
-                               expected)
+    torch.testing.assert_close(
+        label_aware_clip_loss(images, texts, scale, torch.arange(6)), expected
+    )
     # Two pictures of one class with swapped captions: no penalty for the "wrong" caption.
-    same = label_aware_clip_loss(images, images[[1, 0, 2, 3, 4, 5]], scale,
-                                 torch.tensor([0, 0, 1, 2, 3, 4]))
+    same = label_aware_clip_loss(
+        images, images[[1, 0, 2, 3, 4, 5]], scale, torch.tensor([0, 0, 1, 2, 3, 4])
+    )
     distinct = label_aware_clip_loss(images, images[[1, 0, 2, 3, 4, 5]], scale, torch.arange(6))
     assert same < distinct

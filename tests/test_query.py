@@ -91,8 +91,9 @@ def test_encoder_is_frozen_and_outputs_are_ordinary_tensors(clip_setup):
 def test_images_as_pil_or_preprocessed_tensor_agree(clip_setup):
     _, _, encoder = clip_setup
     batch = torch.stack([encoder.preprocess(p) for p in pictures()])
-    torch.testing.assert_close(encoder.encode_images(batch),
-                               encoder.encode_images(pictures(), batch_size=2))
+    torch.testing.assert_close(
+        encoder.encode_images(batch), encoder.encode_images(pictures(), batch_size=2)
+    )
     with pytest.raises(BadInputError):
         encoder.encode_images(torch.zeros(2, 64, 64))
     with pytest.raises(BadInputError):
@@ -129,8 +130,13 @@ def test_stored_custom_config_loads_without_touching_the_registry(tmp_path):
     small["vision_cfg"]["layers"] = 1
     path = tmp_path / "small.pt"
     torch.save({"state_dict": open_clip.CLIP(**small).state_dict()}, path)
-    ref = {"architecture": "clipsep-tiny", "model_config": small, "pretrained": str(path),
-           "prompt_templates": ["a photo of {}."], "embed_dim": 32}
+    ref = {
+        "architecture": "clipsep-tiny",
+        "model_config": small,
+        "pretrained": str(path),
+        "prompt_templates": ["a photo of {}."],
+        "embed_dim": 32,
+    }
     encoder = QueryEncoder.from_reference(ref, "cpu")
     assert encoder.encode_text(["cello"]).shape == (1, 32)
     assert open_clip.get_model_config("clipsep-tiny") == bundled_config("clipsep-tiny")
@@ -179,8 +185,10 @@ def test_unknown_weights_are_a_clear_error(clip_setup, no_network, pretrained):
 def test_unknown_architecture_and_bad_templates(clip_setup):
     cfg, weights, _ = clip_setup
     with pytest.raises(MissingWeightsError, match="unknown CLIP architecture"):
-        QueryEncoder.from_config(dataclasses.replace(cfg, architecture="no-such-net"), weights,
-                                 "cpu")
+        QueryEncoder.from_config(
+            dataclasses.replace(cfg, architecture="no-such-net"), weights, "cpu"
+        )
     with pytest.raises(BadInputError, match="prompt_templates"):
-        QueryEncoder.from_config(dataclasses.replace(cfg, prompt_templates=("a photo",)),
-                                 weights, "cpu")
+        QueryEncoder.from_config(
+            dataclasses.replace(cfg, prompt_templates=("a photo",)), weights, "cpu"
+        )

@@ -7,17 +7,27 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_params_at
-from platform_inputs import (save_random_clip, write_checkpoint, write_metrics,
-                             write_pipeline_outputs)
+from platform_inputs import (
+    save_random_clip,
+    write_checkpoint,
+    write_metrics,
+    write_pipeline_outputs,
+)
 
 from clipsep import tracking
 from clipsep.config import RegistryConfig
 
 torch.set_num_threads(1)
 
-GATE = RegistryConfig(tracking_uri=None, experiment="clipsep", model_name="clipsep",
-                      promotion_margin_db=0.2, champion_floor_db=3.0, absent_margin_db=3.0,
-                      live_tracking=False)
+GATE = RegistryConfig(
+    tracking_uri=None,
+    experiment="clipsep",
+    model_name="clipsep",
+    promotion_margin_db=0.2,
+    champion_floor_db=3.0,
+    absent_margin_db=3.0,
+    live_tracking=False,
+)
 
 
 def test_first_model_must_clear_the_floor():
@@ -29,8 +39,9 @@ def test_first_model_must_clear_the_floor():
 
 def test_a_model_that_leaks_stays_challenger():
     """An absent query returning nearly what the right query returns is a leak, whatever the SDR."""
-    metrics = {"absent_query": {"energy_db": {"mean": -8.1},
-                                "right_query_energy_db": {"mean": -7.0}}}
+    metrics = {
+        "absent_query": {"energy_db": {"mean": -8.1}, "right_query_energy_db": {"mean": -7.0}}
+    }
     gap = tracking.absent_gap_db(metrics)
     assert gap == pytest.approx(-1.1)
     leaky = tracking.decide_alias(9.0, None, "p1", GATE, gap)
@@ -54,8 +65,9 @@ def test_margin_and_protocol_decide_against_a_champion():
 def project(tmp_path_factory: pytest.TempPathFactory):
     """A tiny project whose registry is reused by the gate sequence below (one sqlite store)."""
     root = tmp_path_factory.mktemp("gate")
-    p = tiny_params_at(root, **{"registry.champion_floor_db": 3.0,
-                                "registry.promotion_margin_db": 0.2})
+    p = tiny_params_at(
+        root, **{"registry.champion_floor_db": 3.0, "registry.promotion_margin_db": 0.2}
+    )
     clip = save_random_clip(p, root / "clip-source.pt")
     write_pipeline_outputs(p, text_sdr=5.0, clip_weights=clip)
     return p, clip
@@ -104,8 +116,9 @@ def test_an_unreadable_store_is_not_no_champion(tmp_path):
     from clipsep.registry_reader import ModelNotFoundError, RegistryUnavailableError, resolve_model
 
     p = tiny_params_at(tmp_path)
-    write_pipeline_outputs(p, text_sdr=9.0,
-                           clip_weights=save_random_clip(p, tmp_path / "clip-source.pt"))
+    write_pipeline_outputs(
+        p, text_sdr=9.0, clip_weights=save_random_clip(p, tmp_path / "clip-source.pt")
+    )
     client, _ = tracking.connect(p)  # a store that was fine when the run started ...
     assert tracking.champion_tags(client, "clipsep") is None  # ... and has no champion yet
     store = p.path("mlflow") / "mlflow.db"

@@ -17,20 +17,43 @@ def test_several_queries_write_one_stem_each_and_sum_to_the_input(model, tmp_pat
     audio = tones(44100, 2.0, 2)
     sf.write(tmp_path / "duet.wav", audio.T, 44100, subtype="FLOAT")
     out = tmp_path / "out"
-    assert run_cli(model, out, tmp_path / "duet.wav", extra=[
-        "--query", "violin", "--query", "acoustic guitar", "--query", "cello/bass?"]) == 0
+    assert (
+        run_cli(
+            model,
+            out,
+            tmp_path / "duet.wav",
+            extra=["--query", "violin", "--query", "acoustic guitar", "--query", "cello/bass?"],
+        )
+        == 0
+    )
     files = sorted(p.name for p in (out / "duet").iterdir())
-    assert files == ["acoustic_guitar.activity.csv", "acoustic_guitar.wav",
-                     "cello_bass.activity.csv", "cello_bass.wav", "residual.wav",
-                     "violin.activity.csv", "violin.wav"]
-    total = sum(sf.read(out / "duet" / f, dtype="float32", always_2d=True)[0].T
-                for f in ("violin.wav", "acoustic_guitar.wav", "cello_bass.wav", "residual.wav"))
+    assert files == [
+        "acoustic_guitar.activity.csv",
+        "acoustic_guitar.wav",
+        "cello_bass.activity.csv",
+        "cello_bass.wav",
+        "residual.wav",
+        "violin.activity.csv",
+        "violin.wav",
+    ]
+    total = sum(
+        sf.read(out / "duet" / f, dtype="float32", always_2d=True)[0].T
+        for f in ("violin.wav", "acoustic_guitar.wav", "cello_bass.wav", "residual.wav")
+    )
     assert np.abs(total - audio).max() <= 4 * np.finfo(np.float32).eps
 
 
-@pytest.mark.parametrize("fmt,bits,subtype", [
-    ("wav", None, "FLOAT"), ("wav", "16", "PCM_16"), ("wav", "24", "PCM_24"),
-    ("flac", None, "PCM_24"), ("flac", "16", "PCM_16"), ("mp3", None, "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    "fmt,bits,subtype",
+    [
+        ("wav", None, "FLOAT"),
+        ("wav", "16", "PCM_16"),
+        ("wav", "24", "PCM_24"),
+        ("flac", None, "PCM_24"),
+        ("flac", "16", "PCM_16"),
+        ("mp3", None, "MPEG_LAYER_III"),
+    ],
+)
 def test_output_format_and_bit_depth(model, tmp_path, fmt, bits, subtype):  # noqa: F811
     sf.write(tmp_path / "take.wav", tones(22050, 1.5, 2).T, 22050, subtype="FLOAT")
     extra = ["--query", "cello", "--format", fmt] + (["--bits", bits] if bits else [])
@@ -45,23 +68,44 @@ def test_output_format_and_bit_depth(model, tmp_path, fmt, bits, subtype):  # no
 def test_integer_output_clips_and_says_how_many_samples(model, tmp_path, caplog):  # noqa: F811
     loud = tones(16000, 1.5, 1) * 6.0  # peaks near 1.9: a float input beyond full scale
     sf.write(tmp_path / "loud.wav", loud.T, 16000, subtype="FLOAT")
-    assert run_cli(model, tmp_path / "o32", tmp_path / "loud.wav",
-                   extra=["--query", "cello", "--bits", "32f"]) == 0
+    assert (
+        run_cli(
+            model,
+            tmp_path / "o32",
+            tmp_path / "loud.wav",
+            extra=["--query", "cello", "--bits", "32f"],
+        )
+        == 0
+    )
     assert "clipped" not in caplog.text  # float keeps what is beyond full scale
-    over = sum(int((np.abs(sf.read(tmp_path / "o32" / "loud" / f"{n}.wav")[0]) > 1.0).sum())
-               for n in ("target", "residual"))
+    over = sum(
+        int((np.abs(sf.read(tmp_path / "o32" / "loud" / f"{n}.wav")[0]) > 1.0).sum())
+        for n in ("target", "residual")
+    )
     assert over > 0
-    assert run_cli(model, tmp_path / "o16", tmp_path / "loud.wav",
-                   extra=["--query", "cello", "--bits", "16"]) == 0
+    assert (
+        run_cli(
+            model,
+            tmp_path / "o16",
+            tmp_path / "loud.wav",
+            extra=["--query", "cello", "--bits", "16"],
+        )
+        == 0
+    )
     assert f"loud.wav: {over} sample(s) beyond full scale were clipped" in caplog.text
     target = sf.read(tmp_path / "o16" / "loud" / "target.wav")[0]
     assert np.abs(target).max() <= 1.0
 
 
-@pytest.mark.parametrize("extra", [["--format", "flac", "--bits", "32f"],
-                                   ["--format", "mp3", "--bits", "16"],
-                                   ["--query", "residual", "--query", "cello"],
-                                   ["--query", "a b", "--query", "a_b"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--format", "flac", "--bits", "32f"],
+        ["--format", "mp3", "--bits", "16"],
+        ["--query", "residual", "--query", "cello"],
+        ["--query", "a b", "--query", "a_b"],
+    ],
+)
 def test_usage_errors_exit_2_before_any_work(model, tmp_path, extra):  # noqa: F811
     sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
     extra = extra if "--query" in extra else ["--query", "cello", *extra]

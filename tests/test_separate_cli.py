@@ -24,9 +24,25 @@ def model(tmp_path_factory):
 
 def run_cli(model, out: Path, *inputs, extra=()) -> int:
     checkpoint, clip = model
-    return main(["separate", *map(str, inputs), "--model", str(checkpoint), "--clip-weights",
-                 str(clip), "--out", str(out), "--params", str(REPO / "params.yaml"),
-                 "--profile", "tiny", "--set", "separate.device=cpu", *extra])
+    return main(
+        [
+            "separate",
+            *map(str, inputs),
+            "--model",
+            str(checkpoint),
+            "--clip-weights",
+            str(clip),
+            "--out",
+            str(out),
+            "--params",
+            str(REPO / "params.yaml"),
+            "--profile",
+            "tiny",
+            "--set",
+            "separate.device=cpu",
+            *extra,
+        ]
+    )
 
 
 def write_video(path: Path, audio: np.ndarray | None, rate: int = 44100) -> None:
@@ -47,8 +63,9 @@ def write_video(path: Path, audio: np.ndarray | None, rate: int = 44100) -> None
         if audio is None:
             return
         for start in range(0, audio.shape[1], 1024):
-            block = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, start:start + 1024]),
-                                               format="fltp", layout="stereo")
+            block = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[:, start : start + 1024]), format="fltp", layout="stereo"
+            )
             block.sample_rate, block.pts = rate, start
             out.mux(sound.encode(block))
         out.mux(sound.encode())
@@ -60,8 +77,17 @@ def test_writes_target_and_residual_per_input(model, tmp_path):
     sf.write(tmp_path / "solo.flac", tones(22050, 1.5, 1)[0], 22050)
     write_video(tmp_path / "clip.mp4", stereo, 44100)
     out = tmp_path / "out"
-    assert run_cli(model, out, tmp_path / "duet.wav", tmp_path / "solo.flac",
-                   tmp_path / "clip.mp4", extra=["--query", "cello"]) == 0
+    assert (
+        run_cli(
+            model,
+            out,
+            tmp_path / "duet.wav",
+            tmp_path / "solo.flac",
+            tmp_path / "clip.mp4",
+            extra=["--query", "cello"],
+        )
+        == 0
+    )
     for stem, rate, channels in [("duet", 44100, 2), ("solo", 22050, 1), ("clip", 44100, 2)]:
         mixture = None
         for name in ("target.wav", "residual.wav"):
@@ -73,8 +99,11 @@ def test_writes_target_and_residual_per_input(model, tmp_path):
             source, _ = sf.read(next(tmp_path.glob(f"{stem}.*")), always_2d=True)
             assert mixture.shape == source.shape
             # target + residual = input, to the 16-bit PCM the outputs keep from the input
-            assert sf.info(out / stem / "target.wav").subtype == sf.info(
-                next(tmp_path.glob(f"{stem}.*"))).subtype == "PCM_16"
+            assert (
+                sf.info(out / stem / "target.wav").subtype
+                == sf.info(next(tmp_path.glob(f"{stem}.*"))).subtype
+                == "PCM_16"
+            )
             np.testing.assert_allclose(mixture, source, atol=2.5 / 32768)
     assert sorted(p.name for p in out.iterdir()) == ["clip", "duet", "solo"]  # no temp leftovers
 
@@ -85,8 +114,9 @@ def test_video_without_query_uses_its_middle_frame(model, tmp_path):
     assert (tmp_path / "out" / "v" / "target.wav").is_file()
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "nan", "silent", "no query",
-                                     "no audio stream"])
+@pytest.mark.parametrize(
+    "problem", ["missing", "corrupt", "nan", "silent", "no query", "no audio stream"]
+)
 def test_bad_input_exits_2_and_writes_nothing(model, tmp_path, problem, caplog):
     bad = tmp_path / ("bad.mp4" if problem == "no audio stream" else "bad.wav")
     audio = tones(16000, 1.0, 1)[0]
@@ -111,8 +141,12 @@ def test_inputs_sharing_a_stem_are_refused(model, tmp_path):
     for name in ("take.wav", "take.flac"):
         sf.write(tmp_path / name, tones(16000, 1.0, 1)[0], 16000)
     out = tmp_path / "out"
-    assert run_cli(model, out, tmp_path / "take.wav", tmp_path / "take.flac",
-                   extra=["--query", "cello"]) == 2
+    assert (
+        run_cli(
+            model, out, tmp_path / "take.wav", tmp_path / "take.flac", extra=["--query", "cello"]
+        )
+        == 2
+    )
     assert not out.exists()
 
 
@@ -127,8 +161,9 @@ def test_default_model_is_the_registry_champion_of_the_params(tmp_path, monkeypa
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tiny_params_at(tmp_path)
     assert params.separate.model == "models:/clipsep@champion"
-    write_pipeline_outputs(params, text_sdr=5.0,
-                           clip_weights=save_random_clip(params, tmp_path / "clip-source.pt"))
+    write_pipeline_outputs(
+        params, text_sdr=5.0, clip_weights=save_random_clip(params, tmp_path / "clip-source.pt")
+    )
     assert tracking.register(params)["alias"] == "champion"
     mix = tmp_path / "mix.wav"
     sf.write(mix, tones(22050, 2.0, channels=2).T, 22050)
@@ -137,19 +172,40 @@ def test_default_model_is_the_registry_champion_of_the_params(tmp_path, monkeypa
     work = tmp_path / "elsewhere"
     work.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "clipsep", "separate", str(mix), "--query", "cello",
-         "--out", str(tmp_path / "out"), "--params", str(REPO / "params.yaml"), "--profile",
-         "tiny", "--set", f"paths.root={tmp_path}", "--set", "separate.device=cpu"],
-        cwd=work, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TMPDIR": str(tmp_path)})
+        [
+            sys.executable,
+            "-m",
+            "clipsep",
+            "separate",
+            str(mix),
+            "--query",
+            "cello",
+            "--out",
+            str(tmp_path / "out"),
+            "--params",
+            str(REPO / "params.yaml"),
+            "--profile",
+            "tiny",
+            "--set",
+            f"paths.root={tmp_path}",
+            "--set",
+            "separate.device=cpu",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert list(work.iterdir()) == []
     target, rate = sf.read(tmp_path / "out" / "mix" / "target.wav")
     assert rate == 22050 and target.shape == (44100, 2)
 
 
-@pytest.mark.parametrize("query, flags", [(None, "(--query TEXT / --image PATH)"),
-                                          ("  ", "(--query TEXT)")])
+@pytest.mark.parametrize(
+    "query, flags", [(None, "(--query TEXT / --image PATH)"), ("  ", "(--query TEXT)")]
+)
 def test_the_cli_names_its_flags_the_library_its_arguments(model, tmp_path, caplog, query, flags):
     from clipsep.inference import Separator
 

@@ -56,16 +56,20 @@ def test_compare_names_what_changed(tmp_path):
         return stage_record.fingerprint(params, {}, {"data": data})
 
     assert stage_record.compare(out, "s", fp({"k": 1}), out) == (
-        None, "no record of a successful run")
+        None,
+        "no record of a successful run",
+    )
     stage_record.write_record(out, "s", fp({"k": 1}), out, {"rows": 1}, 0.5)
     assert stage_record.compare(out, "s", fp({"k": 1}), out) == ({"rows": 1}, "unchanged")
     assert stage_record.compare(out, "s", fp({"k": 2}), out)[1] == (
-        "params changed since the last run")
+        "params changed since the last run"
+    )
     data.write_text("1\n")  # an input file rewritten with the same bytes: unchanged
     assert stage_record.compare(out, "s", fp({"k": 1}), out)[1] == "unchanged"
     data.write_text("2\n")
     assert stage_record.compare(out, "s", fp({"k": 1}), out)[1] == (
-        "inputs changed since the last run")
+        "inputs changed since the last run"
+    )
     data.write_text("1\n")
     (out / "result.json").unlink()
     summary, reason = stage_record.compare(out, "s", fp({"k": 1}), out)
@@ -85,8 +89,9 @@ def test_unchanged_stages_are_skipped_and_a_change_reruns_what_depends_on_it(tmp
         second = run_all(p)
     assert ran(second) == []
     for stage, run in second.items():
-        assert (f"{stage}: inputs unchanged since the last run (fingerprint {run.fingerprint}), "
-                "skipped") in caplog.text
+        assert (
+            f"{stage}: inputs unchanged since the last run (fingerprint {run.fingerprint}), skipped"
+        ) in caplog.text
         assert run.summary == json.loads(json.dumps(first[stage].summary, default=str))
 
     # a param only the gate reads: the gate runs, nothing before it, nor pretrain-clip

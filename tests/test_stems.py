@@ -20,7 +20,6 @@ def test_stems_and_residual_sum_to_the_input(separator):  # noqa: F811
     assert np.abs(total - audio).max() <= 4 * np.finfo(np.float32).eps * np.abs(audio).max()
 
 
-
 def test_overlapping_masks_are_normalised(separator):  # noqa: F811
     # a random-init tiny model gives masks near 0.5: three of them overlap, so they are normalised
     # and the residual's mask 1 - sum(masks) is ~0 (at the model's rate nothing lies above Nyquist)
@@ -32,7 +31,8 @@ def test_overlapping_masks_are_normalised(separator):  # noqa: F811
 
 
 def test_one_query_among_several_equals_the_single_query_result_when_masks_do_not_overlap(
-        separator):  # noqa: F811
+    separator,  # noqa: F811
+):
     audio = tones(16000, 2.0, 1)[0]
     single = separator.separate(audio, 16000, query="flute")
     stems = separator.separate(audio, 16000, queries=["flute"])
@@ -61,9 +61,15 @@ def test_one_unet_pass_per_segment_for_all_queries(separator, monkeypatch):  # n
     assert len(calls) == separator.plan(16000, audio.shape[1]).n_chunks
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"queries": []}, "no query"), ({"queries": ["cello", " cello "]}, "twice"),
-    ({"queries": ["cello", ""]}, "empty"), ({"queries": ["a"], "query": "b"}, "not both")])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"queries": []}, "no query"),
+        ({"queries": ["cello", " cello "]}, "twice"),
+        ({"queries": ["cello", ""]}, "empty"),
+        ({"queries": ["a"], "query": "b"}, "not both"),
+    ],
+)
 def test_bad_query_lists_are_refused(separator, kwargs, message):  # noqa: F811
     with pytest.raises(BadInputError, match=message):
         separator.separate(tones(16000, 1.0, 1), 16000, **kwargs)

@@ -61,16 +61,25 @@ def test_register_logs_params_history_metrics_and_lineage(registered):
 def test_register_logs_pictures_audio_and_reports(registered):
     p, summary, _ = registered
     client = tracking.client_for(p)
-    logged = {f.path for folder in ("training", "examples/00", "evaluation")
-              for f in client.list_artifacts(summary["run_id"], folder)}
-    assert {"training/history.csv", "training/curves.png", "examples/00/mixture.wav",
-            "examples/00/spectrogram.png", "evaluation/metrics.json"} <= logged
+    logged = {
+        f.path
+        for folder in ("training", "examples/00", "evaluation")
+        for f in client.list_artifacts(summary["run_id"], folder)
+    }
+    assert {
+        "training/history.csv",
+        "training/curves.png",
+        "examples/00/mixture.wav",
+        "examples/00/spectrogram.png",
+        "evaluation/metrics.json",
+    } <= logged
     artifacts_root = p.path("mlflow") / "artifacts"
     assert any(artifacts_root.rglob("00/mixture.wav")), "artifacts are not in paths.mlflow"
 
 
 def test_registered_version_carries_tags_signature_and_files(registered, tmp_path):
     import mlflow
+
     p, summary, _ = registered
     uri = tracking.tracking_uri(p)
     version = tracking.client_for(p).get_model_version_by_alias("clipsep", "champion")
@@ -83,14 +92,16 @@ def test_registered_version_carries_tags_signature_and_files(registered, tmp_pat
     info = mlflow.models.get_model_info("models:/clipsep@champion")
     assert info.signature.inputs.input_names() == ["audio", "query"]
     assert info.signature.outputs.input_names() == ["target", "residual"]
-    resolved = registry_reader.resolve_model("models:/clipsep@champion", tracking_uri=uri,
-                                             cache_dir=tmp_path / "cache")
+    resolved = registry_reader.resolve_model(
+        "models:/clipsep@champion", tracking_uri=uri, cache_dir=tmp_path / "cache"
+    )
     assert resolved.version == "1"
     assert resolved.checkpoint.read_bytes() == (p.path("checkpoints") / "best.pt").read_bytes()
     assert resolved.clip_weights is not None
     assert resolved.clip_weights.read_bytes() == (p.path("clip_model") / "clip.pt").read_bytes()
-    again = registry_reader.resolve_model("models:/clipsep/1", tracking_uri=uri,
-                                          cache_dir=tmp_path / "cache")
+    again = registry_reader.resolve_model(
+        "models:/clipsep/1", tracking_uri=uri, cache_dir=tmp_path / "cache"
+    )
     assert again == resolved, "a second resolve must reuse the cached download"
 
 
@@ -103,8 +114,10 @@ def test_registered_pyfunc_separates_a_file(registered, tmp_path):
     mlflow.set_tracking_uri(tracking.tracking_uri(p))
     model = mlflow.pyfunc.load_model("models:/clipsep@champion")
     mixture = p.path("checkpoints") / "examples" / "00" / "mixture.wav"
-    out = model.predict(pd.DataFrame({"audio": [str(mixture)], "query": ["cello"]}),
-                        params={"out_dir": str(tmp_path / "out"), "device": "cpu"})
+    out = model.predict(
+        pd.DataFrame({"audio": [str(mixture)], "query": ["cello"]}),
+        params={"out_dir": str(tmp_path / "out"), "device": "cpu"},
+    )
     assert list(out.columns) == ["target", "residual"]
     target, rate = sf.read(out["target"][0])
     assert rate == sf.info(str(mixture)).samplerate and len(target) == sf.info(str(mixture)).frames
@@ -115,11 +128,13 @@ def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
     p, _, _ = registered
     uri = tracking.tracking_uri(p)
     with pytest.raises(registry_reader.ModelNotFoundError, match="no model version"):
-        registry_reader.resolve_model("models:/clipsep@nonexistent", tracking_uri=uri,
-                                      cache_dir=tmp_path / "cache")
+        registry_reader.resolve_model(
+            "models:/clipsep@nonexistent", tracking_uri=uri, cache_dir=tmp_path / "cache"
+        )
     with pytest.raises(registry_reader.ModelNotFoundError, match="no model version"):
-        registry_reader.resolve_model("models:/clipsep/99", tracking_uri=uri,
-                                      cache_dir=tmp_path / "cache")
+        registry_reader.resolve_model(
+            "models:/clipsep/99", tracking_uri=uri, cache_dir=tmp_path / "cache"
+        )
     with pytest.raises(registry_reader.RegistryError, match="expected models:/NAME@ALIAS"):
         registry_reader.parse_model_reference("models:/clipsep/latest")
     with pytest.raises(MissingWeightsError):
@@ -130,14 +145,16 @@ def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
     assert relative.checkpoint == local and relative.version is None
 
 
-
 def _resolve_in_fresh_process(uri: str, cache: Path) -> tuple[str, bool]:
     """(version, whether mlflow was imported) of resolving the champion in a new interpreter."""
-    code = ("import sys; from clipsep.registry_reader import resolve_model; "
-            f"r = resolve_model('models:/clipsep@champion', tracking_uri={uri!r}, "
-            f"cache_dir={str(cache)!r}); print(r.version, 'mlflow' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=cache.parent)
+    code = (
+        "import sys; from clipsep.registry_reader import resolve_model; "
+        f"r = resolve_model('models:/clipsep@champion', tracking_uri={uri!r}, "
+        f"cache_dir={str(cache)!r}); print(r.version, 'mlflow' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cache.parent
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     version, imported = done.stdout.split()
     return version, imported == "True"
@@ -158,8 +175,12 @@ def test_cached_resolution_skips_mlflow_until_the_alias_moves(registered, tmp_pa
     finally:
         client.set_registered_model_alias("clipsep", "champion", "1")
         client.delete_model_version("clipsep", moved.version)
-    assert registry_reader.resolve_model("models:/clipsep@champion", tracking_uri=uri,
-                                         cache_dir=cache).version == "1"
+    assert (
+        registry_reader.resolve_model(
+            "models:/clipsep@champion", tracking_uri=uri, cache_dir=cache
+        ).version
+        == "1"
+    )
 
 
 def test_register_refuses_missing_inputs_and_broken_metrics(tmp_path):
@@ -182,7 +203,8 @@ def test_data_version_follows_manifest_and_dvc_lock(tmp_path):
     clips = p.path("clips").relative_to(tmp_path)
     (tmp_path / "dvc.lock").write_text(
         f"schema: '2.0'\nstages:\n  ingest:\n    outs:\n    - path: {clips}\n"
-        "      md5: 0123456789abcdef.dir\n")
+        "      md5: 0123456789abcdef.dir\n"
+    )
     p_with_lock = dataclasses.replace(p, source_file=str(tmp_path / "params.yaml"))
     assert tracking.data_version(p_with_lock)["dvc_lock_clips_md5"] == "0123456789abcdef.dir"
 
@@ -191,6 +213,12 @@ def test_history_reader_skips_empty_and_non_finite_cells(tmp_path):
     history = tmp_path / "history.csv"
     history.write_text("step,train_loss,val_sdr,note\n1,0.5,,x\n2,nan,3.0,y\n")
     assert tracking.read_history(history) == [("train_loss", 0.5, 1), ("val_sdr", 3.0, 2)]
-    flat = tracking.flatten_metrics({"text": {"sdr": {"mean": 1.0, "bad": math.inf}},
-                                     "backend": "museval v4", "per class": {"n": 2}}, "eval")
+    flat = tracking.flatten_metrics(
+        {
+            "text": {"sdr": {"mean": 1.0, "bad": math.inf}},
+            "backend": "museval v4",
+            "per class": {"n": 2},
+        },
+        "eval",
+    )
     assert flat == {"eval/text/sdr/mean": 1.0, "eval/per_class/n": 2.0}

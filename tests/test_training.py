@@ -51,13 +51,25 @@ def shared_inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _params(root: Path, inputs: dict[str, Path], clips: str, **overrides) -> Params:
-    return tiny_params_at(root, **{"paths.clip_model": str(inputs["clip_model"]),
-                                   "paths.clips": str(inputs[clips]), **overrides})
+    return tiny_params_at(
+        root,
+        **{
+            "paths.clip_model": str(inputs["clip_model"]),
+            "paths.clips": str(inputs[clips]),
+            **overrides,
+        },
+    )
 
 
 def test_lr_schedule_warms_up_decays_and_stays(tiny_params):
-    cfg = tiny_params.train.__class__(**{**tiny_params.train.__dict__, "warmup_steps": 5000,
-                                         "decay_steps": 100000, "final_lr_scale": 0.1})
+    cfg = tiny_params.train.__class__(
+        **{
+            **tiny_params.train.__dict__,
+            "warmup_steps": 5000,
+            "decay_steps": 100000,
+            "final_lr_scale": 0.1,
+        }
+    )
     assert lr_multiplier(0, cfg) == pytest.approx(1 / 5000)
     assert lr_multiplier(4999, cfg) == pytest.approx(1.0)
     assert lr_multiplier(5000, cfg) == pytest.approx(1.0)
@@ -103,20 +115,37 @@ def test_resume_key_ignores_run_length_but_not_learning_params(tiny_params):
     assert resume_key(tiny_params, 1) != resume_key(tiny_params, 2)
 
 
-RESUME_SETTINGS = {"train.steps": 12, "train.checkpoint_every": 2, "train.validate_every": 6,
-                   "train.decay_steps": 12}
+RESUME_SETTINGS = {
+    "train.steps": 12,
+    "train.checkpoint_every": 2,
+    "train.validate_every": 6,
+    "train.decay_steps": 12,
+}
 
 
 def _train_in_subprocess(params_root: Path, inputs: dict[str, Path]) -> subprocess.Popen:
-    settings = {"paths.root": str(params_root), "paths.clip_model": str(inputs["clip_model"]),
-                "paths.clips": str(inputs["unlabelled"]), **RESUME_SETTINGS}
-    command = [sys.executable, "-m", "clipsep", "train", "--params", str(REPO / "params.yaml"),
-               "--profile", "tiny"]
+    settings = {
+        "paths.root": str(params_root),
+        "paths.clip_model": str(inputs["clip_model"]),
+        "paths.clips": str(inputs["unlabelled"]),
+        **RESUME_SETTINGS,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "clipsep",
+        "train",
+        "--params",
+        str(REPO / "params.yaml"),
+        "--profile",
+        "tiny",
+    ]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _kill_after_first_checkpoint(process: subprocess.Popen, last: Path, timeout: float = 120.0):
@@ -154,7 +183,8 @@ def test_sigkilled_training_resumes_to_identical_weights(tmp_path, shared_inputs
     for name, tensor in reference["model"].items():
         assert torch.equal(tensor, final["model"][name]), name
     assert [r["loss"] for r in reference["run"]["history"]] == [
-        r["loss"] for r in final["run"]["history"]]
+        r["loss"] for r in final["run"]["history"]
+    ]
 
 
 def test_channels_last_step_gives_the_eager_loss_and_gradients(tmp_path):
@@ -165,15 +195,23 @@ def test_channels_last_step_gives_the_eager_loss_and_gradients(tmp_path):
     generator = torch.Generator().manual_seed(0)
     grads, losses = [], []
     for channels_last in (False, True):
-        params = tiny_params_at(tmp_path, **{"model.preset": "cpu", "train.precision": "fp32",
-                                             "train.channels_last": channels_last,
-                                             "train.batch_size": 2})
+        params = tiny_params_at(
+            tmp_path,
+            **{
+                "model.preset": "cpu",
+                "train.precision": "fp32",
+                "train.channels_last": channels_last,
+                "train.batch_size": 2,
+            },
+        )
         trainer = build_trainer(params, 16, "cpu", Dist())
         assert trainer.channels_last is channels_last
         generator.manual_seed(0)
-        batch = MixBatch(sources=0.1 * torch.randn(2, 2, params.audio.segment_samples,
-                                                   generator=generator),
-                         queries=torch.randn(2, 2, 16, generator=generator), clip_ids=[])
+        batch = MixBatch(
+            sources=0.1 * torch.randn(2, 2, params.audio.segment_samples, generator=generator),
+            queries=torch.randn(2, 2, 16, generator=generator),
+            clip_ids=[],
+        )
         lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.optimizer.param_groups[0]["lr"] = 0.0  # keep the weights: compare one gradient
         losses.append(trainer.step(batch)["loss"])

@@ -33,31 +33,40 @@ def write_clips(clips_dir: Path, manifest: pd.DataFrame, quarantine: pd.DataFram
 
 def good_manifest() -> pd.DataFrame:
     ids = [f"c{i:03d}" for i in range(N_CLIPS)]
-    return pd.DataFrame({
-        "clip_id": ids,
-        "source": [f"train/w{i:05d}.mp4" for i in range(N_CLIPS)],
-        "source_hash": [f"{i:064x}" for i in range(N_CLIPS)],
-        "split": ["train"] * 5 + ["val", "test", "interference"],
-        "start_s": [0.0] * N_CLIPS,
-        "duration_s": [6.0] * N_CLIPS,
-        "audio_path": [f"audio/{c}.wav" for c in ids],
-        "frames_dir": [f"frames/{c}" for c in ids],
-        "n_frames": [N_FRAMES] * N_CLIPS,
-        "sample_rate": [16000] * N_CLIPS,
-        "rms_db": [-20.0 - i for i in range(N_CLIPS)],
-        "label": ["cello", "flute", "", "trumpet", "cello", "", "flute", ""],
-    })
+    return pd.DataFrame(
+        {
+            "clip_id": ids,
+            "source": [f"train/w{i:05d}.mp4" for i in range(N_CLIPS)],
+            "source_hash": [f"{i:064x}" for i in range(N_CLIPS)],
+            "split": ["train"] * 5 + ["val", "test", "interference"],
+            "start_s": [0.0] * N_CLIPS,
+            "duration_s": [6.0] * N_CLIPS,
+            "audio_path": [f"audio/{c}.wav" for c in ids],
+            "frames_dir": [f"frames/{c}" for c in ids],
+            "n_frames": [N_FRAMES] * N_CLIPS,
+            "sample_rate": [16000] * N_CLIPS,
+            "rms_db": [-20.0 - i for i in range(N_CLIPS)],
+            "label": ["cello", "flute", "", "trumpet", "cello", "", "flute", ""],
+        }
+    )
 
 
 def good_quarantine() -> pd.DataFrame:
-    return pd.DataFrame({"source": ["train/bad.mp4"], "source_hash": ["f" * 64],
-                         "reason": ["corrupt"], "detail": ["no video stream"]})
+    return pd.DataFrame(
+        {
+            "source": ["train/bad.mp4"],
+            "source_hash": ["f" * 64],
+            "reason": ["corrupt"],
+            "detail": ["no video stream"],
+        }
+    )
 
 
 @pytest.fixture
 def cfg(tiny_params):
-    return dataclasses.replace(tiny_params.validate,
-                               allowed_labels=("cello", "flute", "trumpet", "xylophone"))
+    return dataclasses.replace(
+        tiny_params.validate, allowed_labels=("cello", "flute", "trumpet", "xylophone")
+    )
 
 
 def test_good_clips_pass_and_reports_are_offline(tmp_path, cfg):
@@ -68,7 +77,8 @@ def test_good_clips_pass_and_reports_are_offline(tmp_path, cfg):
     assert result["success"] and result["failed_expectations"] == 0
     assert result["statistics"]["quarantine_share"] == pytest.approx(1 / (N_CLIPS + 1))
     assert {"expectation", "column", "kwargs", "success", "unexpected_count"} <= set(
-        result["expectations"][0])
+        result["expectations"][0]
+    )
     assert any(r["column"] == "label" for r in result["expectations"])
     for name in ("report.md", "report.html"):
         text = (tmp_path / "val" / name).read_text()
@@ -77,18 +87,25 @@ def test_good_clips_pass_and_reports_are_offline(tmp_path, cfg):
 
 def _rows(**changes):
     """A fault that sets column values on the first rows: changes = {column: [values...]}."""
+
     def plant(manifest, quarantine, clips_dir):
         for column, values in changes.items():
             manifest[column] = manifest[column].astype(object)
             manifest.loc[: len(values) - 1, column] = values
         return manifest, quarantine
+
     return plant
 
 
 def _too_many_quarantined(manifest, quarantine, clips_dir):
-    extra = pd.DataFrame({"source": [f"train/q{i}.mp4" for i in range(N_CLIPS)],
-                          "source_hash": ["e" * 64] * N_CLIPS, "reason": ["silent"] * N_CLIPS,
-                          "detail": [""] * N_CLIPS})
+    extra = pd.DataFrame(
+        {
+            "source": [f"train/q{i}.mp4" for i in range(N_CLIPS)],
+            "source_hash": ["e" * 64] * N_CLIPS,
+            "reason": ["silent"] * N_CLIPS,
+            "detail": [""] * N_CLIPS,
+        }
+    )
     return manifest, pd.concat([quarantine, extra])
 
 
@@ -111,8 +128,7 @@ FAULTS = {
     "wrong sample rate": (_rows(sample_rate=[44100]), ["sample_rate", "16000 Hz", "44100"]),
     "too short": (_rows(duration_s=[1.5]), ["duration_s", "1.5"]),
     "too few frames": (_rows(n_frames=[2]), ["expect_column_values_to_be_between(n_frames)"]),
-    "duplicate hash": (_duplicate_video, ["expect_compound_columns_to_be_unique",
-                                          "source_hash"]),
+    "duplicate hash": (_duplicate_video, ["expect_compound_columns_to_be_unique", "source_hash"]),
     "too many silent": (_rows(rms_db=[-70.0]), ["silent_share"]),
     "unknown label": (_rows(label=["kazoo"]), ["(label)", "kazoo"]),
     "quarantine rate": (_too_many_quarantined, ["quarantine_share"]),
@@ -120,8 +136,10 @@ FAULTS = {
     "NaN values": (_rows(rms_db=[float("nan")]), ["expect_column_values_to_not_be_null(rms_db)"]),
     "junk number": (_rows(n_frames=["six"]), ["expect_column_values_to_be_in_type_list(n_frames)"]),
     "too few clips": (_too_few_clips, ["expect_table_row_count_to_be_between"]),
-    "missing column": (lambda m, q, d: (m.drop(columns=["rms_db"]), q),
-                       ["expect_table_columns_to_match_set", "rms_db"]),
+    "missing column": (
+        lambda m, q, d: (m.drop(columns=["rms_db"]), q),
+        ["expect_table_columns_to_match_set", "rms_db"],
+    ),
 }
 
 
@@ -153,7 +171,8 @@ def test_missing_manifest_is_a_clear_error(tmp_path, cfg):
 def test_labels_are_not_checked_without_allowed_labels(tmp_path, tiny_params):
     assert tiny_params.validate.allowed_labels is None
     clips_dir = tmp_path / "clips"
-    write_clips(clips_dir, _rows(label=["kazoo"])(good_manifest(), None, clips_dir)[0],
-                good_quarantine())
+    write_clips(
+        clips_dir, _rows(label=["kazoo"])(good_manifest(), None, clips_dir)[0], good_quarantine()
+    )
     assert validate_clips(clips_dir, tmp_path / "val", tiny_params.validate)["success"]
     shutil.rmtree(clips_dir)

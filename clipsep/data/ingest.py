@@ -35,12 +35,33 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov")
 SPLIT_NAMES = ("train", "val", "test", "interference")
-MANIFEST_COLUMNS = ("clip_id", "source", "source_hash", "split", "start_s", "duration_s",
-                    "audio_path", "frames_dir", "n_frames", "sample_rate", "rms_db", "label")
+MANIFEST_COLUMNS = (
+    "clip_id",
+    "source",
+    "source_hash",
+    "split",
+    "start_s",
+    "duration_s",
+    "audio_path",
+    "frames_dir",
+    "n_frames",
+    "sample_rate",
+    "rms_db",
+    "label",
+)
 QUARANTINE_COLUMNS = ("source", "source_hash", "reason", "detail")
 # The ingest settings that change a clip's content; split/label/workers only change the manifest.
-CONTENT_KEYS = ("sample_rate", "audio_format", "fps", "frame_size", "clip_seconds", "hop_seconds",
-                "min_seconds", "max_pixels", "silence_db")
+CONTENT_KEYS = (
+    "sample_rate",
+    "audio_format",
+    "fps",
+    "frame_size",
+    "clip_seconds",
+    "hop_seconds",
+    "min_seconds",
+    "max_pixels",
+    "silence_db",
+)
 STATE_VERSION = 1
 FLUSH_SECONDS = 5.0
 TMP_DIR = ".tmp"
@@ -67,8 +88,9 @@ class SourceResult:
 # --- public entry point --------------------------------------------------------------------------
 
 
-def ingest_folder(source: Path, out_dir: Path, cfg: IngestConfig,
-                  labels_csv: Path | None = None) -> dict:
+def ingest_folder(
+    source: Path, out_dir: Path, cfg: IngestConfig, labels_csv: Path | None = None
+) -> dict:
     """Ingest every video under ``source`` into ``out_dir``; returns the summary.json dict."""
     started = time.perf_counter()
     source, out_dir = Path(source).resolve(), Path(out_dir).resolve()
@@ -87,9 +109,15 @@ def ingest_folder(source: Path, out_dir: Path, cfg: IngestConfig,
     removed = remove_orphans(out_dir, book.manifest_rows())
     summary = book.summary(len(todo), removed, time.perf_counter() - started)
     write_json(out_dir / "summary.json", summary)
-    log.info("ingest: %d videos (%d new/changed, %d unchanged) -> %d clips, %d quarantined "
-             "in %.1f s", summary["videos"], summary["processed"], summary["skipped_unchanged"],
-             summary["clips"], summary["quarantined"], summary["seconds"])
+    log.info(
+        "ingest: %d videos (%d new/changed, %d unchanged) -> %d clips, %d quarantined in %.1f s",
+        summary["videos"],
+        summary["processed"],
+        summary["skipped_unchanged"],
+        summary["clips"],
+        summary["quarantined"],
+        summary["seconds"],
+    )
     return summary
 
 
@@ -128,8 +156,9 @@ def read_labels(labels_csv: Path, source: Path) -> dict[str, str]:
     with labels_csv.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise BadInputError(f"labels CSV {labels_csv} needs the columns path,label "
-                                f"(found {reader.fieldnames})")
+            raise BadInputError(
+                f"labels CSV {labels_csv} needs the columns path,label (found {reader.fieldnames})"
+            )
         return {Path(row["path"]).as_posix(): row["label"].strip() for row in reader}
 
 
@@ -190,12 +219,14 @@ def process_source(path: Path, sha256: str, out_dir: Path, cfg: IngestConfig) ->
 
     try:
         threads = 1 if cfg.workers > 1 else 0  # processes already share the cores
-        media = decode_media(path, cfg.sample_rate, cfg.frame_size, cfg.max_pixels, wanted_times,
-                             threads)
+        media = decode_media(
+            path, cfg.sample_rate, cfg.frame_size, cfg.max_pixels, wanted_times, threads
+        )
         plan = plan_clips(min(media.duration_s, media.declared_s or UNKNOWN_DURATION_S), cfg)
         if not plan:
-            raise UnusableMedia("too_short", f"{media.duration_s:.2f} s < "
-                                             f"ingest.min_seconds={cfg.min_seconds}")
+            raise UnusableMedia(
+                "too_short", f"{media.duration_s:.2f} s < ingest.min_seconds={cfg.min_seconds}"
+            )
         return _write_clips(media, plan, sha256, out_dir, cfg)
     except UnusableMedia as bad:
         return SourceResult([], [{"reason": bad.reason, "detail": bad.detail}])
@@ -204,8 +235,9 @@ def process_source(path: Path, sha256: str, out_dir: Path, cfg: IngestConfig) ->
         return SourceResult([], [{"reason": "error", "detail": f"{type(err).__name__}: {err}"}])
 
 
-def _write_clips(media, plan: list[tuple[float, float]], sha256: str, out_dir: Path,
-                 cfg: IngestConfig) -> SourceResult:
+def _write_clips(
+    media, plan: list[tuple[float, float]], sha256: str, out_dir: Path, cfg: IngestConfig
+) -> SourceResult:
     """Write every non-silent clip into a private tmp folder, then rename each into place."""
     staging = out_dir / TMP_DIR / f"{sha256[:12]}-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
@@ -216,16 +248,29 @@ def _write_clips(media, plan: list[tuple[float, float]], sha256: str, out_dir: P
         wave = _exact_length(media.audio[first:], int(round(length * cfg.sample_rate)))
         rms_db = float(20 * np.log10(np.sqrt(np.mean(np.square(wave, dtype=np.float64))) + 1e-12))
         if rms_db < cfg.silence_db:
-            quarantine.append({"reason": "silent", "detail": f"clip {clip_id} at {start:.1f} s: "
-                               f"{rms_db:.1f} dBFS < ingest.silence_db={cfg.silence_db}"})
+            quarantine.append(
+                {
+                    "reason": "silent",
+                    "detail": f"clip {clip_id} at {start:.1f} s: "
+                    f"{rms_db:.1f} dBFS < ingest.silence_db={cfg.silence_db}",
+                }
+            )
             continue
         times = picture_times(start, length, cfg.fps)
         _stage_clip(staging, clip_id, wave, [media.pictures[t] for t in times], cfg)
-        clips.append({"clip_id": clip_id, "source_hash": sha256, "start_s": round(start, 4),
-                      "duration_s": round(length, 4),
-                      "audio_path": f"audio/{clip_id}.{cfg.audio_format}",
-                      "frames_dir": f"frames/{clip_id}", "n_frames": len(times),
-                      "sample_rate": cfg.sample_rate, "rms_db": round(rms_db, 2)})
+        clips.append(
+            {
+                "clip_id": clip_id,
+                "source_hash": sha256,
+                "start_s": round(start, 4),
+                "duration_s": round(length, 4),
+                "audio_path": f"audio/{clip_id}.{cfg.audio_format}",
+                "frames_dir": f"frames/{clip_id}",
+                "n_frames": len(times),
+                "sample_rate": cfg.sample_rate,
+                "rms_db": round(rms_db, 2),
+            }
+        )
     for clip in clips:
         _move_into_place(staging, clip, out_dir)
     shutil.rmtree(staging, ignore_errors=True)
@@ -241,13 +286,15 @@ def _exact_length(wave: np.ndarray, length: int) -> np.ndarray:
     return np.pad(wave, (0, length - wave.size))
 
 
-def _stage_clip(staging: Path, clip_id: str, wave: np.ndarray, jpegs: list[bytes],
-                cfg: IngestConfig) -> None:
+def _stage_clip(
+    staging: Path, clip_id: str, wave: np.ndarray, jpegs: list[bytes], cfg: IngestConfig
+) -> None:
     import soundfile
 
     subtype = "FLOAT" if cfg.audio_format == "wav" else "PCM_24"  # FLAC has no float samples
-    soundfile.write(staging / f"{clip_id}.{cfg.audio_format}", wave, cfg.sample_rate,
-                    subtype=subtype)
+    soundfile.write(
+        staging / f"{clip_id}.{cfg.audio_format}", wave, cfg.sample_rate, subtype=subtype
+    )
     frames = staging / clip_id
     frames.mkdir()
     for number, data in enumerate(jpegs, start=1):
@@ -285,8 +332,9 @@ class _worker_pool:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _plan_work(files: list[SourceFile], state: dict, out_dir: Path,
-               cfg: IngestConfig) -> tuple[list[SourceFile], dict[str, str]]:
+def _plan_work(
+    files: list[SourceFile], state: dict, out_dir: Path, cfg: IngestConfig
+) -> tuple[list[SourceFile], dict[str, str]]:
     """Sources to (re)process, and {relative path: first path with the same content}."""
     todo, first_with_hash, duplicates = [], {}, {}
     for item in files:
@@ -302,22 +350,27 @@ def _plan_work(files: list[SourceFile], state: dict, out_dir: Path,
 def _state_entry_intact(entry: dict | None, out_dir: Path) -> bool:
     if entry is None:
         return False
-    return all((out_dir / c["audio_path"]).is_file() and (out_dir / c["frames_dir"]).is_dir()
-               for c in entry["clips"])
+    return all(
+        (out_dir / c["audio_path"]).is_file() and (out_dir / c["frames_dir"]).is_dir()
+        for c in entry["clips"]
+    )
 
 
-def _run_sources(todo: list[SourceFile], out_dir: Path, cfg: IngestConfig,
-                 pool) -> Iterator[tuple[str, SourceResult]]:
+def _run_sources(
+    todo: list[SourceFile], out_dir: Path, cfg: IngestConfig, pool
+) -> Iterator[tuple[str, SourceResult]]:
     """Process sources (in parallel when there is a pool), yielding as each finishes, with a bar."""
     from tqdm import tqdm
 
     with tqdm(total=len(todo), desc="ingest", unit="video", disable=not todo) as bar:
         if pool is None:
-            results: Iterable = ((f.sha256, process_source(f.path, f.sha256, out_dir, cfg))
-                                 for f in todo)
+            results: Iterable = (
+                (f.sha256, process_source(f.path, f.sha256, out_dir, cfg)) for f in todo
+            )
         else:
-            futures = {pool.submit(process_source, f.path, f.sha256, out_dir, cfg): f.sha256
-                       for f in todo}
+            futures = {
+                pool.submit(process_source, f.path, f.sha256, out_dir, cfg): f.sha256 for f in todo
+            }
             results = ((futures[done], done.result()) for done in as_completed(futures))
         for item in results:
             bar.update(1)
@@ -327,8 +380,15 @@ def _run_sources(todo: list[SourceFile], out_dir: Path, cfg: IngestConfig,
 class _Bookkeeper:
     """Holds the state, turns it into manifest/quarantine rows and writes them atomically."""
 
-    def __init__(self, out_dir: Path, cfg: IngestConfig, files: list[SourceFile],
-                 labels: dict[str, str], state: dict, duplicates: dict[str, str]) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        cfg: IngestConfig,
+        files: list[SourceFile],
+        labels: dict[str, str],
+        state: dict,
+        duplicates: dict[str, str],
+    ) -> None:
         self.out_dir, self.cfg, self.files, self.labels = out_dir, cfg, files, labels
         self.duplicates = duplicates
         current = {f.sha256 for f in files}
@@ -344,10 +404,18 @@ class _Bookkeeper:
 
     def flush(self) -> None:
         """Write manifest.csv, quarantine.csv and state.json (each atomically)."""
-        write_csv(self.out_dir / "manifest.csv", MANIFEST_COLUMNS, self.manifest_rows(),
-                  extrasaction="ignore")
-        write_csv(self.out_dir / "quarantine.csv", QUARANTINE_COLUMNS, self.quarantine_rows(),
-                  extrasaction="ignore")
+        write_csv(
+            self.out_dir / "manifest.csv",
+            MANIFEST_COLUMNS,
+            self.manifest_rows(),
+            extrasaction="ignore",
+        )
+        write_csv(
+            self.out_dir / "quarantine.csv",
+            QUARANTINE_COLUMNS,
+            self.quarantine_rows(),
+            extrasaction="ignore",
+        )
         write_text(self.out_dir / "state.json", json.dumps(self.state) + "\n")
         self.last_flush = time.monotonic()
 
@@ -367,8 +435,14 @@ class _Bookkeeper:
                 rows.append({"source": item.relative, "source_hash": item.sha256, **entry})
         for relative, original in self.duplicates.items():
             sha256 = next(f.sha256 for f in self.files if f.relative == relative)
-            rows.append({"source": relative, "source_hash": sha256, "reason": "duplicate",
-                         "detail": f"same content as {original}"})
+            rows.append(
+                {
+                    "source": relative,
+                    "source_hash": sha256,
+                    "reason": "duplicate",
+                    "detail": f"same content as {original}",
+                }
+            )
         return rows
 
     def _recorded(self) -> list[SourceFile]:
@@ -378,17 +452,21 @@ class _Bookkeeper:
     def summary(self, processed: int, removed_files: int, seconds: float) -> dict[str, Any]:
         quarantine = self.quarantine_rows()
         clips = self.manifest_rows()
-        return {"videos": len(self.files), "processed": processed,
-                "skipped_unchanged": len(self.files) - len(self.duplicates) - processed,
-                "removed_sources": len(self.removed_sources), "removed_files": removed_files,
-                "clips": len(clips),
-                "clip_seconds_total": round(sum(c["duration_s"] for c in clips), 2),
-                "splits": dict(Counter(c["split"] for c in clips)),
-                "quarantined": len(quarantine),
-                "quarantined_by_reason": dict(Counter(q["reason"] for q in quarantine)),
-                "seconds": round(seconds, 3),
-                "videos_per_s": round(processed / seconds, 3) if seconds else 0.0,
-                "workers": self.cfg.workers}
+        return {
+            "videos": len(self.files),
+            "processed": processed,
+            "skipped_unchanged": len(self.files) - len(self.duplicates) - processed,
+            "removed_sources": len(self.removed_sources),
+            "removed_files": removed_files,
+            "clips": len(clips),
+            "clip_seconds_total": round(sum(c["duration_s"] for c in clips), 2),
+            "splits": dict(Counter(c["split"] for c in clips)),
+            "quarantined": len(quarantine),
+            "quarantined_by_reason": dict(Counter(q["reason"] for q in quarantine)),
+            "seconds": round(seconds, 3),
+            "videos_per_s": round(processed / seconds, 3) if seconds else 0.0,
+            "workers": self.cfg.workers,
+        }
 
 
 # --- state, cleanup and atomic files ------------------------------------------------------------
@@ -427,6 +505,3 @@ def remove_orphans(out_dir: Path, rows: list[dict[str, Any]]) -> int:
                 removed += 1
     shutil.rmtree(out_dir / TMP_DIR, ignore_errors=True)
     return removed
-
-
-

@@ -70,9 +70,14 @@ def open_container(path: Path):
         raise UnusableMedia(reason, f"cannot open: {err.strerror or err}") from None
 
 
-def decode_media(path: Path, sample_rate: int, frame_size: int, max_pixels: int,
-                 picture_times: Callable[[float | None], list[float]],
-                 threads: int = 0) -> DecodedMedia:
+def decode_media(
+    path: Path,
+    sample_rate: int,
+    frame_size: int,
+    max_pixels: int,
+    picture_times: Callable[[float | None], list[float]],
+    threads: int = 0,
+) -> DecodedMedia:
     """Decode ``path``: its audio resampled to mono ``sample_rate`` and a picture at each time.
 
     ``picture_times(declared duration in s, or None without one)`` lists the wanted times.
@@ -98,8 +103,9 @@ def decode_media(path: Path, sample_rate: int, frame_size: int, max_pixels: int,
         return _finish(picker, sound, declared, (width, height))
 
 
-def _decode_failure(err: Exception, picker: "_PicturePicker",
-                    declared: float | None) -> UnusableMedia:
+def _decode_failure(
+    err: Exception, picker: "_PicturePicker", declared: float | None
+) -> UnusableMedia:
     """A read error after some pictures, short of the declared end, means a cut-off file."""
     reached = picker.frame_times[-1] if picker.frame_times else 0.0
     message = f"decoding stopped at {reached:.2f} s: {getattr(err, 'strerror', None) or err}"
@@ -121,12 +127,17 @@ def _pick_streams(container):
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0 or width * height > max_pixels:
-        raise UnusableMedia("too_large",
-                            f"{width}x{height} frames exceed ingest.max_pixels={max_pixels}")
+        raise UnusableMedia(
+            "too_large", f"{width}x{height} frames exceed ingest.max_pixels={max_pixels}"
+        )
 
 
-def _finish(picker: "_PicturePicker", sound: "_SoundCollector", declared: float | None,
-            size: tuple[int, int]) -> DecodedMedia:
+def _finish(
+    picker: "_PicturePicker",
+    sound: "_SoundCollector",
+    declared: float | None,
+    size: tuple[int, int],
+) -> DecodedMedia:
     if picker.n_frames == 0:
         raise UnusableMedia("corrupt", "no video frame could be decoded")
     if picker.n_frames == 1:
@@ -137,8 +148,9 @@ def _finish(picker: "_PicturePicker", sound: "_SoundCollector", declared: float 
     video_end = picker.end_time()
     duration = min(video_end, wave.size / sound.rate)
     if declared and duration < declared - max(0.5, 0.1 * declared):
-        raise UnusableMedia("truncated",
-                            f"decoded {duration:.2f} s of the {declared:.2f} s the header declares")
+        raise UnusableMedia(
+            "truncated", f"decoded {duration:.2f} s of the {declared:.2f} s the header declares"
+        )
     pictures = picker.finish(duration)
     return DecodedMedia(wave, sound.rate, pictures, duration, declared, picker.n_frames, size)
 
@@ -208,7 +220,7 @@ class _PicturePicker:
     def finish(self, duration: float) -> dict[float, bytes]:
         """Times after the last frame (but inside ``duration``) get the last frame."""
         last = bisect_left(self.times, duration)
-        for target in self.times[self.next_index:last]:
+        for target in self.times[self.next_index : last]:
             self.chosen[target] = self._encode(self.previous)
         return self.chosen
 
@@ -230,11 +242,10 @@ def encode_picture(frame, size: int) -> bytes:
     width = max(size, int(round(shown_w * scale)))  # as shown, after turning
     height = max(size, int(round(shown_h * scale)))
     coded_w, coded_h = (height, width) if turns % 2 else (width, height)
-    resized = frame.reformat(width=coded_w, height=coded_h, format="rgb24",
-                             interpolation="BICUBIC")
+    resized = frame.reformat(width=coded_w, height=coded_h, format="rgb24", interpolation="BICUBIC")
     rgb = np.rot90(resized.to_ndarray(), turns)
     top, left = (height - size) // 2, (width - size) // 2
     buffer = io.BytesIO()
-    crop = Image.fromarray(rgb[top:top + size, left:left + size])
+    crop = Image.fromarray(rgb[top : top + size, left : left + size])
     crop.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()

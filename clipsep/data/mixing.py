@@ -88,13 +88,18 @@ def read_manifest(clips_dir: Path) -> list[ClipRecord]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     try:
-        return [ClipRecord(clip_id=r["clip_id"], split=r["split"],
-                           audio_path=Path(clips_dir) / r["audio_path"],
-                           frames_dir=Path(clips_dir) / r["frames_dir"],
-                           n_frames=int(r["n_frames"]),
-                           label=(r.get("label") or "").strip() or None,
-                           source=r["source"])
-                for r in rows]
+        return [
+            ClipRecord(
+                clip_id=r["clip_id"],
+                split=r["split"],
+                audio_path=Path(clips_dir) / r["audio_path"],
+                frames_dir=Path(clips_dir) / r["frames_dir"],
+                n_frames=int(r["n_frames"]),
+                label=(r.get("label") or "").strip() or None,
+                source=r["source"],
+            )
+            for r in rows
+        ]
     except (KeyError, ValueError) as err:
         raise BadInputError(f"{path}: malformed manifest row ({err})") from err
 
@@ -124,12 +129,13 @@ def segment_at(wave: torch.Tensor, centre_s: float, length: int, sample_rate: in
     out = torch.zeros(length, dtype=wave.dtype)
     lo, hi = max(start, 0), min(start + length, wave.numel())
     if hi > lo:
-        out[lo - start:hi - start] = wave[lo:hi]
+        out[lo - start : hi - start] = wave[lo:hi]
     return out
 
 
-def centre_frame_range(n_frames: int, n_samples: int, length: int, sample_rate: int,
-                       fps: float) -> tuple[int, int]:
+def centre_frame_range(
+    n_frames: int, n_samples: int, length: int, sample_rate: int, fps: float
+) -> tuple[int, int]:
     """Inclusive range of 1-based centre frames whose window fits inside the clip.
 
     Falls back to all frames when the clip is too short for any window to fit.
@@ -158,14 +164,16 @@ class MixDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: Sequence[LoadedClip], params: Params, batch_size: int, rank: int = 0):
         if len(clips) < params.train.n_mix:
-            raise BadInputError(f"training needs at least {params.train.n_mix} train clips, "
-                                f"found {len(clips)}")
+            raise BadInputError(
+                f"training needs at least {params.train.n_mix} train clips, found {len(clips)}"
+            )
         self.clips, self.params, self.batch_size, self.rank = list(clips), params, batch_size, rank
         means = torch.stack([c.frame_embeddings.float().mean(dim=0) for c in self.clips])
         self.clip_embeddings = torch.nn.functional.normalize(means, dim=-1)  # [C, D]
         # an absent sound needs a clip beyond the mixture's own
-        self.with_absent = (params.train.absent_candidates > 0
-                            and len(self.clips) > params.train.n_mix)
+        self.with_absent = (
+            params.train.absent_candidates > 0 and len(self.clips) > params.train.n_mix
+        )
 
     def __len__(self) -> int:
         return self.params.train.steps
@@ -186,13 +194,12 @@ class MixDataset(torch.utils.data.Dataset):
             picks.append(self._least_similar(picks, self.params.train.pair_candidates, generator))
         return picks
 
-    def _least_similar(self, chosen: list[int], candidates: int,
-                       generator: torch.Generator) -> int:
+    def _least_similar(self, chosen: list[int], candidates: int, generator: torch.Generator) -> int:
         """Of ``candidates`` random clips not in ``chosen``, the one least similar to all chosen."""
         free = torch.ones(len(self.clips), dtype=torch.bool)
         free[chosen] = False
         pool = free.nonzero().squeeze(1)
-        drawn = pool[torch.randperm(len(pool), generator=generator)[:max(candidates, 1)]]
+        drawn = pool[torch.randperm(len(pool), generator=generator)[: max(candidates, 1)]]
         similarity = self.clip_embeddings[drawn] @ self.clip_embeddings[chosen].T  # [K, chosen]
         return int(drawn[similarity.max(dim=1).values.argmin()])
 
@@ -208,23 +215,35 @@ class MixDataset(torch.utils.data.Dataset):
             gain = low + (high - low) * float(torch.rand((), generator=generator))
             segment = self._segment(clip, centre)
             sources.append((segment * gain).clamp(-1.0, 1.0) / n_mix)
-            queries.append(query_embedding(clip.frame_embeddings, centre,
-                                           self.params.train.query_frames))
+            queries.append(
+                query_embedding(clip.frame_embeddings, centre, self.params.train.query_frames)
+            )
         absent = None
         if self.with_absent:
-            other = self.clips[self._least_similar(picks, self.params.train.absent_candidates,
-                                                   generator)]
+            other = self.clips[
+                self._least_similar(picks, self.params.train.absent_candidates, generator)
+            ]
             first, last = self._frame_range(other)
             centre = int(torch.randint(first, last + 1, (1,), generator=generator))
-            absent = query_embedding(other.frame_embeddings, centre,
-                                     self.params.train.query_frames)[None]
-        return (torch.stack(sources), torch.stack(queries),
-                [self.clips[i].record.clip_id for i in picks], absent)
+            absent = query_embedding(
+                other.frame_embeddings, centre, self.params.train.query_frames
+            )[None]
+        return (
+            torch.stack(sources),
+            torch.stack(queries),
+            [self.clips[i].record.clip_id for i in picks],
+            absent,
+        )
 
     def _frame_range(self, clip: LoadedClip) -> tuple[int, int]:
         audio = self.params.audio
-        return centre_frame_range(clip.frame_embeddings.shape[0], clip.wave.numel(),
-                                  audio.segment_samples, audio.sample_rate, self.params.ingest.fps)
+        return centre_frame_range(
+            clip.frame_embeddings.shape[0],
+            clip.wave.numel(),
+            audio.segment_samples,
+            audio.sample_rate,
+            self.params.ingest.fps,
+        )
 
     def _segment(self, clip: LoadedClip, centre: int) -> torch.Tensor:
         audio = self.params.audio
@@ -248,17 +267,22 @@ def validation_batch(clips: Sequence[LoadedClip], params: Params) -> MixBatch:
         for index in picks:
             clip = clips[index]
             centre = max(clip.frame_embeddings.shape[0] // 2, 1)
-            segment = segment_at(clip.wave, (centre - 0.5) / fps, audio.segment_samples,
-                                 audio.sample_rate)
+            segment = segment_at(
+                clip.wave, (centre - 0.5) / fps, audio.segment_samples, audio.sample_rate
+            )
             sources.append(segment / n_mix)
-            queries.append(query_embedding(clip.frame_embeddings, centre,
-                                           params.train.query_frames))
-        examples.append((torch.stack(sources), torch.stack(queries),
-                         [clips[i].record.clip_id for i in picks]))
+            queries.append(
+                query_embedding(clip.frame_embeddings, centre, params.train.query_frames)
+            )
+        examples.append(
+            (torch.stack(sources), torch.stack(queries), [clips[i].record.clip_id for i in picks])
+        )
     return _stack(examples)
 
 
 def _stack(examples: list[tuple[torch.Tensor, torch.Tensor, list[str]]]) -> MixBatch:
-    return MixBatch(sources=torch.stack([e[0] for e in examples]),
-                    queries=torch.stack([e[1] for e in examples]),
-                    clip_ids=[e[2] for e in examples])
+    return MixBatch(
+        sources=torch.stack([e[0] for e in examples]),
+        queries=torch.stack([e[1] for e in examples]),
+        clip_ids=[e[2] for e in examples],
+    )

@@ -26,8 +26,20 @@ from clipsep.fileio import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("clip_id", "source", "source_hash", "split", "start_s", "duration_s",
-                    "audio_path", "frames_dir", "n_frames", "sample_rate", "rms_db", "label")
+MANIFEST_COLUMNS = (
+    "clip_id",
+    "source",
+    "source_hash",
+    "split",
+    "start_s",
+    "duration_s",
+    "audio_path",
+    "frames_dir",
+    "n_frames",
+    "sample_rate",
+    "rms_db",
+    "label",
+)
 QUARANTINE_COLUMNS = ("source", "source_hash", "reason", "detail")
 TEXT_COLUMNS = ("clip_id", "source", "source_hash", "split", "audio_path", "frames_dir", "label")
 SPLITS = ("train", "val", "test", "interference")
@@ -46,28 +58,48 @@ def validate_clips(clips_dir: Path, out_dir: Path, cfg: ValidateConfig) -> dict[
     """
     clips_dir, out_dir = Path(clips_dir), Path(out_dir)
     manifest, quarantine = read_clip_tables(clips_dir)
-    log.info("validating %d clips (%d quarantined sources) in %s",
-             len(manifest), quarantine["source"].nunique(), clips_dir)
+    log.info(
+        "validating %d clips (%d quarantined sources) in %s",
+        len(manifest),
+        quarantine["source"].nunique(),
+        clips_dir,
+    )
     manifest = with_file_checks(manifest, clips_dir)
     statistics = dataset_statistics(manifest, quarantine, cfg)
     checks = run_suites(manifest, statistics, cfg)
     failed = [c for c in checks if not c["success"]]
-    result = {"success": not failed, "clips_dir": str(clips_dir), "statistics": statistics,
-              "evaluated_expectations": len(checks), "failed_expectations": len(failed),
-              "expectations": checks}
+    result = {
+        "success": not failed,
+        "clips_dir": str(clips_dir),
+        "statistics": statistics,
+        "evaluated_expectations": len(checks),
+        "failed_expectations": len(failed),
+        "expectations": checks,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "result.json", result, default=str)
     write_text(out_dir / "report.md", render_markdown(result))
     write_text(out_dir / "report.html", render_html(result))
-    log.info("validation: %d/%d expectations passed; report: %s",
-             len(checks) - len(failed), len(checks), out_dir / "report.html")
+    log.info(
+        "validation: %d/%d expectations passed; report: %s",
+        len(checks) - len(failed),
+        len(checks),
+        out_dir / "report.html",
+    )
     if failed:
         lines = "\n".join(f"  - {describe_failure(c)}" for c in failed)
-        raise ValidationFailed(f"data validation failed: {len(failed)} of {len(checks)} "
-                               f"expectations failed for {clips_dir}:\n{lines}\n"
-                               f"report: {out_dir / 'report.html'}")
-    return {"success": True, "n_clips": statistics["n_clips"], "expectations": len(checks),
-            "result": str(out_dir / "result.json"), "report": str(out_dir / "report.html")}
+        raise ValidationFailed(
+            f"data validation failed: {len(failed)} of {len(checks)} "
+            f"expectations failed for {clips_dir}:\n{lines}\n"
+            f"report: {out_dir / 'report.html'}"
+        )
+    return {
+        "success": True,
+        "n_clips": statistics["n_clips"],
+        "expectations": len(checks),
+        "result": str(out_dir / "result.json"),
+        "report": str(out_dir / "report.html"),
+    }
 
 
 def read_clip_tables(clips_dir: Path):
@@ -88,8 +120,9 @@ def read_clip_tables(clips_dir: Path):
     else:
         quarantine = pd.DataFrame({name: pd.Series(dtype="string") for name in QUARANTINE_COLUMNS})
     if "source" not in quarantine.columns:
-        raise BadInputError(f"{quarantine_path} has no 'source' column "
-                            f"(expected {', '.join(QUARANTINE_COLUMNS)})")
+        raise BadInputError(
+            f"{quarantine_path} has no 'source' column (expected {', '.join(QUARANTINE_COLUMNS)})"
+        )
     return manifest, quarantine
 
 
@@ -104,8 +137,9 @@ def with_file_checks(manifest, clips_dir: Path):
     frames = manifest["frames_dir"] if "frames_dir" in manifest else [None] * len(manifest)
     counts = manifest["n_frames"] if "n_frames" in manifest else [None] * len(manifest)
     manifest["audio_exists"] = [_is_file(clips_dir, path) for path in audio]
-    manifest["frames_exist"] = [_last_frame_exists(clips_dir, folder, n)
-                                for folder, n in zip(frames, counts)]
+    manifest["frames_exist"] = [
+        _last_frame_exists(clips_dir, folder, n) for folder, n in zip(frames, counts)
+    ]
     return manifest
 
 
@@ -152,41 +186,102 @@ def manifest_expectations(cfg: ValidateConfig) -> list:
     def check(expectation_cls, words: str, **kwargs):
         return expectation_cls(meta={"check": words}, **kwargs)
 
-    suite = [check(gxe.ExpectTableColumnsToMatchSet, "the manifest has every contract column",
-                   column_set=list(MANIFEST_COLUMNS), exact_match=False),
-             check(gxe.ExpectTableRowCountToBeBetween, f"at least {cfg.min_clips} clips",
-                   min_value=cfg.min_clips)]
-    suite += [check(gxe.ExpectColumnValuesToNotBeNull, f"no missing {name}", column=name)
-              for name in MANIFEST_COLUMNS if name != "label"]  # label is empty when unknown
-    suite += [check(gxe.ExpectColumnValuesToBeInTypeList, f"{name} holds whole numbers",
-                    column=name, type_list=INT_TYPES) for name in ("n_frames", "sample_rate")]
-    suite += [check(gxe.ExpectColumnValuesToBeInTypeList, f"{name} holds numbers",
-                    column=name, type_list=NUMBER_TYPES)
-              for name in ("start_s", "duration_s", "rms_db")]
+    suite = [
+        check(
+            gxe.ExpectTableColumnsToMatchSet,
+            "the manifest has every contract column",
+            column_set=list(MANIFEST_COLUMNS),
+            exact_match=False,
+        ),
+        check(
+            gxe.ExpectTableRowCountToBeBetween,
+            f"at least {cfg.min_clips} clips",
+            min_value=cfg.min_clips,
+        ),
+    ]
+    suite += [
+        check(gxe.ExpectColumnValuesToNotBeNull, f"no missing {name}", column=name)
+        for name in MANIFEST_COLUMNS
+        if name != "label"
+    ]  # label is empty when unknown
+    suite += [
+        check(
+            gxe.ExpectColumnValuesToBeInTypeList,
+            f"{name} holds whole numbers",
+            column=name,
+            type_list=INT_TYPES,
+        )
+        for name in ("n_frames", "sample_rate")
+    ]
+    suite += [
+        check(
+            gxe.ExpectColumnValuesToBeInTypeList,
+            f"{name} holds numbers",
+            column=name,
+            type_list=NUMBER_TYPES,
+        )
+        for name in ("start_s", "duration_s", "rms_db")
+    ]
     suite += [
         check(gxe.ExpectColumnValuesToBeUnique, "clip ids are unique", column="clip_id"),
-        check(gxe.ExpectCompoundColumnsToBeUnique,
-              "no duplicate video: (source_hash, start_s) is unique",
-              column_list=["source_hash", "start_s"]),
-        check(gxe.ExpectColumnValuesToBeInSet, "split is train, val, test or interference",
-              column="split", value_set=list(SPLITS)),
-        check(gxe.ExpectColumnValuesToBeInSet, f"every clip is {cfg.sample_rate} Hz",
-              column="sample_rate", value_set=[cfg.sample_rate]),
-        check(gxe.ExpectColumnValuesToBeBetween,
-              f"clip duration in [{cfg.min_duration_s}, {cfg.max_duration_s}] s",
-              column="duration_s", min_value=cfg.min_duration_s, max_value=cfg.max_duration_s),
-        check(gxe.ExpectColumnValuesToBeBetween, "clips start at t >= 0",
-              column="start_s", min_value=0.0),
-        check(gxe.ExpectColumnValuesToBeBetween, f"at least {cfg.min_frames} frames per clip",
-              column="n_frames", min_value=cfg.min_frames),
-        check(gxe.ExpectColumnValuesToBeInSet, "every clip's audio file exists",
-              column="audio_exists", value_set=[True]),
-        check(gxe.ExpectColumnValuesToBeInSet, "every clip's frames exist (up to the last one)",
-              column="frames_exist", value_set=[True]),
+        check(
+            gxe.ExpectCompoundColumnsToBeUnique,
+            "no duplicate video: (source_hash, start_s) is unique",
+            column_list=["source_hash", "start_s"],
+        ),
+        check(
+            gxe.ExpectColumnValuesToBeInSet,
+            "split is train, val, test or interference",
+            column="split",
+            value_set=list(SPLITS),
+        ),
+        check(
+            gxe.ExpectColumnValuesToBeInSet,
+            f"every clip is {cfg.sample_rate} Hz",
+            column="sample_rate",
+            value_set=[cfg.sample_rate],
+        ),
+        check(
+            gxe.ExpectColumnValuesToBeBetween,
+            f"clip duration in [{cfg.min_duration_s}, {cfg.max_duration_s}] s",
+            column="duration_s",
+            min_value=cfg.min_duration_s,
+            max_value=cfg.max_duration_s,
+        ),
+        check(
+            gxe.ExpectColumnValuesToBeBetween,
+            "clips start at t >= 0",
+            column="start_s",
+            min_value=0.0,
+        ),
+        check(
+            gxe.ExpectColumnValuesToBeBetween,
+            f"at least {cfg.min_frames} frames per clip",
+            column="n_frames",
+            min_value=cfg.min_frames,
+        ),
+        check(
+            gxe.ExpectColumnValuesToBeInSet,
+            "every clip's audio file exists",
+            column="audio_exists",
+            value_set=[True],
+        ),
+        check(
+            gxe.ExpectColumnValuesToBeInSet,
+            "every clip's frames exist (up to the last one)",
+            column="frames_exist",
+            value_set=[True],
+        ),
     ]
     if cfg.allowed_labels:
-        suite.append(check(gxe.ExpectColumnValuesToBeInSet, "known labels only (where labelled)",
-                           column="label", value_set=list(cfg.allowed_labels)))
+        suite.append(
+            check(
+                gxe.ExpectColumnValuesToBeInSet,
+                "known labels only (where labelled)",
+                column="label",
+                value_set=list(cfg.allowed_labels),
+            )
+        )
     return suite
 
 
@@ -196,12 +291,20 @@ def statistics_expectations(cfg: ValidateConfig) -> list:
 
     return [
         gxe.ExpectColumnValuesToBeBetween(
-            column="silent_share", min_value=0.0, max_value=cfg.max_silent_share,
-            meta={"check": f"at most {cfg.max_silent_share:.0%} of clips quieter than "
-                           f"{cfg.silence_db} dBFS"}),
+            column="silent_share",
+            min_value=0.0,
+            max_value=cfg.max_silent_share,
+            meta={
+                "check": f"at most {cfg.max_silent_share:.0%} of clips quieter than "
+                f"{cfg.silence_db} dBFS"
+            },
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="quarantine_share", min_value=0.0, max_value=cfg.max_quarantine_share,
-            meta={"check": f"at most {cfg.max_quarantine_share:.0%} of sources quarantined"}),
+            column="quarantine_share",
+            min_value=0.0,
+            max_value=cfg.max_quarantine_share,
+            meta={"check": f"at most {cfg.max_quarantine_share:.0%} of sources quarantined"},
+        ),
     ]
 
 
@@ -219,15 +322,19 @@ def run_suites(manifest, statistics: dict[str, Any], cfg: ValidateConfig) -> lis
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas(name="clipsep")
     scalar_stats = {k: [v] for k, v in statistics.items() if not isinstance(v, dict)}
-    tables = [("manifest", manifest, manifest_expectations(cfg)),
-              ("statistics", pd.DataFrame(scalar_stats), statistics_expectations(cfg))]
+    tables = [
+        ("manifest", manifest, manifest_expectations(cfg)),
+        ("statistics", pd.DataFrame(scalar_stats), statistics_expectations(cfg)),
+    ]
     records: list[dict[str, Any]] = []
     for table, frame, expectations in tables:
         batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("all")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"clips_{table}",
-                                                       expectations=expectations))
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=f"clips_{table}", expectations=expectations)
+        )
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"clips_{table}", data=batch, suite=suite))
+            gx.ValidationDefinition(name=f"clips_{table}", data=batch, suite=suite)
+        )
         run = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
         records += [expectation_record(table, outcome) for outcome in run.results]
     return records
@@ -277,16 +384,34 @@ def _seen(record: dict[str, Any]) -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     """The report as Markdown: verdict, statistics, one table row per expectation."""
     verdict = "PASSED" if result["success"] else "FAILED"
-    lines = [f"# Data validation: {verdict}", "",
-             f"{result['evaluated_expectations'] - result['failed_expectations']} of "
-             f"{result['evaluated_expectations']} expectations passed for `{result['clips_dir']}`.",
-             "", "## Statistics", "", "| statistic | value |", "| --- | --- |"]
+    lines = [
+        f"# Data validation: {verdict}",
+        "",
+        f"{result['evaluated_expectations'] - result['failed_expectations']} of "
+        f"{result['evaluated_expectations']} expectations passed for `{result['clips_dir']}`.",
+        "",
+        "## Statistics",
+        "",
+        "| statistic | value |",
+        "| --- | --- |",
+    ]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in result["statistics"].items()]
-    lines += ["", "## Expectations", "",
-              "| result | table | expectation | column | check | seen |", "| --- " * 6 + "|"]
+    lines += [
+        "",
+        "## Expectations",
+        "",
+        "| result | table | expectation | column | check | seen |",
+        "| --- " * 6 + "|",
+    ]
     for r in sorted(result["expectations"], key=lambda r: r["success"]):
-        cells = ["pass" if r["success"] else "**FAIL**", r["table"], r["expectation"],
-                 r["column"] or "", r["check"], _seen(r)]
+        cells = [
+            "pass" if r["success"] else "**FAIL**",
+            r["table"],
+            r["expectation"],
+            r["column"] or "",
+            r["check"],
+            _seen(r),
+        ]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -306,26 +431,30 @@ def render_html(result: dict[str, Any]) -> str:
     """The report as one self-contained HTML page (inline CSS, no scripts, no external links)."""
     esc = html.escape
     ok = result["success"]
-    stats = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>"
-                    for k, v in result["statistics"].items())
+    stats = "".join(
+        f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>"
+        for k, v in result["statistics"].items()
+    )
     rows = "".join(
-        f"<tr class=\"{'pass' if r['success'] else 'fail'}\">"
-        f"<td class=\"verdict\">{'pass' if r['success'] else 'FAIL'}</td><td>{esc(r['table'])}</td>"
+        f'<tr class="{"pass" if r["success"] else "fail"}">'
+        f'<td class="verdict">{"pass" if r["success"] else "FAIL"}</td><td>{esc(r["table"])}</td>'
         f"<td><code>{esc(r['expectation'])}</code></td><td>{esc(r['column'] or '')}</td>"
         f"<td>{esc(r['check'])}</td><td>{esc(_seen(r))}</td></tr>"
-        for r in sorted(result["expectations"], key=lambda r: r["success"]))
+        for r in sorted(result["expectations"], key=lambda r: r["success"])
+    )
     passed = result["evaluated_expectations"] - result["failed_expectations"]
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>clipsep data validation</title><style>{HTML_STYLE}</style></head><body>"
-            f"<h1 class=\"{'pass' if ok else 'fail'}\">Data validation: "
-            f"{'PASSED' if ok else 'FAILED'}</h1>"
-            f"<p>{passed} of {result['evaluated_expectations']} expectations passed for "
-            f"<code>{esc(result['clips_dir'])}</code>.</p>"
-            f"<h2>Statistics</h2><table><tr><th>statistic</th><th>value</th></tr>{stats}</table>"
-            f"<h2>Expectations</h2><table><tr><th>result</th><th>table</th><th>expectation</th>"
-            f"<th>column</th><th>check</th><th>seen</th></tr>{rows}</table></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>clipsep data validation</title><style>{HTML_STYLE}</style></head><body>"
+        f'<h1 class="{"pass" if ok else "fail"}">Data validation: '
+        f"{'PASSED' if ok else 'FAILED'}</h1>"
+        f"<p>{passed} of {result['evaluated_expectations']} expectations passed for "
+        f"<code>{esc(result['clips_dir'])}</code>.</p>"
+        f"<h2>Statistics</h2><table><tr><th>statistic</th><th>value</th></tr>{stats}</table>"
+        f"<h2>Expectations</h2><table><tr><th>result</th><th>table</th><th>expectation</th>"
+        f"<th>column</th><th>check</th><th>seen</th></tr>{rows}</table></body></html>\n"
+    )
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-

@@ -355,8 +355,6 @@ def _prepare(out_dir: Path, digest: str) -> None:
     write_text(marker, json.dumps({"config_hash": digest}))
 
 
-
-
 def _run_task(task: tuple) -> Any:
     """One unit of pool work: ('video', spec, cfg, dir) or ('captions', class_index, cfg, dir)."""
     kind, what, cfg, where = task

@@ -76,8 +76,10 @@ def load_protocol(p: Params) -> Protocol:
         targets, interference = manifest_clips(p)
         classes = sorted(set().union(*map(heard_classes, targets + interference)))
     if not targets or not interference:
-        raise BadInputError(f"the evaluation protocol needs targets and interference clips, got "
-                            f"{len(targets)} and {len(interference)}")
+        raise BadInputError(
+            f"the evaluation protocol needs targets and interference clips, got "
+            f"{len(targets)} and {len(interference)}"
+        )
     return Protocol(targets, interference, classes)
 
 
@@ -100,8 +102,11 @@ def read_clip_csv(path: Path, need_label: bool) -> list[ProtocolClip]:
         if need_label and label is None:
             raise BadInputError(f"{path}, line {number}: targets need a label (the text query)")
         frames = (row.get("frames_dir") or "").strip()
-        clips.append(ProtocolClip(path.parent / row["audio_path"],
-                                  path.parent / frames if frames else None, label))
+        clips.append(
+            ProtocolClip(
+                path.parent / row["audio_path"], path.parent / frames if frames else None, label
+            )
+        )
     return clips
 
 
@@ -111,11 +116,15 @@ def manifest_clips(p: Params) -> tuple[list[ProtocolClip], list[ProtocolClip]]:
     manifest, truth = clips_dir / "manifest.csv", world_dir / "ground_truth.csv"
     for needed in (manifest, truth):
         if not needed.is_file():
-            raise BadInputError(f"{needed} not found: run the world and ingest stages first "
-                                f"(or set eval.targets_csv / eval.interference_csv)")
+            raise BadInputError(
+                f"{needed} not found: run the world and ingest stages first "
+                f"(or set eval.targets_csv / eval.interference_csv)"
+            )
     # Everything audible: on-screen labels plus the off-screen class, if any.
-    labels = {row["video"]: ";".join(filter(None, (row["labels"], row.get("offscreen"))))
-              for row in read_ground_truth(world_dir)}
+    labels = {
+        row["video"]: ";".join(filter(None, (row["labels"], row.get("offscreen"))))
+        for row in read_ground_truth(world_dir)
+    }
     chosen: dict[str, list[ProtocolClip]] = {"test": [], "interference": []}
     for record in read_manifest(clips_dir):
         if record.split in chosen:
@@ -143,7 +152,7 @@ def load_segment(clip: ProtocolClip, sample_rate: int, length: int) -> np.ndarra
     if mono.size < length:
         mono = np.tile(mono, math.ceil(length / mono.size))
     start = (mono.size - length) // 2
-    return mono[start:start + length].astype(np.float32)
+    return mono[start : start + length].astype(np.float32)
 
 
 def image_embedding(separator, clip: ProtocolClip) -> torch.Tensor | None:
@@ -155,7 +164,7 @@ def image_embedding(separator, clip: ProtocolClip) -> torch.Tensor | None:
     if not frames:
         return None
     middle = len(frames) // 2
-    chosen = frames[max(0, middle - QUERY_FRAMES // 2):middle - QUERY_FRAMES // 2 + QUERY_FRAMES]
+    chosen = frames[max(0, middle - QUERY_FRAMES // 2) : middle - QUERY_FRAMES // 2 + QUERY_FRAMES]
     pictures = [load_image(f) for f in chosen]
     return separator.encoder.encode_images(pictures).mean(dim=0).to(separator.device)
 
@@ -167,21 +176,35 @@ def oracle_estimates(target: np.ndarray, interference: np.ndarray, cfg) -> dict[
     waves = torch.from_numpy(np.stack([target, interference, target + interference]))
     specs = audio.stft(waves, cfg)  # [3, F, T]
     source, other = specs[0].abs(), specs[1].abs()
-    masks = {"oracle_ibm": (source >= other).to(source.dtype),
-             "oracle_irm": audio.ratio_masks(torch.stack([source, other])[None])[0, 0]}
-    return {name: audio.istft(specs[2:3] * mask, target.size, cfg)[0].numpy()
-            for name, mask in masks.items()}
+    masks = {
+        "oracle_ibm": (source >= other).to(source.dtype),
+        "oracle_irm": audio.ratio_masks(torch.stack([source, other])[None])[0, 0],
+    }
+    return {
+        name: audio.istft(specs[2:3] * mask, target.size, cfg)[0].numpy()
+        for name, mask in masks.items()
+    }
 
 
-def score(target: np.ndarray, interference: np.ndarray, estimate: np.ndarray,
-          backend: str, is_mixture: bool = False) -> dict[str, float]:
+def score(
+    target: np.ndarray,
+    interference: np.ndarray,
+    estimate: np.ndarray,
+    backend: str,
+    is_mixture: bool = False,
+) -> dict[str, float]:
     """SDR/SIR/SAR/SI-SDR of one target estimate (the interference estimate = mixture - it)."""
     mixture = target + interference
     other = mixture if is_mixture else mixture - estimate
-    scores = M.bss_eval_target(np.stack([target, interference]), np.stack([estimate, other]),
-                               backend)
-    return {"sdr": scores.sdr, "sir": scores.sir, "sar": scores.sar,
-            "si_sdr": M.si_sdr(target, estimate)}
+    scores = M.bss_eval_target(
+        np.stack([target, interference]), np.stack([estimate, other]), backend
+    )
+    return {
+        "sdr": scores.sdr,
+        "sir": scores.sir,
+        "sar": scores.sar,
+        "si_sdr": M.si_sdr(target, estimate),
+    }
 
 
 class MixtureScorer:
@@ -200,30 +223,42 @@ class MixtureScorer:
 
     def segment(self, clip: ProtocolClip) -> np.ndarray:
         if clip.audio_path not in self._segments:
-            self._segments[clip.audio_path] = load_segment(
-                clip, self.cfg.sample_rate, self.cfg.segment_samples) / 2  # as the paper
+            self._segments[clip.audio_path] = (
+                load_segment(clip, self.cfg.sample_rate, self.cfg.segment_samples) / 2
+            )  # as the paper
         return self._segments[clip.audio_path]
 
     def estimate(self, mixture: np.ndarray, embedding: torch.Tensor) -> np.ndarray:
         binary = not self.p.eval.soft_masks
         return self.separator.target_segment(mixture[None], embedding, binary=binary)[0]
 
-    def __call__(self, index: int, target: ProtocolClip, interference: ProtocolClip,
-                 rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def __call__(
+        self, index: int, target: ProtocolClip, interference: ProtocolClip, rng: np.random.Generator
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         source, other = self.segment(target), self.segment(interference)
         mixture = source + other
-        estimates = {"text": self.estimate(mixture, self.text_embedding(target.label)),
-                     "mixture": mixture, "constant_mask": 0.5 * mixture,
-                     **oracle_estimates(source, other, self.cfg)}
+        estimates = {
+            "text": self.estimate(mixture, self.text_embedding(target.label)),
+            "mixture": mixture,
+            "constant_mask": 0.5 * mixture,
+            **oracle_estimates(source, other, self.cfg),
+        }
         picture = image_embedding(self.separator, target)
         if picture is not None:
             estimates["image"] = self.estimate(mixture, picture)
-        row: dict[str, Any] = {"index": index, "target": str(target.audio_path),
-                               "interference": str(interference.audio_path), "label": target.label}
+        row: dict[str, Any] = {
+            "index": index,
+            "target": str(target.audio_path),
+            "interference": str(interference.audio_path),
+            "label": target.label,
+        }
         backend = self.p.eval.metrics_backend
         for method in METHODS:
-            values = (score(source, other, estimates[method], backend, method == "mixture")
-                      if method in estimates else dict.fromkeys(SCORES[:-1], math.nan))
+            values = (
+                score(source, other, estimates[method], backend, method == "mixture")
+                if method in estimates
+                else dict.fromkeys(SCORES[:-1], math.nan)
+            )
             row.update({f"{method}_{k}": v for k, v in values.items()})
         for method in METHODS:
             row[f"{method}_sdri"] = row[f"{method}_sdr"] - row["mixture_sdr"]
@@ -233,10 +268,14 @@ class MixtureScorer:
 
     def absent_query(self, mixture, target, interference, text_estimate, rng) -> dict[str, Any]:
         """Energy returned for a class heard in neither source (vs the right query's)."""
-        absent = sorted(set(self.protocol.classes) - heard_classes(target)
-                        - heard_classes(interference))
-        result = {"absent_label": None, "absent_energy_db": math.nan,
-                  "text_energy_db": M.energy_db(text_estimate, mixture)}
+        absent = sorted(
+            set(self.protocol.classes) - heard_classes(target) - heard_classes(interference)
+        )
+        result = {
+            "absent_label": None,
+            "absent_energy_db": math.nan,
+            "text_energy_db": M.energy_db(text_estimate, mixture),
+        }
         if absent:
             label = absent[int(rng.integers(len(absent)))]
             estimate = self.estimate(mixture, self.text_embedding(label))
@@ -285,28 +324,42 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     plots.plot_per_class(metrics["per_class"], out_dir / "sdr_per_class.png")
     plots.plot_example(example, separator.audio_cfg, out_dir / "example.png")
     text_sdr = metrics["text"]["sdr"]["mean"]
-    log.info("evaluated %d mixtures: text SDR %s dB (%s)", len(rows),
-             "n/a" if text_sdr is None else f"{text_sdr:.2f}", metrics["backend"])
-    return {"n_mixtures": len(rows), "text_sdr": text_sdr,
-            "image_sdr": metrics["image"]["sdr"]["mean"],
-            "oracle_ibm_sdr": metrics["oracle_ibm"]["sdr"]["mean"], "out_dir": str(out_dir)}
+    log.info(
+        "evaluated %d mixtures: text SDR %s dB (%s)",
+        len(rows),
+        "n/a" if text_sdr is None else f"{text_sdr:.2f}",
+        metrics["backend"],
+    )
+    return {
+        "n_mixtures": len(rows),
+        "text_sdr": text_sdr,
+        "image_sdr": metrics["image"]["sdr"]["mean"],
+        "oracle_ibm_sdr": metrics["oracle_ibm"]["sdr"]["mean"],
+        "out_dir": str(out_dir),
+    }
 
 
 def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
     """metrics.json (docs/CONTRACTS.md): mean/sem/median per method and score, class, control."""
     metrics: dict[str, Any] = {
         method: {s: M.summarize(r[f"{method}_{s}"] for r in rows) for s in SCORES}
-        for method in METHODS}
+        for method in METHODS
+    }
     metrics["absent_query"] = {
         "energy_db": M.summarize(r["absent_energy_db"] for r in rows),
         "right_query_energy_db": M.summarize(r["text_energy_db"] for r in rows),
-        "target_energy_db": M.summarize(r["target_energy_db"] for r in rows)}
+        "target_energy_db": M.summarize(r["target_energy_db"] for r in rows),
+    }
     per_class: dict[str, Any] = {}
     for label in sorted({r["label"] for r in rows}):
         mine = [r for r in rows if r["label"] == label]
-        per_class[label] = {"n": len(mine), **{
-            method: {s: M.summarize(r[f"{method}_{s}"] for r in mine) for s in ("sdr", "sdri")}
-            for method in ("text", "image", "oracle_ibm")}}
+        per_class[label] = {
+            "n": len(mine),
+            **{
+                method: {s: M.summarize(r[f"{method}_{s}"] for r in mine) for s in ("sdr", "sdri")}
+                for method in ("text", "image", "oracle_ibm")
+            },
+        }
     metrics["per_class"] = per_class
     metrics["n_mixtures"] = len(rows)
     metrics["backend"] = M.BACKENDS[backend]
@@ -318,8 +371,9 @@ def write_metrics(path: Path, data: Any) -> None:
     write_json(path, data, allow_nan=False)
 
 
-def compare_metrics(paths: list[str | Path], names: list[str],
-                    out_dir: str | Path) -> dict[str, Any]:
+def compare_metrics(
+    paths: list[str | Path], names: list[str], out_dir: str | Path
+) -> dict[str, Any]:
     """Put several metrics.json side by side (e.g. with / without NIT): comparison.json + .png."""
     from clipsep.evaluation import plots
 
@@ -330,11 +384,19 @@ def compare_metrics(paths: list[str | Path], names: list[str],
         if not Path(path).is_file():
             raise BadInputError(f"metrics file not found: {path}")
         runs[name] = json.loads(Path(path).read_text())
-    table = {name: {method: {s: m[method][s] for s in ("sdr", "sir", "sar", "sdri")}
-                    for method in METHODS if method in m}
-             | {"absent_query_energy_db": m["absent_query"]["energy_db"],
-                "n_mixtures": m["n_mixtures"], "backend": m["backend"]}
-             for name, m in runs.items()}
+    table = {
+        name: {
+            method: {s: m[method][s] for s in ("sdr", "sir", "sar", "sdri")}
+            for method in METHODS
+            if method in m
+        }
+        | {
+            "absent_query_energy_db": m["absent_query"]["energy_db"],
+            "n_mixtures": m["n_mixtures"],
+            "backend": m["backend"],
+        }
+        for name, m in runs.items()
+    }
     if len({t["backend"] for t in table.values()}) > 1:
         raise BadInputError("the metrics files use different BSS-Eval backends; never compare them")
     out_dir = Path(out_dir)

@@ -34,32 +34,39 @@ def is_silent(wave: np.ndarray) -> bool:
     return float(np.abs(wave).sum()) <= SILENT_SUM
 
 
-def bss_eval_target(references: np.ndarray, estimates: np.ndarray,
-                    backend: str = "museval") -> TargetScores:
+def bss_eval_target(
+    references: np.ndarray, estimates: np.ndarray, backend: str = "museval"
+) -> TargetScores:
     """SDR/SIR/SAR of ``estimates[0]`` against ``references[0]`` (both ``[2, L]``).
 
     The second row of each is the interference and its estimate (mixture minus target estimate).
     A (near-)silent reference or estimate gives NaN scores instead of a library warning.
     """
     if references.shape != estimates.shape or references.ndim != 2 or references.shape[0] != 2:
-        raise BadInputError(f"bss_eval_target needs references and estimates [2, L], got "
-                            f"{references.shape} and {estimates.shape}")
+        raise BadInputError(
+            f"bss_eval_target needs references and estimates [2, L], got "
+            f"{references.shape} and {estimates.shape}"
+        )
     if any(is_silent(x) for x in (*references, *estimates)):
         return TargetScores(math.nan, math.nan, math.nan)
     if backend == "museval":
         import museval.metrics  # needs an ffmpeg binary at import (musdb -> stempeg)
 
         sdr, _isr, sir, sar, _perm = museval.metrics.bss_eval(
-            references[..., None], estimates[..., None], window=np.inf)
+            references[..., None], estimates[..., None], window=np.inf
+        )
         return TargetScores(float(sdr[0, 0]), float(sir[0, 0]), float(sar[0, 0]))
     if backend == "fast_bss_eval":
         try:
             import fast_bss_eval
         except ImportError as err:
-            raise BadInputError("eval.metrics_backend=fast_bss_eval but the package is not "
-                                "installed (pip install fast_bss_eval)") from err
-        sdr, sir, sar = fast_bss_eval.bss_eval_sources(references, estimates,
-                                                       compute_permutation=False)
+            raise BadInputError(
+                "eval.metrics_backend=fast_bss_eval but the package is not "
+                "installed (pip install fast_bss_eval)"
+            ) from err
+        sdr, sir, sar = fast_bss_eval.bss_eval_sources(
+            references, estimates, compute_permutation=False
+        )
         return TargetScores(float(sdr[0]), float(sir[0]), float(sar[0]))
     raise BadInputError(f"unknown metrics backend {backend!r}; known: {sorted(BACKENDS)}")
 

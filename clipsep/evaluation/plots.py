@@ -14,9 +14,14 @@ import numpy as np
 from clipsep.env import headless_pyplot
 from clipsep.fileio import atomic_path
 
-METHOD_TITLES = {"text": "text query", "image": "image query", "oracle_ibm": "oracle IBM",
-                 "oracle_irm": "oracle IRM", "mixture": "mixture",
-                 "constant_mask": "0.5 x mixture"}
+METHOD_TITLES = {
+    "text": "text query",
+    "image": "image query",
+    "oracle_ibm": "oracle IBM",
+    "oracle_irm": "oracle IRM",
+    "mixture": "mixture",
+    "constant_mask": "0.5 x mixture",
+}
 
 
 def _save(fig, path: Path) -> None:
@@ -60,8 +65,9 @@ def plot_per_class(per_class: dict[str, Any], path: Path) -> None:
         stats = [per_class[label][method]["sdr"] for label in labels]
         means = [s["mean"] if s["mean"] is not None else np.nan for s in stats]
         errors = [s["sem"] if s["sem"] is not None else 0.0 for s in stats]
-        ax.bar(x + (k - 1) * width, means, width, yerr=errors, capsize=2,
-               label=METHOD_TITLES[method])
+        ax.bar(
+            x + (k - 1) * width, means, width, yerr=errors, capsize=2, label=METHOD_TITLES[method]
+        )
     ax.set_xticks(x, [f"{label}\n(n={per_class[label]['n']})" for label in labels], fontsize=8)
     ax.axhline(0.0, color="black", lw=0.6)
     ax.set_ylabel("target SDR (dB), mean ± s.e.m.")
@@ -78,18 +84,34 @@ def plot_example(waves: dict[str, np.ndarray], audio_cfg, path: Path) -> None:
     from clipsep import audio
 
     plt = headless_pyplot()
-    panels = [("mixture", "mixture"), ("target", "true target"), ("text", "text-query estimate"),
-              ("oracle_ibm", "oracle IBM estimate")]
+    panels = [
+        ("mixture", "mixture"),
+        ("target", "true target"),
+        ("text", "text-query estimate"),
+        ("oracle_ibm", "oracle IBM estimate"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True)
     seconds = len(waves["mixture"]) / audio_cfg.sample_rate
     nyquist_khz = audio_cfg.sample_rate / 2000
-    decibels = {key: 20 * torch.log10(audio.stft(torch.from_numpy(
-        waves[key][None].astype(np.float32)), audio_cfg)[0].abs() + 1e-6).numpy()
-        for key, _ in panels}
+    decibels = {
+        key: 20
+        * torch.log10(
+            audio.stft(torch.from_numpy(waves[key][None].astype(np.float32)), audio_cfg)[0].abs()
+            + 1e-6
+        ).numpy()
+        for key, _ in panels
+    }
     top = decibels["mixture"].max()  # one colour scale for all panels: levels stay comparable
     for ax, (key, title) in zip(axes, panels):
-        image = ax.imshow(decibels[key], origin="lower", aspect="auto", vmin=top - 80, vmax=top,
-                          extent=(0, seconds, 0, nyquist_khz), cmap="magma")
+        image = ax.imshow(
+            decibels[key],
+            origin="lower",
+            aspect="auto",
+            vmin=top - 80,
+            vmax=top,
+            extent=(0, seconds, 0, nyquist_khz),
+            cmap="magma",
+        )
         ax.set_title(title)
         ax.set_xlabel("time (s)")
     axes[0].set_ylabel("frequency (kHz)")
@@ -108,8 +130,14 @@ def plot_comparison(table: dict[str, Any], methods: Sequence[str], path: Path) -
         stats = [table[run].get(m, {}).get("sdr", {}) for m in methods]
         means = [s.get("mean") if s.get("mean") is not None else np.nan for s in stats]
         errors = [s.get("sem") or 0.0 for s in stats]
-        bars = ax.bar(x + (k - (len(runs) - 1) / 2) * width, means, width, yerr=errors, capsize=2,
-                      label=f"{run} (n={table[run]['n_mixtures']})")
+        bars = ax.bar(
+            x + (k - (len(runs) - 1) / 2) * width,
+            means,
+            width,
+            yerr=errors,
+            capsize=2,
+            label=f"{run} (n={table[run]['n_mixtures']})",
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     ax.set_xticks(x, [METHOD_TITLES.get(m, m) for m in methods])
     ax.axhline(0.0, color="black", lw=0.6)

@@ -99,8 +99,10 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: int | None =
     _require("onnxscript")
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if out_dir.exists() and not (out_dir / MANIFEST).is_file():
-        raise BadInputError(f"{out_dir} exists and is not a clipsep export folder; choose a new "
-                            "folder (an existing export is replaced)")
+        raise BadInputError(
+            f"{out_dir} exists and is not a clipsep export folder; choose a new "
+            "folder (an existing export is replaced)"
+        )
     network, info = load_checkpoint(checkpoint, "cpu")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
@@ -108,17 +110,29 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: int | None =
         work.mkdir()
         opset_used = _export_network(network, work / ONNX_FILE, opset)
         manifest = {
-            "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
-            "clipsep_version": clipsep.__version__, "torch_version": torch.__version__,
-            "exporter": "torch.onnx.export(dynamo=True)", "opset": opset_used,
-            "onnx_file": ONNX_FILE, "inputs": list(INPUT_NAMES), "outputs": list(OUTPUT_NAMES),
-            "shapes": {"mix_mag": ["batch", 1, info.net_cfg.warp_bins,
-                                   f"{2 ** info.net_cfg.depth}*blocks"],
-                       "queries": ["batch", "queries", info.net_cfg.query_dim],
-                       "mask_logits": ["batch", "queries", info.net_cfg.warp_bins,
-                                       f"{2 ** info.net_cfg.depth}*blocks"]},
-            "source_checkpoint": {"path": str(checkpoint.resolve()),
-                                  "sha256": file_digest(checkpoint)},
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_VERSION,
+            "clipsep_version": clipsep.__version__,
+            "torch_version": torch.__version__,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "opset": opset_used,
+            "onnx_file": ONNX_FILE,
+            "inputs": list(INPUT_NAMES),
+            "outputs": list(OUTPUT_NAMES),
+            "shapes": {
+                "mix_mag": ["batch", 1, info.net_cfg.warp_bins, f"{2**info.net_cfg.depth}*blocks"],
+                "queries": ["batch", "queries", info.net_cfg.query_dim],
+                "mask_logits": [
+                    "batch",
+                    "queries",
+                    info.net_cfg.warp_bins,
+                    f"{2**info.net_cfg.depth}*blocks",
+                ],
+            },
+            "source_checkpoint": {
+                "path": str(checkpoint.resolve()),
+                "sha256": file_digest(checkpoint),
+            },
             "audio_cfg": dataclasses.asdict(info.audio_cfg),
             "net_cfg": info.net_cfg.to_dict(),
             "model_cfg": dataclasses.asdict(info.model_cfg),
@@ -147,18 +161,27 @@ def _export_network(network: CLIPSepNet, path: Path, opset: int | None) -> int:
     from torch.export import Dim
 
     cfg = network.cfg
-    step = 2 ** cfg.depth
+    step = 2**cfg.depth
     mix_mag = torch.rand(1, 1, cfg.warp_bins, 2 * step) + 0.01
     queries = torch.randn(1, 1, cfg.query_dim)
     batch = Dim("batch", min=1, max=MAX_BATCH)
-    shapes = {"mix_mag": {0: batch, 3: step * Dim("blocks", min=1, max=MAX_BLOCKS)},
-              "queries": {0: batch, 1: Dim("queries", min=1, max=MAX_QUERIES)}}
+    shapes = {
+        "mix_mag": {0: batch, 3: step * Dim("blocks", min=1, max=MAX_BLOCKS)},
+        "queries": {0: batch, 1: Dim("queries", min=1, max=MAX_QUERIES)},
+    }
     with _quiet_exporter():
-        program = torch.onnx.export(_MaskPass(network).eval(), (mix_mag, queries), dynamo=True,
-                                    input_names=list(INPUT_NAMES),
-                                    output_names=list(OUTPUT_NAMES), opset_version=opset,
-                                    dynamic_shapes=shapes, external_data=False, verbose=False,
-                                    optimize=False)
+        program = torch.onnx.export(
+            _MaskPass(network).eval(),
+            (mix_mag, queries),
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamic_shapes=shapes,
+            external_data=False,
+            verbose=False,
+            optimize=False,
+        )
         onnxscript.optimizer.inline(program.model)
         onnxscript.optimizer.fold_constants(program.model)
         onnxscript.optimizer.remove_unused_nodes(program.model)
@@ -182,18 +205,27 @@ def read_export(folder: str | Path) -> ExportInfo:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise BadInputError(f"{folder} is not a clipsep export folder (no {MANIFEST}); make one "
-                            "with `clipsep export MODEL --format onnx OUT`")
+        raise BadInputError(
+            f"{folder} is not a clipsep export folder (no {MANIFEST}); make one "
+            "with `clipsep export MODEL --format onnx OUT`"
+        )
     try:
         manifest = json.loads(path.read_text())
         if manifest.get("format") != EXPORT_FORMAT:
             raise KeyError("format")
         if manifest.get("format_version", 0) > EXPORT_VERSION:
-            raise BadInputError(f"{path} has export format {manifest['format_version']}, newer "
-                                f"than this clipsep ({EXPORT_VERSION}); upgrade clipsep")
-        return ExportInfo(folder, ModelConfig(**manifest["model_cfg"]),
-                          AudioConfig(**manifest["audio_cfg"]), NetConfig(**manifest["net_cfg"]),
-                          manifest["query"], manifest)
+            raise BadInputError(
+                f"{path} has export format {manifest['format_version']}, newer "
+                f"than this clipsep ({EXPORT_VERSION}); upgrade clipsep"
+            )
+        return ExportInfo(
+            folder,
+            ModelConfig(**manifest["model_cfg"]),
+            AudioConfig(**manifest["audio_cfg"]),
+            NetConfig(**manifest["net_cfg"]),
+            manifest["query"],
+            manifest,
+        )
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise BadInputError(f"{path} is not a valid clipsep export manifest ({err})") from err
 
@@ -220,16 +252,18 @@ class OnnxNetwork:
         # No busy-waiting between runs: torch (STFT, resampling) shares these cores, and spinning
         # pool threads slowed the torch work that follows a run 2x on 2 cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
         self.cfg = cfg
         self.path = Path(onnx_path)
 
     def eval(self) -> "OnnxNetwork":
         return self
 
-    def __call__(self, mix_mag: torch.Tensor, queries: torch.Tensor,
-                 with_noise: bool = False) -> SeparationOutput:
+    def __call__(
+        self, mix_mag: torch.Tensor, queries: torch.Tensor, with_noise: bool = False
+    ) -> SeparationOutput:
         feeds = {"mix_mag": _numpy(mix_mag), "queries": _numpy(queries)}
         (logits,) = self.session.run(list(OUTPUT_NAMES), feeds)
         return SeparationOutput(torch.from_numpy(logits).to(mix_mag.device), None)
@@ -239,8 +273,9 @@ def _numpy(tensor: torch.Tensor):
     return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
-def load_onnx_network(folder: str | Path, threads: int | None = None
-                      ) -> tuple[OnnxNetwork, ExportInfo]:
+def load_onnx_network(
+    folder: str | Path, threads: int | None = None
+) -> tuple[OnnxNetwork, ExportInfo]:
     """The :class:`OnnxNetwork` of an export folder and the folder's :class:`ExportInfo`."""
     info = read_export(folder)
     onnx_path = info.folder / info.manifest.get("onnx_file", ONNX_FILE)
@@ -257,8 +292,9 @@ def cached_export(checkpoint: str | Path, cache_root: str | Path | None = None) 
         from clipsep.errors import MissingWeightsError
 
         raise MissingWeightsError(f"separator checkpoint not found: {checkpoint}")
-    key = hashlib.sha256(f"{file_digest(checkpoint)}|{clipsep.__version__}|{torch.__version__}"
-                         .encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        f"{file_digest(checkpoint)}|{clipsep.__version__}|{torch.__version__}".encode()
+    ).hexdigest()[:20]
     root = Path(cache_root) if cache_root else _cache_root()
     folder = root / key
     if not (folder / MANIFEST).is_file():

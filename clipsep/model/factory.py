@@ -51,8 +51,10 @@ def preset_config(preset: str, *, nit: bool, query_dim: int) -> NetConfig:
     """The :class:`NetConfig` of a named preset with the NIT switch and query size filled in."""
     path = PRESETS_DIR / f"{preset}.json"
     if not path.is_file():
-        raise BadInputError(f"unknown model preset {preset!r}; known presets: "
-                            f"{', '.join(list_presets())} (files in {PRESETS_DIR})")
+        raise BadInputError(
+            f"unknown model preset {preset!r}; known presets: "
+            f"{', '.join(list_presets())} (files in {PRESETS_DIR})"
+        )
     values = {k: v for k, v in json.loads(path.read_text()).items() if k not in _PRESET_INFO_KEYS}
     try:
         return NetConfig(**values, nit=nit, query_dim=query_dim)
@@ -72,12 +74,21 @@ def check_warp_bins(net_cfg: NetConfig, audio_cfg: AudioConfig, where: str) -> N
     from the checkpoint; a preset's ``warp_bins`` only describes the network and must agree.
     """
     if net_cfg.warp_bins != audio_cfg.warp_bins:
-        raise BadInputError(f"{where}: the model preset expects warp_bins={net_cfg.warp_bins} rows "
-                            f"but audio.warp_bins={audio_cfg.warp_bins}; they must agree")
+        raise BadInputError(
+            f"{where}: the model preset expects warp_bins={net_cfg.warp_bins} rows "
+            f"but audio.warp_bins={audio_cfg.warp_bins}; they must agree"
+        )
 
 
-def save_checkpoint(path: str | Path, model: CLIPSepNet, *, model_cfg: ModelConfig,
-                    audio_cfg: AudioConfig, query: dict, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: CLIPSepNet,
+    *,
+    model_cfg: ModelConfig,
+    audio_cfg: AudioConfig,
+    query: dict,
+    extra: dict | None = None,
+) -> Path:
     """Write a self-describing checkpoint atomically (tmp file + ``os.replace``)."""
     check_warp_bins(model.cfg, audio_cfg, str(path))
     payload = {
@@ -94,8 +105,9 @@ def save_checkpoint(path: str | Path, model: CLIPSepNet, *, model_cfg: ModelConf
     return torch_save(payload, path)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[CLIPSepNet, CheckpointInfo]:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[CLIPSepNet, CheckpointInfo]:
     """Rebuild the separator of a checkpoint (eval mode, on ``device``) and describe it."""
     payload = _read_payload(Path(path), device)
     try:
@@ -103,33 +115,52 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
             model_cfg=ModelConfig(**payload["model_cfg"]),
             audio_cfg=AudioConfig(**payload["audio_cfg"]),
             net_cfg=NetConfig(**payload["net_cfg"]),
-            query=payload["query"], extra=payload["extra"],
-            clipsep_version=payload["clipsep_version"])
+            query=payload["query"],
+            extra=payload["extra"],
+            clipsep_version=payload["clipsep_version"],
+        )
         model = CLIPSepNet(info.net_cfg)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError) as err:
-        raise BadInputError(f"checkpoint {path} does not fit this clipsep version "
-                            f"({clipsep.__version__}): {err}") from err
+        raise BadInputError(
+            f"checkpoint {path} does not fit this clipsep version ({clipsep.__version__}): {err}"
+        ) from err
     check_warp_bins(info.net_cfg, info.audio_cfg, str(path))
     return model.to(device).eval(), info
 
 
 def _read_payload(path: Path, device: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
-        raise MissingWeightsError(f"separator checkpoint not found: {path} "
-                                  f"(train one with `clipsep train`, or pass an existing .pt file)")
+        raise MissingWeightsError(
+            f"separator checkpoint not found: {path} "
+            f"(train one with `clipsep train`, or pass an existing .pt file)"
+        )
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            KeyError, IndexError, TypeError, AttributeError) as err:  # a text file: KeyError
-        raise BadInputError(f"cannot read checkpoint {path}: corrupt, truncated or not a "
-                            f"weights-only torch file ({type(err).__name__}: {err})") from err
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as err:  # a text file: KeyError
+        raise BadInputError(
+            f"cannot read checkpoint {path}: corrupt, truncated or not a "
+            f"weights-only torch file ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise BadInputError(f"{path} is not a clipsep separator checkpoint (no "
-                            f"format={CHECKPOINT_FORMAT!r})")
+        raise BadInputError(
+            f"{path} is not a clipsep separator checkpoint (no format={CHECKPOINT_FORMAT!r})"
+        )
     if payload.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise BadInputError(f"{path} has checkpoint format {payload['format_version']}, newer than "
-                            f"this clipsep ({CHECKPOINT_VERSION}); upgrade clipsep")
+        raise BadInputError(
+            f"{path} has checkpoint format {payload['format_version']}, newer than "
+            f"this clipsep ({CHECKPOINT_VERSION}); upgrade clipsep"
+        )
     return payload
 
 
@@ -141,6 +172,8 @@ def _plain_data(value: Any, where: str) -> Any:
         return type(value)(_plain_data(v, where) for v in value)
     if value is None or isinstance(value, (str, int, float, bool, torch.Tensor)):
         return value
-    raise BadInputError(f"checkpoint field {where} holds a {type(value).__name__}; only plain "
-                        f"data (dict, list, str, numbers, tensors) can be loaded with "
-                        f"weights_only=True")
+    raise BadInputError(
+        f"checkpoint field {where} holds a {type(value).__name__}; only plain "
+        f"data (dict, list, str, numbers, tensors) can be loaded with "
+        f"weights_only=True"
+    )

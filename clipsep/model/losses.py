@@ -42,28 +42,38 @@ def weighted_bce(prob: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return (weight * bce).flatten(1).mean(dim=1)
 
 
-def weighted_bce_with_logits(logits: torch.Tensor, target: torch.Tensor,
-                             weight: torch.Tensor) -> torch.Tensor:
+def weighted_bce_with_logits(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """:func:`weighted_bce` of ``sigmoid(logits)``, stably from the logits: ``[B, ...] -> [B]``."""
     logits, target, weight = logits.float(), target.float(), weight.float()
     bce = -(target * F.logsigmoid(logits) + (1.0 - target) * F.logsigmoid(-logits))
     return (weight * bce).flatten(1).mean(dim=1)
 
 
-def clipsep_loss(mask_logits: torch.Tensor, targets: torch.Tensor,
-                 weight: torch.Tensor) -> LossTerms:
+def clipsep_loss(
+    mask_logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
+) -> LossTerms:
     """Plain CLIPSep loss: mean over batch and sources of the weighted BCE of ``sigmoid(M_n)``."""
     _check_shapes(mask_logits, targets, weight)
     expanded = weight.expand_as(mask_logits)
-    per_source = weighted_bce_with_logits(mask_logits.flatten(0, 1), targets.flatten(0, 1),
-                                          expanded.flatten(0, 1))
+    per_source = weighted_bce_with_logits(
+        mask_logits.flatten(0, 1), targets.flatten(0, 1), expanded.flatten(0, 1)
+    )
     separation = per_source.mean()  # every (example, source) has the same number of bins
     zero = separation.new_zeros(())
     return LossTerms(separation, separation, zero, zero)
 
 
-def nit_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor, targets: torch.Tensor,
-             weight: torch.Tensor, *, nit_lambda: float, nit_gamma: float) -> LossTerms:
+def nit_loss(
+    mask_logits: torch.Tensor,
+    noise_logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    nit_lambda: float,
+    nit_gamma: float,
+) -> LossTerms:
     """Noise invariant training loss (N = 2 sources, 2 noise heads).
 
     P_nj = min(1, sig(M_n) + sig(N_j)); per example the better of the two head assignments
@@ -71,8 +81,10 @@ def nit_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor, targets: tor
     """
     _check_shapes(mask_logits, targets, weight)
     if mask_logits.shape[1] != 2 or noise_logits.shape != mask_logits.shape:
-        raise BadInputError(f"NIT needs 2 sources and 2 noise heads of the same shape, got masks "
-                            f"{tuple(mask_logits.shape)} and noise {tuple(noise_logits.shape)}")
+        raise BadInputError(
+            f"NIT needs 2 sources and 2 noise heads of the same shape, got masks "
+            f"{tuple(mask_logits.shape)} and noise {tuple(noise_logits.shape)}"
+        )
     query_prob = torch.sigmoid(mask_logits.float())  # [B, 2, W, T]
     noise_prob = torch.sigmoid(noise_logits.float())  # [B, 2, W, T]
     same = _per_source_bce(_capped_sum(query_prob, noise_prob), targets, weight)
@@ -89,8 +101,9 @@ def _capped_sum(query_prob: torch.Tensor, noise_prob: torch.Tensor) -> torch.Ten
     return 1 - torch.relu(1 - (query_prob + noise_prob))
 
 
-def _per_source_bce(prob: torch.Tensor, targets: torch.Tensor,
-                    weight: torch.Tensor) -> torch.Tensor:
+def _per_source_bce(
+    prob: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """``[B, N, W, T]`` probabilities -> ``[B, N]`` weighted BCE per example and source."""
     batch, sources = prob.shape[:2]
     expanded = weight.expand_as(prob)
@@ -100,8 +113,10 @@ def _per_source_bce(prob: torch.Tensor, targets: torch.Tensor,
 
 def _check_shapes(mask_logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> None:
     if mask_logits.dim() != 4 or targets.shape != mask_logits.shape:
-        raise BadInputError(f"mask logits {tuple(mask_logits.shape)} and targets "
-                            f"{tuple(targets.shape)} must both be [B, N, W, T]")
+        raise BadInputError(
+            f"mask logits {tuple(mask_logits.shape)} and targets "
+            f"{tuple(targets.shape)} must both be [B, N, W, T]"
+        )
     expected = (mask_logits.shape[0], 1, *mask_logits.shape[2:])
     if tuple(weight.shape) != expected:
         raise BadInputError(f"weight must be [B, 1, W, T] = {expected}, got {tuple(weight.shape)}")
@@ -113,23 +128,35 @@ def absent_query_loss(absent_logits: torch.Tensor, weight: torch.Tensor) -> torc
     Mix-and-separate alone never shows the model a query for something absent, so nothing teaches
     it silence; this term does, with the same per-bin weight as the separation loss. Scalar.
     """
-    if absent_logits.dim() != 4 or tuple(weight.shape) != (absent_logits.shape[0], 1,
-                                                           *absent_logits.shape[2:]):
-        raise BadInputError(f"absent logits {tuple(absent_logits.shape)} must be [B, M, W, T] "
-                            f"with weight [B, 1, W, T], got weight {tuple(weight.shape)}")
+    if absent_logits.dim() != 4 or tuple(weight.shape) != (
+        absent_logits.shape[0],
+        1,
+        *absent_logits.shape[2:],
+    ):
+        raise BadInputError(
+            f"absent logits {tuple(absent_logits.shape)} must be [B, M, W, T] "
+            f"with weight [B, 1, W, T], got weight {tuple(weight.shape)}"
+        )
     expanded = weight.expand_as(absent_logits).flatten(0, 1)
     flat = absent_logits.flatten(0, 1)
     return weighted_bce_with_logits(flat, torch.zeros_like(flat), expanded).mean()
 
 
-def separation_loss(mask_logits: torch.Tensor, noise_logits: torch.Tensor | None,
-                    targets: torch.Tensor, weight: torch.Tensor, *, nit_lambda: float,
-                    nit_gamma: float) -> LossTerms:
+def separation_loss(
+    mask_logits: torch.Tensor,
+    noise_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    nit_lambda: float,
+    nit_gamma: float,
+) -> LossTerms:
     """The NIT loss when the model produced noise logits, else the plain CLIPSep loss.
 
     Call as ``separation_loss(*model(mix, queries), targets, weight, nit_lambda=l, nit_gamma=g)``.
     """
     if noise_logits is None:
         return clipsep_loss(mask_logits, targets, weight)
-    return nit_loss(mask_logits, noise_logits, targets, weight,
-                    nit_lambda=nit_lambda, nit_gamma=nit_gamma)
+    return nit_loss(
+        mask_logits, noise_logits, targets, weight, nit_lambda=nit_lambda, nit_gamma=nit_gamma
+    )

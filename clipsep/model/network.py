@@ -85,11 +85,13 @@ class CLIPSepNet(nn.Module):
         if cfg.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {cfg.fusion!r}; known: {sorted(FUSIONS)}")
         self.cfg = cfg
-        self.unet = UNet(cfg.depth, cfg.base_channels, cfg.k, cfg.max_multiplier,
-                         cfg.output_stride)
+        self.unet = UNet(cfg.depth, cfg.base_channels, cfg.k, cfg.max_multiplier, cfg.output_stride)
         self.fusion = FUSIONS[cfg.fusion](cfg.k, cfg.query_dim)
-        self.noise_heads = (nn.ModuleList(nn.Linear(cfg.k, cfg.k) for _ in range(N_NOISE_HEADS))
-                            if cfg.nit else None)
+        self.noise_heads = (
+            nn.ModuleList(nn.Linear(cfg.k, cfg.k) for _ in range(N_NOISE_HEADS))
+            if cfg.nit
+            else None
+        )
         self.apply(_init_weights)
 
     def features(self, mix_mag: torch.Tensor) -> torch.Tensor:
@@ -97,48 +99,65 @@ class CLIPSepNet(nn.Module):
         self._check_input(mix_mag)
         return self.unet(log_magnitude(mix_mag.detach()))
 
-    def masks_from_features(self, features: torch.Tensor, queries: torch.Tensor,
-                            with_noise: bool = True,
-                            noise_queries: int | None = None) -> SeparationOutput:
+    def masks_from_features(
+        self,
+        features: torch.Tensor,
+        queries: torch.Tensor,
+        with_noise: bool = True,
+        noise_queries: int | None = None,
+    ) -> SeparationOutput:
         """Apply N queries ``[B, N, D]`` to features ``[B, k, W', T']`` (no U-Net pass).
 
         Returns logits at the input resolution ``[B, N, W, T]`` (``W = W' * output_stride``).
         The noise heads read the first ``noise_queries`` queries (default: all): the sources of
         the mixture, not the extra absent-sound queries of training.
         """
-        if queries.dim() != 3 or queries.shape[0] != features.shape[0] \
-                or queries.shape[-1] != self.cfg.query_dim:
-            raise BadInputError(f"queries must be [B={features.shape[0]}, N, "
-                                f"D={self.cfg.query_dim}], got {tuple(queries.shape)}")
+        if (
+            queries.dim() != 3
+            or queries.shape[0] != features.shape[0]
+            or queries.shape[-1] != self.cfg.query_dim
+        ):
+            raise BadInputError(
+                f"queries must be [B={features.shape[0]}, N, "
+                f"D={self.cfg.query_dim}], got {tuple(queries.shape)}"
+            )
         projected = self.fusion.project(queries)  # [B, N, k], pre-sigmoid
         mask_logits = self.fusion.combine(torch.sigmoid(projected), features)
         noise_logits = None
         if with_noise and self.noise_heads is not None:
             mean_projection = projected[:, :noise_queries].mean(dim=1)  # [B, k]
-            noise_weights = torch.stack([torch.sigmoid(head(mean_projection))
-                                         for head in self.noise_heads], dim=1)  # [B, 2, k]
+            noise_weights = torch.stack(
+                [torch.sigmoid(head(mean_projection)) for head in self.noise_heads], dim=1
+            )  # [B, 2, k]
             noise_logits = self._full_resolution(self.fusion.combine(noise_weights, features))
         return SeparationOutput(self._full_resolution(mask_logits), noise_logits)
 
     def _full_resolution(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.output_stride == 1:
             return logits
-        return nn.functional.interpolate(logits, scale_factor=self.cfg.output_stride,
-                                         mode=UPSAMPLE_MODE, align_corners=True)
+        return nn.functional.interpolate(
+            logits, scale_factor=self.cfg.output_stride, mode=UPSAMPLE_MODE, align_corners=True
+        )
 
-    def forward(self, mix_mag: torch.Tensor, queries: torch.Tensor, with_noise: bool = True,
-                noise_queries: int | None = None) -> SeparationOutput:
+    def forward(
+        self,
+        mix_mag: torch.Tensor,
+        queries: torch.Tensor,
+        with_noise: bool = True,
+        noise_queries: int | None = None,
+    ) -> SeparationOutput:
         """``mix_mag [B, 1, W, T]`` warped linear magnitude, ``queries [B, N, D]`` -> masks."""
-        return self.masks_from_features(self.features(mix_mag), queries, with_noise,
-                                        noise_queries)
+        return self.masks_from_features(self.features(mix_mag), queries, with_noise, noise_queries)
 
     def _check_input(self, mix_mag: torch.Tensor) -> None:
-        step = 2 ** self.cfg.depth
+        step = 2**self.cfg.depth
         if mix_mag.dim() != 4 or mix_mag.shape[1] != 1:
             raise BadInputError(f"mix_mag must be [B, 1, W, T], got {tuple(mix_mag.shape)}")
         if mix_mag.shape[2] % step or mix_mag.shape[3] % step:
-            raise BadInputError(f"mix_mag {tuple(mix_mag.shape)}: W and T must be divisible by "
-                             f"2**depth = {step}; pad the frames (clipsep.audio.pad_frames)")
+            raise BadInputError(
+                f"mix_mag {tuple(mix_mag.shape)}: W and T must be divisible by "
+                f"2**depth = {step}; pad the frames (clipsep.audio.pad_frames)"
+            )
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -58,8 +58,10 @@ def load_captions(world_dir: Path) -> dict[str, CaptionSet]:
         rows = list(csv.DictReader(handle))
     missing = [c for c in CAPTION_COLUMNS if rows and c not in rows[0]]
     if not rows or missing:
-        raise BadInputError(f"{csv_path}: needs rows with columns {list(CAPTION_COLUMNS)}"
-                            + (f"; missing {missing}" if missing else "; it is empty"))
+        raise BadInputError(
+            f"{csv_path}: needs rows with columns {list(CAPTION_COLUMNS)}"
+            + (f"; missing {missing}" if missing else "; it is empty")
+        )
     splits = {"train": CaptionSet([], [], []), "test": CaptionSet([], [], [])}
     for row in rows:
         if row["split"] not in splits:
@@ -82,8 +84,10 @@ def _optimizer(model: torch.nn.Module, cfg: ClipConfig) -> torch.optim.Optimizer
     for name, param in model.named_parameters():
         exempt = param.ndim < 2 or "logit_scale" in name or "bias" in name or "ln" in name
         (no_decay if exempt else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.pretrain_weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.pretrain_weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.pretrain_lr, betas=(0.9, 0.98), eps=1e-6)
 
 
@@ -100,8 +104,12 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def label_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                          logit_scale: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
+def label_aware_clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    label_ids: torch.Tensor,
+) -> torch.Tensor:
     """open_clip's ClipLoss, except that a caption with the picture's own label is no negative.
 
     image_features, text_features: [B, D] L2-normalised; label_ids: [B] ints. A batch of 64 over
@@ -112,12 +120,21 @@ def label_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Ten
     logits = logit_scale * image_features @ text_features.T  # [B, B]
     same = (label_ids[:, None] == label_ids[None, :]).float()
     target = same / same.sum(dim=1, keepdim=True)
-    return (torch.nn.functional.cross_entropy(logits, target)
-            + torch.nn.functional.cross_entropy(logits.T, target.T)) / 2
+    return (
+        torch.nn.functional.cross_entropy(logits, target)
+        + torch.nn.functional.cross_entropy(logits.T, target.T)
+    ) / 2
 
 
-def _train(model: torch.nn.Module, data: CaptionSet, train_transform: Callable, tokenizer,
-           cfg: ClipConfig, device: str, precision: str = "fp32") -> list[float]:
+def _train(
+    model: torch.nn.Module,
+    data: CaptionSet,
+    train_transform: Callable,
+    tokenizer,
+    cfg: ClipConfig,
+    device: str,
+    precision: str = "fp32",
+) -> list[float]:
     """Run ``cfg.pretrain_epochs`` epochs of the contrastive loss; returns every step's loss.
 
     ``precision`` is a resolved mode (fp32 | bf16 | fp16) for the forward pass; the loss is fp32.
@@ -139,14 +156,18 @@ def _train(model: torch.nn.Module, data: CaptionSet, train_transform: Callable, 
     for _ in range(cfg.pretrain_epochs):
         order = torch.randperm(n, generator=generator)
         for step in range(steps_per_epoch):
-            index = order[step * batch:(step + 1) * batch]
+            index = order[step * batch : (step + 1) * batch]
             pixels = torch.stack([train_transform(data.images[i]) for i in index.tolist()])
             with autocast(precision, device):
-                image_features, text_features, logit_scale = model(pixels.to(device),
-                                                                   tokens[index].to(device))[:3]
-            loss = label_aware_clip_loss(image_features.float(), text_features.float(),
-                                         logit_scale.float(),
-                                         label_ids[index].to(device))
+                image_features, text_features, logit_scale = model(
+                    pixels.to(device), tokens[index].to(device)
+                )[:3]
+            loss = label_aware_clip_loss(
+                image_features.float(),
+                text_features.float(),
+                logit_scale.float(),
+                label_ids[index].to(device),
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -182,8 +203,10 @@ def _plot_losses(losses: list[float], steps_per_epoch: int, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [(i + 1) / steps_per_epoch for i in range(len(losses))]
     ax.plot(epochs, losses, lw=0.8, alpha=0.5, label="step")
-    means = [sum(losses[i:i + steps_per_epoch]) / steps_per_epoch
-             for i in range(0, len(losses) - steps_per_epoch + 1, steps_per_epoch)]
+    means = [
+        sum(losses[i : i + steps_per_epoch]) / steps_per_epoch
+        for i in range(0, len(losses) - steps_per_epoch + 1, steps_per_epoch)
+    ]
     ax.plot(range(1, len(means) + 1), means, lw=2, marker="o", ms=3, label="epoch mean")
     ax.set(xlabel="epoch", ylabel="label-aware ClipLoss", title="tiny CLIP pretraining")
     ax.grid(alpha=0.3)
@@ -210,17 +233,24 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     torch.manual_seed(cfg.pretrain_seed)
     register_bundled_configs()
     model, train_transform, _ = open_clip.create_model_and_transforms(
-        cfg.architecture, pretrained=None, device=device,
-        aug_cfg={"scale": tuple(cfg.pretrain_crop_scale)})
+        cfg.architecture,
+        pretrained=None,
+        device=device,
+        aug_cfg={"scale": tuple(cfg.pretrain_crop_scale)},
+    )
     # Instruments look the same mirrored; flips double the few pictures each class has.
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     tokenizer = open_clip.get_tokenizer(cfg.architecture)
-    log.info("pretraining CLIP %s on %d pictures (%d classes) for %d epochs on %s",
-             cfg.architecture, len(splits["train"].images), len(classes), cfg.pretrain_epochs,
-             device)
+    log.info(
+        "pretraining CLIP %s on %d pictures (%d classes) for %d epochs on %s",
+        cfg.architecture,
+        len(splits["train"].images),
+        len(classes),
+        cfg.pretrain_epochs,
+        device,
+    )
     precision = resolve_precision(cfg.precision, device)
-    losses = _train(model, splits["train"], train_transform, tokenizer, cfg, device,
-                    precision.mode)
+    losses = _train(model, splits["train"], train_transform, tokenizer, cfg, device, precision.mode)
     train_seconds = time.perf_counter() - started
 
     out_dir = Path(out_dir)
@@ -233,22 +263,44 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     _plot_losses(losses, steps_per_epoch, out_dir / "loss.png")
 
     # Evaluate the file just written, through the same encoder the separator uses.
-    encoder = QueryEncoder.from_config(dataclasses.replace(cfg, pretrained=str(checkpoint)),
-                                       None, device)
+    encoder = QueryEncoder.from_config(
+        dataclasses.replace(cfg, pretrained=str(checkpoint)), None, device
+    )
     test = zero_shot(encoder, splits["test"], classes)
     train = zero_shot(encoder, splits["train"], classes)
-    report = {"architecture": cfg.architecture, "model_config": bundled_config(cfg.architecture),
-              "accuracy": test["accuracy"], "chance": 1.0 / len(classes), "n_test": test["n"],
-              "per_class": test["per_class"], "train_accuracy": train["accuracy"],
-              "classes": classes, "prompt_templates": list(cfg.prompt_templates),
-              "epochs": cfg.pretrain_epochs, "steps": len(losses),
-              "final_loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch,
-              "train_seconds": round(train_seconds, 1), "device": device,
-              "precision": precision.mode, "precision_reason": precision.reason}
+    report = {
+        "architecture": cfg.architecture,
+        "model_config": bundled_config(cfg.architecture),
+        "accuracy": test["accuracy"],
+        "chance": 1.0 / len(classes),
+        "n_test": test["n"],
+        "per_class": test["per_class"],
+        "train_accuracy": train["accuracy"],
+        "classes": classes,
+        "prompt_templates": list(cfg.prompt_templates),
+        "epochs": cfg.pretrain_epochs,
+        "steps": len(losses),
+        "final_loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch,
+        "train_seconds": round(train_seconds, 1),
+        "device": device,
+        "precision": precision.mode,
+        "precision_reason": precision.reason,
+    }
     write_json(out_dir / "zero_shot.json", report)
-    log.info("tiny CLIP zero-shot accuracy on %d held-out pictures: %.1f%% (chance %.1f%%)",
-             test["n"], 100 * test["accuracy"], 100 * report["chance"])
-    return {"checkpoint": str(checkpoint), "zero_shot_accuracy": test["accuracy"],
-            "chance": report["chance"], "train_accuracy": train["accuracy"],
-            "n_train": len(splits["train"].images), "n_test": test["n"], "steps": len(losses),
-            "final_loss": report["final_loss"], "seconds": round(time.perf_counter() - started, 1)}
+    log.info(
+        "tiny CLIP zero-shot accuracy on %d held-out pictures: %.1f%% (chance %.1f%%)",
+        test["n"],
+        100 * test["accuracy"],
+        100 * report["chance"],
+    )
+    return {
+        "checkpoint": str(checkpoint),
+        "zero_shot_accuracy": test["accuracy"],
+        "chance": report["chance"],
+        "train_accuracy": train["accuracy"],
+        "n_train": len(splits["train"].images),
+        "n_test": test["n"],
+        "steps": len(losses),
+        "final_loss": report["final_loss"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }

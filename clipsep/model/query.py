@@ -105,10 +105,12 @@ def resolve_weights(architecture: str, pretrained: str | None) -> WeightsSource:
     if pretrained is None:
         return WeightsSource("random", None)
     if pretrained.startswith("local-dir:"):
-        folder = Path(pretrained[len("local-dir:"):]).expanduser().resolve()
+        folder = Path(pretrained[len("local-dir:") :]).expanduser().resolve()
         if not (folder / "open_clip_config.json").is_file():
-            raise MissingWeightsError(f"clip.pretrained={pretrained!r}: {folder} has no "
-                                      "open_clip_config.json (not an open_clip local-dir model)")
+            raise MissingWeightsError(
+                f"clip.pretrained={pretrained!r}: {folder} has no "
+                "open_clip_config.json (not an open_clip local-dir model)"
+            )
         return WeightsSource("local-dir", str(folder))
     path = Path(pretrained).expanduser()
     if path.is_file():
@@ -121,7 +123,8 @@ def resolve_weights(architecture: str, pretrained: str | None) -> WeightsSource:
         f"clip.pretrained={pretrained!r} is neither an existing file nor a known open_clip tag for "
         f"{architecture!r} (known tags: {', '.join(known) or 'none'}). Set clip.pretrained to a "
         "checkpoint file, or to null to use the embedded world's CLIP from "
-        "`clipsep pretrain-clip`.")
+        "`clipsep pretrain-clip`."
+    )
 
 
 def _cached_tag_file(architecture: str, tag: str) -> str | None:
@@ -135,8 +138,11 @@ def _cached_tag_file(architecture: str, tag: str) -> str | None:
     hub = cfg.get("hf_hub", "")
     if hub:
         repo_id, filename = os.path.split(hub)
-        names = [filename] if filename else ["open_clip_model.safetensors",
-                                             "open_clip_pytorch_model.bin"]
+        names = (
+            [filename]
+            if filename
+            else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        )
         for name in names:
             found = try_to_load_from_cache(repo_id, name)
             if isinstance(found, str) and os.path.isfile(found):
@@ -160,13 +166,17 @@ def _tag_create_kwargs(architecture: str, tag: str) -> dict[str, Any]:
             "forbids downloading them. Either download the checkpoint on a machine with network "
             "access (e.g. open_clip.create_model_and_transforms(...) there, or the file from "
             "huggingface.co) and set clip.pretrained to its local path, or run with network access "
-            "and HF_HUB_OFFLINE unset so open_clip can fetch it.")
+            "and HF_HUB_OFFLINE unset so open_clip can fetch it."
+        )
     cfg = open_clip.get_pretrained_cfg(architecture, tag)
     # Loading a tag's file by path loses the tag's settings; carry the ones that change outputs.
     kwargs: dict[str, Any] = {"pretrained": local, "force_quick_gelu": bool(cfg.get("quick_gelu"))}
-    for key, arg in (("mean", "image_mean"), ("std", "image_std"),
-                     ("interpolation", "image_interpolation"),
-                     ("resize_mode", "image_resize_mode")):
+    for key, arg in (
+        ("mean", "image_mean"),
+        ("std", "image_std"),
+        ("interpolation", "image_interpolation"),
+        ("resize_mode", "image_resize_mode"),
+    ):
         if key in cfg:
             kwargs[arg] = cfg[key]
     return kwargs
@@ -181,8 +191,9 @@ def _sha256_state_dict(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _build_open_clip(architecture: str, model_config: dict[str, Any] | None,
-                     weights: WeightsSource, device: str):
+def _build_open_clip(
+    architecture: str, model_config: dict[str, Any] | None, weights: WeightsSource, device: str
+):
     """(model, tokenizer, preprocess, model_config) for these weights; errors are user-facing."""
     import open_clip
 
@@ -192,30 +203,41 @@ def _build_open_clip(architecture: str, model_config: dict[str, Any] | None,
     else:
         name = _register_model_config(architecture, model_config) if model_config else architecture
         if open_clip.get_model_config(name) is None:
-            raise MissingWeightsError(f"unknown CLIP architecture {architecture!r}: not an "
-                                      f"open_clip model and not in {CONFIG_DIR}")
-        kwargs = (_tag_create_kwargs(architecture, weights.value) if weights.kind == "tag"
-                  else {"pretrained": weights.value})
+            raise MissingWeightsError(
+                f"unknown CLIP architecture {architecture!r}: not an "
+                f"open_clip model and not in {CONFIG_DIR}"
+            )
+        kwargs = (
+            _tag_create_kwargs(architecture, weights.value)
+            if weights.kind == "tag"
+            else {"pretrained": weights.value}
+        )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, **kwargs)
     except RuntimeError as err:  # open_clip reports missing/corrupt weights as RuntimeError
-        raise MissingWeightsError(f"could not load CLIP {architecture!r} from "
-                                  f"{weights.describe()}: {err}") from err
+        raise MissingWeightsError(
+            f"could not load CLIP {architecture!r} from {weights.describe()}: {err}"
+        ) from err
     if weights.kind == "random":
-        log.warning("CLIP %s has random weights (clip.pretrained unset and no default checkpoint): "
-                    "queries carry no meaning", architecture)
+        log.warning(
+            "CLIP %s has random weights (clip.pretrained unset and no default checkpoint): "
+            "queries carry no meaning",
+            architecture,
+        )
     config = open_clip.get_model_config(name) if weights.kind != "local-dir" else None
     return model, open_clip.get_tokenizer(name), preprocess, config
 
 
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if not templates:
-        raise BadInputError("clip.prompt_templates is empty: give at least one template like "
-                            "'a photo of {}.'")
+        raise BadInputError(
+            "clip.prompt_templates is empty: give at least one template like 'a photo of {}.'"
+        )
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
-        raise BadInputError("clip.prompt_templates must each contain '{}' exactly once; "
-                            f"bad: {bad}")
+        raise BadInputError(
+            f"clip.prompt_templates must each contain '{{}}' exactly once; bad: {bad}"
+        )
     return tuple(templates)
 
 
@@ -227,9 +249,18 @@ class QueryEncoder:
     into modules that are being trained).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, preprocess, *, architecture: str,
-                 model_config: dict[str, Any] | None, weights: WeightsSource,
-                 prompt_templates: Sequence[str], device: str) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        preprocess,
+        *,
+        architecture: str,
+        model_config: dict[str, Any] | None,
+        weights: WeightsSource,
+        prompt_templates: Sequence[str],
+        device: str,
+    ) -> None:
         self.device = device
         self.model = model.to(device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -244,8 +275,9 @@ class QueryEncoder:
     # --- construction ------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, clip_cfg: ClipConfig, default_weights: Path | None,
-                    device: str = "auto") -> "QueryEncoder":
+    def from_config(
+        cls, clip_cfg: ClipConfig, default_weights: Path | None, device: str = "auto"
+    ) -> "QueryEncoder":
         """Build from params; ``clip.pretrained=None`` means ``default_weights``.
 
         ``default_weights`` is pretrain-clip's output (``paths.clip_model/clip.pt``).
@@ -258,51 +290,84 @@ class QueryEncoder:
                 raise MissingWeightsError(
                     f"the embedded world's CLIP checkpoint {default_weights} does not exist: run "
                     "`clipsep pretrain-clip` first, or set clip.pretrained to a checkpoint file or "
-                    "an open_clip tag (with clip.architecture, e.g. ViT-B-32 + openai)")
+                    "an open_clip tag (with clip.architecture, e.g. ViT-B-32 + openai)"
+                )
             pretrained = str(default_weights)
-        return cls._build(clip_cfg.architecture, bundled_config(clip_cfg.architecture),
-                          pretrained, clip_cfg.prompt_templates, device)
+        return cls._build(
+            clip_cfg.architecture,
+            bundled_config(clip_cfg.architecture),
+            pretrained,
+            clip_cfg.prompt_templates,
+            device,
+        )
 
     @classmethod
-    def from_reference(cls, ref: dict[str, Any], device: str = "auto",
-                       weights: Path | None = None) -> "QueryEncoder":
+    def from_reference(
+        cls, ref: dict[str, Any], device: str = "auto", weights: Path | None = None
+    ) -> "QueryEncoder":
         """Rebuild the encoder a separation checkpoint describes (see :meth:`reference`).
 
         ``weights`` replaces the stored weights location (e.g. a copy bundled by a model registry).
         """
         missing = [k for k in ("architecture", "pretrained", "prompt_templates") if k not in ref]
         if missing:
-            raise BadInputError(f"CLIP reference lacks {missing}; it must come from "
-                                "QueryEncoder.reference()")
+            raise BadInputError(
+                f"CLIP reference lacks {missing}; it must come from QueryEncoder.reference()"
+            )
         pretrained = str(weights) if weights is not None else ref["pretrained"]
-        encoder = cls._build(ref["architecture"], ref.get("model_config"), pretrained,
-                             ref["prompt_templates"], device)
+        encoder = cls._build(
+            ref["architecture"],
+            ref.get("model_config"),
+            pretrained,
+            ref["prompt_templates"],
+            device,
+        )
         if ref.get("embed_dim") not in (None, encoder.embed_dim):
-            raise BadInputError(f"CLIP from {encoder.weights.describe()} gives "
-                                f"{encoder.embed_dim}-d embeddings but the checkpoint expects "
-                                f"{ref['embed_dim']}-d")
+            raise BadInputError(
+                f"CLIP from {encoder.weights.describe()} gives "
+                f"{encoder.embed_dim}-d embeddings but the checkpoint expects "
+                f"{ref['embed_dim']}-d"
+            )
         return encoder
 
     @classmethod
-    def _build(cls, architecture: str, model_config: dict[str, Any] | None,
-               pretrained: str | None, templates: Sequence[str], device: str) -> "QueryEncoder":
+    def _build(
+        cls,
+        architecture: str,
+        model_config: dict[str, Any] | None,
+        pretrained: str | None,
+        templates: Sequence[str],
+        device: str,
+    ) -> "QueryEncoder":
         _check_templates(templates)  # before the (possibly slow) model load
         device = resolve_device(device)
         weights = resolve_weights(architecture, pretrained)
-        model, tokenizer, preprocess, config = _build_open_clip(architecture, model_config,
-                                                                weights, device)
-        return cls(model, tokenizer, preprocess, architecture=architecture,
-                   model_config=config if model_config or bundled_config(architecture) else None,
-                   weights=weights, prompt_templates=templates, device=device)
+        model, tokenizer, preprocess, config = _build_open_clip(
+            architecture, model_config, weights, device
+        )
+        return cls(
+            model,
+            tokenizer,
+            preprocess,
+            architecture=architecture,
+            model_config=config if model_config or bundled_config(architecture) else None,
+            weights=weights,
+            prompt_templates=templates,
+            device=device,
+        )
 
     def reference(self) -> dict[str, Any]:
         """JSON-able description that :meth:`from_reference` rebuilds this encoder from."""
         pretrained = self.weights.value
         if self.weights.kind == "local-dir":
             pretrained = f"local-dir:{pretrained}"
-        return {"architecture": self.architecture, "model_config": self.model_config,
-                "pretrained": pretrained, "prompt_templates": list(self.prompt_templates),
-                "embed_dim": self.embed_dim}
+        return {
+            "architecture": self.architecture,
+            "model_config": self.model_config,
+            "pretrained": pretrained,
+            "prompt_templates": list(self.prompt_templates),
+            "embed_dim": self.embed_dim,
+        }
 
     def fingerprint(self) -> str:
         """Hash of architecture + weights (file hash, tag, or the weights themselves).
@@ -317,8 +382,14 @@ class QueryEncoder:
                 weights = "tag:" + str(self.weights.value)
             else:  # random init or a local-dir folder: hash what was actually loaded
                 weights = "state:" + _sha256_state_dict(self.model)
-            payload = json.dumps({"architecture": self.architecture, "config": self.model_config,
-                                  "weights": weights}, sort_keys=True)
+            payload = json.dumps(
+                {
+                    "architecture": self.architecture,
+                    "config": self.model_config,
+                    "weights": weights,
+                },
+                sort_keys=True,
+            )
             self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
         return self._fingerprint
 
@@ -336,8 +407,9 @@ class QueryEncoder:
         cleaned = []
         for query in queries:
             if not isinstance(query, str) or not query.strip():
-                raise BadInputError(f"empty text query {query!r}: describe the sound to separate, "
-                                    "e.g. 'violin'")
+                raise BadInputError(
+                    f"empty text query {query!r}: describe the sound to separate, e.g. 'violin'"
+                )
             cleaned.append(" ".join(query.split()))
         prompts = [t.replace("{}", q) for q in cleaned for t in self.prompt_templates]
         features = self._encode_tokens(self.tokenizer(prompts))
@@ -348,7 +420,7 @@ class QueryEncoder:
         pixels = self._pixels(images)
         chunks = []
         for start in range(0, pixels.shape[0], batch_size):
-            batch = pixels[start:start + batch_size].to(self.device)
+            batch = pixels[start : start + batch_size].to(self.device)
             with torch.inference_mode():
                 chunks.append(self.model.encode_image(batch).float())
         return torch.cat(chunks).clone()
@@ -356,8 +428,9 @@ class QueryEncoder:
     def _pixels(self, images) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-                raise BadInputError(f"image tensor must be [B, 3, H, W] with B > 0, got "
-                                    f"{tuple(images.shape)}")
+                raise BadInputError(
+                    f"image tensor must be [B, 3, H, W] with B > 0, got {tuple(images.shape)}"
+                )
             return images.float()
         if not images:
             raise BadInputError("encode_images needs at least one image")

@@ -21,27 +21,40 @@ from torch import nn
 class UNet(nn.Module):
     """``forward(log_mag [B, 1, W, T]) -> features [B, k, W, T]``."""
 
-    def __init__(self, depth: int, base_channels: int, out_channels: int, max_multiplier: int = 8,
-                 output_stride: int = 1):
+    def __init__(
+        self,
+        depth: int,
+        base_channels: int,
+        out_channels: int,
+        max_multiplier: int = 8,
+        output_stride: int = 1,
+    ):
         super().__init__()
         if depth < 2:
             raise ValueError(f"U-Net depth must be >= 2, got {depth}")
         if output_stride not in (1, 2):
             raise ValueError(f"U-Net output_stride must be 1 or 2, got {output_stride}")
         self.depth = depth
-        widths = [base_channels * min(2 ** level, max_multiplier) for level in range(depth)]
+        widths = [base_channels * min(2**level, max_multiplier) for level in range(depth)]
         self.input_norm = nn.BatchNorm2d(1)
         self.encoders = nn.ModuleList(
-            _encoder(1 if level == 0 else widths[level - 1], widths[level],
-                     first=level == 0, innermost=level == depth - 1)
-            for level in range(depth))
+            _encoder(
+                1 if level == 0 else widths[level - 1],
+                widths[level],
+                first=level == 0,
+                innermost=level == depth - 1,
+            )
+            for level in range(depth)
+        )
         # decoders[j] turns level (depth-1-j) back into level (depth-2-j)'s resolution and width
         self.decoders = nn.ModuleList(
             _decoder(widths[level] * (1 if level == depth - 1 else 2), widths[level - 1])
-            for level in range(depth - 1, 0, -1))
+            for level in range(depth - 1, 0, -1)
+        )
         upsample = [_upsample()] if output_stride == 1 else []
-        self.output = nn.Sequential(nn.ReLU(), *upsample,
-                                    nn.Conv2d(2 * widths[0], out_channels, 3, padding=1))
+        self.output = nn.Sequential(
+            nn.ReLU(), *upsample, nn.Conv2d(2 * widths[0], out_channels, 3, padding=1)
+        )
 
     def forward(self, log_mag: torch.Tensor) -> torch.Tensor:
         x = self.input_norm(log_mag)
@@ -64,8 +77,12 @@ def _encoder(in_ch: int, out_ch: int, *, first: bool, innermost: bool) -> nn.Seq
 
 
 def _decoder(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(nn.ReLU(), _upsample(), nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_ch))
+    return nn.Sequential(
+        nn.ReLU(),
+        _upsample(),
+        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+    )
 
 
 def _upsample() -> nn.Upsample:

@@ -37,9 +37,11 @@ def frame_paths(record: ClipRecord) -> list[Path]:
     """The clip's frames ``000001.jpg ...`` in order; raises if the manifest's count is wrong."""
     paths = sorted(record.frames_dir.glob("*.jpg"))
     if len(paths) < record.n_frames or record.n_frames < 1:
-        raise BadInputError(f"clip {record.clip_id}: manifest says {record.n_frames} frames, "
-                            f"found {len(paths)} in {record.frames_dir}")
-    return paths[:record.n_frames]
+        raise BadInputError(
+            f"clip {record.clip_id}: manifest says {record.n_frames} frames, "
+            f"found {len(paths)} in {record.frames_dir}"
+        )
+    return paths[: record.n_frames]
 
 
 @torch.no_grad()
@@ -51,9 +53,10 @@ def compute_embeddings(encoder, records: Sequence[ClipRecord]) -> dict[str, torc
             owners.append(record.clip_id)
             paths.append(path)
     chunks = []
-    for start in tqdm(range(0, len(paths), IMAGE_BATCH), desc="CLIP frame embeddings",
-                      unit="batch", disable=None):
-        images = [_open_rgb(p) for p in paths[start:start + IMAGE_BATCH]]
+    for start in tqdm(
+        range(0, len(paths), IMAGE_BATCH), desc="CLIP frame embeddings", unit="batch", disable=None
+    ):
+        images = [_open_rgb(p) for p in paths[start : start + IMAGE_BATCH]]
         chunks.append(encoder.encode_images(images).float().cpu())
     flat = torch.cat(chunks) if chunks else torch.zeros(0)
     result: dict[str, list[torch.Tensor]] = {}
@@ -62,8 +65,9 @@ def compute_embeddings(encoder, records: Sequence[ClipRecord]) -> dict[str, torc
     return {clip_id: torch.stack(rows) for clip_id, rows in result.items()}
 
 
-def load_or_build(encoder, records: Sequence[ClipRecord], clips_dir: Path,
-                  cache_dir: Path) -> dict[str, torch.Tensor]:
+def load_or_build(
+    encoder, records: Sequence[ClipRecord], clips_dir: Path, cache_dir: Path
+) -> dict[str, torch.Tensor]:
     """Embeddings of ``records`` from ``cache_dir/frame-embeddings-<key>.pt``, built if missing."""
     path = Path(cache_dir) / f"frame-embeddings-{cache_key(encoder, clips_dir)}.pt"
     if path.is_file():

@@ -35,8 +35,14 @@ import torch
 from tqdm.auto import tqdm
 
 from clipsep.config import Params
-from clipsep.data.mixing import (LoadedClip, MixBatch, MixDataset, load_wave, read_manifest,
-                                 validation_batch)
+from clipsep.data.mixing import (
+    LoadedClip,
+    MixBatch,
+    MixDataset,
+    load_wave,
+    read_manifest,
+    validation_batch,
+)
 from clipsep.env import resolve_device
 from clipsep.errors import BadInputError
 from clipsep.precision import PrecisionChoice, autocast, resolve_precision
@@ -49,8 +55,16 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "clipsep-training-state"
 # Keys that may change between a run and its resumption (they do not change what is learned).
-RESUME_FREE_KEYS = {"steps", "validate_every", "checkpoint_every", "num_workers", "device",
-                    "examples", "precision", "channels_last"}
+RESUME_FREE_KEYS = {
+    "steps",
+    "validate_every",
+    "checkpoint_every",
+    "num_workers",
+    "device",
+    "examples",
+    "precision",
+    "channels_last",
+}
 
 
 # --- distributed ---------------------------------------------------------------------------------
@@ -105,8 +119,9 @@ class TrainingData:
     fingerprint: str
 
 
-def prepare_data(params: Params, clips_dir: Path, out_dir: Path, device: str,
-                 dist: Dist) -> TrainingData:
+def prepare_data(
+    params: Params, clips_dir: Path, out_dir: Path, device: str, dist: Dist
+) -> TrainingData:
     """Load clips, build (rank 0) or read the frame-embedding cache, fix the validation mixtures."""
     from clipsep.model.query import QueryEncoder
 
@@ -119,14 +134,24 @@ def prepare_data(params: Params, clips_dir: Path, out_dir: Path, device: str,
     frame_embeddings = frame_cache.load_or_build(encoder, chosen, clips_dir, cache_dir)
     if dist.is_main:
         dist.barrier()
-    loaded = {split: [LoadedClip(r, load_wave(r.audio_path, params.audio.sample_rate),
-                                 frame_embeddings[r.clip_id]) for r in chosen if r.split == split]
-              for split in ("train", "val")}
+    loaded = {
+        split: [
+            LoadedClip(
+                r, load_wave(r.audio_path, params.audio.sample_rate), frame_embeddings[r.clip_id]
+            )
+            for r in chosen
+            if r.split == split
+        ]
+        for split in ("train", "val")
+    }
     val_batch = validation_batch(loaded["val"], params)
-    return TrainingData(train_clips=loaded["train"], val_batch=val_batch,
-                        val_text_queries=_text_queries(encoder, loaded["val"], val_batch),
-                        encoder_reference=encoder.reference(),
-                        fingerprint=frame_cache.cache_key(encoder, clips_dir))
+    return TrainingData(
+        train_clips=loaded["train"],
+        val_batch=val_batch,
+        val_text_queries=_text_queries(encoder, loaded["val"], val_batch),
+        encoder_reference=encoder.reference(),
+        fingerprint=frame_cache.cache_key(encoder, clips_dir),
+    )
 
 
 def _text_queries(encoder, val_clips: list[LoadedClip], batch: MixBatch) -> torch.Tensor | None:
@@ -140,8 +165,6 @@ def _text_queries(encoder, val_clips: list[LoadedClip], batch: MixBatch) -> torc
     names = sorted(set(labels.values()))
     table = dict(zip(names, encoder.encode_text(names).cpu()))
     return torch.stack([torch.stack([table[labels[i]] for i in ids]) for ids in batch.clip_ids])
-
-
 
 
 # --- state, resumption ---------------------------------------------------------------------------
@@ -161,8 +184,13 @@ class RunState:
 def resume_key(params: Params, world_size: int) -> str:
     """Hash of everything that changes what is learned (resumption refuses other params)."""
     train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in RESUME_FREE_KEYS}
-    data = {"clip": dataclasses.asdict(params.clip), "audio": dataclasses.asdict(params.audio),
-            "model": dataclasses.asdict(params.model), "train": train, "world_size": world_size}
+    data = {
+        "clip": dataclasses.asdict(params.clip),
+        "audio": dataclasses.asdict(params.audio),
+        "model": dataclasses.asdict(params.model),
+        "train": train,
+        "world_size": world_size,
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -170,12 +198,18 @@ def save_state(path: Path, model, optimizer, scheduler, scaler, state: RunState,
     """Write ``last.pt`` atomically (tmp + os.replace): a kill never leaves a half-written file."""
     numpy_state = np.random.get_state()
     payload = {
-        "format": STATE_FORMAT, "resume_key": key, "run": dataclasses.asdict(state),
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()),
-                          *numpy_state[2:]]},
+        "format": STATE_FORMAT,
+        "resume_key": key,
+        "run": dataclasses.asdict(state),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        },
     }
     torch_save(payload, path)
 
@@ -212,8 +246,9 @@ def _tuples(value: Any) -> Any:
 
 
 @torch.no_grad()
-def validate(model, data: TrainingData, params: Params, device: str,
-             depth: int) -> dict[str, float | None]:
+def validate(
+    model, data: TrainingData, params: Params, device: str, depth: int
+) -> dict[str, float | None]:
     """Validation loss with image and (if labelled) text queries, and the soft-mask SDR (dB)."""
     from clipsep.model.losses import separation_loss
 
@@ -221,32 +256,43 @@ def validate(model, data: TrainingData, params: Params, device: str,
     model.eval()
     totals: dict[str, list[float]] = {"val_loss_image": [], "val_loss_text": [], "val_sdr": []}
     for start, batch, spec in _val_chunks(data, params, device):
-        image_q = data.val_batch.queries[start:start + batch].to(device)
+        image_q = data.val_batch.queries[start : start + batch].to(device)
         masks, noise = run_model(model, spec.mix_warped, image_q, depth, False)
-        loss = separation_loss(masks, noise, spec.targets, spec.weight,
-                               nit_lambda=params.train.nit_lambda,
-                               nit_gamma=params.train.nit_gamma).total
+        loss = separation_loss(
+            masks,
+            noise,
+            spec.targets,
+            spec.weight,
+            nit_lambda=params.train.nit_lambda,
+            nit_gamma=params.train.nit_gamma,
+        ).total
         totals["val_loss_image"].append(float(loss) * batch)
         estimates = reconstruct(torch.sigmoid(masks.float()), spec.mix_spec, params)
-        references = data.val_batch.sources[start:start + batch].to(device)
+        references = data.val_batch.sources[start : start + batch].to(device)
         totals["val_sdr"].append(float(sdr_db(estimates, references).sum()) / estimates.shape[1])
         if data.val_text_queries is not None:
-            text_q = data.val_text_queries[start:start + batch].to(device)
+            text_q = data.val_text_queries[start : start + batch].to(device)
             masks, noise = run_model(model, spec.mix_warped, text_q, depth, False)
-            loss = separation_loss(masks, noise, spec.targets, spec.weight,
-                                   nit_lambda=params.train.nit_lambda,
-                                   nit_gamma=params.train.nit_gamma).total
+            loss = separation_loss(
+                masks,
+                noise,
+                spec.targets,
+                spec.weight,
+                nit_lambda=params.train.nit_lambda,
+                nit_gamma=params.train.nit_gamma,
+            ).total
             totals["val_loss_text"].append(float(loss) * batch)
     model.train(was_training)
     count = data.val_batch.sources.shape[0]
     return {k: (sum(v) / count if v else None) for k, v in totals.items()}
 
 
-def _val_chunks(data: TrainingData, params: Params,
-                device: str) -> Iterator[tuple[int, int, SpectralBatch]]:
+def _val_chunks(
+    data: TrainingData, params: Params, device: str
+) -> Iterator[tuple[int, int, SpectralBatch]]:
     sources = data.val_batch.sources
     for start in range(0, sources.shape[0], params.train.batch_size):
-        chunk = sources[start:start + params.train.batch_size].to(device)
+        chunk = sources[start : start + params.train.batch_size].to(device)
         yield start, chunk.shape[0], spectral_batch(chunk, params)
 
 
@@ -286,19 +332,31 @@ class Trainer:
         if batch.absent_queries is not None:
             queries = torch.cat([queries, batch.absent_queries.to(self.device)], dim=1)
         with autocast(self.precision, self.device):
-            masks, noise = run_model(self.model, spec.mix_warped, queries, self.depth,
-                                     self.channels_last, noise_queries=n_sources)
-        terms = separation_loss(masks[:, :n_sources].float(),
-                                None if noise is None else noise.float(),
-                                spec.targets, spec.weight, nit_lambda=train.nit_lambda,
-                                nit_gamma=train.nit_gamma)
+            masks, noise = run_model(
+                self.model,
+                spec.mix_warped,
+                queries,
+                self.depth,
+                self.channels_last,
+                noise_queries=n_sources,
+            )
+        terms = separation_loss(
+            masks[:, :n_sources].float(),
+            None if noise is None else noise.float(),
+            spec.targets,
+            spec.weight,
+            nit_lambda=train.nit_lambda,
+            nit_gamma=train.nit_gamma,
+        )
         absent = masks.new_zeros((), dtype=torch.float32)
         if masks.shape[1] > n_sources:
             absent = absent_query_loss(masks[:, n_sources:].float(), spec.weight)
         total = terms.total + train.absent_weight * absent
         if not torch.isfinite(total):
-            raise BadInputError(f"training loss became {float(total)}; lower train.lr or "
-                                "check the clips (silent or corrupt audio)")
+            raise BadInputError(
+                f"training loss became {float(total)}; lower train.lr or "
+                "check the clips (silent or corrupt audio)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
@@ -307,10 +365,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": float(total.detach()), "separation": float(terms.separation.detach()),
-                "absent": float(absent.detach()),
-                "noise_activation": float(terms.noise_activation), "grad_norm": float(grad_norm),
-                "lr": lr}
+        return {
+            "loss": float(total.detach()),
+            "separation": float(terms.separation.detach()),
+            "absent": float(absent.detach()),
+            "noise_activation": float(terms.noise_activation),
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+        }
 
 
 def build_trainer(params: Params, query_dim: int, device: str, dist: Dist) -> Trainer:
@@ -332,15 +394,19 @@ def build_trainer(params: Params, query_dim: int, device: str, dist: Dist) -> Tr
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, params.train))
-    scaler = torch.amp.GradScaler("cuda" if device.startswith("cuda") else "cpu",
-                                  enabled=precision.mode == "fp16")
-    return Trainer(params, device, model, net, optimizer, scheduler, scaler, precision,
-                   channels_last)
+        optimizer, lambda step: lr_multiplier(step, params.train)
+    )
+    scaler = torch.amp.GradScaler(
+        "cuda" if device.startswith("cuda") else "cpu", enabled=precision.mode == "fp16"
+    )
+    return Trainer(
+        params, device, model, net, optimizer, scheduler, scaler, precision, channels_last
+    )
 
 
-def train(params: Params, clips_dir: Path, out_dir: Path,
-          open_live: Callable[[bool], Any] | None = None) -> dict[str, Any]:
+def train(
+    params: Params, clips_dir: Path, out_dir: Path, open_live: Callable[[bool], Any] | None = None
+) -> dict[str, Any]:
     """Train a separator on ``clips_dir``; write checkpoints and reports to ``out_dir``.
 
     ``open_live(resuming)`` (rank 0; e.g. :func:`clipsep.live_run.open_run` bound to the params)
@@ -357,8 +423,17 @@ def train(params: Params, clips_dir: Path, out_dir: Path,
     data = prepare_data(params, Path(clips_dir), out_dir, device, dist)
     trainer = build_trainer(params, data.val_batch.queries.shape[-1], device, dist)
     key = resume_key(params, dist.world_size)
-    state = load_state(out_dir / "last.pt", trainer.net, trainer.optimizer, trainer.scheduler,
-                       trainer.scaler, key) or RunState()
+    state = (
+        load_state(
+            out_dir / "last.pt",
+            trainer.net,
+            trainer.optimizer,
+            trainer.scheduler,
+            trainer.scaler,
+            key,
+        )
+        or RunState()
+    )
     if state.step:
         log.info("resuming from %s at step %d", out_dir / "last.pt", state.step)
     elif dist.is_main:
@@ -370,9 +445,14 @@ def train(params: Params, clips_dir: Path, out_dir: Path,
         run_steps(trainer, data, state, out_dir, dist, key, live)
     summary: dict[str, Any] = {"rank": dist.rank, "steps": state.step}
     if dist.is_main:
-        summary = report.write_reports(trainer, data, state, out_dir,
-                                       session_steps=state.step - started,
-                                       session_seconds=time.perf_counter() - session_start)
+        summary = report.write_reports(
+            trainer,
+            data,
+            state,
+            out_dir,
+            session_steps=state.step - started,
+            session_seconds=time.perf_counter() - session_start,
+        )
     if live is not None:
         live.flush()
         summary["mlflow_run_id"] = live.run_id
@@ -388,8 +468,10 @@ def _check_run_params(params: Params, dist: Dist) -> None:
         if getattr(train, name) < 1:
             raise BadInputError(f"train.{name} must be >= 1, got {getattr(train, name)}")
     if train.batch_size % dist.world_size:
-        raise BadInputError(f"train.batch_size={train.batch_size} must be divisible by the "
-                            f"number of processes ({dist.world_size})")
+        raise BadInputError(
+            f"train.batch_size={train.batch_size} must be divisible by the "
+            f"number of processes ({dist.world_size})"
+        )
 
 
 @contextlib.contextmanager
@@ -418,18 +500,35 @@ def _ends_run_on_error(live):
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_steps(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path, dist: Dist,
-              key: str, live=None) -> None:
+def run_steps(
+    trainer: Trainer,
+    data: TrainingData,
+    state: RunState,
+    out_dir: Path,
+    dist: Dist,
+    key: str,
+    live=None,
+) -> None:
     """Steps ``state.step .. train.steps - 1``: train, validate, checkpoint, show progress
     (and log each step's record and the checkpoints to the ``live`` MLflow run, if any)."""
     train = trainer.params.train
-    dataset = MixDataset(data.train_clips, trainer.params, train.batch_size // dist.world_size,
-                         dist.rank)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=train.num_workers,
-                                         sampler=range(state.step, train.steps))
+    dataset = MixDataset(
+        data.train_clips, trainer.params, train.batch_size // dist.world_size, dist.rank
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=train.num_workers,
+        sampler=range(state.step, train.steps),
+    )
     trainer.model.train()
-    progress = tqdm(total=train.steps, initial=state.step, desc="train", unit="step",
-                    disable=not dist.is_main or not sys.stderr.isatty())
+    progress = tqdm(
+        total=train.steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not dist.is_main or not sys.stderr.isatty(),
+    )
     log_every = max(1, min(50, train.steps // 10))
     tick = time.perf_counter()
     for batch in loader:
@@ -450,16 +549,24 @@ def run_steps(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Pa
                 live.checkpoint(out_dir / "best.pt")
         if state.step % train.checkpoint_every == 0 or state.step == train.steps:
             if dist.is_main:
-                save_state(out_dir / "last.pt", trainer.net, trainer.optimizer, trainer.scheduler,
-                           trainer.scaler, state, key)
+                save_state(
+                    out_dir / "last.pt",
+                    trainer.net,
+                    trainer.optimizer,
+                    trainer.scheduler,
+                    trainer.scaler,
+                    state,
+                    key,
+                )
                 if live is not None:
                     live.checkpoint(out_dir / "last.pt")
             tick = time.perf_counter()
     progress.close()
 
 
-def _validate_and_keep_best(trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path,
-                            dist: Dist) -> dict[str, float | None]:
+def _validate_and_keep_best(
+    trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path, dist: Dist
+) -> dict[str, float | None]:
     """Rank 0 validates and saves ``best.pt`` on a new best image-query loss; others wait."""
     from clipsep.model.factory import save_checkpoint
 
@@ -468,12 +575,20 @@ def _validate_and_keep_best(trainer: Trainer, data: TrainingData, state: RunStat
         metrics = validate(trainer.net, data, trainer.params, trainer.device, trainer.depth)
         if metrics["val_loss_image"] < state.best_loss:
             state.best_loss, state.best_step = metrics["val_loss_image"], state.step
-            save_checkpoint(out_dir / "best.pt", trainer.net, model_cfg=trainer.params.model,
-                            audio_cfg=trainer.params.audio, query=data.encoder_reference,
-                            extra={"step": state.step, "val": metrics,
-                                   "precision": trainer.precision_choice.to_dict(),
-                                   "params": trainer.params.to_dict(),
-                                   "data_fingerprint": data.fingerprint})
+            save_checkpoint(
+                out_dir / "best.pt",
+                trainer.net,
+                model_cfg=trainer.params.model,
+                audio_cfg=trainer.params.audio,
+                query=data.encoder_reference,
+                extra={
+                    "step": state.step,
+                    "val": metrics,
+                    "precision": trainer.precision_choice.to_dict(),
+                    "params": trainer.params.to_dict(),
+                    "data_fingerprint": data.fingerprint,
+                },
+            )
     dist.barrier()
     return metrics
 
@@ -487,6 +602,12 @@ def _show_progress(progress, record: dict, state: RunState, log_every: int, dist
         progress.update(1)
     elif state.step % log_every == 0 or "val_loss_image" in record:
         val = record.get("val_loss_image")
-        log.info("step %d/%d loss %.4f lr %.2e %.2f steps/s%s", state.step, progress.total,
-                 record["loss"], record["lr"], rate, "" if val is None else f" val {val:.4f}")
-
+        log.info(
+            "step %d/%d loss %.4f lr %.2e %.2f steps/s%s",
+            state.step,
+            progress.total,
+            record["loss"],
+            record["lr"],
+            rate,
+            "" if val is None else f" val {val:.4f}",
+        )

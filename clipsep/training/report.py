@@ -26,12 +26,23 @@ from clipsep.env import headless_pyplot
 from clipsep.fileio import write_bytes
 from clipsep.training.spectral import reconstruct, run_model, spectral_batch
 
-HISTORY_FIELDS = ["step", "lr", "loss", "separation", "absent", "noise_activation",
-                  "grad_norm", "val_loss_image", "val_loss_text", "val_sdr"]
+HISTORY_FIELDS = [
+    "step",
+    "lr",
+    "loss",
+    "separation",
+    "absent",
+    "noise_activation",
+    "grad_norm",
+    "val_loss_image",
+    "val_loss_text",
+    "val_sdr",
+]
 
 
-def write_reports(trainer, data, state, out_dir: Path, *, session_steps: int,
-                  session_seconds: float) -> dict[str, Any]:
+def write_reports(
+    trainer, data, state, out_dir: Path, *, session_steps: int, session_seconds: float
+) -> dict[str, Any]:
     """Write history, curves, examples and summary; return the summary."""
     out_dir = Path(out_dir)
     write_history(state.history, out_dir / "history.csv")
@@ -48,8 +59,9 @@ def write_history(history: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for record in history:
-        writer.writerow({k: ("" if record.get(k) is None else record.get(k))
-                         for k in HISTORY_FIELDS})
+        writer.writerow(
+            {k: ("" if record.get(k) is None else record.get(k)) for k in HISTORY_FIELDS}
+        )
     write_bytes(path, buffer.getvalue().encode())
 
 
@@ -60,8 +72,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig, (ax_loss, ax_sdr) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     steps = [r["step"] for r in history]
     ax_loss.plot(steps, [r["loss"] for r in history], color="0.6", lw=1, label="train loss")
-    for key, colour, label in (("val_loss_image", "tab:blue", "val loss (image query)"),
-                               ("val_loss_text", "tab:orange", "val loss (text query)")):
+    for key, colour, label in (
+        ("val_loss_image", "tab:blue", "val loss (image query)"),
+        ("val_loss_text", "tab:orange", "val loss (text query)"),
+    ):
         points = [(r["step"], r[key]) for r in history if r.get(key) is not None]
         if points:
             ax_loss.plot(*zip(*points), "o-", color=colour, label=label)
@@ -102,8 +116,9 @@ def write_examples(trainer, data, checkpoint: Path, folder: Path) -> list[str]:
         waves = {"mixture": sources[i].sum(0), "estimate": estimates[i], "reference": sources[i, 0]}
         for name, wave in waves.items():
             write_wav(target / f"{name}.wav", wave.float().cpu().numpy(), params.audio.sample_rate)
-        plot_spectrograms(waves, params, target / "spectrogram.png",
-                          title=" + ".join(data.val_batch.clip_ids[i]))
+        plot_spectrograms(
+            waves, params, target / "spectrogram.png", title=" + ".join(data.val_batch.clip_ids[i])
+        )
         written.append(str(target))
     return written
 
@@ -115,12 +130,20 @@ def plot_spectrograms(waves: dict[str, torch.Tensor], params, path: Path, title:
     mags = {k: audio.stft(w.float().cpu()[None], params.audio).abs()[0] for k, w in waves.items()}
     peak = max(float(m.max()) for m in mags.values()) + 1e-10
     seconds = params.audio.segment_samples / params.audio.sample_rate
-    fig, axes = plt.subplots(1, len(mags), figsize=(4 * len(mags), 3.4), sharey=True,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(mags), figsize=(4 * len(mags), 3.4), sharey=True, constrained_layout=True
+    )
     for ax, (name, mag) in zip(np.atleast_1d(axes), mags.items()):
         db = 20 * torch.log10(mag / peak + 1e-6).numpy()
-        image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
-                          extent=(0, seconds, 0, params.audio.sample_rate / 2000))
+        image = ax.imshow(
+            db,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-80,
+            vmax=0,
+            extent=(0, seconds, 0, params.audio.sample_rate / 2000),
+        )
         ax.set(title=name, xlabel="time (s)")
     np.atleast_1d(axes)[0].set_ylabel("frequency (kHz)")
     fig.colorbar(image, ax=axes, label="dB")
@@ -131,8 +154,9 @@ def plot_spectrograms(waves: dict[str, torch.Tensor], params, path: Path, title:
     write_bytes(path, buffer.getvalue())
 
 
-def _summary(trainer, data, state, session_steps: int, session_seconds: float,
-             examples: list[str]) -> dict[str, Any]:
+def _summary(
+    trainer, data, state, session_steps: int, session_seconds: float, examples: list[str]
+) -> dict[str, Any]:
     validations = [r for r in state.history if r.get("val_loss_image") is not None]
     last_val = validations[-1] if validations else {}
     return {

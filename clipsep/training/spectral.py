@@ -35,16 +35,26 @@ def spectral_batch(sources: torch.Tensor, params: Params) -> SpectralBatch:
     mix_spec = audio.stft(sources.sum(dim=1), params.audio)
     mix_warped = audio.warp(mix_spec.abs().unsqueeze(1), params.audio.warp_bins)
     source_mag = audio.stft(sources.reshape(batch * n_mix, length), params.audio).abs()
-    source_warped = audio.warp(source_mag.view(batch, n_mix, *source_mag.shape[1:]),
-                               params.audio.warp_bins)
-    return SpectralBatch(mix_warped=mix_warped,
-                         targets=audio.binary_masks(source_warped, mix_warped),
-                         weight=audio.loss_weight(mix_warped), mix_spec=mix_spec)
+    source_warped = audio.warp(
+        source_mag.view(batch, n_mix, *source_mag.shape[1:]), params.audio.warp_bins
+    )
+    return SpectralBatch(
+        mix_warped=mix_warped,
+        targets=audio.binary_masks(source_warped, mix_warped),
+        weight=audio.loss_weight(mix_warped),
+        mix_spec=mix_spec,
+    )
 
 
-def run_model(model: torch.nn.Module, mix_warped: torch.Tensor, queries: torch.Tensor,
-              depth: int, channels_last: bool, with_noise: bool = True,
-              noise_queries: int | None = None):
+def run_model(
+    model: torch.nn.Module,
+    mix_warped: torch.Tensor,
+    queries: torch.Tensor,
+    depth: int,
+    channels_last: bool,
+    with_noise: bool = True,
+    noise_queries: int | None = None,
+):
     """Forward with T zero-padded to a multiple of 2**depth; logits cropped back to T.
 
     ``noise_queries``: how many leading queries are the mixture's sources (for the NIT heads).
@@ -77,4 +87,3 @@ def sdr_db(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     signal = references.pow(2).sum(-1)
     error = (references - estimates).pow(2).sum(-1)
     return 10 * torch.log10((signal + 1e-10) / (error + 1e-10))
-
