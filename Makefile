@@ -15,6 +15,7 @@ quickstart: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -34,3 +34,16 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("CLIPSEP_TEST_ARTIFACTS", REPO / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_home(tmp_path_factory):
+    """Caches (the precision probe's verdict, ONNX exports) go to a tmp dir, not the user's home;
+    subprocesses inherit it."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
