@@ -17,22 +17,8 @@ import soundfile as sf
 import torch
 
 from clipsep.config import Params
+from clipsep.data.ingest import MANIFEST_COLUMNS
 from clipsep.env import headless_pyplot
-
-MANIFEST_COLUMNS = [
-    "clip_id",
-    "source",
-    "source_hash",
-    "split",
-    "start_s",
-    "duration_s",
-    "audio_path",
-    "frames_dir",
-    "n_frames",
-    "sample_rate",
-    "rms_db",
-    "label",
-]
 
 
 def write_manifest(p: Params, n_clips: int = 4, salt: str = "") -> Path:

@@ -21,25 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from clipsep.config import ValidateConfig
+from clipsep.data.ingest import MANIFEST_COLUMNS  # the columns ingest writes
 from clipsep.errors import BadInputError, ValidationFailed
 from clipsep.fileio import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = (
-    "clip_id",
-    "source",
-    "source_hash",
-    "split",
-    "start_s",
-    "duration_s",
-    "audio_path",
-    "frames_dir",
-    "n_frames",
-    "sample_rate",
-    "rms_db",
-    "label",
-)
 QUARANTINE_COLUMNS = ("source", "source_hash", "reason", "detail")
 TEXT_COLUMNS = ("clip_id", "source", "source_hash", "split", "audio_path", "frames_dir", "label")
 SPLITS = ("train", "val", "test", "interference")

@@ -250,41 +250,40 @@ def validate(
     model, data: TrainingData, params: Params, device: str, depth: int
 ) -> dict[str, float | None]:
     """Validation loss with image and (if labelled) text queries, and the soft-mask SDR (dB)."""
-    from clipsep.model.losses import separation_loss
-
     was_training = model.training
     model.eval()
     totals: dict[str, list[float]] = {"val_loss_image": [], "val_loss_text": [], "val_sdr": []}
     for start, batch, spec in _val_chunks(data, params, device):
         image_q = data.val_batch.queries[start : start + batch].to(device)
-        masks, noise = run_model(model, spec.mix_warped, image_q, depth, False)
-        loss = separation_loss(
-            masks,
-            noise,
-            spec.targets,
-            spec.weight,
-            nit_lambda=params.train.nit_lambda,
-            nit_gamma=params.train.nit_gamma,
-        ).total
-        totals["val_loss_image"].append(float(loss) * batch)
+        masks, loss = _val_loss(model, spec, image_q, params, depth)
+        totals["val_loss_image"].append(loss * batch)
         estimates = reconstruct(torch.sigmoid(masks.float()), spec.mix_spec, params)
         references = data.val_batch.sources[start : start + batch].to(device)
         totals["val_sdr"].append(float(sdr_db(estimates, references).sum()) / estimates.shape[1])
         if data.val_text_queries is not None:
             text_q = data.val_text_queries[start : start + batch].to(device)
-            masks, noise = run_model(model, spec.mix_warped, text_q, depth, False)
-            loss = separation_loss(
-                masks,
-                noise,
-                spec.targets,
-                spec.weight,
-                nit_lambda=params.train.nit_lambda,
-                nit_gamma=params.train.nit_gamma,
-            ).total
-            totals["val_loss_text"].append(float(loss) * batch)
+            totals["val_loss_text"].append(_val_loss(model, spec, text_q, params, depth)[1] * batch)
     model.train(was_training)
     count = data.val_batch.sources.shape[0]
     return {k: (sum(v) / count if v else None) for k, v in totals.items()}
+
+
+def _val_loss(
+    model, spec: SpectralBatch, queries: torch.Tensor, params: Params, depth: int
+) -> tuple[torch.Tensor, float]:
+    """Mask logits and separation loss of one validation chunk for ``queries [b, N, D]``."""
+    from clipsep.model.losses import separation_loss
+
+    masks, noise = run_model(model, spec.mix_warped, queries, depth, False)
+    loss = separation_loss(
+        masks,
+        noise,
+        spec.targets,
+        spec.weight,
+        nit_lambda=params.train.nit_lambda,
+        nit_gamma=params.train.nit_gamma,
+    )
+    return masks, float(loss.total)
 
 
 def _val_chunks(
