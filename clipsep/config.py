@@ -154,6 +154,8 @@ class TrainConfig:
     absent_candidates: int  # absent-sound query per example: least similar of this many (0 = off)
     absent_weight: float  # weight of the absent-query loss (target: silence)
     query_frames: int
+    segment_samples: int | None  # training window; None = audio.segment_samples (eval's window)
+    window_jitter_s: float  # window centre within +- this of its query frame's time (0 = aligned)
     nit_lambda: float
     nit_gamma: float
     validate_every: int
@@ -485,6 +487,10 @@ def _check_invariants(p: Params, source: str) -> None:
             "pair_candidates",
             "pair_candidates >= 1, absent_candidates >= 0 and absent_weight >= 0",
         )
+    if p.train.segment_samples is not None and p.train.segment_samples < p.audio.n_fft:
+        fail("train", "segment_samples", f"must be null or >= audio.n_fft ({p.audio.n_fft})")
+    if p.train.window_jitter_s < 0:
+        fail("train", "window_jitter_s", "must be >= 0")
     lo, hi = p.train.gain_range
     if not 0 < lo <= hi:
         fail("train", "gain_range", "must be 0 < low <= high")

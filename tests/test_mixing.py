@@ -242,3 +242,36 @@ def test_absent_query_comes_from_a_clip_unlike_every_source(tmp_path):
             assert int(absent.argmax()) != kinds.pop()
     no_absent = tiny_params_at(tmp_path, **{"train.absent_candidates": 0})
     assert MixDataset(clips, no_absent, batch_size=4)[0].absent_queries is None
+
+
+def _ramp_clip(seconds: float = 10.0, rate: int = 16000) -> LoadedClip:
+    """A clip whose samples are their own times (s / 20), so a window shows where its centre is."""
+    wave = torch.arange(int(seconds * rate), dtype=torch.float32) / rate / 20  # gains stay < 1
+    return LoadedClip(record=_record("ramp"), wave=wave, frame_embeddings=torch.randn(10, 8))
+
+
+def test_window_jitter_moves_windows_off_the_frame_grid_and_keeps_them_inside(tmp_path):
+    clips = [_ramp_clip(), _ramp_clip()]
+    aligned = tiny_params_at(tmp_path, **{"train.window_jitter_s": 0.0})
+    jittered = tiny_params_at(tmp_path, **{"train.window_jitter_s": 0.5})
+
+    def centres(params) -> torch.Tensor:
+        sources = torch.cat([MixDataset(clips, params, 8)[s].sources for s in range(8)])
+        length = sources.shape[-1]
+        gains = sources[..., -1] - sources[..., 0]  # the ramp's slope carries the random gain
+        return (sources[..., length // 2] / gains * (length - 1) / 16000).flatten()
+
+    fps = aligned.ingest.fps
+    grid = centres(aligned) * fps + 0.5  # frame k's time is (k - 0.5) / fps
+    assert torch.allclose(grid, grid.round(), atol=1e-3)
+    moved = centres(jittered)
+    off_grid = (moved * fps + 0.5 - (moved * fps + 0.5).round()).abs()
+    assert (off_grid > 0.05).float().mean() > 0.5  # most windows sit between frame times
+    half = aligned.audio.segment_samples / 2 / 16000
+    assert moved.min() >= half - 1e-3 and moved.max() <= 10.0 - half + 1e-3
+
+
+def test_training_window_length_is_its_own_setting(tmp_path):
+    params = tiny_params_at(tmp_path, **{"train.segment_samples": 4095})
+    batch = MixDataset([_ramp_clip(), _ramp_clip()], params, 2)[0]
+    assert batch.sources.shape[-1] == 4095

@@ -213,7 +213,7 @@ class MixDataset(torch.utils.data.Dataset):
             first, last = self._frame_range(clip)
             centre = int(torch.randint(first, last + 1, (1,), generator=generator))
             gain = low + (high - low) * float(torch.rand((), generator=generator))
-            segment = self._segment(clip, centre)
+            segment = self._segment(clip, centre, generator)
             sources.append((segment * gain).clamp(-1.0, 1.0) / n_mix)
             queries.append(
                 query_embedding(clip.frame_embeddings, centre, self.params.train.query_frames)
@@ -235,20 +235,31 @@ class MixDataset(torch.utils.data.Dataset):
             absent,
         )
 
+    @property
+    def segment_samples(self) -> int:
+        return self.params.train.segment_samples or self.params.audio.segment_samples
+
     def _frame_range(self, clip: LoadedClip) -> tuple[int, int]:
-        audio = self.params.audio
         return centre_frame_range(
             clip.frame_embeddings.shape[0],
             clip.wave.numel(),
-            audio.segment_samples,
-            audio.sample_rate,
+            self.segment_samples,
+            self.params.audio.sample_rate,
             self.params.ingest.fps,
         )
 
-    def _segment(self, clip: LoadedClip, centre: int) -> torch.Tensor:
-        audio = self.params.audio
+    def _segment(self, clip: LoadedClip, centre: int, generator: torch.Generator) -> torch.Tensor:
+        """The window around frame ``centre``'s time, moved by up to ``train.window_jitter_s``
+        (more distinct windows from the same clips; kept inside the clip when it is long enough)."""
+        rate, length = self.params.audio.sample_rate, self.segment_samples
         centre_s = (centre - 0.5) / self.params.ingest.fps
-        return segment_at(clip.wave, centre_s, audio.segment_samples, audio.sample_rate)
+        jitter = self.params.train.window_jitter_s
+        if jitter > 0:
+            centre_s += jitter * (2 * float(torch.rand((), generator=generator)) - 1)
+            half_s, clip_s = length / 2 / rate, clip.wave.numel() / rate
+            if clip_s >= 2 * half_s:
+                centre_s = min(max(centre_s, half_s), clip_s - half_s)
+        return segment_at(clip.wave, centre_s, length, rate)
 
 
 def validation_batch(clips: Sequence[LoadedClip], params: Params) -> MixBatch:
