@@ -57,7 +57,7 @@ def test_videos_decode_with_both_streams(world):
             video, audio = container.streams.video[0], container.streams.audio[0]
             assert video.codec_context.name == "h264" and audio.codec_context.name == "aac"
             assert (video.width, video.height) == (cfg.image_size, cfg.image_size)
-            assert audio.sample_rate == 44100 and audio.channels == 2
+            assert audio.sample_rate == 44100 and audio.channels == 1
             duration = container.duration / 1e6
             assert cfg.duration_s[0] - 0.05 <= duration <= cfg.duration_s[1] + 0.1, row
     first = world_dir / "videos" / rows[0]["video"]

@@ -1,7 +1,7 @@
 """The embedded world: synthetic instrument videos that look, to the pipeline, like real ones.
 
 ``render_world(cfg, out_dir)`` writes (layout in docs/CONTRACTS.md, "World"):
-    videos/{train,val,test,interference}/<video_id>.mp4   H.264 + AAC 44.1 kHz stereo
+    videos/{train,val,test,interference}/<video_id>.mp4   H.264 + AAC 44.1 kHz mono
     ground_truth.csv                                        labels, off-screen sound, melody ids
     captions/images/<id>.png + captions/captions.csv       captioned pictures for the tiny CLIP
     world.json                                              config hash + summary (the stamp)
@@ -38,7 +38,7 @@ from clipsep.fileio import atomic_path, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 4  # bump when the rendering changes, so stamped worlds are re-rendered
+GENERATOR_VERSION = 5  # bump when the rendering changes, so stamped worlds are re-rendered
 SPLITS = ("train", "val", "test", "interference")
 STAMP = "world.json"
 GROUND_TRUTH_COLUMNS = (
@@ -244,19 +244,24 @@ def rgb_to_yuv420(image: np.ndarray) -> np.ndarray:
 def write_mp4(
     path: Path, frames: Iterator[np.ndarray], audio: np.ndarray, fps: int, sample_rate: int
 ) -> None:
-    """Write H.264 (yuv420p) + AAC stereo to ``path`` atomically; ``audio`` is mono float32 [L]."""
+    """Write H.264 (yuv420p) + AAC mono to ``path`` atomically; ``audio`` is mono float32 [L].
+
+    The sound is mono because every source is (a stereo copy only doubled the encoding time), and
+    FFmpeg's ``fast`` AAC coder is used: together 4x faster than stereo ``twoloop`` (measured),
+    which was over half of the world's render time.
+    """
     import av
 
     tmp = path.with_name(f".{path.stem}.tmp.mp4")
-    stereo = np.ascontiguousarray(np.stack([audio, audio]).astype(np.float32))
+    mono = np.ascontiguousarray(audio.astype(np.float32)[None])
     with av.open(str(tmp), "w") as out:
         # Reproducible bytes: with x264's macroblock-tree rate control the output depended on
         # what the process had encoded before (measured); one thread keeps decisions in order.
         video = out.add_stream("libx264", rate=fps, options={"x264-params": "no-mbtree=1"})
         video.pix_fmt = "yuv420p"
         video.thread_count = 1  # the process pool runs videos in parallel instead
-        sound = out.add_stream("aac", rate=sample_rate)
-        sound.layout = "stereo"
+        sound = out.add_stream("aac", rate=sample_rate, options={"aac_coder": "fast"})
+        sound.layout = "mono"
         planes = [rgb_to_yuv420(image) for image in frames]
         video.width, video.height = planes[0].shape[1], planes[0].shape[0] * 2 // 3
         for k, plane in enumerate(planes):
@@ -264,9 +269,9 @@ def write_mp4(
             picture.pts, picture.time_base = k, Fraction(1, fps)
             out.mux(video.encode(picture))
         out.mux(video.encode())
-        for start in range(0, stereo.shape[1], 1024):
+        for start in range(0, mono.shape[1], 1024):
             frame = av.AudioFrame.from_ndarray(
-                stereo[:, start : start + 1024], format="fltp", layout="stereo"
+                mono[:, start : start + 1024], format="fltp", layout="mono"
             )
             frame.sample_rate, frame.pts = sample_rate, start
             out.mux(sound.encode(frame))
