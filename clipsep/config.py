@@ -166,6 +166,7 @@ class TrainConfig:
     num_workers: int
     device: str
     examples: int  # audio + spectrogram examples written per validation
+    keep_snapshots: bool  # also keep every validation step's checkpoint under snapshots/
 
 
 @dataclass(frozen=True)

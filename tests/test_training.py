@@ -107,6 +107,22 @@ def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):
     assert len(list((out / "cache").glob("frame-embeddings-*.pt"))) == 1
 
 
+def test_snapshots_keep_every_validation_step_with_its_training_time(tmp_path, shared_inputs):
+    torch.set_num_threads(1)
+    params = _params(tmp_path, shared_inputs, "labelled", **{"train.keep_snapshots": True})
+    out = params.path("checkpoints")
+    train(params, params.path("clips"), out)
+    every, steps = params.train.validate_every, params.train.steps
+    snapshots = sorted((out / "snapshots").glob("step-*.pt"))
+    assert [p.name for p in snapshots] == [
+        f"step-{s:06d}.pt" for s in range(every, steps + 1, every)
+    ]
+    extras = [load_checkpoint(p)[1].extra for p in snapshots]
+    assert [e["step"] for e in extras] == list(range(every, steps + 1, every))
+    seconds = [e["train_seconds"] for e in extras]
+    assert all(0 < a < b for a, b in zip(seconds, seconds[1:]))
+
+
 def test_resume_key_ignores_run_length_but_not_learning_params(tiny_params):
     longer = tiny_params_at(Path(tiny_params.paths.root), **{"train.steps": 99})
     other_lr = tiny_params_at(Path(tiny_params.paths.root), **{"train.lr": 0.5})

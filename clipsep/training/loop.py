@@ -64,6 +64,7 @@ RESUME_FREE_KEYS = {
     "examples",
     "precision",
     "channels_last",
+    "keep_snapshots",
 }
 
 
@@ -566,22 +567,30 @@ def run_steps(
 def _validate_and_keep_best(
     trainer: Trainer, data: TrainingData, state: RunState, out_dir: Path, dist: Dist
 ) -> dict[str, float | None]:
-    """Rank 0 validates and saves ``best.pt`` on a new best image-query loss; others wait."""
+    """Rank 0 validates and saves ``best.pt`` on a new best image-query loss (and, with
+    ``train.keep_snapshots``, ``snapshots/step-NNNNNN.pt`` every time); others wait."""
     from clipsep.model.factory import save_checkpoint
 
     metrics: dict[str, float | None] = {}
     if dist.is_main:
         metrics = validate(trainer.net, data, trainer.params, trainer.device, trainer.depth)
+        paths = []
         if metrics["val_loss_image"] < state.best_loss:
             state.best_loss, state.best_step = metrics["val_loss_image"], state.step
+            paths.append(out_dir / "best.pt")
+        if trainer.params.train.keep_snapshots:
+            paths.append(out_dir / "snapshots" / f"step-{state.step:06d}.pt")
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(
-                out_dir / "best.pt",
+                path,
                 trainer.net,
                 model_cfg=trainer.params.model,
                 audio_cfg=trainer.params.audio,
                 query=data.encoder_reference,
                 extra={
                     "step": state.step,
+                    "train_seconds": state.seconds,
                     "val": metrics,
                     "precision": trainer.precision_choice.to_dict(),
                     "params": trainer.params.to_dict(),
