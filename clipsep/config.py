@@ -153,6 +153,7 @@ class TrainConfig:
     pair_candidates: int  # partner = least CLIP-similar of this many random clips (1 = uniform)
     absent_candidates: int  # absent-sound query per example: least similar of this many (0 = off)
     absent_weight: float  # weight of the absent-query loss (target: silence)
+    sdr_weight: float  # weight of -SDR (dB) of the waveforms the query masks give (0 = off)
     query_frames: int
     segment_samples: int | None  # training window; None = audio.segment_samples (eval's window)
     window_jitter_s: float  # window centre within +- this of its query frame's time (0 = aligned)

@@ -11,6 +11,7 @@ from clipsep.model.losses import (
     absent_query_loss,
     clipsep_loss,
     nit_loss,
+    sdr_loss,
     separation_loss,
     weighted_bce,
 )
@@ -158,3 +159,22 @@ def test_absent_query_loss_is_the_weighted_bce_towards_silence(batch):
     )  # a louder absent mask costs more
     with pytest.raises(BadInputError, match="absent logits"):
         absent_query_loss(mask_logits, weight[:, :, :4])
+
+
+def test_sdr_loss_is_minus_the_sdr_in_db_and_scale_invariant():
+    torch.manual_seed(0)
+    references = torch.randn(2, 2, 4000)
+    noise = torch.randn(2, 2, 4000)
+    estimates = references + 0.1 * noise  # SDR = 10 log10(|s|^2 / |0.1 n|^2)
+    expected = -(10 * torch.log10(references.pow(2).sum(-1) / (0.1 * noise).pow(2).sum(-1)))
+    assert torch.allclose(sdr_loss(estimates, references), expected.mean(), atol=1e-4)
+    assert torch.allclose(sdr_loss(5 * estimates, 5 * references), expected.mean(), atol=1e-4)
+    assert sdr_loss(references, references) < -60  # a perfect estimate: very high SDR, finite
+    assert torch.isfinite(sdr_loss(torch.zeros(1, 1, 10), torch.zeros(1, 1, 10)))
+
+
+def test_sdr_loss_gradient_moves_the_estimate_towards_the_reference():
+    references = torch.randn(1, 2, 1000)
+    estimates = torch.zeros(1, 2, 1000, requires_grad=True)
+    sdr_loss(estimates, references).backward()
+    assert (estimates.grad * references).sum() < 0  # descent increases the overlap

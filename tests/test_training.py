@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import os
 import signal
@@ -244,3 +245,29 @@ def test_auto_memory_format_follows_the_resolved_precision(tmp_path):
 
     params = tiny_params_at(tmp_path, **{"train.precision": "fp32", "train.channels_last": None})
     assert build_trainer(params, 16, "cpu", Dist()).channels_last is False
+
+
+def test_sdr_term_adds_minus_the_sdr_of_the_query_masks_waveforms(tmp_path):
+    """``train.sdr_weight`` adds weight x (-SDR) of the reconstructed sources to the loss."""
+    from clipsep.data.mixing import MixBatch
+    from clipsep.training.loop import Dist, build_trainer
+
+    results = []
+    for weight in (0.0, 0.5):
+        params = tiny_params_at(
+            tmp_path,
+            **{"train.precision": "fp32", "train.batch_size": 2, "train.sdr_weight": weight},
+        )
+        torch.manual_seed(0)
+        trainer = build_trainer(params, 16, "cpu", Dist())
+        generator = torch.Generator().manual_seed(0)
+        batch = MixBatch(
+            sources=0.1 * torch.randn(2, 2, params.audio.segment_samples, generator=generator),
+            queries=torch.randn(2, 2, 16, generator=generator),
+            clip_ids=[],
+        )
+        trainer.optimizer.param_groups[0]["lr"] = 0.0
+        results.append(trainer.step(batch))
+    off, on = results
+    assert off["neg_sdr"] == 0.0 and math.isfinite(on["neg_sdr"]) and on["neg_sdr"] != 0.0
+    assert on["loss"] == pytest.approx(off["loss"] + 0.5 * on["neg_sdr"], rel=1e-4, abs=1e-5)

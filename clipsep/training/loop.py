@@ -324,7 +324,7 @@ class Trainer:
 
     def step(self, batch: MixBatch) -> dict[str, float]:
         """One optimisation step on ``batch``; returns loss terms, grad norm and lr."""
-        from clipsep.model.losses import absent_query_loss, separation_loss
+        from clipsep.model.losses import absent_query_loss, sdr_loss, separation_loss
 
         train = self.params.train
         spec = spectral_batch(batch.sources.to(self.device), self.params)
@@ -351,7 +351,17 @@ class Trainer:
         absent = masks.new_zeros((), dtype=torch.float32)
         if masks.shape[1] > n_sources:
             absent = absent_query_loss(masks[:, n_sources:].float(), spec.weight)
-        total = terms.total + train.absent_weight * absent
+        sdr_term = masks.new_zeros((), dtype=torch.float32)
+        if train.sdr_weight > 0:
+            sources = batch.sources.to(self.device)
+            estimates = reconstruct(
+                torch.sigmoid(masks[:, :n_sources].float()),
+                spec.mix_spec,
+                self.params,
+                sources.shape[-1],
+            )
+            sdr_term = sdr_loss(estimates, sources)
+        total = terms.total + train.absent_weight * absent + train.sdr_weight * sdr_term
         if not torch.isfinite(total):
             raise BadInputError(
                 f"training loss became {float(total)}; lower train.lr or "
@@ -369,6 +379,7 @@ class Trainer:
             "loss": float(total.detach()),
             "separation": float(terms.separation.detach()),
             "absent": float(absent.detach()),
+            "neg_sdr": float(sdr_term.detach()),
             "noise_activation": float(terms.noise_activation),
             "grad_norm": float(grad_norm),
             "lr": lr,

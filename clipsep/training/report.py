@@ -32,6 +32,7 @@ HISTORY_FIELDS = [
     "loss",
     "separation",
     "absent",
+    "neg_sdr",
     "noise_activation",
     "grad_norm",
     "val_loss_image",

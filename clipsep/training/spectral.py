@@ -69,15 +69,18 @@ def run_model(
     return masks[..., :frames], (noise[..., :frames] if noise is not None else None)
 
 
-def reconstruct(mask_prob: torch.Tensor, mix_spec: torch.Tensor, params: Params) -> torch.Tensor:
+def reconstruct(
+    mask_prob: torch.Tensor, mix_spec: torch.Tensor, params: Params, length: int | None = None
+) -> torch.Tensor:
     """Waveforms ``[B, N, L]`` from warped masks ``[B, N, W, T]`` and mixture STFT ``[B, F, T]``.
 
-    Soft masks, un-warped to linear frequency, applied to the mixture with its phase.
+    Soft masks, un-warped to linear frequency, applied to the mixture with its phase. ``length``
+    defaults to ``audio.segment_samples``. Differentiable (the SDR term of training uses it).
     """
     batch, n_mix = mask_prob.shape[:2]
     linear = audio.unwarp(mask_prob, mix_spec.shape[1]).clamp(0.0, 1.0)
     spec = linear * mix_spec.unsqueeze(1)
-    length = params.audio.segment_samples
+    length = length or params.audio.segment_samples
     waves = audio.istft(spec.reshape(batch * n_mix, *spec.shape[2:]), length, params.audio)
     return waves.view(batch, n_mix, length)
 
