@@ -16,15 +16,14 @@ from test_export import eager_settings, spread_weights
 from test_inference import make_tiny_model, tones
 from test_mixing import make_clips_dir
 
-# Masks (after the sigmoid) of int8 vs fp32 on a fixed input. The test network has random
-# weights (test_export.spread_weights), which carry int8 rounding through its layers worse than
-# trained ones: measured here max 0.37, mean 0.023, correlation 0.95 (and max 0.29, mean 0.020
-# when calibrated on the fixed input itself, so it is rounding, not ranges). A wrong scale or a
-# layer computed from garbage gives masks uncorrelated with fp32. The trained cpu preset's
-# separation SDR is the accuracy check that counts (README, "int8").
-MASK_MAX_DIFF = 0.5
-MASK_MEAN_DIFF = 0.035
-MASK_MIN_CORRELATION = 0.9
+# Masks (after the sigmoid) of int8 vs fp32 on a fixed input, on the random-weight test network
+# (test_export.spread_weights): measured max 0.020, mean 0.0019, correlation 0.9997. With 8-bit
+# weights on an AVX2 CPU (int16 saturation) or the front end quantised (log of a uint8
+# magnitude) the masks were off by 0.15 on average. The trained cpu preset's separation SDR is
+# the accuracy check that counts (README, "int8").
+MASK_MAX_DIFF = 0.05
+MASK_MEAN_DIFF = 0.005
+MASK_MIN_CORRELATION = 0.995
 
 
 @pytest.fixture(scope="module")
