@@ -10,7 +10,7 @@ int16 pair sums saturate with 8-bit weights; on the cpu preset that made the mas
 fp32 by 0.15 on average (0.002 with 7 bits). The manifest records the settings and
 the calibration set's digest. :class:`~clipsep.model.export.OnnxNetwork` runs it unchanged.
 
-On an AVX2 CPU without VNNI (AMD EPYC, 2 cores) the int8 forward was 1.5-1.7x ONNX Runtime's fp32
+On an AVX2 CPU without VNNI (AMD EPYC, 2 cores) the int8 forward was 1.0-1.7x ONNX Runtime's fp32
 one for the small, cpu and paper presets (bench/separate.py); ``separate.engine: onnx-int8``
 selects it. Calibration inputs are mixtures of two of the world's train clips (the training
 recipe's mix-and-separate, halved sources), each queried with its clip's middle frame. The
