@@ -452,6 +452,7 @@ def load_model(params: Params, ref: str | None = None):
         settings=params.separate,
         tracking_uri=uri,
         root=params.path("root"),
+        calibration=params.path("clips"),
     )
     if is_registry_reference(ref):
         card = registry_card(ref, uri)

@@ -2,10 +2,14 @@
 
 Part ``forward`` (one 4.1-s segment: warped magnitude [1, 1, 256, 256] + one query [1, 1, 512]):
 the eager NCHW forward, channels_last, torch.compile (its compile time is reported) and ONNX
-Runtime on the exported network (``clipsep export``; its export time is reported), timed
-interleaved (round-robin, so load on the machine hits them alike), median per variant, each ratio
-against the eager forward of the same preset in the same run. Prints the CPU model, its ISA and
-what ``precision: auto`` resolves to. The ONNX output is checked against eager (max |diff|).
+Runtime on the exported network (``clipsep export``; its export time is reported) in fp32 and
+quantised to int8 (``onnxruntime-int8``: static QDQ, :mod:`clipsep.model.quantize`, calibrated
+on random inputs here, as speed does not depend on them; its quantisation time is reported),
+timed interleaved (round-robin, so load on the machine hits them alike), median per variant, each
+ratio against the eager forward of the same preset in the same run. Prints the CPU model, its ISA
+and what ``precision: auto`` resolves to. The ONNX outputs are checked against eager (max |diff|:
+~1e-6 for fp32; int8's is its rounding on a random-weight network, not an accuracy figure -- the
+README's int8 SDR on the world's test mixtures is).
 
 Part ``rtf``: for each model preset, engine and length (default 10 s, 60 s, 10 min of 44.1 kHz
 stereo), a fresh subprocess loads a random-init checkpoint (speed does not depend on the weights)
@@ -85,7 +89,36 @@ def make_checkpoint(preset: str, folder: Path) -> Path:
     )
 
 
-FORWARD_VARIANTS = ("eager", "channels_last", "compile", "onnxruntime")
+FORWARD_VARIANTS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
+CALIBRATION_INPUTS = 8  # int8 here: random calibration inputs (speed does not depend on them)
+
+
+def bench_inputs(query_dim: int, seed: int = 0):
+    """(warped magnitude [1, 1, 256, 256], one query [1, 1, D]) of a 4.1-s segment."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    mag = torch.rand(1, 1, 256, 256, generator=generator) + 0.01
+    return mag, torch.randn(1, 1, query_dim, generator=generator)
+
+
+def onnx_network(checkpoint: Path, work: Path, int8: bool):
+    """The ONNX Runtime network of ``checkpoint`` (exported once per run), quantised to int8
+    (static QDQ, :mod:`clipsep.model.quantize`) on random inputs when ``int8``."""
+    from clipsep.model.export import export_onnx, load_onnx_network, read_export
+    from clipsep.model.quantize import quantize_export
+
+    folder = work / f"onnx-{checkpoint.stem}"
+    if not folder.exists():
+        export_onnx(checkpoint, folder)
+    if int8:
+        dim = read_export(folder).net_cfg.query_dim
+        feeds = [
+            {name: t.numpy() for name, t in zip(("mix_mag", "queries"), bench_inputs(dim, seed))}
+            for seed in range(1, CALIBRATION_INPUTS + 1)
+        ]
+        folder = quantize_export(folder, work / f"onnx-int8-{checkpoint.stem}", feeds)
+    return load_onnx_network(folder)[0]
 
 
 def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
@@ -102,11 +135,8 @@ def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
             network = network.to(memory_format=torch.channels_last)
         elif name == "compile":
             network = torch.compile(network)
-        elif name == "onnxruntime":
-            from clipsep.model.export import export_onnx, load_onnx_network
-
-            folder = export_onnx(checkpoint, work / f"onnx-{checkpoint.stem}")
-            network, _ = load_onnx_network(folder)
+        elif name in ("onnxruntime", "onnxruntime-int8"):
+            network = onnx_network(checkpoint, work, int8=name.endswith("int8"))
         made[name] = [network, time.perf_counter() - start]
     return made
 
@@ -125,12 +155,9 @@ def bench_forward(
 ) -> list[dict]:
     """Median forward seconds per variant (interleaved rounds) and each one's set-up time (the
     first call included: that is when torch.compile compiles)."""
-    import torch
 
     made = forward_variants(checkpoint, work, names)
-    generator = torch.Generator().manual_seed(0)
-    mag = torch.rand(1, 1, 256, 256, generator=generator) + 0.01
-    queries = torch.randn(1, 1, made["eager"][0].cfg.query_dim, generator=generator)
+    mag, queries = bench_inputs(made["eager"][0].cfg.query_dim)
     reference = forward_once(made["eager"][0], "eager", mag, queries)
     diffs = {}
     for name, entry in made.items():
@@ -186,7 +213,11 @@ def forward_part(presets: list[str], work: Path, args) -> list[dict]:
     for preset in presets:
         checkpoint = make_checkpoint(preset, work)
         for row in bench_forward(preset, checkpoint, work, names, args.rounds):
-            setup = {"compile": "compile ", "onnxruntime": "export "}.get(row["variant"], "")
+            setup = {
+                "compile": "compile ",
+                "onnxruntime": "export ",
+                "onnxruntime-int8": "quantise ",
+            }.get(row["variant"], "")
             print(
                 f"| {preset} | {row['variant']} | {1000 * row['forward_s']:.1f} | "
                 f"{row['speedup']:.2f}x | {setup}{row['setup_s']:.1f} | "
@@ -278,14 +309,17 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
     for preset in presets:
         checkpoint = make_checkpoint(preset, work)
         for engine in args.engines.split(","):
-            model = checkpoint
-            if engine == "onnx":  # exported once here, so no child pays for the export
-                from clipsep.model.export import export_onnx
-
-                model = export_onnx(checkpoint, work / f"onnx-{preset}")
+            model, child_engine = checkpoint, engine
+            if engine in ("onnx", "onnx-int8"):  # exported (quantised) once here, so no child
+                network = onnx_network(checkpoint, work, int8=engine == "onnx-int8")  # pays it
+                model, child_engine = network.path.parent, "onnx"
             rows = []
             for seconds in durations:
-                row = {"preset": preset, **measure(model, seconds, work, args.threads, engine)}
+                row = {
+                    "preset": preset,
+                    **measure(model, seconds, work, args.threads, child_engine),
+                    "engine": engine,
+                }
                 rows.append(row)
                 print(
                     f"{preset:<10}{engine:<8}{seconds:>7}s{row['wall_s']:>9.1f}"
@@ -320,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=20, help="timed forwards per variant")
     parser.add_argument("--durations", default="10,60,600", help="rtf: seconds, comma-separated")
-    parser.add_argument("--engines", default="torch,onnx", help="rtf: separate.engine values")
+    parser.add_argument(
+        "--engines", default="torch,onnx", help="rtf: separate.engine values (or onnx-int8)"
+    )
     parser.add_argument(
         "--query-seconds",
         type=int,

@@ -149,6 +149,7 @@ def _load_separator(args: argparse.Namespace, params):
         settings=params.separate,
         tracking_uri=registry_uri(params),
         root=None if args.model else params.path("root"),
+        calibration=params.path("clips"),
     )
     return separator, model
 

@@ -25,7 +25,7 @@ import yaml
 
 # auto: the fastest precision on this machine that is exact enough (clipsep.precision)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ENGINES = ("torch", "onnx")  # what runs the separator network at separation time
+ENGINES = ("torch", "onnx", "onnx-int8")  # what runs the separator network at separation time
 
 
 class ConfigError(ValueError):
@@ -198,7 +198,7 @@ class SeparateConfig:
     channel_masks: str = "shared"  # shared: one mask from the mono downmix | independent
     precision: str = "auto"  # of the network pass only: one of PRECISIONS
     device: str = "auto"
-    engine: str = "torch"  # torch | onnx (ONNX Runtime on the CPU): one of ENGINES
+    engine: str = "torch"  # torch | onnx | onnx-int8 (ONNX Runtime on the CPU): one of ENGINES
     activity_frame_s: float = 0.05  # stem activity: frame length (energies per frame)
     activity_smoothing_s: float = 0.25  # centred window the frame energies are summed over
     activity_threshold_db: float = -12.0  # active: stem energy above this dB re the mixture's

@@ -349,6 +349,7 @@ class Separator:
         tracking_uri: str | None = None,
         root: str | Path | None = None,
         engine: str | None = None,
+        calibration: str | Path | None = None,
     ) -> "Separator":
         """Load a checkpoint path, a registry reference ``models:/name@alias`` (or ``/N``) or a
         folder written by ``clipsep export`` (run by ONNX Runtime).
@@ -358,7 +359,10 @@ class Separator:
         See :func:`clipsep.registry_reader.resolve_model` for the errors.
         ``engine`` (default ``settings.engine``) runs the network: ``torch`` (eager) or ``onnx``
         (the checkpoint exported once, cached, run by ONNX Runtime on the CPU in fp32; see
-        :mod:`clipsep.model.export`). BadInputError for an unknown engine or onnx on CUDA.
+        :mod:`clipsep.model.export`) or ``onnx-int8`` (that export quantised to int8 once,
+        calibrated on the train clips of the clip folder ``calibration``, e.g. the params'
+        ``paths.clips``; see :mod:`clipsep.model.quantize`). BadInputError for an unknown
+        engine, an ONNX engine on CUDA, or onnx-int8 without a clip manifest.
         """
         from clipsep.env import resolve_device
         from clipsep.model.export import is_export_folder
@@ -377,6 +381,8 @@ class Separator:
         encoder = QueryEncoder.from_reference(
             info.query, device, weights=Path(clip_weights) if clip_weights else None
         )
+        if engine == "onnx-int8":
+            network, info = load_int8_network(resolved.checkpoint, calibration, encoder)
         return cls(
             network,
             encoder,
@@ -738,7 +744,25 @@ def load_network(path: Path, device: str, engine: str):
         return export.load_onnx_network(path)
     if engine == "onnx":
         return export.load_onnx_network(export.cached_export(path))
+    if engine == "onnx-int8":  # the fp32 export's settings; the network comes from
+        folder = export.cached_export(path)  # load_int8_network once the encoder is loaded
+        return None, export.read_export(folder)
     return load_checkpoint(path, device)
+
+
+def load_int8_network(path: Path, calibration: str | Path | None, encoder):
+    """``(OnnxNetwork, info)`` of checkpoint ``path`` quantised to int8 (once, cached), its
+    activations calibrated on the train clips of the clip folder ``calibration`` with queries
+    from ``encoder``. BadInputError when ``calibration`` is None or holds no clip manifest."""
+    from clipsep.model import export, quantize
+
+    if calibration is None:
+        raise BadInputError(
+            "separate.engine onnx-int8 calibrates on the train clips: give the clip folder "
+            "(paths.clips) as calibration=, or use separate.engine onnx"
+        )
+    folder = quantize.cached_int8_export(path, calibration, encoder.encode_images)
+    return export.load_onnx_network(folder)
 
 
 def _choose_engine(
@@ -751,22 +775,28 @@ def _choose_engine(
     exported = is_export_folder(ref)
     engine = check_engine(engine or ("onnx" if exported else settings.engine))
     if exported and engine != "onnx":
-        raise BadInputError(f"{ref} is an ONNX export folder: it runs with engine onnx only")
-    if engine == "onnx":
-        device, settings = _onnx_device_and_settings(device, settings)
+        raise BadInputError(
+            f"{ref} is an ONNX export folder: it runs with engine onnx only (int8 or fp32, "
+            "as exported)"
+        )
+    if engine in ("onnx", "onnx-int8"):
+        device, settings = _onnx_device_and_settings(engine, device, settings)
     return engine, device, settings
 
 
-def _onnx_device_and_settings(device: str, settings: SeparateConfig) -> tuple[str, SeparateConfig]:
-    """The ONNX engine runs fp32 on the CPU: device auto -> cpu, precision auto -> fp32;
-    BadInputError for an explicit CUDA device or reduced precision."""
+def _onnx_device_and_settings(
+    engine: str, device: str, settings: SeparateConfig
+) -> tuple[str, SeparateConfig]:
+    """The ONNX engines run on the CPU with fp32 around the network (int8 inside for onnx-int8):
+    device auto -> cpu, precision auto -> fp32; BadInputError for an explicit CUDA device or
+    reduced precision."""
     if device not in ("auto", "cpu"):
         raise BadInputError(
-            f"separate.engine onnx runs on the CPU, not on {device!r}; use engine torch there"
+            f"separate.engine {engine} runs on the CPU, not on {device!r}; use engine torch there"
         )
     if settings.precision not in ("auto", "fp32"):
         raise BadInputError(
-            f"separate.engine onnx runs fp32, not {settings.precision}; use "
+            f"separate.engine {engine} runs fp32, not {settings.precision}; use "
             "precision auto or fp32, or engine torch"
         )
     return "cpu", dataclasses.replace(settings, precision="fp32")

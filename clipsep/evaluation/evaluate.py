@@ -307,7 +307,9 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     out_dir = Path(out_dir)
     protocol = load_protocol(p)
     settings = dataclasses.replace(p.separate, precision=p.eval.precision)
-    separator = Separator.from_pretrained(checkpoint, device=p.eval.device, settings=settings)
+    separator = Separator.from_pretrained(
+        checkpoint, device=p.eval.device, settings=settings, calibration=p.path("clips")
+    )
     scorer = MixtureScorer(p, separator, protocol)
     rows, example = [], None
     for index, t, i in tqdm(mixture_plan(p, protocol), desc="evaluate", unit="mixture"):
