@@ -53,7 +53,13 @@ STAGE_CODE: dict[str, list[str]] = {
     "pretrain-clip": ["model/pretrain_clip.py", "model/query.py"],
     "train": ["training", "model", "audio.py", "data/mixing.py"],
     "evaluate": ["evaluation", "inference.py"],
-    "register": ["tracking.py", "registry_reader.py", "registry_model.py", "live_run.py"],
+    "register": [
+        "tracking.py",
+        "registry_reader.py",
+        "registry_model.py",
+        "live_run.py",
+        "run_owner.py",
+    ],
 }
 # The `paths` folder each stage writes (its record lives there); register writes to the MLflow
 # store, so its record lives beside the evaluation it registered.
@@ -162,8 +168,9 @@ def _run_tracked(stage: str, p: Params) -> dict[str, Any]:
         else:
             opened.append(open_run(p, stage))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
-                return register_run(p, opened[0].run_id)
-            summary = STAGES[stage](p)
+                summary = register_run(p, opened[0].run_id)
+            else:
+                summary = STAGES[stage](p)
     except BaseException as err:
         if opened and stage != "train":  # training ends its run itself (clipsep.training.loop)
             status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"

@@ -552,6 +552,8 @@ def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
         version = log_pyfunc(p, checkpoint, tags)
         for key, value in {**tags, "run_id": run_id}.items():
             client.set_model_version_tag(p.registry.model_name, version, key, value)
+        # the run's name says which version it became: the UI lists and compares runs by name
+        client.update_run(run_id, name=f"{p.registry.model_name}-v{version}")
         decision = apply_gate(
             client,
             p.registry.model_name,

@@ -142,6 +142,8 @@ def test_the_first_stage_opens_the_run_later_stages_fill_it_register_closes_it(
     closed = client.get_run(run.info.run_id)
     assert closed.info.status == "FINISHED"
     assert closed.data.tags["clipsep.stage.train"] == "done"
+    assert closed.data.tags["clipsep.stage.register"] == "done"
+    assert closed.info.run_name == f"clipsep-v{registered['version']}"
     assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3, 4]
     run_stage("validate", params)  # a new pipeline pass: a new run
     assert tracking.recorded_run(params, client).info.run_id != run.info.run_id
