@@ -45,11 +45,11 @@ def test_compare_view_shows_both_versions_and_their_metrics(tmp_path, artifacts_
     assert (first["version"], second["version"]) == ("1", "2")
     text = seen["page_text"]
     assert "clipsep-v1" in text and "clipsep-v2" in text
-    # the second version's text-query SDR as its evaluation wrote it (the first one's
+    # the second version's absent-query energy as its evaluation wrote it (the first one's
     # metrics.json was overwritten), on the page as the compare table writes it
     metrics = json.loads((tmp_path / "reports" / "evaluation" / "metrics.json").read_text())
-    assert script.TEXT_SDR in text
-    assert script.metric_text(metrics["text"]["sdr"]["mean"]) in text
+    assert script.SHOWN in text
+    assert script.metric_text(metrics["absent_query"]["energy_db"]["mean"]) in text
     assert shot.stat().st_size > 20_000
     # the pipeline run was open from the first stage: world ran in version 1's run, which
     # holds the stages' results; version 2's pass started at train (earlier stages unchanged)
