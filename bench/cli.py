@@ -1,28 +1,30 @@
-"""Benchmark the cold start of `clipsep separate` on a 10-s file, and what its imports cost.
+"""Benchmark the cold start of `clipsep separate` on a 10-s file, and where its time goes.
 
 Each run is a fresh ``python -m clipsep.cli separate`` process (nothing warm but the OS file
-cache), timed wall-clock from spawn to exit; the median of ``--repeats`` runs is reported, plus
-the first run of each case (it pays for one-time work: the registry download, the ONNX export).
-Cases:
+cache), timed wall-clock from spawn to exit; the median of ``--repeats`` runs is reported.
+Cases (``--model``: a random-init checkpoint of params.yaml's preset with the bundled tiny CLIP,
+or ``models:/clipsep@champion`` in a temporary sqlite registry holding it):
 
-* ``path``: ``--model`` a checkpoint file (random-init weights of params.yaml's preset: speed
-  does not depend on the weights; the bundled tiny CLIP encodes the query);
-* ``registry``: ``--model models:/clipsep@champion`` in a temporary MLflow sqlite registry
-  holding that checkpoint (``MLFLOW_TRACKING_URI``; the resolved-model cache under a temporary
-  ``TMPDIR``, so the first run downloads);
-* ``path+onnx``: the checkpoint with ``separate.engine=onnx`` (the first run exports it once into
-  a temporary ``XDG_CACHE_HOME``).
+* ``registry first``: the registry default, empty caches (a fresh ``TMPDIR`` per run: the model
+  version is downloaded, the query's embedding computed with open_clip);
+* ``registry repeat``: the same call again (the resolved-model cache and the text-embedding cache
+  answer: no mlflow, no open_clip);
+* ``path first`` / ``path repeat``: the same with ``--model`` a checkpoint file;
+* ``path+onnx repeat`` (only with ``--cases`` naming it): ``separate.engine=onnx``.
 
-Import costs (``python -X importtime``, cumulative, median of 3 fresh processes): ``clipsep.cli``
-alone, and torch, open_clip, mlflow and onnxruntime each alone.
+Per case, one more run (``bench/cli_child.py`` under ``python -X importtime``) splits the wall
+time into components (startup, imports, resolve, load, query, separate, write, other) and lists
+the heavy packages imported (cumulative import seconds). The process's load average is printed
+with each case: under load, compare ratios, not absolute seconds.
 
-    .venv/bin/python bench/cli.py                       # 10-s file, 3 repeats, all cases
-    .venv/bin/python bench/cli.py --cases path --repeats 5
+    .venv/bin/python bench/cli.py                       # 10-s file, 3 repeats, default cases
+    .venv/bin/python bench/cli.py --cases "path repeat" --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -34,8 +36,9 @@ from pathlib import Path
 from separate import make_checkpoint, write_test_file  # bench/separate.py (same folder)
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("path", "registry", "path+onnx")
+CASES = ("registry first", "registry repeat", "path first", "path repeat")
 MODULES = ("clipsep.cli", "torch", "open_clip", "mlflow", "onnxruntime")
+HEAVY = ("torch", "open_clip", "scipy", "mlflow", "onnxruntime", "torchvision", "pandas")
 
 
 def import_seconds(module: str) -> dict[str, float]:
@@ -101,42 +104,93 @@ def register(checkpoint: Path, clip: Path, work: Path) -> str:
     return uri
 
 
-def separate_once(
-    model: str, wav: Path, out: Path, env: dict[str, str], overrides: list[str]
-) -> float:
-    command = [
-        sys.executable,
-        "-m",
-        "clipsep.cli",
-        "separate",
-        str(wav),
-        "--query",
-        "cello",
-        "--model",
-        model,
-        "--out",
-        str(out),
-        "--params",
-        str(REPO / "params.yaml"),
-        "--set",
-        "separate.device=cpu",
-        *[f for o in overrides for f in ("--set", o)],
+def separate_command(model: str, wav: Path, out: Path, overrides: list[str]) -> list[str]:
+    sets = ["separate.device=cpu", *overrides]
+    return [
+        *(str(wav), "--query", "cello", "--model", model, "--out", str(out), "--overwrite"),
+        *("--params", str(REPO / "params.yaml")),
+        *[flag for value in sets for flag in ("--set", value)],
     ]
+
+
+def separate_once(arguments: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of one fresh ``python -m clipsep.cli separate ...`` process."""
+    command = [sys.executable, "-m", "clipsep.cli", "separate", *arguments]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"separate failed ({model}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"separate failed:\n{done.stderr[-3000:]}")
     return wall
+
+
+def components(arguments: list[str], env: dict[str, str]) -> tuple[dict, dict]:
+    """({component: s}, {heavy package: cumulative import s}) of one fresh timed run."""
+    command = [sys.executable, "-X", "importtime", str(REPO / "bench" / "cli_child.py")]
+    done = subprocess.run(
+        [*command, "separate", *arguments], capture_output=True, text=True, env=env, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"separate failed:\n{done.stderr[-3000:]}")
+    lines = done.stderr.splitlines()
+    spent = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+    imports = {}
+    for line in lines:
+        fields = line.split("|")
+        if line.startswith("import time:") and len(fields) == 3 and fields[1].strip().isdigit():
+            name = fields[2].strip()
+            if name in HEAVY:
+                imports.setdefault(name, int(fields[1]) / 1e6)
+    return spent, imports
+
+
+def case_setup(case: str, work: Path, checkpoint: Path) -> tuple[str, list[str], dict[str, str]]:
+    """(model reference, --set overrides, environment) of a case; registry cases get a store."""
+    kind = case.split()[0]
+    env = child_env(XDG_CACHE_HOME=str(work / "xdg-cache"))
+    model, overrides = str(checkpoint), []
+    if kind == "registry":
+        store = work / "registry"
+        if not store.is_dir():  # one store for both registry cases
+            store.mkdir()
+            register(checkpoint, work / "clip.pt", store)
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+        model = "models:/clipsep@champion"
+    elif kind == "path+onnx":
+        overrides = ["separate.engine=onnx"]
+    return model, overrides, env
+
+
+def run_case(case: str, work: Path, checkpoint: Path, wav: Path, repeats: int) -> None:
+    model, overrides, env = case_setup(case, work, checkpoint)
+    arguments = separate_command(model, wav, work / "out", overrides)
+    first = case.endswith("first")
+    shared_tmp = work / f"tmp-{case.split()[0]}"
+
+    def fresh_env(i: int) -> dict[str, str]:
+        tmp = work / f"tmp-{case}-{i}" if first else shared_tmp  # empty caches for "first"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return {**env, "TMPDIR": str(tmp)}
+
+    if not first:
+        separate_once(arguments, fresh_env(-1))  # fill the caches
+    runs = [separate_once(arguments, fresh_env(i)) for i in range(repeats)]
+    spent, imports = components(arguments, fresh_env(repeats))
+    load = os.getloadavg()[0]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in spent.items() if k not in ("total", "status"))
+    pulled = ", ".join(f"{k} {v:.2f}" for k, v in imports.items()) or "none"
+    print(
+        f"| {case} | {statistics.median(runs):.2f} | {' '.join(f'{r:.2f}' for r in runs)} | "
+        f"{spent['total']:.2f}: {parts} | {pulled} | {load:.1f} |",
+        flush=True,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="input length (44.1 kHz stereo)")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per case after the first"
-    )
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, see above")
     parser.add_argument("--skip-imports", action="store_true")
     args = parser.parse_args()
     from clipsep.config import load_params
@@ -145,7 +199,8 @@ def main() -> int:
     preset = load_params(REPO / "params.yaml").model.preset
     print(
         f"{cpu_model_name()}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}; "
-        f"{args.seconds}-s 44.1 kHz stereo input; preset {preset}"
+        f"{args.seconds}-s 44.1 kHz stereo input; preset {preset}; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     if not args.skip_imports:
         import_table()
@@ -154,28 +209,13 @@ def main() -> int:
         checkpoint = make_checkpoint(preset, work)
         wav = work / "input.wav"
         write_test_file(wav, args.seconds)
-        print(f"| case | first run s | median of {args.repeats} later runs s | runs |")
-        print("|---|---|---|---|")
+        print(
+            f"| case | median wall s of {args.repeats} | runs | one timed run: total: components "
+            "s | heavy imports s | load |"
+        )
+        print("|---|---|---|---|---|---|")
         for case in args.cases.split(","):
-            env = child_env(
-                TMPDIR=str(work / f"tmp-{case}"), XDG_CACHE_HOME=str(work / f"cache-{case}")
-            )
-            os.makedirs(env["TMPDIR"], exist_ok=True)
-            model, overrides = str(checkpoint), []
-            if case == "registry":
-                env["MLFLOW_TRACKING_URI"] = register(checkpoint, work / "clip.pt", work)
-                model = "models:/clipsep@champion"
-            elif case == "path+onnx":
-                overrides = ["separate.engine=onnx"]
-            runs = [
-                separate_once(model, wav, work / "out", env, overrides)
-                for _ in range(args.repeats + 1)
-            ]
-            print(
-                f"| {case} | {runs[0]:.1f} | {statistics.median(runs[1:]):.1f} | "
-                f"{' '.join(f'{r:.1f}' for r in runs)} |",
-                flush=True,
-            )
+            run_case(case.strip(), work, checkpoint, wav, args.repeats)
     return 0
 
 

@@ -218,7 +218,8 @@ class RegistryConfig:
     champion_floor_db: float  # a first model must reach this text SDR to become champion
     absent_margin_db: float  # champion only if an absent query returns >= this many dB less
     # energy than the right query (absent_query.energy_db vs right_query_energy_db)
-    live_tracking: bool  # training opens the MLflow run and logs metrics/checkpoints as it goes
+    live_tracking: bool  # the first stage opens the MLflow run; stages and training log into it
+    system_metrics_s: float | None  # training's system metrics sampling interval (None/0: off)
 
 
 @dataclass(frozen=True)

@@ -366,8 +366,8 @@ class Separator:
         """
         from clipsep.env import resolve_device
         from clipsep.model.export import is_export_folder
-        from clipsep.model.query import QueryEncoder
-        from clipsep.registry_reader import ResolvedModel, resolve_model
+        from clipsep.model.text_cache import CachedQueryEncoder
+        from clipsep.registry_reader import ResolvedModel, default_cache_dir, resolve_model
 
         settings = settings or DEFAULT_SETTINGS
         engine, device, settings = _choose_engine(ref, engine, device, settings)
@@ -378,8 +378,12 @@ class Separator:
         clip_weights = clip_weights or resolved.clip_weights
         device = resolve_device(device)
         network, info = load_network(resolved.checkpoint, device, engine)
-        encoder = QueryEncoder.from_reference(
-            info.query, device, weights=Path(clip_weights) if clip_weights else None
+        # the CLIP model is built only for a text query not met before (or an image query)
+        encoder = CachedQueryEncoder(
+            info.query,
+            device,
+            default_cache_dir(),
+            weights=Path(clip_weights) if clip_weights else None,
         )
         if engine == "onnx-int8":
             network, info = load_int8_network(resolved.checkpoint, calibration, encoder)

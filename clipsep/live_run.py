@@ -1,27 +1,39 @@
-"""Training you can watch: the MLflow run opens when training starts and fills as it goes.
+"""The pipeline's MLflow run: opened by the first stage that runs, filled as stages go, closed
+by ``register``.
 
-With ``registry.live_tracking`` the ``train`` stage (rank 0) opens an MLflow run in the params'
-store, records its id in ``<paths.checkpoints>/mlflow_run.json`` (persisted with the checkpoints,
-so DVC and the flow find it), logs every step's history record as metrics (buffered: one
-``log_batch`` per FLUSH_EVERY steps, at each validation and at the end) and the periodic
-``last.pt`` and each new ``best.pt`` as artifacts under ``checkpoints/``. The run stays RUNNING
-until ``register`` logs the evaluation into it and closes it (FINISHED). A training that raises
-ends the run FAILED; Ctrl-C or SIGTERM ends it KILLED; a resumed training (``last.pt`` present)
-continues the recorded run unless it was FINISHED. SIGKILL cannot be seen: the run stays RUNNING
-until the resumed training continues it.
+With ``registry.live_tracking`` every stage (through :func:`clipsep.stages.run_stage`, so for
+``dvc repro``, the CLI and the Prefect flow alike) calls :func:`open_run`: it continues the
+pipeline run recorded in ``<paths.mlflow>/pipeline_run.json`` or opens a new one with all params,
+tags the run ``clipsep.stage.<stage>=running`` and claims it for this process
+(:mod:`clipsep.run_owner`). When the stage is done its summary's numbers become metrics
+``<stage>/...`` and the summary an artifact ``stages/<stage>.json``; the stage tag turns ``done``
+and the run stays RUNNING for the next stage. ``register`` logs the evaluation into it and closes
+it (FINISHED).
 
-Metric names are the history.csv columns (``loss``, ``lr``, ``val_loss_image``, ...), the same
-names ``register`` used to copy from history.csv afterwards.
+Which run a stage continues: the recorded one, unless it is FINISHED (registered: the pipeline
+pass is over) or this stage already completed in it (``done``: a stage running again starts a new
+pass; the unfinished old run ends KILLED, superseded). A resumed training (``last.pt`` present)
+continues its run even so. A failed or killed run is continued by the stage that failed (the
+retry of the same pass). A stage that raises ends the run FAILED (Ctrl-C or SIGTERM: KILLED),
+with ``clipsep.end_reason``; a SIGKILLed one is ended KILLED by the next process that opens the
+store (:func:`clipsep.run_owner.end_orphans`).
+
+Training logs every step's history record as metrics (buffered: one ``log_batch`` per
+FLUSH_EVERY steps, at each validation and at the end; names are the history.csv columns), the
+periodic ``last.pt`` and each new ``best.pt`` as artifacts under ``checkpoints/``, and MLflow's
+system metrics (``system/...``, every ``registry.system_metrics_s`` seconds).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from clipsep import run_owner
 from clipsep.config import Params
 from clipsep.fileio import write_json
 
@@ -29,36 +41,120 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 50  # steps of metrics buffered per log_batch call
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
+MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
 
-def open_run(p: Params, resuming: bool) -> "LiveRun":
-    """Continue the recorded run (resuming, not FINISHED) or open a new one with the params."""
+def open_run(p: Params, stage: str, resuming: bool = False) -> "LiveRun":
+    """The pipeline run for ``stage`` (continued or new, see the module doc), claimed by this
+    process and tagged ``clipsep.stage.<stage>=running``.
+
+    Raises RegistryUnavailableError when the store cannot be read.
+    """
+    from clipsep.tracking import connect, recorded_run, run_file
+
+    client, experiment_id = connect(p)  # also ends runs whose owner died (run_owner)
+    previous = recorded_run(p, client)
+    if _continues(previous, stage, resuming):
+        run_id = previous.info.run_id
+        if previous.info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        _log_params(client, previous, p, stage)
+        log.info("%s continues MLflow run %s", stage, run_id)
+    else:
+        if previous is not None and previous.info.status == "RUNNING":
+            _supersede(client, previous.info.run_id, stage)
+        run_id = _create(client, experiment_id, p, stage)
+        write_json(run_file(p), {"run_id": run_id, "experiment_id": experiment_id})
+        log.info("%s opened MLflow run %s (the pipeline's run until register)", stage, run_id)
+    client.set_tag(run_id, run_owner.STAGE_TAG + stage, "running")
+    run_owner.claim(client, run_id)
+    return LiveRun(client, run_id, stage)
+
+
+def note_skipped(p: Params, stage: str) -> None:
+    """Tag an open pipeline run ``clipsep.stage.<stage>=skipped`` (no run open: nothing); a
+    skipped ``register`` (the model is registered already) closes it FINISHED."""
+    from clipsep.tracking import client_for, recorded_run
+
+    client = client_for(p)
+    run = recorded_run(p, client)
+    if run is None or run.info.status != "RUNNING":
+        return
+    client.set_tag(run.info.run_id, run_owner.STAGE_TAG + stage, "skipped")
+    if stage == "register":
+        reason = "register skipped: its inputs are unchanged since their model was registered"
+        client.set_tag(run.info.run_id, run_owner.END_REASON, reason)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def _continues(previous, stage: str, resuming: bool) -> bool:
+    if previous is None or previous.info.status == "FINISHED":
+        return False
+    done = previous.data.tags.get(run_owner.STAGE_TAG + stage) == "done"
+    return not done or (stage == "train" and resuming)
+
+
+def _supersede(client, run_id: str, stage: str) -> None:
+    reason = f"superseded: {stage} ran again before register closed this pipeline run"
+    client.set_tag(run_id, run_owner.END_REASON, reason)
+    client.set_terminated(run_id, "KILLED")
+    log.warning("MLflow run %s ended KILLED (%s)", run_id, reason)
+
+
+def _create(client, experiment_id: str, p: Params, stage: str) -> str:
     from mlflow.entities import Param
 
-    from clipsep.tracking import connect, flatten_params, recorded_run, run_file, system_info
+    from clipsep.tracking import flatten_params, system_info
 
-    client, experiment_id = connect(p)
-    previous = recorded_run(p, client)
-    if resuming and previous is not None and previous.info.status != "FINISHED":
-        client.update_run(previous.info.run_id, status="RUNNING")
-        log.info("continuing MLflow run %s", previous.info.run_id)
-        return LiveRun(client, previous.info.run_id)
-    tags = {"clipsep.opened_by": "train", **{f"sys.{k}": v for k, v in system_info().items()}}
-    run = client.create_run(experiment_id, run_name=f"{p.model.preset}-training", tags=tags)
-    params = [Param(k, v[:6000]) for k, v in flatten_params(p).items()]
+    tags = {"clipsep.opened_by": stage, **{f"sys.{k}": v for k, v in system_info().items()}}
+    run = client.create_run(experiment_id, run_name=f"{p.model.preset}-pipeline", tags=tags)
+    params = [Param(k, v[:MAX_PARAM]) for k, v in flatten_params(p).items()]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
-    write_json(run_file(p), {"run_id": run.info.run_id, "experiment_id": experiment_id})
-    log.info("MLflow run %s opened (live training metrics)", run.info.run_id)
-    return LiveRun(client, run.info.run_id)
+    return run.info.run_id
+
+
+def _log_params(client, run, p: Params, stage: str) -> None:
+    """Log params the run lacks; params that changed since it opened (MLflow keeps a param's
+    first value) are named in the tag ``clipsep.params_changed.<stage>``."""
+    from mlflow.entities import Param
+
+    from clipsep.tracking import flatten_params
+
+    current = {k: v[:MAX_PARAM] for k, v in flatten_params(p).items()}
+    logged = run.data.params
+    missing = [Param(k, v) for k, v in current.items() if k not in logged]
+    for start in range(0, len(missing), 100):
+        client.log_batch(run.info.run_id, params=missing[start : start + 100])
+    changed = sorted(k for k, v in current.items() if k in logged and logged[k] != v)
+    if changed:
+        client.set_tag(run.info.run_id, f"clipsep.params_changed.{stage}", ", ".join(changed))
+        log.warning("params changed since MLflow run %s opened: %s", run.info.run_id, changed)
 
 
 class LiveRun:
-    """Buffers step records into metrics and logs checkpoints to one MLflow run."""
+    """One stage's handle on the pipeline run: metrics, checkpoints, the stage's end."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, stage: str):
+        self.client, self.run_id, self.stage = client, run_id, stage
         self.pending: list = []
+        self.monitor = None
+        self.step: int | None = None  # the last training step recorded
+
+    def watch_system(self, interval_s: float | None) -> None:
+        """Log MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk,
+        network, GPU) every ``interval_s`` seconds until the stage ends (None or 0: off)."""
+        if not interval_s:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=interval_s,
+            resume_logging=True,
+            tracking_uri=self.client.tracking_uri,
+        )
+        self.monitor.start()
 
     def record(self, record: dict[str, Any]) -> None:
         """Queue a history record (``step`` + numeric values); flush every FLUSH_EVERY steps and
@@ -66,6 +162,7 @@ class LiveRun:
         from mlflow.entities import Metric
 
         step, now = int(record["step"]), int(time.time() * 1000)
+        self.step = step
         self.pending += [
             Metric(k, float(v), now, step)
             for k, v in record.items()
@@ -84,9 +181,40 @@ class LiveRun:
         self.flush()
         self.client.log_artifact(self.run_id, str(path), artifact_path="checkpoints")
 
-    def end(self, status: str) -> None:
-        """Flush and close the run as ``status`` (FAILED, KILLED); a failed flush is logged."""
+    def finish_stage(self, summary: dict[str, Any]) -> None:
+        """The stage succeeded: its summary as metrics and ``stages/<stage>.json``; the run
+        stays RUNNING for the next stage, no longer claimed by this process."""
+        from mlflow.entities import Metric
+
+        from clipsep.tracking import flatten_metrics
+
+        self.flush()
+        self._stop_monitor()
+        now = int(time.time() * 1000)
+        numbers = flatten_metrics(summary, self.stage)
+        metrics = [Metric(k, v, now, 0) for k, v in list(numbers.items())[:MAX_BATCH]]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        summary_json = json.loads(json.dumps(summary, default=str))
+        self.client.log_dict(self.run_id, summary_json, f"stages/{self.stage}.json")
+        self.client.set_tag(self.run_id, run_owner.STAGE_TAG + self.stage, "done")
+        run_owner.release(self.client, self.run_id)
+
+    def end(self, status: str, reason: str = "") -> None:
+        """Flush and close the run as ``status`` (FAILED, KILLED) with the reason as a tag."""
         try:
             self.flush()
+            self._stop_monitor()
+            word = "killed" if status == "KILLED" else "failed"
+            self.client.set_tag(self.run_id, run_owner.STAGE_TAG + self.stage, word)
+            if reason:
+                self.client.set_tag(self.run_id, run_owner.END_REASON, reason[:5000])
+            if self.step is not None:
+                self.client.set_tag(self.run_id, run_owner.REACHED_STEP, str(self.step))
         finally:
             self.client.set_terminated(self.run_id, status)
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None

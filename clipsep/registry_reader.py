@@ -218,7 +218,7 @@ def resolve_model(
     ref = str(ref)
     name, kind, value = parse_model_reference(ref)
     uri = tracking_uri or registry_uri()
-    cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / CACHE_FOLDER
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     version = _sqlite_version(uri, name, kind, value)
     model_dir = _version_dir(cache, name, version, uri) if version else None
     if model_dir is None or not (model_dir / "MLmodel").is_file():
@@ -228,6 +228,12 @@ def resolve_model(
             client, name, version, uri, _version_dir(cache, name, version, uri)
         )
     return _read_artifacts(ref, model_dir, version)
+
+
+def default_cache_dir() -> Path:
+    """The cache of resolved registry models (and cached text-query embeddings):
+    ``$TMPDIR/clipsep-models``."""
+    return Path(tempfile.gettempdir()) / CACHE_FOLDER
 
 
 def _version_dir(cache: Path, name: str, version: str, uri: str) -> Path:

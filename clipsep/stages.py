@@ -53,7 +53,13 @@ STAGE_CODE: dict[str, list[str]] = {
     "pretrain-clip": ["model/pretrain_clip.py", "model/query.py"],
     "train": ["training", "model", "audio.py", "data/mixing.py"],
     "evaluate": ["evaluation", "inference.py"],
-    "register": ["tracking.py", "registry_reader.py", "registry_model.py", "live_run.py"],
+    "register": [
+        "tracking.py",
+        "registry_reader.py",
+        "registry_model.py",
+        "live_run.py",
+        "run_owner.py",
+    ],
 }
 # The `paths` folder each stage writes (its record lives there); register writes to the MLflow
 # store, so its record lives beside the evaluation it registered.
@@ -117,14 +123,7 @@ def train(p: Params) -> dict[str, Any]:
     """Mix-and-separate training (with NIT when model.nit) from the ingested clips."""
     from clipsep.training.loop import train as run
 
-    live = None
-    if p.registry.live_tracking:  # the MLflow run opens now and fills as training goes
-        from clipsep.live_run import open_run
-
-        def live(resuming: bool):
-            return open_run(p, resuming)
-
-    return run(p, p.path("clips"), p.path("checkpoints"), live)
+    return run(p, p.path("clips"), p.path("checkpoints"))
 
 
 def evaluate(p: Params) -> dict[str, Any]:
@@ -139,6 +138,46 @@ def register(p: Params) -> dict[str, Any]:
     from clipsep.tracking import register as run
 
     return run(p)
+
+
+def _train_live(p: Params, opened: list) -> dict[str, Any]:
+    """``train`` logging into the pipeline's MLflow run as it goes (continued when resuming);
+    ``opened`` receives the run's handle."""
+    from clipsep.live_run import open_run
+    from clipsep.training.loop import train as run
+
+    def live(resuming: bool):
+        opened.append(open_run(p, "train", resuming))
+        opened[-1].watch_system(p.registry.system_metrics_s)
+        return opened[-1]
+
+    return run(p, p.path("clips"), p.path("checkpoints"), live)
+
+
+def _run_tracked(stage: str, p: Params) -> dict[str, Any]:
+    """Run ``stage`` inside the pipeline's MLflow run (:mod:`clipsep.live_run`): opened or
+    continued before it, its summary logged after it; a stage that raises ends the run FAILED
+    (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason."""
+    from clipsep.live_run import open_run
+    from clipsep.tracking import register as register_run
+
+    opened: list = []
+    try:
+        if stage == "train":  # training opens the run itself, once it knows if it resumes
+            summary = _train_live(p, opened)
+        else:
+            opened.append(open_run(p, stage))
+            if stage == "register":  # logs the evaluation and closes the run FINISHED
+                summary = register_run(p, opened[0].run_id)
+            else:
+                summary = STAGES[stage](p)
+    except BaseException as err:
+        if opened and stage != "train":  # training ends its run itself (clipsep.training.loop)
+            status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            opened[0].end(status, f"{stage}: {type(err).__name__}: {err}")
+        raise
+    opened[-1].finish_stage(summary)
+    return summary
 
 
 STAGES: dict[str, Callable[[Params], dict[str, Any]]] = {
@@ -225,9 +264,14 @@ def run_stage(stage: str, p: Params, skip_unchanged: bool = False) -> StageRun:
             log.info(
                 "%s: inputs unchanged since the last run (fingerprint %s), skipped", stage, fp.short
             )
+            if p.registry.live_tracking:
+                from clipsep.live_run import note_skipped
+
+                note_skipped(p, stage)
             return StageRun(stage, summary, True, fp.short, reason, time.perf_counter() - start)
         log.info("%s: %s (fingerprint %s), running", stage, reason, fp.short)
-    summary = STAGES[stage](p)
+    tracked = p.registry.live_tracking
+    summary = _run_tracked(stage, p) if tracked else STAGES[stage](p)
     seconds = time.perf_counter() - start
     stage_record.write_record(folder, stage, fp, outputs, summary, seconds)
     return StageRun(stage, summary, False, fp.short, reason, seconds)

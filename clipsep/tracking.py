@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from clipsep import run_owner
 from clipsep.config import Params, RegistryConfig
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest
@@ -67,7 +68,10 @@ def client_for(p: Params):
 
 
 def connect(p: Params):
-    """Point mlflow at the params' store (experiment created if needed) -> (client, exp id)."""
+    """Point mlflow at the params' store (experiment created if needed) -> (client, exp id).
+
+    Runs of the experiment whose owner process died on this host are ended KILLED first
+    (:func:`clipsep.run_owner.end_orphans`)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -85,6 +89,7 @@ def connect(p: Params):
         return client, client.create_experiment(
             p.registry.experiment, artifact_location=artifact_location(p)
         )
+    run_owner.end_orphans(client, experiment.experiment_id)
     return client, experiment.experiment_id
 
 
@@ -491,15 +496,16 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     return str(model.registered_model_version)
 
 
-RUN_FILE = "mlflow_run.json"  # under paths.checkpoints: the run training opened (live_run)
+RUN_FILE = "pipeline_run.json"  # under paths.mlflow: the pipeline's open run (live_run)
 
 
 def run_file(p: Params) -> Path:
-    return p.path("checkpoints") / RUN_FILE
+    """Where the id of the pipeline's MLflow run is kept (:mod:`clipsep.live_run`)."""
+    return p.path("mlflow") / RUN_FILE
 
 
 def recorded_run(p: Params, client) -> Any | None:
-    """The run ``mlflow_run.json`` names, if the file exists and the store knows the run."""
+    """The run ``pipeline_run.json`` names, if the file exists and the store knows the run."""
     from mlflow.exceptions import MlflowException
 
     path = run_file(p)
@@ -514,14 +520,9 @@ def recorded_run(p: Params, client) -> Any | None:
         return None
 
 
-def _open_training_run(p: Params, client):
-    """The MLflow run the training stage opened and left open (see clipsep.live_run), or None."""
-    run = recorded_run(p, client)
-    return run if run is not None and run.info.status != "FINISHED" else None
-
-
-def register(p: Params) -> dict[str, Any]:
-    """The ``register`` stage: log the pipeline run, register the evaluated model, gate it."""
+def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
+    """The ``register`` stage: log into the pipeline's run ``run_id`` (:mod:`clipsep.live_run`;
+    None: a new run), register the evaluated model, gate it, close the run FINISHED."""
     import mlflow
 
     checkpoint = p.path("checkpoints") / "best.pt"
@@ -532,25 +533,27 @@ def register(p: Params) -> dict[str, Any]:
     metrics = json.loads(metrics_file.read_text())
     tags = lineage_tags(p, metrics)
     client, experiment_id = connect(p)
-    live = _open_training_run(p, client)  # the run training opened (live_run), else a new one
     started = (
-        mlflow.start_run(run_id=live.info.run_id)
-        if live
+        mlflow.start_run(run_id=run_id)
+        if run_id
         else mlflow.start_run(
             experiment_id=experiment_id, run_name=f"{p.model.preset}-{tags['data_version'][:8]}"
         )
     )
     with started as run:
         run_id = run.info.run_id
-        if live is None:  # training logged its params (and history) live otherwise
+        if not run.data.params:  # the pipeline run logged its params when it opened
             mlflow.log_params(flatten_params(p))
+        live_history = "loss" in client.get_run(run_id).data.metrics
         mlflow.set_tags({**tags, **{f"sys.{k}": v for k, v in system_info().items()}})
         mlflow.log_metrics(flatten_metrics(metrics, "eval"))
         mlflow.log_dict(p.to_dict(), "params.yaml")
-        counts = log_training_outputs(client, run_id, p, with_history=live is None)
+        counts = log_training_outputs(client, run_id, p, with_history=not live_history)
         version = log_pyfunc(p, checkpoint, tags)
         for key, value in {**tags, "run_id": run_id}.items():
             client.set_model_version_tag(p.registry.model_name, version, key, value)
+        # the run's name says which version it became: the UI lists and compares runs by name
+        client.update_run(run_id, name=f"{p.registry.model_name}-v{version}")
         decision = apply_gate(
             client,
             p.registry.model_name,

@@ -50,6 +50,7 @@ FLOORS = {
     "clipsep.registry_model": 4,
     "clipsep.tracking": 4,
     "clipsep.live_run": 4,
+    "clipsep.run_owner": 4,
     # 5 entry points: the stage table and the command line
     "clipsep.stages": 5,
     "clipsep.cli": 5,

@@ -1,14 +1,27 @@
-"""Training you can watch: the MLflow run opens at training, fills live, and register closes it."""
+"""Training you can watch: the pipeline's MLflow run opens at its first stage, fills live
+(stage results, per-step training metrics, system metrics), and register closes it; a run whose
+process was SIGKILLed is ended KILLED by the next process that opens the store."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from clipsep import live_run, tracking
+from clipsep import live_run, run_owner, tracking
+from clipsep.errors import ValidationFailed
+from clipsep.stages import run_stage
 from clipsep.training import loop
 from platform_inputs import write_metrics
 from test_training import _params, shared_inputs  # noqa: F401 - module fixture
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +31,7 @@ def own_store(monkeypatch):
 
 
 def live(params):
-    return lambda resuming: live_run.open_run(params, resuming)
+    return lambda resuming: live_run.open_run(params, "train", resuming)
 
 
 def steps_of(client, run_id: str, metric: str) -> list[int]:
@@ -50,7 +63,7 @@ def test_training_logs_live_and_register_closes_the_same_run(tmp_path, shared_in
     names = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert names == {"checkpoints/last.pt", "checkpoints/best.pt"}
     write_metrics(params, text_sdr=3.0)
-    registered = tracking.register(params)
+    registered = run_stage("register", params).summary
     assert registered["run_id"] == run.info.run_id
     closed = client.get_run(run.info.run_id)
     assert closed.info.status == "FINISHED"
@@ -77,6 +90,8 @@ def test_a_broken_run_shows_its_status_and_resuming_continues_it(
     client = tracking.client_for(params)
     run = tracking.recorded_run(params, client)
     assert run.info.status == status
+    assert run.data.tags[run_owner.REACHED_STEP] == "3"
+    assert run.data.tags["clipsep.stage.train"] == status.lower()
     assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3]
     monkeypatch.undo()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -86,3 +101,151 @@ def test_a_broken_run_shows_its_status_and_resuming_continues_it(
     # steps 3 and 4 ran again after the resume from the step-2 checkpoint: MLflow keeps both
     # values of step 3 (history), so the curve shows where the run was interrupted
     assert set(steps_of(client, run.info.run_id, "loss")) == {1, 2, 3, 4}
+
+
+def valid_clips(tmp_path: Path, inputs: dict[str, Path]) -> str:
+    """The shared labelled clips with one source video per clip (validation wants no
+    duplicate videos): the manifest rewritten, the media linked."""
+    source, clips = inputs["labelled"], tmp_path / "valid_clips"
+    clips.mkdir()
+    for name in ("audio", "frames"):
+        (clips / name).symlink_to(source / name)
+    lines = (source / "manifest.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    for index, row in enumerate(rows):
+        row[header.index("source_hash")] = f"{index + 1:064x}"
+    (clips / "manifest.csv").write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    return str(clips)
+
+
+def test_the_first_stage_opens_the_run_later_stages_fill_it_register_closes_it(
+    tmp_path,
+    shared_inputs,  # noqa: F811
+):
+    params = _params(
+        tmp_path, shared_inputs, "labelled", **{"paths.clips": valid_clips(tmp_path, shared_inputs)}
+    )
+    client = tracking.client_for(params)
+    validated = run_stage("validate", params).summary
+    run = tracking.recorded_run(params, client)
+    assert run.info.status == "RUNNING"  # open from the first stage on, before any training
+    assert run.data.tags["clipsep.stage.validate"] == "done"
+    assert run.data.params["train.steps"] == "4"  # every stage's params from the start
+    assert run.data.metrics["validate/n_clips"] == validated["n_clips"]
+    assert run_owner.PID not in run.data.tags  # the stage ended: no process claims the run
+    trained = run_stage("train", params).summary
+    assert trained["mlflow_run_id"] == run.info.run_id
+    write_metrics(params, text_sdr=3.0)
+    registered = run_stage("register", params).summary
+    assert registered["run_id"] == run.info.run_id
+    closed = client.get_run(run.info.run_id)
+    assert closed.info.status == "FINISHED"
+    assert closed.data.tags["clipsep.stage.train"] == "done"
+    assert closed.data.tags["clipsep.stage.register"] == "done"
+    assert closed.info.run_name == f"clipsep-v{registered['version']}"
+    assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3, 4]
+    run_stage("validate", params)  # a new pipeline pass: a new run
+    assert tracking.recorded_run(params, client).info.run_id != run.info.run_id
+
+
+def test_a_stage_that_ran_already_starts_a_new_run_and_a_failure_ends_it_failed(
+    tmp_path,
+    shared_inputs,  # noqa: F811
+):
+    clips = valid_clips(tmp_path, shared_inputs)
+    params = _params(tmp_path, shared_inputs, "labelled", **{"paths.clips": clips})
+    client = tracking.client_for(params)
+    run_stage("validate", params)
+    first = tracking.recorded_run(params, client).info.run_id
+    strict = _params(
+        tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, "validate.min_clips": 10_000}
+    )
+    with pytest.raises(ValidationFailed):
+        run_stage("validate", strict)  # validate ran in `first` already: a new pass
+    superseded = client.get_run(first)
+    assert superseded.info.status == "KILLED"
+    assert "superseded" in superseded.data.tags[run_owner.END_REASON]
+    failed = tracking.recorded_run(params, client)
+    assert failed.info.run_id != first and failed.info.status == "FAILED"
+    assert failed.data.tags["clipsep.stage.validate"] == "failed"
+    assert "ValidationFailed" in failed.data.tags[run_owner.END_REASON]
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"waited {seconds} s for {what}")
+
+
+def test_a_sigkilled_training_is_ended_killed_by_the_next_call(tmp_path, shared_inputs):  # noqa: F811
+    overrides = {
+        "paths.root": str(tmp_path),
+        "paths.clip_model": str(shared_inputs["clip_model"]),
+        "paths.clips": str(shared_inputs["labelled"]),
+        "train.steps": 100_000,
+        "train.decay_steps": 100_000,
+        "train.validate_every": 100_000,
+        "registry.system_metrics_s": 1,
+    }
+    params = _params(tmp_path, shared_inputs, "labelled", **overrides)
+    command = [sys.executable, "-m", "clipsep.cli", "train", "--profile", "tiny"]
+    command += [f"--set={k}={v}" for k, v in overrides.items()]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    training = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        client = tracking.client_for(params)
+
+        def logged_steps():
+            run = (
+                tracking.recorded_run(params, client)
+                if tracking.run_file(params).is_file()
+                else None
+            )
+            if run is None or training.poll() is not None:
+                return None
+            system = [k for k in run.data.metrics if k.startswith("system/")]
+            return run if run_owner.reached_step(run) and system else None
+
+        wait_for(logged_steps, 240, "training steps and a system metrics sample")
+        tracking.connect(params)  # the owner is alive: its run is left RUNNING
+        run = tracking.recorded_run(params, client)
+        assert run.info.status == "RUNNING"
+        assert run.data.tags[run_owner.PID] == str(training.pid)
+        assert "system/cpu_utilization_percentage" in run.data.metrics
+    finally:
+        training.send_signal(signal.SIGKILL)
+        training.wait(30)
+    assert tracking.recorded_run(params, client).info.status == "RUNNING"  # nobody closed it
+    tracking.connect(params)  # the next train/register/flow opens the store
+    killed = tracking.recorded_run(params, client)
+    assert killed.info.status == "KILLED"
+    step = run_owner.reached_step(killed)
+    assert step >= 1 and killed.data.tags[run_owner.REACHED_STEP] == str(step)
+    reason = killed.data.tags[run_owner.END_REASON]
+    assert f"owner process {training.pid}" in reason and f"reached step {step}" in reason
+    assert killed.data.tags["clipsep.stage.train"] == "killed"
+
+
+def test_only_runs_of_dead_owners_on_this_host_are_ended(tiny_params):
+    client, experiment = tracking.connect(tiny_params)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    runs = {name: client.create_run(experiment).info.run_id for name in ("alive", "dead", "away")}
+    try:
+        for key, value in run_owner.owner_tags(sleeper.pid).items():
+            client.set_tag(runs["alive"], key, value)
+            client.set_tag(runs["dead"], key, value)
+        client.set_tag(runs["away"], run_owner.HOST, "another-host")
+        client.set_tag(runs["away"], run_owner.PID, "1")
+        client.set_tag(runs["dead"], run_owner.STARTED, "1.0")  # the pid was reused since
+        assert run_owner.end_orphans(client, experiment) == [runs["dead"]]
+        assert client.get_run(runs["alive"]).info.status == "RUNNING"
+    finally:
+        sleeper.kill()
+        sleeper.wait(30)
+    assert run_owner.end_orphans(client, experiment) == [runs["alive"]]
+    assert client.get_run(runs["away"]).info.status == "RUNNING"  # cannot be judged from here

@@ -27,6 +27,7 @@ GATE = RegistryConfig(
     champion_floor_db=3.0,
     absent_margin_db=3.0,
     live_tracking=False,
+    system_metrics_s=None,
 )
 
 

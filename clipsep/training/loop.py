@@ -420,7 +420,8 @@ def train(
 ) -> dict[str, Any]:
     """Train a separator on ``clips_dir``; write checkpoints and reports to ``out_dir``.
 
-    ``open_live(resuming)`` (rank 0; e.g. :func:`clipsep.live_run.open_run` bound to the params)
+    ``open_live(resuming)`` (rank 0; e.g. :func:`clipsep.live_run.open_run` bound to the params
+    and the stage)
     returns a live MLflow run that gets every step's record and the checkpoints as they come.
 
     Returns the summary (also written to ``out_dir/summary.json`` by rank 0).
@@ -498,13 +499,13 @@ def _ends_run_on_error(live):
     previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as err:
         if live is not None:
-            live.end("KILLED")
+            live.end("KILLED", f"train: interrupted ({type(err).__name__} {err})")
         raise
-    except BaseException:
+    except BaseException as err:
         if live is not None:
-            live.end("FAILED")
+            live.end("FAILED", f"train: {type(err).__name__}: {err}")
         raise
     finally:
         if main_thread:
