@@ -29,10 +29,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
-from clipsep import stages
+from clipsep import progress, stages
 from clipsep.config import ConfigError, Params, load_params
 from clipsep.env import apply_offline_defaults
 from clipsep.errors import ClipsepError, ValidationFailed
@@ -50,15 +55,35 @@ STAGE_RETRIES = {
     "evaluate": 0,
     "register": 2,
 }
+PROGRESS_ARTIFACT = "clipsep-train-progress"  # the run page's live progress bar of training
 METRIC_ROWS = ("text", "image", "constant_mask", "oracle_ibm", "oracle_irm", "mixture")
 METRIC_COLUMNS = ("sdr", "sir", "sar", "si_sdr", "sdri")
+
+
+def run_stage_reporting(stage: str, p: Params, skip_unchanged: bool = False) -> stages.StageRun:
+    """:func:`clipsep.stages.run_stage`; for ``train``, the steps done so far as a Prefect
+    progress artifact (``clipsep-train-progress``, percent) that the run page shows live."""
+    if stage != "train":
+        return stages.run_stage(stage, p, skip_unchanged)
+    artifact = create_progress_artifact(
+        progress=0.0, key=PROGRESS_ARTIFACT, description="training steps done (%)"
+    )
+
+    def update(_stage: str, done: int, total: int) -> None:
+        update_progress_artifact(artifact, progress=100.0 * done / max(total, 1))
+
+    with progress.listening(update):
+        run = stages.run_stage(stage, p, skip_unchanged)
+    if run.skipped:
+        update_progress_artifact(artifact, 100.0, "skipped: inputs unchanged since the last run")
+    return run
 
 
 def stage_task(stage: str):
     """A stage of clipsep.stages as a Prefect task that skips it when its inputs are unchanged
     (no Prefect cache: the stage's own record decides, next to the files it writes)."""
     return task(
-        stages.run_stage,
+        run_stage_reporting,
         name=stage,
         task_run_name=stage,
         retries=STAGE_RETRIES[stage],

@@ -15,11 +15,12 @@ from conftest import REPO
 PACKAGE = REPO / "clipsep"
 # module (or package prefix: every module below it) -> floor; the longest match wins
 FLOORS = {
-    # 0 foundation: errors, environment, atomic files, params
+    # 0 foundation: errors, environment, atomic files, params, progress reports
     "clipsep": 0,
     "clipsep.errors": 0,
     "clipsep.env": 0,
     "clipsep.fileio": 0,
+    "clipsep.progress": 0,
     "clipsep.config": 0,
     # 1 signals, stores and the machine: STFT/warp, audio files, media probing, the registry's
     # read side, precision selection, the stages' run records

@@ -252,8 +252,9 @@ def test_deployment_run_registers_a_model_with_lineage(platform):
     assert run.data.params["train.steps"] == "4"
     assert "eval/text/sdr/mean" in run.data.metrics
 
-    by_key = artifacts(port, "clipsep-metrics", "clipsep-mlflow-run")
+    by_key = artifacts(port, "clipsep-metrics", "clipsep-mlflow-run", "clipsep-train-progress")
     assert "| text |" in by_key["clipsep-metrics"]["data"]
+    assert float(by_key["clipsep-train-progress"]["data"]) == 100.0  # training's live progress
     assert version.tags["run_id"] in by_key["clipsep-mlflow-run"]["data"]
 
     # a failing data gate stops the flow before training and publishes its report

@@ -19,6 +19,7 @@ import torch
 from conftest import REPO, tiny_params_at
 from test_mixing import make_clips_dir
 
+from clipsep import progress
 from clipsep.config import Params
 from clipsep.model.factory import load_checkpoint
 from clipsep.model.query import QueryEncoder
@@ -108,11 +109,15 @@ def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):
     assert len(list((out / "cache").glob("frame-embeddings-*.pt"))) == 1
 
 
-def test_snapshots_keep_every_validation_step_with_its_training_time(tmp_path, shared_inputs):
+def test_snapshots_and_progress_reports_of_a_training(tmp_path, shared_inputs):
     torch.set_num_threads(1)
     params = _params(tmp_path, shared_inputs, "labelled", **{"train.keep_snapshots": True})
     out = params.path("checkpoints")
-    train(params, params.path("clips"), out)
+    reports = []
+    with progress.listening(lambda *args: reports.append(args)):
+        train(params, params.path("clips"), out)
+    assert reports[-1] == ("train", params.train.steps, params.train.steps)  # progress reported
+    assert [r[1] for r in reports] == sorted({r[1] for r in reports})
     every, steps = params.train.validate_every, params.train.steps
     snapshots = sorted((out / "snapshots").glob("step-*.pt"))
     assert [p.name for p in snapshots] == [

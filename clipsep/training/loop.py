@@ -49,6 +49,7 @@ from clipsep.precision import PrecisionChoice, autocast, resolve_precision
 from clipsep.training import embeddings as frame_cache
 from clipsep.training.schedule import lr_multiplier
 from clipsep.training.spectral import SpectralBatch, reconstruct, run_model, sdr_db, spectral_batch
+from clipsep import progress as clipsep_progress
 from clipsep.fileio import torch_save
 
 log = logging.getLogger(__name__)
@@ -616,6 +617,8 @@ def _validate_and_keep_best(
 def _show_progress(progress, record: dict, state: RunState, log_every: int, dist: Dist) -> None:
     if not dist.is_main:
         return
+    if state.step % log_every == 0 or state.step == progress.total:
+        clipsep_progress.report("train", state.step, progress.total)
     rate = state.step / state.seconds if state.seconds else 0.0
     if not progress.disable:
         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
