@@ -129,9 +129,11 @@ def capture(page_url: str, names: list[str], shot: Path, profile: Path) -> str:
         )
         try:
             page = context.new_page()
-            page.goto(page_url, wait_until="networkidle")
+            # not "networkidle" (the UI keeps polling) nor the default 30 s (a loaded machine):
+            # the page counts as loaded once both run names are on it (below)
+            page.goto(page_url, wait_until="domcontentloaded", timeout=180_000)
             check = "texts => texts.every(t => document.body.innerText.includes(t))"
-            page.wait_for_function(check, arg=names, timeout=120_000)
+            page.wait_for_function(check, arg=names, timeout=180_000)
             page.get_by_role("button", name="Close", exact=True).click()  # the assistant panel
             page.get_by_text("Visualizations", exact=True).click()  # folded: the tables move up
             page.get_by_role("switch", name="Parameters - Show diff only").click()
