@@ -129,6 +129,7 @@ def capture(page_url: str, names: list[str], shot: Path, profile: Path) -> str:
         )
         try:
             page = context.new_page()
+            page.set_default_timeout(120_000)  # clicks wait for the element: slow on a busy box
             # not "networkidle" (the UI keeps polling) nor the default 30 s (a loaded machine):
             # the page counts as loaded once both run names are on it (below)
             page.goto(page_url, wait_until="domcontentloaded", timeout=180_000)
