@@ -167,3 +167,21 @@ def test_activity_csv_matches_the_library_segments(model, tmp_path):  # noqa: F8
     assert rows[0] == "start_s,end_s,mean_db"
     expected = activity(target, mixture, 16000, DEFAULT_SETTINGS)
     assert [tuple(map(float, r.split(","))) for r in rows[1:]] == [tuple(s) for s in expected]
+
+
+def test_stems_of_an_earlier_run_are_named_not_deleted(model, tmp_path, caplog):  # noqa: F811
+    """A reused output folder keeps the old stems, but says they are not this run's."""
+    sf.write(tmp_path / "duet.wav", tones(16000, 1.5, 1).T, 16000)
+    first = ["--query", "cello", "--query", "flute"]
+    assert run_cli(model, tmp_path / "out", tmp_path / "duet.wav", extra=first) == 0
+    assert "earlier run" not in caplog.text
+    again = ["--query", "violin", "--overwrite"]
+    assert run_cli(model, tmp_path / "out", tmp_path / "duet.wav", extra=again) == 0
+    folder = tmp_path / "out" / "duet"
+    assert {p.name for p in folder.glob("*.wav")} == {
+        "cello.wav",
+        "flute.wav",
+        "target.wav",
+        "residual.wav",
+    }
+    assert "also holds cello.wav, flute.wav from an earlier run" in caplog.text
