@@ -122,7 +122,8 @@ def run_jobs(
     output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
     outcomes = []
     for job in jobs:
-        if not overwrite and all(p.is_file() for p in expected_outputs(job, names, output)):
+        expected = expected_outputs(job, names, output)
+        if not overwrite and all(p.is_file() for p in expected):
             outcomes.append(Outcome(job, "skipped", error="outputs exist (--overwrite redoes)"))
             continue
         started = time.perf_counter()
@@ -146,7 +147,7 @@ def run_jobs(
                 job.path,
                 result.clipped,
             )
-        _warn_stale_stems(job, expected_outputs(job, names, output))
+        _warn_stale_stems(job, expected)
         outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result))
     return outcomes
 
@@ -157,7 +158,7 @@ def _warn_stale_stems(job: Job, written: Sequence[Path]) -> None:
     folder = job.out_dir / job.path.stem
     audio = {f".{suffix}" for suffix in outputs.FORMATS}
     stale = sorted(
-        p.name for p in folder.iterdir() if p.suffix.lower() in audio and p not in set(written)
+        p.name for p in set(folder.iterdir()) - set(written) if p.suffix.lower() in audio
     )
     if stale:
         log.warning(

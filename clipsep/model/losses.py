@@ -142,22 +142,24 @@ def absent_query_loss(absent_logits: torch.Tensor, weight: torch.Tensor) -> torc
     return weighted_bce_with_logits(flat, torch.zeros_like(flat), expanded).mean()
 
 
-def sdr_loss(estimates: torch.Tensor, references: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Negative SDR in dB, ``-10 log10(|s|^2 / |s - s_hat|^2)``, averaged: ``[B, N, L]`` -> scalar.
+def sdr_db(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per signal: ``[B, N, L]`` -> ``[B, N]``.
 
-    The plain (not scale-invariant) SDR, as BSS-Eval's SDR is not either. ``eps`` keeps silent
-    references and perfect estimates finite. Invariant to scaling both signals together.
+    Not scale-invariant, as BSS-Eval's SDR is not either; 1e-10 keeps silence finite.
     """
+    signal = references.pow(2).sum(-1)
+    error = (references - estimates).pow(2).sum(-1)
+    return 10 * torch.log10((signal + 1e-10) / (error + 1e-10))
+
+
+def sdr_loss(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Negative :func:`sdr_db`, averaged: ``[B, N, L]`` -> scalar (a training term)."""
     if estimates.shape != references.shape or estimates.dim() != 3:
         raise BadInputError(
             f"estimates {tuple(estimates.shape)} and references {tuple(references.shape)} "
             "must both be [B, N, L]"
         )
-    estimates, references = estimates.float(), references.float()
-    signal = references.pow(2).sum(-1)
-    error = (references - estimates).pow(2).sum(-1)
-    scale = signal.detach().mean(-1, keepdim=True).clamp_min(eps)  # eps relative to the batch
-    return -(10 * torch.log10((signal + eps * scale) / (error + eps * scale))).mean()
+    return -sdr_db(estimates.float(), references.float()).mean()
 
 
 def separation_loss(

@@ -48,7 +48,8 @@ from clipsep.errors import BadInputError
 from clipsep.precision import PrecisionChoice, autocast, resolve_precision
 from clipsep.training import embeddings as frame_cache
 from clipsep.training.schedule import lr_multiplier
-from clipsep.training.spectral import SpectralBatch, reconstruct, run_model, sdr_db, spectral_batch
+from clipsep.model.losses import sdr_db
+from clipsep.training.spectral import SpectralBatch, reconstruct, run_model, spectral_batch
 from clipsep import progress as clipsep_progress
 from clipsep.fileio import torch_save
 

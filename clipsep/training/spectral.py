@@ -83,10 +83,3 @@ def reconstruct(
     length = length or params.audio.segment_samples
     waves = audio.istft(spec.reshape(batch * n_mix, *spec.shape[2:]), length, params.audio)
     return waves.view(batch, n_mix, length)
-
-
-def sdr_db(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per signal: ``[B, N, L]`` -> ``[B, N]``."""
-    signal = references.pow(2).sum(-1)
-    error = (references - estimates).pow(2).sum(-1)
-    return 10 * torch.log10((signal + 1e-10) / (error + 1e-10))
