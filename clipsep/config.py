@@ -273,6 +273,7 @@ SECTIONS: dict[str, type] = {
     name: hint for name, hint in typing.get_type_hints(Params).items() if name != "source_file"
 }
 PROFILES_DIR = "profiles"
+PARAMS_FILE = "params.yaml"
 
 
 def load_params(
@@ -320,7 +321,9 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     (``args.overrides``, a list of strings) to ``parser``: every command line that loads params
     (the CLI, the app, the flows) declares them here."""
     parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: params.yaml)"
+        "--params",
+        default=None,
+        help=f"params file (default: ./{PARAMS_FILE}, else the project's, next to the package)",
     )
     parser.add_argument("--profile", default=None, help="size profile: profiles/<NAME>.yaml")
     parser.add_argument(
@@ -340,7 +343,20 @@ def params_from_args(
     (``{"section.key": value}``, e.g. from a command's own flags) wins over ``--set``."""
     overrides = dict(_split_override(text) for text in args.overrides)
     overrides.update(extra or {})
-    return load_params(args.params, profile=args.profile, overrides=overrides)
+    return load_params(
+        args.params or default_params_file(), profile=args.profile, overrides=overrides
+    )
+
+
+def default_params_file() -> Path:
+    """``./params.yaml`` when there is one, else the project's own (the folder above the
+    ``clipsep`` package, as in an editable install), so that ``clipsep separate song.wav`` works
+    from any folder; ``./params.yaml`` (not found: :class:`ConfigError`) when neither exists."""
+    here = Path(PARAMS_FILE)
+    project = Path(__file__).resolve().parents[1] / PARAMS_FILE
+    if here.is_file() or not project.is_file():
+        return here
+    return project
 
 
 def dump_params(params: Params, path: str | Path) -> None:
@@ -353,7 +369,9 @@ def dump_params(params: Params, path: str | Path) -> None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
+        raise ConfigError(
+            f"params file not found: {path} (run from the project folder or give --params FILE)"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -86,3 +86,23 @@ def test_serve_model_null_means_the_separate_model():
         "models/x/best.pt",
         "models:/clipsep@staging",
     )
+
+
+def test_params_default_to_the_projects_file_outside_the_project(tmp_path, monkeypatch):
+    """`clipsep separate song.wav` from any folder: no ./params.yaml -> the project's file, with
+    its paths still under the project; a ./params.yaml, when there is one, wins."""
+    import argparse
+
+    from clipsep.config import add_params_arguments, params_from_args
+
+    parser = argparse.ArgumentParser()
+    add_params_arguments(parser)
+    monkeypatch.chdir(tmp_path)
+    params = params_from_args(parser.parse_args([]))
+    assert params.path("mlflow") == REPO / "mlruns"
+    dump_params(load_params(REPO / "params.yaml", profile="tiny"), tmp_path / "params.yaml")
+    params = params_from_args(parser.parse_args([]))
+    assert params.train.steps == load_params(REPO / "params.yaml", profile="tiny").train.steps
+    assert params.path("mlflow") == tmp_path / "mlruns"
+    with pytest.raises(ConfigError, match="give --params FILE"):
+        params_from_args(parser.parse_args(["--params", "missing.yaml"]))
