@@ -284,18 +284,20 @@ class ChunkPlan:
 
 
 def resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
-    """Band-limited polyphase resampling of ``[C, n]``; identity if orig == new.
+    """Band-limited resampling of ``[C, n]`` (float32 out); identity if orig == new.
 
-    scipy's resample_poly, not torchaudio's: its cost stays ~55 taps per sample even for rates
-    with a small common divisor (44101 Hz), where torchaudio builds a [new, orig]-sized kernel.
-    Output sample j sits at input position j * orig / new (zero padding beyond the ends).
+    libsoxr through ``soxr`` (its default "HQ" quality), for any pair of rates: 3-4x faster
+    than scipy's ``resample_poly`` and closer to the ideal resampler (max error on a 1-kHz sine
+    44.1 -> 16 kHz: 7e-7 against 1e-3), measured in bench/separate.py's setting. Output sample
+    j sits at input position j * orig / new, zeros beyond the ends, so that cuts of a longer
+    signal line up (the chunked separation relies on it).
     """
     if orig == new:
         return wave
-    from scipy.signal import resample_poly
+    import soxr
 
-    gcd = math.gcd(orig, new)
-    return resample_poly(wave, new // gcd, orig // gcd, axis=-1).astype(np.float32)
+    frames = np.ascontiguousarray(np.asarray(wave, dtype=np.float32).T)  # soxr wants [n, C]
+    return np.ascontiguousarray(soxr.resample(frames, orig, new).T)
 
 
 def triangular_weights(n: int) -> np.ndarray:
@@ -720,14 +722,20 @@ class Separator:
             segment, plan, model_start, start, stop
         )
         shared = self.settings.channel_masks == "shared"
+        gains = top_band_gains(segment, stems, self.audio_cfg, shared)  # [N, C or 1, T]
         hop, ratio = self.audio_cfg.hop_length, plan.in_rate / plan.model_rate
-        samples = np.arange(start, stop)
-        out = []
-        for stem in stems:
-            gain = top_band_gain(segment, stem, self.audio_cfg, shared)  # [C or 1, T]
-            centres = (model_start + hop * np.arange(gain.shape[1])) * ratio
-            out.append(above * np.stack([np.interp(samples, centres, g) for g in gain]))
-        return np.stack(out)
+        centres = (model_start + hop * np.arange(gains.shape[-1])) * ratio
+        return above * _interp_rows(np.arange(start, stop), centres, gains)
+
+
+def _interp_rows(x: np.ndarray, xp: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``np.interp(x, xp, row)`` for every row of ``rows [..., len(xp)]`` at once ->
+    ``[..., len(x)]`` (constant beyond the ends, as np.interp); ``xp`` increasing."""
+    right = np.clip(np.searchsorted(xp, x, side="right"), 1, len(xp) - 1)
+    left = right - 1
+    span = xp[right] - xp[left]
+    frac = np.clip((x - xp[left]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+    return rows[..., left] * (1.0 - frac) + rows[..., right] * frac
 
 
 def normalise_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -842,31 +850,39 @@ def _input_rate_cut(
 def top_band_gain(
     mixture: np.ndarray, target: np.ndarray, cfg: AudioConfig, shared: bool = True
 ) -> np.ndarray:
-    """Per STFT frame, the least-squares gain ``g`` of the mixture's top band onto the target's:
+    """One target's :func:`top_band_gains`: ``target [C, n]`` -> ``[C or 1, T]``."""
+    return top_band_gains(mixture, target[None], cfg, shared)[0]
+
+
+def top_band_gains(
+    mixture: np.ndarray, targets: np.ndarray, cfg: AudioConfig, shared: bool = True
+) -> np.ndarray:
+    """Per STFT frame, the least-squares gain ``g`` of the mixture's top band onto each target's:
     ``g = sum Re(S conj(X)) / sum |X|^2`` over the bins of the top :data:`TOP_BAND` of the
     model's band (6-8 kHz at 16 kHz), clipped to [0, 1].
 
-    ``mixture`` and ``target`` are model-rate ``[C, n]`` (``target`` = the masked mixture). For a
-    target ``S = M X`` this is the mixture-energy-weighted mean of the mask over those bins, so it
-    reads only the separated wave, not the mask. ``shared``: one gain for all channels (sums over
-    them, as the shared mask) -> ``[1, T]``; else one per channel ``[C, T]``. ``T`` =
+    ``mixture`` is model-rate ``[C, n]``, ``targets`` ``[N, C, n]`` (each the masked mixture).
+    For a target ``S = M X`` this is the mixture-energy-weighted mean of the mask over those bins,
+    so it reads only the separated wave, not the mask. ``shared``: one gain for all channels (sums
+    over them, as the shared mask) -> ``[N, 1, T]``; else one per channel ``[N, C, T]``. ``T`` =
     ``n_frames(n)`` centred frames (a frame whose top band is silent gets 0).
     """
     from clipsep import audio
 
     n = max(mixture.shape[1], cfg.n_fft)
-    mix, est = (
-        audio.stft(torch.from_numpy(_fit(np.asarray(w, np.float32), n)), cfg)
-        for w in (mixture, target)
+    mix = audio.stft(torch.from_numpy(_fit(np.asarray(mixture, np.float32), n)), cfg)
+    flat = np.asarray(targets, np.float32).reshape(-1, targets.shape[-1])
+    est = audio.stft(torch.from_numpy(_fit(flat, n)), cfg).reshape(
+        *targets.shape[:2], *mix.shape[1:]
     )
     low = math.floor((1.0 - TOP_BAND) * (mix.shape[1] - 1))
-    mix, est = mix[:, low:], est[:, low:]
-    num = (est * mix.conj()).real.sum(dim=1, dtype=torch.float64)  # [C, T]
-    den = mix.abs().square().sum(dim=1, dtype=torch.float64)
+    mix, est = mix[:, low:], est[..., low:, :]  # [C, F', T], [N, C, F', T]
+    num = (est * mix.conj()).real.sum(dim=-2, dtype=torch.float64)  # [N, C, T]
+    den = mix.abs().square().sum(dim=-2, dtype=torch.float64)[None]  # [1, C, T]
     if shared:
-        num, den = num.sum(dim=0, keepdim=True), den.sum(dim=0, keepdim=True)
+        num, den = num.sum(dim=1, keepdim=True), den.sum(dim=1, keepdim=True)
     gain = (num / den.clamp(min=1e-20)).clamp(0.0, 1.0)
-    return gain[:, : audio.n_frames(mixture.shape[1], cfg)].numpy()
+    return gain[..., : audio.n_frames(mixture.shape[1], cfg)].numpy()
 
 
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:
