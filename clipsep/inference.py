@@ -68,7 +68,7 @@ HIGH_BANDS = ("extend", "residual")
 TOP_BAND = 0.25  # share of the model's band below its Nyquist that sets the high band's gain
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
-RESAMPLE_CONTEXT = 64  # model-rate samples of context around each resampled segment
+RESAMPLE_CONTEXT = 128  # model-rate samples of context per resampled segment: covers soxr's filter
 MAX_CHANNELS = 64  # a 2-D array's channel axis is the one axis with at most this many entries
 
 Progress = Callable[[int, int], None]  # (segments done, segments in total)
