@@ -89,19 +89,20 @@ def tracking_uri(p: Params) -> str:
 
 def registry_uri(p: Params | None = None) -> str:
     """Where references are resolved: MLFLOW_TRACKING_URI, else the store of ``p`` (default:
-    ./params.yaml)."""
+    the params of :func:`clipsep.config.default_params_file`)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if p is not None:
         return tracking_uri(p)
-    from clipsep.config import load_params
+    from clipsep.config import default_params_file, load_params
 
-    if not Path("params.yaml").is_file():
+    params_file = default_params_file()
+    if not params_file.is_file():
         raise RegistryError(
             "cannot resolve a models:/ reference: set MLFLOW_TRACKING_URI or run "
             "from the project folder (its params.yaml names the default store)"
         )
-    return tracking_uri(load_params("params.yaml"))
+    return tracking_uri(load_params(params_file))
 
 
 def parse_model_reference(ref: str) -> tuple[str, str, str]:

@@ -15,6 +15,7 @@ mlflow is imported lazily: importing this module is cheap and has no side effect
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -76,21 +77,33 @@ def connect(p: Params):
     from mlflow import MlflowClient
 
     uri = tracking_uri(p)
-    if uri.startswith("sqlite:///"):
-        p.path("mlflow").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    try:
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        experiment = client.get_experiment_by_name(p.registry.experiment)
-    except Exception as err:  # a dead server, a corrupt database: stop before logging anything
-        raise RegistryUnavailableError.of(uri, err) from err
-    if experiment is None:
-        return client, client.create_experiment(
-            p.registry.experiment, artifact_location=artifact_location(p)
-        )
+    with _first_use_lock(p, uri):
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            experiment = client.get_experiment_by_name(p.registry.experiment)
+        except Exception as err:  # a dead server, a corrupt database: stop before logging
+            raise RegistryUnavailableError.of(uri, err) from err
+        if experiment is None:
+            return client, client.create_experiment(
+                p.registry.experiment, artifact_location=artifact_location(p)
+            )
     run_owner.end_orphans(client, experiment.experiment_id)
     return client, experiment.experiment_id
+
+
+def _first_use_lock(p: Params, uri: str):
+    """For the local sqlite store, an inter-process lock around opening it: MLflow creates the
+    tables (and we the experiment) on first use, and two processes doing that at once fail
+    ("table ... already exists", seen with two evaluations started together). A tracking server
+    serialises this itself: no lock."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    p.path("mlflow").mkdir(parents=True, exist_ok=True)
+    return FileLock(str(p.path("mlflow") / "mlflow.db.lock"))
 
 
 def run_url(p: Params, experiment_id: str, run_id: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_params_at
+from conftest import REPO, tiny_params_at
 from platform_inputs import save_random_clip, write_manifest, write_pipeline_outputs
 
 from clipsep import registry_reader, tracking
@@ -222,3 +222,26 @@ def test_history_reader_skips_empty_and_non_finite_cells(tmp_path):
         "eval",
     )
     assert flat == {"eval/text/sdr/mean": 1.0, "eval/per_class/n": 2.0}
+
+
+def _connect_at_barrier(root: str, barrier) -> str:
+    from clipsep.config import load_params
+    from clipsep.tracking import connect
+
+    p = load_params(REPO / "params.yaml", profile="tiny", overrides={"paths.root": root})
+    barrier.wait()
+    return connect(p)[1]
+
+
+def test_processes_opening_a_fresh_store_together_all_get_one_experiment(tmp_path):
+    """Seen: two evaluations started together on a new sqlite store, one failed with "table
+    secrets already exists". Four processes open the same fresh store at once: all succeed, on
+    one experiment."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(4, mp_context=context) as pool:
+        barrier = manager.Barrier(4)
+        ids = list(pool.map(_connect_at_barrier, [str(tmp_path)] * 4, [barrier] * 4))
+    assert len(set(ids)) == 1
