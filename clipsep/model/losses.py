@@ -152,10 +152,10 @@ def absent_rank_loss(
 
     On the bins where source n dominates (``targets[:, n] == 1``), each absent mask m should be
     below source n's own mask: ``softplus(A_m - M_n)`` (RankNet's loss on the logit gap), weighted
-    by the separation loss's per-bin weight and averaged over those bins. The source logits are
-    detached: the term lowers the absent mask and never the right one, so, unlike
-    :func:`absent_query_loss`, it cannot be met by quieting every query (with NIT the noise heads
-    would take the sources over). Shapes: absent ``[B, M, W, T]``, sources and targets
+    by the separation loss's per-bin weight and averaged over those bins. It pushes the absent
+    mask down and the right one up by the same amount, so, unlike :func:`absent_query_loss`, it
+    cannot be met by quieting every query (with NIT the noise heads would take the sources over).
+    With the source logits detached it could, and did: both fell together without bound. Shapes: absent ``[B, M, W, T]``, sources and targets
     ``[B, N, W, T]``, weight ``[B, 1, W, T]``.
     """
     _check_shapes(source_logits, targets, weight)
@@ -164,7 +164,7 @@ def absent_rank_loss(
             f"absent logits {tuple(absent_logits.shape)} must be [B, M, W, T] "
             f"with W, T of the sources {tuple(source_logits.shape)}"
         )
-    gap = absent_logits.float()[:, :, None] - source_logits.detach().float()[:, None]
+    gap = absent_logits.float()[:, :, None] - source_logits.float()[:, None]
     bins = (targets.float() * weight.float())[:, None]  # [B, 1, N, W, T]
     per_bin = F.softplus(gap) * bins
     return per_bin.sum() / (bins.sum() * absent_logits.shape[1]).clamp_min(1e-8)
