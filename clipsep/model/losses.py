@@ -155,8 +155,9 @@ def absent_rank_loss(
     by the separation loss's per-bin weight and averaged over those bins. It pushes the absent
     mask down and the right one up by the same amount, so, unlike :func:`absent_query_loss`, it
     cannot be met by quieting every query (with NIT the noise heads would take the sources over).
-    With the source logits detached it could, and did: both fell together without bound. Shapes: absent ``[B, M, W, T]``, sources and targets
-    ``[B, N, W, T]``, weight ``[B, 1, W, T]``.
+    With the source logits detached it could, and did: both fell together without bound.
+    Shapes: absent ``[B, M, W, T]``, sources and targets ``[B, N, W, T]``, weight
+    ``[B, 1, W, T]``. Measured (docs/evaluation.md, round 3): it does not pay at 700 steps.
     """
     _check_shapes(source_logits, targets, weight)
     if absent_logits.dim() != 4 or absent_logits.shape[2:] != source_logits.shape[2:]:
