@@ -153,6 +153,7 @@ class TrainConfig:
     pair_candidates: int  # partner = least CLIP-similar of this many random clips (1 = uniform)
     absent_candidates: int  # absent-sound query per example: least similar of this many (0 = off)
     absent_weight: float  # weight of the absent-query loss (target: silence)
+    absent_rank_weight: float  # weight of the absent-below-source ranking term (0 = off)
     sdr_weight: float  # weight of -SDR (dB) of the waveforms the query masks give (0 = off)
     query_frames: int
     segment_samples: int | None  # training window; None = audio.segment_samples (eval's window)
@@ -502,11 +503,16 @@ def _check_invariants(p: Params, source: str) -> None:
             fail(section, "precision", f"must be one of {', '.join(PRECISIONS)}")
     if p.separate.engine not in ENGINES:
         fail("separate", "engine", f"must be one of {', '.join(ENGINES)}")
-    if p.train.pair_candidates < 1 or p.train.absent_candidates < 0 or p.train.absent_weight < 0:
+    if (
+        p.train.pair_candidates < 1
+        or p.train.absent_candidates < 0
+        or min(p.train.absent_weight, p.train.absent_rank_weight) < 0
+    ):
         fail(
             "train",
             "pair_candidates",
-            "pair_candidates >= 1, absent_candidates >= 0 and absent_weight >= 0",
+            "pair_candidates >= 1, absent_candidates >= 0, absent_weight >= 0 "
+            "and absent_rank_weight >= 0",
         )
     if p.train.segment_samples is not None and p.train.segment_samples < p.audio.n_fft:
         fail("train", "segment_samples", f"must be null or >= audio.n_fft ({p.audio.n_fft})")

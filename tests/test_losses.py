@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from clipsep.errors import BadInputError
 from clipsep.model.losses import (
     absent_query_loss,
+    absent_rank_loss,
     clipsep_loss,
     nit_loss,
     sdr_loss,
@@ -159,6 +160,34 @@ def test_absent_query_loss_is_the_weighted_bce_towards_silence(batch):
     )  # a louder absent mask costs more
     with pytest.raises(BadInputError, match="absent logits"):
         absent_query_loss(mask_logits, weight[:, :, :4])
+
+
+def test_absent_rank_loss_ranks_below_the_dominating_source_only(batch):
+    mask_logits, _, targets, weight = batch
+    absent = torch.randn(3, 1, 16, 8, generator=torch.Generator().manual_seed(1))
+    loss = absent_rank_loss(absent, mask_logits, targets, weight)
+    # by hand: softplus(A - M_n) on the bins where n dominates, weighted, averaged over them
+    bins = targets * weight
+    expected = (F.softplus(absent - mask_logits) * bins).sum() / bins.sum()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    # far below every source: no cost; shifting all logits together changes nothing
+    assert (
+        float(absent_rank_loss(mask_logits.min() - 40 + absent * 0, mask_logits, targets, weight))
+        < 1e-12
+    )
+    assert torch.allclose(absent_rank_loss(absent + 3, mask_logits + 3, targets, weight), loss)
+    # a bin no source dominates does not count
+    changed = absent.clone()
+    changed[targets.sum(dim=1, keepdim=True) == 0] += 50.0
+    assert torch.allclose(absent_rank_loss(changed, mask_logits, targets, weight), loss)
+    # it pushes the absent mask down and the right one up, by the same amount
+    absent.requires_grad_(True)
+    sources = mask_logits.clone().requires_grad_(True)
+    absent_rank_loss(absent, sources, targets, weight).backward()
+    assert (absent.grad >= 0).all() and (sources.grad <= 0).all()
+    assert torch.allclose(absent.grad.sum(), -sources.grad.sum(), rtol=1e-5)
+    with pytest.raises(BadInputError, match="absent logits"):
+        absent_rank_loss(absent[:, :, :4], mask_logits, targets, weight)
 
 
 def test_sdr_loss_is_minus_the_sdr_in_db_and_scale_invariant():

@@ -142,6 +142,35 @@ def absent_query_loss(absent_logits: torch.Tensor, weight: torch.Tensor) -> torc
     return weighted_bce_with_logits(flat, torch.zeros_like(flat), expanded).mean()
 
 
+def absent_rank_loss(
+    absent_logits: torch.Tensor,
+    source_logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """Logistic ranking of absent-query masks below the right queries' masks. Scalar.
+
+    On the bins where source n dominates (``targets[:, n] == 1``), each absent mask m should be
+    below source n's own mask: ``softplus(A_m - M_n)`` (RankNet's loss on the logit gap), weighted
+    by the separation loss's per-bin weight and averaged over those bins. It pushes the absent
+    mask down and the right one up by the same amount, so, unlike :func:`absent_query_loss`, it
+    cannot be met by quieting every query (with NIT the noise heads would take the sources over).
+    With the source logits detached it could, and did: both fell together without bound.
+    Shapes: absent ``[B, M, W, T]``, sources and targets ``[B, N, W, T]``, weight
+    ``[B, 1, W, T]``. Measured (docs/evaluation.md, round 3): it does not pay at 700 steps.
+    """
+    _check_shapes(source_logits, targets, weight)
+    if absent_logits.dim() != 4 or absent_logits.shape[2:] != source_logits.shape[2:]:
+        raise BadInputError(
+            f"absent logits {tuple(absent_logits.shape)} must be [B, M, W, T] "
+            f"with W, T of the sources {tuple(source_logits.shape)}"
+        )
+    gap = absent_logits.float()[:, :, None] - source_logits.float()[:, None]
+    bins = (targets.float() * weight.float())[:, None]  # [B, 1, N, W, T]
+    per_bin = F.softplus(gap) * bins
+    return per_bin.sum() / (bins.sum() * absent_logits.shape[1]).clamp_min(1e-8)
+
+
 def sdr_db(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per signal: ``[B, N, L]`` -> ``[B, N]``.
 

@@ -326,7 +326,12 @@ class Trainer:
 
     def step(self, batch: MixBatch) -> dict[str, float]:
         """One optimisation step on ``batch``; returns loss terms, grad norm and lr."""
-        from clipsep.model.losses import absent_query_loss, sdr_loss, separation_loss
+        from clipsep.model.losses import (
+            absent_query_loss,
+            absent_rank_loss,
+            sdr_loss,
+            separation_loss,
+        )
 
         train = self.params.train
         spec = spectral_batch(batch.sources.to(self.device), self.params)
@@ -350,9 +355,12 @@ class Trainer:
             nit_lambda=train.nit_lambda,
             nit_gamma=train.nit_gamma,
         )
-        absent = masks.new_zeros((), dtype=torch.float32)
+        absent = rank = masks.new_zeros((), dtype=torch.float32)
         if masks.shape[1] > n_sources:
             absent = absent_query_loss(masks[:, n_sources:].float(), spec.weight)
+            rank = absent_rank_loss(
+                masks[:, n_sources:], masks[:, :n_sources], spec.targets, spec.weight
+            )
         sdr_term = masks.new_zeros((), dtype=torch.float32)
         if train.sdr_weight > 0:
             sources = batch.sources.to(self.device)
@@ -363,7 +371,12 @@ class Trainer:
                 sources.shape[-1],
             )
             sdr_term = sdr_loss(estimates, sources)
-        total = terms.total + train.absent_weight * absent + train.sdr_weight * sdr_term
+        total = (
+            terms.total
+            + train.absent_weight * absent
+            + train.absent_rank_weight * rank
+            + train.sdr_weight * sdr_term
+        )
         if not torch.isfinite(total):
             raise BadInputError(
                 f"training loss became {float(total)}; lower train.lr or "
@@ -381,6 +394,7 @@ class Trainer:
             "loss": float(total.detach()),
             "separation": float(terms.separation.detach()),
             "absent": float(absent.detach()),
+            "absent_rank": float(rank.detach()),
             "neg_sdr": float(sdr_term.detach()),
             "noise_activation": float(terms.noise_activation),
             "grad_norm": float(grad_norm),

@@ -32,6 +32,7 @@ HISTORY_FIELDS = [
     "loss",
     "separation",
     "absent",
+    "absent_rank",
     "neg_sdr",
     "noise_activation",
     "grad_norm",
