@@ -42,11 +42,15 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 50  # steps of metrics buffered per log_batch call
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
+MAX_TAG = 5000  # MLflow's limit on a tag value's length (older stores)
+EARLIER_END = "clipsep.earlier_end"  # why a run that is running again had ended
 
 
-def open_run(p: Params, stage: str, resuming: bool = False) -> "LiveRun":
+def open_run(p: Params, stage: str, resuming: bool = False, in_process: bool = True) -> "LiveRun":
     """The pipeline run for ``stage`` (continued or new, see the module doc), claimed by this
-    process and tagged ``clipsep.stage.<stage>=running``.
+    process, held by the pipeline's driver (:func:`clipsep.run_owner.pipeline_driver`; False
+    ``in_process`` for the ``clipsep <stage>`` command) and tagged
+    ``clipsep.stage.<stage>=running``.
 
     Raises RegistryUnavailableError when the store cannot be read.
     """
@@ -57,7 +61,7 @@ def open_run(p: Params, stage: str, resuming: bool = False) -> "LiveRun":
     if _continues(previous, stage, resuming):
         run_id = previous.info.run_id
         if previous.info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
+            _reopen(client, previous)
         _log_params(client, previous, p, stage)
         log.info("%s continues MLflow run %s", stage, run_id)
     else:
@@ -67,7 +71,7 @@ def open_run(p: Params, stage: str, resuming: bool = False) -> "LiveRun":
         write_json(run_file(p), {"run_id": run_id, "experiment_id": experiment_id})
         log.info("%s opened MLflow run %s (the pipeline's run until register)", stage, run_id)
     client.set_tag(run_id, run_owner.STAGE_TAG + stage, "running")
-    run_owner.claim(client, run_id)
+    run_owner.claim(client, run_id, run_owner.pipeline_driver(in_process))
     return LiveRun(client, run_id, stage)
 
 
@@ -92,6 +96,17 @@ def _continues(previous, stage: str, resuming: bool) -> bool:
         return False
     done = previous.data.tags.get(run_owner.STAGE_TAG + stage) == "done"
     return not done or (stage == "train" and resuming)
+
+
+def _reopen(client, run) -> None:
+    """RUNNING again; the reason it had ended moves to ``clipsep.earlier_end`` (``STATUS: reason``)
+    so that ``clipsep.end_reason`` only ever explains the run's present end."""
+    tags = run.data.tags
+    if run_owner.END_REASON in tags:
+        earlier = f"{run.info.status}: {tags[run_owner.END_REASON]}"
+        client.set_tag(run.info.run_id, EARLIER_END, earlier[:MAX_TAG])
+        client.delete_tag(run.info.run_id, run_owner.END_REASON)
+    client.update_run(run.info.run_id, status="RUNNING")
 
 
 def _supersede(client, run_id: str, stage: str) -> None:
@@ -208,7 +223,7 @@ class LiveRun:
             word = "killed" if status == "KILLED" else "failed"
             self.client.set_tag(self.run_id, run_owner.STAGE_TAG + self.stage, word)
             if reason:
-                self.client.set_tag(self.run_id, run_owner.END_REASON, reason[:5000])
+                self.client.set_tag(self.run_id, run_owner.END_REASON, reason[:MAX_TAG])
             if self.step is not None:
                 self.client.set_tag(self.run_id, run_owner.REACHED_STEP, str(self.step))
         finally:
