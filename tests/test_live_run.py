@@ -103,7 +103,11 @@ def test_a_broken_run_shows_its_status_and_resuming_continues_it(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     summary = loop.train(params, params.path("clips"), params.path("checkpoints"), live(params))
     assert summary["mlflow_run_id"] == run.info.run_id  # resumed from last.pt: the same run
-    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    resumed = client.get_run(run.info.run_id)
+    assert resumed.info.status == "RUNNING"
+    assert run_owner.END_REASON not in resumed.data.tags  # it has not ended (again)
+    earlier = f"{status}: {run.data.tags[run_owner.END_REASON]}"
+    assert resumed.data.tags[live_run.EARLIER_END] == earlier
     # steps 3 and 4 ran again after the resume from the step-2 checkpoint: MLflow keeps both
     # values of step 3 (history), so the curve shows where the run was interrupted
     assert set(steps_of(client, run.info.run_id, "loss")) == {1, 2, 3, 4}
@@ -313,9 +317,9 @@ def stage_env() -> dict[str, str]:
 def between_stages(params, driver: subprocess.Popen, marker: Path):
     """Wait until ``driver`` is between two stages (``marker`` exists): the run's first stage is
     done, no process writes the run, and it is held by the driver; -> that run."""
-    client = tracking.client_for(params)
     wait_for(lambda: marker.exists() or driver.poll() is not None, 300, "the first stage")
     assert driver.poll() is None, "the driver ended early"
+    client = tracking.client_for(params)
     tracking.connect(params)  # the driver is alive: its run stays open
     run = tracking.recorded_run(params, client)
     assert run.info.status == "RUNNING"
@@ -360,6 +364,7 @@ def test_a_flow_process_sigkilled_between_stages_leaves_no_running_run(
     )
     args = [REPO / "params.yaml", tmp_path, clips, marker]
     command = [sys.executable, "-c", script, *map(str, args)]
+    tracking.connect(params)  # the store exists before two processes open it
     flow = subprocess.Popen(command, cwd=REPO, env=stage_env())
     try:
         run = between_stages(params, flow, marker)
@@ -420,6 +425,7 @@ def test_dvc_sigkilled_between_stages_leaves_no_running_run_and_a_full_repro_clo
     project = dvc_project(tmp_path, params_args)
     env = {**stage_env(), "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(tmp_path / "site")}
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=project, env=env, check=True)
+    tracking.connect(params)  # the store exists before two processes open it
     repro = subprocess.Popen([dvc, "repro"], cwd=project, env=env, start_new_session=True)
     try:
         run = between_stages(params, repro, project / "waiting")
