@@ -4,10 +4,11 @@ by ``register``.
 With ``registry.live_tracking`` every stage (through :func:`clipsep.stages.run_stage`, so for
 ``dvc repro``, the CLI and the Prefect flow alike) calls :func:`open_run`: it continues the
 pipeline run recorded in ``<paths.mlflow>/pipeline_run.json`` or opens a new one with all params,
-tags the run ``clipsep.stage.<stage>=running`` and claims it for this process
-(:mod:`clipsep.run_owner`). When the stage is done its summary's numbers become metrics
-``<stage>/...`` and the summary an artifact ``stages/<stage>.json``; the stage tag turns ``done``
-and the run stays RUNNING for the next stage. ``register`` logs the evaluation into it and closes
+tags the run ``clipsep.stage.<stage>=running``, claims it for this process and records the
+pipeline's driver (:mod:`clipsep.run_owner`), which holds the run between stages. When the stage
+is done its summary's numbers become metrics ``<stage>/...`` and the summary an artifact
+``stages/<stage>.json``; the stage tag turns ``done`` and the run stays RUNNING for the next
+stage. ``register`` logs the evaluation into it and closes
 it (FINISHED).
 
 Which run a stage continues: the recorded one, unless it is FINISHED (registered: the pipeline
@@ -15,8 +16,10 @@ pass is over) or this stage already completed in it (``done``: a stage running a
 pass; the unfinished old run ends KILLED, superseded). A resumed training (``last.pt`` present)
 continues its run even so. A failed or killed run is continued by the stage that failed (the
 retry of the same pass). A stage that raises ends the run FAILED (Ctrl-C or SIGTERM: KILLED),
-with ``clipsep.end_reason``; a SIGKILLed one is ended KILLED by the next process that opens the
-store (:func:`clipsep.run_owner.end_orphans`).
+with ``clipsep.end_reason``; a SIGKILLed one, or one whose driver (the flow's process, ``dvc``)
+was SIGKILLed between stages, is ended KILLED by the next process that opens the store
+(:mod:`clipsep.run_owner`). A continued run that had ended is RUNNING again and its earlier
+``STATUS: reason`` moves to ``clipsep.earlier_end``.
 
 Training logs every step's history record as metrics (buffered: one ``log_batch`` per
 FLUSH_EVERY steps, at each validation and at the end; names are the history.csv columns), the

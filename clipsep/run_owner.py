@@ -90,20 +90,31 @@ def _dvc_process(stage: str) -> psutil.Process | None:
 
 def _is_dvc(process: psutil.Process) -> bool:
     """``dvc ...``, ``python /path/bin/dvc ...`` or ``python -m dvc ...``."""
-    args = process.cmdline()
-    return process.name() == "dvc" or "dvc" in [Path(a).name for a in args[:2]] + args[2:3]
+    try:
+        name, args = process.name(), process.cmdline()
+    except psutil.Error:
+        return False
+    return name == "dvc" or "dvc" in [Path(a).name for a in args[:2]] or args[1:3] == ["-m", "dvc"]
+
+
+def driver_tags(driver: psutil.Process | None) -> dict[str, str]:
+    """The ``clipsep.driver.*`` tags naming ``driver`` ({} for None or a process gone already)."""
+    if driver is None:
+        return {}
+    try:
+        command = " ".join(driver.cmdline())[:MAX_COMMAND]
+        return {**owner_tags(driver.pid, DRIVER), DRIVER_COMMAND: command}
+    except psutil.Error:
+        return {}
 
 
 def claim(client, run_id: str, driver: psutil.Process | None) -> None:
     """Mark this process as the run's writer and ``driver`` as its pipeline's driver (None:
     nobody drives it, earlier driver tags are removed)."""
-    tags = owner_tags()
-    if driver is not None:
-        tags |= owner_tags(driver.pid, DRIVER)
-        tags[DRIVER_COMMAND] = " ".join(driver.cmdline())[:MAX_COMMAND]
-    for key, value in tags.items():
+    held = driver_tags(driver)
+    for key, value in {**owner_tags(), **held}.items():
         client.set_tag(run_id, key, value)
-    if driver is None:
+    if not held:
         held = client.get_run(run_id).data.tags
         for key in [k for k in held if k.startswith(DRIVER)]:
             client.delete_tag(run_id, key)

@@ -446,3 +446,12 @@ def test_dvc_sigkilled_between_stages_leaves_no_running_run_and_a_full_repro_clo
     assert closed.data.tags[run_owner.STAGE_TAG + "register"] == "done"
     assert live_run.EARLIER_END not in closed.data.tags  # not ended between its stages
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_the_driver_is_this_process_dvc_or_nobody(monkeypatch):
+    monkeypatch.delenv(run_owner.DVC_STAGE, raising=False)
+    assert run_owner.pipeline_driver(in_process=True).pid == os.getpid()  # the flow, a program
+    assert run_owner.pipeline_driver(in_process=False) is None  # `clipsep <stage>` by hand
+    monkeypatch.setenv(run_owner.DVC_STAGE, "validate")  # as if dvc ran us, but none did
+    assert run_owner.pipeline_driver(in_process=True) is None
+    assert run_owner.driver_tags(None) == {}
