@@ -147,27 +147,8 @@ def run_jobs(
                 job.path,
                 result.clipped,
             )
-        _warn_stale_stems(job, expected)
         outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result))
     return outcomes
-
-
-def _warn_stale_stems(job: Job, written: Sequence[Path]) -> None:
-    """Audio left in the file's output folder by a run with other queries is not part of this
-    run's stems + residual == input; it is kept (never delete a user's files), but named."""
-    folder = job.out_dir / job.path.stem
-    audio = {f".{suffix}" for suffix in outputs.FORMATS}
-    stale = sorted(
-        p.name for p in set(folder.iterdir()) - set(written) if p.suffix.lower() in audio
-    )
-    if stale:
-        log.warning(
-            "%s: %s also holds %s from an earlier run with other queries or format; this run's "
-            "residual goes with its own stems only",
-            job.path,
-            folder,
-            ", ".join(stale),
-        )
 
 
 def exit_status(outcomes: Sequence[Outcome]) -> int:

@@ -21,10 +21,11 @@ FLAGS = {"query": "--query TEXT", "image": "--image PATH"}  # library argument -
 
 def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one pipeline stage by name and return its summary. It always runs (``dvc repro``
-    decides what to skip) and leaves its record, so a later flow run can skip it."""
+    decides what to skip) and leaves its record, so a later flow run can skip it. Its caller
+    drives the pipeline (dvc, or a person), not this process."""
     from clipsep.stages import run_stage as run
 
-    return run(name, params_from_args(args)).summary
+    return run(name, params_from_args(args), in_process=False).summary
 
 
 def show_params(args: argparse.Namespace) -> dict[str, Any]:

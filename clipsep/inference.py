@@ -566,6 +566,8 @@ class Separator:
         A file holding less audio than its header declares gives outputs of the length decoded,
         with a warning. Outputs are written under temporary names in ``out_dir`` and renamed only
         when the whole file succeeded; on failure, folders this call created are removed again.
+        Audio files already in ``out_dir/<stem>/`` that this call does not write (an earlier run's
+        stems) are kept and named in a logged warning (:func:`clipsep.outputs.warn_stale_stems`).
         """
         path = audio_io.check_exists(path)
         out_dir = Path(out_dir)
@@ -614,6 +616,7 @@ class Separator:
             for name, file in files.items():
                 (work / file).replace(final / file)
                 written[name] = final / file
+            outputs.warn_stale_stems(path, final, written.values())
             activity_files = {
                 name: outputs.write_activity_csv(
                     final / outputs.activity_file(files[name]), activity[name]

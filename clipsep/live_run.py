@@ -4,10 +4,11 @@ by ``register``.
 With ``registry.live_tracking`` every stage (through :func:`clipsep.stages.run_stage`, so for
 ``dvc repro``, the CLI and the Prefect flow alike) calls :func:`open_run`: it continues the
 pipeline run recorded in ``<paths.mlflow>/pipeline_run.json`` or opens a new one with all params,
-tags the run ``clipsep.stage.<stage>=running`` and claims it for this process
-(:mod:`clipsep.run_owner`). When the stage is done its summary's numbers become metrics
-``<stage>/...`` and the summary an artifact ``stages/<stage>.json``; the stage tag turns ``done``
-and the run stays RUNNING for the next stage. ``register`` logs the evaluation into it and closes
+tags the run ``clipsep.stage.<stage>=running``, claims it for this process and records the
+pipeline's driver (:mod:`clipsep.run_owner`), which holds the run between stages. When the stage
+is done its summary's numbers become metrics ``<stage>/...`` and the summary an artifact
+``stages/<stage>.json``; the stage tag turns ``done`` and the run stays RUNNING for the next
+stage. ``register`` logs the evaluation into it and closes
 it (FINISHED).
 
 Which run a stage continues: the recorded one, unless it is FINISHED (registered: the pipeline
@@ -15,8 +16,10 @@ pass is over) or this stage already completed in it (``done``: a stage running a
 pass; the unfinished old run ends KILLED, superseded). A resumed training (``last.pt`` present)
 continues its run even so. A failed or killed run is continued by the stage that failed (the
 retry of the same pass). A stage that raises ends the run FAILED (Ctrl-C or SIGTERM: KILLED),
-with ``clipsep.end_reason``; a SIGKILLed one is ended KILLED by the next process that opens the
-store (:func:`clipsep.run_owner.end_orphans`).
+with ``clipsep.end_reason``; a SIGKILLed one, or one whose driver (the flow's process, ``dvc``)
+was SIGKILLed between stages, is ended KILLED by the next process that opens the store
+(:mod:`clipsep.run_owner`). A continued run that had ended is RUNNING again and its earlier
+``STATUS: reason`` moves to ``clipsep.earlier_end``.
 
 Training logs every step's history record as metrics (buffered: one ``log_batch`` per
 FLUSH_EVERY steps, at each validation and at the end; names are the history.csv columns), the
@@ -42,11 +45,15 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 50  # steps of metrics buffered per log_batch call
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
+MAX_TAG = 5000  # MLflow's limit on a tag value's length (older stores)
+EARLIER_END = "clipsep.earlier_end"  # why a run that is running again had ended
 
 
-def open_run(p: Params, stage: str, resuming: bool = False) -> "LiveRun":
+def open_run(p: Params, stage: str, resuming: bool = False, in_process: bool = True) -> "LiveRun":
     """The pipeline run for ``stage`` (continued or new, see the module doc), claimed by this
-    process and tagged ``clipsep.stage.<stage>=running``.
+    process, held by the pipeline's driver (:func:`clipsep.run_owner.pipeline_driver`; False
+    ``in_process`` for the ``clipsep <stage>`` command) and tagged
+    ``clipsep.stage.<stage>=running``.
 
     Raises RegistryUnavailableError when the store cannot be read.
     """
@@ -57,7 +64,7 @@ def open_run(p: Params, stage: str, resuming: bool = False) -> "LiveRun":
     if _continues(previous, stage, resuming):
         run_id = previous.info.run_id
         if previous.info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
+            _reopen(client, previous)
         _log_params(client, previous, p, stage)
         log.info("%s continues MLflow run %s", stage, run_id)
     else:
@@ -67,7 +74,7 @@ def open_run(p: Params, stage: str, resuming: bool = False) -> "LiveRun":
         write_json(run_file(p), {"run_id": run_id, "experiment_id": experiment_id})
         log.info("%s opened MLflow run %s (the pipeline's run until register)", stage, run_id)
     client.set_tag(run_id, run_owner.STAGE_TAG + stage, "running")
-    run_owner.claim(client, run_id)
+    run_owner.claim(client, run_id, run_owner.pipeline_driver(in_process))
     return LiveRun(client, run_id, stage)
 
 
@@ -92,6 +99,17 @@ def _continues(previous, stage: str, resuming: bool) -> bool:
         return False
     done = previous.data.tags.get(run_owner.STAGE_TAG + stage) == "done"
     return not done or (stage == "train" and resuming)
+
+
+def _reopen(client, run) -> None:
+    """RUNNING again; the reason it had ended moves to ``clipsep.earlier_end`` (``STATUS: reason``)
+    so that ``clipsep.end_reason`` only ever explains the run's present end."""
+    tags = run.data.tags
+    if run_owner.END_REASON in tags:
+        earlier = f"{run.info.status}: {tags[run_owner.END_REASON]}"
+        client.set_tag(run.info.run_id, EARLIER_END, earlier[:MAX_TAG])
+        client.delete_tag(run.info.run_id, run_owner.END_REASON)
+    client.update_run(run.info.run_id, status="RUNNING")
 
 
 def _supersede(client, run_id: str, stage: str) -> None:
@@ -208,7 +226,7 @@ class LiveRun:
             word = "killed" if status == "KILLED" else "failed"
             self.client.set_tag(self.run_id, run_owner.STAGE_TAG + self.stage, word)
             if reason:
-                self.client.set_tag(self.run_id, run_owner.END_REASON, reason[:5000])
+                self.client.set_tag(self.run_id, run_owner.END_REASON, reason[:MAX_TAG])
             if self.step is not None:
                 self.client.set_tag(self.run_id, run_owner.REACHED_STEP, str(self.step))
         finally:

@@ -20,7 +20,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -118,6 +118,26 @@ def stem_files(names: Sequence[str], suffix: str) -> dict[str, str]:
 def activity_file(audio_file: str) -> str:
     """``violin.wav`` -> ``violin.activity.csv``."""
     return Path(audio_file).stem + ".activity.csv"
+
+
+def warn_stale_stems(source: Path, folder: Path, written: Iterable[Path]) -> list[str]:
+    """Name the audio files in ``folder`` (a separation's output folder) that this separation of
+    ``source`` did not write: stems of an earlier run with other queries or another format, which
+    do not sum with this run's residual. They are kept (a user's files are never deleted) and named
+    in one logged warning; returns their names, sorted."""
+    audio = {f".{suffix}" for suffix in FORMATS}
+    stale = sorted(
+        p.name for p in set(folder.iterdir()) - set(written) if p.suffix.lower() in audio
+    )
+    if stale:
+        log.warning(
+            "%s: %s also holds %s from an earlier run with other queries or format; this run's "
+            "residual goes with its own stems only",
+            source,
+            folder,
+            ", ".join(stale),
+        )
+    return stale
 
 
 def write_activity_csv(path: Path, segments: Sequence[Segment]) -> Path:

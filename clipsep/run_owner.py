@@ -1,14 +1,34 @@
-"""Who is writing an MLflow run, and ending the runs whose writer died without saying so.
+"""Who is writing an MLflow run and who drives its pipeline, and ending the runs whose writer or
+driver died without saying so.
 
-A process that writes into a RUNNING run (a pipeline stage, above all training) tags it with its
-owner: ``clipsep.owner.host`` (hostname), ``clipsep.owner.pid`` and ``clipsep.owner.started``
-(the process's start time, seconds since the epoch, so a reused pid is not mistaken for it), and
-deletes the tags when it stops writing. A SIGKILL, an out-of-memory kill or a power cut leaves the
-tags behind: :func:`end_orphans` (called whenever tracking opens a store) finds the RUNNING runs of
-an experiment whose owner is on this host and no longer exists, and ends them KILLED with the tags
-``clipsep.end_reason`` (what happened) and ``clipsep.reached_step`` (the last training step
-logged, when there is one). A run owned on another host is left alone: its process cannot be seen
-from here.
+Two processes answer for a RUNNING pipeline run, each recorded as tags ``<prefix>host``
+(hostname), ``<prefix>pid`` and ``<prefix>started`` (the process's start time, seconds since the
+epoch, so a reused pid is not mistaken for it):
+
+* the **owner** (``clipsep.owner.*``): the process writing into the run now (a stage, above all
+  training); it claims the run when its stage starts and deletes these tags when the stage ends;
+* the **driver** (``clipsep.driver.*``, plus ``clipsep.driver.command``): the process that runs
+  the pipeline's stages one after another, recorded by each stage when it claims the run and left
+  in place when it releases it, so the run belongs to its driver between stages. For the Prefect
+  flow (or any Python program calling :func:`clipsep.stages.run_stage`) it is the process itself;
+  under ``dvc repro`` it is the ``dvc`` process (found among the stage's ancestors: the first one
+  without this stage's ``DVC_STAGE``, which dvc sets in the environment of every stage command);
+  for a ``clipsep <stage>`` command a person runs by hand there is none (the run waits for the
+  next stage, or is superseded by the next pass, see :mod:`clipsep.live_run`).
+
+A SIGKILL, an out-of-memory kill or a power cut leaves the tags behind: :func:`end_orphans`
+(called whenever tracking opens a store) finds the RUNNING runs of an experiment whose owner (or,
+with no owner, whose driver) is on this host and no longer exists, and ends them KILLED with the
+tags ``clipsep.end_reason`` (what happened) and ``clipsep.reached_step`` (the last training step
+logged, when there is one). A run held on another host is left alone: its process cannot be seen
+from here. A run ended so is continued by the next stage of its pass (:mod:`clipsep.live_run`).
+
+Why the driver's liveness and not a "between stages" timeout: the time between two stages has no
+bound (dvc hashes and caches outputs, a flow waits ``retry_delay_seconds`` before a retry), so a
+timeout would either end live pipelines or leave dead ones for its whole length, while a
+process's existence is exact and needs nothing running between stages (no heartbeat, no daemon).
+DVC's own repository lock works the same way: it records the pid holding it and treats a lock
+whose process is gone as stale.
 """
 
 from __future__ import annotations
@@ -16,53 +36,112 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 import psutil
 
 log = logging.getLogger(__name__)
 
-HOST, PID, STARTED = "clipsep.owner.host", "clipsep.owner.pid", "clipsep.owner.started"
+OWNER, DRIVER = "clipsep.owner.", "clipsep.driver."  # tag prefixes: + host, pid, started
+HOST, PID, STARTED = OWNER + "host", OWNER + "pid", OWNER + "started"
+DRIVER_COMMAND = DRIVER + "command"  # the driver's command line (shortened), for people
+DVC_STAGE = "DVC_STAGE"  # dvc sets it in the environment of every stage command it runs
+MAX_COMMAND = 200  # characters of the driver's command line kept
 END_REASON, REACHED_STEP = "clipsep.end_reason", "clipsep.reached_step"
 STAGE_TAG = "clipsep.stage."  # + stage name: running, done, failed, killed or skipped
 STEP_METRIC = "loss"  # logged at every training step: its last step is how far training got
 
 
-def owner_tags(pid: int | None = None) -> dict[str, str]:
-    """The owner tags for process ``pid`` (default: this process) on this host."""
+def owner_tags(pid: int | None = None, prefix: str = OWNER) -> dict[str, str]:
+    """The tags ``<prefix>host/pid/started`` naming process ``pid`` (default: this process) on
+    this host."""
     process = psutil.Process(pid or os.getpid())
     return {
-        HOST: socket.gethostname(),
-        PID: str(process.pid),
-        STARTED: f"{process.create_time():.3f}",
+        prefix + "host": socket.gethostname(),
+        prefix + "pid": str(process.pid),
+        prefix + "started": f"{process.create_time():.3f}",
     }
 
 
-def claim(client, run_id: str) -> None:
-    """Mark this process as the run's writer."""
-    for key, value in owner_tags().items():
+def pipeline_driver(in_process: bool = True) -> psutil.Process | None:
+    """The process driving the pipeline whose stage this process runs: the ``dvc`` process when
+    run by dvc, else this process when the stage runs ``in_process`` (the flow, a Python program),
+    else None (a ``clipsep <stage>`` command run by a person)."""
+    if os.environ.get(DVC_STAGE):
+        return _dvc_process(os.environ[DVC_STAGE])
+    return psutil.Process() if in_process else None
+
+
+def _dvc_process(stage: str) -> psutil.Process | None:
+    """The nearest ancestor that dvc did not start with ``DVC_STAGE=stage``, if it is dvc (None
+    when the chain is broken: dvc is gone already, and this process was handed to init)."""
+    try:
+        for process in psutil.Process().parents():
+            try:
+                if process.environ().get(DVC_STAGE) == stage:
+                    continue  # the shell dvc runs the command in
+            except psutil.AccessDenied:
+                pass
+            return process if _is_dvc(process) else None
+    except psutil.NoSuchProcess:
+        pass
+    return None
+
+
+def _is_dvc(process: psutil.Process) -> bool:
+    """``dvc ...``, ``python /path/bin/dvc ...`` or ``python -m dvc ...``."""
+    try:
+        name, args = process.name(), process.cmdline()
+    except psutil.Error:
+        return False
+    return name == "dvc" or "dvc" in [Path(a).name for a in args[:2]] or args[1:3] == ["-m", "dvc"]
+
+
+def driver_tags(driver: psutil.Process | None) -> dict[str, str]:
+    """The ``clipsep.driver.*`` tags naming ``driver`` ({} for None or a process gone already)."""
+    if driver is None:
+        return {}
+    try:
+        command = " ".join(driver.cmdline())[:MAX_COMMAND]
+        return {**owner_tags(driver.pid, DRIVER), DRIVER_COMMAND: command}
+    except psutil.Error:
+        return {}
+
+
+def claim(client, run_id: str, driver: psutil.Process | None) -> None:
+    """Mark this process as the run's writer and ``driver`` as its pipeline's driver (None:
+    nobody drives it, earlier driver tags are removed)."""
+    held = driver_tags(driver)
+    for key, value in {**owner_tags(), **held}.items():
         client.set_tag(run_id, key, value)
+    if not held:
+        held = client.get_run(run_id).data.tags
+        for key in [k for k in held if k.startswith(DRIVER)]:
+            client.delete_tag(run_id, key)
 
 
 def release(client, run_id: str) -> None:
-    """This process stops writing the run (it may stay RUNNING for the next stage)."""
+    """This process stops writing the run: it stays RUNNING for the next stage, held by its
+    driver (if any)."""
     for key in (HOST, PID, STARTED):
         client.delete_tag(run_id, key)
 
 
-def owner_alive(tags: dict[str, str]) -> bool | None:
-    """True/False when the owner is a process of this host; None when it cannot be judged
-    (no owner, or another host)."""
-    if PID not in tags or tags.get(HOST) != socket.gethostname():
+def owner_alive(tags: dict[str, str], prefix: str = OWNER) -> bool | None:
+    """Whether the process named by the tags ``<prefix>host/pid/started`` is alive: True/False
+    when it is a process of this host; None when it cannot be judged (none named, another host)."""
+    pid, host, started = (tags.get(prefix + key) for key in ("pid", "host", "started"))
+    if pid is None or host != socket.gethostname():
         return None
     try:
-        process = psutil.Process(int(tags[PID]))
-        started = process.create_time()
+        process = psutil.Process(int(pid))
+        create_time = process.create_time()
         zombie = process.status() == psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, ValueError):
         return False
     except psutil.AccessDenied:  # someone else's process with that pid: it exists
         return True
-    return not zombie and abs(started - float(tags.get(STARTED, "nan"))) < 1.0
+    return not zombie and abs(create_time - float(started or "nan")) < 1.0
 
 
 def reached_step(run) -> int | None:
@@ -72,31 +151,47 @@ def reached_step(run) -> int | None:
 
 
 def end_orphans(client, experiment_id: str) -> list[str]:
-    """End KILLED every RUNNING run of the experiment whose owner process on this host is gone;
-    returns their ids."""
+    """End KILLED every RUNNING run of the experiment whose owner process on this host is gone,
+    or, while no stage owns it, whose driver process on this host is gone; returns their ids."""
     ended = []
     running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
     for run in running:
-        tags = run.data.tags
-        if owner_alive(tags) is not False:
+        holder = OWNER if PID in run.data.tags else DRIVER
+        if owner_alive(run.data.tags, holder) is not False:
             continue
-        step = reached_step(run)
-        stages = sorted(
-            k.removeprefix(STAGE_TAG)
-            for k, v in tags.items()
-            if k.startswith(STAGE_TAG) and v == "running"
-        )
-        reason = (
-            f"owner process {tags[PID]} on {tags[HOST]} is gone (killed without a chance to "
-            f"close the run) while running {', '.join(stages) or 'a stage'}"
-            + ("" if step is None else f"; training had reached step {step}")
-        )
-        client.set_tag(run.info.run_id, END_REASON, reason)
-        if step is not None:
-            client.set_tag(run.info.run_id, REACHED_STEP, str(step))
-        for stage in stages:
-            client.set_tag(run.info.run_id, STAGE_TAG + stage, "killed")
-        client.set_terminated(run.info.run_id, "KILLED")
-        log.warning("MLflow run %s ended KILLED: %s", run.info.run_id, reason)
+        _end_killed(client, run, holder)
         ended.append(run.info.run_id)
     return ended
+
+
+def _stages(tags: dict[str, str], state: str) -> list[str]:
+    """The stages tagged ``clipsep.stage.<name>=state``, sorted."""
+    return sorted(
+        k.removeprefix(STAGE_TAG) for k, v in tags.items() if k.startswith(STAGE_TAG) and v == state
+    )
+
+
+def _end_killed(client, run, holder: str) -> None:
+    """End ``run`` KILLED: its ``holder`` (OWNER or DRIVER) process is gone."""
+    tags, run_id, step = run.data.tags, run.info.run_id, reached_step(run)
+    running = _stages(tags, "running")
+    if holder == OWNER:
+        reason = (
+            f"owner process {tags[PID]} on {tags[HOST]} is gone (killed without a chance to "
+            f"close the run) while running {', '.join(running) or 'a stage'}"
+        )
+    else:
+        reason = (
+            f"the pipeline's driver, process {tags[DRIVER + 'pid']} "
+            f"({tags.get(DRIVER_COMMAND, 'command unknown')}) on {tags[DRIVER + 'host']}, is "
+            f"gone between stages (stages done: {', '.join(_stages(tags, 'done')) or 'none'}); "
+            "register never closed the run"
+        )
+    reason += "" if step is None else f"; training had reached step {step}"
+    client.set_tag(run_id, END_REASON, reason)
+    if step is not None:
+        client.set_tag(run_id, REACHED_STEP, str(step))
+    for stage in running:
+        client.set_tag(run_id, STAGE_TAG + stage, "killed")
+    client.set_terminated(run_id, "KILLED")
+    log.warning("MLflow run %s ended KILLED: %s", run_id, reason)

@@ -140,33 +140,34 @@ def register(p: Params) -> dict[str, Any]:
     return run(p)
 
 
-def _train_live(p: Params, opened: list) -> dict[str, Any]:
+def _train_live(p: Params, opened: list, in_process: bool) -> dict[str, Any]:
     """``train`` logging into the pipeline's MLflow run as it goes (continued when resuming);
     ``opened`` receives the run's handle."""
     from clipsep.live_run import open_run
     from clipsep.training.loop import train as run
 
     def live(resuming: bool):
-        opened.append(open_run(p, "train", resuming))
+        opened.append(open_run(p, "train", resuming, in_process))
         opened[-1].watch_system(p.registry.system_metrics_s)
         return opened[-1]
 
     return run(p, p.path("clips"), p.path("checkpoints"), live)
 
 
-def _run_tracked(stage: str, p: Params) -> dict[str, Any]:
+def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     """Run ``stage`` inside the pipeline's MLflow run (:mod:`clipsep.live_run`): opened or
     continued before it, its summary logged after it; a stage that raises ends the run FAILED
-    (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason."""
+    (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason. ``in_process``: see
+    :func:`run_stage`."""
     from clipsep.live_run import open_run
     from clipsep.tracking import register as register_run
 
     opened: list = []
     try:
         if stage == "train":  # training opens the run itself, once it knows if it resumes
-            summary = _train_live(p, opened)
+            summary = _train_live(p, opened, in_process)
         else:
-            opened.append(open_run(p, stage))
+            opened.append(open_run(p, stage, in_process=in_process))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
                 summary = register_run(p, opened[0].run_id)
             else:
@@ -245,9 +246,15 @@ class StageRun:
     seconds: float  # wall time of this call (the stage, or the check that skipped it)
 
 
-def run_stage(stage: str, p: Params, skip_unchanged: bool = False) -> StageRun:
+def run_stage(
+    stage: str, p: Params, skip_unchanged: bool = False, in_process: bool = True
+) -> StageRun:
     """Run ``stage`` and record it; with ``skip_unchanged``, skip it when its fingerprint and
     outputs match the record of its last successful run (its recorded summary is returned).
+
+    ``in_process``: this process drives the pipeline (the flow, a Python program), so the
+    pipeline's MLflow run is left to it between stages; the ``clipsep <stage>`` command passes
+    False: its caller drives (dvc, or a person; :func:`clipsep.run_owner.pipeline_driver`).
 
     Raises whatever the stage raises (no record is written then).
     """
@@ -271,7 +278,7 @@ def run_stage(stage: str, p: Params, skip_unchanged: bool = False) -> StageRun:
             return StageRun(stage, summary, True, fp.short, reason, time.perf_counter() - start)
         log.info("%s: %s (fingerprint %s), running", stage, reason, fp.short)
     tracked = p.registry.live_tracking
-    summary = _run_tracked(stage, p) if tracked else STAGES[stage](p)
+    summary = _run_tracked(stage, p, in_process) if tracked else STAGES[stage](p)
     seconds = time.perf_counter() - start
     stage_record.write_record(folder, stage, fp, outputs, summary, seconds)
     return StageRun(stage, summary, False, fp.short, reason, seconds)

@@ -285,3 +285,28 @@ def test_each_segments_resampled_cut_equals_the_whole_signals_resampling(separat
         back = _input_rate_cut(down[:, m0:m1], plan, m0, start, stop)
         inner = slice(2000, -2000)  # the cut's own ends lack the signal beyond them
         np.testing.assert_allclose(back[:, inner], up[:, start:stop][:, inner], atol=1e-5)
+
+
+def test_separate_file_names_an_earlier_runs_stems_and_keeps_them(separator, tmp_path, caplog):
+    """The Python API, like the CLI, warns that a reused folder's old stems are not this run's
+    (they do not sum with its residual) and leaves them in place."""
+    import soundfile as sf
+
+    sf.write(tmp_path / "duet.wav", tones(16000, 1.5, 1).T, 16000)
+    separator.separate_file(tmp_path / "duet.wav", tmp_path / "out", queries=["cello", "flute"])
+    assert "earlier run" not in caplog.text
+    caplog.clear()
+    result = separator.separate_file(tmp_path / "duet.wav", tmp_path / "out", query="violin")
+    folder = tmp_path / "out" / "duet"
+    assert list(result.stems.values()) == [folder / "target.wav"]
+    assert {p.name for p in folder.glob("*.wav")} == {
+        "cello.wav",
+        "flute.wav",
+        "target.wav",
+        "residual.wav",
+    }
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warnings] == [
+        f"{tmp_path / 'duet.wav'}: {folder} also holds cello.wav, flute.wav from an earlier run "
+        "with other queries or format; this run's residual goes with its own stems only"
+    ]

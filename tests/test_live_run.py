@@ -1,11 +1,15 @@
 """Training you can watch: the pipeline's MLflow run opens at its first stage, fills live
 (stage results, per-step training metrics, system metrics), and register closes it; a run whose
-process was SIGKILLed is ended KILLED by the next process that opens the store."""
+process was SIGKILLed, or whose driver (the flow's process, dvc) was SIGKILLed between two stages,
+is ended KILLED by the next process that opens the store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from clipsep import live_run, run_owner, tracking
 from clipsep.errors import ValidationFailed
 from clipsep.stages import run_stage
 from clipsep.training import loop
-from platform_inputs import write_metrics
+from conftest import tiny_params_at
+from platform_inputs import write_checkpoint, write_metrics, write_training_outputs
 from test_training import _params, shared_inputs  # noqa: F401 - module fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +103,11 @@ def test_a_broken_run_shows_its_status_and_resuming_continues_it(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     summary = loop.train(params, params.path("clips"), params.path("checkpoints"), live(params))
     assert summary["mlflow_run_id"] == run.info.run_id  # resumed from last.pt: the same run
-    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    resumed = client.get_run(run.info.run_id)
+    assert resumed.info.status == "RUNNING"
+    assert run_owner.END_REASON not in resumed.data.tags  # it has not ended (again)
+    earlier = f"{status}: {run.data.tags[run_owner.END_REASON]}"
+    assert resumed.data.tags[live_run.EARLIER_END] == earlier
     # steps 3 and 4 ran again after the resume from the step-2 checkpoint: MLflow keeps both
     # values of step 3 (history), so the curve shows where the run was interrupted
     assert set(steps_of(client, run.info.run_id, "loss")) == {1, 2, 3, 4}
@@ -134,6 +144,7 @@ def test_the_first_stage_opens_the_run_later_stages_fill_it_register_closes_it(
     assert run.data.params["train.steps"] == "4"  # every stage's params from the start
     assert run.data.metrics["validate/n_clips"] == validated["n_clips"]
     assert run_owner.PID not in run.data.tags  # the stage ended: no process claims the run
+    assert run.data.tags[run_owner.DRIVER + "pid"] == str(os.getpid())  # held by its driver
     trained = run_stage("train", params).summary
     assert trained["mlflow_run_id"] == run.info.run_id
     write_metrics(params, text_sdr=3.0)
@@ -144,6 +155,7 @@ def test_the_first_stage_opens_the_run_later_stages_fill_it_register_closes_it(
     assert closed.data.tags["clipsep.stage.train"] == "done"
     assert closed.data.tags["clipsep.stage.register"] == "done"
     assert closed.info.run_name == f"clipsep-v{registered['version']}"
+    assert live_run.EARLIER_END not in closed.data.tags  # never ended on the way
     assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3, 4]
     run_stage("validate", params)  # a new pipeline pass: a new run
     assert tracking.recorded_run(params, client).info.run_id != run.info.run_id
@@ -249,3 +261,197 @@ def test_only_runs_of_dead_owners_on_this_host_are_ended(tiny_params):
         sleeper.wait(30)
     assert run_owner.end_orphans(client, experiment) == [runs["alive"]]
     assert client.get_run(runs["away"]).info.status == "RUNNING"  # cannot be judged from here
+
+
+def test_a_run_without_a_stage_is_ended_when_its_driver_is_gone(tiny_params):
+    client, experiment = tracking.connect(tiny_params)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    names = ("driven", "abandoned", "writing", "away")
+    runs = {name: client.create_run(experiment).info.run_id for name in names}
+    try:
+        alive = run_owner.owner_tags(sleeper.pid)
+        tags = {
+            "driven": run_owner.owner_tags(sleeper.pid, run_owner.DRIVER),
+            "abandoned": {
+                **run_owner.owner_tags(sleeper.pid, run_owner.DRIVER),
+                run_owner.DRIVER + "started": "1.0",  # that pid's process is gone
+                run_owner.DRIVER_COMMAND: "dvc repro",
+                run_owner.STAGE_TAG + "validate": "done",
+            },
+            "writing": {  # a stage still writes: its own process decides, not its late driver
+                **alive,
+                **run_owner.owner_tags(sleeper.pid, run_owner.DRIVER),
+                run_owner.DRIVER + "started": "1.0",
+            },
+            "away": {run_owner.DRIVER + "host": "another-host", run_owner.DRIVER + "pid": "1"},
+        }
+        for name, values in tags.items():
+            for key, value in values.items():
+                client.set_tag(runs[name], key, value)
+        assert run_owner.end_orphans(client, experiment) == [runs["abandoned"]]
+    finally:
+        sleeper.kill()
+        sleeper.wait(30)
+    abandoned = client.get_run(runs["abandoned"])
+    assert abandoned.info.status == "KILLED"
+    assert abandoned.data.tags[run_owner.END_REASON] == (
+        f"the pipeline's driver, process {sleeper.pid} (dvc repro) on {socket.gethostname()}, "
+        "is gone between stages (stages done: validate); register never closed the run"
+    )
+    assert sorted(run_owner.end_orphans(client, experiment)) == sorted(
+        [runs["driven"], runs["writing"]]
+    )
+    assert client.get_run(runs["away"]).info.status == "RUNNING"  # cannot be judged from here
+
+
+def cli_stage(stage: str, params_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "clipsep.cli", stage, *params_args]
+
+
+def stage_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def between_stages(params, driver: subprocess.Popen, marker: Path):
+    """Wait until ``driver`` is between two stages (``marker`` exists): the run's first stage is
+    done, no process writes the run, and it is held by the driver; -> that run."""
+    wait_for(lambda: marker.exists() or driver.poll() is not None, 300, "the first stage")
+    assert driver.poll() is None, "the driver ended early"
+    client = tracking.client_for(params)
+    tracking.connect(params)  # the driver is alive: its run stays open
+    run = tracking.recorded_run(params, client)
+    assert run.info.status == "RUNNING"
+    assert run.data.tags[run_owner.STAGE_TAG + "validate"] == "done"
+    assert run_owner.PID not in run.data.tags
+    assert run.data.tags[run_owner.DRIVER + "pid"] == str(driver.pid)
+    return run
+
+
+def sigkill_and_check(params, driver: subprocess.Popen, run) -> str:
+    """SIGKILL ``driver``; the run stays RUNNING until the store is opened, then is KILLED;
+    -> its end reason."""
+    client = tracking.client_for(params)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"  # nobody closed it
+    tracking.connect(params)  # the next stage, flow or register opens the store
+    killed = client.get_run(run.info.run_id)
+    assert killed.info.status == "KILLED"
+    reason = killed.data.tags[run_owner.END_REASON]
+    assert f"the pipeline's driver, process {driver.pid} (" in reason
+    assert "is gone between stages (stages done: validate)" in reason
+    return reason
+
+
+def test_a_flow_process_sigkilled_between_stages_leaves_no_running_run(
+    tmp_path,
+    shared_inputs,  # noqa: F811
+):
+    """The flow runs stages in-process: its own process drives the pipeline."""
+    clips = valid_clips(tmp_path, shared_inputs)
+    params = tiny_params_at(tmp_path, **{"paths.clips": clips})
+    marker = tmp_path / "between"
+    script = (
+        "import pathlib, sys, time\n"
+        "from clipsep.config import load_params\n"
+        "from clipsep.stages import run_stage\n"
+        "overrides = {'paths.root': sys.argv[2], 'paths.clips': sys.argv[3]}\n"
+        "run_stage('validate', load_params(sys.argv[1], profile='tiny', overrides=overrides))\n"
+        "pathlib.Path(sys.argv[4]).touch()\n"
+        "time.sleep(600)  # the next stage would start here\n"
+    )
+    args = [REPO / "params.yaml", tmp_path, clips, marker]
+    command = [sys.executable, "-c", script, *map(str, args)]
+    tracking.connect(params)  # the store exists before two processes open it
+    flow = subprocess.Popen(command, cwd=REPO, env=stage_env())
+    try:
+        run = between_stages(params, flow, marker)
+        assert run.data.tags[run_owner.DRIVER_COMMAND].startswith(sys.executable + " -c ")
+        reason = sigkill_and_check(params, flow, run)
+    finally:
+        flow.kill()
+        flow.wait(30)
+    assert "(" + sys.executable + " -c import pathlib" in reason
+
+
+WAIT_FOR_GO = """import pathlib, time
+pathlib.Path("waiting").touch()
+while not pathlib.Path("go").exists():
+    time.sleep(0.2)
+pathlib.Path("waited").touch()
+"""
+
+
+def dvc_project(tmp_path: Path, params_args: list[str]) -> Path:
+    """A dvc project: validate -> a stage that waits for the file ``go`` -> register."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "wait_for_go.py").write_text(WAIT_FOR_GO)
+    quoted = " ".join(shlex.quote(a) for a in params_args)
+    stages = {
+        "validate": {
+            "cmd": f"{sys.executable} -m clipsep.cli validate {quoted} && touch validated",
+            "outs": [{"validated": {"cache": False}}],
+        },
+        "wait": {
+            "cmd": f"{sys.executable} wait_for_go.py",
+            "deps": ["validated"],
+            "outs": [{"waited": {"cache": False}}],
+        },
+        "register": {
+            "cmd": f"{sys.executable} -m clipsep.cli register {quoted}",
+            "deps": ["waited"],
+        },
+    }
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    return project
+
+
+def test_dvc_sigkilled_between_stages_leaves_no_running_run_and_a_full_repro_closes_it(
+    tmp_path,
+    shared_inputs,  # noqa: F811
+):
+    """dvc runs each stage as its own ``clipsep <stage>``: the dvc process drives the pipeline."""
+    dvc = Path(sys.executable).parent / "dvc"
+    clips = valid_clips(tmp_path, shared_inputs)
+    params = tiny_params_at(tmp_path, **{"paths.clips": clips})
+    write_checkpoint(params, shared_inputs["clip_model"] / "clip.pt")  # what register reads
+    write_training_outputs(params)
+    write_metrics(params, text_sdr=3.0)
+    params_args = ["--params", str(REPO / "params.yaml"), "--profile", "tiny"]
+    params_args += ["--set", f"paths.root={tmp_path}", "--set", f"paths.clips={clips}"]
+    project = dvc_project(tmp_path, params_args)
+    env = {**stage_env(), "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(tmp_path / "site")}
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=project, env=env, check=True)
+    tracking.connect(params)  # the store exists before two processes open it
+    repro = subprocess.Popen([dvc, "repro"], cwd=project, env=env, start_new_session=True)
+    try:
+        run = between_stages(params, repro, project / "waiting")
+        assert " repro" in run.data.tags[run_owner.DRIVER_COMMAND]
+        sigkill_and_check(params, repro, run)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the waiting stage outlives its dvc
+            os.killpg(repro.pid, signal.SIGKILL)
+        repro.wait(30)
+    (project / "go").touch()
+    done = subprocess.run([dvc, "repro", "--force"], cwd=project, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    client = tracking.client_for(params)
+    closed = tracking.recorded_run(params, client)
+    assert closed.info.run_id != run.info.run_id  # validate ran again: a new pass
+    assert closed.info.status == "FINISHED"  # validate and register, one run, closed
+    assert closed.data.tags[run_owner.STAGE_TAG + "validate"] == "done"
+    assert closed.data.tags[run_owner.STAGE_TAG + "register"] == "done"
+    assert live_run.EARLIER_END not in closed.data.tags  # not ended between its stages
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_the_driver_is_this_process_dvc_or_nobody(monkeypatch):
+    monkeypatch.delenv(run_owner.DVC_STAGE, raising=False)
+    assert run_owner.pipeline_driver(in_process=True).pid == os.getpid()  # the flow, a program
+    assert run_owner.pipeline_driver(in_process=False) is None  # `clipsep <stage>` by hand
+    monkeypatch.setenv(run_owner.DVC_STAGE, "validate")  # as if dvc ran us, but none did
+    assert run_owner.pipeline_driver(in_process=True) is None
+    assert run_owner.driver_tags(None) == {}
