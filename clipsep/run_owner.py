@@ -122,9 +122,12 @@ def claim(client, run_id: str, driver: psutil.Process | None) -> None:
 
 def release(client, run_id: str) -> None:
     """This process stops writing the run: it stays RUNNING for the next stage, held by its
-    driver (if any)."""
+    driver (if any). Tags already gone are skipped: two evaluations on one store share the
+    pipeline run, and the second release crashed on the first one's deletion."""
+    tags = client.get_run(run_id).data.tags
     for key in (HOST, PID, STARTED):
-        client.delete_tag(run_id, key)
+        if key in tags:
+            client.delete_tag(run_id, key)
 
 
 def owner_alive(tags: dict[str, str], prefix: str = OWNER) -> bool | None:

@@ -263,6 +263,18 @@ def test_only_runs_of_dead_owners_on_this_host_are_ended(tiny_params):
     assert client.get_run(runs["away"]).info.status == "RUNNING"  # cannot be judged from here
 
 
+def test_a_second_release_of_the_same_run_is_harmless(tiny_params):
+    """Two evaluations on one store share the pipeline run: the second release found the owner
+    tags gone and crashed ("No tag with name: clipsep.owner.host")."""
+    client, experiment = tracking.connect(tiny_params)
+    run_id = client.create_run(experiment).info.run_id
+    run_owner.claim(client, run_id, driver=None)
+    run_owner.release(client, run_id)
+    run_owner.release(client, run_id)
+    tags = client.get_run(run_id).data.tags
+    assert not {run_owner.HOST, run_owner.PID, run_owner.STARTED} & set(tags)
+
+
 def test_a_run_without_a_stage_is_ended_when_its_driver_is_gone(tiny_params):
     client, experiment = tracking.connect(tiny_params)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
