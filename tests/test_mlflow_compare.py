@@ -1,8 +1,8 @@
-"""The MLflow UI's compare view of two registered versions, in a real headless Chromium.
+"""The MLflow UI comparing two registered versions, in a real headless Chromium.
 
 Runs the tiny pipeline twice into a fresh sqlite store (scripts/mlflow_compare_screenshot.py),
-starts the real `mlflow server`, opens the compare-runs page and reads it like a person would.
-"""
+starts the real `mlflow server`, and reads the chart view (SDR/SDRi bars, spectrogram image grid)
+and the artifact viewer (a logged wav playing) like a person would."""
 
 from __future__ import annotations
 
