@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_AUDIO_EXAMPLES = 12  # "a few playable examples": enough to listen, not a dataset copy
+MAX_IMAGE_EXAMPLES = 3  # training examples' spectrograms logged as MLflow images (chart view)
 PYFUNC_REQUIREMENTS = [
     "mlflow>=3.17,<3.18",
     "torch",
@@ -223,6 +225,31 @@ def flatten_metrics(tree: Any, prefix: str) -> dict[str, float]:
     return {}
 
 
+def without_per_class(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json less its ``per_class`` table: the run's metrics stay a fixed, short list
+    whatever the number of classes (the table is the artifact ``evaluation/per_class.csv``)."""
+    return {key: value for key, value in metrics.items() if key != "per_class"}
+
+
+def per_class_csv(metrics: dict[str, Any]) -> str:
+    """metrics.json's ``per_class`` table as CSV text: one row per class (``class``, ``n``, then
+    ``<method>/<measure>/<statistic>`` columns, e.g. ``text/sdri/mean`` in dB); header only when
+    the evaluation has no per-class table. The MLflow UI shows a .csv artifact as a table."""
+    rows = [
+        {
+            "class": label,
+            **{key.lstrip("/"): value for key, value in flatten_metrics(entry, "").items()},
+        }
+        for label, entry in sorted((metrics.get("per_class") or {}).items())
+    ]
+    columns = ["class"] + sorted({key for row in rows for key in row} - {"class"})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def text_sdr(metrics: dict[str, Any]) -> float:
     """The gate's number: metrics['text']['sdr']['mean'] (CONTRACTS.md, Evaluation)."""
     try:
@@ -387,7 +414,8 @@ def log_training_outputs(
     client, run_id: str, p: Params, with_history: bool = True
 ) -> dict[str, int]:
     """History as metrics (unless logged live), pictures (curves, spectrograms, evaluation
-    plots), a few wav examples."""
+    plots), a few wav examples, and the spectrograms again as MLflow images
+    (:func:`log_spectrogram_images`). Returns how many of each were logged."""
     checkpoints, evaluation = p.path("checkpoints"), p.path("evaluation")
     counts = {"history_values": 0}
     if not with_history:
@@ -421,7 +449,38 @@ def log_training_outputs(
     }
     for name, (base, files) in wanted.items():
         counts[name] = _log_files(client, run_id, [f for f in files if f.is_file()], base, name)
+    counts["images"] = log_spectrogram_images(client, run_id, p)
     return counts
+
+
+def spectrogram_pictures(p: Params) -> dict[str, Path]:
+    """The spectrogram pictures worth comparing across runs, by MLflow image key: the
+    evaluation's example (``evaluation/example``: mixture, true target, text-query and oracle
+    estimates) and the first MAX_IMAGE_EXAMPLES training examples (``examples/<i>/spectrogram``:
+    mixture, estimate, reference). Only files that exist."""
+    examples = sorted((p.path("checkpoints") / "examples").glob("*/spectrogram.png"))
+    pictures = {"evaluation/example": p.path("evaluation") / "example.png"}
+    for path in examples[:MAX_IMAGE_EXAMPLES]:
+        pictures[f"examples/{path.parent.name}/spectrogram"] = path
+    return {key: path for key, path in pictures.items() if path.is_file()}
+
+
+def log_spectrogram_images(client, run_id: str, p: Params) -> int:
+    """Log :func:`spectrogram_pictures` as MLflow images (``log_image`` with a key, at the step
+    of the checkpoint that drew them, summary.json's ``best_step``): the experiment page's chart
+    view puts runs' images side by side in an image grid. The same files stay plain artifacts
+    too. Returns how many were logged."""
+    from mlflow import Image
+
+    try:
+        summary = json.loads((p.path("checkpoints") / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    step = int(summary.get("best_step") or 0)
+    pictures = spectrogram_pictures(p)
+    for key, path in pictures.items():
+        client.log_image(run_id, Image(str(path)), key=key, step=step)
+    return len(pictures)
 
 
 def lineage_tags(p: Params, metrics: dict[str, Any]) -> dict[str, str]:
@@ -559,7 +618,8 @@ def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
             mlflow.log_params(flatten_params(p))
         live_history = "loss" in client.get_run(run_id).data.metrics
         mlflow.set_tags({**tags, **{f"sys.{k}": v for k, v in system_info().items()}})
-        mlflow.log_metrics(flatten_metrics(metrics, "eval"))
+        mlflow.log_metrics(flatten_metrics(without_per_class(metrics), "eval"))
+        client.log_text(run_id, per_class_csv(metrics), "evaluation/per_class.csv")
         mlflow.log_dict(p.to_dict(), "params.yaml")
         counts = log_training_outputs(client, run_id, p, with_history=not live_history)
         version = log_pyfunc(p, checkpoint, tags)

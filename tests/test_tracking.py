@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import math
@@ -75,6 +76,45 @@ def test_register_logs_pictures_audio_and_reports(registered):
     } <= logged
     artifacts_root = p.path("mlflow") / "artifacts"
     assert any(artifacts_root.rglob("00/mixture.wav")), "artifacts are not in paths.mlflow"
+
+
+def test_register_logs_spectrograms_as_images_and_the_per_class_table(registered, tmp_path):
+    p, summary, _ = registered
+    client = tracking.client_for(p)
+    run = client.get_run(summary["run_id"])
+    # the training example's spectrogram, also an MLflow image: the chart view's image grid
+    assert tracking.spectrogram_pictures(p) == {
+        "examples/00/spectrogram": p.path("checkpoints") / "examples" / "00" / "spectrogram.png"
+    }
+    assert summary["logged"]["images"] == 1
+    assert run.data.tags["mlflow.loggedImages"] == "True"
+    images = sorted(f.path for f in client.list_artifacts(summary["run_id"], "images"))
+    assert sorted(Path(path).suffix for path in images) == [".png", ".webp"]  # full, thumbnail
+    assert all(Path(path).name.startswith("examples~00~spectrogram+step+0+") for path in images)
+    # per-class results: one table artifact, not a metric per class
+    assert not [name for name in run.data.metrics if name.startswith("eval/per_class")]
+    table = client.download_artifacts(summary["run_id"], "evaluation/per_class.csv", str(tmp_path))
+    rows = list(csv.DictReader(open(table)))
+    assert [row["class"] for row in rows] == ["cello"]
+    assert float(rows[0]["sdr/mean"]) == pytest.approx(4.5)
+
+
+def test_per_class_table_has_one_row_per_class_and_a_header_without_classes():
+    metrics = {
+        "text": {"sdr": {"mean": 1.0}},
+        "per_class": {
+            "flute": {"n": 2, "text": {"sdri": {"mean": 3.5}}},
+            "cello": {"n": 1, "text": {"sdri": {"mean": -1.25}}, "image": {"sdri": {"mean": 2.0}}},
+        },
+    }
+    lines = tracking.per_class_csv(metrics).splitlines()
+    assert lines == [
+        "class,image/sdri/mean,n,text/sdri/mean",
+        "cello,2.0,1.0,-1.25",
+        "flute,,2.0,3.5",
+    ]
+    assert tracking.per_class_csv({"text": {}}) == "class\n"
+    assert tracking.without_per_class(metrics) == {"text": {"sdr": {"mean": 1.0}}}
 
 
 def test_registered_version_carries_tags_signature_and_files(registered, tmp_path):
