@@ -344,9 +344,13 @@ def params_from_args(
     (``{"section.key": value}``, e.g. from a command's own flags) wins over ``--set``."""
     overrides = dict(_split_override(text) for text in args.overrides)
     overrides.update(extra or {})
-    return load_params(
-        args.params or default_params_file(), profile=args.profile, overrides=overrides
-    )
+    return load_params(params_file_from_args(args), profile=args.profile, overrides=overrides)
+
+
+def params_file_from_args(args: argparse.Namespace) -> Path:
+    """The params file of :func:`add_params_arguments`' options: ``--params``, else
+    :func:`default_params_file`."""
+    return Path(args.params) if args.params else default_params_file()
 
 
 def default_params_file() -> Path:

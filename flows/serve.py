@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
+from clipsep.config import params_file_from_args
 from flows.entry import add_flow_options, prepare_environment
 
 DEFAULT_CRON = "0 3 * * 1"  # weekly: Monday 03:00
@@ -26,7 +26,7 @@ DEFAULT_NAME = "weekly"
 def deployment_parameters(args: argparse.Namespace) -> dict:
     """Default flow parameters of the deployment (a trigger's -p values override them)."""
     return {
-        "params_file": str(Path(args.params).resolve()),
+        "params_file": str(params_file_from_args(args).resolve()),
         "profile": args.profile,
         "overrides": args.overrides,
         "source": args.source,

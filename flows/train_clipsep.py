@@ -38,7 +38,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from clipsep import progress, stages
-from clipsep.config import ConfigError, Params, load_params
+from clipsep.config import ConfigError, Params, load_params, params_file_from_args
 from clipsep.env import apply_offline_defaults
 from clipsep.errors import ClipsepError, ValidationFailed
 from clipsep.precision import cpu_model_name
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         registered = train_clipsep(
-            params_file=str(Path(args.params).resolve()),
+            params_file=str(params_file_from_args(args).resolve()),
             profile=args.profile,
             overrides=args.overrides,
             source=args.source,

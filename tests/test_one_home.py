@@ -73,7 +73,28 @@ def test_the_app_takes_set_overrides_like_the_cli():
 
     args = parse_args(["--set", "serve.max_seconds=5", "--port", "7000"])
     assert (args.params, args.profile, args.overrides) == (
-        "params.yaml",
+        None,  # ./params.yaml, else the project's (clipsep.config.default_params_file)
         None,
         ["serve.max_seconds=5"],
     )
+
+
+def test_flows_default_to_the_same_params_file_as_the_cli(tmp_path, monkeypatch):
+    """`python -m flows` and the deployment without --params: ./params.yaml, else the project's
+    (a None --params once reached Path(None) in both)."""
+    import argparse
+
+    from flows.entry import add_flow_options
+    from flows.serve import deployment_parameters
+
+    parser = argparse.ArgumentParser()
+    add_flow_options(parser)
+    assert deployment_parameters(parser.parse_args([]))["params_file"] == str(
+        (REPO / "params.yaml").resolve()
+    )
+    monkeypatch.chdir(tmp_path)  # outside the project: still the project's file
+    assert deployment_parameters(parser.parse_args([]))["params_file"] == str(
+        (REPO / "params.yaml").resolve()
+    )
+    given = deployment_parameters(parser.parse_args(["--params", "mine.yaml"]))
+    assert given["params_file"] == str(tmp_path / "mine.yaml")
