@@ -150,8 +150,35 @@ def version_from_run(uri: str, name: str, version: str, run_id: str) -> bool:
     """Whether ``uri`` holds version ``version`` of model ``name``, registered from run ``run_id``
     (how a skipped register stage knows its model is still there). Raises
     RegistryUnavailableError when the store cannot be read."""
+    if _missing_sqlite_store(uri) is not None:
+        return False
     found = lookup_version(_client(uri), name, "version", str(version))
     return found is not None and found.run_id == run_id
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a local sqlite ``uri`` (None for any other store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(unquote(uri.removeprefix("sqlite:///").partition("?")[0]))
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+def _missing_sqlite_store(uri: str) -> Path | None:
+    """The database file of a local sqlite ``uri`` when it does not exist (else None): reading a
+    missing store must not create one, as opening an MlflowClient on it would."""
+    path = _sqlite_path(uri)
+    return path if path is not None and not path.exists() else None
+
+
+def _require_store(ref: str, uri: str) -> None:
+    """ModelNotFoundError, before any MLflow call, when ``uri`` is a sqlite store not made yet."""
+    missing = _missing_sqlite_store(uri)
+    if missing is not None:
+        raise ModelNotFoundError(
+            f"no model version {ref}: there is no MLflow store at {missing} yet; train and "
+            "register one first (`make quickstart` or `clipsep register`)"
+        )
 
 
 def _client(uri: str):
@@ -176,6 +203,7 @@ def _require_version(client, ref: str, uri: str):
 
 def describe_model(ref: str, uri: str) -> ModelDescription:
     """Tags, aliases and run metrics of the version ``ref`` (``models:/...``) names in ``uri``."""
+    _require_store(ref, uri)
     client = _client(uri)
     version = _require_version(client, ref, uri)
     try:
@@ -223,6 +251,7 @@ def resolve_model(
     version = _sqlite_version(uri, name, kind, value)
     model_dir = _version_dir(cache, name, version, uri) if version else None
     if model_dir is None or not (model_dir / "MLmodel").is_file():
+        _require_store(ref, uri)
         client = _client(uri)
         version = str(_require_version(client, ref, uri).version)
         model_dir = _download_model(
@@ -259,12 +288,8 @@ def _sqlite_version(uri: str, name: str, kind: str, value: str) -> str | None:
     None whenever this cannot say for sure (not sqlite, no such row, another schema): the caller
     then asks MLflow.
     """
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = Path(unquote(uri.removeprefix("sqlite:///").partition("?")[0]))
-    if not path.is_absolute():
-        path = Path.cwd() / path
-    if not path.is_file():
+    path = _sqlite_path(uri)
+    if path is None or not path.is_file():
         return None
     query = (
         "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"

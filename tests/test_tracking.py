@@ -285,3 +285,16 @@ def test_processes_opening_a_fresh_store_together_all_get_one_experiment(tmp_pat
         barrier = manager.Barrier(4)
         ids = list(pool.map(_connect_at_barrier, [str(tmp_path)] * 4, [barrier] * 4))
     assert len(set(ids)) == 1
+
+
+def test_resolving_from_a_missing_store_says_so_and_creates_nothing(tmp_path):
+    """Seen: `clipsep separate` where no model was ever registered made an empty mlflow.db
+    ("Creating initial MLflow database tables") before saying there is no champion."""
+    from clipsep.registry_reader import ModelNotFoundError, resolve_model, version_from_run
+
+    store = tmp_path / "mlruns" / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    with pytest.raises(ModelNotFoundError, match="no MLflow store at .*mlflow.db"):
+        resolve_model("models:/clipsep@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
+    assert not version_from_run(uri, "clipsep", "1", "run")
+    assert not store.exists() and not store.parent.exists()
