@@ -358,6 +358,7 @@ class Trainer:
         absent = rank = masks.new_zeros((), dtype=torch.float32)
         if masks.shape[1] > n_sources:
             absent = absent_query_loss(masks[:, n_sources:].float(), spec.weight)
+        if masks.shape[1] > n_sources and train.absent_rank_weight > 0:
             rank = absent_rank_loss(
                 masks[:, n_sources:], masks[:, :n_sources], spec.targets, spec.weight
             )
