@@ -156,7 +156,7 @@ def version_from_run(uri: str, name: str, version: str, run_id: str) -> bool:
     return found is not None and found.run_id == run_id
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a local sqlite ``uri`` (None for any other store)."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -167,7 +167,7 @@ def _sqlite_path(uri: str) -> Path | None:
 def _missing_sqlite_store(uri: str) -> Path | None:
     """The database file of a local sqlite ``uri`` when it does not exist (else None): reading a
     missing store must not create one, as opening an MlflowClient on it would."""
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     return path if path is not None and not path.exists() else None
 
 
@@ -288,7 +288,7 @@ def _sqlite_version(uri: str, name: str, kind: str, value: str) -> str | None:
     None whenever this cannot say for sure (not sqlite, no such row, another schema): the caller
     then asks MLflow.
     """
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None or not path.is_file():
         return None
     query = (

@@ -36,7 +36,12 @@ from clipsep import run_owner
 from clipsep.config import Params, RegistryConfig
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest
-from clipsep.registry_reader import RegistryUnavailableError, lookup_version, tracking_uri
+from clipsep.registry_reader import (
+    RegistryUnavailableError,
+    lookup_version,
+    sqlite_path,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ def connect(p: Params):
     uri = tracking_uri(p)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with _first_use_lock(p, uri):
+    with _first_use_lock(uri):
         try:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             experiment = client.get_experiment_by_name(p.registry.experiment)
@@ -95,17 +100,18 @@ def connect(p: Params):
     return client, experiment.experiment_id
 
 
-def _first_use_lock(p: Params, uri: str):
+def _first_use_lock(uri: str):
     """For the local sqlite store, an inter-process lock around opening it: MLflow creates the
     tables (and we the experiment) on first use, and two processes doing that at once fail
     ("table ... already exists", seen with two evaluations started together). A tracking server
-    serialises this itself: no lock."""
-    if not uri.startswith("sqlite:///"):
+    serialises this itself: no lock. The lock file sits beside the database."""
+    database = sqlite_path(uri)
+    if database is None:
         return contextlib.nullcontext()
     from filelock import FileLock
 
-    p.path("mlflow").mkdir(parents=True, exist_ok=True)
-    return FileLock(str(p.path("mlflow") / "mlflow.db.lock"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{database}.lock")
 
 
 def run_url(p: Params, experiment_id: str, run_id: str) -> str:
