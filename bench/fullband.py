@@ -2,7 +2,7 @@
 
 The model works at 16 kHz, so above 8 kHz the target used to get nothing
 (``separate.high_band: residual``); ``extend`` gives it a per-frame share there (see
-clipsep/inference.py, :func:`top_band_gain`). This bench measures both on two-source mixtures
+clipsep/inference.py, :func:`top_band_gains`). This bench measures both on two-source mixtures
 made from the world's test videos at their own rate (44.1 kHz): for each pair of test videos of
 different classes, a random window of ``--seconds`` of each (downmixed to mono), scaled to equal
 RMS (0 dB) and summed; each source is then queried by its label's text, so a pair gives two cases.

@@ -20,7 +20,7 @@ How a signal of any length is processed with bounded memory (demucs ``apply`` st
   nothing. ``separate.high_band: extend`` gives the target its share there: the input's part
   that the model-rate round trip drops (``input - up(down(input))``, exactly complementary to
   what the model sees) is scaled, frame by frame, by the least-squares gain of the target's top
-  band (the top quarter of the model's band, 6-8 kHz) on the mixture's (:func:`top_band_gain`).
+  band (the top quarter of the model's band, 6-8 kHz) on the mixture's (:func:`top_band_gains`).
   ``residual`` leaves all of it to the residual (band-limited target, as before).
 * ``residual = input - target`` at the input rate, so ``target + residual == input`` exactly
   (a lossless decomposition in either ``high_band`` mode).
@@ -718,7 +718,7 @@ class Separator:
         ``segment`` is the model-rate cut ``[C, n]``, ``stems`` its stems ``[N, C, n]``. The high
         band is what the model-rate round trip drops, ``input - up(segment)``, so that a target
         mask of 1 everywhere would give back the input; each stem gets it scaled by its
-        :func:`top_band_gain`, interpolated linearly from the STFT frame centres to every sample.
+        :func:`top_band_gains`, interpolated linearly from the STFT frame centres to every sample.
         """
         model_start, _ = plan.model_span(k)
         start, stop = plan.input_span(k)
@@ -847,13 +847,6 @@ def _input_rate_cut(
     resampled = resample(padded, plan.model_rate, plan.in_rate)
     offset = start - aligned // model_step * in_step
     return _fit(resampled[:, offset:], stop - start)
-
-
-def top_band_gain(
-    mixture: np.ndarray, target: np.ndarray, cfg: AudioConfig, shared: bool = True
-) -> np.ndarray:
-    """One target's :func:`top_band_gains`: ``target [C, n]`` -> ``[C or 1, T]``."""
-    return top_band_gains(mixture, target[None], cfg, shared)[0]
 
 
 def top_band_gains(

@@ -244,14 +244,14 @@ def test_high_band_extension_gives_the_target_its_share_above_8khz(separator, hi
 
 
 def test_top_band_gain_is_the_targets_share_and_extension_is_complementary(separator):
-    from clipsep.inference import ArraySource, _input_rate_cut, _model_rate_cut, top_band_gain
+    from clipsep.inference import ArraySource, _input_rate_cut, _model_rate_cut, top_band_gains
 
     mixture = bright_tones(16000, 1.0)  # 7 kHz in the top band
-    gain = top_band_gain(mixture, 0.3 * mixture, separator.audio_cfg, shared=True)
+    gain = top_band_gains(mixture, 0.3 * mixture[None], separator.audio_cfg, shared=True)[0]
     np.testing.assert_allclose(gain, 0.3, atol=1e-4)
-    per_channel = top_band_gain(
-        mixture, mixture * np.array([[0.2], [0.9]], np.float32), separator.audio_cfg, shared=False
-    )
+    per_channel = top_band_gains(
+        mixture, mixture[None] * np.array([[0.2], [0.9]], np.float32), separator.audio_cfg, False
+    )[0]
     np.testing.assert_allclose(per_channel, [[0.2], [0.9]] * np.ones_like(per_channel), atol=1e-4)
     # a target equal to its segment (mask 1) plus the extension gives back the input exactly
     audio = bright_tones(44100, 3.0)
