@@ -25,6 +25,7 @@ import yaml
 
 # auto: the fastest precision on this machine that is exact enough (clipsep.precision)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MASK_TARGETS = ("binary", "ratio")  # what the training masks learn (train.mask_target)
 ENGINES = ("torch", "onnx", "onnx-int8")  # what runs the separator network at separation time
 
 
@@ -155,6 +156,7 @@ class TrainConfig:
     absent_weight: float  # weight of the absent-query loss (target: silence)
     absent_rank_weight: float  # weight of the absent-below-source ranking term (0 = off)
     sdr_weight: float  # weight of -SDR (dB) of the waveforms the query masks give (0 = off)
+    mask_target: str  # one of MASK_TARGETS: binary 1[|S_n| > 0.5 |mix|] (paper) | ratio |S_n|/sum
     query_frames: int
     segment_samples: int | None  # training window; None = audio.segment_samples (eval's window)
     window_jitter_s: float  # window centre within +- this of its query frame's time (0 = aligned)
@@ -520,6 +522,8 @@ def _check_invariants(p: Params, source: str) -> None:
         )
     if p.train.segment_samples is not None and p.train.segment_samples < p.audio.n_fft:
         fail("train", "segment_samples", f"must be null or >= audio.n_fft ({p.audio.n_fft})")
+    if p.train.mask_target not in MASK_TARGETS:
+        fail("train", "mask_target", f"must be one of {', '.join(MASK_TARGETS)}")
     if p.train.window_jitter_s < 0:
         fail("train", "window_jitter_s", "must be >= 0")
     lo, hi = p.train.gain_range

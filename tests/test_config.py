@@ -39,6 +39,7 @@ def test_tuples_and_floats_are_coerced():
         ("train.n_mix=3", ["'train'", "'n_mix'", "n_mix == 2"]),
         ("audio.hop_length=4096", ["'audio'", "'hop_length'", "n_fft"]),
         ("nosuch.key=1", ["unknown section", "nosuch"]),
+        ("train.mask_target=irm", ["'train'", "'mask_target'", "binary, ratio"]),
     ],
 )
 def test_bad_values_name_file_section_and_key(override, words):

@@ -276,3 +276,24 @@ def test_sdr_term_adds_minus_the_sdr_of_the_query_masks_waveforms(tmp_path):
     off, on = results
     assert off["neg_sdr"] == 0.0 and math.isfinite(on["neg_sdr"]) and on["neg_sdr"] != 0.0
     assert on["loss"] == pytest.approx(off["loss"] + 0.5 * on["neg_sdr"], rel=1e-4, abs=1e-5)
+
+
+def test_mask_target_ratio_gives_each_sources_share_of_the_magnitude(tmp_path):
+    """``train.mask_target: ratio`` targets |S_n| / sum_m |S_m| (sums to 1); binary thresholds."""
+    from clipsep import audio
+    from clipsep.training.spectral import spectral_batch
+
+    generator = torch.Generator().manual_seed(0)
+    sources = torch.randn(2, 2, 4096, generator=generator)
+    sources[:, 1] *= 0.3  # source 0 dominates most bins
+    binary = spectral_batch(sources, tiny_params_at(tmp_path, **{"train.mask_target": "binary"}))
+    ratio = spectral_batch(sources, tiny_params_at(tmp_path, **{"train.mask_target": "ratio"}))
+    params = tiny_params_at(tmp_path)
+    magnitudes = torch.stack([audio.stft(s, params.audio).abs() for s in sources.unbind(1)], 1)
+    warped = audio.warp(magnitudes, params.audio.warp_bins)
+    expected = warped / warped.sum(dim=1, keepdim=True)
+    assert torch.allclose(ratio.targets, expected, atol=1e-5)
+    assert torch.allclose(ratio.targets.sum(dim=1), torch.ones(()), atol=1e-5)
+    assert set(binary.targets.unique().tolist()) == {0.0, 1.0}
+    assert 0.6 < ratio.targets[:, 0].mean() < 0.9  # the louder source's share, not 0/1
+    assert torch.equal(binary.mix_warped, ratio.mix_warped)

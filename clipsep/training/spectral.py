@@ -19,7 +19,8 @@ from clipsep.config import Params
 class SpectralBatch:
     """Network input and targets of one batch (float32, warped log-frequency domain).
 
-    ``mix_warped [B, 1, W, T]`` linear magnitude, ``targets [B, N, W, T]`` binary masks,
+    ``mix_warped [B, 1, W, T]`` linear magnitude, ``targets [B, N, W, T]`` masks in [0, 1]
+    (binary or ratio, ``train.mask_target``),
     ``weight [B, 1, W, T]``; ``mix_spec [B, F, T]`` complex for reconstruction.
     """
 
@@ -30,7 +31,7 @@ class SpectralBatch:
 
 
 def spectral_batch(sources: torch.Tensor, params: Params) -> SpectralBatch:
-    """STFT, warp, binary masks and loss weights of sources ``[B, N, L]`` (mixture = their sum)."""
+    """STFT, warp, target masks and loss weights of sources ``[B, N, L]`` (mixture = their sum)."""
     batch, n_mix, length = sources.shape
     mix_spec = audio.stft(sources.sum(dim=1), params.audio)
     mix_warped = audio.warp(mix_spec.abs().unsqueeze(1), params.audio.warp_bins)
@@ -40,7 +41,11 @@ def spectral_batch(sources: torch.Tensor, params: Params) -> SpectralBatch:
     )
     return SpectralBatch(
         mix_warped=mix_warped,
-        targets=audio.binary_masks(source_warped, mix_warped),
+        targets=(
+            audio.ratio_masks(source_warped)
+            if params.train.mask_target == "ratio"
+            else audio.binary_masks(source_warped, mix_warped)
+        ),
         weight=audio.loss_weight(mix_warped),
         mix_spec=mix_spec,
     )
