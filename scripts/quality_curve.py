@@ -10,7 +10,9 @@ Each snapshot is scored on the evaluation protocol of the params given (``--prof
 as for any clipsep command) into ``<run>/snapshots/eval-step-NNNNNN/`` (kept, so a rerun only
 scores new snapshots). Writes the PNG and a CSV beside it (run, step, minutes, text/image SDRi
 mean, s.e.m., median). Minutes are the training loop's own time (validation excluded), as
-recorded in each snapshot.
+recorded in each snapshot, or ``step x --seconds-per-step`` for runs timed on a shared machine
+(e.g. the quiet rate ``bench/train.py`` measured), so that curves from differently loaded runs
+share one time axis.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from clipsep.env import headless_pyplot
 from clipsep.evaluation.evaluate import evaluate
 
 
-def score_run(params, run_dir: Path) -> list[dict]:
-    """One row per snapshot of ``run_dir``: step, minutes, text/image SDRi statistics."""
+def score_run(params, run_dir: Path, seconds_per_step: float | None = None) -> list[dict]:
+    """One row per snapshot of ``run_dir``: step, minutes, text/image SDRi statistics.
+
+    ``seconds_per_step``: minutes = step x this / 60 instead of the snapshot's recorded time.
+    """
     rows = []
     for snapshot in sorted((run_dir / "snapshots").glob("step-*.pt")):
         out = snapshot.parent / f"eval-{snapshot.stem}"
@@ -37,7 +42,12 @@ def score_run(params, run_dir: Path) -> list[dict]:
             evaluate(params, snapshot, out)
         metrics = json.loads(metrics_path.read_text())
         extra = torch.load(snapshot, map_location="cpu", weights_only=False).get("extra", {})
-        row = {"step": extra.get("step"), "minutes": extra.get("train_seconds", 0.0) / 60}
+        seconds = (
+            extra.get("train_seconds", 0.0)
+            if seconds_per_step is None
+            else extra["step"] * seconds_per_step
+        )
+        row = {"step": extra.get("step"), "minutes": seconds / 60}
         for query in ("text", "image"):
             for stat in ("mean", "sem", "median"):
                 row[f"{query}_sdri_{stat}"] = metrics[query]["sdri"][stat]
@@ -45,7 +55,7 @@ def score_run(params, run_dir: Path) -> list[dict]:
     return rows
 
 
-def plot(curves: dict[str, list[dict]], out_png: Path) -> None:
+def plot(curves: dict[str, list[dict]], out_png: Path, xlabel: str) -> None:
     plt = headless_pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, rows in curves.items():
@@ -54,7 +64,7 @@ def plot(curves: dict[str, list[dict]], out_png: Path) -> None:
             mean = [r[f"{query}_sdri_mean"] for r in rows]
             sem = [r[f"{query}_sdri_sem"] for r in rows]
             axis.errorbar(minutes, mean, yerr=sem, fmt=style, capsize=2, label=f"{name}, {query}")
-    axis.set_xlabel("training minutes (loop time)")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("SDRi (dB), mean ± s.e.m.")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -68,13 +78,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="checkpoint folders with snapshots/")
     parser.add_argument("--name", action="append", default=[], help="label per run, in order")
     parser.add_argument("--out", type=Path, default=Path("reports/sdri_vs_minutes.png"))
+    parser.add_argument(
+        "--seconds-per-step",
+        type=float,
+        default=None,
+        help="minutes from steps at this rate (one time axis for runs timed under other loads)",
+    )
+    parser.add_argument("--rate-note", default="", help="what the rate is, for the x label")
     add_params_arguments(parser)
     args = parser.parse_args(argv)
     params = params_from_args(args)
     names = args.name + [run.name for run in args.runs[len(args.name) :]]
-    curves = {name: score_run(params, run) for name, run in zip(names, args.runs)}
+    curves = {
+        name: score_run(params, run, args.seconds_per_step) for name, run in zip(names, args.runs)
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, args.out)
+    xlabel = (
+        "training minutes (loop time)"
+        if args.seconds_per_step is None
+        else f"training minutes at {args.seconds_per_step:g} s/step {args.rate_note}".strip()
+    )
+    plot(curves, args.out, xlabel)
     with open(args.out.with_suffix(".csv"), "w", newline="") as handle:
         rows = [{"run": name, **row} for name, rows in curves.items() for row in rows]
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
