@@ -184,3 +184,58 @@ def test_oracle_masks_are_the_ideal_masks_of_the_linear_stft():
         ).numpy()
         np.testing.assert_allclose(estimates[name], expected, atol=1e-5)
     assert np.abs(estimates["oracle_irm"] - target).max() < np.abs(noise).max()
+
+
+def test_quality_curve_rescores_snapshots_only_when_the_protocol_changes(tmp_path):
+    """scripts/quality_curve.py reuses a snapshot's scores for the same protocol, scores it again
+    for another, puts steps on a stated clock, and names a run without snapshots."""
+    import importlib.util
+
+    import torch
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "quality_curve", REPO / "scripts/quality_curve.py"
+    )
+    quality_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality_curve)
+    checkpoint, _ = make_tiny_model(tmp_path)
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    state = torch.load(checkpoint, weights_only=False)
+    state["extra"] = {**state.get("extra", {}), "step": 4, "train_seconds": 2.0}
+    torch.save(state, run / "snapshots" / "step-000004.pt")
+    targets, interference = write_protocol(tmp_path)
+    common = [
+        "--params",
+        str(REPO / "params.yaml"),
+        "--profile",
+        "tiny",
+        "--out",
+        str(tmp_path / "c.png"),
+    ]
+    for setting in (f"paths.root={tmp_path}", "eval.device=cpu", f"eval.targets_csv={targets}"):
+        common += ["--set", setting]
+    common += ["--set", f"eval.interference_csv={interference}"]
+    scores = run / "snapshots" / "eval-step-000004" / "metrics.json"
+
+    def curve(*extra: str) -> list[dict]:
+        quality_curve.main([str(run), "--name", "tiny", *common, *extra])
+        with open(tmp_path / "c.csv") as handle:
+            return list(csv.DictReader(handle))
+
+    rows = curve("--set", "eval.mixtures_per_target=2")
+    assert json.loads(scores.read_text())["n_mixtures"] == 4
+    assert rows[0]["clock"] == "loop" and float(rows[0]["minutes"]) == pytest.approx(
+        2.0 / 60, abs=1e-3
+    )
+    written = scores.stat().st_mtime_ns
+    rows = curve("--set", "eval.mixtures_per_target=2", "--seconds-per-step", "30")
+    assert scores.stat().st_mtime_ns == written  # same protocol: the cached scores
+    assert rows[0]["clock"] == "30 s/step" and float(rows[0]["minutes"]) == pytest.approx(2.0)
+    curve("--set", "eval.mixtures_per_target=1")
+    assert json.loads(scores.read_text())["n_mixtures"] == 2  # another protocol: scored again
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no snapshots in .*empty"):
+        quality_curve.main([str(tmp_path / "empty"), *common])
