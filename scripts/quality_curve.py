@@ -33,12 +33,14 @@ from clipsep.evaluation.evaluate import evaluate
 
 
 def protocol(params) -> dict:
-    """What a snapshot's scores depend on besides the snapshot: eval and audio settings and the
-    world and clips they are drawn from (absolute paths)."""
+    """What a snapshot's scores depend on besides the snapshot: the params sections the evaluate
+    stage reads (:data:`clipsep.stages.STAGE_PARAMS`) and the world and clips it draws from
+    (absolute paths)."""
+    from clipsep.stages import STAGE_PARAMS
+
     data = params.to_dict()
     return {
-        "eval": data["eval"],
-        "audio": data["audio"],
+        **{section: data[section] for section in STAGE_PARAMS["evaluate"]},
         "world": str(params.path("world")),
         "clips": str(params.path("clips")),
     }
