@@ -53,10 +53,16 @@ class ActivityMeter:
             self.mix_energy = np.pad(self.mix_energy, (0, grow))
             self.stem_energy = np.pad(self.stem_energy, ((0, 0), (0, grow)))
         self.mix_channels = mixture.shape[0]
-        self.mix_energy += np.bincount(index, (mixture.astype(np.float64) ** 2).sum(0), size)
-        for q in range(len(self.names)):
-            power = (stems[q].astype(np.float64) ** 2).sum(0)
-            self.stem_energy[q] += np.bincount(index, power, size)
+        if n == 0:
+            return
+        # the block's frames are consecutive: sum each frame's samples at once for every stem
+        first = int(index[0])
+        bounds = np.flatnonzero(np.diff(index)) + 1
+        edges = np.concatenate([[0], bounds])
+        mix_power = np.einsum("cn,cn->n", mixture, mixture, dtype=np.float64)  # [n]
+        stem_power = np.einsum("qcn,qcn->qn", stems, stems, dtype=np.float64)  # [N, n]
+        self.mix_energy[first:size] += np.add.reduceat(mix_power, edges)
+        self.stem_energy[:, first:size] += np.add.reduceat(stem_power, edges, axis=-1)
         self.frames = max(self.frames, start + n)
 
     def ratio_db(self, smoothing_s: float) -> np.ndarray:

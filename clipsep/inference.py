@@ -44,6 +44,7 @@ the length actually decoded, with a warning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 from dataclasses import dataclass
@@ -296,9 +297,24 @@ def resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
         return wave
     import soxr
 
-    # one channel at a time: soxr wants [n] or [n, C]; rows need no transposed copies (1.4x)
+    def one(row: np.ndarray) -> np.ndarray:
+        return soxr.resample(np.ascontiguousarray(row), orig, new)
+
+    # one channel at a time: soxr wants [n] or [n, C]; rows need no transposed copies (1.4x).
+    # libsoxr releases the GIL, so rows run side by side on the threads torch may use.
     rows = np.asarray(wave, np.float32)
-    return np.stack([soxr.resample(np.ascontiguousarray(row), orig, new) for row in rows])
+    workers = min(len(rows), torch.get_num_threads())
+    if workers <= 1:
+        return np.stack([one(row) for row in rows])
+    return np.stack(list(_thread_pool(workers).map(one, rows)))
+
+
+@functools.lru_cache(maxsize=4)
+def _thread_pool(workers: int):
+    """A process-wide pool of ``workers`` threads for GIL-releasing per-row work (made lazily)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(workers, thread_name_prefix="clipsep-rows")
 
 
 def triangular_weights(n: int) -> np.ndarray:
@@ -649,7 +665,13 @@ class Separator:
         names = list(files)[:-1]  # the residual comes last
         meter = ActivityMeter(names, source.sample_rate, self.settings.activity_frame_s)
         with outputs.StemWriter(
-            work, files, output, subtype, source.sample_rate, source.channels
+            work,
+            files,
+            output,
+            subtype,
+            source.sample_rate,
+            source.channels,
+            workers=torch.get_num_threads(),
         ) as writer:
 
             def write(start: int, block: np.ndarray) -> None:

@@ -147,7 +147,11 @@ def write_activity_csv(path: Path, segments: Sequence[Segment]) -> Path:
 
 class StemWriter:
     """Streams stems ``[N, C, n]`` and the residual ``[C, n]`` into ``files`` under ``folder``,
-    clipping to full scale where the subtype needs it and counting the clipped samples."""
+    clipping to full scale where the subtype needs it and counting the clipped samples.
+
+    ``workers`` > 1 encodes the files of a block on that many threads (libsndfile releases the
+    GIL; each file has its own handle, so their order inside a file is kept).
+    """
 
     def __init__(
         self,
@@ -157,6 +161,7 @@ class StemWriter:
         subtype: str,
         sample_rate: int,
         channels: int,
+        workers: int = 1,
     ):
         self.folder, self.files = folder, files
         self.options = dict(
@@ -167,7 +172,9 @@ class StemWriter:
         )
         self.clip = clips(subtype)
         self.clipped = 0
+        self.workers = max(1, min(workers, len(files)))
         self._handles = []
+        self._pool = None
 
     def __enter__(self) -> "StemWriter":
         import soundfile as sf
@@ -182,20 +189,40 @@ class StemWriter:
                 f"{self.options['subtype']} at {self.options['samplerate']} Hz "
                 f"with {self.options['channels']} channel(s): {err}"
             ) from err
+        if self.workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stem-writer")
         return self
 
     def write(self, stems: np.ndarray, residual: np.ndarray) -> None:
-        for handle, block in zip(self._handles, [*stems, residual]):
-            if self.clip:
-                over = np.abs(block) > 1.0
-                self.clipped += int(over.sum())
-                block = np.clip(block, -1.0, 1.0) if over.any() else block
-            handle.write(np.ascontiguousarray(block.T))
+        blocks = [self._clipped(block) for block in [*stems, residual]]
+        if self._pool is None:
+            for handle, block in zip(self._handles, blocks):
+                _write_block(handle, block)
+            return
+        done = [self._pool.submit(_write_block, h, b) for h, b in zip(self._handles, blocks)]
+        for future in done:
+            future.result()  # re-raises a writer's error here
+
+    def _clipped(self, block: np.ndarray) -> np.ndarray:
+        if not self.clip or (block.max(initial=0.0) <= 1.0 and block.min(initial=0.0) >= -1.0):
+            return block
+        self.clipped += int(np.count_nonzero(np.abs(block) > 1.0))
+        return np.clip(block, -1.0, 1.0)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         for handle in self._handles:
             handle.close()
         self._handles = []
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _write_block(handle, block: np.ndarray) -> None:
+    """Append ``block [C, n]`` to an open soundfile ``handle`` (frames x channels)."""
+    handle.write(np.ascontiguousarray(block.T))

@@ -47,3 +47,24 @@ def test_streamed_blocks_give_the_same_segments_as_one_block():
             start, target[None, None, start : start + 7777], mixture[:, start : start + 7777]
         )
     assert meter.segments(DEFAULT_SETTINGS)["t"] == whole
+
+
+def test_frame_energies_of_every_stem_add_up_across_unaligned_blocks():
+    """The meter's per-frame energies equal the sums of squares over each frame and channel,
+    whatever the block boundaries (blocks start and end mid-frame)."""
+    rng = np.random.default_rng(1)
+    stems = rng.standard_normal((3, 2, 5000)).astype(np.float32)
+    mixture = rng.standard_normal((2, 5000)).astype(np.float32)
+    meter = ActivityMeter(["a", "b", "c"], RATE, 0.05)  # 800-sample frames
+    for start in range(0, 5000, 333):
+        meter.update(start, stems[..., start : start + 333], mixture[:, start : start + 333])
+    frames = -(-5000 // meter.frame)
+    pad = frames * meter.frame - 5000
+    expected = np.pad(stems.astype(np.float64), ((0, 0), (0, 0), (0, pad))) ** 2
+    expected = expected.sum(1).reshape(3, frames, meter.frame).sum(-1)
+    np.testing.assert_allclose(meter.stem_energy, expected, rtol=1e-12)
+    mix = np.pad(mixture.astype(np.float64), ((0, 0), (0, pad))) ** 2
+    np.testing.assert_allclose(
+        meter.mix_energy, mix.sum(0).reshape(frames, meter.frame).sum(-1), rtol=1e-12
+    )
+    assert meter.frames == 5000

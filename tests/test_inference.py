@@ -310,3 +310,19 @@ def test_separate_file_names_an_earlier_runs_stems_and_keeps_them(separator, tmp
         f"{tmp_path / 'duet.wav'}: {folder} also holds cello.wav, flute.wav from an earlier run "
         "with other queries or format; this run's residual goes with its own stems only"
     ]
+
+
+def test_resampling_rows_on_several_threads_equals_one_thread():
+    from clipsep.inference import resample
+
+    audio = np.random.default_rng(4).standard_normal((3, 44100)).astype(np.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = resample(audio, 44100, 16000)
+        torch.set_num_threads(3)
+        threaded = resample(audio, 44100, 16000)
+    finally:
+        torch.set_num_threads(threads)
+    assert serial.shape == (3, 16000)
+    np.testing.assert_array_equal(serial, threaded)

@@ -185,3 +185,29 @@ def test_stems_of_an_earlier_run_are_named_not_deleted(model, tmp_path, caplog):
         "residual.wav",
     }
     assert "also holds cello.wav, flute.wav from an earlier run" in caplog.text
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_stem_files_written_on_several_threads_equal_one_threads(tmp_path, subtype):
+    """StemWriter's threads (one file each per block) write the same bytes and count the same
+    clipped samples as one thread."""
+    from clipsep import outputs
+
+    rng = np.random.default_rng(2)
+    blocks = [(0.6 * rng.standard_normal((3, 2, 4000))).astype(np.float32) for _ in range(5)]
+    files = {"a": "a.wav", "b": "b.wav", outputs.RESIDUAL: "residual.wav"}
+    counts = {}
+    for workers in (1, 3):
+        folder = tmp_path / str(workers)
+        folder.mkdir()
+        with outputs.StemWriter(
+            folder, files, outputs.DEFAULT_FORMAT, subtype, 44100, 2, workers=workers
+        ) as writer:
+            for block in blocks:
+                writer.write(block[:2], block[2])
+        counts[workers] = writer.clipped
+    for name in files.values():
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "3" / name).read_bytes()
+    expected = sum(int((np.abs(b) > 1.0).sum()) for b in blocks) if subtype == "PCM_16" else 0
+    assert counts[1] == counts[3] == expected
+    assert expected > 0 or subtype == "FLOAT"
