@@ -96,12 +96,12 @@ def flow_params(
     params_file: str, profile: str | None, overrides: Sequence[str], source: str | None
 ) -> Params:
     """Merged params; ``source`` (a user's video folder) becomes ingest.source."""
-    extra = list(overrides)
+    extra: list[str | tuple[str, str]] = list(overrides)  # the --set strings, as typed
     if source:
         folder = Path(source).expanduser().resolve()
         if not folder.is_dir():
             raise ClipsepError(f"source {source!r} is not a folder of videos")
-        extra.append(f"ingest.source={json.dumps(str(folder))}")
+        extra.append(("ingest.source", str(folder)))
     return load_params(params_file, profile=profile, overrides=extra)
 
 

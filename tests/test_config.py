@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -40,6 +42,7 @@ def test_tuples_and_floats_are_coerced():
         ("audio.hop_length=4096", ["'audio'", "'hop_length'", "n_fft"]),
         ("nosuch.key=1", ["unknown section", "nosuch"]),
         ("train.mask_target=irm", ["'train'", "'mask_target'", "binary, ratio"]),
+        ("world.duet_share=2", ["--set world.duet_share=2", "must lie in [0, 1]; got 2"]),
     ],
 )
 def test_bad_values_name_file_section_and_key(override, words):
@@ -47,6 +50,109 @@ def test_bad_values_name_file_section_and_key(override, words):
         load_params(REPO / "params.yaml", overrides=[override])
     for word in words:
         assert word in str(err.value)
+
+
+PARAMS = REPO / "params.yaml"
+OVER = f"(over {PARAMS})"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (  # a bad choice: the --set as typed, the value, the choices
+            "train.mask_target=irm",
+            f"--set train.mask_target=irm {OVER}: section 'train', key 'mask_target': "
+            "must be one of binary, ratio; got 'irm'",
+        ),
+        (  # an empty value still lists the choices (not "expected str, got NoneType")
+            "train.mask_target=",
+            f"--set train.mask_target= {OVER}: section 'train', key 'mask_target': "
+            "must be one of binary, ratio; got an empty value (null)",
+        ),
+        (  # a choice of the wrong type lists the choices too
+            "eval.precision=16",
+            f"--set eval.precision=16 {OVER}: section 'eval', key 'precision': "
+            "must be one of auto, fp32, bf16, fp16; got 16",
+        ),
+        (  # a wrong type
+            "train.steps=many",
+            f"--set train.steps=many {OVER}: section 'train', key 'steps': "
+            "expected int, got str 'many'",
+        ),
+        (
+            "train.steps=",
+            f"--set train.steps= {OVER}: section 'train', key 'steps': "
+            "expected int, got an empty value (null)",
+        ),
+        (  # an invariant across keys echoes the value too
+            "audio.hop_length=4096",
+            f"--set audio.hop_length=4096 {OVER}: section 'audio', key 'hop_length': "
+            "must be <= n_fft (1024); got 4096",
+        ),
+        (  # not YAML: one line, no traceback
+            "train.gain_range=[1",
+            "--set train.gain_range=[1: the value is not valid YAML: expected ',' or ']', "
+            "but got '<stream end>' (line 1, column 3)",
+        ),
+    ],
+)
+def test_override_errors_say_which_override_and_value(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_params(PARAMS, overrides=[override])
+    assert str(err.value) == message
+
+
+def test_long_values_are_cut_in_messages():
+    with pytest.raises(ConfigError) as err:
+        load_params(PARAMS, overrides=["train.mask_target=" + "x" * 500])
+    message = str(err.value)
+    assert "got 'xxxxx" in message and message.endswith("...") and len(message) < 400
+
+
+def test_mapping_overrides_are_named_with_their_value():
+    with pytest.raises(ConfigError) as err:
+        load_params(PARAMS, overrides={"serve.port": "http"})
+    assert str(err.value) == (
+        f"override serve.port='http' {OVER}: section 'serve', key 'port': "
+        "expected int, got str 'http'"
+    )
+
+
+def test_a_bad_value_in_a_file_names_the_file_and_line(tmp_path):
+    lines = PARAMS.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith("  mask_target:"))
+    lines[number] = "  mask_target: 3"
+    bad = tmp_path / "params.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(bad)
+    assert str(err.value) == (
+        f"{bad} line {number + 1}: section 'train', key 'mask_target': "
+        "must be one of binary, ratio; got 3"
+    )
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "odd.yaml").write_text("# odd\ntrain:\n  steps: 1.5\n")
+    with pytest.raises(ConfigError) as err:  # a profile's value: the profile's file and line
+        load_params(bad, profile="odd", overrides=["train.mask_target=ratio"])
+    assert str(err.value) == (
+        f"{tmp_path / 'profiles' / 'odd.yaml'} line 3: section 'train', key 'steps': "
+        "expected int, got float 1.5"
+    )
+
+
+def test_cli_prints_the_same_one_line_and_exits_2(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_params(PARAMS, overrides=["train.mask_target="])
+    done = subprocess.run(
+        [sys.executable, "-m", "clipsep.cli", "params", "--set", "train.mask_target="],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.strip().endswith(f"ERROR clipsep: {err.value}")
 
 
 def test_missing_key_is_named(tmp_path):

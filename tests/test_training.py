@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -109,13 +110,29 @@ def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):
     assert len(list((out / "cache").glob("frame-embeddings-*.pt"))) == 1
 
 
-def test_snapshots_and_progress_reports_of_a_training(tmp_path, shared_inputs):
+def test_snapshots_and_progress_reports_of_a_training(tmp_path, shared_inputs, caplog):
+    """(With ratio-mask targets, not the default: the recipe is told in summary.json, the log's
+    start line and each snapshot.)"""
     torch.set_num_threads(1)
-    params = _params(tmp_path, shared_inputs, "labelled", **{"train.keep_snapshots": True})
+    params = _params(
+        tmp_path,
+        shared_inputs,
+        "labelled",
+        **{"train.keep_snapshots": True, "train.mask_target": "ratio"},
+    )
     out = params.path("checkpoints")
     reports = []
     with progress.listening(lambda *args: reports.append(args)):
-        train(params, params.path("clips"), out)
+        with caplog.at_level(logging.INFO, logger="clipsep.training.loop"):
+            train(params, params.path("clips"), out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["mask_target"], summary["precision"]) == ("ratio", "fp32")
+    assert summary["channels_last"] is False  # tiny: fp32, channels_last null -> off
+    starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
+    assert len(starts) == 1, caplog.text
+    assert f"steps 0..{params.train.steps} " in starts[0]
+    for part in ("mask_target ratio", "precision fp32", "channels_last off", "nit "):
+        assert part in starts[0]
     assert reports[-1] == ("train", params.train.steps, params.train.steps)  # progress reported
     assert [r[1] for r in reports] == sorted({r[1] for r in reports})
     every, steps = params.train.validate_every, params.train.steps
@@ -125,6 +142,7 @@ def test_snapshots_and_progress_reports_of_a_training(tmp_path, shared_inputs):
     ]
     extras = [load_checkpoint(p)[1].extra for p in snapshots]
     assert [e["step"] for e in extras] == list(range(every, steps + 1, every))
+    assert {e["params"]["train"]["mask_target"] for e in extras} == {"ratio"}
     seconds = [e["train_seconds"] for e in extras]
     assert all(0 < a < b for a, b in zip(seconds, seconds[1:]))
 

@@ -467,6 +467,8 @@ def train(
         log.info("resuming from %s at step %d", out_dir / "last.pt", state.step)
     elif dist.is_main:
         (out_dir / "best.pt").unlink(missing_ok=True)  # a fresh run must not inherit a stale best
+    if dist.is_main:
+        log.info("%s", start_line(trainer, data, state.step, dist.world_size))
     started = state.step
     session_start = time.perf_counter()
     live = open_live(state.step > 0) if dist.is_main and open_live is not None else None
@@ -489,6 +491,19 @@ def train(
     if dist.enabled:
         torch.distributed.destroy_process_group()
     return summary
+
+
+def start_line(trainer: Trainer, data: TrainingData, step: int, world_size: int) -> str:
+    """The log line a training opens with: its length and what decides what is learned."""
+    p = trainer.params
+    return (
+        f"training steps {step}..{p.train.steps} on {len(data.train_clips)} clips: "
+        f"preset {p.model.preset}, nit {'on' if p.model.nit else 'off'}, "
+        f"mask_target {p.train.mask_target}, n_mix {p.train.n_mix}, "
+        f"batch {p.train.batch_size} ({world_size} process(es)), lr {p.train.lr:g}, "
+        f"precision {trainer.precision}, channels_last {'on' if trainer.channels_last else 'off'}"
+        f", device {trainer.device}"
+    )
 
 
 def _check_run_params(params: Params, dist: Dist) -> None:

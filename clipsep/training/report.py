@@ -178,7 +178,9 @@ def _summary(
         "device": trainer.device,
         "precision": trainer.precision,
         "precision_reason": trainer.precision_choice.reason,
+        "channels_last": trainer.channels_last,  # resolved (train.channels_last null: auto)
         "preset": trainer.params.model.preset,
         "nit": trainer.params.model.nit,
+        "mask_target": trainer.params.train.mask_target,
         "examples": examples,
     }
