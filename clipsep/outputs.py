@@ -149,8 +149,9 @@ class StemWriter:
     """Streams stems ``[N, C, n]`` and the residual ``[C, n]`` into ``files`` under ``folder``,
     clipping to full scale where the subtype needs it and counting the clipped samples.
 
-    ``workers`` > 1 encodes the files of a block on that many threads (libsndfile releases the
-    GIL; each file has its own handle, so their order inside a file is kept).
+    ``workers`` > 1 encodes the files of a block on that many threads, in the background while
+    the next block is computed (libsndfile releases the GIL; a block's files are finished before
+    the next block is queued, so the order inside each file is kept).
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class StemWriter:
         self.workers = max(1, min(workers, len(files)))
         self._handles = []
         self._pool = None
+        self._pending = []
 
     def __enter__(self) -> "StemWriter":
         import soundfile as sf
@@ -196,14 +198,22 @@ class StemWriter:
         return self
 
     def write(self, stems: np.ndarray, residual: np.ndarray) -> None:
+        """Append a block; with ``workers`` > 1 it is encoded while the caller computes the next
+        one (the previous block's files are finished first: order kept, errors raised here)."""
         blocks = [self._clipped(block) for block in [*stems, residual]]
         if self._pool is None:
             for handle, block in zip(self._handles, blocks):
                 _write_block(handle, block)
             return
-        done = [self._pool.submit(_write_block, h, b) for h, b in zip(self._handles, blocks)]
-        for future in done:
-            future.result()  # re-raises a writer's error here
+        self._finish_pending()
+        self._pending = [
+            self._pool.submit(_write_block, h, b) for h, b in zip(self._handles, blocks)
+        ]
+
+    def _finish_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # re-raises a writer's error
 
     def _clipped(self, block: np.ndarray) -> np.ndarray:
         if not self.clip or (block.max(initial=0.0) <= 1.0 and block.min(initial=0.0) >= -1.0):
@@ -212,12 +222,15 @@ class StemWriter:
         return np.clip(block, -1.0, 1.0)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for handle in self._handles:
-            handle.close()
-        self._handles = []
+        try:
+            self._finish_pending()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            for handle in self._handles:
+                handle.close()
+            self._handles = []
 
     def __exit__(self, *exc) -> None:
         self.close()
