@@ -87,6 +87,22 @@ def test_metrics_json_has_every_key_with_finite_numbers(evaluated):
         assert (out / name).stat().st_size > 0
 
 
+def test_absent_query_activity_is_what_separate_would_report(evaluated):
+    """Per mixture, the seconds the activity segments call the absent and the right query
+    present (as ``clipsep separate``'s CSVs would); the share of absent queries reported nowhere."""
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())["absent_query"]
+    with open(out / "per_item.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    asked = [float(r["absent_active_s"]) for r in rows if r["absent_label"]]
+    assert asked, "the protocol has classes heard in neither source"
+    assert metrics["no_activity_share"] == sum(a == 0.0 for a in asked) / len(asked)
+    length = 16383 / 16000  # the tiny profile's segment (audio.segment_samples), in seconds
+    for value in asked + [float(r["text_active_s"]) for r in rows]:
+        assert 0.0 <= value <= length + 1e-3  # segment ends are rounded to ms
+    assert metrics["active_s"]["mean"] == pytest.approx(np.mean(asked))
+
+
 def test_oracle_masks_far_above_the_mixture(evaluated):
     _, out = evaluated
     metrics = json.loads((out / "metrics.json").read_text())

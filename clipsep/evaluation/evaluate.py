@@ -7,7 +7,8 @@ clip's middle, divided by 2, summed into the mixture. The model is queried with 
 (image). Scores: BSS-Eval target SDR/SIR/SAR, SI-SDR and SDRi (= SDR - mixture SDR), also for the
 oracle ideal binary / ratio masks in the linear STFT domain (upper bounds) and the mixture itself.
 An absent-query control asks for a class present in neither source and reports how much energy
-the model still returns.
+the model still returns, and for how many seconds ``clipsep separate``'s activity segments would
+call it present (with the ``separate.activity_*`` settings), beside the right query's.
 
 Sources of the protocol: ``eval.targets_csv`` / ``eval.interference_csv`` (columns ``audio_path,
 frames_dir, label``; paths relative to the CSV) for MUSIC / VGGSound users; otherwise the clip
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clipsep.activity import activity
 from clipsep.config import Params
 from clipsep.errors import BadInputError
 from clipsep.evaluation import metrics as M
@@ -274,13 +276,25 @@ class MixtureScorer:
         result = {
             "absent_label": None,
             "absent_energy_db": math.nan,
+            "absent_active_s": math.nan,
             "text_energy_db": M.energy_db(text_estimate, mixture),
+            "text_active_s": self.active_seconds(text_estimate, mixture),
         }
         if absent:
             label = absent[int(rng.integers(len(absent)))]
             estimate = self.estimate(mixture, self.text_embedding(label))
-            result.update(absent_label=label, absent_energy_db=M.energy_db(estimate, mixture))
+            result.update(
+                absent_label=label,
+                absent_energy_db=M.energy_db(estimate, mixture),
+                absent_active_s=self.active_seconds(estimate, mixture),
+            )
         return result
+
+    def active_seconds(self, estimate: np.ndarray, mixture: np.ndarray) -> float:
+        """Seconds of the mixture where ``clipsep separate`` would report the estimate active
+        (its ``.activity.csv`` segments, with the ``separate.activity_*`` settings)."""
+        segments = activity(estimate, mixture, self.cfg.sample_rate, self.p.separate)
+        return float(sum(end - start for start, end, _ in segments))
 
 
 # --- the whole protocol -----------------------------------------------------------------------
@@ -347,10 +361,17 @@ def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
         method: {s: M.summarize(r[f"{method}_{s}"] for r in rows) for s in SCORES}
         for method in METHODS
     }
+    asked = [r for r in rows if r["absent_label"] is not None]
     metrics["absent_query"] = {
         "energy_db": M.summarize(r["absent_energy_db"] for r in rows),
         "right_query_energy_db": M.summarize(r["text_energy_db"] for r in rows),
         "target_energy_db": M.summarize(r["target_energy_db"] for r in rows),
+        "active_s": M.summarize(r["absent_active_s"] for r in rows),
+        "right_query_active_s": M.summarize(r["text_active_s"] for r in rows),
+        # what a user of the activity CSVs sees: an absent query reported nowhere
+        "no_activity_share": (
+            sum(r["absent_active_s"] == 0.0 for r in asked) / len(asked) if asked else None
+        ),
     }
     per_class: dict[str, Any] = {}
     for label in sorted({r["label"] for r in rows}):
