@@ -1,7 +1,8 @@
 """Training you can watch: the pipeline's MLflow run opens at its first stage, fills live
 (stage results, per-step training metrics, system metrics), and register closes it; a run whose
 process was SIGKILLed, or whose driver (the flow's process, dvc) was SIGKILLed between two stages,
-is ended KILLED by the next process that opens the store."""
+is ended KILLED by the next process that opens the store; each output folder (paths.checkpoints)
+has its own pipeline run, so passes into two folders neither end nor log into each other's."""
 
 from __future__ import annotations
 
