@@ -3,7 +3,7 @@ by ``register``.
 
 With ``registry.live_tracking`` every stage (through :func:`clipsep.stages.run_stage`, so for
 ``dvc repro``, the CLI and the Prefect flow alike) calls :func:`open_run`: it continues the
-pipeline run recorded in ``<paths.mlflow>/pipeline_run.json`` or opens a new one with all params,
+pipeline run recorded for the params' output folder or opens a new one with all params,
 tags the run ``clipsep.stage.<stage>=running``, claims it for this process and records the
 pipeline's driver (:mod:`clipsep.run_owner`), which holds the run between stages. When the stage
 is done its summary's numbers become metrics ``<stage>/...`` and the summary an artifact
@@ -11,15 +11,25 @@ is done its summary's numbers become metrics ``<stage>/...`` and the summary an 
 stage. ``register`` logs the evaluation into it and closes
 it (FINISHED).
 
-Which run a stage continues: the recorded one, unless it is FINISHED (registered: the pipeline
-pass is over) or this stage already completed in it (``done``: a stage running again starts a new
-pass; the unfinished old run ends KILLED, superseded). A resumed training (``last.pt`` present)
-continues its run even so. A failed or killed run is continued by the stage that failed (the
-retry of the same pass). A stage that raises ends the run FAILED (Ctrl-C or SIGTERM: KILLED),
-with ``clipsep.end_reason``; a SIGKILLed one, or one whose driver (the flow's process, ``dvc``)
-was SIGKILLed between stages, is ended KILLED by the next process that opens the store
-(:mod:`clipsep.run_owner`). A continued run that had ended is RUNNING again and its earlier
-``STATUS: reason`` moves to ``clipsep.earlier_end``.
+A pipeline run belongs to the output folder it describes, the resolved ``paths.checkpoints``
+(tag ``clipsep.checkpoints``): each folder's run is recorded in its own file,
+``<paths.mlflow>/pipeline_runs/<digest of the folder>.json`` (:func:`clipsep.tracking.run_file`),
+so a side-by-side experiment (``--set paths.checkpoints=models/other``) has its own run, and
+passes into different folders never continue, supersede or log into each other's runs. The
+choice below is made under the folder's file lock (:func:`clipsep.tracking.run_file_lock`): two
+stages of one folder started together share one run; stages of other folders do not wait. The
+single ``<paths.mlflow>/pipeline_run.json`` of older versions is taken over by the folder its run
+was opened for, the first time that folder looks for its run.
+
+Which run a stage continues: its folder's recorded one, unless it is FINISHED (registered: the
+pipeline pass is over) or this stage already completed in it (``done``: a stage running again
+starts a new pass; the unfinished old run ends KILLED, superseded). A resumed training
+(``last.pt`` present) continues its run even so. A failed or killed run is continued by the
+stage that failed (the retry of the same pass). A stage that raises ends the run FAILED (Ctrl-C
+or SIGTERM: KILLED), with ``clipsep.end_reason``; a SIGKILLed one, or one whose driver (the
+flow's process, ``dvc``) was SIGKILLed between stages, is ended KILLED by the next process that
+opens the store (:mod:`clipsep.run_owner`). A continued run that had ended is RUNNING again
+and its earlier ``STATUS: reason`` moves to ``clipsep.earlier_end``.
 
 Training logs every step's history record as metrics (buffered: one ``log_batch`` per
 FLUSH_EVERY steps, at each validation and at the end; names are the history.csv columns), the
@@ -38,7 +48,6 @@ from typing import Any
 
 from clipsep import run_owner
 from clipsep.config import Params
-from clipsep.fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +56,37 @@ MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 MAX_TAG = 5000  # MLflow's limit on a tag value's length (older stores)
 EARLIER_END = "clipsep.earlier_end"  # why a run that is running again had ended
+CHECKPOINTS_TAG = "clipsep.checkpoints"  # the output folder a pipeline run belongs to
 
 
 def open_run(p: Params, stage: str, resuming: bool = False, in_process: bool = True) -> "LiveRun":
-    """The pipeline run for ``stage`` (continued or new, see the module doc), claimed by this
-    process, held by the pipeline's driver (:func:`clipsep.run_owner.pipeline_driver`; False
-    ``in_process`` for the ``clipsep <stage>`` command) and tagged
-    ``clipsep.stage.<stage>=running``.
+    """The pipeline run of ``p``'s output folder for ``stage`` (continued or new, see the module
+    doc), claimed by this process, held by the pipeline's driver
+    (:func:`clipsep.run_owner.pipeline_driver`; False ``in_process`` for the ``clipsep <stage>``
+    command) and tagged ``clipsep.stage.<stage>=running``.
 
     Raises RegistryUnavailableError when the store cannot be read.
     """
-    from clipsep.tracking import connect, recorded_run, run_file
+    from clipsep.tracking import connect, recorded_run, run_file_lock, write_run_file
 
     client, experiment_id = connect(p)  # also ends runs whose owner died (run_owner)
-    previous = recorded_run(p, client)
-    if _continues(previous, stage, resuming):
-        run_id = previous.info.run_id
-        if previous.info.status != "RUNNING":
-            _reopen(client, previous)
-        _log_params(client, previous, p, stage)
-        log.info("%s continues MLflow run %s", stage, run_id)
-    else:
-        if previous is not None and previous.info.status == "RUNNING":
-            _supersede(client, previous.info.run_id, stage)
-        run_id = _create(client, experiment_id, p, stage)
-        write_json(run_file(p), {"run_id": run_id, "experiment_id": experiment_id})
-        log.info("%s opened MLflow run %s (the pipeline's run until register)", stage, run_id)
-    client.set_tag(run_id, run_owner.STAGE_TAG + stage, "running")
-    run_owner.claim(client, run_id, run_owner.pipeline_driver(in_process))
+    with run_file_lock(p):  # this folder's stages started together pick one run
+        previous = recorded_run(p, client)
+        if _continues(previous, stage, resuming):
+            run_id = previous.info.run_id
+            if previous.info.status != "RUNNING":
+                _reopen(client, previous)
+            _log_params(client, previous, p, stage)
+            log.info("%s continues MLflow run %s", stage, run_id)
+        else:
+            if previous is not None and previous.info.status == "RUNNING":
+                _supersede(client, previous.info.run_id, stage)
+            run_id = _create(client, experiment_id, p, stage)
+            write_run_file(p, run_id, experiment_id)
+            folder = p.path("checkpoints")
+            log.info("%s opened MLflow run %s, %s's run until register", stage, run_id, folder)
+        client.set_tag(run_id, run_owner.STAGE_TAG + stage, "running")
+        run_owner.claim(client, run_id, run_owner.pipeline_driver(in_process))
     return LiveRun(client, run_id, stage)
 
 
@@ -124,7 +136,11 @@ def _create(client, experiment_id: str, p: Params, stage: str) -> str:
 
     from clipsep.tracking import flatten_params, system_info
 
-    tags = {"clipsep.opened_by": stage, **{f"sys.{k}": v for k, v in system_info().items()}}
+    tags = {
+        "clipsep.opened_by": stage,
+        CHECKPOINTS_TAG: str(p.path("checkpoints")),
+        **{f"sys.{k}": v for k, v in system_info().items()},
+    }
     run = client.create_run(experiment_id, run_name=f"{p.model.preset}-pipeline", tags=tags)
     params = [Param(k, v[:MAX_PARAM]) for k, v in flatten_params(p).items()]
     for start in range(0, len(params), 100):

@@ -26,7 +26,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import yaml
 from clipsep import run_owner
 from clipsep.config import Params, RegistryConfig
 from clipsep.errors import BadInputError
-from clipsep.fileio import file_digest
+from clipsep.fileio import file_digest, write_json
 from clipsep.registry_reader import (
     RegistryUnavailableError,
     lookup_version,
@@ -574,19 +574,47 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     return str(model.registered_model_version)
 
 
-RUN_FILE = "pipeline_run.json"  # under paths.mlflow: the pipeline's open run (live_run)
+RUNS_FOLDER = "pipeline_runs"  # under paths.mlflow: one record per output folder (live_run)
+LEGACY_RUN_FILE = "pipeline_run.json"  # under paths.mlflow: the one record of older versions
+FOLDER_DIGITS = 16  # hex digits of the folder's sha256 that name its record
 
 
 def run_file(p: Params) -> Path:
-    """Where the id of the pipeline's MLflow run is kept (:mod:`clipsep.live_run`)."""
-    return p.path("mlflow") / RUN_FILE
+    """Where the pipeline run of ``p``'s output folder (the resolved ``paths.checkpoints``) is
+    recorded (:mod:`clipsep.live_run`): ``<paths.mlflow>/pipeline_runs/<digest>.json``, the
+    digest being the first FOLDER_DIGITS hex digits of the sha256 of the folder's absolute path;
+    the file holds the run id, the experiment id and the folder."""
+    digest = hashlib.sha256(str(p.path("checkpoints")).encode()).hexdigest()[:FOLDER_DIGITS]
+    return p.path("mlflow") / RUNS_FOLDER / f"{digest}.json"
+
+
+def run_file_lock(p: Params):
+    """The inter-process lock of ``p``'s folder's record, held while a stage picks, opens and
+    claims the folder's run: two stages of one folder started together share one run instead of
+    each opening its own; other folders have their own locks and never wait on this one."""
+    from filelock import FileLock
+
+    path = run_file(p)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{path}.lock")
+
+
+def write_run_file(p: Params, run_id: str, experiment_id: str) -> Path:
+    """Record ``run_id`` as the pipeline run of ``p``'s output folder."""
+    folder = str(p.path("checkpoints"))
+    record = {"run_id": run_id, "experiment_id": experiment_id, "checkpoints": folder}
+    return write_json(run_file(p), record)
 
 
 def recorded_run(p: Params, client) -> Any | None:
-    """The run ``pipeline_run.json`` names, if the file exists and the store knows the run."""
+    """The pipeline run recorded for ``p``'s output folder (:func:`run_file`), if there is a
+    record and the store knows its run (an older version's record is taken over first when it
+    belongs to this folder, :func:`_take_over_legacy`)."""
     from mlflow.exceptions import MlflowException
 
     path = run_file(p)
+    if not path.is_file():
+        _take_over_legacy(p, client)
     if not path.is_file():
         return None
     try:
@@ -596,6 +624,46 @@ def recorded_run(p: Params, client) -> Any | None:
             "%s names no run of %s (%s): a new run is opened", path, client.tracking_uri, err
         )
         return None
+
+
+def _take_over_legacy(p: Params, client) -> None:
+    """Older versions kept one record for the whole project, ``<paths.mlflow>/pipeline_run.json``;
+    its run becomes the run of the folder it was opened for (its logged ``paths.root`` and
+    ``paths.checkpoints``, resolved as ``p``'s own paths are) the first time that folder looks
+    for its run: the record moves to that folder's file. A record of another folder is left for
+    that folder; one naming no run of the store is removed."""
+    from filelock import FileLock
+    from mlflow.exceptions import MlflowException
+
+    legacy = p.path("mlflow") / LEGACY_RUN_FILE
+    if not legacy.is_file():
+        return
+    with FileLock(f"{legacy}.lock"):  # two folders' first stages may find it at once
+        if run_file(p).is_file() or not legacy.is_file():
+            return
+        try:
+            run = client.get_run(json.loads(legacy.read_text())["run_id"])
+        except (KeyError, ValueError, TypeError, MlflowException) as err:
+            if getattr(err, "error_code", "RESOURCE_DOES_NOT_EXIST") == "RESOURCE_DOES_NOT_EXIST":
+                log.warning("%s names no run of %s (%s): removed", legacy, client.tracking_uri, err)
+                legacy.unlink()
+            return  # else the store did not answer: the record stays for the next look
+        if _folder_of(p, run) != p.path("checkpoints"):
+            return
+        moved = write_run_file(p, run.info.run_id, run.info.experiment_id)
+        legacy.unlink()
+        log.info("pipeline run %s: its record %s moved to %s", run.info.run_id, legacy, moved)
+
+
+def _folder_of(p: Params, run) -> Path:
+    """The output folder ``run`` was opened for: its logged ``paths.root`` and
+    ``paths.checkpoints`` resolved like ``p``'s paths (``p``'s own folder when it logged none)."""
+    logged = run.data.params
+    if "paths.checkpoints" not in logged:
+        return p.path("checkpoints")
+    root = logged.get("paths.root", p.paths.root)
+    paths = replace(p.paths, root=root, checkpoints=logged["paths.checkpoints"])
+    return replace(p, paths=paths).path("checkpoints")
 
 
 def register(p: Params, run_id: str | None = None) -> dict[str, Any]:

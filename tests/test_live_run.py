@@ -1,11 +1,13 @@
 """Training you can watch: the pipeline's MLflow run opens at its first stage, fills live
 (stage results, per-step training metrics, system metrics), and register closes it; a run whose
 process was SIGKILLed, or whose driver (the flow's process, dvc) was SIGKILLed between two stages,
-is ended KILLED by the next process that opens the store."""
+is ended KILLED by the next process that opens the store; each output folder (paths.checkpoints)
+has its own pipeline run, so passes into two folders neither end nor log into each other's."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -25,6 +27,7 @@ from clipsep.stages import run_stage
 from clipsep.training import loop
 from conftest import tiny_params_at
 from platform_inputs import write_checkpoint, write_metrics, write_training_outputs
+from test_evaluation import write_protocol
 from test_training import _params, shared_inputs  # noqa: F401 - module fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -467,3 +470,135 @@ def test_the_driver_is_this_process_dvc_or_nobody(monkeypatch):
     monkeypatch.setenv(run_owner.DVC_STAGE, "validate")  # as if dvc ran us, but none did
     assert run_owner.pipeline_driver(in_process=True) is None
     assert run_owner.driver_tags(None) == {}
+
+
+def test_passes_into_two_folders_keep_a_run_each(tmp_path, shared_inputs):  # noqa: F811
+    """A side-by-side experiment into another output folder (``--set paths.checkpoints=...``)
+    shared the project's one pipeline run: its first stage ended the first folder's open run
+    KILLED (superseded), and its evaluate logged into whichever run was open."""
+    clips = valid_clips(tmp_path, shared_inputs)
+    targets, interference = write_protocol(tmp_path)
+    protocol = {"eval.targets_csv": str(targets), "eval.interference_csv": str(interference)}
+    first = _params(tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, **protocol})
+    other_paths = {"paths.checkpoints": "models/other", "paths.evaluation": "reports/other"}
+    other = _params(
+        tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, **protocol, **other_paths}
+    )
+    client = tracking.client_for(first)
+    for stage in ("validate", "train"):  # the two passes interleaved
+        run_stage(stage, first)
+        run_stage(stage, other)
+    evaluated = run_stage("evaluate", other).summary
+    a, b = tracking.recorded_run(first, client), tracking.recorded_run(other, client)
+    assert a.info.run_id != b.info.run_id
+    assert tracking.run_file(first) != tracking.run_file(other)
+    for run, params in ((a, first), (b, other)):
+        assert run.info.status == "RUNNING"
+        assert run_owner.END_REASON not in run.data.tags  # neither ended nor superseded
+        assert not [k for k in run.data.tags if k.startswith("clipsep.params_changed.")]
+        assert run.data.tags[live_run.CHECKPOINTS_TAG] == str(params.path("checkpoints"))
+        assert run.data.params["paths.checkpoints"] == params.paths.checkpoints
+        assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3, 4]  # its own training
+    assert b.data.tags[run_owner.STAGE_TAG + "evaluate"] == "done"
+    assert run_owner.STAGE_TAG + "evaluate" not in a.data.tags
+    logged = tracking.flatten_metrics(evaluated, "evaluate")  # the evaluation of folder B
+    assert logged["evaluate/n_mixtures"] == 2
+    assert {k: b.data.metrics[k] for k in logged} == pytest.approx(logged)
+    assert not [k for k in a.data.metrics if k.startswith("evaluate/")]
+    run_stage("validate", first)  # a new pass into the first folder supersedes its run only
+    superseded = client.get_run(a.info.run_id)
+    assert superseded.info.status == "KILLED"
+    assert "superseded" in superseded.data.tags[run_owner.END_REASON]
+    assert tracking.recorded_run(first, client).info.run_id not in (a.info.run_id, b.info.run_id)
+    assert client.get_run(b.info.run_id).info.status == "RUNNING"
+    assert tracking.recorded_run(other, client).info.run_id == b.info.run_id
+
+
+OPEN_AT_ONCE = """import pathlib, sys, time
+import mlflow  # imported before the start: the processes race only over the run
+from clipsep.config import load_params
+from clipsep.live_run import open_run
+overrides = {"paths.root": sys.argv[2], "paths.checkpoints": sys.argv[3]}
+params = load_params(sys.argv[1], profile="tiny", overrides=overrides)
+pathlib.Path(sys.argv[4]).touch()
+go = pathlib.Path(sys.argv[5])
+while not go.exists():
+    time.sleep(0.01)
+run = open_run(params, "evaluate", in_process=False)
+run.finish_stage({"n": 1})
+print(run.run_id)
+"""
+
+
+def test_stages_started_together_share_their_folders_run_and_no_other(tmp_path):
+    """Three evaluations start at once, two into one folder and one into another: each folder
+    gets one run (the folder's lock), none is superseded or ended."""
+    params = {f: tiny_params_at(tmp_path, **{"paths.checkpoints": f}) for f in ("m/a", "m/b")}
+    client, experiment = tracking.connect(params["m/a"])  # the store exists before they start
+    go = tmp_path / "go"
+    folders = ["m/a", "m/a", "m/b"]
+    ready = [tmp_path / f"ready-{number}" for number in range(len(folders))]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AT_ONCE, str(REPO / "params.yaml"), str(tmp_path)]
+            + [folder, str(flag), str(go)],
+            cwd=REPO,
+            env=stage_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for folder, flag in zip(folders, ready)
+    ]
+    wait_for(
+        lambda: all(flag.exists() or p.poll() is not None for flag, p in zip(ready, processes)),
+        240,
+        "the processes to be ready",
+    )
+    go.touch()
+    run_ids = [process.communicate(timeout=240)[0].split()[-1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0]
+    assert run_ids[0] == run_ids[1] != run_ids[2]
+    for folder, run_id in zip(folders, run_ids):
+        assert tracking.recorded_run(params[folder], client).info.run_id == run_id
+    runs = client.search_runs([experiment])
+    assert sorted(r.info.run_id for r in runs) == sorted(set(run_ids))  # no run left behind
+    assert {r.info.status for r in runs} == {"RUNNING"}
+
+
+def legacy_record(params, client, experiment: str, stage: str) -> str:
+    """What an older version left: a pipeline run opened for ``params``, recorded in the one
+    ``<paths.mlflow>/pipeline_run.json`` of the project; -> the run's id."""
+    run_id = live_run._create(client, experiment, params, stage)
+    client.set_tag(run_id, run_owner.STAGE_TAG + stage, "done")
+    client.delete_tag(run_id, live_run.CHECKPOINTS_TAG)  # older versions did not tag it
+    legacy = params.path("mlflow") / tracking.LEGACY_RUN_FILE
+    legacy.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment}))
+    return run_id
+
+
+def test_an_older_projects_open_run_is_taken_over_by_its_own_folder(tiny_params):
+    other = tiny_params_at(Path(tiny_params.paths.root), **{"paths.checkpoints": "models/other"})
+    client, experiment = tracking.connect(tiny_params)
+    old = legacy_record(tiny_params, client, experiment, "validate")
+    legacy = tiny_params.path("mlflow") / tracking.LEGACY_RUN_FILE
+    opened = live_run.open_run(other, "validate")  # another folder: not its run
+    assert opened.run_id != old
+    assert legacy.is_file()  # still waiting for its folder
+    continued = live_run.open_run(tiny_params, "train")  # its folder: the pass goes on
+    assert continued.run_id == old
+    assert not legacy.exists()
+    assert json.loads(tracking.run_file(tiny_params).read_text()) == {
+        "run_id": old,
+        "experiment_id": experiment,
+        "checkpoints": str(tiny_params.path("checkpoints")),
+    }
+    statuses = {run_id: client.get_run(run_id).info.status for run_id in (old, opened.run_id)}
+    assert statuses == {old: "RUNNING", opened.run_id: "RUNNING"}
+
+
+def test_an_older_record_of_a_run_the_store_lacks_is_dropped(tiny_params):
+    client, _ = tracking.connect(tiny_params)
+    legacy = tiny_params.path("mlflow") / tracking.LEGACY_RUN_FILE
+    legacy.write_text(json.dumps({"run_id": "0" * 32, "experiment_id": "1"}))
+    assert tracking.recorded_run(tiny_params, client) is None
+    assert not legacy.exists()
