@@ -666,6 +666,22 @@ def _folder_of(p: Params, run) -> Path:
     return replace(p, paths=paths).path("checkpoints")
 
 
+def check_scores_checkpoint(metrics: dict[str, Any], metrics_file: Path, checkpoint: Path) -> None:
+    """BadInputError unless ``metrics_file`` scored ``checkpoint`` (its recorded SHA-256): an
+    evaluation of another output folder (``paths.evaluation`` shared by two experiments) must not
+    be registered with this model. metrics.json of older versions records none: warned."""
+    scored = metrics.get("checkpoint", {})
+    if "sha256" not in scored:
+        log.warning("%s does not say which checkpoint it scored: not checked", metrics_file)
+        return
+    if scored["sha256"] != file_digest(checkpoint):
+        raise BadInputError(
+            f"{metrics_file} scores {scored.get('path', 'another checkpoint')}, not {checkpoint} "
+            "(or that file changed since): run `clipsep evaluate` for it, and give side-by-side "
+            "experiments their own paths.evaluation"
+        )
+
+
 def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
     """The ``register`` stage: log into the pipeline's run ``run_id`` (:mod:`clipsep.live_run`;
     None: a new run), register the evaluated model, gate it, close the run FINISHED."""
@@ -677,6 +693,7 @@ def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
         if not needed.is_file():
             raise BadInputError(f"{needed} is missing: run `clipsep {stage}` first")
     metrics = json.loads(metrics_file.read_text())
+    check_scores_checkpoint(metrics, metrics_file, checkpoint)
     tags = lineage_tags(p, metrics)
     client, experiment_id = connect(p)
     started = (

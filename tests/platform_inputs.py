@@ -118,6 +118,11 @@ def write_metrics(p: Params, text_sdr: float) -> Path:
         "n_mixtures": 4,
         "backend": "museval v4",
     }
+    checkpoint = p.path("checkpoints") / "best.pt"
+    if checkpoint.is_file():  # what the evaluate stage records: register checks it
+        from clipsep.evaluation.evaluate import checkpoint_identity
+
+        metrics["checkpoint"] = checkpoint_identity(checkpoint)
     out = p.path("evaluation") / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics))

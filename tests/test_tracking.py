@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -231,6 +232,28 @@ def test_register_refuses_missing_inputs_and_broken_metrics(tmp_path):
         tracking.text_sdr({"text": {"sir": {}}})
     with pytest.raises(BadInputError, match="nan"):
         tracking.text_sdr({"text": {"sdr": {"mean": math.nan}}})
+
+
+def test_register_refuses_an_evaluation_of_another_checkpoint(tmp_path, clip_weights):
+    """Two experiments sharing paths.evaluation: the metrics of one must not be registered with
+    the other's model. Refused before the store is touched."""
+    p = tiny_params_at(tmp_path, **{"registry.champion_floor_db": -100.0})
+    write_pipeline_outputs(p, text_sdr=4.5, clip_weights=clip_weights)
+    metrics_file = p.path("evaluation") / "metrics.json"
+    scored = json.loads(metrics_file.read_text())["checkpoint"]
+    assert scored["sha256"] == hashlib.sha256(
+        (p.path("checkpoints") / "best.pt").read_bytes()
+    ).hexdigest()
+    other = tmp_path / "other" / "best.pt"
+    other.parent.mkdir()
+    other.write_bytes(b"another model")
+    from clipsep.evaluation.evaluate import checkpoint_identity
+
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "checkpoint": checkpoint_identity(other)}))
+    with pytest.raises(BadInputError, match=f"scores {other}, not .*best.pt"):
+        tracking.register(p)
+    assert not p.path("mlflow").exists()  # no store was opened, no run created
 
 
 def test_data_version_follows_manifest_and_dvc_lock(tmp_path):

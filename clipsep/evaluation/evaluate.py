@@ -34,7 +34,7 @@ from clipsep.activity import activity
 from clipsep.config import Params
 from clipsep.errors import BadInputError
 from clipsep.evaluation import metrics as M
-from clipsep.fileio import write_csv, write_json
+from clipsep.fileio import file_digest, write_csv, write_json
 from clipsep.data.mixing import read_manifest
 from clipsep.data.world import read_ground_truth
 
@@ -333,6 +333,7 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
         rows.append(row)
         example = example or waves
     metrics = aggregate(rows, p.eval.metrics_backend)
+    metrics["checkpoint"] = checkpoint_identity(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(out_dir / "metrics.json", metrics)
     write_csv(out_dir / "per_item.csv", list(rows[0]), rows)
@@ -353,6 +354,15 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
         "oracle_ibm_sdr": metrics["oracle_ibm"]["sdr"]["mean"],
         "out_dir": str(out_dir),
     }
+
+
+def checkpoint_identity(checkpoint: str | Path) -> dict[str, str]:
+    """What metrics.json scored: a local file's absolute path and SHA-256 (register checks it
+    against the checkpoint it registers), else the reference as given (``models:/...``)."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return {"path": str(path.resolve()), "sha256": file_digest(path)}
+    return {"ref": str(checkpoint)}
 
 
 def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
