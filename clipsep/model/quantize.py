@@ -118,6 +118,28 @@ def fp32_nodes(model) -> list[str]:
     return names
 
 
+def static_options(quantization) -> dict:
+    """``quantize_static``'s settings for the int8 network (their one home; ``quantization`` is
+    the ``onnxruntime.quantization`` module): QDQ, int8 weights per output channel in 7 bits,
+    uint8 activations, min-max ranges. bench/int8_variants.py measures the alternatives."""
+    return {
+        "quant_format": quantization.QuantFormat.QDQ,
+        "per_channel": True,
+        "activation_type": quantization.QuantType.QUInt8,
+        "weight_type": quantization.QuantType.QInt8,
+        "reduce_range": True,
+        "calibrate_method": quantization.CalibrationMethod.MinMax,
+    }
+
+
+def prepare(src: str | Path, out: str | Path) -> Path:
+    """Write ``out``: the ONNX file ``src`` after ``quant_pre_process`` (ONNX Runtime's basic
+    optimisations, which fold each BatchNormalization into its convolution)."""
+    quantization = export._require("onnxruntime.quantization")
+    quantization.quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    return Path(out)
+
+
 def quantize_export(src: str | Path, out: str | Path, feeds: Sequence[Feed]) -> Path:
     """Write ``out``: the export folder ``src`` with its network quantised to int8 (static QDQ,
     per-channel int8 weights, uint8 activations, min-max ranges over ``feeds``). Returns ``out``.
@@ -131,15 +153,14 @@ def quantize_export(src: str | Path, out: str | Path, feeds: Sequence[Feed]) -> 
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         work = Path(tmp) / "export"
         work.mkdir()
-        prepared = Path(tmp) / "prepared.onnx"
-        quantization.quant_pre_process(
-            str(info.folder / info.manifest.get("onnx_file", export.ONNX_FILE)),
-            str(prepared),
-            skip_symbolic_shape=True,
+        prepared = prepare(
+            info.folder / info.manifest.get("onnx_file", export.ONNX_FILE),
+            Path(tmp) / "prepared.onnx",
         )
         import onnx
 
         keep_fp32 = fp32_nodes(onnx.load(str(prepared)))
+        options = static_options(quantization)
         settings = {
             "format": "QDQ",
             "weights": "int8 in 7 bits (reduce_range), symmetric, per channel",
@@ -149,14 +170,9 @@ def quantize_export(src: str | Path, out: str | Path, feeds: Sequence[Feed]) -> 
         quantization.quantize_static(
             str(prepared),
             str(work / INT8_FILE),
-            _Reader(feeds),
-            quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
-            reduce_range=True,
-            calibrate_method=quantization.CalibrationMethod.MinMax,
+            CalibrationReader(feeds),
             nodes_to_exclude=keep_fp32,
+            **options,
         )
         manifest = {
             **info.manifest,
@@ -164,6 +180,7 @@ def quantize_export(src: str | Path, out: str | Path, feeds: Sequence[Feed]) -> 
             "quantization": {
                 **settings,
                 "tool": "onnxruntime.quantization.quantize_static",
+                "options": {name: str(value) for name, value in options.items()},
                 "fp32_nodes": keep_fp32,
                 "calibration_inputs": len(feeds),
                 "calibration_sha256": _feeds_digest(feeds),
@@ -178,7 +195,7 @@ def quantize_export(src: str | Path, out: str | Path, feeds: Sequence[Feed]) -> 
     return out
 
 
-class _Reader:
+class CalibrationReader:
     """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
 
     def __init__(self, feeds: Sequence[Feed]):
