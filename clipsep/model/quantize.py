@@ -6,15 +6,19 @@ new export folder whose ``separator.int8.onnx`` has int8 weights (per output cha
 and uint8 activations (QDQ format: ONNX Runtime fuses each DequantizeLinear -> op ->
 QuantizeLinear into one integer kernel, e.g. QLinearConv). Weights use 7 bits
 (``reduce_range``): AVX2 CPUs without VNNI multiply uint8 x int8 with ``vpmaddubsw``, whose
-int16 pair sums saturate with 8-bit weights; on the cpu preset that made the masks differ from
-fp32 by 0.15 on average (0.002 with 7 bits). The manifest records the settings and
-the calibration set's digest. :class:`~clipsep.model.export.OnnxNetwork` runs it unchanged.
+int16 pair sums saturate with 8-bit weights; on trained cpu-preset networks that made the masks
+differ from fp32 by 0.15-0.29 on average (0.002-0.008 with 7 bits). The settings have one home,
+:func:`static_options`; the manifest records them and the calibration set's digest.
+:class:`~clipsep.model.export.OnnxNetwork` runs it unchanged.
 
 On an AVX2 CPU without VNNI (AMD EPYC, 2 cores) the int8 forward was 1.0-1.7x ONNX Runtime's fp32
-one for the small, cpu and paper presets (bench/separate.py); ``separate.engine: onnx-int8``
-selects it. Calibration inputs are mixtures of two of the world's train clips (the training
-recipe's mix-and-separate, halved sources), each queried with its clip's middle frame. The
-front end before the first convolution and the late fusion stay fp32 (:func:`fp32_nodes`).
+one for the small, cpu and paper presets (bench/separate.py, 2 threads under load), and the
+paper preset's 1.76-1.95x at 1 pinned thread, where no other setting of the quantisation tool
+(format, weight and activation types, per-channel, extra options) or of the session was faster
+(bench/int8_variants.py; docs/separation.md). ``separate.engine: onnx-int8`` selects it.
+Calibration inputs are mixtures of two of the world's train clips (the training recipe's
+mix-and-separate, halved sources), each queried with its clip's middle frame. The front end
+before the first convolution and the late fusion stay fp32 (:func:`fp32_nodes`).
 """
 
 from __future__ import annotations
