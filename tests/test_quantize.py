@@ -78,6 +78,12 @@ def test_int8_export_holds_integer_kernels(quantised):
     manifest = read_export(int8).manifest
     assert manifest["onnx_file"] == INT8_FILE
     assert manifest["quantization"]["calibration_inputs"] == 6
+    # the settings it was made with (7-bit weights: see the saturation note in quantize.py)
+    options = manifest["quantization"]["options"]
+    assert (options["reduce_range"], options["per_channel"]) == ("True", "True")
+    assert options["quant_format"].endswith("QDQ")
+    assert options["activation_type"].endswith("QUInt8")
+    assert options["weight_type"].endswith("QInt8")
     model = onnx.load(str(int8 / INT8_FILE))
     int8_weights = [
         t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims
