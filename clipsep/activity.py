@@ -10,7 +10,8 @@ shorter than ``separate.activity_min_s`` are dropped. ``mean_db`` is the mean st
 over the segment's frames (0 dB: the stem is the whole mixture there).
 
 :class:`ActivityMeter` accumulates frame energies block by block while a file streams, so memory
-is one float per frame and stem (72 000 per hour at 50 ms frames). Imports numpy only.
+is one float per frame and stem (72 000 per hour at 50 ms frames). Imports numpy only (and
+clipsep.layout's channel-axis rule).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import math
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from clipsep.errors import BadInputError
+from clipsep.layout import channels_first
 
 TINY = 1e-20  # energy floor that keeps log10 finite
 
@@ -108,9 +112,21 @@ class ActivityMeter:
         return found
 
 
-def activity(stem: np.ndarray, mixture: np.ndarray, sample_rate: int, settings) -> list[Segment]:
-    """Segments where ``stem`` (``[L]`` or ``[C, L]``) sounds in ``mixture`` (same shape)."""
-    stem2, mix2 = np.atleast_2d(stem), np.atleast_2d(mixture)
+def activity(stem, mixture, sample_rate: int, settings) -> list[Segment]:
+    """Segments where ``stem`` sounds in ``mixture``: numpy arrays or torch tensors shaped
+    ``[L]``, ``[C, L]`` or ``[L, C]`` (as ``Separator.separate`` takes and returns them; the
+    channel axis is read as there, :func:`clipsep.layout.channels_first`), the two alike.
+    ``sample_rate`` in Hz; ``settings`` a SeparateConfig (its ``activity_*`` keys).
+
+    Raises BadInputError for an array of another rank, an ambiguous shape, or two shapes that
+    differ.
+    """
+    stem2, _ = channels_first(stem)
+    mix2, _ = channels_first(mixture)
+    if stem2.shape != mix2.shape:
+        raise BadInputError(
+            f"activity: stem {tuple(stem2.shape)} and mixture {tuple(mix2.shape)} ([C, L]) differ"
+        )
     meter = ActivityMeter(["stem"], sample_rate, settings.activity_frame_s)
     meter.update(0, stem2[None], mix2)
     return meter.segments(settings)["stem"]

@@ -58,6 +58,7 @@ from clipsep import audio_io, outputs
 from clipsep.activity import ActivityMeter, Segment
 from clipsep.config import AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
+from clipsep.layout import channels_first
 from clipsep.precision import autocast, resolve_precision
 from clipsep.registry_reader import ResolvedModel
 
@@ -70,7 +71,6 @@ TOP_BAND = 0.25  # share of the model's band below its Nyquist that sets the hig
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 128  # model-rate samples of context per resampled segment: covers soxr's filter
-MAX_CHANNELS = 64  # a 2-D array's channel axis is the one axis with at most this many entries
 
 Progress = Callable[[int, int], None]  # (segments done, segments in total)
 SINGLE_STEM = "target"  # the stem's name when one query is given (query=/image=)
@@ -85,60 +85,6 @@ class SeparationResult:
     target: np.ndarray | torch.Tensor
     residual: np.ndarray | torch.Tensor
     sample_rate: int
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a caller's array holds its channels, so results go back the same way."""
-
-    flat: bool = False  # [L]
-    channels_last: bool = False  # [L, C]
-    device: torch.device | None = None  # a torch tensor's device; None for numpy
-
-    def restore(self, wave: np.ndarray) -> np.ndarray | torch.Tensor:
-        """``wave [C, L]`` in this layout and type."""
-        out = wave[0] if self.flat else (wave.T if self.channels_last else wave)
-        out = np.ascontiguousarray(out)
-        return out if self.device is None else torch.from_numpy(out).to(self.device)
-
-
-def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
-    """``audio`` as float32 ``[C, L]`` plus its :class:`Layout`.
-
-    ``audio`` is a real numpy array or torch tensor shaped ``[L]`` (mono), ``[C, L]`` or ``[L, C]``
-    (what soundfile.read returns). The channel axis of a 2-D array is the one axis with at most
-    MAX_CHANNELS (64) entries; when both or neither have, BadInputError names both readings,
-    unless both are shorter than ``min_frames`` (then it is read as ``[C, L]``, for the caller to
-    refuse as too short).
-    """
-    device = None
-    if isinstance(audio, torch.Tensor):
-        device = audio.device
-        audio = audio.detach().cpu()
-        audio = (audio.float() if audio.is_floating_point() else audio).numpy()  # bf16: no numpy
-    wave = np.asarray(audio)
-    real = np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)
-    if wave.ndim not in (1, 2) or not real:
-        raise BadInputError(
-            f"audio must be a real [L], [C, L] or [L, C] array, got shape "
-            f"{tuple(wave.shape)} of {wave.dtype}"
-        )
-    wave = wave.astype(np.float32, copy=False)
-    if wave.ndim == 1:
-        return wave[None], Layout(flat=True, device=device)
-    rows, cols = wave.shape
-    clear = (rows <= MAX_CHANNELS) != (cols <= MAX_CHANNELS)
-    if not clear and max(rows, cols) < min_frames:
-        return wave, Layout(device=device)
-    if not clear:
-        raise BadInputError(
-            f"audio of shape ({rows}, {cols}) is ambiguous: {rows} channel(s) of {cols} samples "
-            f"([C, L]) or {rows} samples of {cols} channel(s) ([L, C]); exactly one axis, the "
-            f"channel axis, must have at most {MAX_CHANNELS} entries"
-        )
-    if rows > cols:
-        return np.ascontiguousarray(wave.T), Layout(channels_last=True, device=device)
-    return wave, Layout(device=device)
 
 
 class Stems(Mapping[str, np.ndarray]):

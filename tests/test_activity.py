@@ -68,3 +68,21 @@ def test_frame_energies_of_every_stem_add_up_across_unaligned_blocks():
         meter.mix_energy, mix.sum(0).reshape(frames, meter.frame).sum(-1), rtol=1e-12
     )
     assert meter.frames == 5000
+
+
+def test_every_layout_separate_accepts_gives_the_same_segments():
+    """[L, C] (what soundfile.read returns and Separator.separate gives back) reads as [C, L]
+    does; it used to give no segments at all."""
+    import torch
+
+    from clipsep.errors import BadInputError
+
+    target, other = signals()
+    stereo_stem, stereo_mix = np.stack([target, target]), np.stack([target + other] * 2)
+    expected = activity(stereo_stem, stereo_mix, RATE, DEFAULT_SETTINGS)
+    assert len(expected) == 1
+    assert activity(stereo_stem.T, stereo_mix.T, RATE, DEFAULT_SETTINGS) == expected
+    tensors = torch.from_numpy(stereo_stem.T), torch.from_numpy(stereo_mix.T)
+    assert activity(*tensors, RATE, DEFAULT_SETTINGS) == expected
+    with pytest.raises(BadInputError, match="differ"):
+        activity(stereo_stem, stereo_mix[:1], RATE, DEFAULT_SETTINGS)

@@ -22,6 +22,7 @@ FLOORS = {
     "clipsep.fileio": 0,
     "clipsep.progress": 0,
     "clipsep.config": 0,
+    "clipsep.layout": 0,
     # 1 signals, stores and the machine: STFT/warp, audio files, media probing, the registry's
     # read side, precision selection, the stages' run records
     "clipsep.audio": 1,
