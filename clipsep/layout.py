@@ -42,9 +42,8 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
 
     ``audio`` is a real numpy array or torch tensor shaped ``[L]`` (mono), ``[C, L]`` or ``[L, C]``
     (what soundfile.read returns). The channel axis of a 2-D array is the one axis with at most
-    MAX_CHANNELS (64) entries; when both or neither have, BadInputError names both readings,
-    unless both are shorter than ``min_frames`` (then it is read as ``[C, L]``, for the caller to
-    refuse as too short).
+    MAX_CHANNELS (64) entries; when both or neither have, BadInputError names both readings
+    (or, when both are shorter than ``min_frames``, says it is too short either way).
     """
     device = None
     if _is_tensor(audio):
@@ -64,7 +63,10 @@ def channels_first(audio, min_frames: int = 0) -> tuple[np.ndarray, Layout]:
     rows, cols = wave.shape
     clear = (rows <= MAX_CHANNELS) != (cols <= MAX_CHANNELS)
     if not clear and max(rows, cols) < min_frames:
-        return wave, Layout(device=device)
+        raise BadInputError(
+            f"audio of shape ({rows}, {cols}) is too short to separate whichever axis holds the "
+            f"channels: at most {max(rows, cols)} samples, need at least {min_frames}"
+        )
     if not clear:
         raise BadInputError(
             f"audio of shape ({rows}, {cols}) is ambiguous: {rows} channel(s) of {cols} samples "

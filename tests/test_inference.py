@@ -113,6 +113,7 @@ def test_image_query_from_picture_and_path(separator, tmp_path):
         ("nan", "NaN or infinite"),
         ("inf", "NaN or infinite"),
         ("one sample", "too short"),
+        ("one stereo frame", r"shape \(1, 2\) is too short .*at most 2 samples"),
         ("silence", "silent"),
         ("3-d", "array"),
         ("both queries", "not both"),
@@ -135,6 +136,8 @@ def test_bad_inputs_raise_clear_errors(separator, case, message):
         audio[0, 9] = np.inf
     elif case == "one sample":
         audio = audio[:, :1]
+    elif case == "one stereo frame":  # [L, C] or [C, L]: too short either way, both named
+        audio = np.array([[0.1, -0.2]], np.float32)
     elif case == "silence":
         audio = np.zeros_like(audio)
     elif case == "3-d":

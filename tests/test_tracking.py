@@ -241,9 +241,10 @@ def test_register_refuses_an_evaluation_of_another_checkpoint(tmp_path, clip_wei
     write_pipeline_outputs(p, text_sdr=4.5, clip_weights=clip_weights)
     metrics_file = p.path("evaluation") / "metrics.json"
     scored = json.loads(metrics_file.read_text())["checkpoint"]
-    assert scored["sha256"] == hashlib.sha256(
-        (p.path("checkpoints") / "best.pt").read_bytes()
-    ).hexdigest()
+    assert (
+        scored["sha256"]
+        == hashlib.sha256((p.path("checkpoints") / "best.pt").read_bytes()).hexdigest()
+    )
     other = tmp_path / "other" / "best.pt"
     other.parent.mkdir()
     other.write_bytes(b"another model")
