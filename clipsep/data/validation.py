@@ -167,32 +167,55 @@ def dataset_statistics(manifest, quarantine, cfg: ValidateConfig) -> dict[str, A
 
 
 def manifest_expectations(cfg: ValidateConfig) -> list:
-    """The per-clip suite: each expectation's ``meta['check']`` says in words what it guards."""
+    """The per-clip suite: each expectation's ``meta['check']`` says in words what it guards.
+
+    The groups run in this order, which the reports and result.json keep.
+    """
+    return (
+        _table_expectations(cfg)
+        + _column_type_expectations()
+        + _uniqueness_expectations()
+        + _value_expectations(cfg)
+        + _file_expectations()
+        + _label_expectations(cfg)
+    )
+
+
+def _check(expectation_cls, words: str, **kwargs):
+    """One GX expectation whose ``meta['check']`` carries ``words`` into the reports."""
+    return expectation_cls(meta={"check": words}, **kwargs)
+
+
+def _table_expectations(cfg: ValidateConfig) -> list:
+    """The manifest as a whole: every contract column is there, and enough rows."""
     import great_expectations.expectations as gxe
 
-    def check(expectation_cls, words: str, **kwargs):
-        return expectation_cls(meta={"check": words}, **kwargs)
-
-    suite = [
-        check(
+    return [
+        _check(
             gxe.ExpectTableColumnsToMatchSet,
             "the manifest has every contract column",
             column_set=list(MANIFEST_COLUMNS),
             exact_match=False,
         ),
-        check(
+        _check(
             gxe.ExpectTableRowCountToBeBetween,
             f"at least {cfg.min_clips} clips",
             min_value=cfg.min_clips,
         ),
     ]
-    suite += [
-        check(gxe.ExpectColumnValuesToNotBeNull, f"no missing {name}", column=name)
+
+
+def _column_type_expectations() -> list:
+    """No missing values (label aside: empty when unknown), and numbers where numbers belong."""
+    import great_expectations.expectations as gxe
+
+    not_null = [
+        _check(gxe.ExpectColumnValuesToNotBeNull, f"no missing {name}", column=name)
         for name in MANIFEST_COLUMNS
         if name != "label"
-    ]  # label is empty when unknown
-    suite += [
-        check(
+    ]
+    whole_numbers = [
+        _check(
             gxe.ExpectColumnValuesToBeInTypeList,
             f"{name} holds whole numbers",
             column=name,
@@ -200,8 +223,8 @@ def manifest_expectations(cfg: ValidateConfig) -> list:
         )
         for name in ("n_frames", "sample_rate")
     ]
-    suite += [
-        check(
+    numbers = [
+        _check(
             gxe.ExpectColumnValuesToBeInTypeList,
             f"{name} holds numbers",
             column=name,
@@ -209,67 +232,96 @@ def manifest_expectations(cfg: ValidateConfig) -> list:
         )
         for name in ("start_s", "duration_s", "rms_db")
     ]
-    suite += [
-        check(gxe.ExpectColumnValuesToBeUnique, "clip ids are unique", column="clip_id"),
-        check(
+    return not_null + whole_numbers + numbers
+
+
+def _uniqueness_expectations() -> list:
+    """Each clip once: unique ids, and no video cut twice at the same start."""
+    import great_expectations.expectations as gxe
+
+    return [
+        _check(gxe.ExpectColumnValuesToBeUnique, "clip ids are unique", column="clip_id"),
+        _check(
             gxe.ExpectCompoundColumnsToBeUnique,
             "no duplicate video: (source_hash, start_s) is unique",
             column_list=["source_hash", "start_s"],
         ),
-        check(
+    ]
+
+
+def _value_expectations(cfg: ValidateConfig) -> list:
+    """Per-clip values in their allowed set or range: split, rate, duration, start, frames."""
+    import great_expectations.expectations as gxe
+
+    return [
+        _check(
             gxe.ExpectColumnValuesToBeInSet,
             "split is train, val, test or interference",
             column="split",
             value_set=list(SPLITS),
         ),
-        check(
+        _check(
             gxe.ExpectColumnValuesToBeInSet,
             f"every clip is {cfg.sample_rate} Hz",
             column="sample_rate",
             value_set=[cfg.sample_rate],
         ),
-        check(
+        _check(
             gxe.ExpectColumnValuesToBeBetween,
             f"clip duration in [{cfg.min_duration_s}, {cfg.max_duration_s}] s",
             column="duration_s",
             min_value=cfg.min_duration_s,
             max_value=cfg.max_duration_s,
         ),
-        check(
+        _check(
             gxe.ExpectColumnValuesToBeBetween,
             "clips start at t >= 0",
             column="start_s",
             min_value=0.0,
         ),
-        check(
+        _check(
             gxe.ExpectColumnValuesToBeBetween,
             f"at least {cfg.min_frames} frames per clip",
             column="n_frames",
             min_value=cfg.min_frames,
         ),
-        check(
+    ]
+
+
+def _file_expectations() -> list:
+    """Each clip's files are on disk (the columns :func:`with_file_checks` derives)."""
+    import great_expectations.expectations as gxe
+
+    return [
+        _check(
             gxe.ExpectColumnValuesToBeInSet,
             "every clip's audio file exists",
             column="audio_exists",
             value_set=[True],
         ),
-        check(
+        _check(
             gxe.ExpectColumnValuesToBeInSet,
             "every clip's frames exist (up to the last one)",
             column="frames_exist",
             value_set=[True],
         ),
     ]
-    if cfg.allowed_labels:
-        suite.append(
-            check(
-                gxe.ExpectColumnValuesToBeInSet,
-                "known labels only (where labelled)",
-                column="label",
-                value_set=list(cfg.allowed_labels),
-            )
+
+
+def _label_expectations(cfg: ValidateConfig) -> list:
+    """Known labels only, where labelled; none when ``cfg.allowed_labels`` is unset."""
+    if not cfg.allowed_labels:
+        return []
+    import great_expectations.expectations as gxe
+
+    return [
+        _check(
+            gxe.ExpectColumnValuesToBeInSet,
+            "known labels only (where labelled)",
+            column="label",
+            value_set=list(cfg.allowed_labels),
         )
-    return suite
+    ]
 
 
 def statistics_expectations(cfg: ValidateConfig) -> list:

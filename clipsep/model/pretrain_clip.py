@@ -28,7 +28,7 @@ from PIL import Image
 
 from clipsep.config import ClipConfig
 from clipsep.env import headless_pyplot, resolve_device
-from clipsep.precision import autocast, resolve_precision
+from clipsep.precision import PrecisionChoice, autocast, resolve_precision
 from clipsep.errors import BadInputError
 from clipsep.model.query import QueryEncoder, bundled_config, register_bundled_configs
 from clipsep.fileio import atomic_path, torch_save, write_json
@@ -217,19 +217,61 @@ def _plot_losses(losses: list[float], steps_per_epoch: int, path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class _TrainingRun:
+    """What a pretraining run leaves besides the weights, for the loss plot and the report."""
+
+    losses: list[float]  # every step's loss
+    steps_per_epoch: int
+    seconds: float  # from the start of pretrain_clip (reading the captions included)
+    device: str
+    precision: PrecisionChoice
+
+
 def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Train ``cfg.architecture`` from scratch on the world's captioned pictures; see module doc.
 
     Writes ``out_dir/clip.pt`` as ``{"state_dict": ...}`` (open_clip-loadable) and
     ``out_dir/zero_shot.json``; returns a summary with the held-out zero-shot accuracy.
     """
-    import open_clip
-    from torchvision import transforms
-
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     splits = load_captions(Path(world_dir))
     classes = sorted(set(splits["train"].labels) | set(splits["test"].labels))
+    model, run = _train_from_scratch(cfg, splits["train"], len(classes), device, started)
+    out_dir = Path(out_dir)
+    checkpoint = _save_model(model, cfg, out_dir)
+    _plot_losses(run.losses, run.steps_per_epoch, out_dir / "loss.png")
+    report = _zero_shot_report(cfg, checkpoint, splits, classes, run)
+    _write_zero_shot(report, out_dir)
+    return _summary(report, checkpoint, len(splits["train"].images), started)
+
+
+def _train_from_scratch(
+    cfg: ClipConfig, data: CaptionSet, n_classes: int, device: str, started: float
+) -> tuple[torch.nn.Module, _TrainingRun]:
+    """A fresh ``cfg.architecture`` trained on ``data``; its seconds count from ``started``."""
+    model, train_transform, tokenizer = _untrained_model(cfg, device)
+    log.info(
+        "pretraining CLIP %s on %d pictures (%d classes) for %d epochs on %s",
+        cfg.architecture,
+        len(data.images),
+        n_classes,
+        cfg.pretrain_epochs,
+        device,
+    )
+    precision = resolve_precision(cfg.precision, device)
+    losses = _train(model, data, train_transform, tokenizer, cfg, device, precision.mode)
+    seconds = time.perf_counter() - started
+    steps_per_epoch = max(1, len(losses) // max(1, cfg.pretrain_epochs))
+    return model, _TrainingRun(losses, steps_per_epoch, seconds, device, precision)
+
+
+def _untrained_model(cfg: ClipConfig, device: str) -> tuple[torch.nn.Module, Callable, Any]:
+    """(model, train transform, tokenizer) of ``cfg.architecture``, seeded, without weights."""
+    import open_clip
+    from torchvision import transforms
+
     torch.manual_seed(cfg.pretrain_seed)
     register_bundled_configs()
     model, train_transform, _ = open_clip.create_model_and_transforms(
@@ -240,35 +282,36 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
     )
     # Instruments look the same mirrored; flips double the few pictures each class has.
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
-    tokenizer = open_clip.get_tokenizer(cfg.architecture)
-    log.info(
-        "pretraining CLIP %s on %d pictures (%d classes) for %d epochs on %s",
-        cfg.architecture,
-        len(splits["train"].images),
-        len(classes),
-        cfg.pretrain_epochs,
-        device,
-    )
-    precision = resolve_precision(cfg.precision, device)
-    losses = _train(model, splits["train"], train_transform, tokenizer, cfg, device, precision.mode)
-    train_seconds = time.perf_counter() - started
+    return model, train_transform, open_clip.get_tokenizer(cfg.architecture)
 
-    out_dir = Path(out_dir)
+
+def _save_model(model: torch.nn.Module, cfg: ClipConfig, out_dir: Path) -> Path:
+    """Write ``out_dir/clip.pt`` (CPU weights) and ``out_dir/model_config.json``; the .pt path."""
+    import open_clip
+
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "clip.pt"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch_save({"state_dict": state, "epoch": cfg.pretrain_epochs}, checkpoint)
     write_json(out_dir / "model_config.json", open_clip.get_model_config(cfg.architecture))
-    steps_per_epoch = max(1, len(losses) // max(1, cfg.pretrain_epochs))
-    _plot_losses(losses, steps_per_epoch, out_dir / "loss.png")
+    return checkpoint
 
+
+def _zero_shot_report(
+    cfg: ClipConfig,
+    checkpoint: Path,
+    splits: dict[str, CaptionSet],
+    classes: list[str],
+    run: _TrainingRun,
+) -> dict[str, Any]:
+    """The content of zero_shot.json: held-out (and train) zero-shot accuracy of ``checkpoint``."""
     # Evaluate the file just written, through the same encoder the separator uses.
     encoder = QueryEncoder.from_config(
-        dataclasses.replace(cfg, pretrained=str(checkpoint)), None, device
+        dataclasses.replace(cfg, pretrained=str(checkpoint)), None, run.device
     )
     test = zero_shot(encoder, splits["test"], classes)
     train = zero_shot(encoder, splits["train"], classes)
-    report = {
+    return {
         "architecture": cfg.architecture,
         "model_config": bundled_config(cfg.architecture),
         "accuracy": test["accuracy"],
@@ -279,28 +322,38 @@ def pretrain_clip(cfg: ClipConfig, world_dir: Path, out_dir: Path) -> dict[str, 
         "classes": classes,
         "prompt_templates": list(cfg.prompt_templates),
         "epochs": cfg.pretrain_epochs,
-        "steps": len(losses),
-        "final_loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch,
-        "train_seconds": round(train_seconds, 1),
-        "device": device,
-        "precision": precision.mode,
-        "precision_reason": precision.reason,
+        "steps": len(run.losses),
+        "final_loss": sum(run.losses[-run.steps_per_epoch :]) / run.steps_per_epoch,
+        "train_seconds": round(run.seconds, 1),
+        "device": run.device,
+        "precision": run.precision.mode,
+        "precision_reason": run.precision.reason,
     }
+
+
+def _write_zero_shot(report: dict[str, Any], out_dir: Path) -> None:
+    """Write ``out_dir/zero_shot.json`` and log its held-out accuracy against chance."""
     write_json(out_dir / "zero_shot.json", report)
     log.info(
         "tiny CLIP zero-shot accuracy on %d held-out pictures: %.1f%% (chance %.1f%%)",
-        test["n"],
-        100 * test["accuracy"],
+        report["n_test"],
+        100 * report["accuracy"],
         100 * report["chance"],
     )
+
+
+def _summary(
+    report: dict[str, Any], checkpoint: Path, n_train: int, started: float
+) -> dict[str, Any]:
+    """What pretrain_clip returns: the report's headline numbers, seconds since ``started``."""
     return {
         "checkpoint": str(checkpoint),
-        "zero_shot_accuracy": test["accuracy"],
+        "zero_shot_accuracy": report["accuracy"],
         "chance": report["chance"],
-        "train_accuracy": train["accuracy"],
-        "n_train": len(splits["train"].images),
-        "n_test": test["n"],
-        "steps": len(losses),
+        "train_accuracy": report["train_accuracy"],
+        "n_train": n_train,
+        "n_test": report["n_test"],
+        "steps": report["steps"],
         "final_loss": report["final_loss"],
         "seconds": round(time.perf_counter() - started, 1),
     }
