@@ -194,11 +194,55 @@ def _require_version(client, ref: str, uri: str):
     name, kind, value = parse_model_reference(ref)
     version = lookup_version(client, name, kind, value)
     if version is None:
+        hint = what_is_registered(client, name)
         raise ModelNotFoundError(
-            f"no model version {ref} in {uri}: train and register one "
-            "first (`make quickstart` or `clipsep register`)"
+            f"no model version {ref} in {uri}: "
+            + (hint or "train and register one first (`make quickstart` or `clipsep register`)")
         )
     return version
+
+
+SHOWN_VERSIONS = 5  # a missing reference's message names at most this many of the newest versions
+
+
+def what_is_registered(client, name: str) -> str:
+    """What model ``name`` does have, and the reference to use instead, for a reference that
+    named nothing; "" when it has no version at all (or the listing fails: the caller's message
+    then stands on its own). E.g. a first model below ``registry.champion_floor_db`` is only
+    ``@challenger``, so ``@champion`` names nothing."""
+    try:
+        aliases = dict(client.get_registered_model(name).aliases or {})
+        versions = sorted(
+            (int(v.version) for v in client.search_model_versions(f"name='{name}'")), reverse=True
+        )
+    except Exception:  # no such registered model, or a listing this store does not answer
+        return _other_models(client, name)
+    if not versions:
+        return ""
+    model, newest = f"{REGISTRY_PREFIX}{name}", versions[0]
+    shown = ", ".join(str(v) for v in versions[:SHOWN_VERSIONS])
+    more = f" and {len(versions) - SHOWN_VERSIONS} older" if len(versions) > SHOWN_VERSIONS else ""
+    shown = f"version{'s' if len(versions) > 1 else ''} {shown}{more}"
+    by_version = sorted(aliases.items(), key=lambda item: -int(item[1]))
+    if not by_version:
+        return f"{name} has {shown}, no alias; use --model {model}/{newest}"
+    named = ", ".join(f"@{alias} (v{version})" for alias, version in by_version)
+    best = f"{model}@{by_version[0][0]}"
+    return f"{name} has {named}, {shown}; use --model {best} (or {model}/{newest})"
+
+
+def _other_models(client, name: str) -> str:
+    """The registered model names of the store, for a reference to a name it does not have."""
+    try:
+        names = sorted(m.name for m in client.search_registered_models())
+    except Exception:
+        return ""
+    if not names:
+        return ""
+    return (
+        f"the store has no registered model {name!r}, only {', '.join(names)}; use "
+        f"--model {REGISTRY_PREFIX}{names[0]}@ALIAS or {REGISTRY_PREFIX}{names[0]}/VERSION"
+    )
 
 
 def describe_model(ref: str, uri: str) -> ModelDescription:

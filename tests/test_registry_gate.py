@@ -136,3 +136,46 @@ def test_an_unreadable_store_is_not_no_champion(tmp_path):
     flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
     assert main(["register", *flags]) == 2
     assert store.read_bytes() == garbage  # nothing stored is lost or overwritten
+
+
+def test_a_missing_alias_names_the_aliases_and_versions_there_are(tmp_path, monkeypatch, caplog):
+    """After a tiny run the only model is below the floor: `@champion` names nothing, and the
+    one-line error says that @challenger exists and which --model to give instead."""
+    import soundfile as sf
+
+    from clipsep.cli import main
+    from clipsep.registry_reader import ModelNotFoundError, resolve_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    p = tiny_params_at(tmp_path, **{"registry.champion_floor_db": 3.0})
+    client, _ = tracking.connect(p)
+    uri = tracking.tracking_uri(p)
+    client.create_registered_model("clipsep")  # a name with no version yet: nothing to offer
+    with pytest.raises(ModelNotFoundError, match="train and register one first"):
+        resolve_model("models:/clipsep@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
+    version = client.create_model_version("clipsep", source=str(p.path("checkpoints")))
+    decision = tracking.apply_gate(client, "clipsep", version.version, 1.0, "p1", p.registry)
+    assert decision.alias == "challenger"
+
+    with pytest.raises(ModelNotFoundError) as missing:
+        resolve_model("models:/clipsep@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
+    assert str(missing.value) == (
+        f"no model version models:/clipsep@champion in {uri}: clipsep has @challenger (v1), "
+        "version 1; use --model models:/clipsep@challenger (or models:/clipsep/1)"
+    )
+    with pytest.raises(ModelNotFoundError, match=r"use --model models:/clipsep@challenger \("):
+        resolve_model("models:/clipsep/7", tracking_uri=uri, cache_dir=tmp_path / "c")
+    with pytest.raises(ModelNotFoundError, match="no registered model 'clipsepp', only clipsep"):
+        resolve_model("models:/clipsepp@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
+
+    mix = tmp_path / "song.wav"
+    sf.write(mix, [0.1, -0.1] * 8000, 16000)
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    caplog.clear()
+    assert main(["separate", str(mix), "--query", "violin", *flags]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "@challenger (v1)" in errors[0]
+    assert "--model models:/clipsep@challenger (or models:/clipsep/1)" in errors[0]
+    assert not (tmp_path / "separated").exists()
