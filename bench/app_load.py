@@ -28,8 +28,6 @@ sys.path.insert(0, str(REPO))  # `app` lives beside `clipsep`, not inside the in
 
 from clipsep.env import apply_offline_defaults  # noqa: E402
 
-apply_offline_defaults()
-
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -103,6 +101,7 @@ def report(lone: float, results: list[tuple[float, str | None]], wall: float) ->
 
 
 def main() -> int:
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")

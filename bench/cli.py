@@ -187,6 +187,9 @@ def run_case(case: str, work: Path, checkpoint: Path, wav: Path, repeats: int) -
 
 
 def main() -> int:
+    from clipsep.env import apply_offline_defaults
+
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="input length (44.1 kHz stereo)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case")

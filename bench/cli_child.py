@@ -38,6 +38,9 @@ def timed(owner, name: str, component: str) -> None:
 
 
 def main() -> int:
+    from clipsep.env import apply_offline_defaults
+
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     import clipsep.cli
 
     SPENT["startup"] = time.perf_counter() - STARTED

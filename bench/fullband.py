@@ -210,6 +210,9 @@ def table(evaluation: dict) -> str:
 
 
 def main() -> None:
+    from clipsep.env import apply_offline_defaults
+
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="models/exp/e2_cpu_pair1_absent0/best.pt")
     parser.add_argument("--clip-weights", default="models/clip/clip.pt")

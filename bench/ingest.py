@@ -92,6 +92,7 @@ def resize_center_crop(path: Path, size: int) -> None:
 
 
 def main() -> None:
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -104,7 +105,6 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="params profile for (a) and (c)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per method; fastest counts")
     args = parser.parse_args()
-    apply_offline_defaults()
     with tempfile.TemporaryDirectory(prefix="clipsep-bench-") as tmp:
         work = Path(tmp)
         videos_dir = work / "videos"

@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clipsep.env import apply_offline_defaults
+
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--root", default=str(REPO), help="paths.root (data, models)")

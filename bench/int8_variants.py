@@ -196,6 +196,9 @@ def mask_error(names: list[str], work: Path, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clipsep.env import apply_offline_defaults
+
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")

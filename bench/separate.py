@@ -341,6 +341,9 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clipsep.env import apply_offline_defaults
+
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("forward", "rtf", "all"), default="all")
     parser.add_argument(

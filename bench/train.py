@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from clipsep.config import load_params
+from clipsep.env import apply_offline_defaults
 from clipsep.data.mixing import MixBatch
 from clipsep.precision import cpu_model_name, native_bf16, resolve_precision
 from clipsep.training.loop import Dist, Trainer, build_trainer
@@ -106,6 +107,7 @@ def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
 
 
 def main() -> None:
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["small", "cpu"])
     parser.add_argument(

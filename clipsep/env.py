@@ -1,5 +1,11 @@
-"""Offline and telemetry-off defaults, applied by entry points (CLI, flows, app, tests) before
-heavy imports."""
+"""Offline and telemetry-off defaults, applied by entry points (CLI, flows, app, bench, scripts,
+tests) before heavy imports.
+
+:data:`OFFLINE_DEFAULTS` is the one home of these variables. The shell and make get them from here:
+``python3 clipsep/env.py`` prints ``export`` lines for ``scripts/env.sh`` and ``--make`` prints
+``KEY=VALUE`` words for ``scripts/env.mk``. This module therefore imports only the standard library
+at its top, so any Python 3 runs it as a file, before ``.venv`` exists.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,10 @@ OFFLINE_DEFAULTS = {
     "GRADIO_ANALYTICS_ENABLED": "False",
     "GX_ANALYTICS_ENABLED": "False",
     "DVC_NO_ANALYTICS": "1",
+    # Prefect's ephemeral API server (python -m flows without PREFECT_API_URL) must answer within
+    # this; the default 20 s is too short on a loaded 2-core machine ("Timed out while attempting
+    # to connect to ephemeral Prefect API server").
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
 
@@ -25,6 +35,30 @@ def apply_offline_defaults() -> None:
     """Set each variable unless the user already chose a value."""
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def shell_exports() -> str:
+    """``export KEY="${KEY-value}"`` lines for bash: a value the user already set wins."""
+    return "".join(
+        f'export {key}="${{{key}-{value}}}"\n' for key, value in OFFLINE_DEFAULTS.items()
+    )
+
+
+def make_words() -> str:
+    """``KEY=VALUE`` words on one line for make's ``$(shell ...)`` (values hold no space)."""
+    return " ".join(f"{key}={value}" for key, value in OFFLINE_DEFAULTS.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 clipsep/env.py [--make]``: the defaults for ``scripts/env.sh`` (or env.mk)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["--make"]):
+        print(f"usage: python3 clipsep/env.py [--make]; got {' '.join(args)}", file=sys.stderr)
+        return 2
+    sys.stdout.write(make_words() + "\n" if args else shell_exports())
+    return 0
 
 
 def resolve_device(name: str) -> str:
@@ -45,3 +79,7 @@ def headless_pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,12 +34,12 @@ def deployment_parameters(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prepare_environment()  # before Prefect is imported; the flow runs inherit it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default=os.environ.get("CLIPSEP_DEPLOYMENT", DEFAULT_NAME))
     parser.add_argument("--cron", default=os.environ.get("CLIPSEP_CRON", DEFAULT_CRON))
     add_flow_options(parser)
     args = parser.parse_args(argv)
-    prepare_environment()  # before Prefect is imported; the flow runs inherit it
     from flows.train_clipsep import train_clipsep
 
     print(

@@ -1,11 +1,5 @@
-export HF_HUB_OFFLINE := 1
-export DO_NOT_TRACK := true
-export MLFLOW_DISABLE_TELEMETRY := true
-export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY := false
-export PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS := false
-export GRADIO_ANALYTICS_ENABLED := False
-export GX_ANALYTICS_ENABLED := False
-export DVC_NO_ANALYTICS := 1
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+# Offline and telemetry-off defaults for every recipe (the mlflow ui, dvc and prefect commands need
+# them; the Python entry points also apply them themselves). One home: OFFLINE_DEFAULTS in
+# clipsep/env.py, printed as KEY=VALUE words by any python3 (standard library only, so before .venv
+# exists). `?=`: a value already in your environment wins.
+$(foreach kv,$(shell python3 $(dir $(lastword $(MAKEFILE_LIST)))../clipsep/env.py --make),$(eval export $(subst =, ?= ,$(kv))))

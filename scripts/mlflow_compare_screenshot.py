@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from clipsep.config import Params, load_params
+from clipsep.env import OFFLINE_DEFAULTS, apply_offline_defaults
 from clipsep.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,12 +86,7 @@ def mlflow_server(tracking_uri: str, log_path: Path) -> Iterator[str]:
     """The real ``mlflow server`` on a free loopback port (telemetry off); its URL. Stopped by
     its PID (SIGTERM to its own process group, SIGKILL after 10 s)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    env = {**OFFLINE_DEFAULTS, **os.environ}  # telemetry off unless you chose otherwise
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow), "server", "--backend-store-uri", tracking_uri]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -332,6 +328,7 @@ def check_compare_view(root: Path, shot: Path) -> dict[str, Any]:
 
 
 def main() -> int:
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="work folder (the pipeline's paths.root)")
     parser.add_argument("--out", default=str(REPO / "docs" / "mlflow-compare.png"))

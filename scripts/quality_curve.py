@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from clipsep.config import add_params_arguments, params_from_args
-from clipsep.env import headless_pyplot
+from clipsep.env import apply_offline_defaults, headless_pyplot
 from clipsep.evaluation.evaluate import evaluate
 
 
@@ -135,6 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     args = parse_args(argv)
     params = params_from_args(args)
     names = args.name + [run.name for run in args.runs[len(args.name) :]]

@@ -32,6 +32,7 @@ import torch
 
 from clipsep.activity import activity
 from clipsep.config import Params
+from clipsep.env import apply_offline_defaults
 from clipsep.errors import BadInputError
 from clipsep.evaluation import metrics as M
 from clipsep.fileio import file_digest, write_csv, write_json
@@ -444,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Prints (and writes) the side-by-side table of two or more evaluations.
     """
+    apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
