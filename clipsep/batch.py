@@ -3,9 +3,13 @@
 ``find_jobs`` turns the command line's inputs into jobs: a file is separated into
 ``OUT/<stem>/``; a folder is walked (nested; the audio and video suffixes of MEDIA_SUFFIXES)
 and each file found goes to ``OUT/<its folder relative to the input folder>/<stem>/``. ``run_jobs``
-separates them in order, skipping a file whose outputs all exist unless ``overwrite``, and carries
-on past a file that fails. Exit status (:func:`exit_status`): 0 when nothing failed, 2 when a file
-named on the command line was unusable (a usage error), 1 when only files found in a folder failed.
+separates them in order and carries on past a file that fails. It skips a file (unless
+``overwrite``) only when its outputs all exist and their ``separation.json`` records the same
+request (input file, queries, model, settings, format: :func:`clipsep.outputs.request_record`);
+outputs made for another request, or with no record, are made again and the report says why. The
+model is loaded only when a file needs separating. Exit status (:func:`exit_status`): 0 when
+nothing failed, 2 when a file named on the command line was unusable (a usage error), 1 when only
+files found in a folder failed.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class Outcome:
     seconds: float = 0.0
     result: Any = None  # clipsep.inference.FileResult when separated
     error: str = ""
+    note: str = ""  # why existing outputs were made again (another request, no record)
 
 
 def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
@@ -108,24 +113,38 @@ def expected_outputs(job: Job, names: Sequence[str], output: outputs.OutputForma
     return [job.out_dir / job.path.stem / name for name in files.values()]
 
 
+SKIPPED = "outputs exist for this same request (--overwrite redoes)"
+
+
 def run_jobs(
-    separator,
+    load: Callable[[], Any],
     jobs: Sequence[Job],
     names: Sequence[str],
     overwrite: bool,
     separate_kwargs: dict[str, Any],
+    model_record: dict[str, Any] | None,
     progress: Callable[[Job], Any] | None = None,
     describe: Callable[[Exception], str] = str,
 ) -> list[Outcome]:
-    """Separate every job (``separator.separate_file(path, out_dir, **separate_kwargs)``);
+    """Separate every job (``load().separate_file(path, out_dir, **separate_kwargs)``; ``load``
+    is called once, at the first job that is not skipped); ``model_record`` is what the loaded
+    separator records (:func:`clipsep.outputs.model_record`), for deciding skips before loading.
     ``describe`` turns a failure into its one-line message (the CLI adds its flags)."""
     output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
+    request = {**separate_kwargs, "output": output}
     outcomes = []
+    separator = None
     for job in jobs:
-        expected = expected_outputs(job, names, output)
-        if not overwrite and all(p.is_file() for p in expected):
-            outcomes.append(Outcome(job, "skipped", error="outputs exist (--overwrite redoes)"))
-            continue
+        note = ""
+        if all(p.is_file() for p in expected_outputs(job, names, output)):
+            wanted = outputs.request_record(job.path, model_record, **request)
+            note = outputs.why_separate_again(job.out_dir / job.path.stem, wanted) or ""
+            if not (note or overwrite):
+                outcomes.append(Outcome(job, "skipped", error=SKIPPED))
+                continue
+            note = note if not overwrite else ""
+        if separator is None:
+            separator = load()
         started = time.perf_counter()
         try:
             result = separator.separate_file(
@@ -147,8 +166,13 @@ def run_jobs(
                 job.path,
                 result.clipped,
             )
-        outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result))
+        outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result, note=note))
     return outcomes
+
+
+def count_files(n: int, done: str) -> str:
+    """``0 files were separated``, ``1 file was separated``, ``2 files were separated``."""
+    return f"{n} file was {done}" if n == 1 else f"{n} files were {done}"
 
 
 def exit_status(outcomes: Sequence[Outcome]) -> int:
@@ -165,6 +189,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
     for o in outcomes:
         audio = f"{o.result.duration_s:8.1f}" if o.result else f"{'-':>8}"
         where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else o.error
+        where += f" ({o.note})" if o.note else ""
         lines.append(f"{str(o.job.path):<{width}}  {o.status:<9}{audio}{o.seconds:8.1f}  {where}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("separated", "skipped", "failed")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -195,5 +220,6 @@ def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str
             "channels": r.channels,
             "clipped_samples": r.clipped,
             "seconds": round(o.seconds, 3),
+            "note": o.note or None,
         }
     return report

@@ -137,14 +137,13 @@ def _add_separate_command(sub) -> None:
 
 
 def _load_separator(args: argparse.Namespace, params):
-    """(Separator, model reference) for --model or the params' separate.model."""
+    """The Separator of --model or the params' separate.model."""
     from clipsep.inference import Separator
     from clipsep.registry_reader import registry_uri
 
     # --model is taken from the working folder, the default from the project (paths.root)
-    model = args.model or params.separate.model
-    separator = Separator.from_pretrained(
-        model,
+    return Separator.from_pretrained(
+        args.model or params.separate.model,
         device=params.separate.device,
         clip_weights=args.clip_weights,
         settings=params.separate,
@@ -152,7 +151,45 @@ def _load_separator(args: argparse.Namespace, params):
         root=None if args.model else params.path("root"),
         calibration=params.path("clips"),
     )
-    return separator, model
+
+
+def _model_record(args: argparse.Namespace, params) -> dict[str, Any]:
+    """What the separator _load_separator would load records in separation.json
+    (Separator.model_record), found without loading it: the model reference resolved to its files
+    as Separator.from_pretrained resolves it, so that a run whose files are all skipped loads
+    nothing."""
+    from pathlib import Path
+
+    from clipsep import outputs
+    from clipsep.model.export import is_export_folder
+    from clipsep.registry_reader import ResolvedModel, registry_uri, resolve_model
+
+    model = args.model or params.separate.model
+    if is_export_folder(model):
+        resolved = ResolvedModel(Path(model))
+    else:
+        root = None if args.model else params.path("root")
+        resolved = resolve_model(model, tracking_uri=registry_uri(params), root=root)
+    clip = args.clip_weights or resolved.clip_weights
+    return outputs.model_record(resolved.checkpoint, resolved.version, clip, params.separate)
+
+
+def _check_queries(args: argparse.Namespace) -> None:
+    """Usage errors of --query and --image, before any work: an empty query, a missing image."""
+    from clipsep import audio_io
+    from clipsep.errors import BadInputError
+
+    for query in args.queries:
+        if not query.strip():
+            raise BadInputError(
+                f"the text query is empty ({query!r}); say what to extract, e.g. 'acoustic guitar'",
+                arguments=("query",),
+            )
+    if args.image is not None:
+        try:
+            audio_io.check_exists(args.image)
+        except BadInputError as err:
+            raise BadInputError(str(err), arguments=("image",)) from err
 
 
 class _ProgressBars:
@@ -186,7 +223,10 @@ def separate_files(args: argparse.Namespace) -> int:
     from clipsep import batch, outputs
     from clipsep.inference import IMAGE_STEM, SINGLE_STEM
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     started = time.perf_counter()
+    _check_queries(args)
     output = outputs.OutputFormat(args.format, args.bits)
     several = len(args.queries) > 1 or (args.queries and args.image)
     queries = [q.strip() for q in args.queries] if several else None
@@ -194,7 +234,8 @@ def separate_files(args: argparse.Namespace) -> int:
     outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
     jobs = batch.find_jobs(args.inputs, args.out)
     params = params_from_args(args)
-    separator, model = _load_separator(args, params)
+    model = args.model or params.separate.model
+    model_record = _model_record(args, params)
     kwargs = dict(
         queries=queries,
         image=args.image,
@@ -204,18 +245,28 @@ def separate_files(args: argparse.Namespace) -> int:
 
     bars = _ProgressBars()
     try:
-        outcomes = batch.run_jobs(
-            separator, jobs, names, args.overwrite, kwargs, bars.start, describe=with_flags
-        )
+        # log lines go between the progress bars, each on a line of its own
+        with logging_redirect_tqdm():
+            outcomes = batch.run_jobs(
+                lambda: _load_separator(args, params),
+                jobs,
+                names,
+                args.overwrite,
+                kwargs,
+                model_record,
+                bars.start,
+                describe=with_flags,
+            )
     finally:
         bars.close()
     failed = sum(o.status == "failed" for o in outcomes)
     if failed:
+        separated = sum(o.status == "separated" for o in outcomes)
         log.warning(
-            "%d of %d inputs could not be separated (see above); %d were",
+            "%d of %d inputs could not be separated (see above); %s",
             failed,
             len(outcomes),
-            sum(o.status == "separated" for o in outcomes),
+            batch.count_files(separated, "separated"),
         )
     if args.json:
         print(json.dumps(batch.summary(outcomes, model, time.perf_counter() - started), indent=2))

@@ -281,6 +281,7 @@ class Separator:
         device: str = "cpu",
         source: ResolvedModel | None = None,
         extra: dict | None = None,
+        model_record: dict | None = None,
     ):
         if not 0.0 <= settings.overlap < 1.0:
             raise BadInputError(f"separate.overlap must lie in [0, 1), got {settings.overlap}")
@@ -303,6 +304,8 @@ class Separator:
         self.warp_bins = audio_cfg.warp_bins  # what training warped with
         self.source = source  # the files it was loaded from (None when built in memory)
         self.extra = extra or {}  # what the checkpoint records (step, metrics, data version)
+        # the model and settings part of each output folder's separation.json (None: in memory)
+        self.model_record = model_record
 
     @classmethod
     def from_pretrained(
@@ -335,6 +338,7 @@ class Separator:
         from clipsep.registry_reader import ResolvedModel, default_cache_dir, resolve_model
 
         settings = settings or DEFAULT_SETTINGS
+        requested = (settings, engine)  # what separation.json records (as the CLI does unloaded)
         engine, device, settings = _choose_engine(ref, engine, device, settings)
         if is_export_folder(ref):
             resolved = ResolvedModel(Path(ref))
@@ -360,6 +364,9 @@ class Separator:
             device,
             source=resolved,
             extra=dict(info.extra),
+            model_record=outputs.model_record(
+                resolved.checkpoint, resolved.version, clip_weights, *requested
+            ),
         )
 
     # --- queries -----------------------------------------------------------------------------
@@ -530,13 +537,17 @@ class Separator:
         when the whole file succeeded; on failure, folders this call created are removed again.
         Audio files already in ``out_dir/<stem>/`` that this call does not write (an earlier run's
         stems) are kept and named in a logged warning (:func:`clipsep.outputs.warn_stale_stems`).
+        Last, ``separation.json`` records the request (:func:`clipsep.outputs.request_record`).
         """
         path = audio_io.check_exists(path)
+        record = outputs.request_record(path, self.model_record, output, query, image, queries)
         out_dir = Path(out_dir)
         first_new = _first_missing(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            return self._separate_into(path, out_dir, query, image, progress, queries, output)
+            result = self._separate_into(path, out_dir, query, image, progress, queries, output)
+            outputs.write_record(out_dir / path.stem, record)
+            return result
         except BaseException:
             _remove_empty_folders(out_dir, first_new)
             raise
@@ -575,6 +586,7 @@ class Separator:
             final.mkdir(parents=True, exist_ok=True)
             activity = meter.segments(self.settings)
             written = {}
+            (final / outputs.SIDECAR).unlink(missing_ok=True)  # the outputs change from here
             for name, file in files.items():
                 (work / file).replace(final / file)
                 written[name] = final / file

@@ -10,23 +10,30 @@
   overlap-add sums segments). Float wav keeps such samples as they are. Integer PCM and MP3 cannot
   hold them: they are clipped to [-1, 1] and the number of clipped samples is reported (demucs'
   ``--clip-mode clamp``); choose ``--bits 32f`` to keep them.
+* The request record (``<stem>/separation.json``, :data:`SIDECAR`): what a folder's outputs answer
+  (the input file's identity, the queries, the model, the settings, the format), written last when
+  a file succeeded. A run skips a file only when its record matches (:func:`why_separate_again`).
 
-Imports numpy and soundfile only.
+Imports numpy and soundfile only (and the standard library).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from clipsep.activity import Segment
 from clipsep.errors import BadInputError
-from clipsep.fileio import write_csv
+from clipsep.fileio import file_digest, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,10 @@ KEPT_PCM = {"PCM_16", "PCM_24"}  # input subtypes whose depth the default keeps
 MP3_SUBTYPE = "MPEG_LAYER_III"
 MAX_NAME = 80  # characters of a query kept in its file name
 ACTIVITY_COLUMNS = ("start_s", "end_s", "mean_db")
+SIDECAR = "separation.json"  # what the outputs of <stem>/ answer (request_record)
+RECORD_VERSION = 1
+# separate settings that do not change what is written (the model is recorded as its files)
+NOT_OUTPUT_SETTINGS = ("model", "device")
 
 
 @dataclass(frozen=True)
@@ -239,3 +250,117 @@ class StemWriter:
 def _write_block(handle, block: np.ndarray) -> None:
     """Append ``block [C, n]`` to an open soundfile ``handle`` (frames x channels)."""
     handle.write(np.ascontiguousarray(block.T))
+
+
+# --- the request record: which request a folder's outputs answer ------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(path)
+
+
+def file_identity(path: str | Path, digest: bool = False) -> dict[str, Any]:
+    """A file's resolved path, size and modification time (and its SHA-256 with ``digest``,
+    computed once per process and file version); a folder (an ONNX export): its files'."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        return {
+            "path": str(path),
+            "files": [file_identity(p, digest) for p in sorted(path.iterdir()) if p.is_file()],
+        }
+    stat = path.stat()
+    identity = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if digest:
+        identity["sha256"] = _digest(str(path), stat.st_size, stat.st_mtime_ns)
+    return identity
+
+
+def model_record(
+    checkpoint: str | Path | None,
+    version: str | None,
+    clip_weights: str | Path | None,
+    settings,
+    engine: str | None = None,
+) -> dict[str, Any]:
+    """The model part of a request record: the checkpoint (digest), its registry version, the CLIP
+    weights replacing the stored ones, and the ``separate`` settings (a SeparateConfig) that change
+    the output (all but :data:`NOT_OUTPUT_SETTINGS`), with ``engine`` when one is forced."""
+    chosen = dataclasses.asdict(settings)
+    chosen["engine"] = engine or chosen["engine"]
+    return {
+        "checkpoint": None if checkpoint is None else file_identity(checkpoint, digest=True),
+        "version": version,
+        "clip_weights": None if clip_weights is None else file_identity(clip_weights),
+        "settings": {k: v for k, v in chosen.items() if k not in NOT_OUTPUT_SETTINGS},
+    }
+
+
+def image_digest(image) -> str | None:
+    """SHA-256 of an image query: the file's bytes (a path), or the pixels (a PIL.Image)."""
+    if image is None:
+        return None
+    if isinstance(image, (str, Path)):
+        return file_digest(image)
+    header = f"{image.mode} {image.size}".encode()
+    return hashlib.sha256(header + image.tobytes()).hexdigest()
+
+
+def request_record(
+    source: str | Path,
+    model: Mapping[str, Any] | None,
+    output: OutputFormat,
+    query: str | None = None,
+    image=None,
+    queries: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """What separating ``source`` with these arguments writes, as JSON-able values: two equal
+    records give the same outputs. ``model`` is :func:`model_record`'s (None: built in memory)."""
+    texts = [query] if queries is None else list(queries)
+    return {
+        "record": RECORD_VERSION,
+        "input": file_identity(source),
+        "queries": [t.strip() if isinstance(t, str) else t for t in texts],
+        "image": image_digest(image),
+        "model": None if model is None else dict(model),
+        "format": output.format,
+        "bits": output.bits,
+    }
+
+
+# record keys -> what differs, in the order a reason names it
+_RECORD_PARTS = (
+    ("record", "an older version of clipsep"),
+    ("input", "another version of the input file"),
+    ("queries", "other queries"),
+    ("image", "another image"),
+    ("format", "another format"),
+    ("bits", "another bit depth"),
+)
+
+
+def why_separate_again(folder: Path, wanted: Mapping[str, Any]) -> str | None:
+    """None when ``folder/separation.json`` records the request ``wanted`` (its outputs answer
+    it), else why the outputs there must be made again (one line for the report)."""
+    try:
+        found = json.loads((folder / SIDECAR).read_text())
+    except FileNotFoundError:
+        return f"outputs have no {SIDECAR} (an older version made them): separated again"
+    except (OSError, ValueError):
+        return f"unreadable {SIDECAR}: separated again"
+    if found == wanted:
+        return None
+    found_model, wanted_model = found.get("model") or {}, wanted.get("model") or {}
+    parts = [text for key, text in _RECORD_PARTS if found.get(key) != wanted.get(key)]
+    if found_model.get("settings") != wanted_model.get("settings"):
+        parts.append("other separate settings")
+    if {k: v for k, v in found_model.items() if k != "settings"} != {
+        k: v for k, v in wanted_model.items() if k != "settings"
+    }:
+        parts.append("another model")
+    return f"outputs were made with {' and '.join(parts or ['another request'])}: separated again"
+
+
+def write_record(folder: Path, record: Mapping[str, Any]) -> Path:
+    """Write ``folder/separation.json`` atomically (call it last, when every output is there)."""
+    return write_json(folder / SIDECAR, dict(record))

@@ -355,6 +355,8 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
 
     if (final / "MLmodel").is_file():
         return final
+    # no "Downloading artifacts" progress bar on every separate run (the user's setting wins)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
