@@ -33,6 +33,7 @@ def test_several_queries_write_one_stem_each_and_sum_to_the_input(model, tmp_pat
         "cello_bass.activity.csv",
         "cello_bass.wav",
         "residual.wav",
+        "separation.json",
         "violin.activity.csv",
         "violin.wav",
     ]
@@ -145,13 +146,16 @@ def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, ca
     assert (out / "a" / "target.wav").stat().st_mtime_ns != before
 
 
-def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, capsys):  # noqa: F811
+def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, capsys, caplog):  # noqa: F811
     make_tree(tmp_path / "in")
     (tmp_path / "in" / "live" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
     out = tmp_path / "out"
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello"]) == 1
     table = capsys.readouterr().out
     assert "3 separated, 0 skipped, 1 failed" in table and "broken.wav" in table
+    assert "1 of 4 inputs could not be separated (see above); 3 files were separated" in (
+        caplog.text
+    )
     assert not (out / "live" / "broken").exists()
 
 

@@ -199,6 +199,7 @@ def test_default_model_is_the_registry_champion_of_the_params(tmp_path, monkeypa
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert list(work.iterdir()) == []
+    assert "Downloading artifacts" not in done.stderr  # MLflow's progress bar: off by default
     target, rate = sf.read(tmp_path / "out" / "mix" / "target.wav")
     assert rate == 22050 and target.shape == (44100, 2)
 

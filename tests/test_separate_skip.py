@@ -1,0 +1,202 @@
+"""`clipsep separate` skips a file only when its outputs answer the same request (separation.json);
+the stale-stem warning reaches the terminal; usage errors before the model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+
+from clipsep import batch, outputs
+from conftest import REPO
+from test_inference import tones
+from test_separate_cli import model, run_cli  # noqa: F401 - module fixture
+
+AGAIN = "separated again"
+
+
+def never_load(monkeypatch) -> None:
+    """Make loading a model fail the test (a run that must decide everything without it)."""
+    from clipsep.inference import Separator
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Separator, "from_pretrained", refuse)
+
+
+def rows(table: str) -> list[str]:
+    return table.strip().splitlines()[1:-1]
+
+
+def test_another_query_separates_again_and_says_why(model, tmp_path, capsys):  # noqa: F811
+    """flute, then trumpet into the same folder: trumpet is separated (it was skipped, leaving the
+    flute stem as target.wav), the table says why; trumpet again is skipped."""
+    sf.write(tmp_path / "x.wav", tones(16000, 1.5, 1)[0], 16000, subtype="FLOAT")
+    out, folder = tmp_path / "out", tmp_path / "out" / "x"
+    assert run_cli(model, out, tmp_path / "x.wav", extra=["--query", "flute"]) == 0
+    flute = (folder / "target.wav").read_bytes()
+    assert json.loads((folder / "separation.json").read_text())["queries"] == ["flute"]
+    capsys.readouterr()
+
+    assert run_cli(model, out, tmp_path / "x.wav", extra=["--query", "trumpet"]) == 0
+    [row] = rows(capsys.readouterr().out)
+    assert "separated" in row and f"outputs were made with other queries: {AGAIN}" in row
+    assert (folder / "target.wav").read_bytes() != flute
+    assert json.loads((folder / "separation.json").read_text())["queries"] == ["trumpet"]
+
+    assert run_cli(model, out, tmp_path / "x.wav", extra=["--query", "trumpet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["skipped"]) == [str(tmp_path / "x.wav")] and report["separated"] == {}
+
+
+@pytest.mark.parametrize(
+    "change, extra, reason",
+    [
+        ("bits", ["--bits", "16"], "outputs were made with another bit depth"),
+        (
+            "settings",
+            ["--set", "separate.overlap=0.5"],
+            "outputs were made with other separate settings",
+        ),
+        ("model", [], "outputs were made with another model"),
+        ("input", [], "outputs were made with another version of the input file"),
+        ("no record", [], "outputs have no separation.json (an older version made them)"),
+    ],
+)
+def test_outputs_of_another_request_are_made_again(model, tmp_path, capsys, change, extra, reason):  # noqa: F811
+    audio = tmp_path / "x.wav"
+    sf.write(audio, tones(16000, 1.5, 1)[0], 16000, subtype="FLOAT")
+    out, folder = tmp_path / "out", tmp_path / "out" / "x"
+    assert run_cli(model, out, audio, extra=["--query", "flute"]) == 0
+    capsys.readouterr()
+    used = model
+    if change == "model":  # another checkpoint file (the same weights, saved elsewhere)
+        from test_inference import make_tiny_model
+
+        (tmp_path / "retrained").mkdir()
+        used = make_tiny_model(tmp_path / "retrained")
+    elif change == "input":
+        sf.write(audio, tones(16000, 1.5, 1)[0] * 0.5, 16000, subtype="FLOAT")
+    elif change == "no record":
+        (folder / "separation.json").unlink()
+    assert run_cli(used, out, audio, extra=["--query", "flute", "--json", *extra]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["skipped"] == {}
+    assert report["separated"][str(audio)]["note"] == f"{reason}: {AGAIN}"
+    assert (folder / "separation.json").is_file()
+    assert run_cli(used, out, audio, extra=["--query", "flute", "--json", *extra]) == 0
+    assert list(json.loads(capsys.readouterr().out)["skipped"]) == [str(audio)]
+
+
+def test_the_python_api_writes_the_record_the_cli_skips_on(model, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from clipsep.inference import Separator
+
+    checkpoint, clip = model
+    audio = tmp_path / "x.wav"
+    sf.write(audio, tones(16000, 1.5, 1)[0], 16000)
+    separator = Separator.from_pretrained(checkpoint, device="cpu", clip_weights=clip)
+    separator.separate_file(audio, tmp_path / "out", queries=["violin", "cello"])
+    record = json.loads((tmp_path / "out" / "x" / outputs.SIDECAR).read_text())
+    assert record["queries"] == ["violin", "cello"] and record["model"]["version"] is None
+    never_load(monkeypatch)
+    again = ["--query", "violin", "--query", "cello"]
+    assert run_cli(model, tmp_path / "out", audio, extra=again) == 0
+    assert "1 skipped" in capsys.readouterr().out
+
+
+def test_a_run_that_skips_every_file_loads_no_model(model, tmp_path, monkeypatch, capsys):  # noqa: F811
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        sf.write(tmp_path / "in" / f"{name}.wav", tones(16000, 1.2, 1)[0], 16000)
+    assert run_cli(model, tmp_path / "out", tmp_path / "in", extra=["--query", "cello"]) == 0
+    capsys.readouterr()
+    never_load(monkeypatch)
+    assert run_cli(model, tmp_path / "out", tmp_path / "in", extra=["--query", "cello"]) == 0
+    assert "0 separated, 2 skipped, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("queries", [[""], ["violin", "   "]])
+def test_an_empty_query_is_one_usage_error_before_loading(
+    model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    caplog,
+    capsys,
+    queries,
+):
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+    never_load(monkeypatch)
+    extra = [a for q in queries for a in ("--query", q)]
+    assert run_cli(model, tmp_path / "out", tmp_path / "x.wav", extra=extra) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"the text query is empty ({queries[-1]!r}); say what to extract, e.g. "
+        "'acoustic guitar' (--query TEXT)"
+    ]
+    assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
+
+
+def test_summary_counts_files_in_words():
+    assert [batch.count_files(n, "separated") for n in (0, 1, 3)] == [
+        "0 files were separated",
+        "1 file was separated",
+        "3 files were separated",
+    ]
+
+
+def test_the_cli_prints_the_stale_stem_warning_on_a_line_of_its_own(model, tmp_path):  # noqa: F811
+    """violin + cello, then flute into the same folder: one WARNING line in the terminal names
+    the earlier stems (not glued behind the progress bar, not missing)."""
+    checkpoint, clip = model
+    audio = tmp_path / "x.wav"
+    sf.write(audio, tones(16000, 1.5, 1)[0], 16000)
+
+    def separate(*queries: str) -> list[str]:
+        args = [a for q in queries for a in ("--query", q)]
+        done = subprocess.run(
+            [sys.executable, "-m", "clipsep", "separate", str(audio), "--out", str(tmp_path / "o")]
+            + ["--model", str(checkpoint), "--clip-weights", str(clip), *args]
+            + ["--params", str(REPO / "params.yaml"), "--profile", "tiny"]
+            + ["--set", "separate.device=cpu"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        # what a terminal shows of each line: the text after its last carriage return
+        return [line.rsplit("\r", 1)[-1] for line in done.stderr.split("\n")]
+
+    assert not [line for line in separate("violin", "cello") if "WARNING" in line]
+    warnings = [line for line in separate("flute") if "WARNING" in line]
+    assert len(warnings) == 1
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d WARNING clipsep\.outputs: .*x\.wav: .* also holds cello\.wav, "
+        r"violin\.wav from an earlier run .*",
+        warnings[0],
+    ), warnings
+
+
+def test_the_record_compares_equal_after_a_round_trip_through_json(tmp_path):
+    """What is written compares equal to what a later run wants (tuples, None, floats)."""
+    from clipsep.config import SeparateConfig
+
+    audio = tmp_path / "x.wav"
+    sf.write(audio, tones(16000, 0.5, 1)[0], 16000)
+    (tmp_path / "ckpt.pt").write_bytes(b"weights")
+    model_record = outputs.model_record(tmp_path / "ckpt.pt", "3", None, SeparateConfig())
+    wanted = outputs.request_record(
+        audio, model_record, outputs.OutputFormat("flac", "16"), queries=("a", "b")
+    )
+    outputs.write_record(tmp_path, wanted)
+    assert outputs.why_separate_again(tmp_path, wanted) is None
+    other = outputs.request_record(audio, model_record, outputs.OutputFormat("flac", "16"), "a")
+    assert outputs.why_separate_again(tmp_path, other) == (
+        f"outputs were made with other queries: {AGAIN}"
+    )
