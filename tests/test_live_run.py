@@ -524,30 +524,32 @@ pathlib.Path(sys.argv[4]).touch()
 go = pathlib.Path(sys.argv[5])
 while not go.exists():
     time.sleep(0.01)
-run = open_run(params, "evaluate", in_process=False)
+run = open_run(params, sys.argv[6], in_process=False)
 run.finish_stage({"n": 1})
 print(run.run_id)
 """
 
 
 def test_stages_started_together_share_their_folders_run_and_no_other(tmp_path):
-    """Three evaluations start at once, two into one folder and one into another: each folder
-    gets one run (the folder's lock), none is superseded or ended."""
+    """Three stages start at once, two of one pass into one folder (validate and evaluate) and one
+    into another: each folder gets one run (the folder's lock), none is superseded or ended. (The
+    same stage twice in one folder is a new pass once the first finished: that order is a race.)"""
     params = {f: tiny_params_at(tmp_path, **{"paths.checkpoints": f}) for f in ("m/a", "m/b")}
     client, experiment = tracking.connect(params["m/a"])  # the store exists before they start
     go = tmp_path / "go"
     folders = ["m/a", "m/a", "m/b"]
+    stages = ["validate", "evaluate", "evaluate"]
     ready = [tmp_path / f"ready-{number}" for number in range(len(folders))]
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", OPEN_AT_ONCE, str(REPO / "params.yaml"), str(tmp_path)]
-            + [folder, str(flag), str(go)],
+            + [folder, str(flag), str(go), stage],
             cwd=REPO,
             env=stage_env(),
             stdout=subprocess.PIPE,
             text=True,
         )
-        for folder, flag in zip(folders, ready)
+        for folder, flag, stage in zip(folders, ready, stages)
     ]
     wait_for(
         lambda: all(flag.exists() or p.poll() is not None for flag, p in zip(ready, processes)),
