@@ -30,6 +30,8 @@ import yaml
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MASK_TARGETS = ("binary", "ratio")  # what the training masks learn (train.mask_target)
 ENGINES = ("torch", "onnx", "onnx-int8")  # what runs the separator network at separation time
+CHANNEL_MASKS = ("shared", "independent")  # separate.channel_masks: one mask for all, or each
+HIGH_BANDS = ("extend", "residual")  # separate.high_band: the target's share above the model's band
 AUDIO_FORMATS = ("wav", "flac")  # of ingested clips (ingest.audio_format)
 METRICS_BACKENDS = ("museval", "fast_bss_eval")  # eval.metrics_backend
 # keys whose value must be one of a fixed set: checked (and the set listed) before the type
@@ -37,6 +39,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     **{(section, "precision"): PRECISIONS for section in ("clip", "train", "eval", "separate")},
     ("train", "mask_target"): MASK_TARGETS,
     ("separate", "engine"): ENGINES,
+    ("separate", "channel_masks"): CHANNEL_MASKS,
+    ("separate", "high_band"): HIGH_BANDS,
     ("ingest", "audio_format"): AUDIO_FORMATS,
     ("eval", "metrics_backend"): METRICS_BACKENDS,
 }

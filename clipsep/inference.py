@@ -56,7 +56,7 @@ import torch
 
 from clipsep import audio_io, outputs
 from clipsep.activity import ActivityMeter, Segment
-from clipsep.config import AudioConfig, SeparateConfig
+from clipsep.config import CHANNEL_MASKS, HIGH_BANDS, AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
 from clipsep.layout import channels_first
 from clipsep.precision import autocast, resolve_precision
@@ -65,8 +65,6 @@ from clipsep.registry_reader import ResolvedModel
 # What Python users who pass no settings separate with: SeparateConfig's defaults, which
 # params.yaml's ``separate`` section repeats (tests/test_inference.py checks the two agree).
 DEFAULT_SETTINGS = SeparateConfig()
-CHANNEL_MASKS = ("shared", "independent")
-HIGH_BANDS = ("extend", "residual")
 TOP_BAND = 0.25  # share of the model's band below its Nyquist that sets the high band's gain
 SILENT_PEAK = 1e-6  # -120 dBFS: below this everywhere the file carries no sound to separate
 SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file

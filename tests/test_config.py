@@ -74,6 +74,16 @@ OVER = f"(over {PARAMS})"
             f"--set eval.precision=16 {OVER}: section 'eval', key 'precision': "
             "must be one of auto, fp32, bf16, fp16; got 16",
         ),
+        (  # separation-time choices are checked when the params load, not at separation
+            "separate.high_band=full",
+            f"--set separate.high_band=full {OVER}: section 'separate', key 'high_band': "
+            "must be one of extend, residual; got 'full'",
+        ),
+        (
+            "separate.channel_masks=mono",
+            f"--set separate.channel_masks=mono {OVER}: section 'separate', key "
+            "'channel_masks': must be one of shared, independent; got 'mono'",
+        ),
         (  # a wrong type
             "train.steps=many",
             f"--set train.steps=many {OVER}: section 'train', key 'steps': "
