@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from clipsep.config import add_params_arguments, params_from_args
@@ -136,55 +137,54 @@ def _add_separate_command(sub) -> None:
     cmd.set_defaults(handler=separate_files)
 
 
+def _model_reference(args: argparse.Namespace, params) -> tuple[str, Path | None]:
+    """(reference, root): --model is taken from the working folder, the params' separate.model
+    from the project (paths.root)."""
+    if args.model:
+        return args.model, None
+    return params.separate.model, params.path("root")
+
+
 def _load_separator(args: argparse.Namespace, params):
     """The Separator of --model or the params' separate.model."""
     from clipsep.inference import Separator
     from clipsep.registry_reader import registry_uri
 
-    # --model is taken from the working folder, the default from the project (paths.root)
+    ref, root = _model_reference(args, params)
     return Separator.from_pretrained(
-        args.model or params.separate.model,
+        ref,
         device=params.separate.device,
         clip_weights=args.clip_weights,
         settings=params.separate,
         tracking_uri=registry_uri(params),
-        root=None if args.model else params.path("root"),
+        root=root,
         calibration=params.path("clips"),
     )
 
 
 def _model_record(args: argparse.Namespace, params) -> dict[str, Any]:
     """What the separator _load_separator would load records in separation.json
-    (Separator.model_record), found without loading it: the model reference resolved to its files
-    as Separator.from_pretrained resolves it, so that a run whose files are all skipped loads
-    nothing."""
-    from pathlib import Path
-
+    (Separator.model_record), found without loading it (clipsep.inference.resolve_reference), so
+    that a run whose files are all skipped loads nothing."""
     from clipsep import outputs
-    from clipsep.model.export import is_export_folder
-    from clipsep.registry_reader import ResolvedModel, registry_uri, resolve_model
+    from clipsep.inference import resolve_reference
+    from clipsep.registry_reader import registry_uri
 
-    model = args.model or params.separate.model
-    if is_export_folder(model):
-        resolved = ResolvedModel(Path(model))
-    else:
-        root = None if args.model else params.path("root")
-        resolved = resolve_model(model, tracking_uri=registry_uri(params), root=root)
-    clip = args.clip_weights or resolved.clip_weights
-    return outputs.model_record(resolved.checkpoint, resolved.version, clip, params.separate)
+    ref, root = _model_reference(args, params)
+    resolved = resolve_reference(ref, args.clip_weights, registry_uri(params), root)
+    return outputs.model_record(
+        resolved.checkpoint, resolved.version, resolved.clip_weights, params.separate
+    )
 
 
 def _check_queries(args: argparse.Namespace) -> None:
     """Usage errors of --query and --image, before any work: an empty query, a missing image."""
     from clipsep import audio_io
     from clipsep.errors import BadInputError
+    from clipsep.inference import check_text_query
 
     for query in args.queries:
-        if not query.strip():
-            raise BadInputError(
-                f"the text query is empty ({query!r}); say what to extract, e.g. 'acoustic guitar'",
-                arguments=("query",),
-            )
+        check_text_query(query)
     if args.image is not None:
         try:
             audio_io.check_exists(args.image)
@@ -234,7 +234,7 @@ def separate_files(args: argparse.Namespace) -> int:
     outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
     jobs = batch.find_jobs(args.inputs, args.out)
     params = params_from_args(args)
-    model = args.model or params.separate.model
+    model = _model_reference(args, params)[0]
     model_record = _model_record(args, params)
     kwargs = dict(
         queries=queries,

@@ -261,6 +261,37 @@ def _thread_pool(workers: int):
     return ThreadPoolExecutor(workers, thread_name_prefix="clipsep-rows")
 
 
+def resolve_reference(
+    ref: str | Path,
+    clip_weights: str | Path | None = None,
+    tracking_uri: str | None = None,
+    root: str | Path | None = None,
+) -> ResolvedModel:
+    """The local files a model reference names, as :meth:`Separator.from_pretrained` loads them:
+    a ``clipsep export`` folder as it is, else :func:`clipsep.registry_reader.resolve_model`
+    (its errors); ``clip_weights``, when given, replaces the CLIP weights the model records."""
+    from clipsep.model.export import is_export_folder
+    from clipsep.registry_reader import resolve_model
+
+    if is_export_folder(ref):
+        resolved = ResolvedModel(Path(ref))
+    else:
+        resolved = resolve_model(ref, tracking_uri=tracking_uri, root=root)
+    if clip_weights:
+        resolved = dataclasses.replace(resolved, clip_weights=Path(clip_weights))
+    return resolved
+
+
+def check_text_query(query) -> str:
+    """``query`` stripped; BadInputError (argument ``query``) when it is not a non-empty string."""
+    if not isinstance(query, str) or not query.strip():
+        raise BadInputError(
+            f"the text query is empty ({query!r}); say what to extract, e.g. 'acoustic guitar'",
+            arguments=("query",),
+        )
+    return query.strip()
+
+
 def triangular_weights(n: int) -> np.ndarray:
     """Overlap-add weights ``[n]``: positive everywhere, peaking mid-segment (demucs' ramp)."""
     ramp = np.arange(1, n + 1, dtype=np.float64)
@@ -331,18 +362,14 @@ class Separator:
         engine, an ONNX engine on CUDA, or onnx-int8 without a clip manifest.
         """
         from clipsep.env import resolve_device
-        from clipsep.model.export import is_export_folder
         from clipsep.model.text_cache import CachedQueryEncoder
-        from clipsep.registry_reader import ResolvedModel, default_cache_dir, resolve_model
+        from clipsep.registry_reader import default_cache_dir
 
         settings = settings or DEFAULT_SETTINGS
         requested = (settings, engine)  # what separation.json records (as the CLI does unloaded)
         engine, device, settings = _choose_engine(ref, engine, device, settings)
-        if is_export_folder(ref):
-            resolved = ResolvedModel(Path(ref))
-        else:
-            resolved = resolve_model(ref, tracking_uri=tracking_uri, root=root)
-        clip_weights = clip_weights or resolved.clip_weights
+        resolved = resolve_reference(ref, clip_weights, tracking_uri, root)
+        clip_weights = resolved.clip_weights
         device = resolve_device(device)
         network, info = load_network(resolved.checkpoint, device, engine)
         # the CLIP model is built only for a text query not met before (or an image query)
@@ -376,13 +403,7 @@ class Separator:
                 "give a text query or an image query, not both", arguments=("query", "image")
             )
         if query is not None:
-            if not isinstance(query, str) or not query.strip():
-                raise BadInputError(
-                    f"the text query is empty ({query!r}); say what to extract, "
-                    "e.g. 'acoustic guitar'",
-                    arguments=("query",),
-                )
-            return self.encoder.encode_text([query.strip()])[0].to(self.device)
+            return self.encoder.encode_text([check_text_query(query)])[0].to(self.device)
         if image is not None:
             return self.encoder.encode_images([load_image(image)])[0].to(self.device)
         raise BadInputError("no query: give a text query or an image", arguments=("query", "image"))
