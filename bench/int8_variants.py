@@ -86,20 +86,6 @@ def quantise(prepared: Path, out: Path, feeds: list, name: str) -> Path:
     return out
 
 
-def session(path: Path, threads: int, level: str = "all"):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    }[level]
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def export_and_prepare(checkpoint: Path, work: Path) -> tuple[Path, Path]:
     """(fp32 export folder, its prepared ONNX file)."""
     from clipsep.model.export import ONNX_FILE, export_onnx
@@ -112,7 +98,7 @@ def export_and_prepare(checkpoint: Path, work: Path) -> tuple[Path, Path]:
 def speed(preset: str, names: list[str], work: Path, args) -> None:
     import torch
 
-    from clipsep.model.export import read_export
+    from clipsep.model.export import cpu_session, read_export
     from clipsep.model.factory import load_checkpoint
     from separate import bench_inputs, make_checkpoint
 
@@ -127,12 +113,12 @@ def speed(preset: str, names: list[str], work: Path, args) -> None:
     mag, queries = bench_inputs(dim)
     feeds = {"mix_mag": mag.numpy(), "queries": queries.numpy()}
     runs = {"eager torch fp32": lambda: network(mag, queries, with_noise=False).mask_logits}
-    sessions = {"ONNX Runtime fp32": session(fp32 / "separator.onnx", args.threads)}
+    sessions = {"ONNX Runtime fp32": cpu_session(fp32 / "separator.onnx", args.threads)}
     for index, name in enumerate(names):
         started = time.perf_counter()
         path = quantise(prepared, work / f"variant-{index}.onnx", calibration, name)
         print(f"  quantised {name!r} in {time.perf_counter() - started:.1f} s", flush=True)
-        sessions[name] = session(path, args.threads, VARIANTS[name][2])
+        sessions[name] = cpu_session(path, args.threads, VARIANTS[name][2])
     for name, sess in sessions.items():
         runs[name] = lambda sess=sess: sess.run(None, feeds)
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -164,7 +150,7 @@ def speed(preset: str, names: list[str], work: Path, args) -> None:
 
 
 def mask_error(names: list[str], work: Path, args) -> None:
-    from clipsep.model.export import read_export
+    from clipsep.model.export import cpu_session, read_export
     from clipsep.model.query import QueryEncoder
     from clipsep.model.quantize import calibration_feeds
 
@@ -179,7 +165,7 @@ def mask_error(names: list[str], work: Path, args) -> None:
     def masks(sess) -> np.ndarray:
         return np.stack([1 / (1 + np.exp(-sess.run(None, feed)[0])) for feed in inputs])
 
-    reference = masks(session(fp32 / "separator.onnx", args.threads))
+    reference = masks(cpu_session(fp32 / "separator.onnx", args.threads))
     print(
         f"\nmasks of {args.checkpoint} vs ONNX Runtime fp32 on {args.mask_inputs} mixtures of "
         f"the train clips (seed {MASK_SEED}), |difference| after the sigmoid"
@@ -188,7 +174,7 @@ def mask_error(names: list[str], work: Path, args) -> None:
     print("|---|---|---|---|")
     for index, name in enumerate(names):
         path = quantise(prepared, work / f"trained-{index}.onnx", calibration, name)
-        diff = np.abs(masks(session(path, args.threads, VARIANTS[name][2])) - reference)
+        diff = np.abs(masks(cpu_session(path, args.threads, VARIANTS[name][2])) - reference)
         print(
             f"| {name} | {diff.mean():.4f} | {np.quantile(diff, 0.99):.4f} | {diff.max():.3f} |",
             flush=True,

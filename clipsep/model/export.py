@@ -235,6 +235,26 @@ def is_export_folder(ref: str | Path) -> bool:
     return not str(ref).startswith("models:/") and (Path(ref) / MANIFEST).is_file()
 
 
+def cpu_session(onnx_path: str | Path, threads: int | None = None, optimization: str = "all"):
+    """An ONNX Runtime CPU ``InferenceSession`` as the separator runs it: ``threads`` intra-op
+    threads (default: torch's intra-op count), one inter-op thread, graph optimisation
+    ``optimization`` (``all``, ``extended`` or ``basic``), no busy-waiting between runs."""
+    ort = _require("onnxruntime")
+    levels = ort.GraphOptimizationLevel
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = {
+        "all": levels.ORT_ENABLE_ALL,
+        "extended": levels.ORT_ENABLE_EXTENDED,
+        "basic": levels.ORT_ENABLE_BASIC,
+    }[optimization]
+    # No busy-waiting between runs: torch (STFT, resampling) shares these cores, and spinning
+    # pool threads slowed the torch work that follows a run 2x on 2 cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxNetwork:
     """An exported separator run by ONNX Runtime (CPU), called like ``CLIPSepNet`` at inference.
 
@@ -244,17 +264,7 @@ class OnnxNetwork:
     """
 
     def __init__(self, onnx_path: str | Path, cfg: NetConfig, threads: int | None = None):
-        ort = _require("onnxruntime")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between runs: torch (STFT, resampling) shares these cores, and spinning
-        # pool threads slowed the torch work that follows a run 2x on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(onnx_path, threads)
         self.cfg = cfg
         self.path = Path(onnx_path)
 
