@@ -131,27 +131,27 @@ def band_limited_truth(source: np.ndarray, rate: int, model_rate: int) -> np.nda
     return resample(down, model_rate, rate)[0, : source.size].astype(np.float64)
 
 
-def cached_stems_segment(separator):
-    """Let ``separator`` (and copies sharing its network) compute each segment's target once: the
+def cached_segment_masks(separator):
+    """Let ``separator`` (and copies sharing its network) compute each segment's masks once: the
     variants differ only above the model's band, so the network pass is shared between them."""
-    cache: dict[tuple, np.ndarray] = {}
-    compute = separator.stems_segment
+    cache: dict[tuple, tuple] = {}
+    compute = separator.segment_masks
 
-    def stems_segment(segment, embeddings, binary=False):
+    def segment_masks(segment, embeddings, binary=False):
         key = (segment.shape, hash(segment.tobytes()), hash(embeddings.cpu().numpy().tobytes()))
         if key not in cache:
             cache[key] = compute(segment, embeddings, binary)
         return cache[key]
 
-    stems_segment.cache = cache  # cleared for every case: a few segments in memory
-    return stems_segment
+    segment_masks.cache = cache  # cleared for every case: a few segments in memory
+    return segment_masks
 
 
 def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: bool) -> dict:
     import clipsep.inference as inference
 
     base = inference.Separator.from_pretrained(checkpoint, device="cpu", clip_weights=clip_weights)
-    shared_pass = cached_stems_segment(base)
+    shared_pass = cached_segment_masks(base)
     model_rate = base.audio_cfg.sample_rate
     cutoff = model_rate / 2
     results: dict[str, list[dict]] = {name: [] for name in (MIXTURE_ROW, *VARIANTS, BOUND_ROW)}
@@ -166,7 +166,7 @@ def evaluate(cases: list[dict], checkpoint: str, clip_weights: str, museval: boo
             inference.TOP_BAND = top_band
             settings = dataclasses.replace(base.settings, high_band=high_band)
             sep = inference.Separator(base.network, base.encoder, base.audio_cfg, settings)
-            sep.stems_segment = shared_pass
+            sep.segment_masks = shared_pass
             result = sep.separate(mixture, rate, query=case["label"])
             assert np.abs(result.target + result.residual - mixture).max() < 1e-5
             estimates[name] = result.target.astype(np.float64)

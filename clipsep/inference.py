@@ -293,8 +293,9 @@ def check_text_query(query) -> str:
 
 
 def triangular_weights(n: int) -> np.ndarray:
-    """Overlap-add weights ``[n]``: positive everywhere, peaking mid-segment (demucs' ramp)."""
-    ramp = np.arange(1, n + 1, dtype=np.float64)
+    """Overlap-add weights ``[n]`` (float32, exact integers): positive everywhere, peaking
+    mid-segment (demucs' ramp)."""
+    ramp = np.arange(1, n + 1, dtype=np.float32)
     return np.minimum(ramp, ramp[::-1])
 
 
@@ -461,6 +462,17 @@ class Separator:
 
         ``binary`` thresholds the masks at 0.5 (the official infer.py); soft is the default.
         """
+        spec, masks = self.segment_masks(segment, embeddings, binary)
+        return self._masked_waves(spec, masks, segment.shape[1])
+
+    @torch.no_grad()
+    def segment_masks(
+        self, segment: np.ndarray, embeddings: torch.Tensor, binary: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(spec [C, F, T], masks [N, C or 1, F, T])`` of a model-rate segment ``[C, n]``:
+        its per-channel STFT, zero-padded to the U-Net's frame multiple (frame t centred on
+        sample ``t * hop``), and each query's mask (one per channel with ``channel_masks:
+        independent``, else one shared)."""
         from clipsep import audio
 
         n = segment.shape[1]
@@ -474,9 +486,16 @@ class Separator:
             masks = self.soft_masks(waves.mean(dim=0), embeddings)[:, None]  # [N, 1, F, T]
         if binary:
             masks = (masks > 0.5).to(masks.dtype)
-        specs = audio.stft(waves, self.audio_cfg)[None] * masks  # [N, C, F, T]
-        stems = audio.istft(specs.flatten(0, 1), padded, self.audio_cfg)[:, :n]
-        return stems.reshape(len(embeddings), -1, n).cpu().numpy()
+        return audio.stft(waves, self.audio_cfg), masks
+
+    def _masked_waves(self, spec: torch.Tensor, masks: torch.Tensor, n: int) -> np.ndarray:
+        """The masked STFTs ``spec [C, F, T] * masks [N, C or 1, F, T]`` back to waves
+        ``[N, C, n]`` (the first ``n`` samples)."""
+        from clipsep import audio
+
+        padded = spec.shape[-1] * self.audio_cfg.hop_length - 1  # the length it was made from
+        stems = audio.istft((spec[None] * masks).flatten(0, 1), padded, self.audio_cfg)[:, :n]
+        return stems.reshape(len(masks), -1, n).cpu().numpy()
 
     def target_segment(
         self, segment: np.ndarray, embedding: torch.Tensor, binary: bool = False
@@ -674,8 +693,9 @@ class Separator:
         embeddings = embeddings.reshape(-1, embeddings.shape[-1])
         plan = self.plan(source.sample_rate, source.frames)
         capacity = -(-plan.segment * plan.in_rate // plan.model_rate) + 2
-        summed = np.zeros((len(embeddings), source.channels, capacity))
-        weights = np.zeros(capacity)
+        # float32, as the stems: weighted sums of a few segments need no more
+        summed = np.zeros((len(embeddings), source.channels, capacity), np.float32)
+        weights = np.zeros(capacity, np.float32)
         base = 0  # input index of summed[..., 0]
         for k in range(plan.n_chunks):
             start, stop = plan.input_span(k)
@@ -686,7 +706,7 @@ class Separator:
             weights[offset : offset + stop - start] += window
             done = plan.emit_until(k) - base
             if done > 0:
-                sink(base, (summed[..., :done] / weights[:done]).astype(np.float32))
+                sink(base, summed[..., :done] / weights[:done])
                 summed[..., : capacity - done] = summed[..., done:].copy()
                 weights[: capacity - done] = weights[done:].copy()
                 summed[..., capacity - done :] = 0.0
@@ -702,30 +722,34 @@ class Separator:
         model_start, model_stop = plan.model_span(k)
         start, stop = plan.input_span(k)
         segment = _model_rate_cut(source, plan, model_start, model_stop)
-        stems = self.stems_segment(segment, embeddings)  # [N, C, n]
+        spec, masks = self.segment_masks(segment, embeddings)
+        stems = self._masked_waves(spec, masks, segment.shape[1])  # [N, C, n]
         cut = _input_rate_cut(stems.reshape(-1, stems.shape[-1]), plan, model_start, start, stop)
         low = cut.reshape(*stems.shape[:2], -1)
         if self.settings.high_band == "residual" or plan.in_rate <= plan.model_rate:
             return low
-        return low + self._high_band_stems(source, plan, k, segment, stems)
+        from clipsep import audio
+
+        frames = audio.n_frames(segment.shape[1], self.audio_cfg)  # the segment's own frames
+        gains = top_band_gains(spec, masks)[..., :frames]  # [N, C or 1, T]
+        return low + self._high_band_stems(source, plan, k, segment, gains)
 
     def _high_band_stems(
-        self, source: AudioSource, plan: ChunkPlan, k: int, segment: np.ndarray, stems: np.ndarray
+        self, source: AudioSource, plan: ChunkPlan, k: int, segment: np.ndarray, gains: np.ndarray
     ) -> np.ndarray:
         """Each stem's share ``[N, C, n_in]`` of segment k's input above the model's band.
 
-        ``segment`` is the model-rate cut ``[C, n]``, ``stems`` its stems ``[N, C, n]``. The high
-        band is what the model-rate round trip drops, ``input - up(segment)``, so that a target
-        mask of 1 everywhere would give back the input; each stem gets it scaled by its
-        :func:`top_band_gains`, interpolated linearly from the STFT frame centres to every sample.
+        ``segment`` is the model-rate cut ``[C, n]``, ``gains [N, C or 1, T]`` each stem's
+        :func:`top_band_gains` on the segment's STFT frames. The high band is what the model-rate
+        round trip drops, ``input - up(segment)``, so that a target mask of 1 everywhere would
+        give back the input; each stem gets it scaled by its gains, interpolated linearly from
+        the STFT frame centres to every sample.
         """
         model_start, _ = plan.model_span(k)
         start, stop = plan.input_span(k)
         above = _fit(source.read(start, stop), stop - start) - _input_rate_cut(
             segment, plan, model_start, start, stop
         )
-        shared = self.settings.channel_masks == "shared"
-        gains = top_band_gains(segment, stems, self.audio_cfg, shared)  # [N, C or 1, T]
         hop, ratio = self.audio_cfg.hop_length, plan.in_rate / plan.model_rate
         centres = (model_start + hop * np.arange(gains.shape[-1])) * ratio
         return above * _interp_rows(np.arange(start, stop), centres, gains)
@@ -848,35 +872,22 @@ def _input_rate_cut(
     return _fit(resampled[:, offset:], stop - start)
 
 
-def top_band_gains(
-    mixture: np.ndarray, targets: np.ndarray, cfg: AudioConfig, shared: bool = True
-) -> np.ndarray:
-    """Per STFT frame, the least-squares gain ``g`` of the mixture's top band onto each target's:
-    ``g = sum Re(S conj(X)) / sum |X|^2`` over the bins of the top :data:`TOP_BAND` of the
-    model's band (6-8 kHz at 16 kHz), clipped to [0, 1].
+def top_band_gains(spec: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """Per STFT frame, each mask's mean over the top :data:`TOP_BAND` of the model's band (6-8 kHz
+    at 16 kHz), weighted by the mixture's energy there: ``g = sum M |X|^2 / sum |X|^2``.
 
-    ``mixture`` is model-rate ``[C, n]``, ``targets`` ``[N, C, n]`` (each the masked mixture).
-    For a target ``S = M X`` this is the mixture-energy-weighted mean of the mask over those bins,
-    so it reads only the separated wave, not the mask. ``shared``: one gain for all channels (sums
-    over them, as the shared mask) -> ``[N, 1, T]``; else one per channel ``[N, C, T]``. ``T`` =
-    ``n_frames(n)`` centred frames (a frame whose top band is silent gets 0).
+    ``spec`` is the mixture's STFT ``[C, F, T]``, ``masks`` ``[N, C or 1, F, T]`` (a shared mask
+    sums over the channels too) -> ``[N, C or 1, T]`` in [0, 1]; a frame whose top band is silent
+    gets 0. For a target ``S = M X`` this is the least-squares gain of the mixture's top band onto
+    the target's, ``sum Re(S conj(X)) / sum |X|^2``.
     """
-    from clipsep import audio
-
-    n = max(mixture.shape[1], cfg.n_fft)
-    mix = audio.stft(torch.from_numpy(_fit(np.asarray(mixture, np.float32), n)), cfg)
-    flat = np.asarray(targets, np.float32).reshape(-1, targets.shape[-1])
-    est = audio.stft(torch.from_numpy(_fit(flat, n)), cfg).reshape(
-        *targets.shape[:2], *mix.shape[1:]
-    )
-    low = math.floor((1.0 - TOP_BAND) * (mix.shape[1] - 1))
-    mix, est = mix[:, low:], est[..., low:, :]  # [C, F', T], [N, C, F', T]
-    num = (est * mix.conj()).real.sum(dim=-2, dtype=torch.float64)  # [N, C, T]
-    den = mix.abs().square().sum(dim=-2, dtype=torch.float64)[None]  # [1, C, T]
-    if shared:
+    low = math.floor((1.0 - TOP_BAND) * (spec.shape[-2] - 1))
+    power = spec[:, low:].abs().square().double()  # [C, F', T]
+    num = (masks[..., low:, :].double() * power).sum(dim=-2)  # [N, C, T]
+    den = power.sum(dim=-2)[None]  # [1, C, T]
+    if masks.shape[1] == 1:
         num, den = num.sum(dim=1, keepdim=True), den.sum(dim=1, keepdim=True)
-    gain = (num / den.clamp(min=1e-20)).clamp(0.0, 1.0)
-    return gain[..., : audio.n_frames(mixture.shape[1], cfg)].numpy()
+    return (num / den.clamp(min=1e-20)).clamp(0.0, 1.0).cpu().numpy()
 
 
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:

@@ -249,13 +249,24 @@ def test_high_band_extension_gives_the_target_its_share_above_8khz(separator, hi
 def test_top_band_gain_is_the_targets_share_and_extension_is_complementary(separator):
     from clipsep.inference import ArraySource, _input_rate_cut, _model_rate_cut, top_band_gains
 
+    from clipsep import audio as spectral
+
     mixture = bright_tones(16000, 1.0)  # 7 kHz in the top band
-    gain = top_band_gains(mixture, 0.3 * mixture[None], separator.audio_cfg, shared=True)[0]
-    np.testing.assert_allclose(gain, 0.3, atol=1e-4)
-    per_channel = top_band_gains(
-        mixture, mixture[None] * np.array([[0.2], [0.9]], np.float32), separator.audio_cfg, False
-    )[0]
-    np.testing.assert_allclose(per_channel, [[0.2], [0.9]] * np.ones_like(per_channel), atol=1e-4)
+    spec = spectral.stft(torch.from_numpy(mixture), separator.audio_cfg)  # [2, F, T]
+    shared = torch.full((1, 1, *spec.shape[1:]), 0.3)
+    np.testing.assert_allclose(top_band_gains(spec, shared)[0], 0.3, atol=1e-6)
+    per_channel = torch.tensor([0.2, 0.9]).reshape(1, 2, 1, 1).expand(1, 2, *spec.shape[1:])
+    gains = top_band_gains(spec, per_channel)[0]
+    np.testing.assert_allclose(gains, [[0.2], [0.9]] * np.ones_like(gains), atol=1e-6)
+    # the mask's mean over 6-8 kHz, weighted by the mixture's energy: a mask of 1 on the
+    # 7-kHz bins alone (where the energy is, away from the padded ends) gives 1, one below
+    # 6 kHz alone gives 0
+    hz = np.arange(spec.shape[1]) * 16000 / separator.audio_cfg.n_fft
+    only = torch.from_numpy((np.abs(hz - 7000) < 200).astype(np.float32))[None, None, :, None]
+    inner = top_band_gains(spec, only.expand(1, 1, *spec.shape[1:]))[..., 2:-2]  # not the ends
+    np.testing.assert_allclose(inner, 1, 1e-3)
+    below = torch.from_numpy((hz < 6000).astype(np.float32))[None, None, :, None]
+    np.testing.assert_allclose(top_band_gains(spec, below.expand(1, 1, *spec.shape[1:])), 0)
     # a target equal to its segment (mask 1) plus the extension gives back the input exactly
     audio = bright_tones(44100, 3.0)
     source = ArraySource(audio, 44100)
@@ -263,9 +274,10 @@ def test_top_band_gain_is_the_targets_share_and_extension_is_complementary(separ
     for k in range(plan.n_chunks):
         (m0, m1), (start, stop) = plan.model_span(k), plan.input_span(k)
         segment = _model_rate_cut(source, plan, m0, m1)
+        ones = np.ones((1, 1, spectral.n_frames(segment.shape[1], separator.audio_cfg)))
         whole = (
             _input_rate_cut(segment, plan, m0, start, stop)
-            + separator._high_band_stems(source, plan, k, segment, segment[None])[0]
+            + separator._high_band_stems(source, plan, k, segment, ones)[0]
         )
         np.testing.assert_allclose(whole, audio[:, start:stop], atol=1e-5)
 
