@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
@@ -141,9 +141,7 @@ def _train(
     """
     from tqdm.auto import tqdm
 
-    tokens = tokenizer(data.captions)  # [N, context_length]
-    classes = sorted(set(data.labels))
-    label_ids = torch.tensor([classes.index(label) for label in data.labels])  # [N]
+    tokens, label_ids = _encode_captions(data, tokenizer)
     n = len(data.images)
     batch = min(cfg.pretrain_batch_size, n)
     steps_per_epoch = max(1, n // batch)  # drop the ragged last batch: ClipLoss wants >1 pair
@@ -152,34 +150,64 @@ def _train(
     generator = torch.Generator().manual_seed(cfg.pretrain_seed)
     losses: list[float] = []
     model.train()
-    bar = tqdm(total=cfg.pretrain_epochs * steps_per_epoch, desc="pretrain-clip", unit="step")
-    for _ in range(cfg.pretrain_epochs):
-        order = torch.randperm(n, generator=generator)
-        for step in range(steps_per_epoch):
-            index = order[step * batch : (step + 1) * batch]
-            pixels = torch.stack([train_transform(data.images[i]) for i in index.tolist()])
-            with autocast(precision, device):
-                image_features, text_features, logit_scale = model(
-                    pixels.to(device), tokens[index].to(device)
-                )[:3]
-            loss = label_aware_clip_loss(
-                image_features.float(),
-                text_features.float(),
-                logit_scale.float(),
-                label_ids[index].to(device),
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+    with tqdm(
+        total=cfg.pretrain_epochs * steps_per_epoch, desc="pretrain-clip", unit="step"
+    ) as bar:
+        for _ in range(cfg.pretrain_epochs):
+            for index in _epoch_batches(n, batch, steps_per_epoch, generator):
+                pixels = torch.stack([train_transform(data.images[i]) for i in index.tolist()])
+                loss = _contrastive_loss(
+                    model, pixels, tokens[index], label_ids[index], device, precision
+                )
+                _update(model, optimizer, scheduler, loss)
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
+
+
+def _encode_captions(data: CaptionSet, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The captions' tokens ``[N, context_length]`` and class ids ``[N]`` (classes sorted)."""
+    classes = sorted(set(data.labels))
+    label_ids = torch.tensor([classes.index(label) for label in data.labels])
+    return tokenizer(data.captions), label_ids
+
+
+def _epoch_batches(
+    n: int, batch: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """``steps`` batches of ``batch`` indices ``[batch]`` from one shuffle of ``range(n)``."""
+    order = torch.randperm(n, generator=generator)
+    for step in range(steps):
+        yield order[step * batch : (step + 1) * batch]
+
+
+def _contrastive_loss(
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    tokens: torch.Tensor,
+    label_ids: torch.Tensor,
+    device: str,
+    precision: str,
+) -> torch.Tensor:
+    """The label-aware ClipLoss (fp32) of one batch: pictures ``[B, 3, H, W]``, tokens
+    ``[B, context_length]``, class ids ``[B]``; the forward pass runs in ``precision``."""
+    with autocast(precision, device):
+        image_features, text_features, logit_scale = model(pixels.to(device), tokens.to(device))[:3]
+    return label_aware_clip_loss(
+        image_features.float(), text_features.float(), logit_scale.float(), label_ids.to(device)
+    )
+
+
+def _update(model: torch.nn.Module, optimizer, scheduler, loss: torch.Tensor) -> None:
+    """One optimiser and schedule step on ``loss``, then open_clip's clamp of the temperature."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
 def zero_shot(encoder: QueryEncoder, data: CaptionSet, classes: list[str]) -> dict[str, Any]:
