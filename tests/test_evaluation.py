@@ -255,3 +255,20 @@ def test_quality_curve_rescores_snapshots_only_when_the_protocol_changes(tmp_pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no snapshots in .*empty"):
         quality_curve.main([str(tmp_path / "empty"), *common])
+
+
+def test_metrics_record_the_checkpoint_they_scored(tmp_path, monkeypatch):
+    """metrics.json's ``checkpoint``: a file's absolute path and SHA-256 (what register checks),
+    no size or time (its numbers would become metrics); a registry reference as given."""
+    import hashlib
+
+    from clipsep.evaluation.evaluate import checkpoint_identity
+
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    assert checkpoint_identity("best.pt") == {
+        "path": str(tmp_path.resolve() / "best.pt"),
+        "sha256": hashlib.sha256(b"weights").hexdigest(),
+    }
+    ref = "models:/clipsep@champion"
+    assert checkpoint_identity(ref) == {"ref": ref}

@@ -35,7 +35,8 @@ from clipsep.config import Params
 from clipsep.env import apply_offline_defaults
 from clipsep.errors import BadInputError
 from clipsep.evaluation import metrics as M
-from clipsep.fileio import file_digest, write_csv, write_json
+from clipsep.fileio import write_csv, write_json
+from clipsep.outputs import file_identity
 from clipsep.data.mixing import read_manifest
 from clipsep.data.world import read_ground_truth
 
@@ -359,10 +360,12 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
 
 def checkpoint_identity(checkpoint: str | Path) -> dict[str, str]:
     """What metrics.json scored: a local file's absolute path and SHA-256 (register checks it
-    against the checkpoint it registers), else the reference as given (``models:/...``)."""
-    path = Path(checkpoint)
-    if path.is_file():
-        return {"path": str(path.resolve()), "sha256": file_digest(path)}
+    against the checkpoint it registers), else the reference as given (``models:/...``). The
+    identity is :func:`clipsep.outputs.file_identity`'s, less its size and modification time
+    (numbers in metrics.json become metrics)."""
+    if Path(checkpoint).is_file():
+        identity = file_identity(checkpoint, digest=True)
+        return {"path": identity["path"], "sha256": identity["sha256"]}
     return {"ref": str(checkpoint)}
 
 
