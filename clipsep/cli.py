@@ -164,16 +164,21 @@ def _load_separator(args: argparse.Namespace, params):
 
 def _model_record(args: argparse.Namespace, params) -> dict[str, Any]:
     """What the separator _load_separator would load records in separation.json
-    (Separator.model_record), found without loading it (clipsep.inference.resolve_reference), so
-    that a run whose files are all skipped loads nothing."""
+    (Separator.model_record), found without loading it (clipsep.inference.resolve_reference and
+    run_device), so that a run whose files are all skipped loads nothing."""
     from clipsep import outputs
-    from clipsep.inference import resolve_reference
+    from clipsep.inference import resolve_reference, run_device
     from clipsep.registry_reader import registry_uri
 
     ref, root = _model_reference(args, params)
     resolved = resolve_reference(ref, args.clip_weights, registry_uri(params), root)
     return outputs.model_record(
-        resolved.checkpoint, resolved.version, resolved.clip_weights, params.separate
+        resolved.checkpoint,
+        resolved.version,
+        resolved.clip_weights,
+        params.separate,
+        device=run_device(ref, params.separate.device, params.separate),
+        calibration=params.path("clips"),
     )
 
 

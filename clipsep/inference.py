@@ -362,7 +362,6 @@ class Separator:
         ``paths.clips``; see :mod:`clipsep.model.quantize`). BadInputError for an unknown
         engine, an ONNX engine on CUDA, or onnx-int8 without a clip manifest.
         """
-        from clipsep.env import resolve_device
         from clipsep.model.text_cache import CachedQueryEncoder
         from clipsep.registry_reader import default_cache_dir
 
@@ -371,7 +370,6 @@ class Separator:
         engine, device, settings = _choose_engine(ref, engine, device, settings)
         resolved = resolve_reference(ref, clip_weights, tracking_uri, root)
         clip_weights = resolved.clip_weights
-        device = resolve_device(device)
         network, info = load_network(resolved.checkpoint, device, engine)
         # the CLIP model is built only for a text query not met before (or an image query)
         encoder = CachedQueryEncoder(
@@ -391,7 +389,7 @@ class Separator:
             source=resolved,
             extra=dict(info.extra),
             model_record=outputs.model_record(
-                resolved.checkpoint, resolved.version, clip_weights, *requested
+                resolved.checkpoint, resolved.version, clip_weights, *requested, device, calibration
             ),
         )
 
@@ -802,11 +800,25 @@ def load_int8_network(path: Path, calibration: str | Path | None, encoder):
     return export.load_onnx_network(folder)
 
 
+def run_device(
+    ref: str | Path,
+    device: str = "auto",
+    settings: SeparateConfig | None = None,
+    engine: str | None = None,
+) -> str:
+    """The device :meth:`Separator.from_pretrained` runs ``ref`` on with these arguments, found
+    without loading it (``cpu`` for the ONNX engines; ``auto``: ``cuda`` when available, else
+    ``cpu``): what separation.json records. BadInputError as from_pretrained's."""
+    return _choose_engine(ref, engine, device, settings or DEFAULT_SETTINGS)[1]
+
+
 def _choose_engine(
     ref: str | Path, engine: str | None, device: str, settings: SeparateConfig
 ) -> tuple[str, str, SeparateConfig]:
     """(engine, device, settings) to load ``ref`` with: an export folder runs with onnx only;
-    else ``engine`` or ``settings.engine``; onnx adjusts device and precision (below)."""
+    else ``engine`` or ``settings.engine``; onnx adjusts device and precision (below); the device
+    is resolved (``auto``: cuda when available, else cpu)."""
+    from clipsep.env import resolve_device
     from clipsep.model.export import check_engine, is_export_folder
 
     exported = is_export_folder(ref)
@@ -818,7 +830,7 @@ def _choose_engine(
         )
     if engine in ("onnx", "onnx-int8"):
         device, settings = _onnx_device_and_settings(engine, device, settings)
-    return engine, device, settings
+    return engine, resolve_device(device), settings
 
 
 def _onnx_device_and_settings(

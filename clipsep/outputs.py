@@ -45,9 +45,10 @@ MP3_SUBTYPE = "MPEG_LAYER_III"
 MAX_NAME = 80  # characters of a query kept in its file name
 ACTIVITY_COLUMNS = ("start_s", "end_s", "mean_db")
 SIDECAR = "separation.json"  # what the outputs of <stem>/ answer (request_record)
-RECORD_VERSION = 1
-# separate settings that do not change what is written (the model is recorded as its files)
+RECORD_VERSION = 2  # 2: the device and the int8 calibration clip folder are recorded
+# separate settings recorded otherwise: the model as its files, the device as the one it ran on
 NOT_OUTPUT_SETTINGS = ("model", "device")
+INT8_ENGINE = "onnx-int8"  # the engine whose network depends on its calibration clips
 
 
 @dataclass(frozen=True)
@@ -282,18 +283,33 @@ def model_record(
     clip_weights: str | Path | None,
     settings,
     engine: str | None = None,
+    device: str | None = None,
+    calibration: str | Path | None = None,
 ) -> dict[str, Any]:
     """The model part of a request record: the checkpoint (digest), its registry version, the CLIP
-    weights replacing the stored ones, and the ``separate`` settings (a SeparateConfig) that change
-    the output (all but :data:`NOT_OUTPUT_SETTINGS`), with ``engine`` when one is forced."""
+    weights replacing the stored ones, the ``separate`` settings (a SeparateConfig) that change
+    the output (all but :data:`NOT_OUTPUT_SETTINGS`), with ``engine`` when one is forced, the
+    ``device`` it runs on as resolved (``cpu``, ``cuda``: numerics differ), and with the onnx-int8
+    engine the clip folder ``calibration`` its int8 ranges are calibrated on (None otherwise)."""
     chosen = dataclasses.asdict(settings)
     chosen["engine"] = engine or chosen["engine"]
+    calibrated = chosen["engine"] == INT8_ENGINE and calibration is not None
     return {
         "checkpoint": None if checkpoint is None else file_identity(checkpoint, digest=True),
         "version": version,
         "clip_weights": None if clip_weights is None else file_identity(clip_weights),
+        "device": device,
+        "calibration": calibration_identity(calibration) if calibrated else None,
         "settings": {k: v for k, v in chosen.items() if k not in NOT_OUTPUT_SETTINGS},
     }
+
+
+def calibration_identity(folder: str | Path) -> dict[str, Any]:
+    """An int8 calibration clip folder: its resolved path and its top-level files (the clip
+    manifest among them, :func:`file_identity`); the path alone when it is no folder (loading the
+    int8 separator then says why)."""
+    path = Path(folder).resolve()
+    return file_identity(path) if path.is_dir() else {"path": str(path)}
 
 
 def image_digest(image) -> str | None:
@@ -329,13 +345,19 @@ def request_record(
 
 
 # record keys -> what differs, in the order a reason names it
+_OLDER = "an older version of clipsep"
 _RECORD_PARTS = (
-    ("record", "an older version of clipsep"),
     ("input", "another version of the input file"),
     ("queries", "other queries"),
     ("image", "another image"),
     ("format", "another format"),
     ("bits", "another bit depth"),
+)
+# keys of the model part -> what differs (the rest of it differing: "another model")
+_MODEL_PARTS = (
+    ("settings", "other separate settings"),
+    ("device", "another device"),
+    ("calibration", "another int8 calibration clip folder"),
 )
 
 
@@ -350,15 +372,21 @@ def why_separate_again(folder: Path, wanted: Mapping[str, Any]) -> str | None:
         return f"unreadable {SIDECAR}: separated again"
     if found == wanted:
         return None
-    found_model, wanted_model = found.get("model") or {}, wanted.get("model") or {}
-    parts = [text for key, text in _RECORD_PARTS if found.get(key) != wanted.get(key)]
-    if found_model.get("settings") != wanted_model.get("settings"):
-        parts.append("other separate settings")
-    if {k: v for k, v in found_model.items() if k != "settings"} != {
-        k: v for k, v in wanted_model.items() if k != "settings"
-    }:
-        parts.append("another model")
+    if found.get("record") != wanted.get("record"):  # another layout: its parts do not compare
+        parts = [_OLDER]
+    else:
+        found_model, wanted_model = found.get("model") or {}, wanted.get("model") or {}
+        parts = _differing(found, wanted, _RECORD_PARTS)
+        parts += _differing(found_model, wanted_model, _MODEL_PARTS)
+        rest = {*found_model, *wanted_model} - {key for key, _ in _MODEL_PARTS}
+        if any(found_model.get(key) != wanted_model.get(key) for key in rest):
+            parts.append("another model")
     return f"outputs were made with {' and '.join(parts or ['another request'])}: separated again"
+
+
+def _differing(found: Mapping[str, Any], wanted: Mapping[str, Any], named) -> list[str]:
+    """The texts of the ``named`` (key, text) pairs whose key differs in the two records."""
+    return [text for key, text in named if found.get(key) != wanted.get(key)]
 
 
 def write_record(folder: Path, record: Mapping[str, Any]) -> Path:

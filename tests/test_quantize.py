@@ -175,3 +175,38 @@ def test_calibration_needs_two_train_clips(tmp_path):
     cfg = AudioConfig(16000, 1024, 256, 256, 65535)
     with pytest.raises(BadInputError, match="two train clips"):
         calibration_feeds(Path(clips), cfg, lambda images: torch.zeros(len(images), 8))
+
+
+def test_separate_skips_on_the_same_calibration_folder_only(
+    quantised, tmp_path, monkeypatch, capsys
+):
+    """``clipsep separate`` with separate.engine onnx-int8: separation.json names the calibration
+    clip folder (paths.clips); the same folder is the same request (skipped, the CLI's record made
+    without loading equals the loaded separator's), another folder is separated again."""
+    import json
+    import shutil
+
+    import soundfile as sf
+
+    from test_separate_cli import run_cli
+
+    checkpoint, clip, clips, _, _ = quantised
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    audio, out = tmp_path / "x.wav", tmp_path / "out"
+    sf.write(audio, tones(16000, 1.5, 1)[0], 16000, subtype="FLOAT")
+    copy = shutil.copytree(clips, tmp_path / "clips-copy")
+
+    def separate(folder: Path) -> dict:
+        int8 = ["--set", "separate.engine=onnx-int8", "--set", f"paths.clips={folder}"]
+        code = run_cli((checkpoint, clip), out, audio, extra=["--query", "flute", "--json", *int8])
+        assert code == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert list(separate(clips)["separated"]) == [str(audio)]
+    model = json.loads((out / "x" / "separation.json").read_text())["model"]
+    assert model["calibration"]["path"] == str(Path(clips).resolve())
+    assert model["device"] == "cpu" and model["settings"]["engine"] == "onnx-int8"
+    assert list(separate(clips)["skipped"]) == [str(audio)]
+    note = separate(copy)["separated"][str(audio)]["note"]
+    assert note == "outputs were made with another int8 calibration clip folder: separated again"
+    assert list(separate(copy)["skipped"]) == [str(audio)]

@@ -18,6 +18,7 @@ from test_inference import tones
 from test_separate_cli import model, run_cli  # noqa: F401 - module fixture
 
 AGAIN = "separated again"
+FORMAT = outputs.DEFAULT_FORMAT
 
 
 def never_load(monkeypatch) -> None:
@@ -199,4 +200,62 @@ def test_the_record_compares_equal_after_a_round_trip_through_json(tmp_path):
     other = outputs.request_record(audio, model_record, outputs.OutputFormat("flac", "16"), "a")
     assert outputs.why_separate_again(tmp_path, other) == (
         f"outputs were made with other queries: {AGAIN}"
+    )
+
+
+def test_outputs_made_on_another_device_are_made_again(model, tmp_path, capsys):  # noqa: F811
+    """separation.json records the device the model ran on, as resolved: outputs a GPU made are
+    not what this CPU run writes, so they are made again; ``auto`` is the device it resolves to."""
+    from clipsep.env import resolve_device
+
+    audio = tmp_path / "x.wav"
+    sf.write(audio, tones(16000, 1.5, 1)[0], 16000, subtype="FLOAT")
+    out, sidecar = tmp_path / "out", tmp_path / "out" / "x" / outputs.SIDECAR
+    assert run_cli(model, out, audio, extra=["--query", "flute"]) == 0
+    record = json.loads(sidecar.read_text())
+    assert record["model"]["device"] == "cpu" and record["model"]["calibration"] is None
+    record["model"]["device"] = "cuda"  # as a run on a GPU machine records it
+    sidecar.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run_cli(model, out, audio, extra=["--query", "flute", "--json"]) == 0
+    note = json.loads(capsys.readouterr().out)["separated"][str(audio)]["note"]
+    assert note == f"outputs were made with another device: {AGAIN}"
+    assert json.loads(sidecar.read_text())["model"]["device"] == "cpu"
+    auto = ["--query", "flute", "--json", "--set", "separate.device=auto"]
+    assert run_cli(model, out, audio, extra=auto) == 0
+    skipped = list(json.loads(capsys.readouterr().out)["skipped"])
+    assert skipped == ([str(audio)] if resolve_device("auto") == "cpu" else [])
+
+
+def test_the_calibration_folder_is_recorded_for_the_int8_engine_only(tmp_path):
+    """A changed int8 calibration clip folder is another request; for the other engines the clip
+    folder plays no part (re-ingesting does not redo their outputs)."""
+    from clipsep.config import SeparateConfig
+
+    (tmp_path / "ckpt.pt").write_bytes(b"weights")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "manifest.csv").write_text("clip_id\n")
+
+    def record(engine: str, folder) -> dict:
+        settings = SeparateConfig(engine=engine)
+        return outputs.model_record(tmp_path / "ckpt.pt", None, None, settings, None, "cpu", folder)
+
+    int8 = record("onnx-int8", clips)["calibration"]
+    assert int8["path"] == str(clips.resolve())
+    assert [f["path"] for f in int8["files"]] == [str(clips.resolve() / "manifest.csv")]
+    assert record("torch", clips)["calibration"] is None
+    assert record("onnx", clips)["calibration"] is None
+    missing = record("onnx-int8", tmp_path / "nowhere")["calibration"]
+    assert missing == {"path": str((tmp_path / "nowhere").resolve())}
+    wanted = outputs.request_record(
+        tmp_path / "ckpt.pt", record("onnx-int8", clips), FORMAT, "flute"
+    )
+    outputs.write_record(tmp_path, wanted)
+    (clips / "manifest.csv").write_text("clip_id\nnew\n")  # ingested again
+    again = outputs.request_record(
+        tmp_path / "ckpt.pt", record("onnx-int8", clips), FORMAT, "flute"
+    )
+    assert outputs.why_separate_again(tmp_path, again) == (
+        f"outputs were made with another int8 calibration clip folder: {AGAIN}"
     )
