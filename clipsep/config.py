@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import hashlib
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -301,6 +302,7 @@ SECTIONS: dict[str, type] = {
 }
 PROFILES_DIR = "profiles"
 PARAMS_FILE = "params.yaml"
+FOLDER_DIGITS = 16  # hex digits of the sha256 of an output folder's path that name its records
 
 
 def load_params(
@@ -311,9 +313,11 @@ def load_params(
     """Load ``path``, apply ``profiles/<profile>.yaml`` (beside it), then ``overrides``: a
     mapping ``{"section.key": value}`` or an iterable of ``"section.key=value"`` strings (a YAML
     value, as ``--set`` takes them; errors quote them as ``--set ...``) and ``(key, value)``
-    pairs, the later winning."""
+    pairs, the later winning. A pass into another ``paths.checkpoints`` than the file's gets an
+    evaluation folder of its own unless it names one (:func:`_own_evaluation`)."""
     path = Path(path).resolve()
     raw, origins = _read_yaml(path)
+    file_paths = dict(raw["paths"]) if isinstance(raw.get("paths"), dict) else {}  # dvc.yaml's
     if profile:
         profile_path = path.parent / PROFILES_DIR / f"{profile}.yaml"
         if not profile_path.is_file():
@@ -328,7 +332,37 @@ def load_params(
     extra, extra_origins = _parse_overrides(overrides, path)
     raw = _merge(raw, extra, "overrides")
     _add_origins(origins, extra_origins)
-    return build_params(raw, source=str(path), origins=origins)
+    params = build_params(raw, source=str(path), origins=origins)
+    return _own_evaluation(params, file_paths)
+
+
+def folder_digest(p: Params) -> str:
+    """The first FOLDER_DIGITS hex digits of the sha256 of the resolved ``paths.checkpoints``:
+    the name of that output folder's records (its pipeline run's,
+    :func:`clipsep.tracking.run_file`, and its own evaluation folder's, :func:`_own_evaluation`)."""
+    return hashlib.sha256(str(p.path("checkpoints")).encode()).hexdigest()[:FOLDER_DIGITS]
+
+
+def _own_evaluation(p: Params, file_paths: dict[str, Any]) -> Params:
+    """``p`` with an evaluation folder of its own when a profile or override moved
+    ``paths.checkpoints`` away from the params file's folder but left the file's
+    ``paths.evaluation``: two models' evaluations (and their stage records) would share one folder,
+    the later overwriting the earlier's reports. That pass evaluates into
+    ``<paths.evaluation>-<checkpoints folder name>-<folder_digest>`` (beside the file's, e.g.
+    ``reports/evaluation-other-0123456789abcdef``); the file's own pipeline (``dvc repro``, which
+    takes ``dvc.yaml``'s outs from the file) and an explicit ``paths.evaluation`` are unchanged."""
+    if p.paths.evaluation != file_paths.get("evaluation") or "checkpoints" not in file_paths:
+        return p
+    file_folder = dataclasses.replace(p.paths, checkpoints=str(file_paths["checkpoints"]))
+    if p.path("checkpoints") == dataclasses.replace(p, paths=file_folder).path("checkpoints"):
+        return p
+    evaluation = Path(p.paths.evaluation)
+    if evaluation.name in ("", ".."):
+        evaluation = p.path("evaluation")
+    name = f"{evaluation.name}-{p.path('checkpoints').name}-{folder_digest(p)}"
+    return dataclasses.replace(
+        p, paths=dataclasses.replace(p.paths, evaluation=str(evaluation.with_name(name)))
+    )
 
 
 def build_params(

@@ -19,7 +19,8 @@ Layout (``paths`` section of params.yaml):
     validation/  result.json, report.md, report.html
     clip_model/  open_clip checkpoint (clip.pt) + config JSON + zero-shot report
     checkpoints/ last.pt, best.pt, history.csv, curves.png, examples/, summary.json
-    evaluation/  metrics.json, per_item.csv, plots (*.png)
+    evaluation/  metrics.json, per_item.csv, plots (*.png); a pass into another checkpoints
+                 folder than params.yaml's gets its own (clipsep.config.load_params)
 """
 
 from __future__ import annotations

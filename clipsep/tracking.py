@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from clipsep import run_owner
-from clipsep.config import Params, RegistryConfig
+from clipsep.config import Params, RegistryConfig, folder_digest
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest, write_json
 from clipsep.registry_reader import (
@@ -576,16 +576,14 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
 
 RUNS_FOLDER = "pipeline_runs"  # under paths.mlflow: one record per output folder (live_run)
 LEGACY_RUN_FILE = "pipeline_run.json"  # under paths.mlflow: the one record of older versions
-FOLDER_DIGITS = 16  # hex digits of the folder's sha256 that name its record
 
 
 def run_file(p: Params) -> Path:
     """Where the pipeline run of ``p``'s output folder (the resolved ``paths.checkpoints``) is
     recorded (:mod:`clipsep.live_run`): ``<paths.mlflow>/pipeline_runs/<digest>.json``, the
-    digest being the first FOLDER_DIGITS hex digits of the sha256 of the folder's absolute path;
-    the file holds the run id, the experiment id and the folder."""
-    digest = hashlib.sha256(str(p.path("checkpoints")).encode()).hexdigest()[:FOLDER_DIGITS]
-    return p.path("mlflow") / RUNS_FOLDER / f"{digest}.json"
+    digest being :func:`clipsep.config.folder_digest` (of the folder's absolute path); the file
+    holds the run id, the experiment id and the folder."""
+    return p.path("mlflow") / RUNS_FOLDER / f"{folder_digest(p)}.json"
 
 
 def run_file_lock(p: Params):

@@ -190,6 +190,29 @@ def test_paths_resolve_against_params_file(tmp_path):
     assert params.path("clips") == tmp_path / "data" / "clips"
 
 
+def test_a_pass_into_another_output_folder_evaluates_into_its_own(tmp_path):
+    """``--set paths.checkpoints=models/other`` with params.yaml's paths.evaluation: its reports
+    go beside the file's (named by the folder and the digest its MLflow run record has), not over
+    them; the file's own pipeline (dvc.yaml's outs) and a named paths.evaluation are unchanged."""
+    import hashlib
+
+    from clipsep.config import folder_digest
+
+    at = {"paths.root": str(tmp_path)}
+    file = load_params(REPO / "params.yaml", overrides=at)
+    moved = load_params(REPO / "params.yaml", overrides={**at, "paths.checkpoints": "models/other"})
+    digest = hashlib.sha256(str(tmp_path.resolve() / "models" / "other").encode()).hexdigest()
+    assert folder_digest(moved) == digest[:16]
+    assert file.paths.evaluation == "reports/evaluation"
+    assert moved.paths.evaluation == f"reports/evaluation-other-{digest[:16]}"
+    assert moved.path("evaluation") == tmp_path.resolve() / moved.paths.evaluation
+    for same in ("./models/clipsep/", str(tmp_path / "models" / "clipsep")):
+        again = load_params(REPO / "params.yaml", overrides={**at, "paths.checkpoints": same})
+        assert again.paths.evaluation == "reports/evaluation"
+    named = {**at, "paths.checkpoints": "models/other", "paths.evaluation": "reports/other"}
+    assert load_params(REPO / "params.yaml", overrides=named).paths.evaluation == "reports/other"
+
+
 def test_serve_model_null_means_the_separate_model():
     """One default model: serve.model is null in params.yaml and follows separate.model."""
     assert yaml.safe_load((REPO / "params.yaml").read_text())["serve"]["model"] is None

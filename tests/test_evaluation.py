@@ -272,3 +272,34 @@ def test_metrics_record_the_checkpoint_they_scored(tmp_path, monkeypatch):
     }
     ref = "models:/clipsep@champion"
     assert checkpoint_identity(ref) == {"ref": ref}
+
+
+def test_a_second_output_folder_keeps_the_first_ones_reports(tmp_path):
+    """``clipsep evaluate --set paths.checkpoints=models/other`` (paths.evaluation as params.yaml
+    has it) wrote over the default folder's metrics.json and stage record: each folder's
+    evaluation now scores its own best.pt, in its own folder."""
+    import shutil
+
+    from clipsep.stages import record_folder, run_stage
+
+    checkpoint, _ = make_tiny_model(tmp_path)
+    targets, interference = write_protocol(tmp_path)
+    common = {
+        "eval.targets_csv": str(targets),
+        "eval.interference_csv": str(interference),
+        "eval.device": "cpu",
+        "eval.mixtures_per_target": 1,
+        "registry.live_tracking": False,
+    }
+    default = tiny_params_at(tmp_path, **common)
+    other = tiny_params_at(tmp_path, **common, **{"paths.checkpoints": "models/other"})
+    for params in (default, other):
+        params.path("checkpoints").mkdir(parents=True)
+        shutil.copy(checkpoint, params.path("checkpoints") / "best.pt")
+        run_stage("evaluate", params)
+    assert default.path("evaluation") == tmp_path.resolve() / "reports" / "evaluation"
+    assert other.path("evaluation") != default.path("evaluation")
+    for params in (default, other):
+        metrics = json.loads((params.path("evaluation") / "metrics.json").read_text())
+        assert metrics["checkpoint"]["path"] == str(params.path("checkpoints") / "best.pt")
+        assert record_folder("evaluate", params) == params.path("evaluation")
