@@ -8,9 +8,9 @@ The warp samples the (F, T) magnitude image along frequency only (the time axis 
 so instead of building a ``grid_sample`` grid per T we precompute, once per (F, bins, device,
 dtype), each output row's two neighbouring input rows and its weight, and interpolate with two
 row gathers and a ``lerp`` (a dense ``[bins, F]`` matrix product with 2 non-zeros per row did the
-same 7x slower on a batch's targets, 1 thread, AMD EPYC). For ``align_corners=True`` and integer time positions this is what
-``grid_sample`` computes (tests/test_audio.py checks it against ``grid_sample`` with the paper's
-grid), and it works for any T.
+same 7x slower on a batch's targets, 1 thread, AMD EPYC). For ``align_corners=True`` and integer
+time positions this is what ``grid_sample`` computes (tests/test_audio.py checks it against
+``grid_sample`` with the paper's grid), and it works for any T.
 
 Shapes: ``wave [B, L]``, ``spec [B, F, T]`` complex with ``F = n_fft // 2 + 1``,
 ``T = 1 + L // hop_length``; magnitudes ``[B, C, F, T]``; warped ``[B, C, bins, T]``.
