@@ -116,15 +116,29 @@ def safe_name(query: str) -> str:
 
 
 def stem_files(names: Sequence[str], suffix: str) -> dict[str, str]:
-    """File name per stem name, ``residual`` last; BadInputError when two names collide."""
+    """File name per stem name, ``residual`` last. BadInputError naming the queries whose files
+    would collide (the same name twice, names that differ only in case or in characters a file
+    name cannot hold, or a query named like the residual)."""
     files = {name: safe_name(name) + suffix for name in names}
     files[RESIDUAL] = RESIDUAL + suffix
-    taken = [f.lower() for f in files.values()]  # case-insensitive file systems
-    if len(set(taken)) < len(taken) or RESIDUAL in names:
-        raise BadInputError(
-            f"queries {list(names)} give clashing file names {sorted(files.values())}; rename one"
-        )
+    claims: dict[str, list[str]] = {}  # lower-case file name -> who writes it
+    for name in [*names, RESIDUAL]:
+        claims.setdefault(files[name].lower(), []).append(name)  # case-insensitive file systems
+    clashes = [who for who in claims.values() if len(who) > 1]
+    if clashes:
+        raise BadInputError("; ".join(_clash(who, files[who[-1]]) for who in clashes))
     return files
+
+
+def _clash(names: Sequence[str], file: str) -> str:
+    """Why the stems ``names`` cannot share ``file`` (the residual, when among them, is last)."""
+    residual = names[-1] == RESIDUAL  # stem_files claims the residual's file after every query
+    queries = ", ".join(repr(name) for name in dict.fromkeys(names[:-1] if residual else names))
+    if residual:
+        return f"the query {queries} would write {file}, the residual's file: rename it"
+    if len(set(names)) == 1:
+        return f"the query {queries} is given twice: give each once"
+    return f"the queries {queries} would write the same file {file}: rename one"
 
 
 def activity_file(audio_file: str) -> str:
@@ -377,11 +391,18 @@ def why_separate_again(folder: Path, wanted: Mapping[str, Any]) -> str | None:
     else:
         found_model, wanted_model = found.get("model") or {}, wanted.get("model") or {}
         parts = _differing(found, wanted, _RECORD_PARTS)
+        if _path_of(found.get("input")) != _path_of(wanted.get("input")):  # not a new version
+            parts[parts.index(_RECORD_PARTS[0][1])] = "another input file"
         parts += _differing(found_model, wanted_model, _MODEL_PARTS)
         rest = {*found_model, *wanted_model} - {key for key, _ in _MODEL_PARTS}
         if any(found_model.get(key) != wanted_model.get(key) for key in rest):
             parts.append("another model")
     return f"outputs were made with {' and '.join(parts or ['another request'])}: separated again"
+
+
+def _path_of(identity: Any) -> Any:
+    """The ``path`` of a file identity (:func:`file_identity`), None for anything else."""
+    return identity.get("path") if isinstance(identity, Mapping) else None
 
 
 def _differing(found: Mapping[str, Any], wanted: Mapping[str, Any], named) -> list[str]:

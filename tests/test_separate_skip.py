@@ -67,6 +67,7 @@ def test_another_query_separates_again_and_says_why(model, tmp_path, capsys):  #
         ),
         ("model", [], "outputs were made with another model"),
         ("input", [], "outputs were made with another version of the input file"),
+        ("input path", [], "outputs were made with another input file"),
         ("no record", [], "outputs have no separation.json (an older version made them)"),
     ],
 )
@@ -84,6 +85,10 @@ def test_outputs_of_another_request_are_made_again(model, tmp_path, capsys, chan
         used = make_tiny_model(tmp_path / "retrained")
     elif change == "input":
         sf.write(audio, tones(16000, 1.5, 1)[0] * 0.5, 16000, subtype="FLOAT")
+    elif change == "input path":  # the same name (so the same output folder) elsewhere
+        (tmp_path / "elsewhere").mkdir()
+        audio = tmp_path / "elsewhere" / "x.wav"
+        sf.write(audio, tones(16000, 1.5, 1)[0], 16000, subtype="FLOAT")
     elif change == "no record":
         (folder / "separation.json").unlink()
     assert run_cli(used, out, audio, extra=["--query", "flute", "--json", *extra]) == 0
@@ -182,6 +187,37 @@ def test_the_cli_prints_the_stale_stem_warning_on_a_line_of_its_own(model, tmp_p
         r"violin\.wav from an earlier run .*",
         warnings[0],
     ), warnings
+
+
+@pytest.mark.parametrize(
+    "queries, message",
+    [
+        (["violin", "violin"], "the query 'violin' is given twice: give each once"),
+        (
+            ["violin", "Violin"],
+            "the queries 'violin', 'Violin' would write the same file Violin.wav: rename one",
+        ),
+        (
+            ["residual", "cello"],
+            "the query 'residual' would write residual.wav, the residual's file: rename it",
+        ),
+    ],
+)
+def test_clashing_stem_names_are_one_usage_error_naming_them_before_loading(
+    model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    caplog,
+    capsys,
+    queries,
+    message,
+):
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+    never_load(monkeypatch)
+    extra = [a for q in queries for a in ("--query", q)]
+    assert run_cli(model, tmp_path / "out", tmp_path / "x.wav", extra=extra) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [message]
+    assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
 
 
 def test_the_record_compares_equal_after_a_round_trip_through_json(tmp_path):
