@@ -197,6 +197,22 @@ def _check_queries(args: argparse.Namespace) -> None:
             raise BadInputError(str(err), arguments=("image",)) from err
 
 
+def _check_own_queries(jobs) -> None:
+    """Without --query and --image every input must be a video (its middle frame is the query):
+    a usage error naming the inputs that are not, before the model loads."""
+    from clipsep import audio_io
+    from clipsep.errors import BadInputError
+
+    without = [job.path for job in jobs if not audio_io.has_video_stream(job.path)]
+    if without:
+        more = f" (and {len(without) - 1} more)" if len(without) > 1 else ""
+        raise BadInputError(
+            f"no query: {without[0]}{more} has no video picture to serve as the query; "
+            "give a text query or an image",
+            arguments=("query", "image"),
+        )
+
+
 class _ProgressBars:
     """One tqdm bar per file (segments done), closed when the next file starts."""
 
@@ -238,6 +254,8 @@ def separate_files(args: argparse.Namespace) -> int:
     names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
     outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
     jobs = batch.find_jobs(args.inputs, args.out)
+    if not args.queries and args.image is None:
+        _check_own_queries(jobs)
     params = params_from_args(args)
     model = _model_reference(args, params)[0]
     model_record = _model_record(args, params)
@@ -265,6 +283,8 @@ def separate_files(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     failed = sum(o.status == "failed" for o in outcomes)
+    if failed and len(outcomes) == 1 and not args.json:  # its one error line said it all
+        return batch.exit_status(outcomes)
     if failed:
         separated = sum(o.status == "separated" for o in outcomes)
         log.warning(

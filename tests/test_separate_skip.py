@@ -220,6 +220,35 @@ def test_clashing_stem_names_are_one_usage_error_naming_them_before_loading(
     assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
 
 
+def test_no_query_for_an_audio_file_is_one_usage_error_before_loading(
+    model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    caplog,
+    capsys,
+):
+    """Only a video can be its own query: audio without --query/--image is refused up front."""
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", tones(16000, 1.0, 1)[0], 16000)
+    never_load(monkeypatch)
+    assert run_cli(model, tmp_path / "out", tmp_path / "a.wav", tmp_path / "b.wav") == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"no query: {tmp_path / 'a.wav'} (and 1 more) has no video picture to serve as the "
+        "query; give a text query or an image (--query TEXT / --image PATH)"
+    ]
+    assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
+
+
+def test_one_unreadable_named_file_is_one_error_line(model, tmp_path, caplog, capsys):  # noqa: F811
+    """A single input that fails: its error line alone (no table, no count of failures)."""
+    (tmp_path / "notes.wav").write_text("not audio at all\n" * 20)
+    assert run_cli(model, tmp_path / "out", tmp_path / "notes.wav", extra=["--query", "cello"]) == 2
+    records = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+    assert [r.levelname for r in records] == ["ERROR"]
+    assert str(tmp_path / "notes.wav") in records[0].getMessage()
+    assert capsys.readouterr().out == ""
+
+
 def test_the_record_compares_equal_after_a_round_trip_through_json(tmp_path):
     """What is written compares equal to what a later run wants (tuples, None, floats)."""
     from clipsep.config import SeparateConfig
