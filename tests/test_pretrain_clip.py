@@ -160,3 +160,17 @@ def test_label_aware_loss_is_clip_loss_when_labels_differ():
     )
     distinct = label_aware_clip_loss(images, images[[1, 0, 2, 3, 4, 5]], scale, torch.arange(6))
     assert same < distinct
+
+
+def test_building_the_untrained_clip_logs_no_missing_weights_warning(tmp_path, caplog):
+    """Random initial weights are the point of pretraining: open_clip's warning about them would
+    read as a failure in the quick start's log; other warnings still get through."""
+    import logging
+
+    from clipsep.model.pretrain_clip import _untrained_model
+    from conftest import tiny_params_at
+
+    with caplog.at_level(logging.WARNING):
+        _untrained_model(tiny_params_at(tmp_path).clip, "cpu")
+        logging.warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]
