@@ -3,10 +3,12 @@ with its arguments and prints one JSON line of where the wall time went (seconds
 
 Components: ``startup`` (interpreter + ``import clipsep.cli``), ``resolve`` (model reference ->
 files), ``load`` (network checkpoint, its imports included), ``query`` (query embedding: the
-text-embedding cache, or open_clip's import + the CLIP build + encoding on a miss), ``separate``
+text-embedding cache, or open_clip's import + the CLIP build + encoding on a miss; the CLI
+embeds its text queries while loading, and reads them from that cache per file), ``separate``
 (resampling + network + overlap-add), ``write`` (stems and residual to disk, activity meter) and
 ``other`` (the rest: arguments, params, input checks, the activity CSVs, torch's import when
-``clipsep.inference`` is first imported). Timers wrap the library's own functions; nothing else
+``clipsep.inference`` is first imported). ``total`` ends when main returns: the interpreter's exit
+after it is in bench/cli.py's wall times only. Timers wrap the library's own functions; nothing else
 changes. Run it with ``python -X importtime`` to get per-package import times on stderr.
 
     python bench/cli_child.py separate IN --query cello --model M --out OUT
@@ -38,24 +40,25 @@ def timed(owner, name: str, component: str) -> None:
 
 
 def main() -> int:
-    from clipsep.env import apply_offline_defaults
+    from clipsep.env import apply_offline_defaults, paused_gc
 
     apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     import clipsep.cli
 
     SPENT["startup"] = time.perf_counter() - STARTED
     started = time.perf_counter()
-    import clipsep.inference as inference  # torch: counted as "imports" below
-    from clipsep import outputs, registry_reader
+    with paused_gc(freeze=True):  # as clipsep.cli.separate_files imports it (the program)
+        import clipsep.inference as inference  # torch: counted as "imports" below
+        from clipsep import outputs, registry_reader
 
     SPENT["import clipsep.inference (torch)"] = time.perf_counter() - started
     timed(registry_reader, "resolve_model", "resolve")
     timed(inference, "load_network", "load")
-    timed(inference.Separator, "_queries", "query")
+    timed(inference.Separator, "embed_query", "query")
     timed(outputs.StemWriter, "write", "write")
     timed(inference.ActivityMeter, "update", "write")
     timed(inference.Separator, "stream", "separate+write")
-    status = clipsep.cli.main(sys.argv[1:])
+    status = clipsep.cli.main()  # no argv: as the program (sys.argv[1:]), see its docstring
     total = time.perf_counter() - STARTED
     SPENT["separate"] = SPENT.pop("separate+write") - SPENT["write"]
     SPENT["other"] = total - sum(SPENT.values())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clipsep.config import add_params_arguments, params_from_args
-from clipsep.env import apply_offline_defaults
+from clipsep.env import apply_offline_defaults, paused_gc, skip_exit_collection
 
 log = logging.getLogger("clipsep")
 FLAGS = {"query": "--query TEXT", "image": "--image PATH"}  # library argument -> its CLI flag
@@ -146,20 +146,27 @@ def _model_reference(args: argparse.Namespace, params) -> tuple[str, Path | None
 
 
 def _load_separator(args: argparse.Namespace, params):
-    """The Separator of --model or the params' separate.model."""
+    """The Separator of --model or the params' separate.model, with the embeddings of the text
+    queries ready: a query not met before builds the CLIP model here, while loading (with the
+    garbage collector paused: :func:`clipsep.env.paused_gc`), and every file reads the
+    embedding from the text-embedding cache."""
     from clipsep.inference import Separator
     from clipsep.registry_reader import registry_uri
 
     ref, root = _model_reference(args, params)
-    return Separator.from_pretrained(
-        ref,
-        device=params.separate.device,
-        clip_weights=args.clip_weights,
-        settings=params.separate,
-        tracking_uri=registry_uri(params),
-        root=root,
-        calibration=params.path("clips"),
-    )
+    with paused_gc(freeze=args.program):
+        separator = Separator.from_pretrained(
+            ref,
+            device=params.separate.device,
+            clip_weights=args.clip_weights,
+            settings=params.separate,
+            tracking_uri=registry_uri(params),
+            root=root,
+            calibration=params.path("clips"),
+        )
+        for query in args.queries:
+            separator.embed_query(query)
+    return separator
 
 
 def _model_record(args: argparse.Namespace, params) -> dict[str, Any]:
@@ -241,24 +248,25 @@ def separate_files(args: argparse.Namespace) -> int:
     table (or --json); exit 1 if a file found in a folder failed, 2 if a named input did."""
     import time
 
-    from clipsep import batch, outputs
-    from clipsep.inference import IMAGE_STEM, SINGLE_STEM
-
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     started = time.perf_counter()
-    _check_queries(args)
-    output = outputs.OutputFormat(args.format, args.bits)
-    several = len(args.queries) > 1 or (args.queries and args.image)
-    queries = [q.strip() for q in args.queries] if several else None
-    names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
-    outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
-    jobs = batch.find_jobs(args.inputs, args.out)
-    if not args.queries and args.image is None:
-        _check_own_queries(jobs)
-    params = params_from_args(args)
-    model = _model_reference(args, params)[0]
-    model_record = _model_record(args, params)
+    with paused_gc(freeze=args.program):  # imports torch (and mlflow for a registry model)
+        from clipsep import batch, outputs
+        from clipsep.inference import IMAGE_STEM, SINGLE_STEM
+
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        _check_queries(args)
+        output = outputs.OutputFormat(args.format, args.bits)
+        several = len(args.queries) > 1 or (args.queries and args.image)
+        queries = [q.strip() for q in args.queries] if several else None
+        names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
+        outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
+        jobs = batch.find_jobs(args.inputs, args.out)
+        if not args.queries and args.image is None:
+            _check_own_queries(jobs)
+        params = params_from_args(args)
+        model = _model_reference(args, params)[0]
+        model_record = _model_record(args, params)
     kwargs = dict(
         queries=queries,
         image=args.image,
@@ -307,11 +315,20 @@ def with_flags(err: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status. The garbage collector is paused while separate
+    loads (:func:`clipsep.env.paused_gc`). ``argv`` None: run as the program (sys.argv), in a
+    process that ends afterwards: what was loaded is also frozen, and the collector's passes at
+    exit are skipped (:func:`clipsep.env.skip_exit_collection`); a list (a caller in Python, e.g.
+    a test) keeps both as they were."""
     apply_offline_defaults()
+    program = argv is None
+    if program:
+        skip_exit_collection()
     from clipsep.config import ConfigError
     from clipsep.errors import ClipsepError
 
     args = build_parser().parse_args(argv)
+    args.program = program
     # other libraries (open_clip logs on the root logger) speak at WARNING unless --verbose
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
