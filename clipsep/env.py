@@ -45,9 +45,9 @@ def apply_offline_defaults() -> None:
 def paused_gc(freeze: bool = False) -> Iterator[None]:
     """Pause Python's cyclic garbage collector while loading (imports, checkpoints, CLIP).
 
-    Importing torch and open_clip (which pulls in torch._dynamo and sympy) creates about a million
-    long-lived objects, and the collector, running, passes over all of them again and again on the
-    way (a full pass each time they grow by a quarter); loading creates next to no garbage.
+    Importing torch and open_clip (which pulls in torch._dynamo and sympy) leaves about 330,000
+    long-lived objects for the collector to track; running, it makes ~900 passes on the way (five
+    over everything), and finds next to no garbage (~9,000 objects).
     ``freeze``: move everything alive at the end to the permanent generation (``gc.freeze``), so
     that no later pass visits it either. Only for a process that ends after its one command (the
     CLI program): objects frozen are never collected, so in a long-lived caller (tests, the app)
