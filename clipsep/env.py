@@ -47,11 +47,12 @@ def paused_gc(freeze: bool = False) -> Iterator[None]:
 
     Importing torch and open_clip (which pulls in torch._dynamo and sympy) leaves about 330,000
     long-lived objects for the collector to track; running, it makes ~900 passes on the way (five
-    over everything), and finds next to no garbage (~9,000 objects).
+    over everything), and finds next to no garbage (~9,000 small objects, no arrays).
     ``freeze``: move everything alive at the end to the permanent generation (``gc.freeze``), so
     that no later pass visits it either. Only for a process that ends after its one command (the
-    CLI program): objects frozen are never collected, so in a long-lived caller (tests, the app)
-    garbage alive at that moment would be kept for good.
+    CLI program, where that garbage is the few thousand objects above): objects frozen are never
+    collected, so in a long-lived caller (tests, the app) garbage alive at that moment would be
+    kept for good.
     """
     enabled = gc.isenabled()
     gc.disable()
