@@ -249,6 +249,8 @@ def separate_files(args: argparse.Namespace) -> int:
     import time
 
     started = time.perf_counter()
+    if args.program:
+        skip_exit_collection()
     with paused_gc(freeze=args.program):  # imports torch (and mlflow for a registry model)
         from clipsep import batch, outputs
         from clipsep.inference import IMAGE_STEM, SINGLE_STEM
@@ -315,15 +317,13 @@ def with_flags(err: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status. The garbage collector is paused while separate
-    loads (:func:`clipsep.env.paused_gc`). ``argv`` None: run as the program (sys.argv), in a
-    process that ends afterwards: what was loaded is also frozen, and the collector's passes at
-    exit are skipped (:func:`clipsep.env.skip_exit_collection`); a list (a caller in Python, e.g.
-    a test) keeps both as they were."""
+    """Run one command; returns the exit status. ``argv`` None: run as the program (sys.argv), in
+    a process that ends afterwards; a list: a caller in Python (e.g. a test). Only separate
+    cares: it pauses the garbage collector while it loads (:func:`clipsep.env.paused_gc`) and, as
+    the program, also freezes what it loaded and skips the collector's passes at exit
+    (:func:`clipsep.env.skip_exit_collection`)."""
     apply_offline_defaults()
     program = argv is None
-    if program:
-        skip_exit_collection()
     from clipsep.config import ConfigError
     from clipsep.errors import ClipsepError
 
