@@ -7,6 +7,8 @@ or ``models:/clipsep@champion`` in a temporary sqlite registry holding it):
 
 * ``registry first``: the registry default, empty caches (a fresh ``TMPDIR`` per run: the model
   version is downloaded, the query's embedding computed with open_clip);
+* ``registry new query``: the resolved-model cache answers, the text-embedding cache is emptied
+  before each run (a query not met before: open_clip builds the text tower, no mlflow);
 * ``registry repeat``: the same call again (the resolved-model cache and the text-embedding cache
   answer: no mlflow, no open_clip);
 * ``path first`` / ``path repeat``: the same with ``--model`` a checkpoint file;
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,8 +38,11 @@ from pathlib import Path
 
 from separate import make_checkpoint, write_test_file  # bench/separate.py (same folder)
 
+from clipsep.model import text_cache
+from clipsep.registry_reader import CACHE_FOLDER
+
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("registry first", "registry repeat", "path first", "path repeat")
+CASES = ("registry first", "registry new query", "registry repeat", "path first", "path repeat")
 MODULES = ("clipsep.cli", "torch", "open_clip", "mlflow", "onnxruntime")
 HEAVY = ("torch", "open_clip", "scipy", "mlflow", "onnxruntime", "torchvision", "pandas")
 
@@ -174,8 +180,15 @@ def run_case(case: str, work: Path, checkpoint: Path, wav: Path, repeats: int) -
 
     if not first:
         separate_once(arguments, fresh_env(-1))  # fill the caches
-    runs = [separate_once(arguments, fresh_env(i)) for i in range(repeats)]
-    spent, imports = components(arguments, fresh_env(repeats))
+    new_query = case.endswith("new query")  # the model's cache kept, the query's emptied
+
+    def timed(run, i):
+        if new_query:
+            shutil.rmtree(shared_tmp / CACHE_FOLDER / text_cache.FOLDER, ignore_errors=True)
+        return run(arguments, fresh_env(i))
+
+    runs = [timed(separate_once, i) for i in range(repeats)]
+    spent, imports = timed(components, repeats)
     load = os.getloadavg()[0]
     parts = ", ".join(f"{k} {v:.2f}" for k, v in spent.items() if k not in ("total", "status"))
     pulled = ", ".join(f"{k} {v:.2f}" for k, v in imports.items()) or "none"
