@@ -670,7 +670,7 @@ class Separator:
 
             def write(start: int, block: np.ndarray) -> None:
                 mixture = source.read(start, start + block.shape[-1])
-                writer.write(block, mixture - block.sum(axis=0))
+                writer.write(block, mixture)
                 meter.update(start, block, mixture)
 
             self.stream(source, embeddings, write, progress)

@@ -41,6 +41,9 @@ RESIDUAL = "residual"
 FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}  # --format -> libsndfile major format
 BITS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}  # --bits -> libsndfile subtype
 KEPT_PCM = {"PCM_16", "PCM_24"}  # input subtypes whose depth the default keeps
+# integer PCM subtype -> (full scale in steps, the array type soundfile writes it from, the
+# left shift that puts a 24-bit value in libsndfile's 32-bit int)
+PCM_STEPS = {"PCM_16": (1 << 15, np.int16, 0), "PCM_24": (1 << 23, np.int32, 8)}
 MP3_SUBTYPE = "MPEG_LAYER_III"
 MAX_NAME = 80  # characters of a query kept in its file name
 ACTIVITY_COLUMNS = ("start_s", "end_s", "mean_db")
@@ -138,6 +141,13 @@ def _clash(names: Sequence[str], file: str) -> str:
         return f"the query {queries} would write {file}, the residual's file: rename it"
     if len(set(names)) == 1:
         return f"the query {queries} is given twice: give each once"
+    files = {safe_name(name) for name in names}
+    if len(files) > 1:  # only the case differs
+        return (
+            f"the queries {queries} would write files whose names differ only in case "
+            f"({', '.join(sorted(f + Path(file).suffix for f in files))}), one file on "
+            "case-insensitive file systems (macOS, Windows): rename one"
+        )
     return f"the queries {queries} would write the same file {file}: rename one"
 
 
@@ -172,8 +182,15 @@ def write_activity_csv(path: Path, segments: Sequence[Segment]) -> Path:
 
 
 class StemWriter:
-    """Streams stems ``[N, C, n]`` and the residual ``[C, n]`` into ``files`` under ``folder``,
-    clipping to full scale where the subtype needs it and counting the clipped samples.
+    """Streams stems ``[N, C, n]`` and the residual (the mixture ``[C, n]`` minus their sum) into
+    ``files`` under ``folder``, clipping to full scale where the subtype needs it and counting the
+    clipped samples.
+
+    Integer PCM (16/24-bit) is rounded here, to the nearest step: libsndfile's own float-to-integer
+    conversion rounds down (``-1e-9`` becomes ``-1``), a bias of half a step in every file. Each
+    stem is rounded on its own and the residual takes what is left of the mixture on the same
+    grid, so the written stems and residual sum to the mixture's nearest steps exactly (a PCM
+    input of the output's depth: to the input, sample for sample), clipping aside.
 
     ``workers`` > 1 encodes the files of a block on that many threads, in the background while
     the next block is computed (libsndfile releases the GIL; a block's files are finished before
@@ -198,6 +215,7 @@ class StemWriter:
             subtype=subtype,
         )
         self.clip = clips(subtype)
+        self.steps = PCM_STEPS.get(subtype)
         self.clipped = 0
         self.workers = max(1, min(workers, len(files)))
         self._handles = []
@@ -223,10 +241,16 @@ class StemWriter:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stem-writer")
         return self
 
-    def write(self, stems: np.ndarray, residual: np.ndarray) -> None:
-        """Append a block; with ``workers`` > 1 it is encoded while the caller computes the next
-        one (the previous block's files are finished first: order kept, errors raised here)."""
-        blocks = [self._clipped(block) for block in [*stems, residual]]
+    def write(self, stems: np.ndarray, mixture: np.ndarray) -> None:
+        """Append a block: ``stems [N, C, n]`` and the ``mixture [C, n]`` they came from (the
+        residual is what the stems leave of it). With ``workers`` > 1 it is encoded while the
+        caller computes the next one (the previous block's files are finished first: order kept,
+        errors raised here)."""
+        if self.steps is None:
+            residual = mixture - stems.sum(axis=0)
+            blocks = [self._clipped(block) for block in [*stems, residual]]
+        else:
+            blocks = self._integer_blocks(stems, mixture)
         if self._pool is None:
             for handle, block in zip(self._handles, blocks):
                 _write_block(handle, block)
@@ -240,6 +264,23 @@ class StemWriter:
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()  # re-raises a writer's error
+
+    def _integer_blocks(self, stems: np.ndarray, mixture: np.ndarray) -> list[np.ndarray]:
+        """Stems rounded to the nearest step and the residual as the mixture's nearest steps
+        minus theirs, as the integer arrays soundfile writes unchanged."""
+        scale, dtype, shift = self.steps
+        # exact: scaling by a power of two, and integers below 2**24 in float32
+        exact = np.float32 if scale * (len(stems) + 1) < 1 << 24 else np.float64
+        parts = [np.round(stem.astype(exact) * scale) for stem in stems]
+        residual = np.round(mixture.astype(exact) * scale)
+        for part in parts:
+            residual -= part
+        blocks = []
+        for part in [*parts, residual]:  # full scale (+scale) itself is one step too high
+            self.clipped += int(np.count_nonzero((part < -scale) | (part > scale)))
+            part = np.clip(part, -scale, scale - 1)
+            blocks.append(part.astype(dtype) << shift if shift else part.astype(dtype))
+        return blocks
 
     def _clipped(self, block: np.ndarray) -> np.ndarray:
         if not self.clip or (block.max(initial=0.0) <= 1.0 and block.min(initial=0.0) >= -1.0):

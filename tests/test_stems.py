@@ -81,3 +81,42 @@ def test_image_query_joins_text_queries(separator):  # noqa: F811
     picture = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
     stems = separator.separate(tones(16000, 1.5, 1), 16000, queries=["cello"], image=picture)
     assert list(stems) == ["cello", "image"]
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_integer_stems_round_to_nearest_and_sum_to_the_pcm_input_exactly(
+    separator,  # noqa: F811
+    tmp_path,
+    subtype,
+    fmt,
+):
+    """libsndfile rounds float to integer PCM down (a half-step bias in every file): the stems
+    are rounded to the nearest step here, and the residual takes what is left of the input."""
+    import soundfile as sf
+
+    from clipsep import outputs
+
+    path = tmp_path / f"mix.{fmt}"
+    sf.write(path, tones(44100, 2.0, 2).T, 44100, subtype=subtype)
+    queries = ["violin", "cello"]
+    separator.separate_file(
+        path, tmp_path / "out", queries=queries, output=outputs.OutputFormat(fmt)
+    )
+    scale = outputs.PCM_STEPS[subtype][0]
+    bits = {"PCM_16": 16, "PCM_24": 24}[subtype]
+
+    def steps(file):  # the file's integers (int32 reads them left-aligned)
+        data, _ = sf.read(file, dtype="int32", always_2d=True)
+        return data.T.astype(np.int64) >> (32 - bits)
+
+    folder = tmp_path / "out" / "mix"
+    written = {name: steps(folder / f"{name}.{fmt}") for name in [*queries, "residual"]}
+    np.testing.assert_array_equal(sum(written.values()), steps(path))
+    if subtype == "PCM_16":  # each stem within half a step of what the float pipeline gives
+        quantised, _ = sf.read(path, dtype="float32", always_2d=True)
+        stems = separator.separate(quantised.T, 44100, queries=queries)
+        for name in queries:
+            error = written[name] - stems[name].astype(np.float64) * scale
+            assert np.abs(error).max() <= 0.5 + 1e-3
+            assert abs(error.mean()) < 0.05  # no bias (rounding down gave -0.5)
