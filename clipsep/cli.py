@@ -293,9 +293,8 @@ def separate_files(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     failed = sum(o.status == "failed" for o in outcomes)
-    if failed and len(outcomes) == 1 and not args.json:  # its one error line said it all
-        return batch.exit_status(outcomes)
-    if failed:
+    alone = failed and len(outcomes) == 1  # one input that failed: its error line said it all
+    if failed and not alone:
         separated = sum(o.status == "separated" for o in outcomes)
         log.warning(
             "%d of %d inputs could not be separated (see above); %s",
@@ -305,7 +304,7 @@ def separate_files(args: argparse.Namespace) -> int:
         )
     if args.json:
         print(json.dumps(batch.summary(outcomes, model, time.perf_counter() - started), indent=2))
-    else:
+    elif not alone:
         print(batch.table(outcomes))
     return batch.exit_status(outcomes)
 

@@ -179,8 +179,11 @@ EMPTY = "the text query is empty ({!r}); say what to extract, e.g. 'acoustic gui
         (["violin", "violin"], "the query 'violin' is given twice: give each once"),
         (
             ["violin", "Violin"],
-            "the queries 'violin', 'Violin' would write the same file Violin.wav: rename one",
+            "the queries 'violin', 'Violin' would write files whose names differ only in case "
+            "(Violin.wav, violin.wav), one file on case-insensitive file systems (macOS, "
+            "Windows): rename one",
         ),
+        (["a/b", "a_b"], "the queries 'a/b', 'a_b' would write the same file a_b.wav: rename one"),
         (
             ["residual", "cello"],
             "the query 'residual' would write residual.wav, the residual's file: rename it",
@@ -223,14 +226,21 @@ def test_no_query_for_an_audio_file_is_one_usage_error_before_loading(
     assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
 
 
-def test_one_unreadable_named_file_is_one_error_line(model, tmp_path, caplog, capsys):  # noqa: F811
-    """A single input that fails: its error line alone (no table, no count of failures)."""
-    (tmp_path / "notes.wav").write_text("not audio at all\n" * 20)
-    assert run_cli(model, tmp_path / "out", tmp_path / "notes.wav", extra=["--query", "cello"]) == 2
+@pytest.mark.parametrize("as_json", [False, True])
+def test_one_unreadable_named_file_is_one_error_line(model, tmp_path, caplog, capsys, as_json):  # noqa: F811
+    """A single input that fails: its error line alone (no table, no count of failures; with
+    --json, the report names it)."""
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio at all\n" * 20)
+    extra = ["--query", "cello", *(["--json"] if as_json else [])]
+    assert run_cli(model, tmp_path / "out", bad, extra=extra) == 2
     records = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
-    assert [r.levelname for r in records] == ["ERROR"]
-    assert str(tmp_path / "notes.wav") in records[0].getMessage()
-    assert capsys.readouterr().out == ""
+    assert [r.levelname for r in records] == ["ERROR"] and str(bad) in records[0].getMessage()
+    out = capsys.readouterr().out
+    if as_json:
+        assert list(json.loads(out)["failed"]) == [str(bad)]
+    else:
+        assert out == ""
 
 
 def test_the_record_compares_equal_after_a_round_trip_through_json(tmp_path):
