@@ -123,7 +123,8 @@ def _add_separate_command(sub) -> None:
         default=None,
         choices=["16", "24", "32f"],
         help="bit depth: 16/24-bit PCM clip at full scale (counted and warned), 32f "
-        "keeps everything (default: the input's PCM depth, else 32f; FLAC: 24)",
+        "keeps everything (default: a 16/24-bit PCM input's depth, else 32f, or 24 for FLAC, "
+        "which has no float)",
     )
     cmd.add_argument(
         "--overwrite",
