@@ -192,3 +192,19 @@ def test_unknown_architecture_and_bad_templates(clip_setup):
         QueryEncoder.from_config(
             dataclasses.replace(cfg, prompt_templates=("a photo",)), weights, "cpu"
         )
+
+
+def test_a_random_weight_encoder_warns_once_in_its_own_words(caplog):
+    """open_clip's "No pretrained weights loaded" is dropped where random weights are meant; the
+    encoder's own warning (what it means for queries) stays."""
+    import logging
+
+    from conftest import tiny_params_at
+
+    cfg = dataclasses.replace(tiny_params_at(Path("/nonexistent")).clip, device="cpu")
+    with caplog.at_level(logging.WARNING):
+        QueryEncoder.from_config(cfg, None, "cpu")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "CLIP clipsep-tiny has random weights (clip.pretrained unset and no default checkpoint): "
+        "queries carry no meaning"
+    ]

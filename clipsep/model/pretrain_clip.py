@@ -30,7 +30,12 @@ from clipsep.config import ClipConfig
 from clipsep.env import headless_pyplot, resolve_device
 from clipsep.precision import PrecisionChoice, autocast, resolve_precision
 from clipsep.errors import BadInputError
-from clipsep.model.query import QueryEncoder, bundled_config, register_bundled_configs
+from clipsep.model.query import (
+    QueryEncoder,
+    bundled_config,
+    random_init_expected,
+    register_bundled_configs,
+)
 from clipsep.fileio import atomic_path, torch_save, write_json
 
 log = logging.getLogger(__name__)
@@ -295,17 +300,6 @@ def _train_from_scratch(
     return model, _TrainingRun(losses, steps_per_epoch, seconds, device, precision)
 
 
-class _MessageFilter(logging.Filter):
-    """Drops the log records whose message contains ``text``."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
 def _untrained_model(cfg: ClipConfig, device: str) -> tuple[torch.nn.Module, Callable, Any]:
     """(model, train transform, tokenizer) of ``cfg.architecture``, seeded, without weights."""
     import open_clip
@@ -313,18 +307,13 @@ def _untrained_model(cfg: ClipConfig, device: str) -> tuple[torch.nn.Module, Cal
 
     torch.manual_seed(cfg.pretrain_seed)
     register_bundled_configs()
-    # open_clip warns that no weights were loaded, which is the point here: keep it off the log
-    random_init = _MessageFilter("No pretrained weights loaded")
-    logging.getLogger().addFilter(random_init)  # open_clip logs on the root logger
-    try:
+    with random_init_expected():  # the point here: pretraining starts from random weights
         model, train_transform, _ = open_clip.create_model_and_transforms(
             cfg.architecture,
             pretrained=None,
             device=device,
             aug_cfg={"scale": tuple(cfg.pretrain_crop_scale)},
         )
-    finally:
-        logging.getLogger().removeFilter(random_init)
     # Instruments look the same mirrored; flips double the few pictures each class has.
     train_transform = transforms.Compose([transforms.RandomHorizontalFlip(), train_transform])
     return model, train_transform, open_clip.get_tokenizer(cfg.architecture)

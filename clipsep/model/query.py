@@ -17,6 +17,7 @@ prompt-ensembled: every template (``clip.prompt_templates``) is filled in, encod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -191,6 +192,32 @@ def _sha256_state_dict(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+class _MessageFilter(logging.Filter):
+    """Drops the log records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def random_init_expected() -> Iterator[None]:
+    """Keep open_clip's "No pretrained weights loaded ... initialized randomly" warning (on the
+    root logger) off the log while a model whose random weights are meant is built: pretraining
+    starts from them, and a query encoder without weights says what that means in its own
+    warning. Other records pass."""
+    quiet = _MessageFilter("No pretrained weights loaded")
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def _build_open_clip(
     architecture: str, model_config: dict[str, Any] | None, weights: WeightsSource, device: str
 ):
@@ -212,8 +239,12 @@ def _build_open_clip(
             if weights.kind == "tag"
             else {"pretrained": weights.value}
         )
+    random = random_init_expected() if weights.kind == "random" else contextlib.nullcontext()
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, **kwargs)
+        with random:  # its own warning follows
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, device=device, **kwargs
+            )
     except RuntimeError as err:  # open_clip reports missing/corrupt weights as RuntimeError
         raise MissingWeightsError(
             f"could not load CLIP {architecture!r} from {weights.describe()}: {err}"
