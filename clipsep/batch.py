@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from clipsep import outputs
+from clipsep import audio_io, outputs
 from clipsep.errors import BadInputError, ClipsepError
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,11 @@ def run_jobs(
                 continue
             note = note if not overwrite else ""
         if separator is None:
+            try:  # a file that cannot be opened fails without loading the model for it
+                audio_io.declared_seconds(job.path)
+            except ClipsepError as err:
+                outcomes.append(_failed(job, err, describe, 0.0))
+                continue
             separator = load()
         started = time.perf_counter()
         try:
@@ -154,10 +159,7 @@ def run_jobs(
                 **separate_kwargs,
             )
         except ClipsepError as err:
-            text = describe(err)
-            message = text if str(job.path) in text else f"{job.path}: {text}"
-            log.error("%s", message)
-            outcomes.append(Outcome(job, "failed", time.perf_counter() - started, error=message))
+            outcomes.append(_failed(job, err, describe, time.perf_counter() - started))
             continue
         if result.clipped:
             log.warning(
@@ -168,6 +170,14 @@ def run_jobs(
             )
         outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result, note=note))
     return outcomes
+
+
+def _failed(job: Job, err: ClipsepError, describe: Callable[[Exception], str], seconds: float):
+    """The failed outcome of ``job``, its one-line message (naming the file) logged."""
+    text = describe(err)
+    message = text if str(job.path) in text else f"{job.path}: {text}"
+    log.error("%s", message)
+    return Outcome(job, "failed", seconds, error=message)
 
 
 def count_files(n: int, done: str) -> str:

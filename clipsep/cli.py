@@ -111,7 +111,7 @@ def _add_separate_command(sub) -> None:
         help="checkpoint path or models:/NAME@ALIAS (default: params separate.model)",
     )
     cmd.add_argument("--clip-weights", default=None, help="CLIP weights replacing the stored ones")
-    cmd.add_argument("--out", default="separated", help="output folder (default: separated)")
+    cmd.add_argument("-o", "--out", default="separated", help="output folder (default: separated)")
     cmd.add_argument(
         "--format",
         default="wav",
@@ -231,7 +231,8 @@ class _ProgressBars:
         from tqdm import tqdm
 
         self.close()
-        self.bar = tqdm(desc=str(job.path), unit="segment", leave=False)
+        # disable=None: no bar when stderr is not a terminal (a log file, a pipe, CI)
+        self.bar = tqdm(desc=str(job.path), unit="segment", leave=False, disable=None)
         return self.update
 
     def update(self, done: int, total: int) -> None:

@@ -172,9 +172,16 @@ class SoundFileSource:
             self._file = sf.SoundFile(str(path))
         except self._errors as err:
             raise BadInputError(f"{self.name}: unreadable audio file ({err})") from err
+        self._held = (0, np.zeros((self.channels, 0), np.float32))  # the last block read
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``[start, stop)`` (clamped to the file) as ``[C, n]`` float32; treat it as
+        read-only: a span inside the last block read is a view of that block."""
         start, stop = max(start, 0), min(stop, self.frames)
+        held_start, held = self._held
+        if held_start <= start and stop <= held_start + held.shape[1]:
+            # a segment's high band reads again part of what its model-rate cut just read
+            return held[:, start - held_start : stop - held_start]
         try:
             self._file.seek(start)
             block = self._file.read(max(stop - start, 0), dtype="float32", always_2d=True)
@@ -182,7 +189,8 @@ class SoundFileSource:
             raise BadInputError(
                 f"{self.name}: the decoder failed at sample {start} ({err})"
             ) from err
-        return np.ascontiguousarray(block.T)
+        self._held = (start, np.ascontiguousarray(block.T))
+        return self._held[1]
 
     def close(self) -> None:
         self._file.close()

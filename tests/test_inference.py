@@ -341,3 +341,18 @@ def test_resampling_rows_on_several_threads_equals_one_thread():
         torch.set_num_threads(threads)
     assert serial.shape == (3, 16000)
     np.testing.assert_array_equal(serial, threaded)
+
+
+def test_sound_file_source_reads_the_files_samples_for_any_span(tmp_path):
+    """Spans inside the last block read come from that block; every span equals the file's own
+    samples, clamped at its ends."""
+    import soundfile as sf
+
+    from clipsep.inference import SoundFileSource
+
+    wave = np.random.default_rng(3).uniform(-1, 1, (2, 5000)).astype(np.float32)
+    sf.write(tmp_path / "x.wav", wave.T, 8000, subtype="FLOAT")
+    source = SoundFileSource(tmp_path / "x.wav")
+    for start, stop in [(100, 900), (200, 700), (100, 900), (850, 1200), (-5, 30), (4990, 5100)]:
+        np.testing.assert_array_equal(source.read(start, stop), wave[:, max(start, 0) : stop])
+    source.close()

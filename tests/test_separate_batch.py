@@ -114,6 +114,26 @@ def test_usage_errors_exit_2_before_any_work(model, tmp_path, extra):  # noqa: F
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unreadable_input_fails_before_the_model_loads(model, tmp_path, caplog, monkeypatch):  # noqa: F811
+    import clipsep.cli
+
+    def no_load(*args):
+        raise AssertionError("the model was loaded for a file that cannot be opened")
+
+    monkeypatch.setattr(clipsep.cli, "_load_separator", no_load)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    assert run_cli(model, tmp_path / "out", broken, extra=["--query", "cello"]) == 2
+    assert f"{broken}: unreadable audio or video file (" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_progress_bar_where_stderr_is_not_a_terminal(model, tmp_path, capsys):  # noqa: F811
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+    assert run_cli(model, tmp_path / "out", tmp_path / "x.wav", extra=["--query", "cello"]) == 0
+    assert "segment" not in capsys.readouterr().err
+
+
 def make_tree(root: Path) -> None:
     (root / "live" / "day1").mkdir(parents=True)
     sf.write(root / "a.wav", tones(16000, 1.2, 1)[0], 16000)

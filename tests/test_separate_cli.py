@@ -220,3 +220,9 @@ def test_the_cli_names_its_flags_the_library_its_arguments(model, tmp_path, capl
     with pytest.raises(BadInputError) as caught:
         separator.separate(tones(16000, 1.0, 1)[0], 16000, query=query)
     assert "--" not in str(caught.value) and "query" in caught.value.arguments
+
+
+def test_out_has_the_short_flag_o():
+    from clipsep.cli import build_parser
+
+    assert build_parser().parse_args(["separate", "a.wav", "-o", "stems"]).out == "stems"
