@@ -198,7 +198,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
     lines = [f"{'input':<{width}}  {'status':<9}{'audio s':>8}{'took s':>8}  output / reason"]
     for o in outcomes:
         audio = f"{o.result.duration_s:8.1f}" if o.result else f"{'-':>8}"
-        where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else o.error
+        reason = o.error.removeprefix(f"{o.job.path}: ")  # the input column names the file
+        where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else reason
         where += f" ({o.note})" if o.note else ""
         lines.append(f"{str(o.job.path):<{width}}  {o.status:<9}{audio}{o.seconds:8.1f}  {where}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("separated", "skipped", "failed")}

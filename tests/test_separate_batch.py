@@ -172,7 +172,10 @@ def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, caps
     out = tmp_path / "out"
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello"]) == 1
     table = capsys.readouterr().out
-    assert "3 separated, 0 skipped, 1 failed" in table and "broken.wav" in table
+    assert "3 separated, 0 skipped, 1 failed" in table
+    row = next(line for line in table.splitlines() if "broken.wav" in line)
+    assert row.split()[0] == str(tmp_path / "in" / "live" / "broken.wav")
+    assert row.count("broken.wav") == 1  # the reason does not name the file again
     assert "1 of 4 inputs could not be separated (see above); 3 files were separated" in (
         caplog.text
     )
