@@ -254,7 +254,7 @@ def separate_files(args: argparse.Namespace) -> int:
     if args.program:
         skip_exit_collection()
     with paused_gc(freeze=args.program):  # imports torch (and mlflow for a registry model)
-        from clipsep import batch, outputs
+        from clipsep import batch, fileio, outputs
         from clipsep.inference import IMAGE_STEM, SINGLE_STEM
 
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -266,6 +266,7 @@ def separate_files(args: argparse.Namespace) -> int:
         names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
         outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
         jobs = batch.find_jobs(args.inputs, args.out)
+        fileio.check_writable_folder(args.out)  # before the model loads
         if not args.queries and args.image is None:
             _check_own_queries(jobs)
         params = params_from_args(args)

@@ -10,9 +10,12 @@ import csv
 import hashlib
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from clipsep.errors import BadInputError
 
 
 @contextmanager
@@ -75,3 +78,45 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes, read in blocks (constant memory for any size)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def check_writable_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path once it is known that files can be made in it: it (and its parents)
+    are created as needed and a hidden folder is made and removed in it; the folders this made
+    are removed again. BadInputError naming the folder and the system's reason otherwise (a
+    file, a read-only or virtual file system, no permission)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"cannot write to the output folder {folder}: it is not a folder")
+    made = first_missing(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".clipsep-check-", dir=folder))
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise BadInputError(f"cannot write to the output folder {folder} ({reason})") from err
+    finally:
+        remove_empty_folders(folder, made)
+    return folder
+
+
+def first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None if it exists)."""
+    if folder.exists():
+        return None
+    while not folder.parent.exists():
+        folder = folder.parent
+    return folder
+
+
+def remove_empty_folders(folder: Path, top: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
+    if top is None:
+        return
+    folder, top = folder.resolve(), top.resolve()
+    while folder.is_relative_to(top):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone)
+            return
+        folder = folder.parent

@@ -54,7 +54,7 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from clipsep import audio_io, outputs
+from clipsep import audio_io, fileio, outputs
 from clipsep.activity import ActivityMeter, Segment
 from clipsep.config import CHANNEL_MASKS, HIGH_BANDS, AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
@@ -582,18 +582,19 @@ class Separator:
         Audio files already in ``out_dir/<stem>/`` that this call does not write (an earlier run's
         stems) are kept and named in a logged warning (:func:`clipsep.outputs.warn_stale_stems`).
         Last, ``separation.json`` records the request (:func:`clipsep.outputs.request_record`).
+        BadInputError for an unusable input or an output folder that cannot be written.
         """
         path = audio_io.check_exists(path)
         record = outputs.request_record(path, self.model_record, output, query, image, queries)
-        out_dir = Path(out_dir)
-        first_new = _first_missing(out_dir)
+        out_dir = fileio.check_writable_folder(out_dir)
+        first_new = fileio.first_missing(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             result = self._separate_into(path, out_dir, query, image, progress, queries, output)
             outputs.write_record(out_dir / path.stem, record)
             return result
         except BaseException:
-            _remove_empty_folders(out_dir, first_new)
+            fileio.remove_empty_folders(out_dir, first_new)
             raise
 
     def _separate_into(
@@ -974,28 +975,6 @@ def open_source(path: Path, work_dir: Path) -> SoundFileSource:
     decoded = work_dir / "decoded-input.wav"
     audio_io.decode_to_wav(path, decoded)
     return SoundFileSource(decoded, name=str(path))
-
-
-def _first_missing(folder: Path) -> Path | None:
-    """The outermost of ``folder`` and its parents that does not exist yet (None if it exists)."""
-    if folder.exists():
-        return None
-    while not folder.parent.exists():
-        folder = folder.parent
-    return folder
-
-
-def _remove_empty_folders(folder: Path, top: Path | None) -> None:
-    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
-    if top is None:
-        return
-    folder, top = folder.resolve(), top.resolve()
-    while folder.is_relative_to(top):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (or already gone)
-            return
-        folder = folder.parent
 
 
 def load_image(image):

@@ -356,3 +356,24 @@ def test_sound_file_source_reads_the_files_samples_for_any_span(tmp_path):
     for start, stop in [(100, 900), (200, 700), (100, 900), (850, 1200), (-5, 30), (4990, 5100)]:
         np.testing.assert_array_equal(source.read(start, stop), wave[:, max(start, 0) : stop])
     source.close()
+
+
+def test_separate_file_into_a_folder_that_cannot_be_written(separator, tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "x.wav", np.sin(np.arange(16000) / 5.0) * 0.3, 16000)
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(BadInputError, match=r"output folder .*taken/new \(Not a directory\)$"):
+        separator.separate_file(tmp_path / "x.wav", tmp_path / "taken" / "new", query="cello")
+
+
+def test_checking_a_new_output_folder_leaves_nothing_behind(tmp_path):
+    from clipsep.fileio import check_writable_folder
+
+    assert check_writable_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    check_writable_folder(tmp_path / "kept")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any(
+        (tmp_path / "kept").iterdir()
+    )

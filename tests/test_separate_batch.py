@@ -128,6 +128,30 @@ def test_an_unreadable_input_fails_before_the_model_loads(model, tmp_path, caplo
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "out,reason", [("taken", ": it is not a folder"), ("taken/sub", " (Not a directory)")]
+)
+def test_an_output_folder_that_cannot_be_written_is_a_usage_error(
+    model,  # noqa: F811
+    tmp_path,
+    caplog,
+    monkeypatch,
+    out,
+    reason,
+):
+    import clipsep.cli
+
+    def no_load(*args):
+        raise AssertionError("the model was loaded for an output folder that cannot be written")
+
+    monkeypatch.setattr(clipsep.cli, "_load_separator", no_load)
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+    (tmp_path / "taken").write_text("a file where the output folder would go")
+    assert run_cli(model, tmp_path / out, tmp_path / "x.wav", extra=["--query", "cello"]) == 2
+    assert f"cannot write to the output folder {tmp_path / out}{reason}" in caplog.text
+    assert (tmp_path / "taken").read_text() == "a file where the output folder would go"
+
+
 def test_no_progress_bar_where_stderr_is_not_a_terminal(model, tmp_path, capsys):  # noqa: F811
     sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
     assert run_cli(model, tmp_path / "out", tmp_path / "x.wav", extra=["--query", "cello"]) == 0
