@@ -303,3 +303,22 @@ def test_a_second_output_folder_keeps_the_first_ones_reports(tmp_path):
         metrics = json.loads((params.path("evaluation") / "metrics.json").read_text())
         assert metrics["checkpoint"]["path"] == str(params.path("checkpoints") / "best.pt")
         assert record_folder("evaluate", params) == params.path("evaluation")
+
+
+def test_no_progress_bar_where_stderr_is_not_a_terminal(tmp_path, capfd):
+    from clipsep.evaluation.evaluate import evaluate
+
+    checkpoint, _ = make_tiny_model(tmp_path)
+    targets, interference = write_protocol(tmp_path)
+    params = tiny_params_at(
+        tmp_path,
+        **{
+            "eval.targets_csv": str(targets),
+            "eval.interference_csv": str(interference),
+            "eval.device": "cpu",
+            "eval.mixtures_per_target": 1,
+        },
+    )
+    capfd.readouterr()
+    evaluate(params, checkpoint, tmp_path / "evaluation")
+    assert "mixture" not in capfd.readouterr().err  # tqdm's "evaluate: 2/2 [..., mixture/s]"

@@ -362,7 +362,7 @@ def _run_sources(
     """Process sources (in parallel when there is a pool), yielding as each finishes, with a bar."""
     from tqdm import tqdm
 
-    with tqdm(total=len(todo), desc="ingest", unit="video", disable=not todo) as bar:
+    with tqdm(total=len(todo), desc="ingest", unit="video", disable=None if todo else True) as bar:
         if pool is None:
             results: Iterable = (
                 (f.sha256, process_source(f.path, f.sha256, out_dir, cfg)) for f in todo

@@ -373,7 +373,7 @@ def _run_all(tasks: list[tuple], workers: int) -> list[Any]:
     from tqdm import tqdm
 
     results = []
-    with tqdm(total=len(tasks), desc="world", unit="item") as bar:
+    with tqdm(total=len(tasks), desc="world", unit="item", disable=None) as bar:
         if workers <= 1:
             outputs = map(_run_task, tasks)
         else:  # spawn: a forked copy of a parent with torch threads running can deadlock

@@ -328,7 +328,8 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     )
     scorer = MixtureScorer(p, separator, protocol)
     rows, example = [], None
-    for index, t, i in tqdm(mixture_plan(p, protocol), desc="evaluate", unit="mixture"):
+    plan = mixture_plan(p, protocol)
+    for index, t, i in tqdm(plan, desc="evaluate", unit="mixture", disable=None):
         # A second generator per mixture (offset) picks the absent class, independent of the draw.
         rng = np.random.default_rng([p.eval.seed + index, 1])
         row, waves = scorer(index, protocol.targets[t], protocol.interference[i], rng)

@@ -156,7 +156,10 @@ def _train(
     losses: list[float] = []
     model.train()
     with tqdm(
-        total=cfg.pretrain_epochs * steps_per_epoch, desc="pretrain-clip", unit="step"
+        total=cfg.pretrain_epochs * steps_per_epoch,
+        desc="pretrain-clip",
+        unit="step",
+        disable=None,  # no bar where stderr is not a terminal (a log file, CI)
     ) as bar:
         for _ in range(cfg.pretrain_epochs):
             for index in _epoch_batches(n, batch, steps_per_epoch, generator):
