@@ -35,6 +35,13 @@ def show_params(args: argparse.Namespace) -> dict[str, Any]:
 
     params = params_from_args(args)
     if args.output:
+        if Path(args.output).exists() and not args.force:
+            from clipsep.errors import BadInputError
+
+            raise BadInputError(
+                f"{args.output} exists; --force replaces it (written from the merged values: "
+                "its comments are not kept)"
+            )
         dump_params(params, args.output)
         return {"written": args.output}
     return params.to_dict()
@@ -53,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     params_cmd = sub.add_parser("params", help="print the merged params (profile + overrides)")
     add_params_arguments(params_cmd)
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
+    params_cmd.add_argument(
+        "--force", action="store_true", help="let --output replace a file that exists"
+    )
     params_cmd.set_defaults(handler=show_params)
     _add_separate_command(sub)
     _add_export_command(sub)

@@ -246,3 +246,19 @@ def test_params_default_to_the_projects_file_outside_the_project(tmp_path, monke
     assert params.path("mlflow") == tmp_path / "mlruns"
     with pytest.raises(ConfigError, match="give --params FILE"):
         params_from_args(parser.parse_args(["--params", "missing.yaml"]))
+
+
+def test_params_output_keeps_an_existing_file_unless_forced(tmp_path, caplog):
+    from clipsep.cli import main
+
+    out = tmp_path / "params.yaml"
+    out.write_text("# my commented params\n")
+    args = ["params", "--params", str(REPO / "params.yaml"), "--profile", "tiny", "-o", str(out)]
+    assert main(args) == 2
+    assert f"{out} exists; --force replaces it" in caplog.text
+    assert out.read_text() == "# my commented params\n"
+    assert main([*args, "--force"]) == 0
+    assert (
+        load_params(out).train.steps
+        == load_params(REPO / "params.yaml", profile="tiny").train.steps
+    )

@@ -58,7 +58,8 @@ def clean_copy(tmp_path):
         "GIT_COMMITTER_EMAIL": "test@example.invalid",
     }
     run(["git", "init", "-q"], repo, env)
-    run([repo / ".venv/bin/clipsep", "params", "--profile", "tiny", "-o", "params.yaml"], repo, env)
+    params = ["params", "--profile", "tiny", "-o", "params.yaml", "--force"]
+    run([repo / ".venv/bin/clipsep", *params], repo, env)
     run([DVC, "remote", "modify", "--local", "local", "url", tmp_path / "remote"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-q", "-m", "clean copy"], repo, env)
