@@ -243,7 +243,7 @@ def test_params_default_to_the_projects_file_outside_the_project(tmp_path, monke
     dump_params(load_params(REPO / "params.yaml", profile="tiny"), tmp_path / "params.yaml")
     params = params_from_args(parser.parse_args([]))
     assert params.train.steps == load_params(REPO / "params.yaml", profile="tiny").train.steps
-    assert params.path("mlflow") == tmp_path / "mlruns"
+    assert params.path("mlflow") == tmp_path / "runs" / "tiny" / "mlruns"  # the profile's root
     with pytest.raises(ConfigError, match="give --params FILE"):
         params_from_args(parser.parse_args(["--params", "missing.yaml"]))
 

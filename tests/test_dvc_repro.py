@@ -58,7 +58,17 @@ def clean_copy(tmp_path):
         "GIT_COMMITTER_EMAIL": "test@example.invalid",
     }
     run(["git", "init", "-q"], repo, env)
-    params = ["params", "--profile", "tiny", "-o", "params.yaml", "--force"]
+    # root "." as dvc.yaml's ${paths.*} are relative to the repository (the profile has its own)
+    params = [
+        "params",
+        "--profile",
+        "tiny",
+        "--set",
+        "paths.root=.",
+        "-o",
+        "params.yaml",
+        "--force",
+    ]
     run([repo / ".venv/bin/clipsep", *params], repo, env)
     run([DVC, "remote", "modify", "--local", "local", "url", tmp_path / "remote"], repo, env)
     run(["git", "add", "-A"], repo, env)

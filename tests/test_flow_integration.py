@@ -42,8 +42,10 @@ def make_project(root: Path) -> Path:
         if source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
-    tiny = load_params(
-        REPO / "params.yaml", profile="tiny", overrides={"registry.champion_floor_db": -100.0}
+    tiny = load_params(  # a tiny project: its data, models and store at its root
+        REPO / "params.yaml",
+        profile="tiny",
+        overrides={"registry.champion_floor_db": -100.0, "paths.root": "."},
     )
     dump_params(tiny, root / "params.yaml")
     git = ["git", "-c", "user.name=itest", "-c", "user.email=itest@localhost"]
