@@ -54,8 +54,10 @@ def allowed_roots(served: Served) -> list[Path]:
 def separate_event(
     served: Served, cfg: ServeConfig, audio_path, video_path, text, image, progress: gr.Progress
 ):
-    """The Separate button: (target, residual, spectrograms, summary, *more stems) or a
-    gr.Error. Comma-separated queries fill the extra stem players (hidden when unused)."""
+    """The Separate button and the ``/separate`` API: (target, residual, spectrograms, summary,
+    *more stems) or a gr.Error. Every audio value is a plain ``(rate, int16)`` for its player,
+    which gradio writes as a wav a client downloads; a stem player without a stem gets None (its
+    visibility and label are set by :func:`stem_players`, outside the API)."""
     path = audio_path or video_path
     try:
         accepted = handlers.check_upload(path, cfg, allowed_roots(served))
@@ -72,18 +74,21 @@ def separate_event(
     except Exception as err:  # noqa: BLE001 - a visitor gets a sentence, the log the traceback
         log.exception("separation failed for %s", path)
         raise gr.Error(UNEXPECTED, print_exception=False) from err
-    extra = [
-        gr.update(value=handlers.playable(wave, result.rate), label=f"Stem: {name}", visible=True)
-        for name, wave in list(result.stems.items())[1:]
+    *stems, residual = result.players
+    extra = stems[1:] + [None] * (handlers.MAX_STEMS - len(stems))
+    return stems[0], residual, result.picture, result.summary, *extra
+
+
+def stem_players(text):
+    """Show the extra stem players a query text fills, labelled with their queries; hide the
+    rest (after a successful separation, in the page only)."""
+    names = handlers.split_queries(text)[1:]
+    return [
+        gr.update(label=f"Stem: {names[k]}", visible=True)
+        if k < len(names)
+        else gr.update(value=None, label=f"Stem {k + 2}", visible=False)
+        for k in range(handlers.MAX_STEMS - 1)
     ]
-    extra += [gr.update(value=None, visible=False)] * (handlers.MAX_STEMS - 1 - len(extra))
-    return (
-        handlers.playable(result.target, result.rate),
-        handlers.playable(result.residual, result.rate),
-        result.picture,
-        result.summary,
-        *extra,
-    )
 
 
 def video_changed(served: Served, cfg: ServeConfig, video_path):
@@ -144,7 +149,11 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
         )  # the picture titles its own panels
         outputs = [target, residual, spectrograms, summary, *more]
 
-        def separate(audio_path, video_path, text, picture, progress=gr.Progress()):
+        # every input optional for API clients (a None default is what gradio takes as such):
+        # an audio or a video file; a video without a query is queried by its middle frame
+        def separate(
+            audio_path=None, video_path=None, text=None, picture=None, progress=gr.Progress()
+        ):
             return separate_event(served, cfg, audio_path, video_path, text, picture, progress)
 
         button.click(
@@ -152,7 +161,7 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
             inputs=[audio_in, video_in, query, image],
             outputs=outputs,
             api_name="separate",
-        )
+        ).success(stem_players, inputs=query, outputs=more, api_visibility="private")
         video_in.upload(
             lambda v: video_changed(served, cfg, v),
             inputs=video_in,
@@ -160,8 +169,9 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
             api_name=False,
         )
 
-        def separate_example(audio_path, text, progress=gr.Progress()):
-            return separate_event(served, cfg, audio_path, None, text, None, progress)
+        def separate_example(audio_path, text, progress=gr.Progress()):  # one query each
+            values = separate_event(served, cfg, audio_path, None, text, None, progress)
+            return *values[:4], *stem_players(text)
 
         _examples_section(served, [audio_in, query], outputs, separate_example)
     return demo

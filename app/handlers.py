@@ -5,7 +5,10 @@ that names it (file too big or too long, unreadable, silent, no query); :mod:`ap
 that sentence in the page. Paths come only from Gradio's upload area (or the examples cache):
 :func:`check_upload` refuses anything else before a file is opened.
 
-Audio arrays are float32 numpy ``[C, L]`` (channels first) at the file's own rate.
+Audio arrays are float32 numpy ``[C, L]`` (channels first) at the file's own rate. What the page
+plays and the API hands out is 16-bit PCM made by the CLI's writer arithmetic
+(:func:`clipsep.outputs.pcm_blocks`): stems rounded to the nearest step, the residual the input's
+steps minus theirs, so the files sum to the input (a 16-bit upload: sample for sample).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from clipsep import audio_io
+from clipsep import audio_io, outputs
 from clipsep.activity import activity
 from clipsep.config import Params, ServeConfig
 from clipsep.env import headless_pyplot
@@ -136,6 +139,7 @@ def _clock(seconds: float) -> str:
 
 
 MAX_STEMS = 4  # the page has this many stem players (more queries are refused)
+PLAYER_SUBTYPE = "PCM_16"  # what the players get: 16-bit PCM, as browsers play every wav
 
 
 @dataclass
@@ -151,6 +155,8 @@ class SeparationOutputs:
     summary: str
     stems: dict[str, np.ndarray] = field(default_factory=dict)  # query -> stem, in query order
     activity: dict[str, list] = field(default_factory=dict)  # query -> [(start_s, end_s, mean_db)]
+    # what the players get: (rate, int16 [L] or [L, C]) per stem, in query order, then residual
+    players: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
 def separate_upload(
@@ -163,8 +169,13 @@ def separate_upload(
 ) -> SeparationOutputs:
     """Separate an accepted upload with the queried sound as target (chunked, with progress).
 
-    Several comma-separated text queries (up to MAX_STEMS) give one stem each, in one pass."""
-    query, image_query, described = choose_query(text, image)
+    Several comma-separated text queries (up to MAX_STEMS) give one stem each, in one pass.
+    A video with neither a text nor an image query is queried by its middle frame, as by
+    ``clipsep separate``."""
+    from_frame = not split_queries(text) and image is None and audio_io.has_video_stream(path)
+    query, image_query, described = choose_query(text, offered_image(path) if from_frame else image)
+    if from_frame:
+        described = "the video's middle frame (image query)"
     queries = split_queries(query)
     if len(queries) > MAX_STEMS:
         raise BadInputError(
@@ -202,10 +213,13 @@ def separate_upload(
         f"{rate} Hz, {mixture.shape[0]} channel(s) | separated in {seconds:.1f} s\n"
         + "\n".join(f"{name!r} sounds at: {_segments_text(segs)}" for name, segs in found.items())
     )
+    players, clipped = playable_outputs(list(stems.values()), mixture, rate)
+    if clipped:
+        notes.append(f"{clipped} sample(s) beyond full scale were clipped in the 16-bit outputs")
     summary += "".join(f"\nnote: {_name_only(text, path)}" for text in notes)
     picture = spectrogram_picture(mixture, stems, residual, rate, found)
     return SeparationOutputs(
-        mixture, next(iter(stems.values())), residual, rate, picture, summary, stems, found
+        mixture, next(iter(stems.values())), residual, rate, picture, summary, stems, found, players
     )
 
 
@@ -215,11 +229,14 @@ def _segments_text(segments) -> str:
     return ", ".join(f"{s.start_s:.1f}-{s.end_s:.1f} s ({s.mean_db:+.0f} dB)" for s in segments)
 
 
-def playable(wave: np.ndarray, rate: int) -> tuple[int, np.ndarray]:
-    """``(rate, int16 [L] or [L, C])`` for gr.Audio (int16 avoids its float conversion warning)."""
-    clipped = np.clip(np.nan_to_num(wave), -1.0, 1.0)
-    pcm = np.round(clipped * 32767.0).astype(np.int16)
-    return rate, pcm[0] if pcm.shape[0] == 1 else np.ascontiguousarray(pcm.T)
+def playable_outputs(
+    stems: Sequence[np.ndarray], mixture: np.ndarray, rate: int
+) -> tuple[list[tuple[int, np.ndarray]], int]:
+    """``([(rate, int16 [L] or [L, C]) per stem, then the residual's], samples clipped)`` for
+    gr.Audio, which writes int16 unchanged: the CLI's 16-bit writing
+    (:func:`clipsep.outputs.pcm_blocks`), so stems + residual == the mixture's nearest steps."""
+    blocks, clipped = outputs.pcm_blocks(np.stack(stems), mixture, PLAYER_SUBTYPE)
+    return [(rate, pcm[0] if pcm.shape[0] == 1 else pcm.T.copy()) for pcm in blocks], clipped
 
 
 # --- pictures ----------------------------------------------------------------------------------

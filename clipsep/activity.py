@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from clipsep.errors import BadInputError
-from clipsep.layout import channels_first
+from clipsep.layout import channels_first, check_sample_rate
 
 TINY = 1e-20  # energy floor that keeps log10 finite
 
@@ -116,11 +116,13 @@ def activity(stem, mixture, sample_rate: int, settings) -> list[Segment]:
     """Segments where ``stem`` sounds in ``mixture``: numpy arrays or torch tensors shaped
     ``[L]``, ``[C, L]`` or ``[L, C]`` (as ``Separator.separate`` takes and returns them; the
     channel axis is read as there, :func:`clipsep.layout.channels_first`), the two alike.
-    ``sample_rate`` in Hz; ``settings`` a SeparateConfig (its ``activity_*`` keys).
+    Integer PCM is scaled by its full scale as there. ``sample_rate`` in Hz; ``settings`` a
+    SeparateConfig (its ``activity_*`` keys).
 
-    Raises BadInputError for an array of another rank, an ambiguous shape, or two shapes that
-    differ.
+    Raises BadInputError for an array of another rank, an ambiguous shape, two shapes that
+    differ, or a sample rate that is not a positive whole number of Hz.
     """
+    sample_rate = check_sample_rate(sample_rate)
     stem2, _ = channels_first(stem)
     mix2, _ = channels_first(mixture)
     if stem2.shape != mix2.shape:

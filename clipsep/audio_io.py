@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from clipsep.errors import BadInputError
+from clipsep.layout import check_sample_rate
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,11 @@ def _declared_frames(container, stream, stream_only: bool = False) -> int:
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write float audio ``[C, L]`` or ``[L]`` as a 32-bit float wav, atomically."""
+    """Write float audio ``[C, L]`` or ``[L]`` as a 32-bit float wav, atomically; BadInputError
+    for a sample rate that is not a positive whole number of Hz."""
     import soundfile as sf
+
+    sample_rate = check_sample_rate(sample_rate)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +277,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav.part", dir=path.parent)
     os.close(fd)
     try:
-        sf.write(tmp, data, int(sample_rate), subtype="FLOAT", format="WAV")
+        sf.write(tmp, data, sample_rate, subtype="FLOAT", format="WAV")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,8 @@ from clipsep.config import add_params_arguments, params_from_args
 from clipsep.env import apply_offline_defaults, paused_gc, skip_exit_collection
 
 log = logging.getLogger("clipsep")
-FLAGS = {"query": "--query TEXT", "image": "--image PATH"}  # library argument -> its CLI flag
+# library argument -> its CLI flag
+FLAGS = {"query": "--query TEXT", "queries": "--query TEXT", "image": "--image PATH"}
 
 
 def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -58,7 +58,7 @@ from clipsep import audio_io, fileio, outputs
 from clipsep.activity import ActivityMeter, Segment
 from clipsep.config import CHANNEL_MASKS, HIGH_BANDS, AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
-from clipsep.layout import channels_first
+from clipsep.layout import channels_first, check_sample_rate
 from clipsep.precision import autocast, resolve_precision
 from clipsep.registry_reader import ResolvedModel
 
@@ -78,7 +78,8 @@ IMAGE_STEM = "image"  # the stem's name of an image query among several queries
 @dataclass
 class SeparationResult:
     """``target`` and ``residual`` in the input's layout (``[L]``, ``[C, L]`` or ``[L, C]``) and
-    type (numpy, or a torch tensor on the input's device), float32."""
+    type (numpy, or a torch tensor on the input's device): float64 for float64 input, else
+    float32, full scale 1.0 (integer PCM input scaled, see :meth:`Separator.separate`)."""
 
     target: np.ndarray | torch.Tensor
     residual: np.ndarray | torch.Tensor
@@ -136,7 +137,7 @@ class AudioSource(Protocol):
 
 @dataclass
 class ArraySource:
-    """An in-memory ``[C, L]`` array as an :class:`AudioSource`."""
+    """An in-memory ``[C, L]`` array as an :class:`AudioSource` (read as float32)."""
 
     data: np.ndarray
     sample_rate: int
@@ -151,7 +152,7 @@ class ArraySource:
         return self.data.shape[1]
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return self.data[:, max(start, 0) : min(stop, self.frames)]
+        return self.data[:, max(start, 0) : min(stop, self.frames)].astype(np.float32, copy=False)
 
 
 class SoundFileSource:
@@ -422,7 +423,9 @@ class Separator:
             queries = [queries]
         names = [q.strip() if isinstance(q, str) else q for q in queries]
         if not names and image is None:
-            raise BadInputError("no query: give text queries (--query) or an image (--image)")
+            raise BadInputError(
+                "no query: give text queries or an image", arguments=("queries", "image")
+            )
         embeddings = [self.embed_query(query) for query in names]
         if image is not None:
             names.append(IMAGE_STEM)
@@ -512,10 +515,13 @@ class Separator:
     # --- whole signals -----------------------------------------------------------------------
 
     def min_input_frames(self, sample_rate: int) -> int:
-        """Shortest input (samples at ``sample_rate``) filling one STFT window at the model rate."""
+        """Shortest input (samples at ``sample_rate``) filling one STFT window at the model rate;
+        BadInputError for a rate that is not a positive whole number of Hz."""
+        sample_rate = check_sample_rate(sample_rate)
         return math.ceil(self.audio_cfg.n_fft * sample_rate / self.audio_cfg.sample_rate)
 
     def plan(self, sample_rate: int, frames: int) -> ChunkPlan:
+        sample_rate = check_sample_rate(sample_rate)
         segment = self.audio_cfg.segment_samples
         stride = max(1, round(segment * (1.0 - self.settings.overlap)))
         return ChunkPlan(sample_rate, self.audio_cfg.sample_rate, frames, segment, stride)
@@ -530,20 +536,31 @@ class Separator:
         queries: Sequence[str] | None = None,
     ) -> SeparationResult | Stems:
         """Split ``audio`` into the queried target and the residual (``target + residual ==
-        audio``), both in the layout and type given.
+        audio``), both in the layout (``[L]``, ``[C, L]`` or ``[L, C]``) and container (numpy, or
+        a torch tensor on the input's device) given.
 
         ``audio``: numpy array or torch tensor, ``[L]``, ``[C, L]`` or ``[L, C]`` (as
         soundfile.read returns it). The channel axis of a 2-D array is the one axis with at
         most 64 entries; when both or neither have (``[2000, 2000]``), BadInputError names both
-        readings. ``sample_rate`` in Hz, any.
+        readings. Sample values and what comes back:
+
+        * float32 (and float16 / bfloat16 tensors): float32, same scale;
+        * float64: float64, same scale (the residual is taken in float64, so the sum is exact);
+        * integer PCM (int16, int32, uint8, ...): float32 at full scale 1.0, as soundfile.read
+          and torchaudio.load give it: int16 is divided by 32768, int32 by 2**31, uint8 is
+          ``(x - 128) / 128``; ``target + residual == audio / full scale``.
+
+        ``sample_rate``: a positive whole number of Hz, any such rate (BadInputError otherwise).
         With ``queries=[...]`` (text; plus ``image`` if given, named ``"image"``) all queries share
         one network pass per segment and the result is a :class:`Stems` mapping query -> stem
-        (``sum(stems) + residual == audio``).
-        Raises BadInputError for audio too short, silent or with NaN/inf samples, or no query.
+        (``sum(stems) + residual == audio``), the stems in the same dtype as above.
+        Raises BadInputError for audio too short, silent or with NaN/inf samples, a bad sample
+        rate, or no query.
         """
-        min_frames = self.min_input_frames(int(sample_rate))
+        sample_rate = check_sample_rate(sample_rate)
+        min_frames = self.min_input_frames(sample_rate)
         data, layout = channels_first(audio, min_frames)
-        source = ArraySource(data, int(sample_rate))
+        source = ArraySource(data, sample_rate)
         check_source(source, min_frames)
         names, embeddings = self._queries(query, image, queries)
         stems = np.empty((len(names), *source.data.shape), np.float32)
@@ -552,13 +569,13 @@ class Separator:
             stems[:, :, start : start + block.shape[-1]] = block
 
         self.stream(source, embeddings, store, progress)
-        residual = layout.restore(source.data - stems.sum(axis=0))
+        residual = layout.restore(source.data - stems.sum(axis=0, dtype=source.data.dtype))
         if queries is None:
-            return SeparationResult(layout.restore(stems[0]), residual, int(sample_rate))
+            return SeparationResult(layout.restore(stems[0]), residual, sample_rate)
         return Stems(
             {name: layout.restore(stem) for name, stem in zip(names, stems)},
             residual,
-            int(sample_rate),
+            sample_rate,
         )
 
     def separate_file(
@@ -931,14 +948,20 @@ def check_source(source: AudioSource, min_frames: int) -> None:
         )
         source.frames = readable
     if source.channels < 1 or source.frames < min_frames:
+        rate = source.sample_rate
         raise BadInputError(
-            f"{source.name}: {source.frames} sample(s) at {source.sample_rate} Hz "
-            f"is too short to separate (need at least {min_frames})"
+            f"{source.name}: {_samples(source.frames)} ({source.frames / rate:.3f} s) at {rate} "
+            f"Hz is too short to separate (need at least {_samples(min_frames)}, "
+            f"{min_frames / rate:.3f} s)"
         )
     if peak < SILENT_PEAK:
         raise BadInputError(
             f"{source.name}: the audio is silent (peak {peak:.1e}); nothing to separate"
         )
+
+
+def _samples(count: int) -> str:
+    return f"{count} sample{'' if count == 1 else 's'}"
 
 
 def _scan(source: AudioSource) -> tuple[float, int, Exception | None]:

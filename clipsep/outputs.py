@@ -181,6 +181,31 @@ def write_activity_csv(path: Path, segments: Sequence[Segment]) -> Path:
     return write_csv(path, ACTIVITY_COLUMNS, (s._asdict() for s in segments))
 
 
+def pcm_blocks(
+    stems: np.ndarray, mixture: np.ndarray, subtype: str
+) -> tuple[list[np.ndarray], int]:
+    """Stems ``[N, C, n]`` and the residual of ``mixture [C, n]`` as integer PCM of ``subtype``
+    (``PCM_16`` or ``PCM_24``): ``([*stems, residual], samples clipped)``.
+
+    Each stem is rounded to the nearest step on its own, and the residual is the mixture's nearest
+    steps minus theirs, so the blocks sum to the mixture's nearest steps exactly (clipping aside:
+    to ``[-full scale, full scale - 1]``). The arrays are what soundfile writes unchanged (int16;
+    int32 holding a 24-bit value shifted left by 8)."""
+    scale, dtype, shift = PCM_STEPS[subtype]
+    # exact: scaling by a power of two, and integers below 2**24 in float32
+    exact = np.float32 if scale * (len(stems) + 1) < 1 << 24 else np.float64
+    parts = [np.round(stem.astype(exact) * scale) for stem in stems]
+    residual = np.round(mixture.astype(exact) * scale)
+    for part in parts:
+        residual -= part
+    blocks, clipped = [], 0
+    for part in [*parts, residual]:  # full scale (+scale) itself is one step too high
+        clipped += int(np.count_nonzero((part < -scale) | (part > scale)))
+        part = np.clip(part, -scale, scale - 1)
+        blocks.append(part.astype(dtype) << shift if shift else part.astype(dtype))
+    return blocks, clipped
+
+
 class StemWriter:
     """Streams stems ``[N, C, n]`` and the residual (the mixture ``[C, n]`` minus their sum) into
     ``files`` under ``folder``, clipping to full scale where the subtype needs it and counting the
@@ -266,20 +291,8 @@ class StemWriter:
             future.result()  # re-raises a writer's error
 
     def _integer_blocks(self, stems: np.ndarray, mixture: np.ndarray) -> list[np.ndarray]:
-        """Stems rounded to the nearest step and the residual as the mixture's nearest steps
-        minus theirs, as the integer arrays soundfile writes unchanged."""
-        scale, dtype, shift = self.steps
-        # exact: scaling by a power of two, and integers below 2**24 in float32
-        exact = np.float32 if scale * (len(stems) + 1) < 1 << 24 else np.float64
-        parts = [np.round(stem.astype(exact) * scale) for stem in stems]
-        residual = np.round(mixture.astype(exact) * scale)
-        for part in parts:
-            residual -= part
-        blocks = []
-        for part in [*parts, residual]:  # full scale (+scale) itself is one step too high
-            self.clipped += int(np.count_nonzero((part < -scale) | (part > scale)))
-            part = np.clip(part, -scale, scale - 1)
-            blocks.append(part.astype(dtype) << shift if shift else part.astype(dtype))
+        blocks, clipped = pcm_blocks(stems, mixture, self.options["subtype"])
+        self.clipped += clipped
         return blocks
 
     def _clipped(self, block: np.ndarray) -> np.ndarray:

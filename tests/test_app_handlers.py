@@ -111,8 +111,27 @@ def test_separates_an_upload_into_target_and_residual(served):
     assert seen and seen[-1] == 1.0
     assert "text 'flute'" in result.summary and "mix.wav" in result.summary
     assert result.picture.size[0] > 2 * result.picture.size[1]  # three panels side by side
-    rate, pcm = handlers.playable(result.target, result.rate)
-    assert rate == 22050 and pcm.dtype == np.int16 and pcm.shape == (mixture.shape[1], 2)
+    (rate, pcm), (_, rest) = result.players
+    assert rate == 22050 and pcm.dtype == rest.dtype == np.int16
+    assert pcm.shape == rest.shape == (mixture.shape[1], 2)
+
+
+def test_players_sum_to_a_16_bit_upload_sample_for_sample(served):
+    """The players' int16 come from the CLI's writer arithmetic (outputs.pcm_blocks): stems
+    rounded to the nearest step, the residual the upload's steps minus theirs."""
+    params, separator, _, root = served
+    path = root / "uploads" / "pcm16.wav"
+    sf.write(path, tone(2.0, level=0.6).T, 22050, subtype="PCM_16")
+    steps, _ = sf.read(path, dtype="int16", always_2d=True)
+    result = handlers.separate_upload(separator, path, "flute, cello, violin", None, params.serve)
+    assert len(result.players) == 4 and all(rate == 22050 for rate, _ in result.players)
+    total = sum(pcm.astype(np.int32) for _, pcm in result.players)
+    np.testing.assert_array_equal(total, steps)
+    stems = [*result.stems.values(), result.residual]
+    for (_, pcm), wave in zip(result.players[:-1], stems):  # each stem: its nearest step
+        assert np.abs(pcm / 32768.0 - wave.T).max() <= 0.5001 / 32768
+    # the residual takes the stems' rounding: at most half a step each, plus its own half
+    assert np.abs(result.players[-1][1] / 32768.0 - stems[-1].T).max() <= 2.0001 / 32768
 
 
 def test_comma_separated_queries_give_one_stem_each_with_activity(served):
@@ -137,6 +156,10 @@ def test_video_offers_its_middle_frame_and_its_sound_is_separated(served):
     result = handlers.separate_upload(separator, video, "", frame, params.serve)
     assert "image query" in result.summary and result.rate == 44100
     assert handlers.offered_image(upload(root, "plain.wav", tone(1.0))) is None
+    # no query at all (as an API client may send): the middle frame, as clipsep separate does
+    unasked = handlers.separate_upload(separator, video, None, None, params.serve)
+    assert "query: the video's middle frame (image query)" in unasked.summary
+    np.testing.assert_allclose(unasked.target, result.target, atol=1e-6)
 
 
 @pytest.mark.parametrize(

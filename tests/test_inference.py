@@ -377,3 +377,103 @@ def test_checking_a_new_output_folder_leaves_nothing_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any(
         (tmp_path / "kept").iterdir()
     )
+
+
+@pytest.mark.parametrize("rate", [0, -16000, float("nan"), float("inf"), "16000", True])
+def test_a_sample_rate_that_is_not_positive_is_named_at_every_entry_point(separator, rate):
+    from clipsep.activity import activity
+    from clipsep.audio_io import write_wav
+
+    audio = tones(16000, 1.0, 1)
+    expected = f"sample rate must be a positive number of Hz, got {rate!r}"
+    calls = [
+        lambda: separator.separate(audio, rate, query="cello"),
+        lambda: separator.separate(audio, rate, queries=["cello", "flute"]),
+        lambda: activity(audio, audio, rate, separator.settings),
+        lambda: separator.min_input_frames(rate),
+    ]
+    for call in calls:
+        with pytest.raises(BadInputError) as err:
+            call()
+        assert str(err.value) == expected
+        assert err.value.arguments == ("sample_rate",)
+    with pytest.raises(BadInputError, match="positive number of Hz"):
+        write_wav(Path("/nonexistent/never.wav"), audio, rate)
+
+
+def test_a_fractional_sample_rate_is_refused_and_a_whole_float_one_taken(separator):
+    audio = tones(16000, 1.0, 1)
+    with pytest.raises(BadInputError) as err:
+        separator.separate(audio, 16000.5, query="cello")
+    assert str(err.value) == "sample rate must be a whole number of Hz, got 16000.5"
+    whole = separator.separate(audio, np.float64(16000.0), query="cello")
+    exact = separator.separate(audio, 16000, query="cello")
+    assert whole.sample_rate == 16000 and type(whole.sample_rate) is int
+    np.testing.assert_array_equal(whole.target, exact.target)
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.int16, 32768.0), (np.int32, 2.0**31)])
+def test_integer_pcm_is_separated_at_full_scale_one_as_float32(separator, dtype, scale):
+    floats = tones(16000, 1.0, 2)  # [C, L]
+    pcm = np.round(floats.T * (scale / 2)).astype(dtype)  # [L, C] as soundfile gives it, -6 dBFS
+    as_float = (pcm.astype(np.float64) / scale).astype(np.float32)
+    result = separator.separate(pcm, 16000, query="cello")
+    reference = separator.separate(as_float, 16000, query="cello")
+    assert result.target.dtype == result.residual.dtype == np.float32
+    assert result.target.shape == pcm.shape
+    np.testing.assert_array_equal(result.target, reference.target)
+    np.testing.assert_array_equal(result.residual, reference.residual)
+    assert 0.1 < np.abs(result.target + result.residual).max() < 0.2  # 0.3 / 2, not 3273
+    assert np.abs(result.target + result.residual - pcm / scale).max() < 1e-6
+
+
+def test_uint8_pcm_is_centred_on_128():
+    from clipsep.layout import channels_first
+
+    data, layout = channels_first(np.array([0, 128, 255], np.uint8))
+    np.testing.assert_array_equal(data, [[-1.0, 0.0, 127 / 128]])
+    assert data.dtype == np.float32 and layout.dtype == np.float32
+
+
+def test_float64_comes_back_float64_and_sums_exactly(separator):
+    audio = tones(44100, 1.0, 2).astype(np.float64) + 1e-9  # below float32's resolution at 0.3
+    result = separator.separate(audio, 44100, query="cello")
+    single = separator.separate(audio.astype(np.float32), 44100, query="cello")
+    assert result.target.dtype == result.residual.dtype == np.float64
+    np.testing.assert_array_equal(result.target, single.target.astype(np.float64))
+    assert np.abs(result.target + result.residual - audio).max() < 1e-15
+    stems = separator.separate(audio, 44100, queries=["cello", "flute"])
+    assert {stem.dtype for stem in stems.values()} == {np.dtype(np.float64)}
+    assert np.abs(sum(stems.values()) + stems.residual - audio).max() < 1e-15
+
+
+def test_torch_int16_and_float64_tensors_come_back_as_tensors_of_float(separator):
+    floats = torch.from_numpy(tones(16000, 1.0, 1)[0])
+    pcm = torch.round(floats * 16384).to(torch.int16)
+    result = separator.separate(pcm, 16000, query="cello")
+    assert isinstance(result.target, torch.Tensor) and result.target.dtype == torch.float32
+    total = (result.target + result.residual).double()
+    assert torch.allclose(total, pcm.double() / 32768, atol=1e-6)
+    double = separator.separate(floats.double(), 16000, query="cello")
+    assert double.target.dtype == double.residual.dtype == torch.float64
+
+
+def test_no_queries_names_the_python_arguments_and_the_cli_adds_its_flags(separator):
+    from clipsep.cli import with_flags
+
+    with pytest.raises(BadInputError) as err:
+        separator.separate(tones(16000, 1.0, 1), 16000, queries=[])
+    assert str(err.value) == "no query: give text queries or an image"
+    assert "--" not in str(err.value)
+    assert with_flags(err.value) == (
+        "no query: give text queries or an image (--query TEXT / --image PATH)"
+    )
+
+
+def test_too_short_names_samples_and_seconds(separator):
+    with pytest.raises(BadInputError) as err:
+        separator.separate(tones(44100, 0.05, 1), 44100, query="cello")
+    assert str(err.value) == (
+        "audio: 2205 samples (0.050 s) at 44100 Hz is too short to separate "
+        "(need at least 2823 samples, 0.064 s)"
+    )
