@@ -50,11 +50,8 @@ def write_protocol(root: Path) -> tuple[Path, Path]:
     return paths["targets"], paths["interference"]
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    from clipsep.evaluation.evaluate import evaluate
-
-    root = tmp_path_factory.mktemp("eval")
+def model_and_protocol(root: Path, mixtures_per_target: int):
+    """A tiny random-init checkpoint in ``root`` and params scoring it on :func:`write_protocol`."""
     checkpoint, _ = make_tiny_model(root)
     targets, interference = write_protocol(root)
     params = tiny_params_at(
@@ -63,9 +60,18 @@ def evaluated(tmp_path_factory):
             "eval.targets_csv": str(targets),
             "eval.interference_csv": str(interference),
             "eval.device": "cpu",
-            "eval.mixtures_per_target": 2,
+            "eval.mixtures_per_target": mixtures_per_target,
         },
     )
+    return checkpoint, params
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    from clipsep.evaluation.evaluate import evaluate
+
+    root = tmp_path_factory.mktemp("eval")
+    checkpoint, params = model_and_protocol(root, mixtures_per_target=2)
     summary = evaluate(params, checkpoint, root / "evaluation")
     return summary, root / "evaluation"
 
@@ -308,17 +314,7 @@ def test_a_second_output_folder_keeps_the_first_ones_reports(tmp_path):
 def test_no_progress_bar_where_stderr_is_not_a_terminal(tmp_path, capfd):
     from clipsep.evaluation.evaluate import evaluate
 
-    checkpoint, _ = make_tiny_model(tmp_path)
-    targets, interference = write_protocol(tmp_path)
-    params = tiny_params_at(
-        tmp_path,
-        **{
-            "eval.targets_csv": str(targets),
-            "eval.interference_csv": str(interference),
-            "eval.device": "cpu",
-            "eval.mixtures_per_target": 1,
-        },
-    )
+    checkpoint, params = model_and_protocol(tmp_path, mixtures_per_target=1)
     capfd.readouterr()
     evaluate(params, checkpoint, tmp_path / "evaluation")
     assert "mixture" not in capfd.readouterr().err  # tqdm's "evaluate: 2/2 [..., mixture/s]"
