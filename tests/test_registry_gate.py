@@ -179,3 +179,59 @@ def test_a_missing_alias_names_the_aliases_and_versions_there_are(tmp_path, monk
     assert "@challenger (v1)" in errors[0]
     assert "--model models:/clipsep@challenger (or models:/clipsep/1)" in errors[0]
     assert not (tmp_path / "separated").exists()
+
+
+def test_a_mistyped_alias_suggests_the_closest_alias(tmp_path, monkeypatch, caplog):
+    """`@champoin` is offered `@champion` (the closest name), not the newest version's alias; an
+    alias close to none lists them all; a mistyped model name is offered the closest name. Every
+    reader (resolve_model, describe_model, the CLI's separate) gives the same line."""
+    from clipsep.cli import main
+    from clipsep.registry_reader import ModelNotFoundError, describe_model, resolve_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    p = tiny_params_at(tmp_path)
+    client, _ = tracking.connect(p)
+    uri = tracking.tracking_uri(p)
+    client.create_registered_model("clipsep")
+    for _ in range(3):
+        client.create_model_version("clipsep", source=str(p.path("checkpoints")))
+    client.set_registered_model_alias("clipsep", "champion", "1")
+    client.set_registered_model_alias("clipsep", "challenger", "3")
+    cache = tmp_path / "cache"
+
+    expected = (
+        f"no model version models:/clipsep@champoin in {uri}: no alias 'champoin' on clipsep: "
+        "did you mean @champion? (aliases: @challenger (v3), @champion (v1); versions 1-3); "
+        "use --model models:/clipsep@champion"
+    )
+    with pytest.raises(ModelNotFoundError) as mistyped:
+        resolve_model("models:/clipsep@champoin", tracking_uri=uri, cache_dir=cache)
+    assert str(mistyped.value) == expected
+    with pytest.raises(ModelNotFoundError) as described:  # the app's model card reads this way
+        describe_model("models:/clipsep@champoin", uri)
+    assert str(described.value) == expected
+
+    with pytest.raises(ModelNotFoundError) as far:
+        resolve_model("models:/clipsep@production", tracking_uri=uri, cache_dir=cache)
+    assert str(far.value).endswith(
+        "clipsep has @challenger (v3), @champion (v1), versions 1-3; "
+        "use --model models:/clipsep@ALIAS with one of them (or models:/clipsep/3)"
+    )
+    client.create_registered_model("alpha")
+    with pytest.raises(ModelNotFoundError) as name:
+        resolve_model("models:/clipsp@champion", tracking_uri=uri, cache_dir=cache)
+    assert str(name.value).endswith(
+        "the store has no registered model 'clipsp', only alpha, clipsep; did you mean clipsep? "
+        "use --model models:/clipsep@ALIAS or models:/clipsep/VERSION"
+    )
+
+    mix = tmp_path / "song.wav"
+    import soundfile as sf
+
+    sf.write(mix, [0.1, -0.1] * 8000, 16000)
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    caplog.clear()
+    model = ["--model", "models:/clipsep@champoin"]
+    assert main(["separate", str(mix), "--query", "violin", *model, *flags]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [expected]
