@@ -318,3 +318,23 @@ def test_no_progress_bar_where_stderr_is_not_a_terminal(tmp_path, capfd):
     capfd.readouterr()
     evaluate(params, checkpoint, tmp_path / "evaluation")
     assert "mixture" not in capfd.readouterr().err  # tqdm's "evaluate: 2/2 [..., mixture/s]"
+
+
+def test_a_missing_checkpoint_fails_before_any_mlflow_run(tmp_path, caplog):
+    """``clipsep evaluate --set paths.checkpoints=<missing folder>`` (live tracking on) opened the
+    pipeline's MLflow run, then failed on the checkpoint and left a FAILED run in the store: the
+    missing file is now one error line, exit 2, with no store made and no record written."""
+    from clipsep.cli import main
+
+    missing = tmp_path / "no-such-folder"
+    p = tiny_params_at(tmp_path, **{"registry.live_tracking": True})
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    caplog.clear()
+    assert main(["evaluate", *flags, "--set", f"paths.checkpoints={missing}"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"checkpoint {missing / 'best.pt'} not found: run `clipsep train` first "
+        "(or set paths.checkpoints)"
+    ]
+    assert not p.path("mlflow").exists()  # no run opened: not even a store made
+    assert not (tmp_path / "reports").exists()  # no stage record, no evaluation folder
