@@ -160,7 +160,8 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     continued before it, its summary logged after it; a stage that raises ends the run FAILED
     (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason. ``in_process``: see
     :func:`run_stage`."""
-    from clipsep.live_run import open_run
+    from clipsep.live_run import note_skipped, open_run
+    from clipsep.tracking import already_registered
     from clipsep.tracking import register as register_run
 
     opened: list = []
@@ -168,6 +169,11 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
         if stage == "train":  # training opens the run itself, once it knows if it resumes
             summary = _train_live(p, opened, in_process)
         else:
+            if stage == "register":  # a checkpoint registered already: no run, no version
+                summary = already_registered(p)
+                if summary is not None:
+                    note_skipped(p, stage, summary["reason"])  # closes the pass's open run
+                    return summary
             opened.append(open_run(p, stage, in_process=in_process))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
                 summary = register_run(p, opened[0].run_id)

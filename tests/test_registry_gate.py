@@ -235,3 +235,47 @@ def test_a_mistyped_alias_suggests_the_closest_alias(tmp_path, monkeypatch, capl
     assert main(["separate", str(mix), "--query", "violin", *model, *flags]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [expected]
+
+
+def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog):
+    """`clipsep evaluate` then `clipsep register` on the unchanged champion made v2, a copy of v1,
+    and moved @challenger to it. The same checkpoint (by SHA-256: the version's tag, or for a
+    version registered before the tag, its run's metrics.json) is now reported and left alone:
+    no version, no alias moved, the pass's open run closed FINISHED with the reason."""
+    from clipsep.cli import main
+    from clipsep.live_run import open_run
+
+    p = tiny_params_at(tmp_path, **{"registry.live_tracking": True})
+    clip = save_random_clip(p, tmp_path / "clip-source.pt")
+    write_pipeline_outputs(p, text_sdr=5.0, clip_weights=clip)
+    first = tracking.register(p)
+    assert (first["version"], first["alias"]) == ("1", "champion")
+    client = tracking.client_for(p)
+    digest = tracking.file_digest(p.path("checkpoints") / "best.pt")
+    assert client.get_model_version("clipsep", "1").tags[tracking.CHECKPOINT_TAG] == digest
+    client.set_registered_model_alias("clipsep", "challenger", "1")
+    expected = "already registered as models:/clipsep/1 (@champion, @challenger); nothing registered"
+
+    again = tracking.register(p)  # the Python API
+    assert again["reason"] == expected and again["already_registered"] is True
+    assert (again["version"], again["alias"], again["run_id"]) == ("1", "champion", first["run_id"])
+
+    client.delete_model_version_tag("clipsep", "1", tracking.CHECKPOINT_TAG)  # an older version
+    run = open_run(p, "evaluate", in_process=False)  # the pass an evaluation opened
+    run.finish_stage({"n_mixtures": 4})
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    caplog.clear()
+    assert main(["register", *flags]) == 0
+    said = [r.getMessage() for r in caplog.records if "already registered" in r.getMessage()]
+    assert said == [f"{p.path('checkpoints') / 'best.pt'}: {expected}"]
+    assert [str(v.version) for v in client.search_model_versions("name='clipsep'")] == ["1"]
+    aliases = client.get_registered_model("clipsep").aliases
+    assert {a: str(v) for a, v in aliases.items()} == {"champion": "1", "challenger": "1"}
+    ended = client.get_run(run.run_id)
+    assert ended.info.status == "FINISHED"
+    assert ended.data.tags["clipsep.end_reason"] == f"register skipped: {expected}"
+    assert "model_version" not in ended.data.tags  # nothing was logged as a registration
+
+    write_checkpoint(p, clip, seed=1)  # a new checkpoint is registered as before
+    write_metrics(p, text_sdr=4.0)
+    assert tracking.register(p)["version"] == "2"
