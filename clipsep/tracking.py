@@ -685,6 +685,7 @@ def scored_checkpoint(client, run_id: str) -> str | None:
     """The SHA-256 of the checkpoint run ``run_id``'s evaluation scored (its logged
     ``evaluation/metrics.json``): the checkpoint identity of versions registered before
     CHECKPOINT_TAG existed. None when the run logged none."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as registry_reader
     try:
         with tempfile.TemporaryDirectory(prefix="clipsep-scored-") as scratch:
             local = client.download_artifacts(run_id, "evaluation/metrics.json", scratch)
@@ -694,14 +695,14 @@ def scored_checkpoint(client, run_id: str) -> str | None:
 
 
 def registered_version(client, model_name: str, sha256: str):
-    """The newest version of ``model_name`` whose checkpoint has SHA-256 ``sha256`` (its
+    """The first version of ``model_name`` whose checkpoint has SHA-256 ``sha256`` (its
     CHECKPOINT_TAG, else its run's :func:`scored_checkpoint`), or None. Raises
     RegistryUnavailableError when the store cannot be read."""
     try:
         found = client.search_model_versions(f"name='{model_name}'")
     except Exception as err:  # a dead server, a corrupt database: never "not registered"
         raise RegistryUnavailableError.of(client.tracking_uri, err) from err
-    for version in sorted(found, key=lambda v: -int(v.version)):
+    for version in sorted(found, key=lambda v: int(v.version)):  # the original, not a copy
         digest = (version.tags or {}).get(CHECKPOINT_TAG)
         if digest is None and version.run_id:
             digest = scored_checkpoint(client, version.run_id)
