@@ -254,7 +254,9 @@ def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog):
     digest = tracking.file_digest(p.path("checkpoints") / "best.pt")
     assert client.get_model_version("clipsep", "1").tags[tracking.CHECKPOINT_TAG] == digest
     client.set_registered_model_alias("clipsep", "challenger", "1")
-    expected = "already registered as models:/clipsep/1 (@champion, @challenger); nothing registered"
+    expected = (
+        "already registered as models:/clipsep/1 (@champion, @challenger); nothing registered"
+    )
 
     again = tracking.register(p)  # the Python API
     assert again["reason"] == expected and again["already_registered"] is True
