@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(result, int):  # a command that printed its own report returns its status
         return result
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
     return 0
 
 

@@ -405,3 +405,33 @@ def test_help_has_a_line_per_command_and_no_markup(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "``" not in capsys.readouterr().out
+
+
+def test_clipsep_evaluate_prints_the_scores_as_the_readme_gives_them(tmp_path, capsys):
+    """The command prints ``"sdr": "3.34 ± 0.33 (3.50)"``, not ``\\u00b1``."""
+    import shutil
+
+    from clipsep.cli import main
+
+    checkpoint, _ = make_tiny_model(tmp_path)
+    targets, interference = write_protocol(tmp_path)
+    p = tiny_params_at(tmp_path)
+    p.path("checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, p.path("checkpoints") / "best.pt")
+    sets = {
+        "paths.root": tmp_path,
+        "eval.targets_csv": targets,
+        "eval.interference_csv": interference,
+        "eval.device": "cpu",
+        "eval.mixtures_per_target": 1,
+        "registry.live_tracking": "false",
+    }
+    flags = ["--params", str(p.source_file), "--profile", "tiny"]
+    flags += [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+    assert main(["evaluate", *flags]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((p.path("evaluation") / "metrics.json").read_text())
+    sdr = metrics["text"]["sdr"]
+    line = f'"sdr": "{sdr["mean"]:.2f} ± {sdr["sem"]:.2f} ({sdr["median"]:.2f})"'
+    assert line in out.splitlines()[out.splitlines().index('  "scores_db": {') + 2]
+    assert json.loads(out)["text_sdr"] == sdr["mean"]
