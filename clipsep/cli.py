@@ -48,17 +48,27 @@ def show_params(args: argparse.Namespace) -> dict[str, Any]:
     return params.to_dict()
 
 
+def plain(text: str) -> str:
+    """A docstring line for --help: without its reStructuredText literal markup (``x``)."""
+    return text.replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipsep.stages import STAGES
 
-    parser = argparse.ArgumentParser(prog="clipsep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="clipsep", description=plain(__doc__.splitlines()[0]))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, fn in STAGES.items():
-        stage = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
+        line = plain((fn.__doc__ or "").splitlines()[0])
+        stage = sub.add_parser(name, help=line, description=line)
         add_params_arguments(stage)
         stage.set_defaults(handler=lambda a, n=name: run_stage(n, a))
-    params_cmd = sub.add_parser("params", help="print the merged params (profile + overrides)")
+    params_cmd = sub.add_parser(
+        "params",
+        help="print the merged params (profile + overrides)",
+        description="print the merged params (profile + overrides)",
+    )
     add_params_arguments(params_cmd)
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
     params_cmd.add_argument(
@@ -71,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_command(sub) -> None:
-    cmd = sub.add_parser("export", help="write the separator network as ONNX (+ its settings)")
+    cmd = sub.add_parser(
+        "export",
+        help="write the separator network as ONNX (+ its settings)",
+        description="write the separator network as ONNX (+ its settings)",
+    )
     cmd.add_argument("model", metavar="MODEL", help="separator checkpoint (.pt)")
     cmd.add_argument(
         "out",
@@ -100,7 +114,11 @@ def export_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_separate_command(sub) -> None:
-    cmd = sub.add_parser("separate", help="extract the sounds text or image queries describe")
+    cmd = sub.add_parser(
+        "separate",
+        help="extract the sounds text or image queries describe",
+        description="extract the sounds text or image queries describe",
+    )
     cmd.add_argument(
         "inputs",
         nargs="+",
@@ -359,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(result, int):  # a command that printed its own report returns its status
         return result
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
     return 0
 
 

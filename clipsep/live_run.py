@@ -90,9 +90,10 @@ def open_run(p: Params, stage: str, resuming: bool = False, in_process: bool = T
     return LiveRun(client, run_id, stage)
 
 
-def note_skipped(p: Params, stage: str) -> None:
+def note_skipped(p: Params, stage: str, reason: str | None = None) -> None:
     """Tag an open pipeline run ``clipsep.stage.<stage>=skipped`` (no run open: nothing); a
-    skipped ``register`` (the model is registered already) closes it FINISHED."""
+    skipped ``register`` (the model is registered already) closes it FINISHED, with ``reason``
+    (default: its inputs are unchanged) as ``clipsep.end_reason``."""
     from clipsep.tracking import client_for, recorded_run
 
     client = client_for(p)
@@ -101,7 +102,8 @@ def note_skipped(p: Params, stage: str) -> None:
         return
     client.set_tag(run.info.run_id, run_owner.STAGE_TAG + stage, "skipped")
     if stage == "register":
-        reason = "register skipped: its inputs are unchanged since their model was registered"
+        reason = reason or "its inputs are unchanged since their model was registered"
+        reason = f"register skipped: {reason}"
         client.set_tag(run.info.run_id, run_owner.END_REASON, reason)
         client.set_terminated(run.info.run_id, "FINISHED")
 

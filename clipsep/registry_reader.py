@@ -21,6 +21,7 @@ mlflow is imported lazily: importing this module is cheap and has no side effect
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import shutil
@@ -194,7 +195,7 @@ def _require_version(client, ref: str, uri: str):
     name, kind, value = parse_model_reference(ref)
     version = lookup_version(client, name, kind, value)
     if version is None:
-        hint = what_is_registered(client, name)
+        hint = what_is_registered(client, name, value if kind == "alias" else None)
         raise ModelNotFoundError(
             f"no model version {ref} in {uri}: "
             + (hint or "train and register one first (`make quickstart` or `clipsep register`)")
@@ -205,11 +206,17 @@ def _require_version(client, ref: str, uri: str):
 SHOWN_VERSIONS = 5  # a missing reference's message names at most this many of the newest versions
 
 
-def what_is_registered(client, name: str) -> str:
+def what_is_registered(client, name: str, alias: str | None = None) -> str:
     """What model ``name`` does have, and the reference to use instead, for a reference that
-    named nothing; "" when it has no version at all (or the listing fails: the caller's message
-    then stands on its own). E.g. a first model below ``registry.champion_floor_db`` is only
-    ``@challenger``, so ``@champion`` names nothing."""
+    named nothing (``alias``: the alias it asked for, if any); "" when it has no version at all
+    (or the listing fails: the caller's message then stands on its own).
+
+    A mistyped alias gets the closest alias by name (:func:`difflib.get_close_matches`), e.g.
+    ``no alias 'champoin' on clipsep: did you mean @champion? (aliases: @challenger (v2),
+    @champion (v1); versions 1-2)``; when none is close the aliases are listed, and the one
+    alias there is, or the newest version, is offered (a first model below
+    ``registry.champion_floor_db`` is only ``@challenger``, so ``@champion`` names nothing).
+    """
     try:
         aliases = dict(client.get_registered_model(name).aliases or {})
         versions = sorted(
@@ -219,29 +226,46 @@ def what_is_registered(client, name: str) -> str:
         return _other_models(client, name)
     if not versions:
         return ""
-    model, newest = f"{REGISTRY_PREFIX}{name}", versions[0]
+    model, newest, shown = f"{REGISTRY_PREFIX}{name}", versions[0], _versions_text(versions)
+    close = difflib.get_close_matches(alias, list(aliases), n=1) if alias else []
+    named = ", ".join(f"@{a} (v{v})" for a, v in sorted(aliases.items()))
+    if close:
+        return (
+            f"no alias {alias!r} on {name}: did you mean @{close[0]}? (aliases: {named}; "
+            f"{shown}); use --model {model}@{close[0]}"
+        )
+    if not aliases:
+        return f"{name} has {shown}, no alias; use --model {model}/{newest}"
+    offered = f"@{next(iter(aliases))}" if len(aliases) == 1 else "@ALIAS with one of them"
+    return f"{name} has {named}, {shown}; use --model {model}{offered} (or {model}/{newest})"
+
+
+def _versions_text(versions: list[int]) -> str:
+    """'version 1', 'versions 1-3' (no gap), else the newest SHOWN_VERSIONS: 'versions 9, 7, 4'."""
+    if len(versions) == 1:
+        return f"version {versions[0]}"
+    if versions == list(range(versions[0], versions[-1] - 1, -1)):
+        return f"versions {versions[-1]}-{versions[0]}"
     shown = ", ".join(str(v) for v in versions[:SHOWN_VERSIONS])
     more = f" and {len(versions) - SHOWN_VERSIONS} older" if len(versions) > SHOWN_VERSIONS else ""
-    shown = f"version{'s' if len(versions) > 1 else ''} {shown}{more}"
-    by_version = sorted(aliases.items(), key=lambda item: -int(item[1]))
-    if not by_version:
-        return f"{name} has {shown}, no alias; use --model {model}/{newest}"
-    named = ", ".join(f"@{alias} (v{version})" for alias, version in by_version)
-    best = f"{model}@{by_version[0][0]}"
-    return f"{name} has {named}, {shown}; use --model {best} (or {model}/{newest})"
+    return f"versions {shown}{more}"
 
 
 def _other_models(client, name: str) -> str:
-    """The registered model names of the store, for a reference to a name it does not have."""
+    """The registered model names of the store, for a reference to a name it does not have (the
+    closest name by spelling, when one is close, is the one offered)."""
     try:
         names = sorted(m.name for m in client.search_registered_models())
     except Exception:
         return ""
     if not names:
         return ""
+    close = difflib.get_close_matches(name, names, n=1)
+    guess = f"did you mean {close[0]}? " if close else ""
+    offered = close[0] if close else names[0]
     return (
-        f"the store has no registered model {name!r}, only {', '.join(names)}; use "
-        f"--model {REGISTRY_PREFIX}{names[0]}@ALIAS or {REGISTRY_PREFIX}{names[0]}/VERSION"
+        f"the store has no registered model {name!r}, only {', '.join(names)}; {guess}use "
+        f"--model {REGISTRY_PREFIX}{offered}@ALIAS or {REGISTRY_PREFIX}{offered}/VERSION"
     )
 
 

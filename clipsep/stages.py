@@ -160,7 +160,8 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     continued before it, its summary logged after it; a stage that raises ends the run FAILED
     (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason. ``in_process``: see
     :func:`run_stage`."""
-    from clipsep.live_run import open_run
+    from clipsep.live_run import note_skipped, open_run
+    from clipsep.tracking import already_registered
     from clipsep.tracking import register as register_run
 
     opened: list = []
@@ -168,6 +169,11 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
         if stage == "train":  # training opens the run itself, once it knows if it resumes
             summary = _train_live(p, opened, in_process)
         else:
+            if stage == "register":  # a checkpoint registered already: no run, no version
+                summary = already_registered(p)
+                if summary is not None:
+                    note_skipped(p, stage, summary["reason"])  # closes the pass's open run
+                    return summary
             opened.append(open_run(p, stage, in_process=in_process))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
                 summary = register_run(p, opened[0].run_id)
@@ -219,6 +225,30 @@ def _clip_file(p: Params) -> list[Path]:
     return [path.resolve()] if path.exists() else []
 
 
+def required_files(stage: str, p: Params) -> list[tuple[Path, str]]:
+    """The files ``stage`` cannot start without, each with the stage that makes it."""
+    best, metrics = p.path("checkpoints") / "best.pt", p.path("evaluation") / "metrics.json"
+    return {
+        "evaluate": [(best, "train")],
+        "register": [(best, "train"), (metrics, "evaluate")],
+    }.get(stage, [])
+
+
+def check_ready(stage: str, p: Params) -> None:
+    """BadInputError (one line) naming the first file ``stage`` needs and lacks, e.g. ``checkpoint
+    /x/best.pt not found: run `clipsep train` first (or set paths.checkpoints)``: checked before
+    the stage opens an MLflow run or does any other work."""
+    from clipsep.errors import BadInputError
+
+    for path, maker in required_files(stage, p):
+        if not path.is_file():
+            what = "checkpoint" if path.suffix == ".pt" else "evaluation"
+            where = "paths.checkpoints" if maker == "train" else "paths.evaluation"
+            raise BadInputError(
+                f"{what} {path} not found: run `clipsep {maker}` first (or set {where})"
+            )
+
+
 def stage_fingerprint(stage: str, p: Params) -> stage_record.Fingerprint:
     """What ``stage`` reads: its params sections, its library code, its input files."""
     package = Path(__file__).parent
@@ -257,9 +287,12 @@ def run_stage(
     pipeline's MLflow run is left to it between stages; the ``clipsep <stage>`` command passes
     False: its caller drives (dvc, or a person; :func:`clipsep.run_owner.pipeline_driver`).
 
-    Raises whatever the stage raises (no record is written then).
+    Raises BadInputError before any work (no MLflow run opened, nothing hashed) when a file the
+    stage cannot start without is missing (:func:`check_ready`), else whatever the stage raises
+    (no record is written then).
     """
     start = time.perf_counter()
+    check_ready(stage, p)
     fp = stage_fingerprint(stage, p)
     folder = record_folder(stage, p)
     outputs = p.path(STAGE_OUTPUTS[stage]) if STAGE_OUTPUTS[stage] else None

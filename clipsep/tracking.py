@@ -46,6 +46,7 @@ from clipsep.registry_reader import (
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+CHECKPOINT_TAG = "checkpoint_sha256"  # a version's (and its run's) checkpoint identity
 MAX_AUDIO_EXAMPLES = 12  # "a few playable examples": enough to listen, not a dataset copy
 MAX_IMAGE_EXAMPLES = 3  # training examples' spectrograms logged as MLflow images (chart view)
 PYFUNC_REQUIREMENTS = [
@@ -680,9 +681,83 @@ def check_scores_checkpoint(metrics: dict[str, Any], metrics_file: Path, checkpo
         )
 
 
+def scored_checkpoint(client, run_id: str) -> str | None:
+    """The SHA-256 of the checkpoint run ``run_id``'s evaluation scored (its logged
+    ``evaluation/metrics.json``): the checkpoint identity of versions registered before
+    CHECKPOINT_TAG existed. None when the run logged none."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as registry_reader
+    try:
+        with tempfile.TemporaryDirectory(prefix="clipsep-scored-") as scratch:
+            local = client.download_artifacts(run_id, "evaluation/metrics.json", scratch)
+            return json.loads(Path(local).read_text()).get("checkpoint", {}).get("sha256")
+    except Exception:  # no such artifact (or run): this version cannot say
+        return None
+
+
+def registered_version(client, model_name: str, sha256: str):
+    """The first version of ``model_name`` whose checkpoint has SHA-256 ``sha256`` (its
+    CHECKPOINT_TAG, else its run's :func:`scored_checkpoint`), or None. Raises
+    RegistryUnavailableError when the store cannot be read."""
+    try:
+        found = client.search_model_versions(f"name='{model_name}'")
+    except Exception as err:  # a dead server, a corrupt database: never "not registered"
+        raise RegistryUnavailableError.of(client.tracking_uri, err) from err
+    for version in sorted(found, key=lambda v: int(v.version)):  # the original, not a copy
+        digest = (version.tags or {}).get(CHECKPOINT_TAG)
+        if digest is None and version.run_id:
+            digest = scored_checkpoint(client, version.run_id)
+        if digest == sha256:
+            return version
+    return None
+
+
+def already_registered(p: Params) -> dict[str, Any] | None:
+    """The ``register`` summary of the version that already holds ``paths.checkpoints/best.pt``
+    (same SHA-256, :func:`registered_version`), with ``already_registered`` True and the reason
+    ``already registered as models:/NAME/V (@ALIAS); nothing registered``; None when no version
+    does (or there is no store yet: none is made). Nothing is created, no alias moves."""
+    checkpoint, uri = p.path("checkpoints") / "best.pt", tracking_uri(p)
+    store = sqlite_path(uri)
+    if not checkpoint.is_file() or (store is not None and not store.is_file()):
+        return None
+    try:
+        client, name = client_for(p), p.registry.model_name
+    except Exception as err:  # a store that cannot even be opened
+        raise RegistryUnavailableError.of(uri, err) from err
+    version = registered_version(client, name, file_digest(checkpoint))
+    if version is None:
+        return None
+    version = client.get_model_version(name, version.version)  # a search lists no aliases
+    aliases = sorted(version.aliases or (), key=lambda a: (a != CHAMPION, a))
+    uri_of = f"models:/{name}/{version.version}"
+    held = f" ({', '.join(f'@{a}' for a in aliases)})" if aliases else ""
+    reason = f"already registered as {uri_of}{held}; nothing registered"
+    log.info("%s: %s", checkpoint, reason)
+    tags = version.tags or {}
+    experiment_id = client.get_run(version.run_id).info.experiment_id if version.run_id else ""
+    return {
+        "run_id": version.run_id,
+        "experiment_id": experiment_id,
+        "model_name": name,
+        "version": str(version.version),
+        "alias": aliases[0] if aliases else "",
+        "reason": reason,
+        "already_registered": True,
+        "text_sdr": float(tags.get("text_sdr", "nan")),
+        "data_version": tags.get("data_version", ""),
+        "git_commit": tags.get("git_commit", ""),
+        "logged": {},
+        "model_uri": uri_of,
+        "tracking_uri": uri,
+        "run_url": run_url(p, experiment_id, version.run_id or ""),
+        "ui_command": ui_command(p),
+    }
+
+
 def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
     """The ``register`` stage: log into the pipeline's run ``run_id`` (:mod:`clipsep.live_run`;
-    None: a new run), register the evaluated model, gate it, close the run FINISHED."""
+    None: a new run), register the evaluated model, gate it, close the run FINISHED. A checkpoint
+    a version already holds is not registered again: :func:`already_registered`'s summary."""
     import mlflow
 
     checkpoint = p.path("checkpoints") / "best.pt"
@@ -692,7 +767,10 @@ def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
             raise BadInputError(f"{needed} is missing: run `clipsep {stage}` first")
     metrics = json.loads(metrics_file.read_text())
     check_scores_checkpoint(metrics, metrics_file, checkpoint)
-    tags = lineage_tags(p, metrics)
+    existing = already_registered(p)
+    if existing is not None:
+        return existing
+    tags = {**lineage_tags(p, metrics), CHECKPOINT_TAG: file_digest(checkpoint)}
     client, experiment_id = connect(p)
     started = (
         mlflow.start_run(run_id=run_id)

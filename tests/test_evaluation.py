@@ -318,3 +318,120 @@ def test_no_progress_bar_where_stderr_is_not_a_terminal(tmp_path, capfd):
     capfd.readouterr()
     evaluate(params, checkpoint, tmp_path / "evaluation")
     assert "mixture" not in capfd.readouterr().err  # tqdm's "evaluate: 2/2 [..., mixture/s]"
+
+
+def test_a_missing_checkpoint_fails_before_any_mlflow_run(tmp_path, caplog):
+    """``clipsep evaluate --set paths.checkpoints=<missing folder>`` (live tracking on) opened the
+    pipeline's MLflow run, then failed on the checkpoint and left a FAILED run in the store: the
+    missing file is now one error line, exit 2, with no store made and no record written."""
+    from clipsep.cli import main
+
+    missing = tmp_path / "no-such-folder"
+    p = tiny_params_at(tmp_path, **{"registry.live_tracking": True})
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    caplog.clear()
+    assert main(["evaluate", *flags, "--set", f"paths.checkpoints={missing}"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"checkpoint {missing / 'best.pt'} not found: run `clipsep train` first "
+        "(or set paths.checkpoints)"
+    ]
+    assert not p.path("mlflow").exists()  # no run opened: not even a store made
+    assert not (tmp_path / "reports").exists()  # no stage record, no evaluation folder
+
+
+def test_the_summary_gives_every_method_as_mean_sem_median(evaluated):
+    """`clipsep evaluate` printed only the means of three methods: the summary now also has SDR
+    and SDRi of the queries, the oracles and the trivial baselines as the README gives them,
+    mean ± s.e.m. (median) in dB, read from metrics.json; the old keys stay."""
+    from clipsep.evaluation.evaluate import stat_text
+
+    summary, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert summary["text_sdr"] == metrics["text"]["sdr"]["mean"]
+    assert {"n_mixtures", "image_sdr", "oracle_ibm_sdr", "out_dir"} <= set(summary)
+    methods = ("text", "image", "oracle_ibm", "oracle_irm", "mixture", "constant_mask")
+    assert list(summary["scores_db"]) == list(methods)
+    for method in methods:
+        for score in ("sdr", "sdri"):
+            stat = metrics[method][score]
+            expected = f"{stat['mean']:.2f} ± {stat['sem']:.2f} ({stat['median']:.2f})"
+            assert summary["scores_db"][method][score] == expected, (method, score)
+    assert summary["scores_db"]["mixture"]["sdri"] == "0.00 ± 0.00 (0.00)"
+    assert stat_text({"mean": None, "sem": None, "median": None}) == "n/a"
+
+
+def test_compare_prints_the_table_it_promises(evaluated, tmp_path, capsys):
+    """The compare command's help says it prints the side-by-side table: it does (--json: the
+    comparison as JSON); a bad input is one error line, exit 2."""
+    from clipsep.evaluation.evaluate import main, stat_text
+
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    args = ["compare", str(out / "metrics.json"), str(out / "metrics.json"), "--names", "a,b"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["method", "run", "SDR", "(dB)", "SDRi", "(dB)", "SIR", "SAR"]
+    text_a = lines[1].split("  ")
+    assert [c.strip() for c in text_a if c.strip()][:4] == [
+        "text",
+        "a",
+        stat_text(metrics["text"]["sdr"]),
+        stat_text(metrics["text"]["sdri"]),
+    ]
+    assert len(lines) == 1 + 6 * 2 + 1
+    assert lines[-1] == "mean ± s.e.m. (median); mixtures: a 4, b 4; museval v4"
+    assert main([*args, "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["a"]["text"]["sdr"] == metrics["text"]["sdr"]
+    assert main(["compare", str(tmp_path / "none.json"), "--names", "a"]) == 2
+    assert capsys.readouterr().err == f"error: metrics file not found: {tmp_path / 'none.json'}\n"
+
+
+def test_help_has_a_line_per_command_and_no_markup(capsys):
+    """`clipsep evaluate --help` had no description and `clipsep --help` printed ``markup``."""
+    from clipsep.cli import build_parser
+    from clipsep.evaluation.evaluate import main
+
+    parser = build_parser()
+    assert "``" not in parser.format_help()
+    for command in ("world", "ingest", "validate", "pretrain-clip", "train", "evaluate"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        assert "``" not in text and len(text.split("\n\n")) >= 3, command
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--help"])
+    assert "Evaluate the best checkpoint on the test protocol" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+def test_clipsep_evaluate_prints_the_scores_as_the_readme_gives_them(tmp_path, capsys):
+    """The command prints ``"sdr": "3.34 ± 0.33 (3.50)"``, not ``\\u00b1``."""
+    import shutil
+
+    from clipsep.cli import main
+
+    checkpoint, _ = make_tiny_model(tmp_path)
+    targets, interference = write_protocol(tmp_path)
+    p = tiny_params_at(tmp_path)
+    p.path("checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, p.path("checkpoints") / "best.pt")
+    sets = {
+        "paths.root": tmp_path,
+        "eval.targets_csv": targets,
+        "eval.interference_csv": interference,
+        "eval.device": "cpu",
+        "eval.mixtures_per_target": 1,
+        "registry.live_tracking": "false",
+    }
+    flags = ["--params", str(p.source_file), "--profile", "tiny"]
+    flags += [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+    assert main(["evaluate", *flags]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((p.path("evaluation") / "metrics.json").read_text())
+    sdr = metrics["text"]["sdr"]
+    line = f'"sdr": "{sdr["mean"]:.2f} ± {sdr["sem"]:.2f} ({sdr["median"]:.2f})"'
+    assert line in out.splitlines()[out.splitlines().index('  "scores_db": {') + 2]
+    assert json.loads(out)["text_sdr"] == sdr["mean"]

@@ -179,3 +179,105 @@ def test_a_missing_alias_names_the_aliases_and_versions_there_are(tmp_path, monk
     assert "@challenger (v1)" in errors[0]
     assert "--model models:/clipsep@challenger (or models:/clipsep/1)" in errors[0]
     assert not (tmp_path / "separated").exists()
+
+
+def test_a_mistyped_alias_suggests_the_closest_alias(tmp_path, monkeypatch, caplog):
+    """`@champoin` is offered `@champion` (the closest name), not the newest version's alias; an
+    alias close to none lists them all; a mistyped model name is offered the closest name. Every
+    reader (resolve_model, describe_model, the CLI's separate) gives the same line."""
+    from clipsep.cli import main
+    from clipsep.registry_reader import ModelNotFoundError, describe_model, resolve_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    p = tiny_params_at(tmp_path)
+    client, _ = tracking.connect(p)
+    uri = tracking.tracking_uri(p)
+    client.create_registered_model("clipsep")
+    for _ in range(3):
+        client.create_model_version("clipsep", source=str(p.path("checkpoints")))
+    client.set_registered_model_alias("clipsep", "champion", "1")
+    client.set_registered_model_alias("clipsep", "challenger", "3")
+    cache = tmp_path / "cache"
+
+    expected = (
+        f"no model version models:/clipsep@champoin in {uri}: no alias 'champoin' on clipsep: "
+        "did you mean @champion? (aliases: @challenger (v3), @champion (v1); versions 1-3); "
+        "use --model models:/clipsep@champion"
+    )
+    with pytest.raises(ModelNotFoundError) as mistyped:
+        resolve_model("models:/clipsep@champoin", tracking_uri=uri, cache_dir=cache)
+    assert str(mistyped.value) == expected
+    with pytest.raises(ModelNotFoundError) as described:  # the app's model card reads this way
+        describe_model("models:/clipsep@champoin", uri)
+    assert str(described.value) == expected
+
+    with pytest.raises(ModelNotFoundError) as far:
+        resolve_model("models:/clipsep@production", tracking_uri=uri, cache_dir=cache)
+    assert str(far.value).endswith(
+        "clipsep has @challenger (v3), @champion (v1), versions 1-3; "
+        "use --model models:/clipsep@ALIAS with one of them (or models:/clipsep/3)"
+    )
+    client.create_registered_model("alpha")
+    with pytest.raises(ModelNotFoundError) as name:
+        resolve_model("models:/clipsp@champion", tracking_uri=uri, cache_dir=cache)
+    assert str(name.value).endswith(
+        "the store has no registered model 'clipsp', only alpha, clipsep; did you mean clipsep? "
+        "use --model models:/clipsep@ALIAS or models:/clipsep/VERSION"
+    )
+
+    mix = tmp_path / "song.wav"
+    import soundfile as sf
+
+    sf.write(mix, [0.1, -0.1] * 8000, 16000)
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    caplog.clear()
+    model = ["--model", "models:/clipsep@champoin"]
+    assert main(["separate", str(mix), "--query", "violin", *model, *flags]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [expected]
+
+
+def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog):
+    """`clipsep evaluate` then `clipsep register` on the unchanged champion made v2, a copy of v1,
+    and moved @challenger to it. The same checkpoint (by SHA-256: the version's tag, or for a
+    version registered before the tag, its run's metrics.json) is now reported and left alone:
+    no version, no alias moved, the pass's open run closed FINISHED with the reason."""
+    from clipsep.cli import main
+    from clipsep.live_run import open_run
+
+    p = tiny_params_at(tmp_path, **{"registry.live_tracking": True})
+    clip = save_random_clip(p, tmp_path / "clip-source.pt")
+    write_pipeline_outputs(p, text_sdr=5.0, clip_weights=clip)
+    first = tracking.register(p)
+    assert (first["version"], first["alias"]) == ("1", "champion")
+    client = tracking.client_for(p)
+    digest = tracking.file_digest(p.path("checkpoints") / "best.pt")
+    assert client.get_model_version("clipsep", "1").tags[tracking.CHECKPOINT_TAG] == digest
+    client.set_registered_model_alias("clipsep", "challenger", "1")
+    expected = (
+        "already registered as models:/clipsep/1 (@champion, @challenger); nothing registered"
+    )
+
+    again = tracking.register(p)  # the Python API
+    assert again["reason"] == expected and again["already_registered"] is True
+    assert (again["version"], again["alias"], again["run_id"]) == ("1", "champion", first["run_id"])
+
+    client.delete_model_version_tag("clipsep", "1", tracking.CHECKPOINT_TAG)  # an older version
+    run = open_run(p, "evaluate", in_process=False)  # the pass an evaluation opened
+    run.finish_stage({"n_mixtures": 4})
+    flags = ["--params", str(p.source_file), "--profile", "tiny", "--set", f"paths.root={tmp_path}"]
+    caplog.clear()
+    assert main(["register", *flags]) == 0
+    said = [r.getMessage() for r in caplog.records if "already registered" in r.getMessage()]
+    assert said == [f"{p.path('checkpoints') / 'best.pt'}: {expected}"]
+    assert [str(v.version) for v in client.search_model_versions("name='clipsep'")] == ["1"]
+    aliases = client.get_registered_model("clipsep").aliases
+    assert {a: str(v) for a, v in aliases.items()} == {"champion": "1", "challenger": "1"}
+    ended = client.get_run(run.run_id)
+    assert ended.info.status == "FINISHED"
+    assert ended.data.tags["clipsep.end_reason"] == f"register skipped: {expected}"
+    assert "model_version" not in ended.data.tags  # nothing was logged as a registration
+
+    write_checkpoint(p, clip, seed=1)  # a new checkpoint is registered as before
+    write_metrics(p, text_sdr=4.0)
+    assert tracking.register(p)["version"] == "2"

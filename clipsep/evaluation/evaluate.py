@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,7 +356,26 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
         "text_sdr": text_sdr,
         "image_sdr": metrics["image"]["sdr"]["mean"],
         "oracle_ibm_sdr": metrics["oracle_ibm"]["sdr"]["mean"],
+        "scores_db": scores_db(metrics),
         "out_dir": str(out_dir),
+    }
+
+
+def stat_text(stat: dict[str, float | None]) -> str:
+    """A ``{"mean", "sem", "median"}`` of metrics.json as ``3.34 ± 0.41 (3.10)``; "n/a" when it
+    has no finite value."""
+    if stat.get("mean") is None:
+        return "n/a"
+    return f"{stat['mean']:.2f} ± {stat['sem']:.2f} ({stat['median']:.2f})"
+
+
+def scores_db(metrics: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """SDR and SDRi (dB) of every method in metrics.json (the queries, the oracle masks, the
+    trivial baselines) as mean ± s.e.m. (median), :func:`stat_text`: the README's form."""
+    return {
+        method: {score: stat_text(metrics[method][score]) for score in ("sdr", "sdri")}
+        for method in METHODS
+        if method in metrics
     }
 
 
@@ -444,22 +464,56 @@ def compare_metrics(
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m clipsep.evaluation.evaluate compare A/metrics.json B/metrics.json --names a,b``
+def comparison_table(table: dict[str, Any]) -> str:
+    """:func:`compare_metrics`' table as text: a row per method and run, SDR and SDRi as
+    mean ± s.e.m. (median) in dB, SIR and SAR means."""
+    header = ("method", "run", "SDR (dB)", "SDRi (dB)", "SIR", "SAR")
+    rows = [header]
+    for method in METHODS:
+        for name, run in table.items():
+            if method in run:
+                m = run[method]
+                sir, sar = (m[s]["mean"] for s in ("sir", "sar"))
+                rows.append(
+                    (method, name, stat_text(m["sdr"]), stat_text(m["sdri"]))
+                    + tuple("n/a" if v is None else f"{v:.2f}" for v in (sir, sar))
+                )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    n = ", ".join(f"{name} {run['n_mixtures']}" for name, run in table.items())
+    backend = next(iter(table.values()))["backend"]
+    return "\n".join([*lines, f"mean ± s.e.m. (median); mixtures: {n}; {backend}"])
 
-    Prints (and writes) the side-by-side table of two or more evaluations.
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m clipsep.evaluation.evaluate compare A/metrics.json B/metrics.json --names a,b
+
+    Prints the side-by-side table of two or more evaluations (SDR and SDRi per method and run as
+    mean ± s.e.m. (median), SIR, SAR; --json: the whole comparison as JSON) and writes
+    comparison.json and comparison.png to --out.
     """
     apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
     import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    import inspect
+
+    parser = argparse.ArgumentParser(
+        prog="python -m clipsep.evaluation.evaluate",
+        description=inspect.cleandoc(main.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["compare"])
     parser.add_argument("metrics", nargs="+", help="metrics.json files")
     parser.add_argument("--names", required=True, help="comma-separated run names")
     parser.add_argument("--out", default="reports/comparison", help="output folder")
+    parser.add_argument("--json", action="store_true", help="print comparison.json, not the table")
     args = parser.parse_args(argv)
-    table = compare_metrics(args.metrics, args.names.split(","), args.out)
-    print(json.dumps(table, indent=2))
+    try:
+        table = compare_metrics(args.metrics, args.names.split(","), args.out)
+    except BadInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(table, indent=2) if args.json else comparison_table(table))
     return 0
 
 
