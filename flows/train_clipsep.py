@@ -221,18 +221,19 @@ def train_clipsep(
 def where_to_look(registered: dict[str, Any]) -> str:
     """The closing message of a run: version, metrics, and the commands to look further."""
     alias, name = registered["alias"], registered["model_name"]
-    done = "Already registered (unchanged)" if registered.get("register_skipped") else "Registered"
+    unchanged = registered.get("register_skipped") or registered.get("already_registered")
+    done = "Already registered (unchanged)" if unchanged else "Registered"
+    # a version that holds no alias (an earlier one already held the checkpoint) by its number
+    model = f"models:/{name}@{alias}" if alias else registered["model_uri"]
     lines = [
         registered.get("metrics_table", ""),
         "",
-        f"{done} {registered['model_uri']} -> @{alias} "
+        f"{done} {registered['model_uri']}{f' -> @{alias}' if alias else ''} "
         f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
         f"MLflow run:  {registered['run_url']}",
         f"MLflow UI:   {registered['ui_command']}",
-        "Separate:    .venv/bin/clipsep separate MIX.wav --query violin "
-        f"--model models:/{name}@{alias}",
-        f"App:         .venv/bin/python -m app --model models:/{name}@{alias}   "
-        "(http://127.0.0.1:7860)",
+        f"Separate:    .venv/bin/clipsep separate MIX.wav --query violin --model {model}",
+        f"App:         .venv/bin/python -m app --model {model}   (http://127.0.0.1:7860)",
     ]
     if alias != "champion":
         lines.append(

@@ -187,6 +187,30 @@ def test_stage_times_table_names_each_stage_the_total_and_the_cpu(tmp_path, monk
     assert "| **total** | **63.5** | |" in table and table.endswith("CPU: Some CPU @ 2.0GHz")
 
 
+@pytest.mark.parametrize(
+    "alias,model", [("champion", "models:/clipsep@champion"), ("", "models:/clipsep/1")]
+)
+def test_closing_lines_name_the_model_by_alias_else_by_version(tmp_path, monkeypatch, alias, model):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
+    from flows.train_clipsep import where_to_look
+
+    registered = {
+        "alias": alias,
+        "model_name": "clipsep",
+        "model_uri": "models:/clipsep/1",
+        "text_sdr": 3.34,
+        "reason": "already registered as models:/clipsep/1; nothing registered",
+        "already_registered": True,
+        "run_url": "http://127.0.0.1:5000/#/experiments/1/runs/r",
+        "ui_command": "mlflow ui",
+    }
+    lines = where_to_look(registered).splitlines()
+    arrow = f" -> @{alias}" if alias else ""
+    assert lines[2].startswith(f"Already registered (unchanged) models:/clipsep/1{arrow} (text")
+    assert lines[5].endswith(f"--query violin --model {model}")
+    assert lines[6].startswith(f"App:         .venv/bin/python -m app --model {model}   ")
+
+
 def test_the_environment_is_set_by_the_entry_point_not_by_imports(tmp_path):
     """Importing the flow changes no environment variable; `python -m flows` sets them first."""
     from flows.entry import PREFECT_DEFAULTS
