@@ -5,6 +5,8 @@ CLIP reference is a local file, ``clip_weights``. ``predict`` takes a DataFrame 
 ``audio`` (path of a wav/flac/video file) and ``query`` (text) and returns a DataFrame with the
 ``target`` and ``residual`` wav paths it wrote (under params ``out_dir``, default a fresh temp dir).
 Kept apart from :mod:`clipsep.tracking` because it must subclass mlflow's PythonModel at import.
+A version holds it as "models from code" (:data:`MODEL_CODE`, https://mlflow.org/docs/latest/ml/
+model/models-from-code/); versions registered before hold a cloudpickled instance and still load.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import pandas as pd
 
 # where predict writes when no out_dir is given and this is set (the registration's smoke test)
 SCRATCH_ENV = "CLIPSEP_PYFUNC_SCRATCH"
+# MLflow's "models from code" file that each registered version holds and runs to build its model
+# (instead of a cloudpickled object, which MLflow warns may run arbitrary code when loaded)
+MODEL_CODE = str(Path(__file__).with_name("registry_model_code.py"))
 
 
 def _safe_stem(path: str, index: int) -> str:

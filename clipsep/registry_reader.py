@@ -373,14 +373,21 @@ def _sqlite_version(uri: str, name: str, kind: str, value: str) -> str | None:
     return str(rows[0][0]) if len(rows) == 1 else None
 
 
+def quiet_artifact_transfers() -> None:
+    """No "Downloading artifacts" progress bars from MLflow for the artifact reads and writes
+    clipsep does itself (a version's files on a separate run, the validation of a model being
+    registered): set in the environment as a default, so a user's own
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` wins."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def _download_model(client, name: str, version: str, uri: str, final: Path) -> Path:
     """Download a model version's files once, atomically, into ``final``."""
     import mlflow
 
     if (final / "MLmodel").is_file():
         return final
-    # no "Downloading artifacts" progress bar on every separate run (the user's setting wins)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_artifact_transfers()
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:

@@ -39,6 +39,7 @@ from clipsep.fileio import file_digest, write_json
 from clipsep.registry_reader import (
     RegistryUnavailableError,
     lookup_version,
+    quiet_artifact_transfers,
     sqlite_path,
     tracking_uri,
 )
@@ -544,7 +545,7 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     from mlflow.models import infer_signature
 
     from clipsep.model.factory import load_checkpoint
-    from clipsep.registry_model import SCRATCH_ENV, ClipSepPyfunc
+    from clipsep.registry_model import MODEL_CODE, SCRATCH_ENV
 
     _, info = load_checkpoint(checkpoint, "cpu")
     artifacts = {"checkpoint": str(checkpoint)}
@@ -557,12 +558,13 @@ def log_pyfunc(p: Params, checkpoint: Path, tags: dict[str, str]) -> str:
     )
     signature = infer_signature(example, output, params={"out_dir": "", "device": "auto"})
     # log_model test-runs predict on the input example: its outputs go to a scratch folder
+    quiet_artifact_transfers()  # that test run reads the model's artifacts back
     with tempfile.TemporaryDirectory(prefix="clipsep-validate-") as scratch:
         os.environ[SCRATCH_ENV] = scratch
         try:
             model = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=ClipSepPyfunc(),
+                python_model=MODEL_CODE,  # models from code: no pickled object in the version
                 artifacts=artifacts,
                 signature=signature,
                 input_example=example,
@@ -685,7 +687,7 @@ def scored_checkpoint(client, run_id: str) -> str | None:
     """The SHA-256 of the checkpoint run ``run_id``'s evaluation scored (its logged
     ``evaluation/metrics.json``): the checkpoint identity of versions registered before
     CHECKPOINT_TAG existed. None when the run logged none."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as registry_reader
+    quiet_artifact_transfers()
     try:
         with tempfile.TemporaryDirectory(prefix="clipsep-scored-") as scratch:
             local = client.download_artifacts(run_id, "evaluation/metrics.json", scratch)

@@ -50,6 +50,7 @@ FLOORS = {
     # 4 judging and publishing a model: evaluation, the pyfunc wrapper, the registry's write side
     "clipsep.evaluation": 4,
     "clipsep.registry_model": 4,
+    "clipsep.registry_model_code": 4,
     "clipsep.tracking": 4,
     "clipsep.live_run": 4,
     "clipsep.run_owner": 4,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from conftest import REPO, tiny_params_at
 from platform_inputs import save_random_clip, write_manifest, write_pipeline_outputs
@@ -163,6 +164,12 @@ def test_registered_pyfunc_separates_a_file(registered, tmp_path):
     target, rate = sf.read(out["target"][0])
     assert rate == sf.info(str(mixture)).samplerate and len(target) == sf.info(str(mixture)).frames
     assert Path(out["residual"][0]).parent == tmp_path / "out" / "000-mixture"
+    # models from code: the version holds the code file MLflow runs, no pickled model object
+    folder = Path(mlflow.artifacts.download_artifacts("models:/clipsep@champion"))
+    flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert (folder / "registry_model_code.py").is_file()
+    assert not list(folder.rglob("*.pkl"))
 
 
 def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
