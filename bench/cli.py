@@ -92,15 +92,17 @@ def register(checkpoint: Path, clip: Path, work: Path) -> str:
     import mlflow
     from mlflow import MlflowClient
 
-    from clipsep.registry_model import ClipSepPyfunc
+    from clipsep.registry_model import MODEL_CODE
+    from clipsep.registry_reader import quiet_artifact_transfers
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
+    quiet_artifact_transfers()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(work / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=ClipSepPyfunc(),
+            python_model=MODEL_CODE,  # as clipsep.tracking registers it
             artifacts={"checkpoint": str(checkpoint), "clip_weights": str(clip)},
             registered_model_name="clipsep",
         )
