@@ -53,6 +53,11 @@ def plain(text: str) -> str:
     return text.replace("``", "")
 
 
+def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` opens with the line ``clipsep --help`` lists it by."""
+    return sub.add_parser(name, help=summary, description=summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipsep.stages import STAGES
 
@@ -60,15 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, fn in STAGES.items():
-        line = plain((fn.__doc__ or "").splitlines()[0])
-        stage = sub.add_parser(name, help=line, description=line)
+        stage = _command(sub, name, plain((fn.__doc__ or "").splitlines()[0]))
         add_params_arguments(stage)
         stage.set_defaults(handler=lambda a, n=name: run_stage(n, a))
-    params_cmd = sub.add_parser(
-        "params",
-        help="print the merged params (profile + overrides)",
-        description="print the merged params (profile + overrides)",
-    )
+    params_cmd = _command(sub, "params", "print the merged params (profile + overrides)")
     add_params_arguments(params_cmd)
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
     params_cmd.add_argument(
@@ -81,11 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_command(sub) -> None:
-    cmd = sub.add_parser(
-        "export",
-        help="write the separator network as ONNX (+ its settings)",
-        description="write the separator network as ONNX (+ its settings)",
-    )
+    cmd = _command(sub, "export", "write the separator network as ONNX (+ its settings)")
     cmd.add_argument("model", metavar="MODEL", help="separator checkpoint (.pt)")
     cmd.add_argument(
         "out",
@@ -114,11 +110,7 @@ def export_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_separate_command(sub) -> None:
-    cmd = sub.add_parser(
-        "separate",
-        help="extract the sounds text or image queries describe",
-        description="extract the sounds text or image queries describe",
-    )
+    cmd = _command(sub, "separate", "extract the sounds text or image queries describe")
     cmd.add_argument(
         "inputs",
         nargs="+",
