@@ -215,12 +215,26 @@ def train_clipsep(
     timing = timing_markdown(runs, seconds, time.perf_counter() - start, cpu_model_name())
     logger.info("stage times:\n%s", timing)
     table = publish(p, registered, timing)
-    return {**registered, "metrics_table": table, "register_skipped": runs[-1].skipped}
+    classes = p.world.classes
+    return {
+        **registered,
+        "metrics_table": table,
+        "register_skipped": runs[-1].skipped,
+        "example_query": "violin" if "violin" in classes or not classes else classes[0],
+    }
 
 
-def where_to_look(registered: dict[str, Any]) -> str:
-    """The closing message of a run: version, metrics, and the commands to look further."""
+def where_to_look(
+    registered: dict[str, Any], profile: str | None = None, overrides: Sequence[str] = ()
+) -> str:
+    """The closing message of a run: version, metrics, and the commands to look further, with
+    the ``--profile`` and the ``paths.*`` / ``registry.*`` overrides of the run (where its
+    registry is), so that they find the model it registered."""
     alias, name = registered["alias"], registered["model_name"]
+    where = [f"--profile {profile}"] if profile else []
+    where += [f"--set {o}" for o in overrides if o.startswith(("paths.", "registry."))]
+    options = "".join(f" {w}" for w in where)
+    query = registered.get("example_query", "violin")
     unchanged = registered.get("register_skipped") or registered.get("already_registered")
     done = "Already registered (unchanged)" if unchanged else "Registered"
     # a version that holds no alias (an earlier one already held the checkpoint) by its number
@@ -232,8 +246,8 @@ def where_to_look(registered: dict[str, Any]) -> str:
         f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
         f"MLflow run:  {registered['run_url']}",
         f"MLflow UI:   {registered['ui_command']}",
-        f"Separate:    .venv/bin/clipsep separate MIX.wav --query violin --model {model}",
-        f"App:         .venv/bin/python -m app --model {model}   (http://127.0.0.1:7860)",
+        f"Separate:    .venv/bin/clipsep separate MIX.wav --query {query} --model {model}{options}",
+        f"App:         .venv/bin/python -m app --model {model}{options}   (http://127.0.0.1:7860)",
     ]
     if alias != "champion":
         lines.append(
@@ -260,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ClipsepError, ConfigError) as err:  # the run's log holds the details; say what to fix
         print(f"\ntrain-clipsep failed: {err}", file=sys.stderr)
         return 2
-    print("\n" + where_to_look(registered))
+    print("\n" + where_to_look(registered, args.profile, args.overrides or ()))
     return 0
 
 

@@ -209,6 +209,13 @@ def test_closing_lines_name_the_model_by_alias_else_by_version(tmp_path, monkeyp
     assert lines[2].startswith(f"Already registered (unchanged) models:/clipsep/1{arrow} (text")
     assert lines[5].endswith(f"--query violin --model {model}")
     assert lines[6].startswith(f"App:         .venv/bin/python -m app --model {model}   ")
+    # a run on a profile (or with its registry elsewhere): the commands look where it registered
+    registered["example_query"] = "cello"
+    overrides = ["train.steps=8", "paths.mlflow=/tmp/store"]
+    lines = where_to_look(registered, "tiny", overrides).splitlines()
+    where = "--profile tiny --set paths.mlflow=/tmp/store"
+    assert lines[5].endswith(f"--query cello --model {model} {where}")
+    assert lines[6].startswith(f"App:         .venv/bin/python -m app --model {model} {where}   ")
 
 
 def test_the_environment_is_set_by_the_entry_point_not_by_imports(tmp_path):
