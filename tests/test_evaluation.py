@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -311,13 +312,16 @@ def test_a_second_output_folder_keeps_the_first_ones_reports(tmp_path):
         assert record_folder("evaluate", params) == params.path("evaluation")
 
 
-def test_no_progress_bar_where_stderr_is_not_a_terminal(tmp_path, capfd):
+def test_no_progress_bar_where_stderr_is_not_a_terminal(tmp_path, capfd, caplog):
     from clipsep.evaluation.evaluate import evaluate
 
     checkpoint, params = model_and_protocol(tmp_path, mixtures_per_target=1)
     capfd.readouterr()
-    evaluate(params, checkpoint, tmp_path / "evaluation")
-    assert "mixture" not in capfd.readouterr().err  # tqdm's "evaluate: 2/2 [..., mixture/s]"
+    with caplog.at_level(logging.INFO, logger="clipsep"):
+        evaluate(params, checkpoint, tmp_path / "evaluation")
+    assert "mixture/s" not in capfd.readouterr().err  # tqdm's "evaluate: 2/2 [..., mixture/s]"
+    # a line per tenth instead, so that a log shows it working
+    assert "evaluate: 2/2 mixtures" in caplog.text
 
 
 def test_a_missing_checkpoint_fails_before_any_mlflow_run(tmp_path, caplog):
@@ -351,9 +355,11 @@ def test_the_summary_gives_every_method_as_mean_sem_median(evaluated):
     assert summary["text_sdr"] == metrics["text"]["sdr"]["mean"]
     assert {"n_mixtures", "image_sdr", "oracle_ibm_sdr", "out_dir"} <= set(summary)
     methods = ("text", "image", "oracle_ibm", "oracle_irm", "mixture", "constant_mask")
-    assert list(summary["scores_db"]) == list(methods)
-    for method in methods:
-        for score in ("sdr", "sdri"):
+    assert list(summary["scores_db"]) == [*methods, "absent_query"]
+    for method, scores in [(m, ("sdr", "sdri", "sir", "sar")) for m in methods] + [
+        ("absent_query", ("energy_db", "right_query_energy_db"))
+    ]:
+        for score in scores:
             stat = metrics[method][score]
             expected = f"{stat['mean']:.2f} ± {stat['sem']:.2f} ({stat['median']:.2f})"
             assert summary["scores_db"][method][score] == expected, (method, score)

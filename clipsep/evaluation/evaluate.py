@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # at equal levels; BSS-Eval v4 "images" SDR is not scale-invariant), the floor a model must clear
 METHODS = ("text", "image", "oracle_ibm", "oracle_irm", "mixture", "constant_mask")
 SCORES = ("sdr", "sir", "sar", "si_sdr", "sdri")
+SUMMARY_SCORES = ("sdr", "sdri", "sir", "sar")  # what `clipsep evaluate` prints per method
 QUERY_FRAMES = 3  # the paper's image query: mean embedding of the 3 middle frames
 
 
@@ -330,12 +331,16 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     scorer = MixtureScorer(p, separator, protocol)
     rows, example = [], None
     plan = mixture_plan(p, protocol)
-    for index, t, i in tqdm(plan, desc="evaluate", unit="mixture", disable=None):
+    bar = tqdm(plan, desc="evaluate", unit="mixture", disable=None)
+    every = max(1, len(plan) // 10)  # where there is no bar (a log file, CI): a line per tenth
+    for index, t, i in bar:
         # A second generator per mixture (offset) picks the absent class, independent of the draw.
         rng = np.random.default_rng([p.eval.seed + index, 1])
         row, waves = scorer(index, protocol.targets[t], protocol.interference[i], rng)
         rows.append(row)
         example = example or waves
+        if bar.disable and (len(rows) % every == 0 or len(rows) == len(plan)):
+            log.info("evaluate: %d/%d mixtures", len(rows), len(plan))
     metrics = aggregate(rows, p.eval.metrics_backend)
     metrics["checkpoint"] = checkpoint_identity(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,13 +375,22 @@ def stat_text(stat: dict[str, float | None]) -> str:
 
 
 def scores_db(metrics: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """SDR and SDRi (dB) of every method in metrics.json (the queries, the oracle masks, the
-    trivial baselines) as mean ± s.e.m. (median), :func:`stat_text`: the README's form."""
-    return {
-        method: {score: stat_text(metrics[method][score]) for score in ("sdr", "sdri")}
+    """SDR, SDRi, SIR and SAR (dB) of every method in metrics.json (the queries, the oracle masks,
+    the trivial baselines) as mean ± s.e.m. (median), :func:`stat_text`: the README's form; and
+    the wrong-query control (``absent_query``: the energy an absent and the right query return,
+    dB of the mixture's)."""
+    scores = {
+        method: {score: stat_text(metrics[method][score]) for score in SUMMARY_SCORES}
         for method in METHODS
         if method in metrics
     }
+    control = metrics.get("absent_query", {})
+    scores["absent_query"] = {
+        key: stat_text(control[key])
+        for key in ("energy_db", "right_query_energy_db")
+        if key in control
+    }
+    return scores
 
 
 def checkpoint_identity(checkpoint: str | Path) -> dict[str, str]:
