@@ -87,14 +87,15 @@ def check_writable_folder(folder: str | Path) -> Path:
     file, a read-only or virtual file system, no permission)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise BadInputError(f"cannot write to the output folder {folder}: it is not a folder")
+        raise BadInputError(f"cannot use {folder} as the output folder: it is not a folder")
     made = first_missing(folder)
     try:
+        step = "create the output folder"
         folder.mkdir(parents=True, exist_ok=True)
+        step = "create anything in the output folder"  # it exists: what fails is writing in it
         os.rmdir(tempfile.mkdtemp(prefix=".clipsep-check-", dir=folder))
     except OSError as err:
-        reason = err.strerror or str(err)
-        raise BadInputError(f"cannot write to the output folder {folder} ({reason})") from err
+        raise BadInputError(f"cannot {step} {folder} ({err.strerror or err})") from err
     finally:
         remove_empty_folders(folder, made)
     return folder
