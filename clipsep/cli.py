@@ -53,6 +53,16 @@ def plain(text: str) -> str:
     return text.replace("``", "")
 
 
+def _version() -> str:
+    """The installed distribution's version ("unknown" when run from a tree not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("clipsep")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose ``--help`` opens with the line ``clipsep --help`` lists it by."""
     return sub.add_parser(name, help=summary, description=summary)
@@ -63,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="clipsep", description=plain(__doc__.splitlines()[0]))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"clipsep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, fn in STAGES.items():
         stage = _command(sub, name, plain((fn.__doc__ or "").splitlines()[0]))

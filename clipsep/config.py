@@ -323,8 +323,8 @@ def load_params(
         if not profile_path.is_file():
             known = sorted(p.stem for p in (path.parent / PROFILES_DIR).glob("*.yaml"))
             raise ConfigError(
-                f"unknown profile {profile!r}: {profile_path} does not exist "
-                f"(known: {', '.join(known) or 'none'})"
+                f"unknown profile {profile!r}{_did_you_mean(profile, known)}: {profile_path} "
+                f"does not exist (known: {', '.join(known) or 'none'})"
             )
         extra, extra_origins = _read_yaml(profile_path)
         raw = _merge(raw, extra, str(profile_path))
@@ -375,8 +375,8 @@ def build_params(
     unknown = [name for name in raw if name not in SECTIONS]
     if unknown:
         raise ConfigError(
-            f"{where.origin(unknown[0])}: unknown section(s) {sorted(map(str, unknown))}; "
-            f"known sections: {sorted(SECTIONS)}"
+            f"{where.origin(unknown[0])}: unknown section(s) {sorted(map(str, unknown))}"
+            f"{_did_you_mean(unknown[0], SECTIONS)}; known sections: {sorted(SECTIONS)}"
         )
     missing = [name for name in SECTIONS if name not in raw]
     if missing:
@@ -572,6 +572,12 @@ def _split_override(text: str) -> tuple[str, Any]:
         ) from err
 
 
+def _did_you_mean(name: Any, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a mistyped ``name``, else ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _build_section(cls: type, values: Any, section: str, where: _Where) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where.section(section)} must be a mapping, got {_show_typed(values)}")
@@ -579,8 +585,7 @@ def _build_section(cls: type, values: Any, section: str, where: _Where) -> Any:
     known = {f.name for f in fields(cls)}
     for key in values:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = _did_you_mean(key, known)
             raise ConfigError(
                 f"{where.section(section, str(key))}: unknown key '{key}'{hint}; "
                 f"known keys: {sorted(known)}"

@@ -41,6 +41,7 @@ def test_tuples_and_floats_are_coerced():
         ("train.n_mix=3", ["'train'", "'n_mix'", "n_mix == 2"]),
         ("audio.hop_length=4096", ["'audio'", "'hop_length'", "n_fft"]),
         ("nosuch.key=1", ["unknown section", "nosuch"]),
+        ("trian.steps=1", ["unknown section(s) ['trian'] (did you mean 'train'?); known"]),
         ("train.mask_target=irm", ["'train'", "'mask_target'", "binary, ratio"]),
         ("world.duet_share=2", ["--set world.duet_share=2", "must lie in [0, 1]; got 2"]),
     ],

@@ -226,3 +226,14 @@ def test_out_has_the_short_flag_o():
     from clipsep.cli import build_parser
 
     assert build_parser().parse_args(["separate", "a.wav", "-o", "stems"]).out == "stems"
+
+
+def test_version_names_the_installed_distribution(capsys):
+    from importlib import metadata
+
+    from clipsep.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"clipsep {metadata.version('clipsep')}\n"
