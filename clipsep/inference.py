@@ -541,7 +541,7 @@ class Separator:
 
         ``audio``: numpy array or torch tensor, ``[L]``, ``[C, L]`` or ``[L, C]`` (as
         soundfile.read returns it). The channel axis of a 2-D array is the one axis with at
-        most 64 entries; when both or neither have (``[2000, 2000]``), BadInputError names both
+        most 64 entries; when both or neither have (``[5000, 5000]``), BadInputError names both
         readings. Sample values and what comes back:
 
         * float32 (and float16 / bfloat16 tensors): float32, same scale;
