@@ -120,7 +120,10 @@ def planned_stages(p: Params) -> list[str]:
 
 
 def metrics_markdown(metrics: dict[str, Any], registered: dict[str, Any]) -> str:
-    """Evaluation metrics (mean +- sem, dB) as a markdown table, with the gate's decision."""
+    """Evaluation metrics (dB, mean ± s.e.m. (median) as `clipsep evaluate` prints them) as a
+    markdown table, with the gate's decision."""
+    from clipsep.evaluation.evaluate import stat_text
+
     header = "| query | " + " | ".join(METRIC_COLUMNS) + " |"
     lines = [
         f"## clipsep v{registered['version']}: {registered['alias']}",
@@ -133,11 +136,12 @@ def metrics_markdown(metrics: dict[str, Any], registered: dict[str, Any]) -> str
         cells = []
         for column in METRIC_COLUMNS:
             stat = metrics[row].get(column)
-            cells.append(f"{stat['mean']:.2f} ± {stat.get('sem', 0):.2f}" if stat else "–")
+            cells.append(stat_text(stat) if stat else "–")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"{metrics.get('n_mixtures', '?')} test mixtures, {metrics.get('backend', '?')}; "
+        f"mean ± s.e.m. (median) over {metrics.get('n_mixtures', '?')} test mixtures, "
+        f"{metrics.get('backend', '?')}; "
         f"data version `{registered['data_version']}`, git `{registered['git_commit'][:10]}`",
     ]
     return "\n".join(lines)

@@ -218,6 +218,21 @@ def test_closing_lines_name_the_model_by_alias_else_by_version(tmp_path, monkeyp
     assert lines[6].startswith(f"App:         .venv/bin/python -m app --model {model} {where}   ")
 
 
+def test_metrics_table_gives_mean_sem_and_median(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
+    from flows.train_clipsep import metrics_markdown
+
+    stat = {"mean": 0.994, "sem": 1.091, "median": 0.5}
+    metrics = {"text": {"sdr": stat, "sdri": stat}, "n_mixtures": 4, "backend": "museval v4"}
+    registered = {"version": "1", "alias": "challenger", "reason": "r", "data_version": "d"}
+    table = metrics_markdown(metrics, {**registered, "git_commit": "0123456789abc"})
+    assert "| text | 0.99 ± 1.09 (0.50) | – | – | – | 0.99 ± 1.09 (0.50) |" in table
+    assert table.endswith(
+        "mean ± s.e.m. (median) over 4 test mixtures, museval v4; data version "
+        "`d`, git `0123456789`"
+    )
+
+
 def test_the_environment_is_set_by_the_entry_point_not_by_imports(tmp_path):
     """Importing the flow changes no environment variable; `python -m flows` sets them first."""
     from flows.entry import PREFECT_DEFAULTS
