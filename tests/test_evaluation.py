@@ -133,6 +133,23 @@ def test_compare_puts_two_runs_side_by_side(evaluated, tmp_path):
         compare_metrics([out / "metrics.json", tmp_path / "v3.json"], ["a", "b"], tmp_path)
 
 
+def test_compare_takes_folders_names_them_and_warns_of_other_protocols(
+    evaluated, tmp_path, capsys, caplog
+):
+    from clipsep.evaluation.evaluate import main
+
+    _, out = evaluated
+    other = tmp_path / "evaluation-short"
+    other.mkdir()
+    smaller = json.loads((out / "metrics.json").read_text()) | {"n_mixtures": 1}
+    (other / "metrics.json").write_text(json.dumps(smaller))
+    assert main(["compare", str(out), str(other), "--out", str(tmp_path / "cmp"), "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["evaluation", "evaluation-short"]
+    assert "different protocols (mixtures: {'evaluation': 4, 'evaluation-short': 1})" in (
+        caplog.text
+    )
+
+
 def test_manifest_protocol_reads_labels_from_ground_truth(tmp_path):
     from clipsep.evaluation.evaluate import load_protocol, mixture_plan
 

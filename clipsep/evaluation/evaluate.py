@@ -446,16 +446,22 @@ def write_metrics(path: Path, data: Any) -> None:
 def compare_metrics(
     paths: list[str | Path], names: list[str], out_dir: str | Path
 ) -> dict[str, Any]:
-    """Put several metrics.json side by side (e.g. with / without NIT): comparison.json + .png."""
+    """Put several metrics.json side by side (e.g. with / without NIT): comparison.json + .png.
+
+    ``paths``: metrics.json files or the evaluation folders holding them. A warning is logged
+    when the runs were scored on different numbers of mixtures (not the same protocol)."""
     from clipsep.evaluation import plots
 
     if len(paths) != len(names):
         raise BadInputError(f"{len(paths)} metrics files but {len(names)} names")
     runs = {}
-    for name, path in zip(names, paths):
-        if not Path(path).is_file():
+    for name, path in zip(names, map(metrics_file, paths)):
+        if not path.is_file():
             raise BadInputError(f"metrics file not found: {path}")
-        runs[name] = json.loads(Path(path).read_text())
+        runs[name] = json.loads(path.read_text())
+    sizes = {name: m.get("n_mixtures") for name, m in runs.items()}
+    if len(set(sizes.values())) > 1:
+        log.warning("the runs were scored on different protocols (mixtures: %s)", sizes)
     table = {
         name: {
             method: {s: m[method][s] for s in ("sdr", "sir", "sar", "sdri")}
@@ -499,6 +505,20 @@ def comparison_table(table: dict[str, Any]) -> str:
     return "\n".join([*lines, f"mean ± s.e.m. (median); mixtures: {n}; {backend}"])
 
 
+def metrics_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/metrics.json`` for an evaluation folder."""
+    path = Path(path)
+    return path / "metrics.json" if path.is_dir() else path
+
+
+def default_names(paths: list[str]) -> list[str]:
+    """Run names for ``paths`` (metrics files or folders): each one's folder name, or, where two
+    share a name, the folders as given."""
+    folders = [metrics_file(p).parent for p in paths]
+    names = [f.name for f in folders]
+    return names if len(set(names)) == len(names) else [str(f) for f in folders]
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m clipsep.evaluation.evaluate compare A/metrics.json B/metrics.json --names a,b
 
@@ -517,13 +537,20 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=["compare"])
-    parser.add_argument("metrics", nargs="+", help="metrics.json files")
-    parser.add_argument("--names", required=True, help="comma-separated run names")
-    parser.add_argument("--out", default="reports/comparison", help="output folder")
+    parser.add_argument("metrics", nargs="+", help="metrics.json files or evaluation folders")
+    parser.add_argument(
+        "--names", default=None, help="comma-separated run names (default: the folders' names)"
+    )
+    parser.add_argument(
+        "--out",
+        default="reports/comparison",
+        help="output folder (default: reports/comparison under the current folder)",
+    )
     parser.add_argument("--json", action="store_true", help="print comparison.json, not the table")
     args = parser.parse_args(argv)
     try:
-        table = compare_metrics(args.metrics, args.names.split(","), args.out)
+        names = args.names.split(",") if args.names else default_names(args.metrics)
+        table = compare_metrics(args.metrics, names, args.out)
     except BadInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
