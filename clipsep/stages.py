@@ -107,7 +107,9 @@ def _under_root(p: Params, value: str | None) -> Path | None:
 
 
 def validate(p: Params) -> dict[str, Any]:
-    """Run the Great Expectations gate over the manifest; raises ValidationFailed on bad data."""
+    """Run the Great Expectations gate over the manifest; stops the pipeline on bad data.
+
+    Raises ValidationFailed (the failing expectations listed) when the data fails the gate."""
     from clipsep.data.validation import validate_clips
 
     return validate_clips(p.path("clips"), p.path("validation"), p.validate)
