@@ -667,15 +667,17 @@ def _folder_of(p: Params, run) -> Path:
     return replace(p, paths=paths).path("checkpoints")
 
 
-def check_scores_checkpoint(metrics: dict[str, Any], metrics_file: Path, checkpoint: Path) -> None:
-    """BadInputError unless ``metrics_file`` scored ``checkpoint`` (its recorded SHA-256): an
+def check_scores_checkpoint(
+    metrics: dict[str, Any], metrics_file: Path, checkpoint: Path, digest: str
+) -> None:
+    """BadInputError unless ``metrics_file`` scored ``checkpoint`` (SHA-256 ``digest``): an
     evaluation of another output folder (``paths.evaluation`` shared by two experiments) must not
     be registered with this model. metrics.json of older versions records none: warned."""
     scored = metrics.get("checkpoint", {})
     if "sha256" not in scored:
         log.warning("%s does not say which checkpoint it scored: not checked", metrics_file)
         return
-    if scored["sha256"] != file_digest(checkpoint):
+    if scored["sha256"] != digest:
         raise BadInputError(
             f"{metrics_file} scores {scored.get('path', 'another checkpoint')}, not {checkpoint} "
             "(or that file changed since): run `clipsep evaluate` for it, and give side-by-side "
@@ -713,9 +715,10 @@ def registered_version(client, model_name: str, sha256: str):
     return None
 
 
-def already_registered(p: Params) -> dict[str, Any] | None:
+def already_registered(p: Params, digest: str | None = None) -> dict[str, Any] | None:
     """The ``register`` summary of the version that already holds ``paths.checkpoints/best.pt``
-    (same SHA-256, :func:`registered_version`), with ``already_registered`` True and the reason
+    (same SHA-256, :func:`registered_version`; ``digest``: that file's, when the caller has it
+    already), with ``already_registered`` True and the reason
     ``already registered as models:/NAME/V (@ALIAS); nothing registered``; None when no version
     does (or there is no store yet: none is made). Nothing is created, no alias moves."""
     checkpoint, uri = p.path("checkpoints") / "best.pt", tracking_uri(p)
@@ -726,7 +729,7 @@ def already_registered(p: Params) -> dict[str, Any] | None:
         client, name = client_for(p), p.registry.model_name
     except Exception as err:  # a store that cannot even be opened
         raise RegistryUnavailableError.of(uri, err) from err
-    version = registered_version(client, name, file_digest(checkpoint))
+    version = registered_version(client, name, digest or file_digest(checkpoint))
     if version is None:
         return None
     version = client.get_model_version(name, version.version)  # a search lists no aliases
@@ -768,11 +771,12 @@ def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
         if not needed.is_file():
             raise BadInputError(f"{needed} is missing: run `clipsep {stage}` first")
     metrics = json.loads(metrics_file.read_text())
-    check_scores_checkpoint(metrics, metrics_file, checkpoint)
-    existing = already_registered(p)
+    digest = file_digest(checkpoint)  # hashed once: the check, the lookup and the version's tag
+    check_scores_checkpoint(metrics, metrics_file, checkpoint, digest)
+    existing = already_registered(p, digest)
     if existing is not None:
         return existing
-    tags = {**lineage_tags(p, metrics), CHECKPOINT_TAG: file_digest(checkpoint)}
+    tags = {**lineage_tags(p, metrics), CHECKPOINT_TAG: digest}
     client, experiment_id = connect(p)
     started = (
         mlflow.start_run(run_id=run_id)
