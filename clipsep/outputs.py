@@ -240,7 +240,6 @@ class StemWriter:
             subtype=subtype,
         )
         self.clip = clips(subtype)
-        self.steps = PCM_STEPS.get(subtype)
         self.clipped = 0
         self.workers = max(1, min(workers, len(files)))
         self._handles = []
@@ -271,11 +270,11 @@ class StemWriter:
         residual is what the stems leave of it). With ``workers`` > 1 it is encoded while the
         caller computes the next one (the previous block's files are finished first: order kept,
         errors raised here)."""
-        if self.steps is None:
+        if self.options["subtype"] in PCM_STEPS:
+            blocks = self._integer_blocks(stems, mixture)
+        else:
             residual = mixture - stems.sum(axis=0)
             blocks = [self._clipped(block) for block in [*stems, residual]]
-        else:
-            blocks = self._integer_blocks(stems, mixture)
         if self._pool is None:
             for handle, block in zip(self._handles, blocks):
                 _write_block(handle, block)
