@@ -1,5 +1,4 @@
-"""Seconds per training step (batch 8, 256 STFT frames): the eager fp32 baseline and each faster
-path.
+"""Seconds per training step (batch 8, 256 STFT frames): eager fp32 and each faster path.
 
 Runs the real training step (:class:`clipsep.training.loop.Trainer`: STFT + warp + masks, forward,
 NIT loss, backward, clipping, Adam, LR schedule) on random audio and queries, so no data or CLIP is

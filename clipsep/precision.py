@@ -1,16 +1,18 @@
 """Which arithmetic to run in: fp32, bf16 autocast or fp16 AMP, chosen by what is fast *here*.
 
-bf16 autocast is a 2x win on CPUs with native bf16 (AMX-BF16, AVX512-BF16: Sapphire Rapids and
-later) and a trap everywhere else: oneDNN then emulates it, and on an AVX2-only AMD EPYC a
-training step of the small preset ran 21x slower than fp32, a separation forward 140x slower
-(docs/training.md). So ``auto`` resolves in two steps:
+bf16 autocast pays on CPUs with native bf16 (AMX-BF16, AVX512-BF16: Sapphire Rapids and later;
+a small-preset training step 1.6x, 1.9x with channels_last, in an older run under load) and is a
+trap everywhere else: oneDNN then emulates it, and on an AVX2-only AMD EPYC a training step of
+the small preset ran 21x slower than fp32 (docs/training.md), a separation forward 140x slower.
+So ``auto`` resolves in two steps:
 
 1. Capability: no native bf16 in the CPU flags, or an ISA capped below it by
    ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``, means fp32, with no measurement.
 2. Measurement: where bf16 is native, a short convolution forward + backward probe (U-Net-sized
    layers) in fp32 and under bf16 autocast; bf16 is chosen only when it is at least
    :data:`MIN_SPEEDUP` faster. The verdict is cached per machine (CPU model, flags, torch
-   version, ISA caps, threads) in ``$XDG_CACHE_HOME/clipsep/precision.json``.
+   version, ISA caps, threads) in ``$XDG_CACHE_HOME/clipsep/precision.json`` (default
+   ``~/.cache``).
 
 On CUDA, ``auto`` is fp16 AMP (the paper's setting). An explicit ``bf16`` on a CPU without native
 support still runs, after one warning line that says how much slower it measured.
