@@ -10,7 +10,7 @@ its ISA and what ``precision: auto`` resolves to here.
     .venv/bin/python bench/train.py --presets paper --variants fp32 bf16+channels_last
     .venv/bin/python bench/train.py --variants fp32 compile   # torch.compile (slow first step)
 
-bf16 variants are skipped where the CPU has no native bf16 (emulated: 20x slower; --force-bf16).
+bf16 variants are skipped where the CPU has no native bf16 (emulated: 21x slower; --force-bf16).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
         if precision == "fp16" and not device.startswith("cuda"):
             print(f"skipping {variant}: needs CUDA")
         elif precision == "bf16" and device == "cpu" and not native and not force_bf16:
-            print(f"skipping {variant}: {why} (emulated bf16 is 20x slower; --force-bf16)")
+            print(f"skipping {variant}: {why} (emulated bf16 is 21x slower; --force-bf16)")
         else:
             keep.append(variant)
     return keep
