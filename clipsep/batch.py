@@ -68,6 +68,12 @@ class Outcome:
     error: str = ""
     note: str = ""  # why existing outputs were made again (another request, no record)
 
+    @property
+    def reason(self) -> str:
+        """Why it failed or was skipped, without the file name that keys it in the table and
+        in ``--json`` (the logged message names the file first)."""
+        return self.error.removeprefix(f"{self.job.path}: ")
+
 
 def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
     """Jobs for files and folders; BadInputError for a missing input, an empty folder, or two
@@ -198,8 +204,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
     lines = [f"{'input':<{width}}  {'status':<9}{'audio s':>8}{'took s':>8}  output / reason"]
     for o in outcomes:
         audio = f"{o.result.duration_s:8.1f}" if o.result else f"{'-':>8}"
-        reason = o.error.removeprefix(f"{o.job.path}: ")  # the input column names the file
-        where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else reason
+        where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else o.reason
         where += f" ({o.note})" if o.note else ""
         lines.append(f"{str(o.job.path):<{width}}  {o.status:<9}{audio}{o.seconds:8.1f}  {where}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("separated", "skipped", "failed")}
@@ -209,7 +214,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str, Any]:
     """The ``--json`` report: ``separated`` (per input: stems, residual, activity segments,
-    duration, time taken), ``skipped`` and ``failed`` (per input: why), model and total seconds."""
+    duration, time taken), ``skipped`` and ``failed`` (per input: why, not naming the input
+    again), model and total seconds."""
     report: dict[str, Any] = {
         "model": model,
         "seconds": round(seconds, 3),
@@ -219,7 +225,7 @@ def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str
     }
     for o in outcomes:
         if o.result is None:
-            report[o.status][str(o.job.path)] = o.error
+            report[o.status][str(o.job.path)] = o.reason
             continue
         r = o.result
         report["separated"][str(o.job.path)] = {

@@ -212,6 +212,17 @@ def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, caps
     assert not (out / "live" / "broken").exists()
 
 
+def test_json_failure_reason_does_not_repeat_the_path_that_keys_it(model, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "in").mkdir()
+    broken = tmp_path / "in" / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    assert run_cli(model, tmp_path / "out", tmp_path / "in", extra=["--query", "x", "--json"]) == 1
+    failed = json.loads(capsys.readouterr().out)["failed"]
+    assert list(failed) == [str(broken)]
+    assert failed[str(broken)].startswith("unreadable audio or video file (")
+    assert "broken.wav" not in failed[str(broken)]
+
+
 def test_activity_csv_matches_the_library_segments(model, tmp_path):  # noqa: F811
     from clipsep.activity import activity
     from clipsep.inference import DEFAULT_SETTINGS
