@@ -260,11 +260,10 @@ class _ProgressBars:
         self.bar = None
 
     def start(self, job):
-        from tqdm import tqdm
+        from clipsep.progress import bar
 
         self.close()
-        # disable=None: no bar when stderr is not a terminal (a log file, a pipe, CI)
-        self.bar = tqdm(desc=str(job.path), unit="segment", leave=False, disable=None)
+        self.bar = bar(desc=str(job.path), unit="segment", leave=False)
         return self.update
 
     def update(self, done: int, total: int) -> None:
