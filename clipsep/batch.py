@@ -131,11 +131,15 @@ def run_jobs(
     model_record: dict[str, Any] | None,
     progress: Callable[[Job], Any] | None = None,
     describe: Callable[[Exception], str] = str,
+    check: Callable[[Path], Any] = audio_io.declared_seconds,
 ) -> list[Outcome]:
     """Separate every job (``load().separate_file(path, out_dir, **separate_kwargs)``; ``load``
     is called once, at the first job that is not skipped); ``model_record`` is what the loaded
     separator records (:func:`clipsep.outputs.model_record`), for deciding skips before loading.
-    ``describe`` turns a failure into its one-line message (the CLI adds its flags)."""
+    ``describe`` turns a failure into its one-line message (the CLI adds its flags). Until the
+    model is loaded, ``check(path)`` (default: the file opens) runs first, and a file it refuses
+    (ClipsepError) fails without loading the model for it (the CLI also refuses files too short:
+    :func:`clipsep.inference.check_length`)."""
     output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
     request = {**separate_kwargs, "output": output}
     outcomes = []
@@ -150,8 +154,8 @@ def run_jobs(
                 continue
             note = note if not overwrite else ""
         if separator is None:
-            try:  # a file that cannot be opened fails without loading the model for it
-                audio_io.declared_seconds(job.path)
+            try:
+                check(job.path)
             except ClipsepError as err:
                 outcomes.append(_failed(job, err, describe, 0.0))
                 continue
