@@ -9,6 +9,7 @@ and the visitor gets a short apology.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +56,10 @@ def separate_event(
     served: Served, cfg: ServeConfig, audio_path, video_path, text, image, progress: gr.Progress
 ):
     """The Separate button and the ``/separate`` API: (target, residual, spectrograms, summary,
-    *more stems) or a gr.Error. Every audio value is a plain ``(rate, int16)`` for its player,
-    which gradio writes as a wav a client downloads; a stem player without a stem gets None (its
-    visibility and label are set by :func:`stem_players`, outside the API)."""
+    *more stems) or a gr.Error. Every audio value is the path of a 16-bit wav named after its
+    query (:func:`app.handlers.write_players`), which a visitor or client downloads under that
+    name; a stem player without a stem gets None (its visibility and label are set by
+    :func:`stem_players`, outside the API)."""
     path = audio_path or video_path
     try:
         accepted = handlers.check_upload(path, cfg, allowed_roots(served))
@@ -69,14 +71,22 @@ def separate_event(
             cfg,
             progress=lambda share, what: progress(share, desc=what),
         )
+        *stems, residual = handlers.write_players(result, stem_folder())
     except ClipsepError as err:
         raise gr.Error(str(err), print_exception=False) from err
     except Exception as err:  # noqa: BLE001 - a visitor gets a sentence, the log the traceback
         log.exception("separation failed for %s", path)
         raise gr.Error(UNEXPECTED, print_exception=False) from err
-    *stems, residual = result.players
     extra = stems[1:] + [None] * (handlers.MAX_STEMS - len(stems))
     return stems[0], residual, result.picture, result.summary, *extra
+
+
+def stem_folder() -> Path:
+    """A new folder for one separation's stem files in Gradio's upload folder, where gradio keeps
+    the files it serves (it serves these in place, without a copy)."""
+    root = Path(get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="stems-", dir=root))
 
 
 def stem_players(text):

@@ -8,7 +8,8 @@ that sentence in the page. Paths come only from Gradio's upload area (or the exa
 Audio arrays are float32 numpy ``[C, L]`` (channels first) at the file's own rate. What the page
 plays and the API hands out is 16-bit PCM made by the CLI's writer arithmetic
 (:func:`clipsep.outputs.pcm_blocks`): stems rounded to the nearest step, the residual the input's
-steps minus theirs, so the files sum to the input (a 16-bit upload: sample for sample).
+steps minus theirs, so the files sum to the input (a 16-bit upload: sample for sample). Their
+files are named as ``clipsep separate`` names its stems (:func:`write_players`).
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class SeparationOutputs:
     activity: dict[str, list] = field(default_factory=dict)  # query -> [(start_s, end_s, mean_db)]
     # what the players get: (rate, int16 [L] or [L, C]) per stem, in query order, then residual
     players: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    # their file names, as clipsep separate names them (outputs.stem_files): stem -> "violin.wav"
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def separate_upload(
@@ -181,6 +184,8 @@ def separate_upload(
         raise BadInputError(
             f"{len(queries)} queries; this demo separates up to {MAX_STEMS} at once."
         )
+    names = queries or ["image"]  # the stems' names, in query order
+    files = outputs.stem_files(names, ".wav")  # names that clash: refused before any work
     started = time.perf_counter()
 
     def on_segment(done: int, total: int) -> None:
@@ -201,7 +206,7 @@ def separate_upload(
                 image=image_query,
                 progress=on_segment,
             )
-            stems, residual = {query or "image": result.target}, result.residual
+            stems, residual = {names[0]: result.target}, result.residual
     except BadInputError as err:
         raise BadInputError(_name_only(str(err), path)) from err
     seconds = time.perf_counter() - started
@@ -219,7 +224,16 @@ def separate_upload(
     summary += "".join(f"\nnote: {_name_only(text, path)}" for text in notes)
     picture = spectrogram_picture(mixture, stems, residual, rate, found)
     return SeparationOutputs(
-        mixture, next(iter(stems.values())), residual, rate, picture, summary, stems, found, players
+        mixture,
+        next(iter(stems.values())),
+        residual,
+        rate,
+        picture,
+        summary,
+        stems,
+        found,
+        players,
+        files,
     )
 
 
@@ -237,6 +251,18 @@ def playable_outputs(
     (:func:`clipsep.outputs.pcm_blocks`), so stems + residual == the mixture's nearest steps."""
     blocks, clipped = outputs.pcm_blocks(np.stack(stems), mixture, PLAYER_SUBTYPE)
     return [(rate, pcm[0] if pcm.shape[0] == 1 else pcm.T.copy()) for pcm in blocks], clipped
+
+
+def write_players(result: SeparationOutputs, folder: Path) -> list[Path]:
+    """The players' 16-bit PCM as wav files in ``folder``, in the order of ``result.players``,
+    named as ``clipsep separate`` names its stems (``violin.wav``, ``cello_bass.wav``, ...,
+    ``residual.wav``; an image query's stem ``image.wav``): what a visitor downloads."""
+    import soundfile as sf
+
+    paths = [folder / name for name in result.files.values()]
+    for path, (rate, pcm) in zip(paths, result.players, strict=True):
+        sf.write(path, pcm, rate, subtype=PLAYER_SUBTYPE)
+    return paths
 
 
 # --- pictures ----------------------------------------------------------------------------------

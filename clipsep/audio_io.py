@@ -105,13 +105,21 @@ def audio_info(path: str | Path) -> AudioInfo:
 
 def declared_seconds(path: str | Path) -> float:
     """Length of the file's audio in seconds as its header declares it (nothing is decoded)."""
+    frames, rate = declared_length(path)
+    return (frames or 0) / rate
+
+
+def declared_length(path: str | Path) -> tuple[int | None, int]:
+    """(samples per channel, sample rate) of the file's audio as its header declares it, nothing
+    decoded; samples None when a compressed file's header states no length. BadInputError for a
+    file that cannot be opened or has no audio."""
     path = check_exists(path)
     info = exact_audio_info(path)
     if info is not None:
-        return info.frames / info.sample_rate
+        return info.frames, info.sample_rate
     with _open_container(path) as container:
         stream = _audio_stream(container, path)
-        return _declared_frames(container, stream) / stream.rate
+        return _declared_frames(container, stream) or None, stream.rate
 
 
 # --- decoding -------------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ class Outcome:
     error: str = ""
     note: str = ""  # why existing outputs were made again (another request, no record)
 
+    @property
+    def reason(self) -> str:
+        """Why it failed or was skipped, without the file name that keys it in the table and
+        in ``--json`` (the logged message names the file first)."""
+        return self.error.removeprefix(f"{self.job.path}: ")
+
 
 def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
     """Jobs for files and folders; BadInputError for a missing input, an empty folder, or two
@@ -125,11 +131,15 @@ def run_jobs(
     model_record: dict[str, Any] | None,
     progress: Callable[[Job], Any] | None = None,
     describe: Callable[[Exception], str] = str,
+    check: Callable[[Path], Any] = audio_io.declared_seconds,
 ) -> list[Outcome]:
     """Separate every job (``load().separate_file(path, out_dir, **separate_kwargs)``; ``load``
     is called once, at the first job that is not skipped); ``model_record`` is what the loaded
     separator records (:func:`clipsep.outputs.model_record`), for deciding skips before loading.
-    ``describe`` turns a failure into its one-line message (the CLI adds its flags)."""
+    ``describe`` turns a failure into its one-line message (the CLI adds its flags). Until the
+    model is loaded, ``check(path)`` (default: the file opens) runs first, and a file it refuses
+    (ClipsepError) fails without loading the model for it (the CLI also refuses files too short:
+    :func:`clipsep.inference.check_length`)."""
     output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
     request = {**separate_kwargs, "output": output}
     outcomes = []
@@ -144,8 +154,8 @@ def run_jobs(
                 continue
             note = note if not overwrite else ""
         if separator is None:
-            try:  # a file that cannot be opened fails without loading the model for it
-                audio_io.declared_seconds(job.path)
+            try:
+                check(job.path)
             except ClipsepError as err:
                 outcomes.append(_failed(job, err, describe, 0.0))
                 continue
@@ -198,8 +208,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
     lines = [f"{'input':<{width}}  {'status':<9}{'audio s':>8}{'took s':>8}  output / reason"]
     for o in outcomes:
         audio = f"{o.result.duration_s:8.1f}" if o.result else f"{'-':>8}"
-        reason = o.error.removeprefix(f"{o.job.path}: ")  # the input column names the file
-        where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else reason
+        where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else o.reason
         where += f" ({o.note})" if o.note else ""
         lines.append(f"{str(o.job.path):<{width}}  {o.status:<9}{audio}{o.seconds:8.1f}  {where}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("separated", "skipped", "failed")}
@@ -209,7 +218,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str, Any]:
     """The ``--json`` report: ``separated`` (per input: stems, residual, activity segments,
-    duration, time taken), ``skipped`` and ``failed`` (per input: why), model and total seconds."""
+    duration, time taken), ``skipped`` and ``failed`` (per input: why, not naming the input
+    again), model and total seconds."""
     report: dict[str, Any] = {
         "model": model,
         "seconds": round(seconds, 3),
@@ -219,7 +229,7 @@ def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str
     }
     for o in outcomes:
         if o.result is None:
-            report[o.status][str(o.job.path)] = o.error
+            report[o.status][str(o.job.path)] = o.reason
             continue
         r = o.result
         report["separated"][str(o.job.path)] = {

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from clipsep.config import add_params_arguments, params_from_args
 from clipsep.env import apply_offline_defaults, paused_gc, skip_exit_collection
@@ -202,17 +202,20 @@ def _load_separator(args: argparse.Namespace, params):
     return separator
 
 
-def _model_record(args: argparse.Namespace, params) -> dict[str, Any]:
+def _unloaded_model(args: argparse.Namespace, params) -> tuple[dict[str, Any], Callable]:
     """What the separator _load_separator would load records in separation.json
-    (Separator.model_record), found without loading it (clipsep.inference.resolve_reference and
-    run_device), so that a run whose files are all skipped loads nothing."""
+    (Separator.model_record) and a check that refuses a file too short for it
+    (clipsep.inference.check_length), both found without loading it (resolve_reference,
+    run_device, audio_config), so that a run whose files are all skipped, or all too short,
+    loads nothing."""
     from clipsep import outputs
-    from clipsep.inference import resolve_reference, run_device
+    from clipsep.inference import audio_config, check_length, resolve_reference, run_device
     from clipsep.registry_reader import registry_uri
 
     ref, root = _model_reference(args, params)
     resolved = resolve_reference(ref, args.clip_weights, registry_uri(params), root)
-    return outputs.model_record(
+    audio_cfg = audio_config(resolved.checkpoint)
+    record = outputs.model_record(
         resolved.checkpoint,
         resolved.version,
         resolved.clip_weights,
@@ -220,6 +223,7 @@ def _model_record(args: argparse.Namespace, params) -> dict[str, Any]:
         device=run_device(ref, params.separate.device, params.separate),
         calibration=params.path("clips"),
     )
+    return record, lambda path: check_length(path, audio_cfg)
 
 
 def _check_queries(args: argparse.Namespace) -> None:
@@ -260,11 +264,10 @@ class _ProgressBars:
         self.bar = None
 
     def start(self, job):
-        from tqdm import tqdm
+        from clipsep.progress import bar
 
         self.close()
-        # disable=None: no bar when stderr is not a terminal (a log file, a pipe, CI)
-        self.bar = tqdm(desc=str(job.path), unit="segment", leave=False, disable=None)
+        self.bar = bar(desc=str(job.path), unit="segment", leave=False)
         return self.update
 
     def update(self, done: int, total: int) -> None:
@@ -303,7 +306,7 @@ def separate_files(args: argparse.Namespace) -> int:
             _check_own_queries(jobs)
         params = params_from_args(args)
         model = _model_reference(args, params)[0]
-        model_record = _model_record(args, params)
+        model_record, check = _unloaded_model(args, params)
     kwargs = dict(
         queries=queries,
         image=args.image,
@@ -324,6 +327,7 @@ def separate_files(args: argparse.Namespace) -> int:
                 model_record,
                 bars.start,
                 describe=with_flags,
+                check=check,
             )
     finally:
         bars.close()

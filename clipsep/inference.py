@@ -291,6 +291,42 @@ def resolve_reference(
     return resolved
 
 
+def audio_config(checkpoint: str | Path) -> AudioConfig:
+    """The audio settings (sample rate, STFT and segment sizes) of a checkpoint or a ``clipsep
+    export`` folder (a :attr:`ResolvedModel.checkpoint`), read without loading the model."""
+    from clipsep.model.export import is_export_folder, read_export
+    from clipsep.model.factory import checkpoint_audio_config
+
+    if is_export_folder(checkpoint):
+        return read_export(checkpoint).audio_cfg
+    return checkpoint_audio_config(checkpoint)
+
+
+def min_input_frames(audio_cfg: AudioConfig, sample_rate: int) -> int:
+    """Shortest input (samples at ``sample_rate``) filling one STFT window at the model rate of
+    ``audio_cfg``; BadInputError for a rate that is not a positive whole number of Hz."""
+    sample_rate = check_sample_rate(sample_rate)
+    return math.ceil(audio_cfg.n_fft * sample_rate / audio_cfg.sample_rate)
+
+
+def check_length(path: str | Path, audio_cfg: AudioConfig) -> None:
+    """BadInputError, as :meth:`Separator.separate_file` gives it, for a file too short to separate
+    with a model of ``audio_cfg``, found before any model is loaded: a file whose header declares
+    too few samples is opened and checked (:func:`check_source`: cheap, it is short); one that
+    declares enough, or no length, is left to the separation. BadInputError also for a file that
+    cannot be opened."""
+    frames, rate = audio_io.declared_length(path)
+    need = min_input_frames(audio_cfg, rate)
+    if frames is None or frames >= need:
+        return
+    with tempfile.TemporaryDirectory(prefix="clipsep-check.") as work:
+        source = open_source(Path(path), Path(work))
+        try:
+            check_source(source, need)
+        finally:
+            source.close()
+
+
 def check_text_query(query) -> str:
     """``query`` stripped; BadInputError (argument ``query``) when it is not a non-empty string."""
     if not isinstance(query, str) or not query.strip():
@@ -515,10 +551,8 @@ class Separator:
     # --- whole signals -----------------------------------------------------------------------
 
     def min_input_frames(self, sample_rate: int) -> int:
-        """Shortest input (samples at ``sample_rate``) filling one STFT window at the model rate;
-        BadInputError for a rate that is not a positive whole number of Hz."""
-        sample_rate = check_sample_rate(sample_rate)
-        return math.ceil(self.audio_cfg.n_fft * sample_rate / self.audio_cfg.sample_rate)
+        """:func:`min_input_frames` of this separator's audio settings."""
+        return min_input_frames(self.audio_cfg, sample_rate)
 
     def plan(self, sample_rate: int, frames: int) -> ChunkPlan:
         sample_rate = check_sample_rate(sample_rate)

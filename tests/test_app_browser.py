@@ -28,12 +28,13 @@ pytestmark = [
 ]
 
 OUTPUTS_READY = """() => {
-  const audio = id => document.querySelector(
-    `#${id} a[data-testid="download-link"][href*="audio"]`);
+  const audio = (id, file) => document.querySelector(
+    `#${id} a[data-testid="download-link"][href$="/${file}"]`);
   const info = [...document.querySelectorAll('#info textarea')]
     .some(t => t.value.startsWith('query:'));
   const picture = document.querySelector('#spectrograms img[src]');
-  return Boolean(info && picture && audio('target-audio') && audio('residual-audio'));
+  return Boolean(info && picture && audio('target-audio', 'flute.wav')
+    && audio('residual-audio', 'residual.wav'));
 }"""
 
 EXAMPLE_DONE = """() => [...document.querySelectorAll('#info textarea')]

@@ -134,6 +134,21 @@ def test_players_sum_to_a_16_bit_upload_sample_for_sample(served):
     assert np.abs(result.players[-1][1] / 32768.0 - stems[-1].T).max() <= 2.0001 / 32768
 
 
+def test_stem_files_are_named_as_the_cli_names_them_and_hold_the_players(served, tmp_path):
+    """A new-user trial: every download was "audio.wav" (gradio's name for numpy audio)."""
+    params, separator, _, root = served
+    path = upload(root, "named.wav", tone(1.0))
+    result = handlers.separate_upload(separator, path, "flute, Cello/Bass?", None, params.serve)
+    files = handlers.write_players(result, tmp_path)
+    assert [f.name for f in files] == ["flute.wav", "Cello_Bass.wav", "residual.wav"]
+    for file, (rate, pcm) in zip(files, result.players):
+        wave, file_rate = sf.read(file, dtype="int16")
+        assert file_rate == rate and sf.info(file).subtype == "PCM_16"
+        np.testing.assert_array_equal(wave, pcm)
+    with pytest.raises(BadInputError, match="differ only in case"):  # before any work
+        handlers.separate_upload(separator, path, "flute, Flute", None, params.serve)
+
+
 def test_comma_separated_queries_give_one_stem_each_with_activity(served):
     params, separator, _, root = served
     mixture = tone(3.0)

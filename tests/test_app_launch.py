@@ -130,6 +130,8 @@ def test_api_inputs_are_optional_and_every_stem_is_a_downloaded_file(app_url):
     files = [first, second, third, residual]
     # each a file the client downloaded (not an update dict holding a server path)
     assert all(isinstance(f, str) and Path(f).is_relative_to(root / "client") for f in files)
+    # named as clipsep separate names stems, not all "audio.wav" (a new-user trial)
+    assert [Path(f).name for f in files] == ["violin.wav", "cello.wav", "flute.wav", "residual.wav"]
     total = sum(sf.read(f, dtype="int16", always_2d=True)[0].astype(np.int32) for f in files)
     np.testing.assert_array_equal(total, steps)  # exactly: stems + residual == the upload
 

@@ -82,6 +82,17 @@ def test_export_folder_holds_network_and_front_end_settings(exported):
     assert manifest["source_checkpoint"]["path"] == str(checkpoint.resolve())
 
 
+def test_audio_settings_are_read_without_loading_from_a_checkpoint_and_an_export(exported):
+    """What clipsep separate reads before the model loads, to refuse an input too short."""
+    from clipsep.inference import audio_config, min_input_frames
+    from clipsep.model.factory import load_checkpoint
+
+    checkpoint, _, out, _ = exported
+    stored = load_checkpoint(checkpoint)[1].audio_cfg
+    assert audio_config(checkpoint) == audio_config(out) == stored
+    assert min_input_frames(audio_config(out), 22050) == math.ceil(stored.n_fft * 22050 / 16000)
+
+
 @pytest.mark.parametrize("batch,queries,frames", [(1, 1, 64), (2, 3, 48)])
 def test_onnx_network_agrees_with_eager(exported, batch, queries, frames):
     """Fixed inputs, dynamic batch, query count and frame count (multiples of 2**depth = 16)."""

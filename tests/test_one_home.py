@@ -3,6 +3,9 @@ and stay gone."""
 
 from __future__ import annotations
 
+import io
+import sys
+
 from conftest import REPO
 
 CODE_DIRS = ("clipsep", "app", "flows", "tests", "bench", "scripts")
@@ -98,3 +101,41 @@ def test_flows_default_to_the_same_params_file_as_the_cli(tmp_path, monkeypatch)
     )
     given = deployment_parameters(parser.parse_args(["--params", "mine.yaml"]))
     assert given["params_file"] == str(tmp_path / "mine.yaml")
+
+
+def test_every_progress_bar_follows_one_rule_made_in_one_place():
+    """The training loop hid its bar by its own test (``not sys.stderr.isatty()``) while the
+    others passed tqdm ``disable=None``: now every bar is clipsep.progress.bar."""
+    making = {
+        f
+        for text in ("import tqdm", "disable=", "isatty(")
+        for f in files_containing(text)
+        if f.split("/")[0] in ("clipsep", "app", "flows")
+    }
+    assert making == {"clipsep/progress.py"}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_shows_on_a_terminal_only_and_not_when_hidden(monkeypatch):
+    from clipsep.progress import bar
+
+    shown = {}
+    for name, stream, hidden in [
+        ("terminal", _Terminal(), False),
+        ("log file", io.StringIO(), False),
+        ("other rank", _Terminal(), True),
+    ]:
+        monkeypatch.setattr(sys, "stderr", stream)
+        with bar(total=3, desc="train", hidden=hidden) as progress:
+            visible = not progress.disable
+            progress.update(3)
+        shown[name] = (visible, "train: 100%" in stream.getvalue())
+    assert shown == {
+        "terminal": (True, True),
+        "log file": (False, False),
+        "other rank": (False, False),
+    }

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_inference import tones
+from clipsep.errors import BadInputError
+from test_inference import separator, tones  # noqa: F401 - module fixture
 from test_separate_cli import model, run_cli, write_video  # noqa: F401 - module fixture
 
 
@@ -128,6 +129,52 @@ def test_an_unreadable_input_fails_before_the_model_loads(model, tmp_path, caplo
     assert not (tmp_path / "out").exists()
 
 
+def _no_load(*args):
+    raise AssertionError("the model was loaded for a file too short to separate")
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])  # read in place / decoded first
+def test_a_too_short_input_is_refused_before_the_model_loads_as_the_separator_refuses_it(
+    model,  # noqa: F811
+    separator,  # noqa: F811
+    tmp_path,
+    caplog,
+    monkeypatch,
+    suffix,
+):
+    import clipsep.cli
+
+    short = tmp_path / f"short{suffix}"
+    sf.write(short, tones(22050, 0.02, 1)[0], 22050)  # 441 samples; n_fft 1024 at 16 kHz: 1412
+    with pytest.raises(BadInputError) as err:
+        separator.separate_file(short, tmp_path / "api", query="cello")
+    assert str(err.value) == (
+        f"{short}: 441 samples (0.020 s) at 22050 Hz is too short to separate "
+        "(need at least 1412 samples, 0.064 s)"
+    )
+    monkeypatch.setattr(clipsep.cli, "_load_separator", _no_load)
+    assert run_cli(model, tmp_path / "out", short, extra=["--query", "cello"]) == 2
+    assert str(err.value) in caplog.messages
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_too_short_file_in_a_folder_fails_and_the_others_are_separated(model, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", tones(16000, 0.05, 1)[0], 16000)  # 800 of 1024 samples
+    sf.write(tmp_path / "in" / "b.wav", tones(16000, 1.0, 1)[0], 16000)
+    assert run_cli(model, tmp_path / "out", tmp_path / "in", extra=["--query", "cello"]) == 1
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].split(None, 4)[1:] == [
+        "failed",
+        "-",
+        "0.0",
+        "800 samples (0.050 s) at 16000 Hz is too short to separate "
+        "(need at least 1024 samples, 0.064 s)",
+    ]
+    assert rows[2].split()[1] == "separated" and rows[-1] == "1 separated, 0 skipped, 1 failed"
+    assert (tmp_path / "out" / "b" / "target.wav").is_file()
+
+
 @pytest.mark.parametrize(
     "out,message",
     [
@@ -210,6 +257,17 @@ def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, caps
         caplog.text
     )
     assert not (out / "live" / "broken").exists()
+
+
+def test_json_failure_reason_does_not_repeat_the_path_that_keys_it(model, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "in").mkdir()
+    broken = tmp_path / "in" / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    assert run_cli(model, tmp_path / "out", tmp_path / "in", extra=["--query", "x", "--json"]) == 1
+    failed = json.loads(capsys.readouterr().out)["failed"]
+    assert list(failed) == [str(broken)]
+    assert failed[str(broken)].startswith("unreadable audio or video file (")
+    assert "broken.wav" not in failed[str(broken)]
 
 
 def test_activity_csv_matches_the_library_segments(model, tmp_path):  # noqa: F811

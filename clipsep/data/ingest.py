@@ -360,9 +360,9 @@ def _run_sources(
     todo: list[SourceFile], out_dir: Path, cfg: IngestConfig, pool
 ) -> Iterator[tuple[str, SourceResult]]:
     """Process sources (in parallel when there is a pool), yielding as each finishes, with a bar."""
-    from tqdm import tqdm
+    from clipsep.progress import bar as progress_bar
 
-    with tqdm(total=len(todo), desc="ingest", unit="video", disable=None if todo else True) as bar:
+    with progress_bar(total=len(todo), desc="ingest", unit="video", hidden=not todo) as bar:
         if pool is None:
             results: Iterable = (
                 (f.sha256, process_source(f.path, f.sha256, out_dir, cfg)) for f in todo

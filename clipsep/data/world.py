@@ -370,10 +370,10 @@ def _run_all(tasks: list[tuple], workers: int) -> list[Any]:
     """Run the tasks in order (in a spawn process pool when workers > 1) with a progress bar."""
     import multiprocessing
 
-    from tqdm import tqdm
+    from clipsep.progress import bar as progress_bar
 
     results = []
-    with tqdm(total=len(tasks), desc="world", unit="item", disable=None) as bar:
+    with progress_bar(total=len(tasks), desc="world", unit="item") as bar:
         if workers <= 1:
             outputs = map(_run_task, tasks)
         else:  # spawn: a forked copy of a parent with torch threads running can deadlock

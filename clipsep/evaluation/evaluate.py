@@ -38,6 +38,7 @@ from clipsep.errors import BadInputError
 from clipsep.evaluation import metrics as M
 from clipsep.fileio import write_csv, write_json
 from clipsep.outputs import file_identity
+from clipsep.progress import bar as progress_bar
 from clipsep.data.mixing import read_manifest
 from clipsep.data.world import read_ground_truth
 
@@ -317,8 +318,6 @@ def mixture_plan(p: Params, protocol: Protocol) -> list[tuple[int, int, int]]:
 
 def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Score ``checkpoint`` on the protocol; writes metrics.json, per_item.csv and plots."""
-    from tqdm import tqdm
-
     from clipsep.evaluation import plots
     from clipsep.inference import Separator
 
@@ -331,7 +330,7 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     scorer = MixtureScorer(p, separator, protocol)
     rows, example = [], None
     plan = mixture_plan(p, protocol)
-    bar = tqdm(plan, desc="evaluate", unit="mixture", disable=None)
+    bar = progress_bar(plan, desc="evaluate", unit="mixture")
     every = max(1, len(plan) // 10)  # where there is no bar (a log file, CI): a line per tenth
     for index, t, i in bar:
         # A second generator per mixture (offset) picks the absent class, independent of the draw.

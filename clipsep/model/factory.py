@@ -129,14 +129,26 @@ def load_checkpoint(
     return model.to(device).eval(), info
 
 
-def _read_payload(path: Path, device: str | torch.device) -> dict[str, Any]:
+def checkpoint_audio_config(path: str | Path) -> AudioConfig:
+    """The audio settings a checkpoint records, read without reading its weights (memory-mapped)
+    or building the network; the errors of :func:`load_checkpoint`."""
+    payload = _read_payload(Path(path), "cpu", mmap=True)
+    try:
+        return AudioConfig(**payload["audio_cfg"])
+    except (KeyError, TypeError) as err:
+        raise BadInputError(
+            f"checkpoint {path} does not fit this clipsep version ({clipsep.__version__}): {err}"
+        ) from err
+
+
+def _read_payload(path: Path, device: str | torch.device, mmap: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise MissingWeightsError(
             f"separator checkpoint not found: {path} "
             f"(train one with `clipsep train`, or pass an existing .pt file)"
         )
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except (
         pickle.UnpicklingError,
         zipfile.BadZipFile,

@@ -144,7 +144,7 @@ def _train(
 
     ``precision`` is a resolved mode (fp32 | bf16 | fp16) for the forward pass; the loss is fp32.
     """
-    from tqdm.auto import tqdm
+    from clipsep.progress import bar as progress_bar
 
     tokens, label_ids = _encode_captions(data, tokenizer)
     n = len(data.images)
@@ -155,11 +155,8 @@ def _train(
     generator = torch.Generator().manual_seed(cfg.pretrain_seed)
     losses: list[float] = []
     model.train()
-    with tqdm(
-        total=cfg.pretrain_epochs * steps_per_epoch,
-        desc="pretrain-clip",
-        unit="step",
-        disable=None,  # no bar where stderr is not a terminal (a log file, CI)
+    with progress_bar(
+        total=cfg.pretrain_epochs * steps_per_epoch, desc="pretrain-clip", unit="step"
     ) as bar:
         for _ in range(cfg.pretrain_epochs):
             for index in _epoch_batches(n, batch, steps_per_epoch, generator):

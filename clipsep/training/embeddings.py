@@ -14,10 +14,10 @@ from typing import Sequence
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from clipsep.data.mixing import MANIFEST, ClipRecord
 from clipsep.errors import BadInputError
+from clipsep.progress import bar
 from clipsep.fileio import torch_save
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,8 @@ def compute_embeddings(encoder, records: Sequence[ClipRecord]) -> dict[str, torc
             owners.append(record.clip_id)
             paths.append(path)
     chunks = []
-    for start in tqdm(
-        range(0, len(paths), IMAGE_BATCH), desc="CLIP frame embeddings", unit="batch", disable=None
-    ):
+    batches = range(0, len(paths), IMAGE_BATCH)
+    for start in bar(batches, desc="CLIP frame embeddings", unit="batch"):
         images = [_open_rgb(p) for p in paths[start : start + IMAGE_BATCH]]
         chunks.append(encoder.encode_images(images).float().cpu())
     flat = torch.cat(chunks) if chunks else torch.zeros(0)

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from clipsep.config import Params
 from clipsep.data.mixing import (
@@ -567,12 +565,8 @@ def run_steps(
         sampler=range(state.step, train.steps),
     )
     trainer.model.train()
-    progress = tqdm(
-        total=train.steps,
-        initial=state.step,
-        desc="train",
-        unit="step",
-        disable=not dist.is_main or not sys.stderr.isatty(),
+    progress = clipsep_progress.bar(
+        total=train.steps, initial=state.step, desc="train", unit="step", hidden=not dist.is_main
     )
     log_every = max(1, min(50, train.steps // 10))
     tick = time.perf_counter()
