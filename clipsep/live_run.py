@@ -22,9 +22,12 @@ single ``<paths.mlflow>/pipeline_run.json`` of older versions is taken over by t
 was opened for, the first time that folder looks for its run.
 
 Which run a stage continues: its folder's recorded one, unless it is FINISHED (registered: the
-pipeline pass is over) or this stage already completed in it (``done``: a stage running again
-starts a new pass; the unfinished old run ends KILLED, superseded). A resumed training
-(``last.pt`` present) continues its run even so. A failed or killed run is continued by the
+pipeline pass is over), this stage already completed in it (``done``: a stage running again
+starts a new pass; the unfinished old run ends KILLED, superseded) or it was opened with other
+params (MLflow keeps a param's first value, so continuing would show values the stages did not
+run with: a new pass, the old run ends KILLED naming the changed params). A resumed training
+(``last.pt`` present) continues its run even so, and names the changed params in the tag
+``clipsep.params_changed.train``. A failed or killed run is continued by the
 stage that failed (the retry of the same pass). A stage that raises ends the run FAILED (Ctrl-C
 or SIGTERM: KILLED), with ``clipsep.end_reason``; a SIGKILLed one, or one whose driver (the
 flow's process, ``dvc``) was SIGKILLed between stages, is ended KILLED by the next process that
@@ -72,15 +75,16 @@ def open_run(p: Params, stage: str, resuming: bool = False, in_process: bool = T
     client, experiment_id = connect(p)  # also ends runs whose owner died (run_owner)
     with run_file_lock(p):  # this folder's stages started together pick one run
         previous = recorded_run(p, client)
-        if _continues(previous, stage, resuming):
+        changed = [] if previous is None else changed_params(previous, p)
+        if _continues(previous, stage, resuming) and (resuming or not changed):
             run_id = previous.info.run_id
             if previous.info.status != "RUNNING":
                 _reopen(client, previous)
-            _log_params(client, previous, p, stage)
+            _log_params(client, previous, p, stage, changed)
             log.info("%s continues MLflow run %s", stage, run_id)
         else:
             if previous is not None and previous.info.status == "RUNNING":
-                _supersede(client, previous.info.run_id, stage)
+                _supersede(client, previous.info.run_id, stage, changed)
             run_id = _create(client, experiment_id, p, stage)
             write_run_file(p, run_id, experiment_id)
             folder = p.path("checkpoints")
@@ -126,8 +130,11 @@ def _reopen(client, run) -> None:
     client.update_run(run.info.run_id, status="RUNNING")
 
 
-def _supersede(client, run_id: str, stage: str) -> None:
-    reason = f"superseded: {stage} ran again before register closed this pipeline run"
+def _supersede(client, run_id: str, stage: str, changed: list[str]) -> None:
+    if changed:
+        reason = f"superseded: {stage} ran with other params ({_describe(changed)})"
+    else:
+        reason = f"superseded: {stage} ran again before register closed this pipeline run"
     client.set_tag(run_id, run_owner.END_REASON, reason)
     client.set_terminated(run_id, "KILLED")
     log.warning("MLflow run %s ended KILLED (%s)", run_id, reason)
@@ -150,21 +157,37 @@ def _create(client, experiment_id: str, p: Params, stage: str) -> str:
     return run.info.run_id
 
 
-def _log_params(client, run, p: Params, stage: str) -> None:
-    """Log params the run lacks; params that changed since it opened (MLflow keeps a param's
-    first value) are named in the tag ``clipsep.params_changed.<stage>``."""
+def changed_params(run, p: Params) -> list[str]:
+    """``key: old -> new`` for each param ``run`` logged with another value than ``p`` has."""
+    from clipsep.tracking import flatten_params
+
+    logged = run.data.params
+    return [
+        f"{key}: {logged[key]} -> {value}"
+        for key, value in sorted(flatten_params(p).items())
+        if key in logged and logged[key] != value[:MAX_PARAM]
+    ]
+
+
+def _describe(changed: list[str], limit: int = 3) -> str:
+    more = f", and {len(changed) - limit} more" if len(changed) > limit else ""
+    return "; ".join(changed[:limit]) + more
+
+
+def _log_params(client, run, p: Params, stage: str, changed: list[str]) -> None:
+    """Log params the run lacks; params that changed since it opened (a resumed training only)
+    are named in the tag ``clipsep.params_changed.<stage>``."""
     from mlflow.entities import Param
 
     from clipsep.tracking import flatten_params
 
-    current = {k: v[:MAX_PARAM] for k, v in flatten_params(p).items()}
     logged = run.data.params
-    missing = [Param(k, v) for k, v in current.items() if k not in logged]
+    missing = [Param(k, v[:MAX_PARAM]) for k, v in flatten_params(p).items() if k not in logged]
     for start in range(0, len(missing), 100):
         client.log_batch(run.info.run_id, params=missing[start : start + 100])
-    changed = sorted(k for k, v in current.items() if k in logged and logged[k] != v)
     if changed:
-        client.set_tag(run.info.run_id, f"clipsep.params_changed.{stage}", ", ".join(changed))
+        tag = f"clipsep.params_changed.{stage}"
+        client.set_tag(run.info.run_id, tag, "; ".join(changed)[:MAX_TAG])
         log.warning("params changed since MLflow run %s opened: %s", run.info.run_id, changed)
 
 

@@ -187,6 +187,31 @@ def test_a_stage_that_ran_already_starts_a_new_run_and_a_failure_ends_it_failed(
     assert "ValidationFailed" in failed.data.tags[run_owner.END_REASON]
 
 
+def test_a_stage_run_with_other_params_starts_a_new_run(tmp_path, shared_inputs):  # noqa: F811
+    """A pass continued with other params (here train.steps 4 -> 6) showed the first values in
+    MLflow (train.steps=4 for a training of 6 steps): it now opens a new run with the params the
+    stage ran with, and the old one ends KILLED naming the change."""
+    clips = valid_clips(tmp_path, shared_inputs)
+    params = _params(tmp_path, shared_inputs, "labelled", **{"paths.clips": clips})
+    client = tracking.client_for(params)
+    run_stage("validate", params)
+    first = tracking.recorded_run(params, client).info.run_id
+    longer = _params(
+        tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, "train.steps": 6}
+    )
+    run_stage("train", longer)
+    run = tracking.recorded_run(longer, client)
+    assert run.info.run_id != first
+    assert run.data.params["train.steps"] == "6"
+    assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3, 4, 5, 6]
+    assert not [k for k in run.data.tags if k.startswith("clipsep.params_changed.")]
+    old = client.get_run(first)
+    assert old.info.status == "KILLED"
+    assert old.data.tags[run_owner.END_REASON] == (
+        "superseded: train ran with other params (train.steps: 4 -> 6)"
+    )
+
+
 def wait_for(condition, seconds: float, what: str):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
