@@ -6,7 +6,9 @@ Imports torch, clipsep.audio (the input transform) and clipsep.errors only.
 turns each of the N queries into a mask logit map ``[B, N, W, T]``. With noise invariant training
 (``nit=True``) it also returns two noise-head logit maps ``[B, 2, W, T]``, computed from the mean of
 the N pre-sigmoid query projections; they are for training only (inference uses ``mask_logits``).
-Fusion variants are chosen by name through :data:`FUSIONS`.
+Fusion variants are chosen by name through :data:`FUSIONS`. With ``gate_stride > 0`` a
+:class:`QueryGate` adds, per query, a coarse logit map computed from the decoder's activations
+(the preset ``cpu-gated``; docs/model.md).
 
 With ``output_stride=2`` the U-Net's features are ``[B, k, W/2, T/2]`` and the logit maps are
 upsampled x2 (bilinear, align_corners=True) after the fusion. Fusion is linear per pixel, so this
