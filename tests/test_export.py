@@ -202,3 +202,42 @@ def test_a_text_file_named_pt_is_a_clear_error(tmp_path):
     fake.write_text("hello")
     with pytest.raises(BadInputError, match="cannot read checkpoint"):
         Separator.from_pretrained(fake, device="cpu")
+
+
+def test_a_gated_network_exports_and_agrees_with_eager(tmp_path):
+    """The query gate (FiLM per query on decoder activations) survives the export: its 5-D
+    per-query tensors and the resize to the logits' size."""
+    from clipsep.model.export import load_onnx_network
+    from clipsep.model.factory import load_checkpoint, save_checkpoint
+    from clipsep.model.network import CLIPSepNet
+
+    checkpoint, _ = make_tiny_model(tmp_path)
+    eager, info = load_checkpoint(checkpoint)
+    gated = CLIPSepNet(dataclasses.replace(info.net_cfg, gate_stride=4, gate_channels=8))
+    path = save_checkpoint(
+        tmp_path / "gated.pt",
+        gated,
+        model_cfg=info.model_cfg,
+        audio_cfg=info.audio_cfg,
+        query=info.query,
+    )
+    spread_weights(path)
+    out = tmp_path / "onnx"
+    done = subprocess.run(
+        [sys.executable, "-m", "clipsep.cli", "export", str(path), "--format", "onnx", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    eager, _ = load_checkpoint(path)
+    onnx, info = load_onnx_network(out)
+    generator = torch.Generator().manual_seed(3)
+    mag = torch.rand(2, 1, info.net_cfg.warp_bins, 64, generator=generator) ** 4
+    query = torch.randn(2, 3, info.net_cfg.query_dim, generator=generator)
+    with torch.no_grad():
+        reference = eager(mag, query, with_noise=False).mask_logits
+        gate = eager.gate(eager.features(mag).tap, query)
+    assert gate.std() > 0.1  # the gate is live, so agreement covers it
+    assert (onnx(mag, query).mask_logits - reference).abs().max() < TOLERANCE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -207,9 +209,9 @@ def test_output_stride_2_equals_fusing_upsampled_features():
     with torch.no_grad():
         out = net(mix, queries)
         features = net.features(mix)
-        assert features.shape == (2, 8, 128, 16)  # half resolution
+        assert features.maps.shape == (2, 8, 128, 16)  # half resolution
         upsampled = torch.nn.functional.interpolate(
-            features, scale_factor=2, mode="bilinear", align_corners=True
+            features.maps, scale_factor=2, mode="bilinear", align_corners=True
         )
         weights = torch.sigmoid(net.fusion.project(queries))
         direct = net.fusion.combine(weights, upsampled)
@@ -264,3 +266,73 @@ def test_warp_bins_has_one_value_across_presets_and_profiles(tmp_path, tiny_para
             query=QUERY_REF,
         )
     assert not (tmp_path / "x.pt").exists()
+
+
+def _gated(gate_stride: int, seed: int = 0) -> CLIPSepNet:
+    torch.manual_seed(seed)
+    cfg = NetConfig(depth=4, base_channels=4, k=8, fusion="late", nit=True, query_dim=QUERY_DIM)
+    return CLIPSepNet(dataclasses.replace(cfg, gate_stride=gate_stride, gate_channels=6))
+
+
+def test_untrained_query_gate_adds_nothing():
+    """A fresh gate's FiLM and read-out are zero: the net is its late-fusion twin."""
+    gated, plain = _gated(4).eval(), _gated(0).eval()
+    missing = plain.load_state_dict(gated.state_dict(), strict=False)
+    assert missing.unexpected_keys and all(k.startswith("gate.") for k in missing.unexpected_keys)
+    mix, queries, _, _ = _batch(n_frames=32)
+    with torch.no_grad():
+        assert torch.equal(gated(mix, queries).mask_logits, plain(mix, queries).mask_logits)
+
+
+@pytest.mark.parametrize("stride", [2, 4, 8])
+def test_query_gate_taps_the_decoder_at_its_stride(stride):
+    net = _gated(stride).eval()
+    mix, queries, _, _ = _batch(n_frames=32)
+    with torch.no_grad():
+        features = net.features(mix)
+    channels = net.unet.tap_channels(stride)
+    assert features.tap.shape == (2, channels, 256 // stride, 32 // stride)
+    assert channels == {2: 8, 4: 16, 8: 32}[stride]  # skip + upsampled, base 4 doubling
+
+
+@pytest.mark.parametrize("stride", [1, 3, 16])
+def test_query_gate_stride_outside_the_decoder_is_refused(stride):
+    with pytest.raises(ValueError, match="tap stride must be a power of 2 in \\[2, 8\\]"):
+        _gated(stride)
+
+
+def test_query_gate_acts_per_query_after_the_shared_pass():
+    """A gate whose FiLM scale is query[0] - 1: query (1, ...) adds ReLU(hidden) > 0 somewhere,
+    query (0, ...) zeroes the hidden map and is left to late fusion exactly."""
+    net = _gated(4).eval()
+    channels = net.cfg.gate_channels
+    with torch.no_grad():
+        net.gate.readout.weight.fill_(1e4)  # the fresh U-Net's activations are ~1e-3
+        net.gate.film.weight[:channels, 0] = 1.0  # scale rows read query dim 0
+        net.gate.film.bias[:channels] = -1.0
+    mix, queries, _, _ = _batch(n_frames=32)
+    queries[..., 0] = torch.tensor([1.0, 0.0])
+    with torch.no_grad():
+        gated = net(mix, queries).mask_logits
+        net.gate = None
+        plain = net(mix, queries).mask_logits
+    assert torch.equal(gated[:, 1], plain[:, 1])
+    assert (gated[:, 0] >= plain[:, 0] - 1e-6).all() and (gated[:, 0] > plain[:, 0] + 1e-3).any()
+
+
+def test_gated_checkpoint_round_trip(tmp_path, tiny_params):
+    net = _gated(4).eval()
+    with torch.no_grad():
+        net.gate.readout.weight.normal_()
+    path = save_checkpoint(
+        tmp_path / "gated.pt",
+        net,
+        model_cfg=tiny_params.model,
+        audio_cfg=tiny_params.audio,
+        query=QUERY_REF,
+    )
+    loaded, info = load_checkpoint(path)
+    assert info.net_cfg.gate_stride == 4 and info.net_cfg.gate_channels == 6
+    mix, queries, _, _ = _batch(n_frames=32)
+    with torch.no_grad():
+        assert torch.equal(loaded(mix, queries).mask_logits, net(mix, queries).mask_logits)

@@ -6,7 +6,9 @@ Imports torch, clipsep.audio (the input transform) and clipsep.errors only.
 turns each of the N queries into a mask logit map ``[B, N, W, T]``. With noise invariant training
 (``nit=True``) it also returns two noise-head logit maps ``[B, 2, W, T]``, computed from the mean of
 the N pre-sigmoid query projections; they are for training only (inference uses ``mask_logits``).
-Fusion variants are chosen by name through :data:`FUSIONS`.
+Fusion variants are chosen by name through :data:`FUSIONS`. With ``gate_stride > 0`` a
+:class:`QueryGate` adds, per query, a coarse logit map computed from the decoder's activations
+(the preset ``cpu-gated``; docs/model.md).
 
 With ``output_stride=2`` the U-Net's features are ``[B, k, W/2, T/2]`` and the logit maps are
 upsampled x2 (bilinear, align_corners=True) after the fusion. Fusion is linear per pixel, so this
@@ -42,6 +44,8 @@ class NetConfig:
     warp_bins: int = 256  # log-frequency rows of the input
     max_multiplier: int = 8  # U-Net widths grow as base * 2**level up to base * max_multiplier
     output_stride: int = 1  # 2: features at half resolution, logits upsampled (CPU presets)
+    gate_stride: int = 0  # > 0: + a query gate on the decoder at 1/gate_stride of the input size
+    gate_channels: int = 64  # hidden width of the query gate
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +81,41 @@ class LateFusion(nn.Module):
 FUSIONS: dict[str, type[LateFusion]] = {"late": LateFusion}
 
 
+class Features(NamedTuple):
+    """What the U-Net gives the queries: ``maps [B, k, W', T']`` and, with a query gate, the
+    decoder's activations ``tap [B, C, W / gate_stride, T / gate_stride]`` (else None)."""
+
+    maps: torch.Tensor
+    tap: torch.Tensor | None
+
+
+class QueryGate(nn.Module):
+    """A coarse, query-conditioned logit map added to the fused logits.
+
+    Late fusion weights k feature maps with positive per-query weights, a linear read-out that
+    leaves "is this sound here at all" to the U-Net's last k channels. The gate reads deeper
+    decoder activations at low resolution: a shared 3x3 conv, then per query a FiLM (feature-wise
+    scale and shift from the query embedding, Perez et al. 2018), ReLU and a 1x1 conv to one
+    logit. ``forward(tap [B, C, w, t], queries [B, N, D]) -> [B, N, w, t]``. The FiLM and the
+    read-out start at zero, so an untrained gate adds nothing.
+    """
+
+    def __init__(self, in_channels: int, channels: int, query_dim: int):
+        super().__init__()
+        self.hidden = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        )
+        self.film = nn.Linear(query_dim, 2 * channels)
+        self.readout = nn.Linear(channels, 1)
+
+    def forward(self, tap: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden(tap)  # [B, C, w, t]
+        scale, shift = self.film(queries).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=2)
+        modulated = torch.relu(hidden.unsqueeze(1) * (1 + scale) + shift)  # [B, N, C, w, t]
+        weight = self.readout.weight.view(1, 1, -1, 1, 1).to(modulated.dtype)
+        return (modulated * weight).sum(dim=2) + self.readout.bias.to(modulated.dtype)
+
+
 class CLIPSepNet(nn.Module):
     """Text/image-queried separator: ``forward(mix_mag, queries) -> SeparationOutput``."""
 
@@ -87,50 +126,63 @@ class CLIPSepNet(nn.Module):
         self.cfg = cfg
         self.unet = UNet(cfg.depth, cfg.base_channels, cfg.k, cfg.max_multiplier, cfg.output_stride)
         self.fusion = FUSIONS[cfg.fusion](cfg.k, cfg.query_dim)
+        self.gate = (
+            QueryGate(self.unet.tap_channels(cfg.gate_stride), cfg.gate_channels, cfg.query_dim)
+            if cfg.gate_stride
+            else None
+        )
         self.noise_heads = (
             nn.ModuleList(nn.Linear(cfg.k, cfg.k) for _ in range(N_NOISE_HEADS))
             if cfg.nit
             else None
         )
         self.apply(_init_weights)
+        if self.gate is not None:  # start as plain late fusion
+            for parameter in (*self.gate.film.parameters(), *self.gate.readout.parameters()):
+                nn.init.zeros_(parameter)
 
-    def features(self, mix_mag: torch.Tensor) -> torch.Tensor:
-        """U-Net features ``S [B, k, W, T]`` of a warped linear magnitude ``[B, 1, W, T]``."""
+    def features(self, mix_mag: torch.Tensor) -> Features:
+        """U-Net features (``maps [B, k, W', T']``, gate tap) of a warped linear magnitude
+        ``[B, 1, W, T]``."""
         self._check_input(mix_mag)
-        return self.unet(log_magnitude(mix_mag.detach()))
+        tap_stride = self.cfg.gate_stride or None
+        return Features(*self.unet.forward_with_tap(log_magnitude(mix_mag.detach()), tap_stride))
 
     def masks_from_features(
         self,
-        features: torch.Tensor,
+        features: Features,
         queries: torch.Tensor,
         with_noise: bool = True,
         noise_queries: int | None = None,
     ) -> SeparationOutput:
-        """Apply N queries ``[B, N, D]`` to features ``[B, k, W', T']`` (no U-Net pass).
+        """Apply N queries ``[B, N, D]`` to :meth:`features` (no U-Net pass).
 
         Returns logits at the input resolution ``[B, N, W, T]`` (``W = W' * output_stride``).
         The noise heads read the first ``noise_queries`` queries (default: all): the sources of
         the mixture, not the extra absent-sound queries of training.
         """
+        maps = features.maps
         if (
             queries.dim() != 3
-            or queries.shape[0] != features.shape[0]
+            or queries.shape[0] != maps.shape[0]
             or queries.shape[-1] != self.cfg.query_dim
         ):
             raise BadInputError(
-                f"queries must be [B={features.shape[0]}, N, "
+                f"queries must be [B={maps.shape[0]}, N, "
                 f"D={self.cfg.query_dim}], got {tuple(queries.shape)}"
             )
         projected = self.fusion.project(queries)  # [B, N, k], pre-sigmoid
-        mask_logits = self.fusion.combine(torch.sigmoid(projected), features)
+        mask_logits = self._full_resolution(self.fusion.combine(torch.sigmoid(projected), maps))
+        if self.gate is not None:
+            mask_logits = mask_logits + _upsample_to(self.gate(features.tap, queries), mask_logits)
         noise_logits = None
         if with_noise and self.noise_heads is not None:
             mean_projection = projected[:, :noise_queries].mean(dim=1)  # [B, k]
             noise_weights = torch.stack(
                 [torch.sigmoid(head(mean_projection)) for head in self.noise_heads], dim=1
             )  # [B, 2, k]
-            noise_logits = self._full_resolution(self.fusion.combine(noise_weights, features))
-        return SeparationOutput(self._full_resolution(mask_logits), noise_logits)
+            noise_logits = self._full_resolution(self.fusion.combine(noise_weights, maps))
+        return SeparationOutput(mask_logits, noise_logits)
 
     def _full_resolution(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.output_stride == 1:
@@ -158,6 +210,13 @@ class CLIPSepNet(nn.Module):
                 f"mix_mag {tuple(mix_mag.shape)}: W and T must be divisible by "
                 f"2**depth = {step}; pad the frames (clipsep.audio.pad_frames)"
             )
+
+
+def _upsample_to(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``logits [B, N, w, t]`` bilinearly resized to ``like``'s last two sizes."""
+    return nn.functional.interpolate(
+        logits, size=like.shape[-2:], mode=UPSAMPLE_MODE, align_corners=True
+    )
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -36,6 +36,7 @@ class UNet(nn.Module):
             raise ValueError(f"U-Net output_stride must be 1 or 2, got {output_stride}")
         self.depth = depth
         widths = [base_channels * min(2**level, max_multiplier) for level in range(depth)]
+        self.widths = widths
         self.input_norm = nn.BatchNorm2d(1)
         self.encoders = nn.ModuleList(
             _encoder(
@@ -57,15 +58,34 @@ class UNet(nn.Module):
         )
 
     def forward(self, log_mag: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_tap(log_mag, tap_stride=None)[0]
+
+    def forward_with_tap(
+        self, log_mag: torch.Tensor, tap_stride: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features and the decoder's activations at ``1 / tap_stride`` of the input's size
+        (``[B, tap_channels(tap_stride), W / tap_stride, T / tap_stride]``; None without a tap)."""
         x = self.input_norm(log_mag)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
         x = skips.pop()  # the innermost output feeds the decoder directly, it has no skip
-        for decoder in self.decoders:
+        tap = None
+        for j, decoder in enumerate(self.decoders):
             x = torch.cat([skips.pop(), decoder(x)], dim=1)
-        return self.output(x)
+            if tap_stride is not None and 2 ** (self.depth - 1 - j) == tap_stride:
+                tap = x
+        return self.output(x), tap
+
+    def tap_channels(self, tap_stride: int) -> int:
+        """Channels of the decoder's activations at ``1 / tap_stride`` of the input's size."""
+        level = tap_stride.bit_length() - 2  # encoder level l has stride 2**(l+1)
+        if tap_stride < 2 or tap_stride & (tap_stride - 1) or level > self.depth - 2:
+            raise ValueError(
+                f"tap stride must be a power of 2 in [2, {2 ** (self.depth - 1)}], got {tap_stride}"
+            )
+        return 2 * self.widths[level]  # the skip and the upsampled decoder output, concatenated
 
 
 def _encoder(in_ch: int, out_ch: int, *, first: bool, innermost: bool) -> nn.Sequential:
