@@ -164,15 +164,20 @@ def test_the_first_stage_opens_the_run_later_stages_fill_it_register_closes_it(
     assert tracking.recorded_run(params, client).info.run_id != run.info.run_id
 
 
-def test_a_stage_that_ran_already_starts_a_new_run_and_a_failure_ends_it_failed(
-    tmp_path,
-    shared_inputs,  # noqa: F811
-):
+def validated_pass(tmp_path, shared_inputs):  # noqa: F811
+    """(clips, params, client, run id): a labelled project whose validate stage opened a run."""
     clips = valid_clips(tmp_path, shared_inputs)
     params = _params(tmp_path, shared_inputs, "labelled", **{"paths.clips": clips})
     client = tracking.client_for(params)
     run_stage("validate", params)
-    first = tracking.recorded_run(params, client).info.run_id
+    return clips, params, client, tracking.recorded_run(params, client).info.run_id
+
+
+def test_a_stage_that_ran_already_starts_a_new_run_and_a_failure_ends_it_failed(
+    tmp_path,
+    shared_inputs,  # noqa: F811
+):
+    clips, params, client, first = validated_pass(tmp_path, shared_inputs)
     strict = _params(
         tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, "validate.min_clips": 10_000}
     )
@@ -191,11 +196,7 @@ def test_a_stage_run_with_other_params_starts_a_new_run(tmp_path, shared_inputs)
     """A pass continued with other params (here train.steps 4 -> 6) showed the first values in
     MLflow (train.steps=4 for a training of 6 steps): it now opens a new run with the params the
     stage ran with, and the old one ends KILLED naming the change."""
-    clips = valid_clips(tmp_path, shared_inputs)
-    params = _params(tmp_path, shared_inputs, "labelled", **{"paths.clips": clips})
-    client = tracking.client_for(params)
-    run_stage("validate", params)
-    first = tracking.recorded_run(params, client).info.run_id
+    clips, _, client, first = validated_pass(tmp_path, shared_inputs)
     longer = _params(
         tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, "train.steps": 6}
     )
