@@ -24,8 +24,10 @@ was opened for, the first time that folder looks for its run.
 Which run a stage continues: its folder's recorded one, unless it is FINISHED (registered: the
 pipeline pass is over), this stage already completed in it (``done``: a stage running again
 starts a new pass; the unfinished old run ends KILLED, superseded) or it was opened with other
-params (MLflow keeps a param's first value, so continuing would show values the stages did not
-run with: a new pass, the old run ends KILLED naming the changed params). A resumed training
+params in a section the stage reads (MLflow keeps a param's first value, so continuing would
+show values the stage did not run with: a new pass, the old run ends KILLED naming the changed
+params; sections the stage does not read may differ, as when ``evaluate`` runs without the
+training's ``--set`` flags). A resumed training
 (``last.pt`` present) continues its run even so, and names the changed params in the tag
 ``clipsep.params_changed.train``. A failed or killed run is continued by the
 stage that failed (the retry of the same pass). A stage that raises ends the run FAILED (Ctrl-C
@@ -47,7 +49,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from clipsep import run_owner
 from clipsep.config import Params
@@ -62,11 +64,19 @@ EARLIER_END = "clipsep.earlier_end"  # why a run that is running again had ended
 CHECKPOINTS_TAG = "clipsep.checkpoints"  # the output folder a pipeline run belongs to
 
 
-def open_run(p: Params, stage: str, resuming: bool = False, in_process: bool = True) -> "LiveRun":
+def open_run(
+    p: Params,
+    stage: str,
+    resuming: bool = False,
+    in_process: bool = True,
+    reads: Sequence[str] | None = None,
+) -> "LiveRun":
     """The pipeline run of ``p``'s output folder for ``stage`` (continued or new, see the module
     doc), claimed by this process, held by the pipeline's driver
     (:func:`clipsep.run_owner.pipeline_driver`; False ``in_process`` for the ``clipsep <stage>``
-    command) and tagged ``clipsep.stage.<stage>=running``.
+    command) and tagged ``clipsep.stage.<stage>=running``. ``reads``: the params sections the
+    stage reads (``clipsep.stages.STAGE_PARAMS``; None: all); only a change there makes a new run
+    (an evaluate run without the training's ``--set model.preset=...`` continues its pass).
 
     Raises RegistryUnavailableError when the store cannot be read.
     """
@@ -75,7 +85,7 @@ def open_run(p: Params, stage: str, resuming: bool = False, in_process: bool = T
     client, experiment_id = connect(p)  # also ends runs whose owner died (run_owner)
     with run_file_lock(p):  # this folder's stages started together pick one run
         previous = recorded_run(p, client)
-        changed = [] if previous is None else changed_params(previous, p)
+        changed = [] if previous is None else changed_params(previous, p, reads)
         if _continues(previous, stage, resuming) and (resuming or not changed):
             run_id = previous.info.run_id
             if previous.info.status != "RUNNING":
@@ -157,15 +167,18 @@ def _create(client, experiment_id: str, p: Params, stage: str) -> str:
     return run.info.run_id
 
 
-def changed_params(run, p: Params) -> list[str]:
-    """``key: old -> new`` for each param ``run`` logged with another value than ``p`` has."""
+def changed_params(run, p: Params, sections: Sequence[str] | None = None) -> list[str]:
+    """``key: old -> new`` for each param of ``sections`` (None: all) that ``run`` logged with
+    another value than ``p`` has."""
     from clipsep.tracking import flatten_params
 
     logged = run.data.params
     return [
         f"{key}: {logged[key]} -> {value}"
         for key, value in sorted(flatten_params(p).items())
-        if key in logged and logged[key] != value[:MAX_PARAM]
+        if key in logged
+        and logged[key] != value[:MAX_PARAM]
+        and (sections is None or key.split(".", 1)[0] in sections)
     ]
 
 

@@ -150,7 +150,7 @@ def _train_live(p: Params, opened: list, in_process: bool) -> dict[str, Any]:
     from clipsep.training.loop import train as run
 
     def live(resuming: bool):
-        opened.append(open_run(p, "train", resuming, in_process))
+        opened.append(open_run(p, "train", resuming, in_process, STAGE_PARAMS["train"]))
         opened[-1].watch_system(p.registry.system_metrics_s)
         return opened[-1]
 
@@ -176,7 +176,7 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
                 if summary is not None:
                     note_skipped(p, stage, summary["reason"])  # closes the pass's open run
                     return summary
-            opened.append(open_run(p, stage, in_process=in_process))
+            opened.append(open_run(p, stage, in_process=in_process, reads=STAGE_PARAMS[stage]))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
                 summary = register_run(p, opened[0].run_id)
             else:

@@ -197,8 +197,11 @@ def test_a_stage_run_with_other_params_starts_a_new_run(tmp_path, shared_inputs)
     MLflow (train.steps=4 for a training of 6 steps): it now opens a new run with the params the
     stage ran with, and the old one ends KILLED naming the change."""
     clips, _, client, first = validated_pass(tmp_path, shared_inputs)
-    longer = _params(
-        tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, "train.steps": 6}
+    longer = _params(  # eval.* is not train's to compare: the reason names train.steps only
+        tmp_path,
+        shared_inputs,
+        "labelled",
+        **{"paths.clips": clips, "train.steps": 6, "eval.mixtures_per_target": 3},
     )
     run_stage("train", longer)
     run = tracking.recorded_run(longer, client)
@@ -211,6 +214,22 @@ def test_a_stage_run_with_other_params_starts_a_new_run(tmp_path, shared_inputs)
     assert old.data.tags[run_owner.END_REASON] == (
         "superseded: train ran with other params (train.steps: 4 -> 6)"
     )
+
+
+def test_a_change_in_a_section_the_stage_does_not_read_continues_the_pass(tmp_path):
+    """`clipsep evaluate` without the training's `--set model.preset=...` superseded the training's
+    run (evaluate reads clip, audio and eval, not model or train): it continues it."""
+    from clipsep.stages import STAGE_PARAMS
+
+    params = tiny_params_at(tmp_path)
+    first = live_run.open_run(params, "train", reads=STAGE_PARAMS["train"])
+    other = tiny_params_at(tmp_path, **{"model.preset": "cpu", "train.steps": 9})
+    continued = live_run.open_run(other, "evaluate", reads=STAGE_PARAMS["evaluate"])
+    assert continued.run_id == first.run_id
+    run = tracking.client_for(params).get_run(first.run_id)
+    assert run.data.params["model.preset"] == "tiny"  # what the training ran with
+    assert not [k for k in run.data.tags if k.startswith("clipsep.params_changed.")]
+    assert run.info.status == "RUNNING" and run_owner.END_REASON not in run.data.tags
 
 
 def wait_for(condition, seconds: float, what: str):
