@@ -133,53 +133,55 @@ def run_jobs(
     describe: Callable[[Exception], str] = str,
     check: Callable[[Path], Any] = audio_io.declared_seconds,
 ) -> list[Outcome]:
-    """Separate every job (``load().separate_file(path, out_dir, **separate_kwargs)``; ``load``
-    is called once, at the first job that is not skipped); ``model_record`` is what the loaded
-    separator records (:func:`clipsep.outputs.model_record`), for deciding skips before loading.
-    ``describe`` turns a failure into its one-line message (the CLI adds its flags). Until the
-    model is loaded, ``check(path)`` (default: the file opens) runs first, and a file it refuses
-    (ClipsepError) fails without loading the model for it (the CLI also refuses files too short:
-    :func:`clipsep.inference.check_length`)."""
+    """Separate every job (``load().separate_file(path, out_dir, **separate_kwargs)``), outcomes
+    in job order. ``model_record`` is what the loaded separator records
+    (:func:`clipsep.outputs.model_record`), for deciding skips before loading. Every job not
+    skipped is checked first with ``check(path)`` (default: the file opens; the CLI also refuses
+    files too short: :func:`clipsep.inference.check_length`): a file it refuses (ClipsepError)
+    fails before the model loads, and ``load`` is called once, only if a job is left.
+    ``describe`` turns a failure into its one-line message (the CLI adds its flags)."""
     output = separate_kwargs.get("output", outputs.DEFAULT_FORMAT)
     request = {**separate_kwargs, "output": output}
-    outcomes = []
-    separator = None
-    for job in jobs:
+    decided: dict[int, Outcome] = {}
+    todo: list[tuple[int, Job, str]] = []
+    for index, job in enumerate(jobs):
         note = ""
         if all(p.is_file() for p in expected_outputs(job, names, output)):
             wanted = outputs.request_record(job.path, model_record, **request)
             note = outputs.why_separate_again(job.out_dir / job.path.stem, wanted) or ""
             if not (note or overwrite):
-                outcomes.append(Outcome(job, "skipped", error=SKIPPED))
+                decided[index] = Outcome(job, "skipped", error=SKIPPED)
                 continue
             note = note if not overwrite else ""
-        if separator is None:
-            try:
-                check(job.path)
-            except ClipsepError as err:
-                outcomes.append(_failed(job, err, describe, 0.0))
-                continue
-            separator = load()
-        started = time.perf_counter()
         try:
-            result = separator.separate_file(
-                job.path,
-                job.out_dir,
-                progress=progress(job) if progress else None,
-                **separate_kwargs,
-            )
+            check(job.path)
         except ClipsepError as err:
-            outcomes.append(_failed(job, err, describe, time.perf_counter() - started))
+            decided[index] = _failed(job, err, describe, 0.0)
             continue
-        if result.clipped:
-            log.warning(
-                "%s: %d sample(s) beyond full scale were clipped in the integer/MP3 "
-                "output (--bits 32f keeps them)",
-                job.path,
-                result.clipped,
-            )
-        outcomes.append(Outcome(job, "separated", time.perf_counter() - started, result, note=note))
-    return outcomes
+        todo.append((index, job, note))
+    separator = load() if todo else None
+    for index, job, note in todo:
+        bar = progress(job) if progress else None
+        decided[index] = _separate(separator, job, note, bar, describe, separate_kwargs)
+    return [decided[index] for index in range(len(jobs))]
+
+
+def _separate(separator, job: Job, note: str, progress, describe, separate_kwargs) -> Outcome:
+    started = time.perf_counter()
+    try:
+        result = separator.separate_file(
+            job.path, job.out_dir, progress=progress, **separate_kwargs
+        )
+    except ClipsepError as err:
+        return _failed(job, err, describe, time.perf_counter() - started)
+    if result.clipped:
+        log.warning(
+            "%s: %d sample(s) beyond full scale were clipped in the integer/MP3 "
+            "output (--bits 32f keeps them)",
+            job.path,
+            result.clipped,
+        )
+    return Outcome(job, "separated", time.perf_counter() - started, result, note=note)
 
 
 def _failed(job: Job, err: ClipsepError, describe: Callable[[Exception], str], seconds: float):

@@ -129,6 +129,29 @@ def test_an_unreadable_input_fails_before_the_model_loads(model, tmp_path, caplo
     assert not (tmp_path / "out").exists()
 
 
+def test_every_input_is_checked_before_the_model_loads(model, tmp_path, caplog, monkeypatch):  # noqa: F811
+    """An unreadable file named after a good one used to fail only after the model loaded for
+    the good one (new-user trial): every input is checked first."""
+    import clipsep.cli
+
+    load, logged_at_load = clipsep.cli._load_separator, []
+
+    def recording_load(*args):
+        logged_at_load.append(list(caplog.messages))
+        return load(*args)
+
+    monkeypatch.setattr(clipsep.cli, "_load_separator", recording_load)
+    good, broken = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(good, tones(16000, 1.0, 1)[0], 16000)
+    broken.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    assert run_cli(model, tmp_path / "out", good, broken, extra=["--query", "cello"]) == 2
+    assert len(logged_at_load) == 1  # loaded once, for the good file
+    assert any(
+        m.startswith(f"{broken}: unreadable audio or video file (") for m in logged_at_load[0]
+    )
+    assert (tmp_path / "out" / "a" / "target.wav").is_file()
+
+
 def _no_load(*args):
     raise AssertionError("the model was loaded for a file too short to separate")
 
