@@ -20,6 +20,16 @@ def test_default_and_profiles_load():
         assert load_params(REPO / "params.yaml", profile=profile).model.preset
 
 
+def test_gated_profile_is_round_5s_recipe_beside_the_quick_start():
+    default = load_params(REPO / "params.yaml")
+    gated = load_params(REPO / "params.yaml", profile="gated")
+    assert gated.model.preset == "cpu-gated"
+    assert (gated.train.absent_candidates, gated.train.absent_weight) == (4, 0.1)
+    assert gated.path("clips") == default.path("clips")  # the quick start's data
+    for folder in ("checkpoints", "evaluation"):  # never the quick start's model or reports
+        assert gated.path(folder) != default.path(folder)
+
+
 def test_params_are_frozen():
     params = load_params(REPO / "params.yaml")
     with pytest.raises(dataclasses.FrozenInstanceError):
