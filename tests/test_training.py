@@ -315,3 +315,23 @@ def test_mask_target_ratio_gives_each_sources_share_of_the_magnitude(tmp_path):
     assert set(binary.targets.unique().tolist()) == {0.0, 1.0}
     assert 0.6 < ratio.targets[:, 0].mean() < 0.9  # the louder source's share, not 0/1
     assert torch.equal(binary.mix_warped, ratio.mix_warped)
+
+
+def test_a_gated_preset_without_absent_queries_gets_a_warning():
+    from clipsep.config import load_params
+    from clipsep.model.factory import preset_config
+    from clipsep.training.loop import gate_advice
+
+    def advice(preset: str, **overrides):
+        params = load_params(REPO / "params.yaml", overrides={"model.preset": preset, **overrides})
+        return gate_advice(params, preset_config(preset, nit=True, query_dim=512))
+
+    assert advice("cpu-gated", **{"train.absent_candidates": 0}) == (
+        "model preset cpu-gated has a query gate, but train.absent_candidates is 0: the gate paid "
+        "only when trained with absent queries (docs/evaluation.md, round 5); --profile gated "
+        "has the measured recipe"
+    )
+    assert advice("cpu-gated", **{"train.absent_candidates": 4}) is None
+    assert advice("cpu", **{"train.absent_candidates": 0}) is None
+    gated = load_params(REPO / "params.yaml", profile="gated")
+    assert gate_advice(gated, preset_config("cpu-gated", nit=True, query_dim=512)) is None

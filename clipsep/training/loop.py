@@ -468,6 +468,9 @@ def train(
         (out_dir / "best.pt").unlink(missing_ok=True)  # a fresh run must not inherit a stale best
     if dist.is_main:
         log.info("%s", start_line(trainer, data, state.step, dist.world_size))
+        advice = gate_advice(params, trainer.net.cfg)
+        if advice:
+            log.warning("%s", advice)
     started = state.step
     session_start = time.perf_counter()
     live = open_live(state.step > 0) if dist.is_main and open_live is not None else None
@@ -502,6 +505,18 @@ def start_line(trainer: Trainer, data: TrainingData, step: int, world_size: int)
         f"batch {p.train.batch_size} ({world_size} process(es)), lr {p.train.lr:g}, "
         f"precision {trainer.precision}, channels_last {'on' if trainer.channels_last else 'off'}"
         f", device {trainer.device}"
+    )
+
+
+def gate_advice(params: Params, net_cfg) -> str | None:
+    """A warning for a network with a query gate trained without absent queries, the setting in
+    which the gate did not pay (docs/evaluation.md, round 5); None otherwise."""
+    if not net_cfg.gate_stride or params.train.absent_candidates:
+        return None
+    return (
+        f"model preset {params.model.preset} has a query gate, but train.absent_candidates is 0: "
+        "the gate paid only when trained with absent queries (docs/evaluation.md, round 5); "
+        "--profile gated has the measured recipe"
     )
 
 
