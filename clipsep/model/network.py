@@ -112,8 +112,7 @@ class QueryGate(nn.Module):
         hidden = self.hidden(tap)  # [B, C, w, t]
         scale, shift = self.film(queries).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=2)
         modulated = torch.relu(hidden.unsqueeze(1) * (1 + scale) + shift)  # [B, N, C, w, t]
-        weight = self.readout.weight.view(1, 1, -1, 1, 1).to(modulated.dtype)
-        return (modulated * weight).sum(dim=2) + self.readout.bias.to(modulated.dtype)
+        return self.readout(modulated.movedim(2, -1)).squeeze(-1)  # the 1x1 conv, per query
 
 
 class CLIPSepNet(nn.Module):
