@@ -82,19 +82,43 @@ class ActivityMeter:
     def segments(self, settings) -> dict[str, list[Segment]]:
         """Each stem's segments, from the ``activity_*`` keys of ``settings`` (SeparateConfig)."""
         ratio = self.ratio_db(settings.activity_smoothing_s)
-        width = max(1, round(settings.activity_smoothing_s * self.sample_rate / self.frame))
-        samples = np.minimum(self.frame, self.frames - np.arange(self.mix_energy.size) * self.frame)
-        level = _moving_sum(self.mix_energy, width) / np.maximum(
-            _moving_sum(samples.astype(np.float64), width) * self.mix_channels, 1.0
-        )
-        loud = 10.0 * np.log10(level + TINY) > settings.activity_floor_db
-        min_frames = math.ceil(settings.activity_min_s * self.sample_rate / self.frame)
+        loud, min_frames = self._loud(settings), self._min_frames(settings)
         return {
             name: self._runs(
                 (ratio[q] > settings.activity_threshold_db) & loud, ratio[q], min_frames
             )
             for q, name in enumerate(self.names)
         }
+
+    def presence_db(self, settings) -> np.ndarray:
+        """Each stem's presence level ``[N]`` in dB: the highest ``activity_threshold_db`` at which
+        :meth:`segments` still finds a segment (it finds one exactly when the threshold is below
+        this level; -inf: none at any threshold, e.g. a file shorter than ``activity_min_s`` or
+        a silent mixture). The other ``activity_*`` keys of ``settings`` apply as there.
+
+        It is the largest, over every run of ``activity_min_s`` of loud frames, of the run's
+        quietest smoothed stem-to-mixture ratio: one number per stem that ranks how present the
+        stem is, so that a detection trade-off over thresholds needs no re-run.
+        """
+        ratio = self.ratio_db(settings.activity_smoothing_s)
+        loud, min_frames = self._loud(settings), max(1, self._min_frames(settings))
+        if ratio.shape[-1] < min_frames:
+            return np.full(len(self.names), -np.inf)
+        gated = np.where(loud, ratio, -np.inf)  # [N, frames]
+        windows = np.lib.stride_tricks.sliding_window_view(gated, min_frames, axis=-1)
+        return windows.min(axis=-1).max(axis=-1)
+
+    def _loud(self, settings) -> np.ndarray:
+        """Frames ``[frames]`` whose smoothed mixture level is above ``activity_floor_db`` dBFS."""
+        width = max(1, round(settings.activity_smoothing_s * self.sample_rate / self.frame))
+        samples = np.minimum(self.frame, self.frames - np.arange(self.mix_energy.size) * self.frame)
+        level = _moving_sum(self.mix_energy, width) / np.maximum(
+            _moving_sum(samples.astype(np.float64), width) * self.mix_channels, 1.0
+        )
+        return 10.0 * np.log10(level + TINY) > settings.activity_floor_db
+
+    def _min_frames(self, settings) -> int:
+        return math.ceil(settings.activity_min_s * self.sample_rate / self.frame)
 
     def _runs(self, active: np.ndarray, ratio: np.ndarray, min_frames: int) -> list[Segment]:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
@@ -122,6 +146,18 @@ def activity(stem, mixture, sample_rate: int, settings) -> list[Segment]:
     Raises BadInputError for an array of another rank, an ambiguous shape, two shapes that
     differ, or a sample rate that is not a positive whole number of Hz.
     """
+    return _meter(stem, mixture, sample_rate, settings).segments(settings)["stem"]
+
+
+def presence_db(stem, mixture, sample_rate: int, settings) -> float:
+    """How present ``stem`` is in ``mixture``, in dB: the highest ``activity_threshold_db`` at
+    which :func:`activity` still finds a segment (:meth:`ActivityMeter.presence_db`; -inf if
+    none at any). Arguments and errors as :func:`activity`."""
+    return float(_meter(stem, mixture, sample_rate, settings).presence_db(settings)[0])
+
+
+def _meter(stem, mixture, sample_rate: int, settings) -> ActivityMeter:
+    """A one-stem :class:`ActivityMeter` fed with the whole ``stem`` and ``mixture``."""
     sample_rate = check_sample_rate(sample_rate)
     stem2, _ = channels_first(stem)
     mix2, _ = channels_first(mixture)
@@ -131,7 +167,7 @@ def activity(stem, mixture, sample_rate: int, settings) -> list[Segment]:
         )
     meter = ActivityMeter(["stem"], sample_rate, settings.activity_frame_s)
     meter.update(0, stem2[None], mix2)
-    return meter.segments(settings)["stem"]
+    return meter
 
 
 def _moving_sum(values: np.ndarray, width: int) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from clipsep.activity import ActivityMeter, activity
+from clipsep.activity import ActivityMeter, activity, presence_db
 from clipsep.inference import DEFAULT_SETTINGS
 
 RATE = 16000
@@ -35,6 +37,29 @@ def test_absent_stem_and_silent_mixture_give_no_segments():
     assert activity(target * 0.01, target * 0.01 + other, RATE, DEFAULT_SETTINGS) == []  # -46 dB
     quiet = np.full_like(other, 1e-5)  # -100 dBFS: below the floor
     assert activity(quiet, quiet, RATE, DEFAULT_SETTINGS) == []
+
+
+def test_presence_level_is_the_highest_threshold_that_still_gives_a_segment():
+    """A segment exists exactly below the presence level: checked on both sides of it, for a
+    stem that is there half the time, one that comes and goes, and one never there."""
+    target, other = signals()
+    rng = np.random.default_rng(2)
+    bursts = target * (rng.random(target.size // 1600).repeat(1600) > 0.5)
+    for stem in (target, bursts, 0.05 * other):
+        mixture = stem + other
+        level = presence_db(stem, mixture, RATE, DEFAULT_SETTINGS)
+        assert np.isfinite(level)
+        for threshold, found in ((level - 0.01, True), (level + 0.01, False)):
+            settings = dataclasses.replace(DEFAULT_SETTINGS, activity_threshold_db=threshold)
+            assert bool(activity(stem, mixture, RATE, settings)) is found
+    # the tone alone over the noise: its segment's level, 10 log10(0.045 / 0.055) on average
+    level = presence_db(target, target + other, RATE, DEFAULT_SETTINGS)
+    assert level == pytest.approx(10 * np.log10(0.045 / 0.055), abs=0.5)
+    assert presence_db(np.zeros_like(other), other, RATE, DEFAULT_SETTINGS) < -150  # silent stem
+    quiet = np.full_like(other, 1e-5)  # below the floor: never present, whatever the ratio
+    assert presence_db(quiet, quiet, RATE, DEFAULT_SETTINGS) == -np.inf
+    short = other[: int(0.1 * RATE)]  # shorter than activity_min_s
+    assert presence_db(short, short, RATE, DEFAULT_SETTINGS) == -np.inf
 
 
 def test_streamed_blocks_give_the_same_segments_as_one_block():

@@ -110,6 +110,52 @@ def test_absent_query_activity_is_what_separate_would_report(evaluated):
     assert metrics["active_s"]["mean"] == pytest.approx(np.mean(asked))
 
 
+def test_detection_tradeoff_counts_each_threshold_and_ranks_pairs():
+    """Shares at each threshold counted by hand; AUC = share of (right, absent) pairs ordered
+    right above absent, ties half; -inf (never active) ranks lowest; NaN (not asked) is left out."""
+    from clipsep.evaluation.metrics import detection_tradeoff
+
+    right, absent = [-2.0, -8.0, -np.inf], [-10.0, -8.0, -np.inf, math.nan]
+    found = detection_tradeoff(right, absent, [-9.0, -5.0])
+    assert found["curve"] == [
+        {
+            "threshold_db": -9.0,
+            "absent_no_segment_share": 2 / 3,
+            "right_query_segment_share": 2 / 3,
+        },
+        {"threshold_db": -5.0, "absent_no_segment_share": 1.0, "right_query_segment_share": 1 / 3},
+    ]
+    # pairs (right, absent): -2 beats all 3; -8 beats -10 and -inf, ties -8; -inf ties -inf
+    assert found["auc"] == pytest.approx((3 + 2.5 + 0.5) / 9)
+    assert found["balanced_threshold_db"] == -9.0 and found["balanced_accuracy"] == 2 / 3
+    assert detection_tradeoff([1.0], [], [0.0]) is None
+    # swapping the groups mirrors the AUC: the measure is of order, not of level
+    assert detection_tradeoff(absent, right, [0.0])["auc"] == pytest.approx(1 - found["auc"])
+
+
+def test_detection_tradeoff_in_metrics_matches_the_per_item_levels(evaluated):
+    """metrics.json's detection curve is the per-mixture presence levels of per_item.csv counted
+    at each threshold, and at the configured threshold it agrees with no_activity_share."""
+    from clipsep.evaluation.evaluate import DETECTION_THRESHOLDS_DB
+
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())["absent_query"]
+    with open(out / "per_item.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["absent_label"]]
+    absent = np.array([float(r["absent_presence_db"]) for r in rows])
+    right = np.array([float(r["text_presence_db"]) for r in rows])
+    curve = metrics["detection"]["curve"]
+    assert [c["threshold_db"] for c in curve] == list(DETECTION_THRESHOLDS_DB)
+    for point in curve:
+        t = point["threshold_db"]
+        assert point["absent_no_segment_share"] == pytest.approx(np.mean(absent <= t))
+        assert point["right_query_segment_share"] == pytest.approx(np.mean(right > t))
+        if t == -12.0:  # params.yaml's separate.activity_threshold_db (the tiny profile keeps it)
+            assert point["absent_no_segment_share"] == pytest.approx(metrics["no_activity_share"])
+    assert 0.0 <= metrics["detection"]["auc"] <= 1.0
+    assert (out / "activity_detection.png").stat().st_size > 0
+
+
 def test_oracle_masks_far_above_the_mixture(evaluated):
     _, out = evaluated
     metrics = json.loads((out / "metrics.json").read_text())

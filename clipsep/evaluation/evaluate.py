@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipsep.activity import activity
+from clipsep.activity import activity, presence_db
 from clipsep.config import Params
 from clipsep.env import apply_offline_defaults
 from clipsep.errors import BadInputError
@@ -50,6 +50,8 @@ METHODS = ("text", "image", "oracle_ibm", "oracle_irm", "mixture", "constant_mas
 SCORES = ("sdr", "sir", "sar", "si_sdr", "sdri")
 SUMMARY_SCORES = ("sdr", "sdri", "sir", "sar")  # what `clipsep evaluate` prints per method
 QUERY_FRAMES = 3  # the paper's image query: mean embedding of the 3 middle frames
+# activity thresholds (dB re mixture) over which the absent/right detection trade-off is reported
+DETECTION_THRESHOLDS_DB = tuple(range(-30, 1))
 
 
 @dataclass(frozen=True)
@@ -282,8 +284,10 @@ class MixtureScorer:
             "absent_label": None,
             "absent_energy_db": math.nan,
             "absent_active_s": math.nan,
+            "absent_presence_db": math.nan,
             "text_energy_db": M.energy_db(text_estimate, mixture),
             "text_active_s": self.active_seconds(text_estimate, mixture),
+            "text_presence_db": self.presence(text_estimate, mixture),
         }
         if absent:
             label = absent[int(rng.integers(len(absent)))]
@@ -292,6 +296,7 @@ class MixtureScorer:
                 absent_label=label,
                 absent_energy_db=M.energy_db(estimate, mixture),
                 absent_active_s=self.active_seconds(estimate, mixture),
+                absent_presence_db=self.presence(estimate, mixture),
             )
         return result
 
@@ -300,6 +305,11 @@ class MixtureScorer:
         (its ``.activity.csv`` segments, with the ``separate.activity_*`` settings)."""
         segments = activity(estimate, mixture, self.cfg.sample_rate, self.p.separate)
         return float(sum(end - start for start, end, _ in segments))
+
+    def presence(self, estimate: np.ndarray, mixture: np.ndarray) -> float:
+        """The highest ``separate.activity_threshold_db`` at which ``clipsep separate`` would
+        still report the estimate active somewhere (dB; -inf: at none)."""
+        return presence_db(estimate, mixture, self.cfg.sample_rate, self.p.separate)
 
 
 # --- the whole protocol -----------------------------------------------------------------------
@@ -348,6 +358,11 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     plots.plot_sdr_distribution(rows, METHODS, out_dir / "sdr_by_method.png")
     plots.plot_per_class(metrics["per_class"], out_dir / "sdr_per_class.png")
     plots.plot_example(example, separator.audio_cfg, out_dir / "example.png")
+    plots.plot_detection(
+        metrics["absent_query"]["detection"],
+        p.separate.activity_threshold_db,
+        out_dir / "activity_detection.png",
+    )
     text_sdr = metrics["text"]["sdr"]["mean"]
     log.info(
         "evaluated %d mixtures: text SDR %s dB (%s)",
@@ -419,6 +434,12 @@ def aggregate(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
         # what a user of the activity CSVs sees: an absent query reported nowhere
         "no_activity_share": (
             sum(r["absent_active_s"] == 0.0 for r in asked) / len(asked) if asked else None
+        ),
+        # the same over every threshold: could another activity_threshold_db tell them apart?
+        "detection": M.detection_tradeoff(
+            [r["text_presence_db"] for r in asked],
+            [r["absent_presence_db"] for r in asked],
+            DETECTION_THRESHOLDS_DB,
         ),
     }
     per_class: dict[str, Any] = {}

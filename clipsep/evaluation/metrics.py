@@ -99,3 +99,45 @@ def summarize(values) -> dict[str, float | None]:
         return {"mean": None, "sem": None, "median": None}
     spread = float(sem(finite)) if finite.size > 1 else 0.0
     return {"mean": float(finite.mean()), "sem": spread, "median": float(np.median(finite))}
+
+
+def detection_tradeoff(present, absent, thresholds) -> dict | None:
+    """How well a presence level tells queries that are there from queries that are not.
+
+    ``present`` / ``absent``: presence levels in dB (-inf allowed, NaN left out;
+    :func:`clipsep.activity.presence_db`) of right queries and of absent ones. A query is
+    reported at threshold ``t`` when its level is above ``t``.
+
+    Returns None when either group is empty, else a dict:
+
+    * ``auc``: the probability that a right query's level is above an absent one's, ties
+      counting half (Mann-Whitney U / (len(present) * len(absent))): 0.5 is chance, 1 means
+      some threshold separates them all;
+    * ``curve``: for each of ``thresholds``, ``{"threshold_db", "absent_no_segment_share",
+      "right_query_segment_share"}``;
+    * ``balanced_threshold_db`` / ``balanced_accuracy``: the threshold of ``thresholds`` with
+      the highest mean of the two shares (the lowest such), and that mean.
+    """
+    from scipy.stats import mannwhitneyu
+
+    present = np.asarray([v for v in present if v is not None and not math.isnan(v)], np.float64)
+    absent = np.asarray([v for v in absent if v is not None and not math.isnan(v)], np.float64)
+    if present.size == 0 or absent.size == 0:
+        return None
+    u = mannwhitneyu(present, absent, alternative="greater").statistic
+    curve = [
+        {
+            "threshold_db": float(t),
+            "absent_no_segment_share": float((absent <= t).mean()),
+            "right_query_segment_share": float((present > t).mean()),
+        }
+        for t in thresholds
+    ]
+    balanced = [(c["absent_no_segment_share"] + c["right_query_segment_share"]) / 2 for c in curve]
+    best = int(np.argmax(balanced))
+    return {
+        "auc": float(u) / (present.size * absent.size),
+        "balanced_threshold_db": curve[best]["threshold_db"],
+        "balanced_accuracy": balanced[best],
+        "curve": curve,
+    }

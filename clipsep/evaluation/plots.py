@@ -77,6 +77,35 @@ def plot_per_class(per_class: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_detection(detection: dict[str, Any] | None, threshold_db: float, path: Path) -> None:
+    """The absent/right-query trade-off of the activity segments over their threshold: the share
+    of absent queries given no segment and of right queries given one, with the configured
+    ``separate.activity_threshold_db`` marked
+    (:func:`clipsep.evaluation.metrics.detection_tradeoff`). Nothing is drawn when no absent
+    query was asked."""
+    if detection is None:
+        return
+    plt = headless_pyplot()
+    curve = detection["curve"]
+    x = [c["threshold_db"] for c in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, [c["absent_no_segment_share"] for c in curve], label="absent query: no segment")
+    ax.plot(x, [c["right_query_segment_share"] for c in curve], label="right query: a segment")
+    ax.axvline(
+        threshold_db, color="black", lw=0.8, ls="--", label=f"configured ({threshold_db:g} dB)"
+    )
+    ax.set_xlabel("separate.activity_threshold_db (dB re mixture)")
+    ax.set_ylabel("share of mixtures")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(
+        f"Activity segments: absent vs right query (AUC {detection['auc']:.2f}; "
+        f"balanced at {detection['balanced_threshold_db']:g} dB)"
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
 def plot_example(waves: dict[str, np.ndarray], audio_cfg, path: Path) -> None:
     """Spectrograms of one mixture: mixture, true target, text-query estimate, oracle IBM."""
     import torch
