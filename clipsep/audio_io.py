@@ -35,6 +35,13 @@ from clipsep.layout import check_sample_rate
 
 log = logging.getLogger(__name__)
 
+# what a folder walk takes for audio or video, by suffix (``clipsep separate`` walks input folders
+# for MEDIA_SUFFIXES, ingest for VIDEO_SUFFIXES); a file named explicitly is tried whatever its name
+AUDIO_SUFFIXES = frozenset(
+    ".wav .wave .aiff .aif .flac .mp3 .ogg .oga .opus .m4a .aac .wma".split()
+)
+VIDEO_SUFFIXES = frozenset(".mp4 .m4v .mkv .webm .mov .avi".split())
+MEDIA_SUFFIXES = AUDIO_SUFFIXES | VIDEO_SUFFIXES
 # FLAC goes through PyAV too: libsndfile loses whole blocks (or everything) of a truncated FLAC
 EXACT_SUFFIXES = {".wav", ".wave", ".aiff", ".aif"}
 # soundfile subtypes decoded and seeked sample-exactly; compressed ones go through PyAV in order

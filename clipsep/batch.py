@@ -1,8 +1,10 @@
 """Separating many files with one loaded model: inputs (files and folders), skips, a report.
 
 ``find_jobs`` turns the command line's inputs into jobs: a file is separated into
-``OUT/<stem>/``; a folder is walked (nested; the audio and video suffixes of MEDIA_SUFFIXES)
-and each file found goes to ``OUT/<its folder relative to the input folder>/<stem>/``. ``run_jobs``
+``OUT/<stem>/``; a folder is walked (:func:`walk_folder`: nested, the audio and video suffixes of
+:data:`clipsep.audio_io.MEDIA_SUFFIXES`, hidden files left out) and each file found goes to
+``OUT/<its folder relative to the input folder>/<stem>/``; its other files are skipped, and the
+report names them (:func:`not_media_line`, ``skipped`` in :func:`summary`). ``run_jobs``
 separates them in order and carries on past a file that fails. It skips a file (unless
 ``overwrite``) only when its outputs all exist and their ``separation.json`` records the same
 request (input file, queries, model, settings, format: :func:`clipsep.outputs.request_record`);
@@ -24,28 +26,6 @@ from clipsep import audio_io, outputs
 from clipsep.errors import BadInputError, ClipsepError
 
 log = logging.getLogger(__name__)
-
-# what a folder walk picks up (a file named explicitly may be anything PyAV opens)
-MEDIA_SUFFIXES = {
-    ".wav",
-    ".wave",
-    ".aiff",
-    ".aif",
-    ".flac",
-    ".mp3",
-    ".ogg",
-    ".oga",
-    ".opus",
-    ".m4a",
-    ".aac",
-    ".wma",
-    ".mp4",
-    ".m4v",
-    ".mkv",
-    ".webm",
-    ".mov",
-    ".avi",
-}
 
 
 @dataclass(frozen=True)
@@ -75,27 +55,19 @@ class Outcome:
         return self.error.removeprefix(f"{self.job.path}: ")
 
 
-def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
-    """Jobs for files and folders; BadInputError for a missing input, an empty folder, or two
-    inputs that would write the same ``<stem>/`` folder."""
+def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> tuple[list[Job], list[Path]]:
+    """Jobs for files and folders, and the files found in the folders that are not audio or video
+    (:func:`walk_folder`); BadInputError for a missing input, a folder without audio or video,
+    or two inputs that would write the same ``<stem>/`` folder."""
     out = Path(out)
-    jobs = []
+    jobs, not_media = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = [
-                p
-                for p in sorted(item.rglob("*"))
-                if p.is_file()
-                and p.suffix.lower() in MEDIA_SUFFIXES
-                and not _inside(p, out)
-                and not any(part.startswith(".") for part in p.relative_to(item).parts)
-            ]
+            found, others = walk_folder(item, out)
             if not found:
-                raise BadInputError(
-                    f"{item}: no audio or video files in this folder "
-                    f"(looked for {', '.join(sorted(MEDIA_SUFFIXES))})"
-                )
+                raise _no_media(item, others)
             jobs += [Job(p, out / p.parent.relative_to(item), False) for p in found]
+            not_media += others
         elif item.is_file():
             jobs.append(Job(item, out, True))
         else:
@@ -106,7 +78,46 @@ def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
         raise BadInputError(
             f"inputs {clashes} would write the same output folder (same name stem); rename one"
         )
-    return jobs
+    return jobs, not_media
+
+
+def _no_media(folder: Path, others: Sequence[Path]) -> BadInputError:
+    found = [p.relative_to(folder) for p in others]
+    only = f"; it holds only {listed(found)}" if found else ""
+    return BadInputError(
+        f"{folder}: no audio or video files in this folder "
+        f"(looked for {', '.join(sorted(audio_io.MEDIA_SUFFIXES))}){only}"
+    )
+
+
+def walk_folder(folder: Path, out: Path) -> tuple[list[Path], list[Path]]:
+    """(audio and video files, other files) under ``folder``, nested, each sorted; audio or video
+    by suffix (:data:`clipsep.audio_io.MEDIA_SUFFIXES`). Hidden files and folders (a name
+    starting with ".": .DS_Store, ._take.wav, .git/) and the output folder ``out`` are in neither:
+    they are not the user's recordings."""
+    media, others = [], []
+    for path in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if hidden or not path.is_file() or _inside(path, out):
+            continue
+        (media if path.suffix.lower() in audio_io.MEDIA_SUFFIXES else others).append(path)
+    return media, others
+
+
+NOT_MEDIA = "not an audio or video file (by its suffix; name it as an input to try it anyway)"
+NAMED = 3  # file names a one-line message lists before "and N more"
+
+
+def listed(paths: Sequence[Path]) -> str:
+    """``a.txt, b.jpg``; ``a, b, c and 2 more`` past NAMED names."""
+    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
+    return ", ".join(map(str, paths[:NAMED])) + more
+
+
+def not_media_line(paths: Sequence[Path]) -> str:
+    """The line after the table: ``skipped 2 files that are not audio or video: a.txt, b.jpg``."""
+    files = "1 file that is" if len(paths) == 1 else f"{len(paths)} files that are"
+    return f"skipped {files} not audio or video: {listed(paths)}"
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -218,10 +229,13 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str, Any]:
+def summary(
+    outcomes: Sequence[Outcome], model: str, seconds: float, not_media: Sequence[Path] = ()
+) -> dict[str, Any]:
     """The ``--json`` report: ``separated`` (per input: stems, residual, activity segments,
     duration, time taken), ``skipped`` and ``failed`` (per input: why, not naming the input
-    again), model and total seconds."""
+    again; ``skipped`` ends with the files ``not_media`` of input folders, each with NOT_MEDIA),
+    model and total seconds."""
     report: dict[str, Any] = {
         "model": model,
         "seconds": round(seconds, 3),
@@ -245,4 +259,5 @@ def summary(outcomes: Sequence[Outcome], model: str, seconds: float) -> dict[str
             "seconds": round(o.seconds, 3),
             "note": o.note or None,
         }
+    report["skipped"].update((str(path), NOT_MEDIA) for path in not_media)
     return report

@@ -126,7 +126,8 @@ def _add_separate_command(sub) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="audio (wav/flac/ogg/mp3) or video files, or folders (walked, nested)",
+        help="audio (wav/flac/ogg/mp3) or video files, or folders (walked, nested; their other "
+        "files are named as skipped, hidden ones left out)",
     )
     cmd.add_argument(
         "--query",
@@ -281,8 +282,9 @@ class _ProgressBars:
 
 
 def separate_files(args: argparse.Namespace) -> int:
-    """Separate every input file (and every file in input folders) into OUT/<stem>/; print a
-    table (or --json); exit 1 if a file found in a folder failed, 2 if a named input did."""
+    """Separate every input file (and every audio or video file in input folders) into
+    OUT/<stem>/; print a table and a line naming the folders' other files (or --json); exit 1 if
+    a file found in a folder failed, 2 if a named input did."""
     import time
 
     started = time.perf_counter()
@@ -300,7 +302,7 @@ def separate_files(args: argparse.Namespace) -> int:
         queries = [q.strip() for q in args.queries] if several else None
         names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
         outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
-        jobs = batch.find_jobs(args.inputs, args.out)
+        jobs, not_media = batch.find_jobs(args.inputs, args.out)
         fileio.check_writable_folder(args.out)  # before the model loads
         if not args.queries and args.image is None:
             _check_own_queries(jobs)
@@ -342,9 +344,13 @@ def separate_files(args: argparse.Namespace) -> int:
             batch.count_files(separated, "separated"),
         )
     if args.json:
-        print(json.dumps(batch.summary(outcomes, model, time.perf_counter() - started), indent=2))
-    elif not alone:
+        seconds = time.perf_counter() - started
+        print(json.dumps(batch.summary(outcomes, model, seconds, not_media), indent=2))
+        return batch.exit_status(outcomes)
+    if not alone:
         print(batch.table(outcomes))
+    if not_media:  # not failures: the exit status does not count them
+        print(batch.not_media_line(not_media))
     return batch.exit_status(outcomes)
 
 

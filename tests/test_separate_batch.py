@@ -248,7 +248,11 @@ def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, ca
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     inputs = [str(tmp_path / "in" / n) for n in ("a.wav", "live/b.flac", "live/day1/c.mp4")]
-    assert list(report["separated"]) == inputs and report["failed"] == report["skipped"] == {}
+    assert list(report["separated"]) == inputs and report["failed"] == {}
+    notes = str(tmp_path / "in" / "notes.txt")
+    assert report["skipped"] == {
+        notes: "not an audio or video file (by its suffix; name it as an input to try it anyway)"
+    }
     for stem in ("a", "live/b", "live/day1/c"):
         assert (out / stem / "target.wav").is_file() and (out / stem / "residual.wav").is_file()
     entry = report["separated"][inputs[1]]
@@ -258,11 +262,14 @@ def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, ca
     assert report["model"].endswith("tiny.pt") and report["seconds"] > 0
     before = (out / "a" / "target.wav").stat().st_mtime_ns
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--json"]) == 0
-    assert list(json.loads(capsys.readouterr().out)["skipped"]) == inputs
+    assert list(json.loads(capsys.readouterr().out)["skipped"]) == [*inputs, notes]
     assert (out / "a" / "target.wav").stat().st_mtime_ns == before
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--overwrite"]) == 0
-    table = capsys.readouterr().out
-    assert "3 separated, 0 skipped, 0 failed" in table
+    table = capsys.readouterr().out.splitlines()
+    assert table[-2:] == [
+        "3 separated, 0 skipped, 0 failed",
+        f"skipped 1 file that is not audio or video: {notes}",
+    ]
     assert (out / "a" / "target.wav").stat().st_mtime_ns != before
 
 
@@ -272,7 +279,10 @@ def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, caps
     out = tmp_path / "out"
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello"]) == 1
     table = capsys.readouterr().out
-    assert "3 separated, 0 skipped, 1 failed" in table
+    assert table.splitlines()[-2:] == [
+        "3 separated, 0 skipped, 1 failed",
+        f"skipped 1 file that is not audio or video: {tmp_path / 'in' / 'notes.txt'}",
+    ]
     row = next(line for line in table.splitlines() if "broken.wav" in line)
     assert row.split()[0] == str(tmp_path / "in" / "live" / "broken.wav")
     assert row.count("broken.wav") == 1  # the reason does not name the file again
@@ -280,6 +290,65 @@ def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, caps
         caplog.text
     )
     assert not (out / "live" / "broken").exists()
+
+
+def test_a_folders_files_that_are_not_audio_or_video_are_named(model, tmp_path, capsys):  # noqa: F811
+    """New-user trial: a folder's notes.txt and cover.jpg were passed over without a word. They are
+    named in one line after the table (not failures: exit 0); hidden files (.DS_Store, macOS's
+    ._take.wav, a .git folder) and the output folder inside the input folder are not."""
+    folder = tmp_path / "in"
+    (folder / "live" / ".git").mkdir(parents=True)
+    sf.write(folder / "take.wav", tones(16000, 1.0, 1)[0], 16000)
+    for name in ("notes.txt", "cover.jpg", "live/setlist.pdf", ".DS_Store", "live/.git/HEAD"):
+        (folder / name).write_bytes(b"not audio")
+    sf.write(folder / "._take.wav", tones(16000, 1.0, 1)[0], 16000)  # hidden: not a job either
+    out = folder / "separated"
+    assert run_cli(model, out, folder, extra=["--query", "cello"]) == 0
+    assert run_cli(model, out, folder, extra=["--query", "cello"]) == 0  # out/ now holds wavs
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [
+        "0 separated, 1 skipped, 0 failed",
+        f"skipped 3 files that are not audio or video: {folder / 'cover.jpg'}, "
+        f"{folder / 'live' / 'setlist.pdf'}, {folder / 'notes.txt'}",
+    ]
+    assert [p.name for p in out.iterdir()] == ["take"]
+
+
+def test_the_not_media_line_names_three_files_then_counts_the_rest():
+    from clipsep.batch import not_media_line
+
+    paths = [Path(f"in/{n}.txt") for n in "abcde"]
+    assert not_media_line(paths[:1]) == "skipped 1 file that is not audio or video: in/a.txt"
+    assert not_media_line(paths[:3]) == (
+        "skipped 3 files that are not audio or video: in/a.txt, in/b.txt, in/c.txt"
+    )
+    assert not_media_line(paths) == (
+        "skipped 5 files that are not audio or video: in/a.txt, in/b.txt, in/c.txt and 2 more"
+    )
+
+
+def test_a_folder_without_audio_or_video_names_what_it_holds(tmp_path):
+    from clipsep.audio_io import MEDIA_SUFFIXES
+    from clipsep.batch import find_jobs
+
+    folder = tmp_path / "in"
+    (folder / "docs").mkdir(parents=True)
+    for name in ("notes.txt", "cover.jpg", "docs/a.pdf", "docs/b.pdf", ".DS_Store"):
+        (folder / name).write_bytes(b"not audio")
+    with pytest.raises(BadInputError) as err:
+        find_jobs([folder], tmp_path / "out")
+    assert str(err.value) == (
+        f"{folder}: no audio or video files in this folder "
+        f"(looked for {', '.join(sorted(MEDIA_SUFFIXES))}); "
+        "it holds only cover.jpg, docs/a.pdf, docs/b.pdf and 1 more"
+    )
+    (folder / "docs" / "take.FLAC").write_bytes(b"any bytes: the walk goes by the suffix")
+    jobs, not_media = find_jobs([folder, folder / "notes.txt"], tmp_path / "out")
+    assert [(j.path, j.out_dir, j.named) for j in jobs] == [
+        (folder / "docs" / "take.FLAC", tmp_path / "out" / "docs", False),
+        (folder / "notes.txt", tmp_path / "out", True),  # named: tried whatever its suffix
+    ]
+    assert not_media == [folder / n for n in ("cover.jpg", "docs/a.pdf", "docs/b.pdf", "notes.txt")]
 
 
 def test_json_failure_reason_does_not_repeat_the_path_that_keys_it(model, tmp_path, capsys):  # noqa: F811

@@ -27,13 +27,13 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from clipsep.audio_io import VIDEO_SUFFIXES
 from clipsep.config import IngestConfig
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov")
 SPLIT_NAMES = ("train", "val", "test", "interference")
 MANIFEST_COLUMNS = (
     "clip_id",
@@ -135,10 +135,10 @@ def find_videos(source: Path, exclude: Path | None = None) -> list[Path]:
             continue
         if exclude is not None and path.is_relative_to(exclude):
             continue
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
             found.append(path)
     if not found:
-        raise BadInputError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) found under {source}")
+        raise BadInputError(f"no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) found under {source}")
     return found
 
 
