@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from clipsep.config import add_params_arguments, params_from_args
+from clipsep.config import add_params_arguments, params_from_args, params_root
 from clipsep.env import apply_offline_defaults
 
 log = logging.getLogger("app")
@@ -48,28 +48,28 @@ def serve(argv: Sequence[str] | None = None) -> int:
     from clipsep.config import ConfigError
     from clipsep.errors import ClipsepError
 
-    overrides = {"serve.model": args.model} if args.model else {}
-    if args.port is not None:
-        overrides["serve.port"] = args.port
+    overrides = {"serve.port": args.port} if args.port is not None else {}
     try:
         params = params_from_args(args, overrides)
-        served = load_served(params)
+        served = load_served(params, args.model, params_root(args, params)[0])
     except (ConfigError, ClipsepError) as err:
         log.error("%s", err)
         return 2
     from app.demo import build_demo, launch
 
-    log.info("serving %s on http://%s:%d", params.serve.model, params.serve.host, params.serve.port)
+    model = args.model or params.serve.model
+    log.info("serving %s on http://%s:%d", model, params.serve.host, params.serve.port)
     launch(build_demo(params, served), params.serve, served)
     return 0
 
 
-def load_served(params):
-    """The separator, its card and the examples for the page."""
+def load_served(params, model: str | None = None, root_name: str = "the params' root"):
+    """The separator, its card and the examples for the page; ``model``: --model (a path
+    relative to the working folder; default ``serve.model``, relative to ``paths.root``)."""
     from app import handlers
     from app.demo import Served
 
-    separator, card = handlers.load_model(params)
+    separator, card = handlers.load_model(params, model, root_name)
     cache = examples_cache()
     examples = handlers.build_examples(params, cache)
     log.info("%d example(s) in %s", len(examples), cache)

@@ -479,13 +479,18 @@ def _mix_example(videos: Path, first: dict, second: dict, cache_dir: Path) -> Ex
 # --- loading -----------------------------------------------------------------------------------
 
 
-def load_model(params: Params, ref: str | None = None):
+def load_model(params: Params, ref: str | None = None, root_name: str = "the params' root"):
     """(Separator, ModelCard) for ``ref`` (default ``serve.model``): a registry reference
     ``models:/name@alias`` in the params' MLflow store (MLFLOW_TRACKING_URI when set), or a
-    checkpoint path (relative paths are taken from the params' ``paths.root``)."""
+    checkpoint path. A relative ``serve.model`` is taken from the params' ``paths.root``; a
+    relative ``ref`` (``--model``: a path on the command line) from the working folder, and the
+    error for a missing one names it under the root (called ``root_name``) when it is there."""
     from clipsep.inference import Separator
     from clipsep.registry_reader import is_registry_reference, registry_uri
 
+    root, elsewhere = (
+        (None, (root_name, params.path("root"))) if ref else (params.path("root"), None)
+    )
     ref = ref or params.serve.model
     uri = registry_uri(params)
     log.info("loading %s", ref)
@@ -494,8 +499,9 @@ def load_model(params: Params, ref: str | None = None):
         device=params.separate.device,
         settings=params.separate,
         tracking_uri=uri,
-        root=params.path("root"),
+        root=root,
         calibration=params.path("clips"),
+        elsewhere=elsewhere,
     )
     if is_registry_reference(ref):
         card = registry_card(ref, uri)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from clipsep.config import add_params_arguments, params_from_args
+from clipsep.config import add_params_arguments, params_from_args, params_root
 from clipsep.env import apply_offline_defaults, paused_gc, skip_exit_collection
 
 log = logging.getLogger("clipsep")
@@ -171,12 +171,15 @@ def _add_separate_command(sub) -> None:
     cmd.set_defaults(handler=separate_files)
 
 
-def _model_reference(args: argparse.Namespace, params) -> tuple[str, Path | None]:
-    """(reference, root): --model is taken from the working folder, the params' separate.model
-    from the project (paths.root)."""
+def _model_reference(
+    args: argparse.Namespace, params
+) -> tuple[str, Path | None, tuple[str, Path] | None]:
+    """(reference, root, elsewhere) for resolve_reference: --model is taken from the working
+    folder (a missing one's error names it under the params' root when it is there:
+    clipsep.config.params_root), the params' separate.model from the project (paths.root)."""
     if args.model:
-        return args.model, None
-    return params.separate.model, params.path("root")
+        return args.model, None, params_root(args, params)
+    return params.separate.model, params.path("root"), None
 
 
 def _load_separator(args: argparse.Namespace, params):
@@ -187,7 +190,7 @@ def _load_separator(args: argparse.Namespace, params):
     from clipsep.inference import Separator
     from clipsep.registry_reader import registry_uri
 
-    ref, root = _model_reference(args, params)
+    ref, root, elsewhere = _model_reference(args, params)
     with paused_gc(freeze=args.program):
         separator = Separator.from_pretrained(
             ref,
@@ -197,6 +200,7 @@ def _load_separator(args: argparse.Namespace, params):
             tracking_uri=registry_uri(params),
             root=root,
             calibration=params.path("clips"),
+            elsewhere=elsewhere,
         )
         for query in args.queries:
             separator.embed_query(query)
@@ -213,8 +217,8 @@ def _unloaded_model(args: argparse.Namespace, params) -> tuple[dict[str, Any], C
     from clipsep.inference import audio_config, check_length, resolve_reference, run_device
     from clipsep.registry_reader import registry_uri
 
-    ref, root = _model_reference(args, params)
-    resolved = resolve_reference(ref, args.clip_weights, registry_uri(params), root)
+    ref, root, elsewhere = _model_reference(args, params)
+    resolved = resolve_reference(ref, args.clip_weights, registry_uri(params), root, elsewhere)
     audio_cfg = audio_config(resolved.checkpoint)
     record = outputs.model_record(
         resolved.checkpoint,

@@ -275,17 +275,19 @@ def resolve_reference(
     clip_weights: str | Path | None = None,
     tracking_uri: str | None = None,
     root: str | Path | None = None,
+    elsewhere: tuple[str, Path] | None = None,
 ) -> ResolvedModel:
     """The local files a model reference names, as :meth:`Separator.from_pretrained` loads them:
     a ``clipsep export`` folder as it is, else :func:`clipsep.registry_reader.resolve_model`
-    (its errors); ``clip_weights``, when given, replaces the CLIP weights the model records."""
+    (its errors, ``root`` and ``elsewhere``); ``clip_weights``, when given, replaces the CLIP
+    weights the model records."""
     from clipsep.model.export import is_export_folder
     from clipsep.registry_reader import resolve_model
 
     if is_export_folder(ref):
         resolved = ResolvedModel(Path(ref))
     else:
-        resolved = resolve_model(ref, tracking_uri=tracking_uri, root=root)
+        resolved = resolve_model(ref, tracking_uri=tracking_uri, root=root, elsewhere=elsewhere)
     if clip_weights:
         resolved = dataclasses.replace(resolved, clip_weights=Path(clip_weights))
     return resolved
@@ -393,13 +395,15 @@ class Separator:
         root: str | Path | None = None,
         engine: str | None = None,
         calibration: str | Path | None = None,
+        elsewhere: tuple[str, Path] | None = None,
     ) -> "Separator":
         """Load a checkpoint path, a registry reference ``models:/name@alias`` (or ``/N``) or a
         folder written by ``clipsep export`` (run by ONNX Runtime).
 
         ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's);
         relative checkpoint paths are taken from ``root`` (default: the working folder).
-        See :func:`clipsep.registry_reader.resolve_model` for the errors.
+        See :func:`clipsep.registry_reader.resolve_model` for the errors (and ``elsewhere``: a
+        folder (with its name) where the not-found error looks for a relative path too).
         ``engine`` (default ``settings.engine``) runs the network: ``torch`` (eager) or ``onnx``
         (the checkpoint exported once, cached, run by ONNX Runtime on the CPU in fp32; see
         :mod:`clipsep.model.export`) or ``onnx-int8`` (that export quantised to int8 once,
@@ -413,7 +417,7 @@ class Separator:
         settings = settings or DEFAULT_SETTINGS
         requested = (settings, engine)  # what separation.json records (as the CLI does unloaded)
         engine, device, settings = _choose_engine(ref, engine, device, settings)
-        resolved = resolve_reference(ref, clip_weights, tracking_uri, root)
+        resolved = resolve_reference(ref, clip_weights, tracking_uri, root, elsewhere)
         clip_weights = resolved.clip_weights
         network, info = load_network(resolved.checkpoint, device, engine)
         # the CLIP model is built only for a text query not met before (or an image query)

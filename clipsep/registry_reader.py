@@ -295,12 +295,16 @@ def resolve_model(
     tracking_uri: str | None = None,
     cache_dir: str | Path | None = None,
     root: str | Path | None = None,
+    elsewhere: tuple[str, Path] | None = None,
 ) -> ResolvedModel:
     """A checkpoint path or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` -> local files.
 
     ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's);
     relative checkpoint paths are taken from ``root`` (default: the working folder); registry
-    files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models).
+    files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models). ``elsewhere``
+    (name, folder): another folder a relative path may have been meant from, e.g.
+    ``("--profile tiny's root", params.path("root"))`` for a path given on a command line; when
+    the path is missing but exists there, the error names it.
     Raises MissingWeightsError (no such file, no checkpoint in the version), ModelNotFoundError,
     RegistryUnavailableError.
     """
@@ -308,9 +312,7 @@ def resolve_model(
         path = Path(ref)
         path = path if path.is_absolute() or root is None else Path(root) / path
         if not path.is_file():
-            raise MissingWeightsError(
-                f"checkpoint {path} not found (give a file or models:/NAME@ALIAS)"
-            )
+            raise MissingWeightsError(_no_checkpoint(Path(ref), path, root, elsewhere))
         return ResolvedModel(path)
     ref = str(ref)
     name, kind, value = parse_model_reference(ref)
@@ -326,6 +328,29 @@ def resolve_model(
             client, name, version, uri, _version_dir(cache, name, version, uri)
         )
     return _read_artifacts(ref, model_dir, version)
+
+
+def _no_checkpoint(
+    ref: Path, path: Path, root: str | Path | None, elsewhere: tuple[str, Path] | None
+) -> str:
+    """Why the checkpoint ``ref`` (looked for at ``path``) is missing: where relative paths start
+    and, when it is a file under ``elsewhere``'s folder (another one), its path there."""
+    start = Path(root) if root is not None else Path.cwd()
+    there = Path(elsewhere[1]) / ref if elsewhere and not ref.is_absolute() else None
+    if there is None or not there.is_file() or there.resolve() == path.resolve():
+        return f"checkpoint {path} not found (give a file or models:/NAME@ALIAS)"
+    where = (
+        f"paths on the command line are relative to the working folder {start.resolve()}"
+        if root is None
+        else f"relative paths are taken from {start.resolve()}"
+    )
+    return f"checkpoint {path} not found ({where}); under {elsewhere[0]} it is {_shown(there)}"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it is below it, else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def default_cache_dir() -> Path:

@@ -309,3 +309,33 @@ def test_long_upload_is_separated_in_chunks_with_progress(served):
     assert result.target.shape == mixture.shape
     assert len(seen) > 10 and [s for s, _ in seen] == sorted(s for s, _ in seen)
     assert seen[-1][1].endswith(f"{len(seen)}/{len(seen)}")
+
+
+def test_the_model_flag_is_relative_to_the_working_folder(tmp_path, monkeypatch, caplog):
+    """`python -m app --profile tiny --model models/clipsep/best.pt` took the path from the
+    profile's root (runs/tiny/), `clipsep separate --model` from the working folder: both now
+    take it from the working folder, and a missing one's error names it under the root."""
+    from app.__main__ import serve
+    from conftest import REPO
+
+    root = tmp_path / "runs" / "tiny"
+    _, checkpoint = write_tiny_model(root)
+    assert checkpoint == root / "models" / "clipsep" / "best.pt"
+    monkeypatch.chdir(tmp_path)
+    flags = ["--params", str(REPO / "params.yaml"), "--profile", "tiny"]
+    caplog.clear()
+    assert serve([*flags, "--set", f"paths.root={root}", "--model", "models/clipsep/best.pt"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "checkpoint models/clipsep/best.pt not found (paths on the command line are relative to "
+        f"the working folder {tmp_path}); under --profile tiny's root it is "
+        "runs/tiny/models/clipsep/best.pt"
+    ]
+    params = tiny_params_at(root, **{"separate.device": "cpu"})
+    separator, _ = handlers.load_model(params, "runs/tiny/models/clipsep/best.pt")
+    assert separator.source.checkpoint == Path("runs/tiny/models/clipsep/best.pt")
+    # serve.model (a params value) is still taken from the root
+    params = tiny_params_at(
+        root, **{"separate.device": "cpu", "serve.model": "models/clipsep/best.pt"}
+    )
+    separator, _ = handlers.load_model(params)
+    assert separator.source.checkpoint == checkpoint

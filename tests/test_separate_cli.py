@@ -237,3 +237,49 @@ def test_version_names_the_installed_distribution(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"clipsep {metadata.version('clipsep')}\n"
+
+
+def test_a_missing_model_path_is_named_under_the_profile_root(model, tmp_path, monkeypatch, caplog):  # noqa: F811
+    """New-user trial: `--profile tiny --model models/clipsep/best.pt` looked in the working
+    folder (as every path on the command line does, and still does), while the tiny run had
+    written the file under the profile's own root runs/tiny/: the error now says where it is."""
+    import shutil
+
+    checkpoint, clip = model
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "runs" / "tiny"
+    (root / "models" / "clipsep").mkdir(parents=True)
+    shutil.copy(checkpoint, root / "models" / "clipsep" / "best.pt")
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+
+    def separate(model_path, root, *profile):
+        caplog.clear()
+        flags = ["--params", str(REPO / "params.yaml"), *profile, "--set", f"paths.root={root}"]
+        status = main(
+            ["separate", "x.wav", "--query", "cello", "--model", model_path, "--out", "out"]
+            + ["--clip-weights", str(clip), "--set", "separate.device=cpu", *flags]
+        )
+        return status, [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+    hint = (
+        "checkpoint models/clipsep/best.pt not found (paths on the command line are relative to "
+        f"the working folder {tmp_path}); under {{}} it is runs/tiny/models/clipsep/best.pt"
+    )
+    tiny = ("--profile", "tiny")
+    assert separate("models/clipsep/best.pt", root, *tiny) == (
+        2,
+        [hint.format("--profile tiny's root")],
+    )
+    assert separate("models/clipsep/best.pt", root) == (
+        2,
+        [hint.format("the params' root (paths.root)")],
+    )
+    # the root is the working folder, or the file is under neither: the message as before
+    for missing, where in (("models/clipsep/best.pt", tmp_path), ("models/other.pt", root)):
+        assert separate(missing, where, *tiny) == (
+            2,
+            [f"checkpoint {missing} not found (give a file or models:/NAME@ALIAS)"],
+        )
+    assert not (tmp_path / "out").exists()
+    assert separate("runs/tiny/models/clipsep/best.pt", root, *tiny) == (0, [])
+    assert (tmp_path / "out" / "x" / "target.wav").is_file()
