@@ -25,7 +25,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     add_params_arguments(parser)
     parser.add_argument(
-        "--model", default=None, help="checkpoint path or models:/NAME@ALIAS (default: serve.model)"
+        "--model",
+        default=None,
+        help="checkpoint path (relative to the working folder) or models:/NAME@ALIAS "
+        "(default: serve.model)",
     )
     parser.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
     return parser.parse_args(argv)
