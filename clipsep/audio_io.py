@@ -78,6 +78,36 @@ def note(notes: list[str] | None, message: str) -> None:
         notes.append(message)
 
 
+# --- folders -------------------------------------------------------------------------------------
+
+NAMED = 3  # file names a one-line message lists before "and N more"
+
+
+def walk_media(
+    folder: Path, suffixes: frozenset[str] = MEDIA_SUFFIXES, exclude: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """(files whose suffix is in ``suffixes``, other files) under ``folder``, nested, each
+    sorted. Hidden files and folders (a name starting with ".": .DS_Store, the ._take.wav
+    companions macOS writes, .git/) and the folder ``exclude`` (an output folder inside
+    ``folder``) are in neither: they are not the user's recordings."""
+    exclude = exclude.resolve() if exclude is not None else None
+    media, others = [], []
+    for path in sorted(Path(folder).rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if hidden or not path.is_file():
+            continue
+        if exclude is not None and path.resolve().is_relative_to(exclude):
+            continue
+        (media if path.suffix.lower() in suffixes else others).append(path)
+    return media, others
+
+
+def listed(paths: list[Path]) -> str:
+    """``a.txt, b.jpg``; ``a, b, c and 2 more`` past NAMED names."""
+    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
+    return ", ".join(map(str, paths[:NAMED])) + more
+
+
 # --- headers --------------------------------------------------------------------------------------
 
 

@@ -83,7 +83,7 @@ def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> tuple[list[Job],
 
 def _no_media(folder: Path, others: Sequence[Path]) -> BadInputError:
     found = [p.relative_to(folder) for p in others]
-    only = f"; it holds only {listed(found)}" if found else ""
+    only = f"; it holds only {audio_io.listed(found)}" if found else ""
     return BadInputError(
         f"{folder}: no audio or video files in this folder "
         f"(looked for {', '.join(sorted(audio_io.MEDIA_SUFFIXES))}){only}"
@@ -91,37 +91,19 @@ def _no_media(folder: Path, others: Sequence[Path]) -> BadInputError:
 
 
 def walk_folder(folder: Path, out: Path) -> tuple[list[Path], list[Path]]:
-    """(audio and video files, other files) under ``folder``, nested, each sorted; audio or video
-    by suffix (:data:`clipsep.audio_io.MEDIA_SUFFIXES`). Hidden files and folders (a name
-    starting with ".": .DS_Store, ._take.wav, .git/) and the output folder ``out`` are in neither:
-    they are not the user's recordings."""
-    media, others = [], []
-    for path in sorted(folder.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if hidden or not path.is_file() or _inside(path, out):
-            continue
-        (media if path.suffix.lower() in audio_io.MEDIA_SUFFIXES else others).append(path)
-    return media, others
+    """(audio and video files, other files) under ``folder``: :func:`clipsep.audio_io.walk_media`
+    (by suffix, :data:`clipsep.audio_io.MEDIA_SUFFIXES`; hidden files and the output folder
+    ``out`` in neither)."""
+    return audio_io.walk_media(folder, audio_io.MEDIA_SUFFIXES, exclude=out)
 
 
 NOT_MEDIA = "not an audio or video file (by its suffix; name it as an input to try it anyway)"
-NAMED = 3  # file names a one-line message lists before "and N more"
-
-
-def listed(paths: Sequence[Path]) -> str:
-    """``a.txt, b.jpg``; ``a, b, c and 2 more`` past NAMED names."""
-    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
-    return ", ".join(map(str, paths[:NAMED])) + more
 
 
 def not_media_line(paths: Sequence[Path]) -> str:
     """The line after the table: ``skipped 2 files that are not audio or video: a.txt, b.jpg``."""
     files = "1 file that is" if len(paths) == 1 else f"{len(paths)} files that are"
-    return f"skipped {files} not audio or video: {listed(paths)}"
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
+    return f"skipped {files} not audio or video: {audio_io.listed(paths)}"
 
 
 def expected_outputs(job: Job, names: Sequence[str], output: outputs.OutputFormat) -> list[Path]:

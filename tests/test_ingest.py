@@ -175,6 +175,28 @@ def test_bad_source_folders_raise_clear_errors(tmp_path):
         ingest_folder(tmp_path / "empty", tmp_path / "clips", tiny_ingest(tmp_path))
 
 
+def test_a_sources_files_that_are_not_videos_are_named_in_one_line(tmp_path, caplog):
+    """As `clipsep separate` does for a folder (one walk, clipsep.audio_io.walk_media): stray files
+    are named, hidden ones, the output folder inside the source and the labels CSV are not."""
+    import logging
+
+    from clipsep.data.ingest import find_videos
+
+    source = tmp_path / "videos"
+    (source / "train" / "clips").mkdir(parents=True)
+    for name in ("a.mp4", "train/B.MKV", "notes.txt", "train/cover.jpg", "train/x.wav"):
+        (source / name).write_bytes(b"the walk goes by the suffix")
+    for name in (".DS_Store", "labels.csv", "train/clips/manifest.csv", "train/._a.mp4"):
+        (source / name).write_bytes(b"not named")
+    caplog.set_level(logging.INFO, logger="clipsep")
+    found = find_videos(source, source / "train" / "clips", known=[source / "labels.csv"])
+    assert found == [source / "a.mp4", source / "train" / "B.MKV"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ingest: skipped 3 files that are not videos under {source}: "
+        "notes.txt, train/cover.jpg, train/x.wav"
+    ]
+
+
 KILLABLE_RUN = """
 import dataclasses, sys
 from pathlib import Path

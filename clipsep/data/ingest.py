@@ -23,11 +23,11 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from clipsep.audio_io import VIDEO_SUFFIXES
+from clipsep.audio_io import VIDEO_SUFFIXES, listed, walk_media
 from clipsep.config import IngestConfig
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest, write_csv, write_json, write_text
@@ -94,7 +94,7 @@ def ingest_folder(
     """Ingest every video under ``source`` into ``out_dir``; returns the summary.json dict."""
     started = time.perf_counter()
     source, out_dir = Path(source).resolve(), Path(out_dir).resolve()
-    paths = find_videos(source, exclude=out_dir)
+    paths = find_videos(source, exclude=out_dir, known=[labels_csv] if labels_csv else [])
     labels = read_labels(labels_csv, source) if labels_csv else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / TMP_DIR, ignore_errors=True)  # leftovers of a killed run: never trusted
@@ -124,21 +124,26 @@ def ingest_folder(
 # --- finding, hashing, labelling ---------------------------------------------------------------
 
 
-def find_videos(source: Path, exclude: Path | None = None) -> list[Path]:
-    """Every video file under ``source`` (nested folders, hidden entries skipped), sorted."""
+def find_videos(
+    source: Path, exclude: Path | None = None, known: Sequence[Path] = ()
+) -> list[Path]:
+    """Every video file under ``source``, sorted (:func:`clipsep.audio_io.walk_media`: nested,
+    by suffix, hidden entries and the folder ``exclude`` left out); its other files, but the
+    ``known`` ones (a labels CSV kept there), are named in one log line."""
     if not source.is_dir():
         raise BadInputError(f"ingest source {source} is not a folder of videos")
-    found = []
-    for path in sorted(source.rglob("*")):
-        parts = path.relative_to(source).parts
-        if any(part.startswith(".") for part in parts) or not path.is_file():
-            continue
-        if exclude is not None and path.is_relative_to(exclude):
-            continue
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            found.append(path)
+    found, others = walk_media(source, VIDEO_SUFFIXES, exclude)
     if not found:
         raise BadInputError(f"no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) found under {source}")
+    known = {Path(p).resolve() for p in known}
+    others = [p.relative_to(source) for p in others if p.resolve() not in known]
+    if others:
+        files = (
+            "1 file that is not a video"
+            if len(others) == 1
+            else f"{len(others)} files that are not videos"
+        )
+        log.info("ingest: skipped %s under %s: %s", files, source, listed(others))
     return found
 
 
