@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from clipsep.config import add_params_arguments, params_from_args, params_root
+from clipsep.config import ROOT_NAME, add_params_arguments, params_from_args, params_root
 from clipsep.env import apply_offline_defaults
 
 log = logging.getLogger("app")
@@ -66,7 +66,7 @@ def serve(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def load_served(params, model: str | None = None, root_name: str = "the params' root"):
+def load_served(params, model: str | None = None, root_name: str = ROOT_NAME):
     """The separator, its card and the examples for the page; ``model``: --model (a path
     relative to the working folder; default ``serve.model``, relative to ``paths.root``)."""
     from app import handlers

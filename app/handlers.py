@@ -27,7 +27,7 @@ import numpy as np
 
 from clipsep import audio_io, outputs
 from clipsep.activity import activity
-from clipsep.config import Params, ServeConfig
+from clipsep.config import ROOT_NAME, Params, ServeConfig
 from clipsep.env import headless_pyplot
 from clipsep.errors import BadInputError
 from clipsep.data.world import read_ground_truth
@@ -479,7 +479,7 @@ def _mix_example(videos: Path, first: dict, second: dict, cache_dir: Path) -> Ex
 # --- loading -----------------------------------------------------------------------------------
 
 
-def load_model(params: Params, ref: str | None = None, root_name: str = "the params' root"):
+def load_model(params: Params, ref: str | None = None, root_name: str = ROOT_NAME):
     """(Separator, ModelCard) for ``ref`` (default ``serve.model``): a registry reference
     ``models:/name@alias`` in the params' MLflow store (MLFLOW_TRACKING_URI when set), or a
     checkpoint path. A relative ``serve.model`` is taken from the params' ``paths.root``; a

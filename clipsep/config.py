@@ -416,11 +416,14 @@ def params_from_args(
     return load_params(params_file_from_args(args), profile=args.profile, overrides=overrides)
 
 
+ROOT_NAME = "the params' root (paths.root)"  # how messages name paths.root without a profile
+
+
 def params_root(args: argparse.Namespace, params: Params) -> tuple[str, Path]:
     """(name, folder) of the params' root (``paths.root``) for a command line's messages: a path
     typed on the command line is relative to the working folder, not to this root, and an error
     about a missing one names where it is under the root (``resolve_model``'s ``elsewhere``)."""
-    name = f"--profile {args.profile}'s root" if args.profile else "the params' root (paths.root)"
+    name = f"--profile {args.profile}'s root" if args.profile else ROOT_NAME
     return name, params.path("root")
 
 

@@ -337,7 +337,7 @@ def _no_checkpoint(
     and, when it is a file under ``elsewhere``'s folder (another one), its path there."""
     start = Path(root) if root is not None else Path.cwd()
     there = Path(elsewhere[1]) / ref if elsewhere and not ref.is_absolute() else None
-    if there is None or not there.is_file() or there.resolve() == path.resolve():
+    if there is None or not there.exists() or there.resolve() == path.resolve():
         return f"checkpoint {path} not found (give a file or models:/NAME@ALIAS)"
     where = (
         f"paths on the command line are relative to the working folder {start.resolve()}"
