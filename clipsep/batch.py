@@ -4,7 +4,7 @@
 ``OUT/<stem>/``; a folder is walked (:func:`walk_folder`: nested, the audio and video suffixes of
 :data:`clipsep.audio_io.MEDIA_SUFFIXES`, hidden files left out) and each file found goes to
 ``OUT/<its folder relative to the input folder>/<stem>/``; its other files are skipped, and the
-report names them (:func:`not_media_line`, ``skipped`` in :func:`summary`). ``run_jobs``
+report names them as ignored (:func:`not_media_line`, ``ignored`` in :func:`summary`). ``run_jobs``
 separates them in order and carries on past a file that fails. It skips a file (unless
 ``overwrite``) only when its outputs all exist and their ``separation.json`` records the same
 request (input file, queries, model, settings, format: :func:`clipsep.outputs.request_record`);
@@ -101,9 +101,10 @@ NOT_MEDIA = "not an audio or video file (by its suffix; name it as an input to t
 
 
 def not_media_line(paths: Sequence[Path]) -> str:
-    """The line after the table: ``skipped 2 files that are not audio or video: a.txt, b.jpg``."""
+    """The line after the table: ``ignored 2 files that are not audio or video: a.txt, b.jpg``
+    (ignored, not skipped: the table's skipped inputs are media whose outputs exist)."""
     files = "1 file that is" if len(paths) == 1 else f"{len(paths)} files that are"
-    return f"skipped {files} not audio or video: {audio_io.listed(paths)}"
+    return f"ignored {files} not audio or video: {audio_io.listed(paths)}"
 
 
 def expected_outputs(job: Job, names: Sequence[str], output: outputs.OutputFormat) -> list[Path]:
@@ -216,8 +217,8 @@ def summary(
 ) -> dict[str, Any]:
     """The ``--json`` report: ``separated`` (per input: stems, residual, activity segments,
     duration, time taken), ``skipped`` and ``failed`` (per input: why, not naming the input
-    again; ``skipped`` ends with the files ``not_media`` of input folders, each with NOT_MEDIA),
-    model and total seconds."""
+    again), ``ignored`` (the files ``not_media`` of input folders, each with NOT_MEDIA), model
+    and total seconds."""
     report: dict[str, Any] = {
         "model": model,
         "seconds": round(seconds, 3),
@@ -241,5 +242,5 @@ def summary(
             "seconds": round(o.seconds, 3),
             "note": o.note or None,
         }
-    report["skipped"].update((str(path), NOT_MEDIA) for path in not_media)
+    report["ignored"] = {str(path): NOT_MEDIA for path in not_media}
     return report

@@ -192,7 +192,7 @@ def test_a_sources_files_that_are_not_videos_are_named_in_one_line(tmp_path, cap
     found = find_videos(source, source / "train" / "clips", known=[source / "labels.csv"])
     assert found == [source / "a.mp4", source / "train" / "B.MKV"]
     assert [r.getMessage() for r in caplog.records] == [
-        f"ingest: skipped 3 files that are not videos under {source}: "
+        f"ingest: ignored 3 files that are not videos under {source}: "
         "notes.txt, train/cover.jpg, train/x.wav"
     ]
 

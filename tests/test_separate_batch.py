@@ -250,7 +250,7 @@ def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, ca
     inputs = [str(tmp_path / "in" / n) for n in ("a.wav", "live/b.flac", "live/day1/c.mp4")]
     assert list(report["separated"]) == inputs and report["failed"] == {}
     notes = str(tmp_path / "in" / "notes.txt")
-    assert report["skipped"] == {
+    assert report["skipped"] == {} and report["ignored"] == {
         notes: "not an audio or video file (by its suffix; name it as an input to try it anyway)"
     }
     for stem in ("a", "live/b", "live/day1/c"):
@@ -262,13 +262,14 @@ def test_folder_keeps_layout_skips_existing_and_reports_json(model, tmp_path, ca
     assert report["model"].endswith("tiny.pt") and report["seconds"] > 0
     before = (out / "a" / "target.wav").stat().st_mtime_ns
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--json"]) == 0
-    assert list(json.loads(capsys.readouterr().out)["skipped"]) == [*inputs, notes]
+    again = json.loads(capsys.readouterr().out)
+    assert list(again["skipped"]) == inputs and list(again["ignored"]) == [notes]
     assert (out / "a" / "target.wav").stat().st_mtime_ns == before
     assert run_cli(model, out, tmp_path / "in", extra=["--query", "cello", "--overwrite"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[-2:] == [
         "3 separated, 0 skipped, 0 failed",
-        f"skipped 1 file that is not audio or video: {notes}",
+        f"ignored 1 file that is not audio or video: {notes}",
     ]
     assert (out / "a" / "target.wav").stat().st_mtime_ns != before
 
@@ -281,7 +282,7 @@ def test_a_failing_file_in_a_folder_is_counted_and_exits_1(model, tmp_path, caps
     table = capsys.readouterr().out
     assert table.splitlines()[-2:] == [
         "3 separated, 0 skipped, 1 failed",
-        f"skipped 1 file that is not audio or video: {tmp_path / 'in' / 'notes.txt'}",
+        f"ignored 1 file that is not audio or video: {tmp_path / 'in' / 'notes.txt'}",
     ]
     row = next(line for line in table.splitlines() if "broken.wav" in line)
     assert row.split()[0] == str(tmp_path / "in" / "live" / "broken.wav")
@@ -308,7 +309,7 @@ def test_a_folders_files_that_are_not_audio_or_video_are_named(model, tmp_path, 
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2:] == [
         "0 separated, 1 skipped, 0 failed",
-        f"skipped 3 files that are not audio or video: {folder / 'cover.jpg'}, "
+        f"ignored 3 files that are not audio or video: {folder / 'cover.jpg'}, "
         f"{folder / 'live' / 'setlist.pdf'}, {folder / 'notes.txt'}",
     ]
     assert [p.name for p in out.iterdir()] == ["take"]
@@ -318,12 +319,12 @@ def test_the_not_media_line_names_three_files_then_counts_the_rest():
     from clipsep.batch import not_media_line
 
     paths = [Path(f"in/{n}.txt") for n in "abcde"]
-    assert not_media_line(paths[:1]) == "skipped 1 file that is not audio or video: in/a.txt"
+    assert not_media_line(paths[:1]) == "ignored 1 file that is not audio or video: in/a.txt"
     assert not_media_line(paths[:3]) == (
-        "skipped 3 files that are not audio or video: in/a.txt, in/b.txt, in/c.txt"
+        "ignored 3 files that are not audio or video: in/a.txt, in/b.txt, in/c.txt"
     )
     assert not_media_line(paths) == (
-        "skipped 5 files that are not audio or video: in/a.txt, in/b.txt, in/c.txt and 2 more"
+        "ignored 5 files that are not audio or video: in/a.txt, in/b.txt, in/c.txt and 2 more"
     )
 
 

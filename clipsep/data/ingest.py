@@ -143,7 +143,7 @@ def find_videos(
             if len(others) == 1
             else f"{len(others)} files that are not videos"
         )
-        log.info("ingest: skipped %s under %s: %s", files, source, listed(others))
+        log.info("ingest: ignored %s under %s: %s", files, source, listed(others))
     return found
 
 
