@@ -173,7 +173,8 @@ class CLIPSepNet(nn.Module):
         projected = self.fusion.project(queries)  # [B, N, k], pre-sigmoid
         mask_logits = self._full_resolution(self.fusion.combine(torch.sigmoid(projected), maps))
         if self.gate is not None:
-            mask_logits = mask_logits + _upsample_to(self.gate(features.tap, queries), mask_logits)
+            gate_logits = self.gate(features.tap, queries)  # [B, N, w, t]
+            mask_logits = mask_logits + _upsample_to(gate_logits, mask_logits.shape[-2:])
         noise_logits = None
         if with_noise and self.noise_heads is not None:
             mean_projection = projected[:, :noise_queries].mean(dim=1)  # [B, k]
@@ -184,11 +185,11 @@ class CLIPSepNet(nn.Module):
         return SeparationOutput(mask_logits, noise_logits)
 
     def _full_resolution(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.cfg.output_stride == 1:
+        """Fused logits ``[B, N, W', T']`` at the input resolution ``[B, N, W, T]``."""
+        stride = self.cfg.output_stride
+        if stride == 1:
             return logits
-        return nn.functional.interpolate(
-            logits, scale_factor=self.cfg.output_stride, mode=UPSAMPLE_MODE, align_corners=True
-        )
+        return _upsample_to(logits, (logits.shape[-2] * stride, logits.shape[-1] * stride))
 
     def forward(
         self,
@@ -211,11 +212,14 @@ class CLIPSepNet(nn.Module):
             )
 
 
-def _upsample_to(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``logits [B, N, w, t]`` bilinearly resized to ``like``'s last two sizes."""
-    return nn.functional.interpolate(
-        logits, size=like.shape[-2:], mode=UPSAMPLE_MODE, align_corners=True
-    )
+def _upsample_to(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``logits [B, N, w, t]`` bilinearly resized (align_corners=True) to ``[B, N, *size]``.
+
+    The one upsampling of logit maps: the fused logits (``output_stride``) and the query gate's.
+    With align_corners=True the sampling grid depends on the sizes only, so a size equals the
+    matching ``scale_factor``.
+    """
+    return nn.functional.interpolate(logits, size=size, mode=UPSAMPLE_MODE, align_corners=True)
 
 
 def _init_weights(module: nn.Module) -> None:
