@@ -80,22 +80,29 @@ def open_run(
 
     Raises RegistryUnavailableError when the store cannot be read.
     """
-    from clipsep.tracking import connect, recorded_run, run_file_lock, write_run_file
+    from clipsep.tracking import (
+        connect,
+        flatten_params,
+        recorded_run,
+        run_file_lock,
+        write_run_file,
+    )
 
     client, experiment_id = connect(p)  # also ends runs whose owner died (run_owner)
+    flat = flatten_params(p)  # compared with the run's params, then logged
     with run_file_lock(p):  # this folder's stages started together pick one run
         previous = recorded_run(p, client)
-        changed = [] if previous is None else changed_params(previous, p, reads)
+        changed = [] if previous is None else changed_params(previous, flat, reads)
         if _continues(previous, stage, resuming) and (resuming or not changed):
             run_id = previous.info.run_id
             if previous.info.status != "RUNNING":
                 _reopen(client, previous)
-            _log_params(client, previous, p, stage, changed)
+            _log_params(client, previous, flat, stage, changed)
             log.info("%s continues MLflow run %s", stage, run_id)
         else:
             if previous is not None and previous.info.status == "RUNNING":
                 _supersede(client, previous.info.run_id, stage, changed)
-            run_id = _create(client, experiment_id, p, stage)
+            run_id = _create(client, experiment_id, p, flat, stage)
             write_run_file(p, run_id, experiment_id)
             folder = p.path("checkpoints")
             log.info("%s opened MLflow run %s, %s's run until register", stage, run_id, folder)
@@ -150,10 +157,12 @@ def _supersede(client, run_id: str, stage: str, changed: list[str]) -> None:
     log.warning("MLflow run %s ended KILLED (%s)", run_id, reason)
 
 
-def _create(client, experiment_id: str, p: Params, stage: str) -> str:
+def _create(client, experiment_id: str, p: Params, flat: dict[str, str], stage: str) -> str:
+    """A new pipeline run of ``p``'s folder holding the params ``flat``
+    (:func:`clipsep.tracking.flatten_params`)."""
     from mlflow.entities import Param
 
-    from clipsep.tracking import flatten_params, system_info
+    from clipsep.tracking import system_info
 
     tags = {
         "clipsep.opened_by": stage,
@@ -161,21 +170,19 @@ def _create(client, experiment_id: str, p: Params, stage: str) -> str:
         **{f"sys.{k}": v for k, v in system_info().items()},
     }
     run = client.create_run(experiment_id, run_name=f"{p.model.preset}-pipeline", tags=tags)
-    params = [Param(k, v[:MAX_PARAM]) for k, v in flatten_params(p).items()]
+    params = [Param(k, v[:MAX_PARAM]) for k, v in flat.items()]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
     return run.info.run_id
 
 
-def changed_params(run, p: Params, sections: Sequence[str] | None = None) -> list[str]:
+def changed_params(run, flat: dict[str, str], sections: Sequence[str] | None = None) -> list[str]:
     """``key: old -> new`` for each param of ``sections`` (None: all) that ``run`` logged with
-    another value than ``p`` has."""
-    from clipsep.tracking import flatten_params
-
+    another value than ``flat`` (:func:`clipsep.tracking.flatten_params` of the params) has."""
     logged = run.data.params
     return [
         f"{key}: {logged[key]} -> {value}"
-        for key, value in sorted(flatten_params(p).items())
+        for key, value in sorted(flat.items())
         if key in logged
         and logged[key] != value[:MAX_PARAM]
         and (sections is None or key.split(".", 1)[0] in sections)
@@ -187,15 +194,13 @@ def _describe(changed: list[str], limit: int = 3) -> str:
     return "; ".join(changed[:limit]) + more
 
 
-def _log_params(client, run, p: Params, stage: str, changed: list[str]) -> None:
-    """Log params the run lacks; params that changed since it opened (a resumed training only)
-    are named in the tag ``clipsep.params_changed.<stage>``."""
+def _log_params(client, run, flat: dict[str, str], stage: str, changed: list[str]) -> None:
+    """Log the params of ``flat`` the run lacks; params that changed since it opened (a resumed
+    training only) are named in the tag ``clipsep.params_changed.<stage>``."""
     from mlflow.entities import Param
 
-    from clipsep.tracking import flatten_params
-
     logged = run.data.params
-    missing = [Param(k, v[:MAX_PARAM]) for k, v in flatten_params(p).items() if k not in logged]
+    missing = [Param(k, v[:MAX_PARAM]) for k, v in flat.items() if k not in logged]
     for start in range(0, len(missing), 100):
         client.log_batch(run.info.run_id, params=missing[start : start + 100])
     if changed:

@@ -615,7 +615,7 @@ def test_stages_started_together_share_their_folders_run_and_no_other(tmp_path):
 def legacy_record(params, client, experiment: str, stage: str) -> str:
     """What an older version left: a pipeline run opened for ``params``, recorded in the one
     ``<paths.mlflow>/pipeline_run.json`` of the project; -> the run's id."""
-    run_id = live_run._create(client, experiment, params, stage)
+    run_id = live_run._create(client, experiment, params, tracking.flatten_params(params), stage)
     client.set_tag(run_id, run_owner.STAGE_TAG + stage, "done")
     client.delete_tag(run_id, live_run.CHECKPOINTS_TAG)  # older versions did not tag it
     legacy = params.path("mlflow") / tracking.LEGACY_RUN_FILE
