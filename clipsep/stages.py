@@ -163,7 +163,7 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason. ``in_process``: see
     :func:`run_stage`."""
     from clipsep.live_run import note_skipped, open_run
-    from clipsep.tracking import already_registered
+    from clipsep.tracking import check_registration
     from clipsep.tracking import register as register_run
 
     opened: list = []
@@ -171,14 +171,14 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
         if stage == "train":  # training opens the run itself, once it knows if it resumes
             summary = _train_live(p, opened, in_process)
         else:
-            if stage == "register":  # a checkpoint registered already: no run, no version
-                summary = already_registered(p)
-                if summary is not None:
-                    note_skipped(p, stage, summary["reason"])  # closes the pass's open run
-                    return summary
+            if stage == "register":  # asked once: a checkpoint registered already opens no run
+                checked = check_registration(p)
+                if checked.existing is not None:
+                    note_skipped(p, stage, checked.existing["reason"])  # closes the pass's run
+                    return checked.existing
             opened.append(open_run(p, stage, in_process=in_process, reads=STAGE_PARAMS[stage]))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
-                summary = register_run(p, opened[0].run_id)
+                summary = register_run(p, opened[0].run_id, checked)
             else:
                 summary = STAGES[stage](p)
     except BaseException as err:

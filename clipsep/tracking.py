@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -759,12 +759,22 @@ def already_registered(p: Params, digest: str | None = None) -> dict[str, Any] |
     }
 
 
-def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
-    """The ``register`` stage: log into the pipeline's run ``run_id`` (:mod:`clipsep.live_run`;
-    None: a new run), register the evaluated model, gate it, close the run FINISHED. A checkpoint
-    a version already holds is not registered again: :func:`already_registered`'s summary."""
-    import mlflow
+class Registration(NamedTuple):
+    """What ``register`` reads, read once (:func:`check_registration`): ``best.pt``, its
+    evaluation (metrics.json as a dict), the checkpoint's SHA-256 and the :func:`already_registered`
+    summary of the version that holds it already (None: a model to register)."""
 
+    checkpoint: Path
+    metrics: dict[str, Any]
+    digest: str
+    existing: dict[str, Any] | None
+
+
+def check_registration(p: Params) -> Registration:
+    """Read what ``register`` needs and ask the registry once whether a version holds the
+    checkpoint already. Raises BadInputError when ``best.pt`` or metrics.json is missing or the
+    evaluation scored another checkpoint (:func:`check_scores_checkpoint`), before the store is
+    touched; RegistryUnavailableError when the store cannot be read."""
     checkpoint = p.path("checkpoints") / "best.pt"
     metrics_file = p.path("evaluation") / "metrics.json"
     for needed, stage in ((checkpoint, "train"), (metrics_file, "evaluate")):
@@ -773,7 +783,20 @@ def register(p: Params, run_id: str | None = None) -> dict[str, Any]:
     metrics = json.loads(metrics_file.read_text())
     digest = file_digest(checkpoint)  # hashed once: the check, the lookup and the version's tag
     check_scores_checkpoint(metrics, metrics_file, checkpoint, digest)
-    existing = already_registered(p, digest)
+    return Registration(checkpoint, metrics, digest, already_registered(p, digest))
+
+
+def register(
+    p: Params, run_id: str | None = None, checked: Registration | None = None
+) -> dict[str, Any]:
+    """The ``register`` stage: log into the pipeline's run ``run_id`` (:mod:`clipsep.live_run`;
+    None: a new run), register the evaluated model, gate it, close the run FINISHED. A checkpoint
+    a version already holds is not registered again: :func:`already_registered`'s summary.
+    ``checked``: :func:`check_registration`'s answer when the caller has it already (the live
+    register stage asks before it opens its run); None: asked here."""
+    import mlflow
+
+    checkpoint, metrics, digest, existing = checked or check_registration(p)
     if existing is not None:
         return existing
     tags = {**lineage_tags(p, metrics), CHECKPOINT_TAG: digest}

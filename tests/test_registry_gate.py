@@ -237,7 +237,7 @@ def test_a_mistyped_alias_suggests_the_closest_alias(tmp_path, monkeypatch, capl
     assert errors == [expected]
 
 
-def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog):
+def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog, monkeypatch):
     """`clipsep evaluate` then `clipsep register` on the unchanged champion made v2, a copy of v1,
     and moved @challenger to it. The same checkpoint (by SHA-256: the version's tag, or for a
     version registered before the tag, its run's metrics.json) is now reported and left alone:
@@ -280,4 +280,17 @@ def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog):
 
     write_checkpoint(p, clip, seed=1)  # a new checkpoint is registered as before
     write_metrics(p, text_sdr=4.0)
-    assert tracking.register(p)["version"] == "2"
+    hashed, looked_up = [], []  # the live register stage asked twice: before its run, in it
+    digest_of, lookup = tracking.file_digest, tracking.registered_version
+    monkeypatch.setattr(
+        tracking,
+        "file_digest",
+        lambda path, *a: hashed.append(Path(path).name) or digest_of(path, *a),
+    )
+    monkeypatch.setattr(
+        tracking, "registered_version", lambda *a: looked_up.append(a[2]) or lookup(*a)
+    )
+    assert main(["register", *flags]) == 0
+    versions = client.search_model_versions("name='clipsep'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert hashed.count("best.pt") == 1 and len(looked_up) == 1
