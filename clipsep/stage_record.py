@@ -11,6 +11,10 @@ rewrites its outputs, which are the inputs of the stages after it.
 
 Hidden names (starting with ``.``: records, atomic-write temporaries, ``.DS_Store``) and bytecode
 never count. This module imports no torch and touches nothing until called.
+
+Before any of that, :func:`check_ready` names the file a stage cannot start without and lacks: the
+one check of the stage (:func:`clipsep.stages.run_stage`) and of its Python API
+(:func:`clipsep.tracking.register`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,41 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest, write_json
+
+if TYPE_CHECKING:
+    from clipsep.config import Params
 
 RECORD_FORMAT = 1
 ABSENT = "absent"
+
+
+def required_files(stage: str, p: Params) -> list[tuple[Path, str]]:
+    """The files ``stage`` cannot start without, each with the stage that makes it."""
+    best, metrics = p.path("checkpoints") / "best.pt", p.path("evaluation") / "metrics.json"
+    return {
+        "evaluate": [(best, "train")],
+        "register": [(best, "train"), (metrics, "evaluate")],
+    }.get(stage, [])
+
+
+def check_ready(stage: str, p: Params) -> list[Path]:
+    """The files ``stage`` cannot start without (:func:`required_files`), all present; else
+    BadInputError (one line) naming the first one missing, e.g. ``checkpoint /x/best.pt not
+    found: run `clipsep train` first (or set paths.checkpoints)``: checked before the stage
+    opens an MLflow run or does any other work."""
+    needed = required_files(stage, p)
+    for path, maker in needed:
+        if not path.is_file():
+            what = "checkpoint" if path.suffix == ".pt" else "evaluation"
+            where = "paths.checkpoints" if maker == "train" else "paths.evaluation"
+            raise BadInputError(
+                f"{what} {path} not found: run `clipsep {maker}` first (or set {where})"
+            )
+    return [path for path, _ in needed]
 
 
 def _counts(relative: Path) -> bool:

@@ -227,30 +227,6 @@ def _clip_file(p: Params) -> list[Path]:
     return [path.resolve()] if path.exists() else []
 
 
-def required_files(stage: str, p: Params) -> list[tuple[Path, str]]:
-    """The files ``stage`` cannot start without, each with the stage that makes it."""
-    best, metrics = p.path("checkpoints") / "best.pt", p.path("evaluation") / "metrics.json"
-    return {
-        "evaluate": [(best, "train")],
-        "register": [(best, "train"), (metrics, "evaluate")],
-    }.get(stage, [])
-
-
-def check_ready(stage: str, p: Params) -> None:
-    """BadInputError (one line) naming the first file ``stage`` needs and lacks, e.g. ``checkpoint
-    /x/best.pt not found: run `clipsep train` first (or set paths.checkpoints)``: checked before
-    the stage opens an MLflow run or does any other work."""
-    from clipsep.errors import BadInputError
-
-    for path, maker in required_files(stage, p):
-        if not path.is_file():
-            what = "checkpoint" if path.suffix == ".pt" else "evaluation"
-            where = "paths.checkpoints" if maker == "train" else "paths.evaluation"
-            raise BadInputError(
-                f"{what} {path} not found: run `clipsep {maker}` first (or set {where})"
-            )
-
-
 def stage_fingerprint(stage: str, p: Params) -> stage_record.Fingerprint:
     """What ``stage`` reads: its params sections, its library code, its input files."""
     package = Path(__file__).parent
@@ -290,11 +266,11 @@ def run_stage(
     False: its caller drives (dvc, or a person; :func:`clipsep.run_owner.pipeline_driver`).
 
     Raises BadInputError before any work (no MLflow run opened, nothing hashed) when a file the
-    stage cannot start without is missing (:func:`check_ready`), else whatever the stage raises
-    (no record is written then).
+    stage cannot start without is missing (:func:`clipsep.stage_record.check_ready`), else
+    whatever the stage raises (no record is written then).
     """
     start = time.perf_counter()
-    check_ready(stage, p)
+    stage_record.check_ready(stage, p)
     fp = stage_fingerprint(stage, p)
     folder = record_folder(stage, p)
     outputs = p.path(STAGE_OUTPUTS[stage]) if STAGE_OUTPUTS[stage] else None

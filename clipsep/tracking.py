@@ -43,6 +43,7 @@ from clipsep.registry_reader import (
     sqlite_path,
     tracking_uri,
 )
+from clipsep.stage_record import check_ready
 
 log = logging.getLogger(__name__)
 
@@ -775,11 +776,7 @@ def check_registration(p: Params) -> Registration:
     checkpoint already. Raises BadInputError when ``best.pt`` or metrics.json is missing or the
     evaluation scored another checkpoint (:func:`check_scores_checkpoint`), before the store is
     touched; RegistryUnavailableError when the store cannot be read."""
-    checkpoint = p.path("checkpoints") / "best.pt"
-    metrics_file = p.path("evaluation") / "metrics.json"
-    for needed, stage in ((checkpoint, "train"), (metrics_file, "evaluate")):
-        if not needed.is_file():
-            raise BadInputError(f"{needed} is missing: run `clipsep {stage}` first")
+    checkpoint, metrics_file = check_ready("register", p)  # the stage's own check
     metrics = json.loads(metrics_file.read_text())
     digest = file_digest(checkpoint)  # hashed once: the check, the lookup and the version's tag
     check_scores_checkpoint(metrics, metrics_file, checkpoint, digest)

@@ -232,9 +232,22 @@ def test_cached_resolution_skips_mlflow_until_the_alias_moves(registered, tmp_pa
 
 
 def test_register_refuses_missing_inputs_and_broken_metrics(tmp_path):
+    """The Python API names a missing input as the stage does (one check, stage_record's)."""
     p = tiny_params_at(tmp_path)
-    with pytest.raises(BadInputError, match="clipsep train"):
+    best, metrics = p.path("checkpoints") / "best.pt", p.path("evaluation") / "metrics.json"
+    with pytest.raises(BadInputError) as missing:
         tracking.register(p)
+    expected = f"checkpoint {best} not found: run `clipsep train` first (or set paths.checkpoints)"
+    assert str(missing.value) == expected
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"a checkpoint")
+    with pytest.raises(BadInputError) as missing:
+        tracking.register(p)
+    expected = (
+        f"evaluation {metrics} not found: run `clipsep evaluate` first (or set paths.evaluation)"
+    )
+    assert str(missing.value) == expected
+    assert not p.path("mlflow").exists()  # refused before the store is touched
     with pytest.raises(BadInputError, match="text.sdr.mean"):
         tracking.text_sdr({"text": {"sir": {}}})
     with pytest.raises(BadInputError, match="nan"):
