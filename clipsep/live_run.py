@@ -9,7 +9,10 @@ pipeline's driver (:mod:`clipsep.run_owner`), which holds the run between stages
 is done its summary's numbers become metrics ``<stage>/...`` and the summary an artifact
 ``stages/<stage>.json``; the stage tag turns ``done`` and the run stays RUNNING for the next
 stage. ``register`` logs the evaluation into it and closes
-it (FINISHED).
+it (FINISHED). A ``register`` that finds ``best.pt`` registered already, as version N, closes it
+too (:func:`close_registered`): deleted when it repeats N's evaluation and trained nothing (a
+re-run with nothing new adds no run), else FINISHED as ``NAME-vN-rerun``, tagged
+``clipsep.already_registered_as``.
 
 A pipeline run belongs to the output folder it describes, the resolved ``paths.checkpoints``
 (tag ``clipsep.checkpoints``): each folder's run is recorded in its own file,
@@ -62,6 +65,7 @@ MAX_PARAM = 6000  # MLflow's limit on a param value's length
 MAX_TAG = 5000  # MLflow's limit on a tag value's length (older stores)
 EARLIER_END = "clipsep.earlier_end"  # why a run that is running again had ended
 CHECKPOINTS_TAG = "clipsep.checkpoints"  # the output folder a pipeline run belongs to
+REGISTERED_AS_TAG = "clipsep.already_registered_as"  # a pass whose checkpoint was registered
 
 
 def open_run(
@@ -111,10 +115,9 @@ def open_run(
     return LiveRun(client, run_id, stage)
 
 
-def note_skipped(p: Params, stage: str, reason: str | None = None) -> None:
+def note_skipped(p: Params, stage: str) -> None:
     """Tag an open pipeline run ``clipsep.stage.<stage>=skipped`` (no run open: nothing); a
-    skipped ``register`` (the model is registered already) closes it FINISHED, with ``reason``
-    (default: its inputs are unchanged) as ``clipsep.end_reason``."""
+    skipped ``register`` closes it instead (:func:`close_registered`)."""
     from clipsep.tracking import client_for, recorded_run
 
     client = client_for(p)
@@ -122,11 +125,46 @@ def note_skipped(p: Params, stage: str, reason: str | None = None) -> None:
     if run is None or run.info.status != "RUNNING":
         return
     client.set_tag(run.info.run_id, run_owner.STAGE_TAG + stage, "skipped")
-    if stage == "register":
-        reason = reason or "its inputs are unchanged since their model was registered"
-        reason = f"register skipped: {reason}"
-        client.set_tag(run.info.run_id, run_owner.END_REASON, reason)
-        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def close_registered(p: Params, registered: dict[str, Any], reason: str, repeats: bool) -> None:
+    """``register`` registers nothing: ``p``'s ``best.pt`` is version N already (``registered``:
+    a register summary naming ``model_name``, ``version`` and that version's ``run_id``). The
+    pass's open run, which no version will point to, is closed (no run open: nothing).
+
+    It is tagged ``clipsep.stage.register=skipped``, ``clipsep.already_registered_as`` =
+    ``models:/NAME/N`` and ``clipsep.end_reason`` = ``register skipped: <reason>`` and ends
+    FINISHED. A run that adds nothing to version N (``repeats``: its evaluation is the one N was
+    registered with; and it trained nothing) is then deleted (MLflow's soft delete: out of the
+    UI's run list and of searches; ``mlflow runs restore`` brings it back, ``mlflow gc`` purges
+    it): a re-run with nothing new leaves no run. Any other (a re-evaluation under another
+    protocol or with another result, a training that made the same checkpoint) stays, renamed
+    ``NAME-vN-rerun`` beside the version's own ``NAME-vN``.
+    """
+    from clipsep.tracking import client_for, recorded_run
+
+    client = client_for(p)
+    run = recorded_run(p, client)
+    if run is None or run.info.status != "RUNNING":
+        return
+    run_id, name, version = run.info.run_id, registered["model_name"], registered["version"]
+    client.set_tag(run_id, run_owner.STAGE_TAG + "register", "skipped")
+    client.set_tag(run_id, REGISTERED_AS_TAG, f"models:/{name}/{version}")
+    client.set_tag(run_id, run_owner.END_REASON, f"register skipped: {reason}"[:MAX_TAG])
+    client.set_terminated(run_id, "FINISHED")
+    trained = run_owner.STAGE_TAG + "train" in run.data.tags
+    if repeats and not trained and run_id != registered.get("run_id"):
+        client.delete_run(run_id)
+        log.info(
+            "MLflow run %s deleted: it repeats %s/%s (run %s)",
+            run_id,
+            name,
+            version,
+            registered.get("run_id"),
+        )
+    else:
+        client.update_run(run_id, name=f"{name}-v{version}-rerun")
+        log.info("MLflow run %s ended FINISHED as %s-v%s-rerun", run_id, name, version)
 
 
 def _continues(previous, stage: str, resuming: bool) -> bool:

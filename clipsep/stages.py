@@ -162,7 +162,7 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     continued before it, its summary logged after it; a stage that raises ends the run FAILED
     (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason. ``in_process``: see
     :func:`run_stage`."""
-    from clipsep.live_run import note_skipped, open_run
+    from clipsep.live_run import close_registered, open_run
     from clipsep.tracking import check_registration
     from clipsep.tracking import register as register_run
 
@@ -173,9 +173,10 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
         else:
             if stage == "register":  # asked once: a checkpoint registered already opens no run
                 checked = check_registration(p)
-                if checked.existing is not None:
-                    note_skipped(p, stage, checked.existing["reason"])  # closes the pass's run
-                    return checked.existing
+                if checked.existing is not None:  # the pass's open run is closed (or deleted)
+                    existing = checked.existing
+                    close_registered(p, existing, existing["reason"], checked.repeats)
+                    return existing
             opened.append(open_run(p, stage, in_process=in_process, reads=STAGE_PARAMS[stage]))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
                 summary = register_run(p, opened[0].run_id, checked)
@@ -284,9 +285,7 @@ def run_stage(
                 "%s: inputs unchanged since the last run (fingerprint %s), skipped", stage, fp.short
             )
             if p.registry.live_tracking:
-                from clipsep.live_run import note_skipped
-
-                note_skipped(p, stage)
+                _note_skipped(stage, p, summary)
             return StageRun(stage, summary, True, fp.short, reason, time.perf_counter() - start)
         log.info("%s: %s (fingerprint %s), running", stage, reason, fp.short)
     tracked = p.registry.live_tracking
@@ -294,6 +293,18 @@ def run_stage(
     seconds = time.perf_counter() - start
     stage_record.write_record(folder, stage, fp, outputs, summary, seconds)
     return StageRun(stage, summary, False, fp.short, reason, seconds)
+
+
+def _note_skipped(stage: str, p: Params, summary: dict[str, Any]) -> None:
+    """Tell the pass's open MLflow run that ``stage`` was skipped; a skipped ``register`` (its
+    inputs, the evaluation included, are those of the registration it recorded) closes it."""
+    from clipsep.live_run import close_registered, note_skipped
+
+    if stage != "register":
+        note_skipped(p, stage)
+        return
+    reason = "its inputs are unchanged since their model was registered"
+    close_registered(p, summary, reason, repeats=True)
 
 
 def _registered_still(p: Params, summary: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:

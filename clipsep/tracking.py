@@ -750,6 +750,7 @@ def already_registered(p: Params, digest: str | None = None) -> dict[str, Any] |
         "reason": reason,
         "already_registered": True,
         "text_sdr": float(tags.get("text_sdr", "nan")),
+        "eval_protocol": tags.get("eval_protocol", ""),
         "data_version": tags.get("data_version", ""),
         "git_commit": tags.get("git_commit", ""),
         "logged": {},
@@ -762,13 +763,15 @@ def already_registered(p: Params, digest: str | None = None) -> dict[str, Any] |
 
 class Registration(NamedTuple):
     """What ``register`` reads, read once (:func:`check_registration`): ``best.pt``, its
-    evaluation (metrics.json as a dict), the checkpoint's SHA-256 and the :func:`already_registered`
-    summary of the version that holds it already (None: a model to register)."""
+    evaluation (metrics.json as a dict), the checkpoint's SHA-256, the :func:`already_registered`
+    summary of the version that holds it already (None: a model to register) and whether this
+    evaluation is the one that version was registered with (:func:`repeats_evaluation`)."""
 
     checkpoint: Path
     metrics: dict[str, Any]
     digest: str
     existing: dict[str, Any] | None
+    repeats: bool = False
 
 
 def check_registration(p: Params) -> Registration:
@@ -780,7 +783,21 @@ def check_registration(p: Params) -> Registration:
     metrics = json.loads(metrics_file.read_text())
     digest = file_digest(checkpoint)  # hashed once: the check, the lookup and the version's tag
     check_scores_checkpoint(metrics, metrics_file, checkpoint, digest)
-    return Registration(checkpoint, metrics, digest, already_registered(p, digest))
+    existing = already_registered(p, digest)
+    repeats = existing is not None and repeats_evaluation(p, metrics, existing)
+    return Registration(checkpoint, metrics, digest, existing, repeats)
+
+
+def repeats_evaluation(p: Params, metrics: dict[str, Any], registered: dict[str, Any]) -> bool:
+    """Whether ``metrics`` (metrics.json) is the evaluation a version was registered with: the
+    same protocol (:func:`eval_protocol`) and text SDR (to the 4 decimals of its tag) as
+    ``registered`` (:func:`already_registered`'s summary) holds."""
+    try:
+        sdr = text_sdr(metrics)
+    except BadInputError:
+        return False
+    same_sdr = f"{sdr:.4f}" == f"{registered.get('text_sdr', math.nan):.4f}"
+    return same_sdr and registered.get("eval_protocol") == eval_protocol(p, metrics)
 
 
 def register(
@@ -793,10 +810,11 @@ def register(
     register stage asks before it opens its run); None: asked here."""
     import mlflow
 
-    checkpoint, metrics, digest, existing = checked or check_registration(p)
-    if existing is not None:
-        return existing
-    tags = {**lineage_tags(p, metrics), CHECKPOINT_TAG: digest}
+    checked = checked or check_registration(p)
+    if checked.existing is not None:
+        return checked.existing
+    checkpoint, metrics = checked.checkpoint, checked.metrics
+    tags = {**lineage_tags(p, metrics), CHECKPOINT_TAG: checked.digest}
     client, experiment_id = connect(p)
     started = (
         mlflow.start_run(run_id=run_id)

@@ -274,7 +274,7 @@ def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog, monke
     aliases = client.get_registered_model("clipsep").aliases
     assert {a: str(v) for a, v in aliases.items()} == {"champion": "1", "challenger": "1"}
     ended = client.get_run(run.run_id)
-    assert ended.info.status == "FINISHED"
+    assert (ended.info.status, ended.info.lifecycle_stage) == ("FINISHED", "deleted")
     assert ended.data.tags["clipsep.end_reason"] == f"register skipped: {expected}"
     assert "model_version" not in ended.data.tags  # nothing was logged as a registration
 
@@ -294,3 +294,53 @@ def test_a_registered_checkpoint_is_not_registered_again(tmp_path, caplog, monke
     versions = client.search_model_versions("name='clipsep'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
     assert hashed.count("best.pt") == 1 and len(looked_up) == 1
+
+
+def test_evaluating_a_registered_checkpoint_again_adds_no_run(tmp_path):
+    """`clipsep evaluate` then the register stage on the unchanged champion, or a flow re-run with
+    nothing changed, left one more FINISHED `tiny-pipeline` run each time, which no version points
+    to. A pass that repeats version N's evaluation is now deleted; one that adds something (the
+    same checkpoint scored with another result) stays FINISHED, named and tagged after N."""
+    from clipsep.live_run import open_run
+    from clipsep.stages import run_stage
+
+    p = tiny_params_at(tmp_path, **{"registry.live_tracking": True})
+    clip = save_random_clip(p, tmp_path / "clip-source.pt")
+    write_pipeline_outputs(p, text_sdr=5.0, clip_weights=clip)
+    assert run_stage("register", p, in_process=False).summary["version"] == "1"
+    client = tracking.client_for(p)
+    experiment = client.get_experiment_by_name("clipsep").experiment_id
+
+    def runs() -> dict:  # what the UI lists: the experiment's active runs, by name
+        found = client.search_runs([experiment])
+        assert len({r.info.run_name for r in found}) == len(found)
+        return {r.info.run_name: r for r in found}
+
+    def evaluate_again() -> str:  # the pass `clipsep evaluate` opens and fills
+        run = open_run(p, "evaluate", in_process=False)
+        run.finish_stage({"n_mixtures": 4})
+        return run.run_id
+
+    repeated = evaluate_again()
+    assert run_stage("register", p, in_process=False).summary["already_registered"] is True
+    assert list(runs()) == ["clipsep-v1"]
+    gone = client.get_run(repeated)
+    assert (gone.info.status, gone.info.lifecycle_stage) == ("FINISHED", "deleted")
+    assert gone.data.tags["clipsep.already_registered_as"] == "models:/clipsep/1"
+
+    flow_pass = evaluate_again()  # the flow: register skipped on its record
+    assert run_stage("register", p, skip_unchanged=True).skipped
+    assert list(runs()) == ["clipsep-v1"]
+    assert client.get_run(flow_pass).info.lifecycle_stage == "deleted"
+
+    write_metrics(p, text_sdr=5.5)  # best.pt scored again, with another result
+    rescored = evaluate_again()
+    assert run_stage("register", p, in_process=False).summary["version"] == "1"
+    listed = runs()
+    assert sorted(listed) == ["clipsep-v1", "clipsep-v1-rerun"]
+    kept = listed["clipsep-v1-rerun"]
+    assert (kept.info.run_id, kept.info.status) == (rescored, "FINISHED")
+    assert kept.data.tags["clipsep.already_registered_as"] == "models:/clipsep/1"
+    reason = kept.data.tags["clipsep.end_reason"]
+    assert reason.startswith("register skipped: already registered as models:/clipsep/1 ")
+    assert [str(v.version) for v in client.search_model_versions("name='clipsep'")] == ["1"]
