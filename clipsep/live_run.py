@@ -116,15 +116,17 @@ def open_run(
 
 
 def note_skipped(p: Params, stage: str) -> None:
-    """Tag an open pipeline run ``clipsep.stage.<stage>=skipped`` (no run open: nothing); a
-    skipped ``register`` closes it instead (:func:`close_registered`)."""
+    """Tag an open pipeline run ``clipsep.stage.<stage>=skipped`` (no run open: nothing; a stage
+    ``done`` in it stays ``done``: the run holds its session); a skipped ``register`` closes it
+    instead (:func:`close_registered`)."""
     from clipsep.tracking import client_for, recorded_run
 
     client = client_for(p)
     run = recorded_run(p, client)
     if run is None or run.info.status != "RUNNING":
         return
-    client.set_tag(run.info.run_id, run_owner.STAGE_TAG + stage, "skipped")
+    if run.data.tags.get(run_owner.STAGE_TAG + stage) != "done":
+        client.set_tag(run.info.run_id, run_owner.STAGE_TAG + stage, "skipped")
 
 
 def close_registered(p: Params, registered: dict[str, Any], reason: str, repeats: bool) -> None:

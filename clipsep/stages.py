@@ -162,7 +162,7 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     continued before it, its summary logged after it; a stage that raises ends the run FAILED
     (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason. ``in_process``: see
     :func:`run_stage`."""
-    from clipsep.live_run import close_registered, open_run
+    from clipsep.live_run import close_registered, note_skipped, open_run
     from clipsep.tracking import check_registration
     from clipsep.tracking import register as register_run
 
@@ -170,6 +170,9 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     try:
         if stage == "train":  # training opens the run itself, once it knows if it resumes
             summary = _train_live(p, opened, in_process)
+            if not opened:  # already complete: no session to log (clipsep.training.loop)
+                note_skipped(p, stage)
+                return summary
         else:
             if stage == "register":  # asked once: a checkpoint registered already opens no run
                 checked = check_registration(p)

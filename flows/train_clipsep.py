@@ -154,6 +154,8 @@ def timing_markdown(
     lines = ["| stage | wall time (s) | |", "|---|---:|---|"]
     for run in runs:
         status = "skipped (unchanged)" if run.skipped else "ran"
+        if not run.skipped and run.summary.get("already_complete"):
+            status = "nothing to do (training already complete)"
         lines.append(f"| {run.stage} | {seconds[run.stage]:.1f} | {status} |")
     lines += [f"| **total** | **{total_s:.1f}** | |", "", f"CPU: {cpu}"]
     return "\n".join(lines)

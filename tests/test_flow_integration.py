@@ -184,6 +184,9 @@ def test_stage_times_table_names_each_stage_the_total_and_the_cpu(tmp_path, monk
     table = timing_markdown(runs, {"world": 0.21, "train": 61.04}, 63.5, "Some CPU @ 2.0GHz")
     assert "| world | 0.2 | skipped (unchanged) |" in table
     assert "| train | 61.0 | ran |" in table
+    complete = StageRun("train", {"already_complete": True}, False, "ef56", "code changed", 3.0)
+    again = timing_markdown([complete], {"train": 3.04}, 3.1, "Some CPU @ 2.0GHz")
+    assert "| train | 3.0 | nothing to do (training already complete) |" in again
     assert "| **total** | **63.5** | |" in table and table.endswith("CPU: Some CPU @ 2.0GHz")
 
 

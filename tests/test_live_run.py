@@ -28,7 +28,7 @@ from clipsep.training import loop
 from conftest import tiny_params_at
 from platform_inputs import write_checkpoint, write_metrics, write_training_outputs
 from test_evaluation import write_protocol
-from test_training import _params, shared_inputs  # noqa: F401 - module fixture
+from test_training import _params, file_states, shared_inputs  # noqa: F401 - module fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,6 +190,40 @@ def test_a_stage_that_ran_already_starts_a_new_run_and_a_failure_ends_it_failed(
     assert failed.info.run_id != first and failed.info.status == "FAILED"
     assert failed.data.tags["clipsep.stage.validate"] == "failed"
     assert "ValidationFailed" in failed.data.tags[run_owner.END_REASON]
+
+
+def test_a_complete_training_run_again_logs_no_session(tmp_path, shared_inputs):  # noqa: F811
+    """`clipsep train` (dvc's command) or the flow's stage run again on a finished training
+    continued the pipeline run with a 0-step session; now the run and the files stay as they
+    were: a run where training is done keeps it done, a new pass's run marks it skipped."""
+    clips, params, client, first = validated_pass(tmp_path, shared_inputs)
+    run_stage("train", params)
+    out = params.path("checkpoints")
+    before = {k: v for k, v in file_states(out).items() if not k.startswith(".stage-")}
+    again = run_stage("train", params).summary  # the flow's call (record fingerprint unchanged)
+    assert again["already_complete"] is True and again["session_steps"] == 4
+    run = client.get_run(first)
+    assert run.info.status == "RUNNING" and run.data.tags["clipsep.stage.train"] == "done"
+    assert steps_of(client, first, "loss") == [1, 2, 3, 4]
+    assert [m.value for m in client.get_metric_history(first, "train/session_steps")] == [4]
+
+    run_stage("validate", params)  # a new pass, then dvc's `clipsep train`
+    overrides = {"paths.root": tmp_path, "paths.clip_model": shared_inputs["clip_model"]}
+    command = [sys.executable, "-m", "clipsep.cli", "train", "--profile", "tiny"]
+    command += [f"--set={k}={v}" for k, v in {**overrides, "paths.clips": clips}.items()]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        f"training already complete: step 4 of 4 in {out / 'last.pt'}; "
+        "nothing to do (raise train.steps to continue)"
+    ) in done.stderr
+    assert json.loads(done.stdout)["already_complete"] is True
+    second = tracking.recorded_run(params, client)
+    assert second.info.run_id != first and second.data.tags["clipsep.stage.train"] == "skipped"
+    assert steps_of(client, second.info.run_id, "loss") == []
+    after = {k: v for k, v in file_states(out).items() if not k.startswith(".stage-")}
+    assert after == before
 
 
 def test_a_stage_run_with_other_params_starts_a_new_run(tmp_path, shared_inputs):  # noqa: F811

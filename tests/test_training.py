@@ -147,6 +147,56 @@ def test_snapshots_and_progress_reports_of_a_training(tmp_path, shared_inputs, c
     assert all(0 < a < b for a, b in zip(seconds, seconds[1:]))
 
 
+def file_states(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and modification time (ns)."""
+    return {
+        str(f.relative_to(folder)): (f.read_bytes(), f.stat().st_mtime_ns)
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
+
+
+def test_rerunning_a_complete_training_does_nothing(tmp_path, shared_inputs, caplog):
+    """A rerun of a finished training resumed, trained 0 steps and logged a 0-step session: it
+    rewrote summary.json's session figures (and the reports, and continued the MLflow run)."""
+    torch.set_num_threads(1)
+    params = _params(tmp_path, shared_inputs, "labelled")
+    out, steps = params.path("checkpoints"), params.train.steps
+    first = train(params, params.path("clips"), out)
+    before = file_states(out)
+    opened, reports = [], []
+    with progress.listening(lambda *args: reports.append(args)):
+        with caplog.at_level(logging.INFO, logger="clipsep.training.loop"):
+            again = train(params, params.path("clips"), out, opened.append)
+    assert caplog.messages == [
+        f"training already complete: step {steps} of {steps} in {out / 'last.pt'}; "
+        "nothing to do (raise train.steps to continue)"
+    ]
+    assert opened == [] and reports == [("train", steps, steps)]  # no MLflow session
+    assert file_states(out) == before  # summary, history, best.pt, last.pt: same bytes, mtimes
+    stored = json.loads((out / "summary.json").read_text())
+    assert again == {**stored, "already_complete": True}
+    for name in ("session_steps", "session_seconds", "seconds_per_step", "train_seconds"):
+        assert again[name] == first[name], name
+    assert again["session_steps"] == steps
+
+    caplog.clear()
+    shorter = _params(tmp_path, shared_inputs, "labelled", **{"train.steps": 2})
+    with caplog.at_level(logging.INFO, logger="clipsep.training.loop"):
+        assert train(shorter, shorter.path("clips"), out)["already_complete"] is True
+    assert caplog.messages == [
+        f"training already complete: step {steps} (train.steps is 2) in {out / 'last.pt'}; "
+        f"nothing to do (raise train.steps above {steps} to continue)"
+    ]
+    assert file_states(out) == before
+
+    (out / "summary.json").unlink()  # killed after the last last.pt, before the reports
+    rewritten = train(params, params.path("clips"), out)
+    assert "already_complete" not in rewritten and rewritten["session_steps"] == 0
+    assert rewritten["train_seconds"] == first["train_seconds"] and rewritten["steps"] == steps
+    assert (out / "best.pt").read_bytes() == before["best.pt"][0]
+
+
 def test_resume_key_ignores_run_length_but_not_learning_params(tiny_params):
     longer = tiny_params_at(Path(tiny_params.paths.root), **{"train.steps": 99})
     other_lr = tiny_params_at(Path(tiny_params.paths.root), **{"train.lr": 0.5})

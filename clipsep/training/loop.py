@@ -10,7 +10,8 @@
   clipping; fp16 AMP on CUDA, bf16 autocast on CPUs where it is measured faster, else fp32
   (``train.precision``, resolved by :mod:`clipsep.precision`).
 * Resumable: ``last.pt`` holds model, optimiser, scheduler, scaler, step, RNG states and history;
-  a rerun after any kill continues from it and (CPU, fp32) ends with the same weights.
+  a rerun after any kill continues from it and (CPU, fp32) ends with the same weights. A rerun of
+  a complete training does nothing (its files, summary timings included, stay as they were).
 * Scale-out: under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel (gloo on CPU,
   NCCL on CUDA); each rank draws its share of the batch, rank 0 writes the files.
 """
@@ -240,6 +241,41 @@ def load_state(path: Path, model, optimizer, scheduler, scaler, key: str) -> Run
     return RunState(**payload["run"])
 
 
+def finished_summary(out_dir: Path, key: str, steps: int) -> dict[str, Any] | None:
+    """The stored ``summary.json`` of a training in ``out_dir`` that is already complete: its
+    ``last.pt`` was written with these params (``key``), reached ``steps`` (or more) and its
+    reports describe that step. None otherwise (no or other-params ``last.pt``, steps left to
+    train, or reports missing or from an earlier step: training writes them)."""
+    last = Path(out_dir) / "last.pt"
+    if not last.is_file():
+        return None
+    try:  # mmap: the header is read without loading the weights
+        payload = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        summary = json.loads((Path(out_dir) / "summary.json").read_text())
+    except Exception:  # noqa: BLE001 - unreadable: train() decides and says so (load_state)
+        return None
+    if payload.get("format") != STATE_FORMAT or payload.get("resume_key") != key:
+        return None
+    step = int(payload["run"]["step"])
+    if step < steps or not isinstance(summary, dict) or summary.get("steps") != step:
+        return None
+    return summary
+
+
+def complete_line(out_dir: Path, step: int, steps: int) -> str:
+    """What ``train`` says when ``last.pt`` has nothing left to train."""
+    last = Path(out_dir) / "last.pt"
+    if step == steps:
+        return (
+            f"training already complete: step {step} of {steps} in {last}; "
+            "nothing to do (raise train.steps to continue)"
+        )
+    return (
+        f"training already complete: step {step} (train.steps is {steps}) in {last}; "
+        f"nothing to do (raise train.steps above {step} to continue)"
+    )
+
+
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
@@ -440,7 +476,11 @@ def train(
     and the stage)
     returns a live MLflow run that gets every step's record and the checkpoints as they come.
 
-    Returns the summary (also written to ``out_dir/summary.json`` by rank 0).
+    Returns the summary (also written to ``out_dir/summary.json`` by rank 0). A training that
+    is already complete (``last.pt`` of these params at ``train.steps`` or beyond, its reports
+    written) logs ``training already complete: step N of N in .../last.pt; nothing to do (raise
+    train.steps to continue)`` and returns the stored summary with ``already_complete`` True:
+    nothing is loaded or written and ``open_live`` is not called (no MLflow session).
     """
     from clipsep.training import report
 
@@ -448,9 +488,12 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_params(params, dist)
+    key = resume_key(params, dist.world_size)
+    finished = finished_summary(out_dir, key, params.train.steps)
+    if finished is not None:  # no data, no model, no MLflow session: the files stay as they are
+        return _nothing_to_do(finished, out_dir, params.train.steps, dist)
     data = prepare_data(params, Path(clips_dir), out_dir, device, dist)
     trainer = build_trainer(params, data.val_batch.queries.shape[-1], device, dist)
-    key = resume_key(params, dist.world_size)
     state = (
         load_state(
             out_dir / "last.pt",
@@ -493,6 +536,23 @@ def train(
     if dist.enabled:
         torch.distributed.destroy_process_group()
     return summary
+
+
+def _nothing_to_do(
+    finished: dict[str, Any], out_dir: Path, steps: int, dist: Dist
+) -> dict[str, Any]:
+    """Rank 0 says so (and reports the training done); the stored summary, ``already_complete``
+    True (other ranks: their rank and the step)."""
+    step = finished["steps"]
+    if dist.is_main:
+        log.info("%s", complete_line(out_dir, step, steps))
+        clipsep_progress.report("train", step, step)
+    dist.barrier()
+    if dist.enabled:
+        torch.distributed.destroy_process_group()
+    if not dist.is_main:
+        return {"rank": dist.rank, "steps": step}
+    return {**finished, "already_complete": True}
 
 
 def start_line(trainer: Trainer, data: TrainingData, step: int, world_size: int) -> str:
