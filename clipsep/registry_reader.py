@@ -16,6 +16,14 @@ looked up with a read-only sqlite query first; when it still names a version alr
 cache, the files are used without importing mlflow at all (a cold ``clipsep separate`` skips
 seconds of MLflow start-up). Any doubt (an unknown alias, another store kind, a schema this query
 does not know) takes the MLflow path, which is authoritative.
+
+The cache is pruned (:func:`prune_cache`) each time the MLflow path resolves a version: of the
+same model and store, the versions older than that one beyond the newest ``KEEP_VERSIONS`` cached
+are removed, each by an atomic rename into ``<cache_dir>/.trash/`` and then deleted, so a
+resolver sees a version whole or not at all. A process that resolved a version holds a shared
+``flock`` on its folder for as long as it lives (its CLIP weights may be read long after, at a
+server's first new text query); a folder so held is in use and is never removed. Only folders
+named ``<name>-v<N>-<store>`` of that model and store, holding an ``MLmodel``, are candidates.
 mlflow is imported lazily: importing this module is cheap and has no side effects.
 """
 
@@ -23,7 +31,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
+import re
+import secrets
 import shutil
 import sqlite3
 import tempfile
@@ -36,8 +47,13 @@ import yaml
 from clipsep.config import Params
 from clipsep.errors import ClipsepError, MissingWeightsError
 
+log = logging.getLogger(__name__)
+
 REGISTRY_PREFIX = "models:/"
 CACHE_FOLDER = "clipsep-models"  # under the temp folder unless a cache_dir is given
+KEEP_VERSIONS = 3  # cached versions of a model (per store) kept when a resolution prunes the cache
+TRASH_FOLDER = ".trash"  # pruned versions are renamed into it, then deleted
+_LEASES: dict[Path, int] = {}  # version folder -> the descriptor holding this process's lock
 # MLflow's error codes for a name, alias or version that does not exist
 NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
@@ -301,7 +317,8 @@ def resolve_model(
 
     ``tracking_uri`` names the registry (default: MLFLOW_TRACKING_URI, else ./params.yaml's);
     relative checkpoint paths are taken from ``root`` (default: the working folder); registry
-    files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models). ``elsewhere``
+    files are cached under ``cache_dir`` (default: $TMPDIR/clipsep-models), which keeps the newest
+    ``KEEP_VERSIONS`` versions per model and store (:func:`prune_cache`). ``elsewhere``
     (name, folder): another folder a relative path may have been meant from, e.g.
     ``("--profile tiny's root", params.path("root"))`` for a path given on a command line; when
     the path is missing but exists there, the error names it.
@@ -320,13 +337,18 @@ def resolve_model(
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     version = _sqlite_version(uri, name, kind, value)
     model_dir = _version_dir(cache, name, version, uri) if version else None
-    if model_dir is None or not (model_dir / "MLmodel").is_file():
+    if model_dir is None or not _lease(model_dir):
         _require_store(ref, uri)
         client = _client(uri)
         version = str(_require_version(client, ref, uri).version)
-        model_dir = _download_model(
-            client, name, version, uri, _version_dir(cache, name, version, uri)
-        )
+        model_dir = _version_dir(cache, name, version, uri)
+        for _ in range(2):  # twice: another process may prune it between download and lease
+            _download_model(client, name, version, uri, model_dir)
+            if _lease(model_dir):
+                break
+        else:
+            raise RegistryUnavailableError(f"{model_dir} vanished twice right after its download")
+        prune_cache(cache, name, version, uri)
     return _read_artifacts(ref, model_dir, version)
 
 
@@ -359,9 +381,135 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / CACHE_FOLDER
 
 
+def _store_id(uri: str) -> str:
+    return hashlib.md5(uri.encode()).hexdigest()[:8]
+
+
 def _version_dir(cache: Path, name: str, version: str, uri: str) -> Path:
-    store = hashlib.md5(uri.encode()).hexdigest()[:8]
-    return cache / f"{name}-v{version}-{store}"
+    return cache / f"{name}-v{version}-{_store_id(uri)}"
+
+
+def _lease(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds a cached version; if so this process keeps a shared lock on it
+    for as long as it lives, so that no other process prunes it meanwhile (:func:`prune_cache`;
+    no locks without ``fcntl``, on Windows)."""
+    if not (model_dir / "MLmodel").is_file():
+        return False
+    fcntl = _fcntl()
+    if fcntl is None or _leased(model_dir):
+        return True
+    try:
+        fd = os.open(model_dir, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a pruner renames it away (a moment)
+        held = os.stat(model_dir).st_ino == os.fstat(fd).st_ino  # not renamed meanwhile
+    except OSError:
+        held = False
+    if held:
+        _LEASES[model_dir] = fd
+    else:
+        os.close(fd)
+    return held
+
+
+def _leased(model_dir: Path) -> bool:
+    """Whether this process holds ``model_dir`` as it is now (not a folder deleted since)."""
+    fd = _LEASES.get(model_dir)
+    if fd is None:
+        return False
+    try:
+        if os.fstat(fd).st_ino == os.stat(model_dir).st_ino:
+            return True
+    except OSError:
+        pass
+    os.close(_LEASES.pop(model_dir))
+    return False
+
+
+def _fcntl():
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
+
+
+def versions_to_prune(cached: list[int], resolved: int, keep: int = KEEP_VERSIONS) -> list[int]:
+    """The cached versions a resolution of version ``resolved`` removes: those older than it and
+    not among the newest ``keep`` cached (a resolved older version, a rollback, removes no newer
+    one). Ascending."""
+    kept = set(sorted(cached, reverse=True)[:keep])
+    return sorted(v for v in cached if v < resolved and v not in kept)
+
+
+def cached_versions(cache: Path, name: str, uri: str) -> dict[int, Path]:
+    """The cached versions of model ``name`` from store ``uri``: version -> folder. Only real
+    folders (no links) named ``<name>-v<N>-<store>`` that hold an ``MLmodel`` count."""
+    pattern = re.compile(rf"{re.escape(name)}-v([0-9]+)-{_store_id(uri)}")
+    try:
+        entries = list(Path(cache).iterdir())
+    except OSError:
+        return {}
+    found = {}
+    for path in entries:
+        match = pattern.fullmatch(path.name)
+        if match and not path.is_symlink() and path.is_dir() and (path / "MLmodel").is_file():
+            found[int(match.group(1))] = path
+    return found
+
+
+def prune_cache(cache: Path, name: str, version: str, uri: str) -> list[str]:
+    """Remove the cached versions of ``name`` (store ``uri``) that :func:`versions_to_prune`
+    names after resolving ``version``, except those a process holds (:func:`_lease`); return the
+    removed folders' names (logged in one line). Leftovers of an interrupted prune go too."""
+    cache = Path(cache)
+    found = cached_versions(cache, name, uri)
+    removed = [
+        found[v].name
+        for v in versions_to_prune(list(found), int(version))
+        if _discard(found[v], cache / TRASH_FOLDER)
+    ]
+    _empty_trash(cache / TRASH_FOLDER)
+    if removed:
+        log.info(
+            "model cache %s: removed %s (keeps the newest %d versions of %s)",
+            cache,
+            ", ".join(removed),
+            KEEP_VERSIONS,
+            name,
+        )
+    return removed
+
+
+def _discard(folder: Path, trash: Path) -> bool:
+    """Rename ``folder`` into ``trash`` (atomic: readers see it whole or not at all) unless a
+    process holds it; False when it is held or already gone."""
+    fcntl = _fcntl()
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a process holds it
+        trash.mkdir(exist_ok=True)
+        os.rename(folder, trash / f"{folder.name}-{secrets.token_hex(4)}")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _empty_trash(trash: Path) -> None:
+    try:
+        entries = list(trash.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def _read_artifacts(ref: str, model_dir: Path, version: str) -> ResolvedModel:

@@ -6,7 +6,9 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -193,13 +195,20 @@ def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
     assert relative.checkpoint == local and relative.version is None
 
 
+def _resolve_code(uri: str, cache: Path, ref: str) -> str:
+    """Python code that resolves ``ref`` (logging at INFO on stderr) and prints the version and
+    whether mlflow was imported."""
+    return (
+        "import logging, sys; from clipsep.registry_reader import resolve_model; "
+        "logging.basicConfig(level=logging.INFO); "
+        f"r = resolve_model({ref!r}, tracking_uri={uri!r}, "
+        f"cache_dir={str(cache)!r}); print(r.version, 'mlflow' in sys.modules, flush=True)"
+    )
+
+
 def _resolve_in_fresh_process(uri: str, cache: Path) -> tuple[str, bool]:
     """(version, whether mlflow was imported) of resolving the champion in a new interpreter."""
-    code = (
-        "import sys; from clipsep.registry_reader import resolve_model; "
-        f"r = resolve_model('models:/clipsep@champion', tracking_uri={uri!r}, "
-        f"cache_dir={str(cache)!r}); print(r.version, 'mlflow' in sys.modules)"
-    )
+    code = _resolve_code(uri, cache, "models:/clipsep@champion")
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cache.parent
     )
@@ -229,6 +238,112 @@ def test_cached_resolution_skips_mlflow_until_the_alias_moves(registered, tmp_pa
         ).version
         == "1"
     )
+
+
+def test_versions_to_prune_keeps_the_newest_and_never_a_newer_one():
+    assert registry_reader.KEEP_VERSIONS == 3
+    assert registry_reader.versions_to_prune([1, 2, 3, 4, 5, 6], 6) == [1, 2, 3]
+    assert registry_reader.versions_to_prune([6, 1, 5, 2], 6) == [1]
+    assert registry_reader.versions_to_prune([3, 7, 8, 9], 3) == []  # a rollback keeps 7-9
+    assert registry_reader.versions_to_prune([2, 4, 7, 8, 9], 4) == [2]
+    assert registry_reader.versions_to_prune([1, 2, 3], 3) == []
+    assert registry_reader.versions_to_prune([1, 2, 3, 4], 4, keep=1) == [1, 2, 3]
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "clipsep.registry_reader"]
+
+
+def _cached_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "MLmodel").write_text("flavors: {}\n")
+    (path / "artifacts").mkdir()
+    (path / "artifacts" / "best.pt").write_bytes(b"weights")
+    return path
+
+
+def test_prune_cache_removes_only_old_versions_of_its_model_and_store(tmp_path, caplog):
+    uri, cache = "sqlite:////some/mlflow.db", tmp_path / "clipsep-models"
+    store = registry_reader._version_dir(cache, "clipsep", "1", uri).name.rsplit("-", 1)[1]
+    ours = {v: _cached_folder(cache / f"clipsep-v{v}-{store}") for v in (1, 2, 3, 4, 5)}
+    outside = _cached_folder(tmp_path / "elsewhere")
+    (cache / f"clipsep-v0-{store}").symlink_to(outside)  # a link: never followed, never removed
+    others = [
+        _cached_folder(cache / "clipsep-v1-0123abcd"),  # another store
+        _cached_folder(cache / f"clipsep-gated-v1-{store}"),  # another model
+        _cached_folder(cache / f"clipsep-v1-{store}-copy"),
+        _cached_folder(cache / "text-embeddings"),
+        cache / f"clipsep-v7-{store}",  # no MLmodel: not a cached version
+    ]
+    others[-1].mkdir()
+    (cache / f"clipsep-v8-{store}").write_text("a file")
+    held = registry_reader._lease(ours[2])  # this process reads version 2: it stays
+    assert held
+    with caplog.at_level(logging.INFO, logger="clipsep.registry_reader"):
+        removed = registry_reader.prune_cache(cache, "clipsep", "5", uri)
+    assert removed == [f"clipsep-v1-{store}"]
+    assert _messages(caplog) == [
+        f"model cache {cache}: removed clipsep-v1-{store} (keeps the newest 3 versions of clipsep)"
+    ]
+    assert [v for v, path in ours.items() if path.is_dir()] == [2, 3, 4, 5]
+    assert all(path.exists() for path in others) and (outside / "MLmodel").is_file()
+    assert (cache / f"clipsep-v8-{store}").read_text() == "a file"
+    assert list((cache / registry_reader.TRASH_FOLDER).iterdir()) == []
+    assert registry_reader.prune_cache(cache, "clipsep", "2", uri) == []  # older: removes no newer
+
+
+def test_the_model_cache_keeps_the_newest_versions_and_those_a_process_holds(
+    registered, tmp_path, caplog
+):
+    """A weekly retrain registering a new champion grew $TMPDIR/clipsep-models forever. (This
+    process's resolutions stand for short-lived processes: their locks are dropped after each;
+    the one holding version 2 meanwhile is a real other process.)"""
+    p, _, _ = registered
+    uri, cache = tracking.tracking_uri(p), tmp_path / "cache"
+    client = tracking.client_for(p)
+    first = client.get_model_version("clipsep", "1")
+    made = [
+        str(client.create_model_version("clipsep", first.source, run_id=first.run_id).version)
+        for _ in range(5)
+    ]
+    one, two, three, four, five, six = ["1", *made]
+
+    def cached() -> list[str]:
+        return sorted(str(v) for v in registry_reader.cached_versions(cache, "clipsep", uri))
+
+    def resolve_and_exit(version: str) -> None:
+        ref = f"models:/clipsep/{version}"
+        assert registry_reader.resolve_model(ref, uri, cache).version == version
+        for fd in registry_reader._LEASES.values():  # what this process's exit does
+            os.close(fd)
+        registry_reader._LEASES.clear()
+
+    holder = None
+    try:
+        resolve_and_exit(one)
+        code = _resolve_code(uri, cache, f"models:/clipsep/{two}") + "; sys.stdin.read()"
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+        holder = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, **pipes)
+        assert holder.stdout.readline().split()[0] == two  # it resolved version 2 and lives on
+        for version in (three, four, five):
+            resolve_and_exit(version)
+        assert cached() == sorted([two, three, four, five])  # 1 removed; 2 is held: it stays
+        holder.communicate("", timeout=60)
+        with caplog.at_level(logging.INFO, logger="clipsep.registry_reader"):
+            resolve_and_exit(six)
+        assert cached() == sorted([four, five, six])
+        folders = [registry_reader._version_dir(cache, "clipsep", v, uri).name for v in made[:2]]
+        assert _messages(caplog) == [
+            f"model cache {cache}: removed {', '.join(folders)} "
+            "(keeps the newest 3 versions of clipsep)"
+        ]
+        resolve_and_exit(one)  # a rollback: version 1 again, no newer version removed
+        assert cached() == sorted([one, four, five, six])
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        for version in made:
+            client.delete_model_version("clipsep", version)
 
 
 def test_register_refuses_missing_inputs_and_broken_metrics(tmp_path):
