@@ -489,7 +489,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_params(params, dist)
     key = resume_key(params, dist.world_size)
-    finished = finished_summary(out_dir, key, params.train.steps)
+    finished = _agreed(finished_summary(out_dir, key, params.train.steps), dist)
     if finished is not None:  # no data, no model, no MLflow session: the files stay as they are
         return _nothing_to_do(finished, out_dir, params.train.steps, dist)
     data = prepare_data(params, Path(clips_dir), out_dir, device, dist)
@@ -536,6 +536,15 @@ def train(
     if dist.enabled:
         torch.distributed.destroy_process_group()
     return summary
+
+
+def _agreed(value: Any, dist: Dist) -> Any:
+    """Rank 0's ``value`` on every rank (so that all ranks train, or none)."""
+    if not dist.enabled:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _nothing_to_do(
