@@ -154,7 +154,7 @@ def close_registered(p: Params, registered: dict[str, Any], reason: str, repeats
     client.set_tag(run_id, REGISTERED_AS_TAG, f"models:/{name}/{version}")
     client.set_tag(run_id, run_owner.END_REASON, f"register skipped: {reason}"[:MAX_TAG])
     client.set_terminated(run_id, "FINISHED")
-    trained = run_owner.STAGE_TAG + "train" in run.data.tags
+    trained = run.data.tags.get(run_owner.STAGE_TAG + "train", "skipped") != "skipped"
     if repeats and not trained and run_id != registered.get("run_id"):
         client.delete_run(run_id)
         log.info(

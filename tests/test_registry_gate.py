@@ -301,7 +301,7 @@ def test_evaluating_a_registered_checkpoint_again_adds_no_run(tmp_path):
     nothing changed, left one more FINISHED `tiny-pipeline` run each time, which no version points
     to. A pass that repeats version N's evaluation is now deleted; one that adds something (the
     same checkpoint scored with another result) stays FINISHED, named and tagged after N."""
-    from clipsep.live_run import open_run
+    from clipsep.live_run import note_skipped, open_run
     from clipsep.stages import run_stage
 
     p = tiny_params_at(tmp_path, **{"registry.live_tracking": True})
@@ -332,6 +332,12 @@ def test_evaluating_a_registered_checkpoint_again_adds_no_run(tmp_path):
     assert run_stage("register", p, skip_unchanged=True).skipped
     assert list(runs()) == ["clipsep-v1"]
     assert client.get_run(flow_pass).info.lifecycle_stage == "deleted"
+
+    complete = evaluate_again()  # with `clipsep train` on the complete training: trained nothing
+    note_skipped(p, "train")
+    assert run_stage("register", p, in_process=False).summary["already_registered"] is True
+    assert list(runs()) == ["clipsep-v1"]
+    assert client.get_run(complete).info.lifecycle_stage == "deleted"
 
     write_metrics(p, text_sdr=5.5)  # best.pt scored again, with another result
     rescored = evaluate_again()
