@@ -279,6 +279,7 @@ def test_prune_cache_removes_only_old_versions_of_its_model_and_store(tmp_path, 
     (cache / f"clipsep-v8-{store}").write_text("a file")
     held = registry_reader._lease(ours[2])  # this process reads version 2: it stays
     assert held
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="clipsep.registry_reader"):
         removed = registry_reader.prune_cache(cache, "clipsep", "5", uri)
     assert removed == [f"clipsep-v1-{store}"]
@@ -329,6 +330,7 @@ def test_the_model_cache_keeps_the_newest_versions_and_those_a_process_holds(
             resolve_and_exit(version)
         assert cached() == sorted([two, three, four, five])  # 1 removed; 2 is held: it stays
         holder.communicate("", timeout=60)
+        caplog.clear()
         with caplog.at_level(logging.INFO, logger="clipsep.registry_reader"):
             resolve_and_exit(six)
         assert cached() == sorted([four, five, six])

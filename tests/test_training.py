@@ -156,6 +156,10 @@ def file_states(folder: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
+def loop_messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "clipsep.training.loop"]
+
+
 def test_rerunning_a_complete_training_does_nothing(tmp_path, shared_inputs, caplog):
     """A rerun of a finished training resumed, trained 0 steps and logged a 0-step session: it
     rewrote summary.json's session figures (and the reports, and continued the MLflow run)."""
@@ -165,10 +169,11 @@ def test_rerunning_a_complete_training_does_nothing(tmp_path, shared_inputs, cap
     first = train(params, params.path("clips"), out)
     before = file_states(out)
     opened, reports = [], []
+    caplog.clear()
     with progress.listening(lambda *args: reports.append(args)):
         with caplog.at_level(logging.INFO, logger="clipsep.training.loop"):
             again = train(params, params.path("clips"), out, opened.append)
-    assert caplog.messages == [
+    assert loop_messages(caplog) == [
         f"training already complete: step {steps} of {steps} in {out / 'last.pt'}; "
         "nothing to do (raise train.steps to continue)"
     ]
@@ -184,7 +189,7 @@ def test_rerunning_a_complete_training_does_nothing(tmp_path, shared_inputs, cap
     shorter = _params(tmp_path, shared_inputs, "labelled", **{"train.steps": 2})
     with caplog.at_level(logging.INFO, logger="clipsep.training.loop"):
         assert train(shorter, shorter.path("clips"), out)["already_complete"] is True
-    assert caplog.messages == [
+    assert loop_messages(caplog) == [
         f"training already complete: step {steps} (train.steps is 2) in {out / 'last.pt'}; "
         f"nothing to do (raise train.steps above {steps} to continue)"
     ]

@@ -489,7 +489,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_params(params, dist)
     key = resume_key(params, dist.world_size)
-    finished = _agreed(finished_summary(out_dir, key, params.train.steps), dist)
+    done = finished_summary(out_dir, key, params.train.steps) if dist.is_main else None
+    finished = _agreed(done, dist)
     if finished is not None:  # no data, no model, no MLflow session: the files stay as they are
         return _nothing_to_do(finished, out_dir, params.train.steps, dist)
     data = prepare_data(params, Path(clips_dir), out_dir, device, dist)
