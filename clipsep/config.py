@@ -282,11 +282,15 @@ class Params:
     source_file: str  # the params file this came from (absolute), for messages and paths
 
     def path(self, name: str) -> Path:
-        """Absolute path of ``paths.<name>``, resolved against ``paths.root``."""
+        """Absolute path of ``paths.<name>``, resolved against ``paths.root``; ``path("root")``
+        is the root itself. A relative root is taken from the params file's folder (else the
+        working folder)."""
         root = Path(self.paths.root)
         if not root.is_absolute():
             base = Path(self.source_file).parent if self.source_file else Path.cwd()
             root = base / root
+        if name == "root":  # not root / root: a relative root would be joined onto itself
+            return root.resolve()
         value = Path(getattr(self.paths, name))
         return (value if value.is_absolute() else root / value).resolve()
 

@@ -201,6 +201,20 @@ def test_paths_resolve_against_params_file(tmp_path):
     assert params.path("clips") == tmp_path / "data" / "clips"
 
 
+def test_a_relative_root_is_taken_once_from_the_params_file(tmp_path):
+    """path("root") of the tiny profile (root: runs/tiny) was runs/tiny/runs/tiny: the root
+    joined onto itself, so the --model hint never fired and ingest.source / separate.model
+    under that profile pointed into a folder that does not exist (new-user trial)."""
+    tiny = load_params(REPO / "params.yaml", profile="tiny")
+    assert tiny.paths.root == "runs/tiny"
+    assert tiny.path("root") == (REPO / "runs" / "tiny").resolve()
+    assert tiny.path("checkpoints") == tiny.path("root") / tiny.paths.checkpoints
+    default = load_params(REPO / "params.yaml")
+    assert default.path("root") == REPO.resolve()
+    absolute = load_params(REPO / "params.yaml", overrides={"paths.root": str(tmp_path)})
+    assert absolute.path("root") == tmp_path.resolve()
+
+
 def test_a_pass_into_another_output_folder_evaluates_into_its_own(tmp_path):
     """``--set paths.checkpoints=models/other`` with params.yaml's paths.evaluation: its reports
     go beside the file's (named by the folder and the digest its MLflow run record has), not over

@@ -283,3 +283,15 @@ def test_a_missing_model_path_is_named_under_the_profile_root(model, tmp_path, m
     assert not (tmp_path / "out").exists()
     assert separate("runs/tiny/models/clipsep/best.pt", root, *tiny) == (0, [])
     assert (tmp_path / "out" / "x" / "target.wav").is_file()
+    # the tiny profile's own relative root (runs/tiny, from the params file's folder): the same
+    # hint (it never fired while path("root") joined a relative root onto itself)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    caplog.clear()
+    status = main(
+        ["separate", "x.wav", "--query", "cello", "--model", "models/clipsep/best.pt"]
+        + ["--out", "out2", "--clip-weights", str(clip), "--set", "separate.device=cpu"]
+        + ["--params", str(tmp_path / "params.yaml"), "--profile", "tiny"]
+    )
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert (status, errors) == (2, [hint.format("--profile tiny's root")])
