@@ -138,10 +138,12 @@ def test_detection_tradeoff_in_metrics_matches_the_per_item_levels(evaluated):
     at each threshold, and at the configured threshold it agrees with no_activity_share."""
     from clipsep.evaluation.evaluate import DETECTION_THRESHOLDS_DB
 
-    _, out = evaluated
+    summary, out = evaluated
     metrics = json.loads((out / "metrics.json").read_text())["absent_query"]
     with open(out / "per_item.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["absent_label"]]
+    shown = ("auc", "balanced_threshold_db", "balanced_accuracy")  # printed, without the curve
+    assert summary["activity_detection"] == {k: round(metrics["detection"][k], 3) for k in shown}
     absent = np.array([float(r["absent_presence_db"]) for r in rows])
     right = np.array([float(r["text_presence_db"]) for r in rows])
     curve = metrics["detection"]["curve"]

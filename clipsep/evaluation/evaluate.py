@@ -376,8 +376,18 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
         "image_sdr": metrics["image"]["sdr"]["mean"],
         "oracle_ibm_sdr": metrics["oracle_ibm"]["sdr"]["mean"],
         "scores_db": scores_db(metrics),
+        "activity_detection": detection_summary(metrics["absent_query"]["detection"]),
         "out_dir": str(out_dir),
     }
+
+
+def detection_summary(detection: dict[str, Any] | None) -> dict[str, float] | None:
+    """metrics.json's ``absent_query.detection`` less its curve, rounded for the printed summary
+    (None when no absent query was asked)."""
+    if detection is None:
+        return None
+    keys = ("auc", "balanced_threshold_db", "balanced_accuracy")
+    return {key: round(detection[key], 3) for key in keys}
 
 
 def stat_text(stat: dict[str, float | None]) -> str:
