@@ -26,7 +26,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -83,23 +83,43 @@ def note(notes: list[str] | None, message: str) -> None:
 NAMED = 3  # file names a one-line message lists before "and N more"
 
 
+class Walk(NamedTuple):
+    """What :func:`walk_media` found: ``media`` and ``others`` (files), ``marked`` (folders left
+    out because they hold the marker file)."""
+
+    media: list[Path]
+    others: list[Path]
+    marked: list[Path]
+
+
 def walk_media(
-    folder: Path, suffixes: frozenset[str] = MEDIA_SUFFIXES, exclude: Path | None = None
-) -> tuple[list[Path], list[Path]]:
-    """(files whose suffix is in ``suffixes``, other files) under ``folder``, nested, each
-    sorted. Hidden files and folders (a name starting with ".": .DS_Store, the ._take.wav
-    companions macOS writes, .git/) and the folder ``exclude`` (an output folder inside
-    ``folder``) are in neither: they are not the user's recordings."""
+    folder: Path,
+    suffixes: frozenset[str] = MEDIA_SUFFIXES,
+    exclude: Path | None = None,
+    marker: str | None = None,
+) -> Walk:
+    """(files whose suffix is in ``suffixes``, other files, marked folders) under ``folder``,
+    nested, each sorted. Hidden files and folders (a name starting with ".": .DS_Store, the
+    ._take.wav companions macOS writes, .git/), the folder ``exclude`` (an output folder inside
+    ``folder``) and every folder below ``folder`` that holds a file named ``marker`` (an earlier
+    run's outputs: its record ``separation.json``), with all it holds, are in neither list: they
+    are not the user's recordings. The outermost marked folders are listed in ``marked``."""
     exclude = exclude.resolve() if exclude is not None else None
-    media, others = [], []
+    found = []
     for path in sorted(Path(folder).rglob("*")):
         hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
         if hidden or not path.is_file():
             continue
         if exclude is not None and path.resolve().is_relative_to(exclude):
             continue
-        (media if path.suffix.lower() in suffixes else others).append(path)
-    return media, others
+        found.append(path)
+    below = {p.parent for p in found if p.name == marker and p.parent != Path(folder)}
+    marked = sorted(p for p in below if not any(p.is_relative_to(m) and p != m for m in below))
+    media, others = [], []
+    for path in found:
+        if not any(path.is_relative_to(m) for m in marked):
+            (media if path.suffix.lower() in suffixes else others).append(path)
+    return Walk(media, others, marked)
 
 
 def listed(paths: list[Path]) -> str:

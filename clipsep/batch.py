@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -55,46 +55,88 @@ class Outcome:
         return self.error.removeprefix(f"{self.job.path}: ")
 
 
-def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> tuple[list[Job], list[Path]]:
-    """Jobs for files and folders, and the files found in the folders that are not audio or video
-    (:func:`walk_folder`); BadInputError for a missing input, a folder without audio or video,
-    or two inputs that would write the same ``<stem>/`` folder."""
+@dataclass
+class Found:
+    """What the inputs name: the ``jobs``, the files of input folders that are not audio or
+    video (``not_media``) and the folders of earlier outputs left out (``earlier``)."""
+
+    jobs: list[Job]
+    not_media: list[Path]
+    earlier: list[Path]
+
+
+def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> Found:
+    """Jobs for files and folders, and what the folders hold besides (:func:`walk_folder`). A
+    file reached twice (named twice, or named and found in a named folder: the same file once
+    resolved) is one job, its first, and one INFO line says so. BadInputError for a missing
+    input, a folder without audio or video, or two inputs that would write the same ``<stem>/``."""
     out = Path(out)
-    jobs, not_media = [], []
+    found = Found([], [], [])
+    first: dict[Path, tuple[int, str]] = {}  # resolved file -> (its job, how it was given)
+    twice = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            found, others = walk_folder(item, out)
-            if not found:
-                raise _no_media(item, others)
-            jobs += [Job(p, out / p.parent.relative_to(item), False) for p in found]
-            not_media += others
-        elif item.is_file():
-            jobs.append(Job(item, out, True))
-        else:
-            raise BadInputError(f"{item}: no such file or folder")
-    targets = [(job.out_dir / job.path.stem).as_posix().lower() for job in jobs]
-    clashes = sorted({str(j.path) for j, t in zip(jobs, targets) if targets.count(t) > 1})
+        for job in _item_jobs(item, out, found):
+            way = str(job.path) if job.named else f"{job.path} (in {item})"
+            i, was = first.setdefault(job.path.resolve(), (len(found.jobs), way))
+            if i == len(found.jobs):
+                found.jobs.append(job)
+            else:  # named either way: its failure is a usage error (exit_status)
+                found.jobs[i] = replace(found.jobs[i], named=found.jobs[i].named or job.named)
+                twice.append(f"{was} and {way}")
+    if twice:
+        log.info("the same file given twice, separated once: %s", audio_io.listed(twice))
+    found.not_media, found.earlier = [
+        list(dict.fromkeys(p)) for p in (found.not_media, found.earlier)
+    ]
+    targets = [(job.out_dir / job.path.stem).as_posix().lower() for job in found.jobs]
+    clashes = sorted({str(j.path) for j, t in zip(found.jobs, targets) if targets.count(t) > 1})
     if clashes:
         raise BadInputError(
             f"inputs {clashes} would write the same output folder (same name stem); rename one"
         )
-    return jobs, not_media
+    return found
 
 
-def _no_media(folder: Path, others: Sequence[Path]) -> BadInputError:
+def _item_jobs(item: Path, out: Path, found: Found) -> list[Job]:
+    """The jobs of one input; a folder's other files and earlier outputs are added to ``found``."""
+    if item.is_file():
+        return [Job(item, out, True)]
+    if not item.is_dir():
+        raise BadInputError(f"{item}: no such file or folder")
+    media, others, earlier = walk_folder(item, out)
+    if not media:
+        raise _no_media(item, others, earlier)
+    found.not_media += others
+    found.earlier += earlier
+    return [Job(p, out / p.parent.relative_to(item), False) for p in media]
+
+
+def _no_media(folder: Path, others: Sequence[Path], earlier: Sequence[Path]) -> BadInputError:
     found = [p.relative_to(folder) for p in others]
     only = f"; it holds only {audio_io.listed(found)}" if found else ""
+    left_out = f"; {earlier_line(earlier)}" if earlier else ""
     return BadInputError(
         f"{folder}: no audio or video files in this folder "
-        f"(looked for {', '.join(sorted(audio_io.MEDIA_SUFFIXES))}){only}"
+        f"(looked for {', '.join(sorted(audio_io.MEDIA_SUFFIXES))}){only}{left_out}"
     )
 
 
-def walk_folder(folder: Path, out: Path) -> tuple[list[Path], list[Path]]:
-    """(audio and video files, other files) under ``folder``: :func:`clipsep.audio_io.walk_media`
-    (by suffix, :data:`clipsep.audio_io.MEDIA_SUFFIXES`; hidden files and the output folder
-    ``out`` in neither)."""
-    return audio_io.walk_media(folder, audio_io.MEDIA_SUFFIXES, exclude=out)
+def walk_folder(folder: Path, out: Path) -> audio_io.Walk:
+    """(audio and video files, other files, folders of earlier outputs) under ``folder``:
+    :func:`clipsep.audio_io.walk_media` (by suffix, :data:`clipsep.audio_io.MEDIA_SUFFIXES`;
+    hidden files, the output folder ``out`` and each folder below ``folder`` holding a request
+    record :data:`clipsep.outputs.SIDECAR` in neither list: clipsep wrote those)."""
+    return audio_io.walk_media(folder, audio_io.MEDIA_SUFFIXES, exclude=out, marker=outputs.SIDECAR)
+
+
+EARLIER = f"earlier clipsep outputs (it holds {outputs.SIDECAR}; name its files to separate them)"
+
+
+def earlier_line(folders: Sequence[Path]) -> str:
+    """``left out 1 folder of earlier clipsep outputs (holding separation.json): in/separated/a``"""
+    n = "1 folder" if len(folders) == 1 else f"{len(folders)} folders"
+    holding = f"holding {outputs.SIDECAR}"
+    return f"left out {n} of earlier clipsep outputs ({holding}): {audio_io.listed(folders)}"
 
 
 NOT_MEDIA = "not an audio or video file (by its suffix; name it as an input to try it anyway)"
@@ -213,12 +255,17 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 
 def summary(
-    outcomes: Sequence[Outcome], model: str, seconds: float, not_media: Sequence[Path] = ()
+    outcomes: Sequence[Outcome],
+    model: str,
+    seconds: float,
+    not_media: Sequence[Path] = (),
+    earlier: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """The ``--json`` report: ``separated`` (per input: stems, residual, activity segments,
     duration, time taken), ``skipped`` and ``failed`` (per input: why, not naming the input
-    again), ``ignored`` (the files ``not_media`` of input folders, each with NOT_MEDIA), model
-    and total seconds."""
+    again), ``ignored`` (the files ``not_media`` of input folders, each with NOT_MEDIA),
+    ``left_out`` (the folders ``earlier`` of earlier outputs, each with EARLIER), model and total
+    seconds."""
     report: dict[str, Any] = {
         "model": model,
         "seconds": round(seconds, 3),
@@ -243,4 +290,5 @@ def summary(
             "note": o.note or None,
         }
     report["ignored"] = {str(path): NOT_MEDIA for path in not_media}
+    report["left_out"] = {str(path): EARLIER for path in earlier}
     return report

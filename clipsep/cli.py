@@ -306,7 +306,8 @@ def separate_files(args: argparse.Namespace) -> int:
         queries = [q.strip() for q in args.queries] if several else None
         names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
         outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
-        jobs, not_media = batch.find_jobs(args.inputs, args.out)
+        found = batch.find_jobs(args.inputs, args.out)
+        jobs = found.jobs
         fileio.check_writable_folder(args.out)  # before the model loads
         if not args.queries and args.image is None:
             _check_own_queries(jobs)
@@ -349,12 +350,18 @@ def separate_files(args: argparse.Namespace) -> int:
         )
     if args.json:
         seconds = time.perf_counter() - started
-        print(json.dumps(batch.summary(outcomes, model, seconds, not_media), indent=2))
+        print(
+            json.dumps(
+                batch.summary(outcomes, model, seconds, found.not_media, found.earlier), indent=2
+            )
+        )
         return batch.exit_status(outcomes)
     if not alone:
         print(batch.table(outcomes))
-    if not_media:  # not failures: the exit status does not count them
-        print(batch.not_media_line(not_media))
+    if found.not_media:  # not failures: the exit status does not count them
+        print(batch.not_media_line(found.not_media))
+    if found.earlier:
+        print(batch.earlier_line(found.earlier))
     return batch.exit_status(outcomes)
 
 

@@ -50,6 +50,7 @@ from clipsep.errors import ClipsepError, MissingWeightsError
 log = logging.getLogger(__name__)
 
 REGISTRY_PREFIX = "models:/"
+BEST_CHECKPOINT = "best.pt"  # the checkpoint training keeps (clipsep.training.loop)
 CACHE_FOLDER = "clipsep-models"  # under the temp folder unless a cache_dir is given
 KEEP_VERSIONS = 3  # cached versions of a model (per store) kept when a resolution prunes the cache
 TRASH_FOLDER = ".trash"  # pruned versions are renamed into it, then deleted
@@ -357,6 +358,8 @@ def _no_checkpoint(
 ) -> str:
     """Why the checkpoint ``ref`` (looked for at ``path``) is missing: where relative paths start
     and, when it is a file under ``elsewhere``'s folder (another one), its path there."""
+    if path.is_dir():
+        return _a_folder(path)
     start = Path(root) if root is not None else Path.cwd()
     there = Path(elsewhere[1]) / ref if elsewhere and not ref.is_absolute() else None
     if there is None or not there.exists() or there.resolve() == path.resolve():
@@ -367,6 +370,15 @@ def _no_checkpoint(
         else f"relative paths are taken from {start.resolve()}"
     )
     return f"checkpoint {path} not found ({where}); under {elsewhere[0]} it is {_shown(there)}"
+
+
+def _a_folder(path: Path) -> str:
+    """``--model`` names a folder: the checkpoint in it (``best.pt``, else its one ``*.pt``)."""
+    found = sorted(path.glob("*.pt"))
+    best = path / BEST_CHECKPOINT
+    guess = best if best in found else found[0] if len(found) == 1 else None
+    hint = f": did you mean {guess}?" if guess else " (give a file or models:/NAME@ALIAS)"
+    return f"{path} is a folder, not a checkpoint file{hint}"
 
 
 def _shown(path: Path) -> str:

@@ -344,12 +344,119 @@ def test_a_folder_without_audio_or_video_names_what_it_holds(tmp_path):
         "it holds only cover.jpg, docs/a.pdf, docs/b.pdf and 1 more"
     )
     (folder / "docs" / "take.FLAC").write_bytes(b"any bytes: the walk goes by the suffix")
-    jobs, not_media = find_jobs([folder, folder / "notes.txt"], tmp_path / "out")
-    assert [(j.path, j.out_dir, j.named) for j in jobs] == [
+    found = find_jobs([folder, folder / "notes.txt"], tmp_path / "out")
+    assert [(j.path, j.out_dir, j.named) for j in found.jobs] == [
         (folder / "docs" / "take.FLAC", tmp_path / "out" / "docs", False),
         (folder / "notes.txt", tmp_path / "out", True),  # named: tried whatever its suffix
     ]
-    assert not_media == [folder / n for n in ("cover.jpg", "docs/a.pdf", "docs/b.pdf", "notes.txt")]
+    not_media = [folder / n for n in ("cover.jpg", "docs/a.pdf", "docs/b.pdf", "notes.txt")]
+    assert found.not_media == not_media and found.earlier == []
+
+
+def test_earlier_outputs_inside_the_input_folder_are_left_out(model, tmp_path, capsys):  # noqa: F811
+    """New-user trial: a run that wrote into recordings/separated/, then one with --out elsewhere,
+    separated the first run's target.wav and residual.wav again ("3 separated") and listed its
+    separation.json and activity csv as ignored. A folder holding a separation.json is clipsep's
+    own output: left out of the walk, with all it holds, and named once."""
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    sf.write(recordings / "duet.wav", tones(16000, 1.0, 1)[0], 16000)
+    (recordings / "notes.txt").write_text("not audio")
+    inside = recordings / "separated"
+    assert run_cli(model, inside, recordings, extra=["--query", "cello"]) == 0
+    assert sorted(p.name for p in (inside / "duet").iterdir()) == [
+        "residual.wav",
+        "separation.json",
+        "target.activity.csv",
+        "target.wav",
+    ]
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    assert run_cli(model, elsewhere, recordings, extra=["--query", "cello"]) == 0
+    assert capsys.readouterr().out.splitlines()[-3:] == [
+        "1 separated, 0 skipped, 0 failed",
+        f"ignored 1 file that is not audio or video: {recordings / 'notes.txt'}",
+        "left out 1 folder of earlier clipsep outputs (holding separation.json): "
+        f"{inside / 'duet'}",
+    ]
+    assert [p.name for p in elsewhere.iterdir()] == ["duet"]
+    extra = ["--query", "cello", "--json", "--overwrite"]
+    assert run_cli(model, elsewhere, recordings, extra=extra) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["separated"]) == [str(recordings / "duet.wav")]
+    assert list(report["ignored"]) == [str(recordings / "notes.txt")]
+    assert report["left_out"] == {
+        str(inside / "duet"): "earlier clipsep outputs (it holds separation.json; "
+        "name its files to separate them)"
+    }
+
+
+def test_the_walk_leaves_out_marked_folders_below_the_input_folder_only(tmp_path):
+    """walk_media's marker: each folder below the walked one holding it is left out whole (the
+    outermost named); the walked folder itself is the user's choice; no marker (ingest's walk):
+    nothing left out."""
+    from clipsep.audio_io import walk_media
+    from clipsep.batch import find_jobs
+
+    folder = tmp_path / "in"
+    for name in ("a.wav", "separation.json", "old/x/target.wav", "old/x/separation.json"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"any bytes: the walk goes by the name")
+    for name in ("old/x/inner/separation.json", "old/x/inner/t.wav", "old/keep.wav"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    walk = walk_media(folder, marker="separation.json")
+    assert walk.media == [folder / "a.wav", folder / "old" / "keep.wav"]
+    assert walk.others == [folder / "separation.json"]
+    assert walk.marked == [folder / "old" / "x"]
+    plain = walk_media(folder)
+    assert len(plain.media) == 4 and len(plain.others) == 3 and plain.marked == []
+    (folder / "a.wav").unlink()
+    (folder / "old" / "keep.wav").unlink()
+    with pytest.raises(BadInputError) as err:
+        find_jobs([folder / "old"], tmp_path / "out")
+    assert str(err.value).endswith(
+        "(looked for .aac, .aif, .aiff, .avi, .flac, .m4a, .m4v, .mkv, .mov, .mp3, .mp4, .oga, "
+        ".ogg, .opus, .wav, .wave, .webm, .wma); left out 1 folder of earlier clipsep outputs "
+        f"(holding separation.json): {folder / 'old' / 'x'}"
+    )
+
+
+def test_a_file_given_directly_and_through_its_folder_is_separated_once(
+    model,  # noqa: F811
+    tmp_path,
+    capsys,
+    caplog,
+):
+    """New-user trial: `separate DIR/ DIR/duet.wav` said the two "would write the same output
+    folder (same name stem); rename one", though they are one file. It is separated once (as
+    cp and rsync do), kept where first given, named if named either way, and one line says so."""
+    import logging
+
+    from clipsep.batch import find_jobs
+
+    folder = tmp_path / "x"
+    folder.mkdir()
+    sf.write(folder / "duet.wav", tones(16000, 1.0, 1)[0], 16000)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "solo.wav").symlink_to(folder / "duet.wav")  # a link resolves to it too
+    with caplog.at_level(logging.INFO, logger="clipsep.batch"):
+        found = find_jobs([folder, folder / "duet.wav", folder / "duet.wav"], tmp_path / "out")
+    assert [(j.path, j.out_dir, j.named) for j in found.jobs] == [
+        (folder / "duet.wav", tmp_path / "out", True)
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name == "clipsep.batch"] == [
+        "the same file given twice, separated once: "
+        f"{folder / 'duet.wav'} (in {folder}) and {folder / 'sub' / 'solo.wav'} (in {folder}), "
+        f"{folder / 'duet.wav'} (in {folder}) and {folder / 'duet.wav'}, "
+        f"{folder / 'duet.wav'} (in {folder}) and {folder / 'duet.wav'}"
+    ]
+    (folder / "sub" / "solo.wav").unlink()
+    (folder / "sub").rmdir()
+    out = tmp_path / "out"
+    assert run_cli(model, out, folder, folder / "duet.wav", extra=["--query", "cello"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 separated, 0 skipped, 0 failed"
+    assert sorted(p.name for p in (out / "duet").glob("*.wav")) == ["residual.wav", "target.wav"]
 
 
 def test_json_failure_reason_does_not_repeat_the_path_that_keys_it(model, tmp_path, capsys):  # noqa: F811

@@ -132,7 +132,7 @@ def find_videos(
     ``known`` ones (a labels CSV kept there), are named in one log line."""
     if not source.is_dir():
         raise BadInputError(f"ingest source {source} is not a folder of videos")
-    found, others = walk_media(source, VIDEO_SUFFIXES, exclude)
+    found, others, _ = walk_media(source, VIDEO_SUFFIXES, exclude)
     if not found:
         raise BadInputError(f"no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) found under {source}")
     known = {Path(p).resolve() for p in known}
