@@ -295,3 +295,51 @@ def test_a_missing_model_path_is_named_under_the_profile_root(model, tmp_path, m
     )
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert (status, errors) == (2, [hint.format("--profile tiny's root")])
+
+
+def test_a_model_folder_is_named_as_a_folder_with_its_checkpoint(
+    model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    caplog,
+):
+    """New-user trial: `--model models/clipsep` (the folder training writes best.pt in) said
+    "checkpoint models/clipsep not found". It says it is a folder and names the checkpoint in it
+    (best.pt, else its one *.pt), at the CLI and in Separator.from_pretrained alike."""
+    import shutil
+
+    from clipsep.errors import MissingWeightsError
+    from clipsep.inference import Separator
+
+    checkpoint, clip = model
+    monkeypatch.chdir(tmp_path)
+    folder = Path("models") / "clipsep"
+    folder.mkdir(parents=True)
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+
+    def separate():
+        caplog.clear()
+        status = main(
+            ["separate", "x.wav", "--query", "cello", "--model", str(folder), "--out", "out"]
+            + ["--clip-weights", str(clip), "--params", str(REPO / "params.yaml")]
+            + ["--profile", "tiny", "--set", "separate.device=cpu"]
+        )
+        return status, [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+    plain = "models/clipsep is a folder, not a checkpoint file (give a file or models:/NAME@ALIAS)"
+    assert separate() == (2, [plain])
+    shutil.copy(checkpoint, folder / "last.pt")
+    one = "models/clipsep is a folder, not a checkpoint file: did you mean models/clipsep/last.pt?"
+    assert separate() == (2, [one])
+    shutil.copy(checkpoint, folder / "other.pt")
+    assert separate() == (2, [plain])  # two checkpoints, neither best.pt: no guess
+    shutil.copy(checkpoint, folder / "best.pt")
+    best = "models/clipsep is a folder, not a checkpoint file: did you mean models/clipsep/best.pt?"
+    assert separate() == (2, [best])
+    with pytest.raises(MissingWeightsError) as err:
+        Separator.from_pretrained(folder, device="cpu", clip_weights=clip)
+    assert str(err.value) == best
+    assert not (tmp_path / "out").exists()
+    folder = folder / "best.pt"  # the suggestion, taken
+    assert separate() == (0, [])
+    assert (tmp_path / "out" / "x" / "target.wav").is_file()
