@@ -7,7 +7,9 @@ identity: relative path, size and mtime of each file in them). After the stage s
 the outputs and the stage's summary. A later run may skip the stage when both the fingerprint and
 the outputs' identity match the record; a changed param, input or code file, or an output touched
 or deleted since, runs it again. Stages downstream follow by themselves: a stage that runs
-rewrites its outputs, which are the inputs of the stages after it.
+rewrites its outputs, which are the inputs of the stages after it. A stage that found its work
+done already (a training already complete) keeps the record of the run that did the work
+(:func:`keep_record`): its seconds and summary stay, only the fingerprint and outputs are renewed.
 
 Hidden names (starting with ``.``: records, atomic-write temporaries, ``.DS_Store``) and bytecode
 never count. This module imports no torch and touches nothing until called.
@@ -160,6 +162,50 @@ def write_record(
         "summary": summary,
     }
     return write_json(record_path(folder, stage), record, default=str)
+
+
+def keep_record(
+    folder: str | Path,
+    stage: str,
+    fp: Fingerprint,
+    outputs: Path | None,
+    summary: dict[str, Any],
+    seconds: float,
+) -> Path:
+    """Record a run of ``stage`` that found its work done already (``summary``: the stored one,
+    e.g. a training already complete). The record of the run that did the work keeps its
+    ``seconds``, ``finished`` and ``summary`` (its MLflow run id with it) and takes only this
+    run's fingerprint and outputs identity, which :func:`compare` reads; the file is left as it
+    is when those match already. Without such a record (none, or one whose summary differs in a
+    value of ``summary``: other results), written as :func:`write_record` does."""
+    record = read_record(folder, stage)
+    if record is None or not _same_results(record.get("summary"), summary):
+        return write_record(folder, stage, fp, outputs, summary, seconds)
+    now = {
+        "fingerprint": fp.digest,
+        "parts": fp.parts,
+        "outputs": tree_identity(outputs) if outputs is not None else None,
+    }
+    path = record_path(folder, stage)
+    if any(record.get(key) != value for key, value in now.items()):
+        write_json(path, {**record, **now}, default=str)
+    return path
+
+
+def _same_results(recorded: Any, summary: dict[str, Any]) -> bool:
+    """Whether ``recorded`` (a record's summary) holds every value of ``summary`` (compared as
+    JSON text: NaN equals NaN) but its ``already_complete`` flag."""
+    if not isinstance(recorded, dict):
+        return False
+
+    def text(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    return all(
+        key in recorded and text(recorded[key]) == text(value)
+        for key, value in summary.items()
+        if key != "already_complete"
+    )
 
 
 def read_record(folder: str | Path, stage: str) -> dict[str, Any] | None:

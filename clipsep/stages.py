@@ -271,7 +271,10 @@ def run_stage(
 
     Raises BadInputError before any work (no MLflow run opened, nothing hashed) when a file the
     stage cannot start without is missing (:func:`clipsep.stage_record.check_ready`), else
-    whatever the stage raises (no record is written then).
+    whatever the stage raises (no record is written then). A stage that found its work done
+    (``already_complete``: a training at ``train.steps``) keeps the record of the run that did
+    it (its seconds, its MLflow run id), updating only the fingerprint and outputs identity
+    (:func:`clipsep.stage_record.keep_record`).
     """
     start = time.perf_counter()
     stage_record.check_ready(stage, p)
@@ -294,7 +297,10 @@ def run_stage(
     tracked = p.registry.live_tracking
     summary = _run_tracked(stage, p, in_process) if tracked else STAGES[stage](p)
     seconds = time.perf_counter() - start
-    stage_record.write_record(folder, stage, fp, outputs, summary, seconds)
+    if summary.get("already_complete"):  # did nothing: the record of the run that trained stays
+        stage_record.keep_record(folder, stage, fp, outputs, summary, seconds)
+    else:
+        stage_record.write_record(folder, stage, fp, outputs, summary, seconds)
     return StageRun(stage, summary, False, fp.short, reason, seconds)
 
 

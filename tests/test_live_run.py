@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from clipsep import live_run, run_owner, tracking
+from clipsep import live_run, run_owner, stage_record, stages, tracking
 from clipsep.errors import ValidationFailed
 from clipsep.stages import run_stage
 from clipsep.training import loop
@@ -195,10 +195,13 @@ def test_a_stage_that_ran_already_starts_a_new_run_and_a_failure_ends_it_failed(
 def test_a_complete_training_run_again_logs_no_session(tmp_path, shared_inputs):  # noqa: F811
     """`clipsep train` (dvc's command) or the flow's stage run again on a finished training
     continued the pipeline run with a 0-step session; now the run and the files stay as they
-    were: a run where training is done keeps it done, a new pass's run marks it skipped."""
+    were: a run where training is done keeps it done, a new pass's run marks it skipped. The
+    stage record was rewritten with the rerun's seconds and without the MLflow run id: it stays."""
     clips, params, client, first = validated_pass(tmp_path, shared_inputs)
     run_stage("train", params)
     out = params.path("checkpoints")
+    trained = stage_record.read_record(out, "train")
+    assert trained["summary"]["mlflow_run_id"] == first and trained["seconds"] > 0
     before = {k: v for k, v in file_states(out).items() if not k.startswith(".stage-")}
     again = run_stage("train", params).summary  # the flow's call (record fingerprint unchanged)
     assert again["already_complete"] is True and again["session_steps"] == 4
@@ -224,6 +227,16 @@ def test_a_complete_training_run_again_logs_no_session(tmp_path, shared_inputs):
     assert steps_of(client, second.info.run_id, "loss") == []
     after = {k: v for k, v in file_states(out).items() if not k.startswith(".stage-")}
     assert after == before
+    assert stage_record.read_record(out, "train") == trained  # seconds, run id: all kept
+
+    shorter = _params(
+        tmp_path, shared_inputs, "labelled", **{"paths.clips": clips, "train.steps": 2}
+    )
+    assert run_stage("train", shorter).summary["already_complete"] is True  # params changed
+    kept = stage_record.read_record(out, "train")
+    assert kept["parts"] == stages.stage_fingerprint("train", shorter).parts  # the skip reads it
+    assert {**kept, "parts": trained["parts"], "fingerprint": trained["fingerprint"]} == trained
+    assert run_stage("train", shorter, skip_unchanged=True).skipped
 
 
 def test_a_stage_run_with_other_params_starts_a_new_run(tmp_path, shared_inputs):  # noqa: F811
