@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from clipsep.env import apply_offline_defaults
@@ -47,3 +48,22 @@ def private_cache_home(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_dir(tmp_path_factory) -> Path:
+    """The temp folder ($TMPDIR) is one under pytest's basetemp, for this process (tempfile's
+    cached answer reset) and the subprocesses (they inherit os.environ): the resolved-model and
+    text-query caches ($TMPDIR/clipsep-models) of the tests' own stores stay out of the user's
+    (a suite left 68 folders, 1.9 GB, there), and go with pytest's old basetemps."""
+    path = tmp_path_factory.mktemp("tmp")
+    previous, previous_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = str(path)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    assert Path(tempfile.gettempdir()) == path
+    yield path
+    tempfile.tempdir = previous_dir
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous

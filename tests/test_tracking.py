@@ -293,6 +293,24 @@ def test_prune_cache_removes_only_old_versions_of_its_model_and_store(tmp_path, 
     assert registry_reader.prune_cache(cache, "clipsep", "2", uri) == []  # older: removes no newer
 
 
+def test_the_suite_caches_resolved_models_under_its_own_basetemp(registered, tmp_path_factory):
+    """The suite's resolutions from its own stores each left a clipsep-v1-<store> folder in the
+    user's $TMPDIR/clipsep-models (68 folders, 1.9 GB after one run), which no pruning reaches:
+    conftest's private_temp_dir points $TMPDIR under pytest's basetemp, here and in
+    subprocesses (inherited, or an env dict built from os.environ as the tests do)."""
+    p, _, _ = registered
+    base = tmp_path_factory.getbasetemp()
+    assert registry_reader.default_cache_dir().is_relative_to(base)
+    resolved = registry_reader.resolve_model("models:/clipsep/1", tracking.tracking_uri(p))
+    assert resolved.checkpoint.is_relative_to(registry_reader.default_cache_dir())
+    code = "from clipsep.registry_reader import default_cache_dir; print(default_cache_dir())"
+    for env in (None, {**os.environ, "OMP_NUM_THREADS": "1"}):
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert Path(done.stdout.strip()) == registry_reader.default_cache_dir()
+
+
 def test_the_model_cache_keeps_the_newest_versions_and_those_a_process_holds(
     registered, tmp_path, caplog
 ):
