@@ -305,6 +305,8 @@ SECTIONS: dict[str, type] = {
     name: hint for name, hint in typing.get_type_hints(Params).items() if name != "source_file"
 }
 PROFILES_DIR = "profiles"
+BEST_CHECKPOINT = "best.pt"  # in paths.checkpoints: the best validation checkpoint training keeps
+LAST_CHECKPOINT = "last.pt"  # in paths.checkpoints: the latest one, that training resumes from
 PARAMS_FILE = "params.yaml"
 FOLDER_DIGITS = 16  # hex digits of the sha256 of an output folder's path that name its records
 

@@ -44,13 +44,12 @@ from urllib.parse import unquote
 
 import yaml
 
-from clipsep.config import Params
+from clipsep.config import BEST_CHECKPOINT, Params
 from clipsep.errors import ClipsepError, MissingWeightsError
 
 log = logging.getLogger(__name__)
 
 REGISTRY_PREFIX = "models:/"
-BEST_CHECKPOINT = "best.pt"  # the checkpoint training keeps (clipsep.training.loop)
 CACHE_FOLDER = "clipsep-models"  # under the temp folder unless a cache_dir is given
 KEEP_VERSIONS = 3  # cached versions of a model (per store) kept when a resolution prunes the cache
 TRASH_FOLDER = ".trash"  # pruned versions are renamed into it, then deleted

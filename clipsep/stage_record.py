@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from clipsep.config import BEST_CHECKPOINT
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest, write_json
 
@@ -40,7 +41,7 @@ ABSENT = "absent"
 
 def required_files(stage: str, p: Params) -> list[tuple[Path, str]]:
     """The files ``stage`` cannot start without, each with the stage that makes it."""
-    best, metrics = p.path("checkpoints") / "best.pt", p.path("evaluation") / "metrics.json"
+    best, metrics = p.path("checkpoints") / BEST_CHECKPOINT, p.path("evaluation") / "metrics.json"
     return {
         "evaluate": [(best, "train")],
         "register": [(best, "train"), (metrics, "evaluate")],

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from clipsep import stage_record
-from clipsep.config import Params
+from clipsep.config import BEST_CHECKPOINT, Params
 
 log = logging.getLogger("clipsep")
 
@@ -133,7 +133,7 @@ def evaluate(p: Params) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test protocol; writes metrics.json and plots."""
     from clipsep.evaluation.evaluate import evaluate as run
 
-    return run(p, p.path("checkpoints") / "best.pt", p.path("evaluation"))
+    return run(p, p.path("checkpoints") / BEST_CHECKPOINT, p.path("evaluation"))
 
 
 def register(p: Params) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from clipsep import run_owner
-from clipsep.config import Params, RegistryConfig, folder_digest
+from clipsep.config import BEST_CHECKPOINT, Params, RegistryConfig, folder_digest
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest, write_json
 from clipsep.registry_reader import (
@@ -722,7 +722,7 @@ def already_registered(p: Params, digest: str | None = None) -> dict[str, Any] |
     already), with ``already_registered`` True and the reason
     ``already registered as models:/NAME/V (@ALIAS); nothing registered``; None when no version
     does (or there is no store yet: none is made). Nothing is created, no alias moves."""
-    checkpoint, uri = p.path("checkpoints") / "best.pt", tracking_uri(p)
+    checkpoint, uri = p.path("checkpoints") / BEST_CHECKPOINT, tracking_uri(p)
     store = sqlite_path(uri)
     if not checkpoint.is_file() or (store is not None and not store.is_file()):
         return None

@@ -139,3 +139,16 @@ def test_a_bar_shows_on_a_terminal_only_and_not_when_hidden(monkeypatch):
         "log file": (False, False),
         "other rank": (False, False),
     }
+
+
+def test_the_checkpoint_file_names_have_one_home():
+    """best.pt and last.pt were spelled out in seven library files, and the registry reader had
+    grown its own BEST_CHECKPOINT: the names now live in clipsep.config alone."""
+    from clipsep.config import BEST_CHECKPOINT, LAST_CHECKPOINT
+
+    assert (BEST_CHECKPOINT, LAST_CHECKPOINT) == ("best.pt", "last.pt")
+    for name in ('"best.pt"', '"last.pt"', "BEST_CHECKPOINT = ", "LAST_CHECKPOINT = "):
+        library = [
+            f for f in files_containing(name) if f.split("/")[0] in ("clipsep", "app", "flows")
+        ]
+        assert library == ["clipsep/config.py"], name

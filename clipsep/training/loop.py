@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from clipsep.config import Params
+from clipsep.config import BEST_CHECKPOINT, LAST_CHECKPOINT, Params
 from clipsep.data.mixing import (
     LoadedClip,
     MixBatch,
@@ -246,7 +246,7 @@ def finished_summary(out_dir: Path, key: str, steps: int) -> dict[str, Any] | No
     ``last.pt`` was written with these params (``key``), reached ``steps`` (or more) and its
     reports describe that step. None otherwise (no or other-params ``last.pt``, steps left to
     train, or reports missing or from an earlier step: training writes them)."""
-    last = Path(out_dir) / "last.pt"
+    last = Path(out_dir) / LAST_CHECKPOINT
     if not last.is_file():
         return None
     try:  # mmap: the header is read without loading the weights
@@ -264,7 +264,7 @@ def finished_summary(out_dir: Path, key: str, steps: int) -> dict[str, Any] | No
 
 def complete_line(out_dir: Path, step: int, steps: int) -> str:
     """What ``train`` says when ``last.pt`` has nothing left to train."""
-    last = Path(out_dir) / "last.pt"
+    last = Path(out_dir) / LAST_CHECKPOINT
     if step == steps:
         return (
             f"training already complete: step {step} of {steps} in {last}; "
@@ -497,7 +497,7 @@ def train(
     trainer = build_trainer(params, data.val_batch.queries.shape[-1], device, dist)
     state = (
         load_state(
-            out_dir / "last.pt",
+            out_dir / LAST_CHECKPOINT,
             trainer.net,
             trainer.optimizer,
             trainer.scheduler,
@@ -507,9 +507,10 @@ def train(
         or RunState()
     )
     if state.step:
-        log.info("resuming from %s at step %d", out_dir / "last.pt", state.step)
+        log.info("resuming from %s at step %d", out_dir / LAST_CHECKPOINT, state.step)
     elif dist.is_main:
-        (out_dir / "best.pt").unlink(missing_ok=True)  # a fresh run must not inherit a stale best
+        # a fresh run must not inherit a stale best
+        (out_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
     if dist.is_main:
         log.info("%s", start_line(trainer, data, state.step, dist.world_size))
         advice = gate_advice(params, trainer.net.cfg)
@@ -670,11 +671,11 @@ def run_steps(
         if live is not None:
             live.record(record)
             if state.best_step == state.step:
-                live.checkpoint(out_dir / "best.pt")
+                live.checkpoint(out_dir / BEST_CHECKPOINT)
         if state.step % train.checkpoint_every == 0 or state.step == train.steps:
             if dist.is_main:
                 save_state(
-                    out_dir / "last.pt",
+                    out_dir / LAST_CHECKPOINT,
                     trainer.net,
                     trainer.optimizer,
                     trainer.scheduler,
@@ -683,7 +684,7 @@ def run_steps(
                     key,
                 )
                 if live is not None:
-                    live.checkpoint(out_dir / "last.pt")
+                    live.checkpoint(out_dir / LAST_CHECKPOINT)
             tick = time.perf_counter()
     progress.close()
 
@@ -701,7 +702,7 @@ def _validate_and_keep_best(
         paths = []
         if metrics["val_loss_image"] < state.best_loss:
             state.best_loss, state.best_step = metrics["val_loss_image"], state.step
-            paths.append(out_dir / "best.pt")
+            paths.append(out_dir / BEST_CHECKPOINT)
         if trainer.params.train.keep_snapshots:
             paths.append(out_dir / "snapshots" / f"step-{state.step:06d}.pt")
         for path in paths:

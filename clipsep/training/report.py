@@ -22,6 +22,7 @@ import torch
 
 from clipsep import audio
 from clipsep.audio_io import write_wav
+from clipsep.config import BEST_CHECKPOINT
 from clipsep.env import headless_pyplot
 from clipsep.fileio import write_bytes
 from clipsep.training.spectral import reconstruct, run_model, spectral_batch
@@ -49,7 +50,7 @@ def write_reports(
     out_dir = Path(out_dir)
     write_history(state.history, out_dir / "history.csv")
     plot_curves(state.history, out_dir / "curves.png")
-    examples = write_examples(trainer, data, out_dir / "best.pt", out_dir / "examples")
+    examples = write_examples(trainer, data, out_dir / BEST_CHECKPOINT, out_dir / "examples")
     summary = _summary(trainer, data, state, session_steps, session_seconds, examples)
     write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
