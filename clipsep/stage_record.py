@@ -155,9 +155,7 @@ def write_record(
     record = {
         "format": RECORD_FORMAT,
         "stage": stage,
-        "fingerprint": fp.digest,
-        "parts": fp.parts,
-        "outputs": tree_identity(outputs) if outputs is not None else None,
+        **_identity(fp, outputs),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(seconds, 3),
         "summary": summary,
@@ -182,15 +180,20 @@ def keep_record(
     record = read_record(folder, stage)
     if record is None or not _same_results(record.get("summary"), summary):
         return write_record(folder, stage, fp, outputs, summary, seconds)
-    now = {
-        "fingerprint": fp.digest,
-        "parts": fp.parts,
-        "outputs": tree_identity(outputs) if outputs is not None else None,
-    }
+    now = _identity(fp, outputs)
     path = record_path(folder, stage)
     if any(record.get(key) != value for key, value in now.items()):
         write_json(path, {**record, **now}, default=str)
     return path
+
+
+def _identity(fp: Fingerprint, outputs: Path | None) -> dict[str, Any]:
+    """What a record holds of a run's inputs and outputs, the part :func:`compare` reads."""
+    return {
+        "fingerprint": fp.digest,
+        "parts": fp.parts,
+        "outputs": tree_identity(outputs) if outputs is not None else None,
+    }
 
 
 def _same_results(recorded: Any, summary: dict[str, Any]) -> bool:
