@@ -226,7 +226,7 @@ def load_state(path: Path, model, optimizer, scheduler, scaler, key: str) -> Run
     except Exception as err:  # noqa: BLE001 - any unreadable state means: start over, loudly
         log.warning("ignoring unreadable training state %s (%s); starting from step 0", path, err)
         return None
-    if payload.get("format") != STATE_FORMAT or payload.get("resume_key") != key:
+    if not _resumable(payload, key):
         log.warning("%s was written with other training params; starting from step 0", path)
         return None
     model.load_state_dict(payload["model"])
@@ -239,6 +239,12 @@ def load_state(path: Path, model, optimizer, scheduler, scaler, key: str) -> Run
     numpy_state = rng["numpy"]
     np.random.set_state((numpy_state[0], numpy_state[1].numpy(), *numpy_state[2:]))
     return RunState(**payload["run"])
+
+
+def _resumable(payload: dict[str, Any], key: str) -> bool:
+    """Whether a loaded ``last.pt`` is this format's and was written with these params (``key``:
+    :func:`resume_key`)."""
+    return payload.get("format") == STATE_FORMAT and payload.get("resume_key") == key
 
 
 def finished_summary(out_dir: Path, key: str, steps: int) -> dict[str, Any] | None:
@@ -254,7 +260,7 @@ def finished_summary(out_dir: Path, key: str, steps: int) -> dict[str, Any] | No
         summary = json.loads((Path(out_dir) / "summary.json").read_text())
     except Exception:  # noqa: BLE001 - unreadable: train() decides and says so (load_state)
         return None
-    if payload.get("format") != STATE_FORMAT or payload.get("resume_key") != key:
+    if not _resumable(payload, key):
         return None
     step = int(payload["run"]["step"])
     if step < steps or not isinstance(summary, dict) or summary.get("steps") != step:
