@@ -119,11 +119,8 @@ def note_skipped(p: Params, stage: str) -> None:
     """Tag an open pipeline run ``clipsep.stage.<stage>=skipped`` (no run open: nothing; a stage
     ``done`` in it stays ``done``: the run holds its session); a skipped ``register`` closes it
     instead (:func:`close_registered`)."""
-    from clipsep.tracking import client_for, recorded_run
-
-    client = client_for(p)
-    run = recorded_run(p, client)
-    if run is None or run.info.status != "RUNNING":
+    client, run = _running_pass(p)
+    if run is None:
         return
     if run.data.tags.get(run_owner.STAGE_TAG + stage) != "done":
         client.set_tag(run.info.run_id, run_owner.STAGE_TAG + stage, "skipped")
@@ -143,11 +140,8 @@ def close_registered(p: Params, registered: dict[str, Any], reason: str, repeats
     protocol or with another result, a training that made the same checkpoint) stays, renamed
     ``NAME-vN-rerun`` beside the version's own ``NAME-vN``.
     """
-    from clipsep.tracking import client_for, recorded_run
-
-    client = client_for(p)
-    run = recorded_run(p, client)
-    if run is None or run.info.status != "RUNNING":
+    client, run = _running_pass(p)
+    if run is None:
         return
     run_id, name, version = run.info.run_id, registered["model_name"], registered["version"]
     client.set_tag(run_id, run_owner.STAGE_TAG + "register", "skipped")
@@ -167,6 +161,16 @@ def close_registered(p: Params, registered: dict[str, Any], reason: str, repeats
     else:
         client.update_run(run_id, name=f"{name}-v{version}-rerun")
         log.info("MLflow run %s ended FINISHED as %s-v%s-rerun", run_id, name, version)
+
+
+def _running_pass(p: Params):
+    """(client, the pipeline run of ``p``'s folder) when that run is RUNNING, else (client,
+    None)."""
+    from clipsep.tracking import client_for, recorded_run
+
+    client = client_for(p)
+    run = recorded_run(p, client)
+    return client, run if run is not None and run.info.status == "RUNNING" else None
 
 
 def _continues(previous, stage: str, resuming: bool) -> bool:
