@@ -146,18 +146,20 @@ def activity(stem, mixture, sample_rate: int, settings) -> list[Segment]:
     Raises BadInputError for an array of another rank, an ambiguous shape, two shapes that
     differ, or a sample rate that is not a positive whole number of Hz.
     """
-    return _meter(stem, mixture, sample_rate, settings).segments(settings)["stem"]
+    return stem_meter(stem, mixture, sample_rate, settings).segments(settings)["stem"]
 
 
 def presence_db(stem, mixture, sample_rate: int, settings) -> float:
     """How present ``stem`` is in ``mixture``, in dB: the highest ``activity_threshold_db`` at
     which :func:`activity` still finds a segment (:meth:`ActivityMeter.presence_db`; -inf if
     none at any). Arguments and errors as :func:`activity`."""
-    return float(_meter(stem, mixture, sample_rate, settings).presence_db(settings)[0])
+    return float(stem_meter(stem, mixture, sample_rate, settings).presence_db(settings)[0])
 
 
-def _meter(stem, mixture, sample_rate: int, settings) -> ActivityMeter:
-    """A one-stem :class:`ActivityMeter` fed with the whole ``stem`` and ``mixture``."""
+def stem_meter(stem, mixture, sample_rate: int, settings) -> ActivityMeter:
+    """A one-stem :class:`ActivityMeter` (its stem named ``"stem"``) fed with the whole ``stem``
+    and ``mixture``: both :meth:`~ActivityMeter.segments` and :meth:`~ActivityMeter.presence_db`
+    from one pass over the samples. Arguments and errors as :func:`activity`."""
     sample_rate = check_sample_rate(sample_rate)
     stem2, _ = channels_first(stem)
     mix2, _ = channels_first(mixture)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipsep.activity import activity, presence_db
+from clipsep.activity import stem_meter
 from clipsep.config import Params
 from clipsep.env import apply_offline_defaults
 from clipsep.errors import BadInputError
@@ -286,30 +286,31 @@ class MixtureScorer:
             "absent_active_s": math.nan,
             "absent_presence_db": math.nan,
             "text_energy_db": M.energy_db(text_estimate, mixture),
-            "text_active_s": self.active_seconds(text_estimate, mixture),
-            "text_presence_db": self.presence(text_estimate, mixture),
         }
+        result["text_active_s"], result["text_presence_db"] = self.activity_of(
+            text_estimate, mixture
+        )
         if absent:
             label = absent[int(rng.integers(len(absent)))]
             estimate = self.estimate(mixture, self.text_embedding(label))
+            active_s, presence = self.activity_of(estimate, mixture)
             result.update(
                 absent_label=label,
                 absent_energy_db=M.energy_db(estimate, mixture),
-                absent_active_s=self.active_seconds(estimate, mixture),
-                absent_presence_db=self.presence(estimate, mixture),
+                absent_active_s=active_s,
+                absent_presence_db=presence,
             )
         return result
 
-    def active_seconds(self, estimate: np.ndarray, mixture: np.ndarray) -> float:
-        """Seconds of the mixture where ``clipsep separate`` would report the estimate active
-        (its ``.activity.csv`` segments, with the ``separate.activity_*`` settings)."""
-        segments = activity(estimate, mixture, self.cfg.sample_rate, self.p.separate)
-        return float(sum(end - start for start, end, _ in segments))
-
-    def presence(self, estimate: np.ndarray, mixture: np.ndarray) -> float:
-        """The highest ``separate.activity_threshold_db`` at which ``clipsep separate`` would
-        still report the estimate active somewhere (dB; -inf: at none)."""
-        return presence_db(estimate, mixture, self.cfg.sample_rate, self.p.separate)
+    def activity_of(self, estimate: np.ndarray, mixture: np.ndarray) -> tuple[float, float]:
+        """(seconds of the mixture where ``clipsep separate`` would report the estimate active:
+        its ``.activity.csv`` segments with the ``separate.activity_*`` settings; the highest
+        ``activity_threshold_db`` at which it would still report it somewhere, dB, -inf: at
+        none), from one activity meter."""
+        meter = stem_meter(estimate, mixture, self.cfg.sample_rate, self.p.separate)
+        segments = meter.segments(self.p.separate)["stem"]
+        presence = float(meter.presence_db(self.p.separate)[0])
+        return float(sum(end - start for start, end, _ in segments)), presence
 
 
 # --- the whole protocol -----------------------------------------------------------------------
