@@ -127,7 +127,7 @@ def _add_separate_command(sub) -> None:
         nargs="+",
         metavar="INPUT",
         help="audio (wav/flac/ogg/mp3) or video files, or folders (walked, nested; their other "
-        "files are named as skipped, hidden ones left out)",
+        "files are named as ignored, hidden ones left out)",
     )
     cmd.add_argument(
         "--query",
