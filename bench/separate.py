@@ -1,21 +1,25 @@
 """Benchmark separation: the network's forward per engine, and `clipsep separate`'s RTF and memory.
 
 Part ``forward`` (one 4.1-s segment: warped magnitude [1, 1, 256, 256] + one query [1, 1, 512]):
-the eager NCHW forward, channels_last, torch.compile (its compile time is reported) and ONNX
-Runtime on the exported network (``clipsep export``; its export time is reported) in fp32 and
-quantised to int8 (``onnxruntime-int8``: static QDQ, :mod:`clipsep.model.quantize`, calibrated
-on random inputs here, as speed does not depend on them; its quantisation time is reported),
-timed interleaved (round-robin, so load on the machine hits them alike), median per variant, each
-ratio against the eager forward of the same preset in the same run. Prints the CPU model, its ISA
-and what ``precision: auto`` resolves to. The ONNX outputs are checked against eager (max |diff|:
-~1e-6 for fp32; int8's is its rounding on a random-weight network, not an accuracy figure -- the
-README's int8 SDR on the world's test mixtures is).
+the eager NCHW forward, channels_last, bf16 autocast (alone and with channels_last; skipped where
+the CPU has no native bf16, as ``precision: auto`` would never pick it: ``--force-bf16``),
+torch.compile (its compile time is reported) and ONNX Runtime on the exported network (``clipsep
+export``; its export time is reported) in fp32 and quantised to int8 (``onnxruntime-int8``: static
+QDQ, :mod:`clipsep.model.quantize`, calibrated on random inputs here, as speed does not depend on
+them; its quantisation time is reported), timed interleaved (round-robin, so load on the machine
+hits them alike), median per variant, each ratio against the eager forward of the same preset in
+the same run. Prints the CPU model, its ISA and what ``precision: auto`` resolves to. The ONNX
+outputs are checked against eager (max |diff|: ~1e-6 for fp32; int8's is its rounding on a
+random-weight network, not an accuracy figure -- the README's int8 SDR on the world's test mixtures
+is).
 
 Part ``rtf``: for each model preset, engine and length (default 10 s, 60 s, 10 min of 44.1 kHz
 stereo), a fresh subprocess loads a random-init checkpoint (speed does not depend on the weights)
 and separates the file through the same file-based path as the CLI
-(``Separator.separate_file``). It reports wall time of the separation, RTF (= wall / audio length,
-< 1 is faster than real time) and the process's peak RSS. Memory must not grow with length: the
+(``Separator.separate_file``), once per ``--precisions`` entry (default ``auto,fp32``: what
+``separate.precision: auto`` resolves to here, against fp32; one row where they agree). It
+reports wall time of the separation, RTF (= wall / audio length, < 1 is faster than real time)
+and the process's peak RSS. Memory must not grow with length: the
 10-min peak RSS should stay within 1.3x of the 10-s one (the ratio is printed; exit status 1 if
 not).
 
@@ -90,7 +94,15 @@ def make_checkpoint(preset: str, folder: Path) -> Path:
     )
 
 
-FORWARD_VARIANTS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
+FORWARD_VARIANTS = (
+    "eager",
+    "channels_last",
+    "bf16",
+    "bf16+channels_last",
+    "compile",
+    "onnxruntime",
+    "onnxruntime-int8",
+)
 CALIBRATION_INPUTS = 8  # int8 here: random calibration inputs (speed does not depend on them)
 
 
@@ -132,7 +144,7 @@ def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
     for name in names:
         network, _ = load_checkpoint(checkpoint, "cpu")
         start = time.perf_counter()
-        if name == "channels_last":
+        if name.endswith("channels_last"):
             network = network.to(memory_format=torch.channels_last)
         elif name == "compile":
             network = torch.compile(network)
@@ -145,10 +157,25 @@ def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
 def forward_once(network, name: str, mag, queries):
     import torch
 
-    if name == "channels_last":
+    from clipsep.precision import autocast
+
+    if name.endswith("channels_last"):
         mag = mag.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        return network(mag, queries, with_noise=False).mask_logits
+    with torch.no_grad(), autocast("bf16" if name.startswith("bf16") else "fp32", "cpu"):
+        return network(mag, queries, with_noise=False).mask_logits.float()
+
+
+def usable_variants(names: list[str], force_bf16: bool) -> list[str]:
+    """``names`` less the bf16 ones where bf16 would be emulated (unless ``force_bf16``)."""
+    from clipsep.precision import native_bf16
+
+    native, why = native_bf16()
+    if native or force_bf16:
+        return names
+    skipped = [n for n in names if n.startswith("bf16")]
+    if skipped:
+        print(f"skipping {', '.join(skipped)}: {why} (emulated bf16: --force-bf16)")
+    return [n for n in names if not n.startswith("bf16")]
 
 
 def bench_forward(
@@ -204,8 +231,9 @@ def machine_line(threads: int) -> str:
 
 def forward_part(presets: list[str], work: Path, args) -> list[dict]:
     names = ["eager", *[v for v in args.variants.split(",") if v != "eager"]]
+    names = usable_variants(names, args.force_bf16)
     print(
-        f"forward of one 4.1-s segment ([1, 1, 256, 256] + 1 query [1, 1, D]), fp32, median of "
+        f"forward of one 4.1-s segment ([1, 1, 256, 256] + 1 query [1, 1, D]), median of "
         f"{args.rounds} interleaved rounds; ratios against eager NCHW of the same preset"
     )
     print("| preset | variant | forward ms | vs eager | set-up s | max abs diff |")
@@ -230,16 +258,28 @@ def forward_part(presets: list[str], work: Path, args) -> list[dict]:
 
 
 def run_case(
-    checkpoint: str, wav: str, out_dir: str, threads: int, engine: str, n_queries: int = 1
+    checkpoint: str,
+    wav: str,
+    out_dir: str,
+    threads: int,
+    engine: str,
+    n_queries: int = 1,
+    precision: str = "auto",
 ) -> None:
-    """Child process: separate one file with 1 query (``target``) or ``n_queries`` in one pass;
-    print a JSON line with timings and peak RSS."""
+    """Child process: separate one file with 1 query (``target``) or ``n_queries`` in one pass,
+    at ``separate.precision`` = ``precision``; print a JSON line with timings, peak RSS and the
+    precision it resolved to."""
+    import dataclasses
+
     import torch
 
     torch.set_num_threads(threads)
-    from clipsep.inference import Separator
+    from clipsep.inference import DEFAULT_SETTINGS, Separator
 
-    separator = Separator.from_pretrained(checkpoint, device="cpu", engine=engine)
+    settings = dataclasses.replace(DEFAULT_SETTINGS, precision=precision)
+    separator = Separator.from_pretrained(
+        checkpoint, device="cpu", engine=engine, settings=settings
+    )
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if n_queries == 1:
@@ -249,7 +289,14 @@ def run_case(
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
-        json.dumps({"wall_s": wall, "peak_rss_mb": peak / 1024, "loaded_rss_mb": loaded_rss / 1024})
+        json.dumps(
+            {
+                "wall_s": wall,
+                "peak_rss_mb": peak / 1024,
+                "loaded_rss_mb": loaded_rss / 1024,
+                "precision": separator.precision.mode,
+            }
+        )
     )
 
 
@@ -260,6 +307,7 @@ def measure(
     threads: int,
     engine: str = "torch",
     n_queries: int = 1,
+    precision: str = "auto",
 ) -> dict:
     wav = work / f"input-{seconds}s.wav"
     if not wav.exists():
@@ -274,6 +322,7 @@ def measure(
         str(threads),
         engine,
         str(n_queries),
+        precision,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -300,30 +349,50 @@ def compare_queries(checkpoint: Path, preset: str, seconds: int, work: Path, thr
     return ratio <= MAX_QUERY_RATIO
 
 
+def rtf_cases(engines: str, precisions: str) -> list[tuple[str, str, str]]:
+    """(engine, precision requested, its label) per rtf row: each requested precision of the
+    torch engine that resolves to a mode not already listed (``auto`` names what it chose);
+    ONNX Runtime engines once, in their own arithmetic."""
+    from clipsep.precision import resolve_precision
+
+    cases = []
+    for engine in engines.split(","):
+        if engine != "torch":
+            cases.append((engine, "auto", "fp32" if engine == "onnx" else "int8"))
+            continue
+        seen = set()
+        for requested in precisions.split(","):
+            mode = resolve_precision(requested, "cpu").mode
+            if mode not in seen:
+                seen.add(mode)
+                label = f"auto={mode}" if requested == "auto" else mode
+                cases.append((engine, requested, label))
+    return cases
+
+
 def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
     durations = [int(d) for d in args.durations.split(",")]
     results, ok = [], True
     print(
-        f"{'preset':<10}{'engine':<8}{'audio':>8}{'wall s':>9}{'RTF':>8}{'peak RSS MB':>13}"
-        f"{'after load':>12}"
+        f"{'preset':<10}{'engine':<8}{'precision':<11}{'audio':>8}{'wall s':>9}{'RTF':>8}"
+        f"{'peak RSS MB':>13}{'after load':>12}"
     )
     for preset in presets:
         checkpoint = make_checkpoint(preset, work)
-        for engine in args.engines.split(","):
+        # untimed: the first run embeds the queries, which the text cache then keeps for all
+        measure(checkpoint, durations[0], work, args.threads, n_queries=len(THREE_QUERIES))
+        for engine, precision, label in rtf_cases(args.engines, args.precisions):
             model, child_engine = checkpoint, engine
             if engine in ("onnx", "onnx-int8"):  # exported (quantised) once here, so no child
                 network = onnx_network(checkpoint, work, int8=engine == "onnx-int8")  # pays it
                 model, child_engine = network.path.parent, "onnx"
             rows = []
             for seconds in durations:
-                row = {
-                    "preset": preset,
-                    **measure(model, seconds, work, args.threads, child_engine),
-                    "engine": engine,
-                }
+                measured = measure(model, seconds, work, args.threads, child_engine, 1, precision)
+                row = {"preset": preset, **measured, "engine": engine, "precision": label}
                 rows.append(row)
                 print(
-                    f"{preset:<10}{engine:<8}{seconds:>7}s{row['wall_s']:>9.1f}"
+                    f"{preset:<10}{engine:<8}{label:<11}{seconds:>7}s{row['wall_s']:>9.1f}"
                     f"{row['rtf']:>8.3f}{row['peak_rss_mb']:>13.0f}"
                     f"{row['loaded_rss_mb']:>12.0f}",
                     flush=True,
@@ -362,6 +431,16 @@ def main(argv: list[str] | None = None) -> int:
         "--engines", default="torch,onnx", help="rtf: separate.engine values (or onnx-int8)"
     )
     parser.add_argument(
+        "--precisions",
+        default="auto,fp32",
+        help="rtf: separate.precision values for the torch engine (equal resolutions run once)",
+    )
+    parser.add_argument(
+        "--force-bf16",
+        action="store_true",
+        help="forward: run the bf16 variants where bf16 is emulated too",
+    )
+    parser.add_argument(
         "--query-seconds",
         type=int,
         default=60,
@@ -392,8 +471,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_case":
-        run_case(
-            sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], int(sys.argv[7])
-        )
+        run_case(*sys.argv[2:5], int(sys.argv[5]), sys.argv[6], int(sys.argv[7]), sys.argv[8])
     else:
         sys.exit(main())
