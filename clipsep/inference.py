@@ -372,7 +372,10 @@ class Separator:
                 f"separate.high_band must be one of {HIGH_BANDS}, got {settings.high_band!r}"
             )
         self.precision = resolve_precision(settings.precision, device)  # PrecisionChoice
+        self.memory_format = forward_memory_format(network, device)
         self.network = network.eval()
+        if self.memory_format is not None:  # weights reordered once here, not at every call
+            self.network = self.network.to(memory_format=self.memory_format)
         self.encoder = encoder
         self.audio_cfg = audio_cfg
         self.settings = settings
@@ -493,6 +496,8 @@ class Separator:
 
         spec = audio.stft(mono[None], self.audio_cfg)  # [1, F, T]
         warped = audio.warp(spec.abs()[:, None], self.warp_bins)  # [1, 1, W, T]
+        if self.memory_format is not None:
+            warped = warped.contiguous(memory_format=self.memory_format)
         with autocast(self.precision.mode, self.device):
             logits = self.network(warped, embeddings[None], with_noise=False).mask_logits
         masks = audio.unwarp(torch.sigmoid(logits.float()), spec.shape[1])[0].clamp(0.0, 1.0)
@@ -815,6 +820,22 @@ class Separator:
         hop, ratio = self.audio_cfg.hop_length, plan.in_rate / plan.model_rate
         centres = (model_start + hop * np.arange(gains.shape[-1])) * ratio
         return above * _interp_rows(np.arange(start, stop), centres, gains)
+
+
+def forward_memory_format(network, device: str) -> torch.memory_format | None:
+    """The memory format a torch ``network``'s forward runs in on ``device``: channels_last on a
+    CPU, None (as built) on CUDA and for an ONNX Runtime network.
+
+    oneDNN's inference convolutions are faster on NHWC activations, with bf16 most of all. One
+    4.1-s forward, 2 threads, over NCHW of the same precision (docs/separation.md): AVX2 fp32
+    1.21-1.39x across the presets; AVX-512 with native bf16 (AMD EPYC, Zen 5) fp32 1.39-1.49x,
+    bf16 1.49-1.56x. End to end (10 min of 44.1 kHz stereo, trained cpu preset) that machine's
+    ``separate`` took 4.05 s against 4.53 s in bf16 and 4.08 against 5.22 s in fp32. Outputs
+    differ from NCHW's by rounding (fp32: ~1e-7).
+    """
+    if not isinstance(network, torch.nn.Module) or not str(device).startswith("cpu"):
+        return None
+    return torch.channels_last
 
 
 def _interp_rows(x: np.ndarray, xp: np.ndarray, rows: np.ndarray) -> np.ndarray:

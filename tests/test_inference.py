@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -206,6 +207,28 @@ def test_bf16_precision_gives_nearly_the_fp32_target(separator):
             separator.audio_cfg,
             dataclasses.replace(settings, precision="fp8"),
         )
+
+
+def test_the_cpu_forward_runs_channels_last_and_gives_the_nchw_masks(separator):
+    from clipsep.inference import Separator, forward_memory_format
+
+    fp32 = dataclasses.replace(separator.settings, precision="fp32")  # bf16 rounds per layout
+    network = copy.deepcopy(separator.network).to(memory_format=torch.contiguous_format)
+    fast = Separator(network, separator.encoder, separator.audio_cfg, fp32)
+    assert fast.memory_format == torch.channels_last == separator.memory_format
+    conv = next(m for m in fast.network.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert forward_memory_format(network, "cuda") is None
+    assert forward_memory_format(object(), "cpu") is None  # an ONNX Runtime network
+    segment = tones(16000, 1.0, 2)
+    query = separator.embed_query("flute")[None]
+    masks = fast.segment_masks(segment, query)[1]
+    nchw = copy.copy(fast)
+    nchw.network = copy.deepcopy(fast.network).to(memory_format=torch.contiguous_format)
+    nchw.memory_format = None
+    reference = nchw.segment_masks(segment, query)[1]
+    assert masks.shape == reference.shape
+    assert float((masks - reference).abs().max()) < 1e-6
 
 
 def band_projection(
