@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     from clipsep.env import apply_offline_defaults
 
     apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
+    from inductor_cache import separate_capped_cache
+
+    separate_capped_cache()  # a capped run must not load an uncapped run's kernels
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("forward", "rtf", "all"), default="all")
     parser.add_argument(

@@ -107,6 +107,9 @@ def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
 
 def main() -> None:
     apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
+    from inductor_cache import separate_capped_cache
+
+    separate_capped_cache()  # a capped run must not load an uncapped run's kernels
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["small", "cpu"])
     parser.add_argument(
