@@ -23,12 +23,15 @@ are removed, each by an atomic rename into ``<cache_dir>/.trash/`` and then dele
 resolver sees a version whole or not at all. A process that resolved a version holds a shared
 ``flock`` on its folder for as long as it lives (its CLIP weights may be read long after, at a
 server's first new text query); a folder so held is in use and is never removed. Only folders
-named ``<name>-v<N>-<store>`` of that model and store, holding an ``MLmodel``, are candidates.
+named ``<name>-v<N>-<store>`` of that model and store, holding an ``MLmodel``, are candidates,
+plus the staging folders ``.<name>-v<N>-<store>-*`` that a killed download left behind (a
+download in progress holds a lock on its own, so it is never taken for one).
 mlflow is imported lazily: importing this module is cheap and has no side effects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
@@ -473,15 +476,15 @@ def cached_versions(cache: Path, name: str, uri: str) -> dict[int, Path]:
 
 def prune_cache(cache: Path, name: str, version: str, uri: str) -> list[str]:
     """Remove the cached versions of ``name`` (store ``uri``) that :func:`versions_to_prune`
-    names after resolving ``version``, except those a process holds (:func:`_lease`); return the
-    removed folders' names (logged in one line). Leftovers of an interrupted prune go too."""
+    names after resolving ``version``, except those a process holds (:func:`_lease`), and the
+    staging folders of its downloads that were killed (:func:`stale_downloads`); return the
+    removed folders' names (logged in one line). Leftovers of an interrupted prune go too, and
+    the trash folder with them once it is empty."""
     cache = Path(cache)
     found = cached_versions(cache, name, uri)
-    removed = [
-        found[v].name
-        for v in versions_to_prune(list(found), int(version))
-        if _discard(found[v], cache / TRASH_FOLDER)
-    ]
+    candidates = [found[v] for v in versions_to_prune(list(found), int(version))]
+    candidates += stale_downloads(cache, name, uri)
+    removed = [folder.name for folder in candidates if _discard(folder, cache / TRASH_FOLDER)]
     _empty_trash(cache / TRASH_FOLDER)
     if removed:
         log.info(
@@ -492,6 +495,22 @@ def prune_cache(cache: Path, name: str, version: str, uri: str) -> list[str]:
             name,
         )
     return removed
+
+
+def stale_downloads(cache: Path, name: str, uri: str) -> list[Path]:
+    """The staging folders ``.<name>-v<N>-<store>-*`` of model ``name`` (store ``uri``) in
+    ``cache``, real folders only, sorted; a download still running holds its own lock on one, so
+    :func:`prune_cache` leaves that one alone."""
+    pattern = re.compile(rf"\.{re.escape(name)}-v[0-9]+-{_store_id(uri)}-.+")
+    try:
+        entries = list(Path(cache).iterdir())
+    except OSError:
+        return []
+    return sorted(
+        path
+        for path in entries
+        if pattern.fullmatch(path.name) and not path.is_symlink() and path.is_dir()
+    )
 
 
 def _discard(folder: Path, trash: Path) -> bool:
@@ -521,6 +540,8 @@ def _empty_trash(trash: Path) -> None:
         return
     for entry in entries:
         shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another pruner may be filling it: then it stays
+        trash.rmdir()
 
 
 def _read_artifacts(ref: str, model_dir: Path, version: str) -> ResolvedModel:
@@ -574,6 +595,7 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
     quiet_artifact_transfers()
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    held = _hold(staging)  # a pruner takes only the staging folders of killed downloads
     try:
         # ask this registry where the version's files are: a "models:/" URI would be resolved
         # against MLflow's global registry URI (./mlflow.db by default), not this store
@@ -587,4 +609,20 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if held is not None:
+            os.close(held)
     return final
+
+
+def _hold(folder: Path) -> int | None:
+    """A descriptor holding a shared lock on ``folder`` until it is closed (None without
+    ``fcntl``, or when the folder cannot be opened)."""
+    fcntl = _fcntl()
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd

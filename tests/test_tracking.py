@@ -279,18 +279,29 @@ def test_prune_cache_removes_only_old_versions_of_its_model_and_store(tmp_path, 
     (cache / f"clipsep-v8-{store}").write_text("a file")
     held = registry_reader._lease(ours[2])  # this process reads version 2: it stays
     assert held
+    # a download killed mid-way left its staging folder; another download is still running
+    killed = _cached_folder(cache / f".clipsep-v6-{store}-k1ll3d00")
+    running = cache / f".clipsep-v6-{store}-runn1ng0"
+    running.mkdir()
+    downloading = registry_reader._hold(running)
+    others.append(_cached_folder(cache / ".clipsep-v6-0123abcd-k1ll3d00"))  # another store's
+    assert registry_reader.stale_downloads(cache, "clipsep", uri) == [killed, running]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="clipsep.registry_reader"):
         removed = registry_reader.prune_cache(cache, "clipsep", "5", uri)
-    assert removed == [f"clipsep-v1-{store}"]
+    assert removed == [f"clipsep-v1-{store}", killed.name]
     assert _messages(caplog) == [
-        f"model cache {cache}: removed clipsep-v1-{store} (keeps the newest 3 versions of clipsep)"
+        f"model cache {cache}: removed clipsep-v1-{store}, {killed.name} "
+        "(keeps the newest 3 versions of clipsep)"
     ]
     assert [v for v, path in ours.items() if path.is_dir()] == [2, 3, 4, 5]
+    assert running.is_dir() and not killed.exists()
     assert all(path.exists() for path in others) and (outside / "MLmodel").is_file()
     assert (cache / f"clipsep-v8-{store}").read_text() == "a file"
-    assert list((cache / registry_reader.TRASH_FOLDER).iterdir()) == []
+    assert not (cache / registry_reader.TRASH_FOLDER).exists()  # emptied, then removed
     assert registry_reader.prune_cache(cache, "clipsep", "2", uri) == []  # older: removes no newer
+    os.close(downloading)  # that download is killed too
+    assert registry_reader.prune_cache(cache, "clipsep", "2", uri) == [running.name]
 
 
 def test_the_suite_caches_resolved_models_under_its_own_basetemp(registered, tmp_path_factory):
