@@ -212,11 +212,11 @@ def main() -> int:
     parser.add_argument("--skip-imports", action="store_true")
     args = parser.parse_args()
     from clipsep.config import load_params
-    from clipsep.precision import cpu_model_name
+    from clipsep.precision import cpu_description
 
     preset = load_params(REPO / "params.yaml").model.preset
     print(
-        f"{cpu_model_name()}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}; "
+        f"{cpu_description()}; {os.cpu_count()} CPUs; python {sys.version.split()[0]}; "
         f"{args.seconds}-s 44.1 kHz stereo input; preset {preset}; "
         f"load average {os.getloadavg()[0]:.1f}"
     )

@@ -219,11 +219,11 @@ def bench_forward(
 def machine_line(threads: int) -> str:
     import torch
 
-    from clipsep.precision import cpu_model_name, resolve_precision
+    from clipsep.precision import cpu_description, resolve_precision
 
     auto = resolve_precision("auto", "cpu")
     return (
-        f"{cpu_model_name()}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
+        f"{cpu_description()}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
         f"{torch.__version__}; {threads} threads; precision auto -> {auto.mode} "
         f"({auto.reason})"
     )

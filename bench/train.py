@@ -25,7 +25,7 @@ import torch
 from clipsep.config import load_params
 from clipsep.env import apply_offline_defaults
 from clipsep.data.mixing import MixBatch
-from clipsep.precision import cpu_model_name, native_bf16, resolve_precision
+from clipsep.precision import cpu_description, native_bf16, resolve_precision
 from clipsep.training.loop import Dist, Trainer, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def main() -> None:
     device_name = (
         torch.cuda.get_device_name(args.device)
         if args.device.startswith("cuda")
-        else cpu_model_name()
+        else cpu_description()
     )
     auto = resolve_precision("auto", args.device)
     print(

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by 10 % to be worth its rounding
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# the CPU flags timings here depend on: vector width, int8 dot products (VNNI), native bf16
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 # ONEDNN_MAX_CPU_ISA values (oneDNN's cpu_isa names) at or above which bf16 is native
 ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL")
 CACHE_VERSION = 1
@@ -64,6 +66,19 @@ class PrecisionChoice:
 def cpu_model_name() -> str:
     """The CPU's marketing name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
     return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_description() -> str:
+    """The CPU's name plus what tells machines of one name apart, for timings to quote:
+    ``AMD EPYC (family 26 model 2; avx2 avx512f avx512_vnni avx512_bf16)``. Virtual machines
+    often report only a family name ("AMD EPYC" for an AVX2-only Zen 2 and a Zen 5 with native
+    bf16 alike); the family and model numbers name the generation, the flags (of
+    :data:`SPEED_FLAGS` that this CPU has) the arithmetic this code's speed depends on."""
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    parts = [f"family {family} model {model}"] if family and model else []
+    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
+    parts.append(" ".join(flags) or "no AVX2")
+    return f"{cpu_model_name()} ({'; '.join(parts)})"
 
 
 def cpu_flags() -> frozenset[str]:

@@ -41,7 +41,7 @@ from clipsep import progress, stages
 from clipsep.config import ConfigError, Params, load_params, params_file_from_args
 from clipsep.env import apply_offline_defaults
 from clipsep.errors import ClipsepError, ValidationFailed
-from clipsep.precision import cpu_model_name
+from clipsep.precision import cpu_description
 from flows.entry import add_flow_options
 
 FLOW_NAME = "train-clipsep"
@@ -218,7 +218,7 @@ def train_clipsep(
             raise
         seconds[stage] = time.perf_counter() - began
     registered = runs[-1].summary
-    timing = timing_markdown(runs, seconds, time.perf_counter() - start, cpu_model_name())
+    timing = timing_markdown(runs, seconds, time.perf_counter() - start, cpu_description())
     logger.info("stage times:\n%s", timing)
     table = publish(p, registered, timing)
     classes = p.world.classes

@@ -120,3 +120,21 @@ def test_the_probe_measures_a_positive_ratio_and_leaves_the_seed_alone():
     torch.manual_seed(3)
     assert precision._probe_speedup(repeats=1) > 0
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_the_cpu_description_tells_apart_machines_that_share_a_name(monkeypatch):
+    """Both machines this project ran on call themselves "AMD EPYC": an AVX2-only one, where
+    bf16 is emulated, and a Zen 5 with native bf16. Timings must say which."""
+    fields = {"model name": "AMD EPYC", "cpu family": "26", "model": "2"}
+    monkeypatch.setattr(precision, "_cpuinfo_field", fields.get)
+    monkeypatch.setattr(
+        precision, "cpu_flags", lambda: frozenset({"sse4_2", "avx2", "avx512f", "avx512_bf16"})
+    )
+    assert precision.cpu_description() == "AMD EPYC (family 26 model 2; avx2 avx512f avx512_bf16)"
+    fields.update({"cpu family": "23", "model": "49"})
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"sse4_2", "avx2"}))
+    assert precision.cpu_description() == "AMD EPYC (family 23 model 49; avx2)"
+    fields.clear()  # no /proc/cpuinfo (macOS): the platform's name, no flags
+    monkeypatch.setattr(precision.platform, "processor", lambda: "arm")
+    monkeypatch.setattr(precision, "cpu_flags", frozenset)
+    assert precision.cpu_description() == "arm (no AVX2)"
