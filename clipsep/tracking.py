@@ -500,6 +500,7 @@ def lineage_tags(p: Params, metrics: dict[str, Any]) -> dict[str, str]:
         "git_dirty": str(dirty),
         **data_version(p),
         **training_precision(p),
+        **evaluation_precision(metrics),
         "eval_protocol": eval_protocol(p, metrics),
         "text_sdr": f"{text_sdr(metrics):.4f}",
         "data_source": str(p.ingest.source or "embedded world"),
@@ -516,6 +517,17 @@ def training_precision(p: Params) -> dict[str, str]:
     return {
         "train_precision": str(summary.get("precision")),
         "train_precision_reason": str(summary.get("precision_reason")),
+    }
+
+
+def evaluation_precision(metrics: dict[str, Any]) -> dict[str, str]:
+    """What ``eval.precision`` resolved to where the scores were computed (metrics.json's
+    ``inference``; nothing for a metrics.json written before it was recorded)."""
+    inference = metrics.get("inference") or {}
+    return {
+        f"eval_{key}": str(inference[key])
+        for key in ("precision", "precision_reason", "cpu")
+        if key in inference
     }
 
 

@@ -117,6 +117,7 @@ def write_metrics(p: Params, text_sdr: float) -> Path:
         "per_class": {"cello": {"sdr": stats(text_sdr)}},
         "n_mixtures": 4,
         "backend": "museval v4",
+        "inference": {"precision": "fp32", "precision_reason": "fp32 as requested", "cpu": "Test"},
     }
     checkpoint = p.path("checkpoints") / "best.pt"
     if checkpoint.is_file():  # what the evaluate stage records: register checks it

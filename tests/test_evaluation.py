@@ -82,6 +82,16 @@ def test_metrics_json_has_every_key_with_finite_numbers(evaluated):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_mixtures"] == summary["n_mixtures"] == 4
     assert metrics["backend"] == "museval v4"
+    from clipsep.precision import cpu_description, resolve_precision
+
+    auto = resolve_precision("auto", "cpu")  # the fixture's eval.precision, resolved here too
+    assert metrics["inference"] == {
+        "precision": auto.mode,
+        "precision_reason": auto.reason,
+        "engine": "torch",
+        "device": "cpu",
+        "cpu": cpu_description(),
+    }
     for method in ("text", "image", "oracle_ibm", "oracle_irm", "mixture"):
         for score in ("sdr", "sir", "sar", "si_sdr", "sdri"):
             for stat in ("mean", "sem", "median"):

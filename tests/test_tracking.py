@@ -131,6 +131,9 @@ def test_registered_version_carries_tags_signature_and_files(registered, tmp_pat
     assert version.tags["run_id"] == summary["run_id"]
     assert version.tags["data_version"] == summary["data_version"]
     assert float(version.tags["text_sdr"]) == pytest.approx(4.5)
+    assert version.tags["eval_precision"] == "fp32"  # metrics.json's inference record
+    assert version.tags["eval_precision_reason"] == "fp32 as requested"
+    assert version.tags["eval_cpu"] == "Test"
     assert "floor" in version.tags["gate_reason"]
     mlflow.set_tracking_uri(uri)
     info = mlflow.models.get_model_info("models:/clipsep@champion")
