@@ -594,8 +594,7 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
         return final
     quiet_artifact_transfers()
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    held = _hold(staging)  # a pruner takes only the staging folders of killed downloads
+    staging, held = _locked_staging(final)
     try:
         # ask this registry where the version's files are: a "models:/" URI would be resolved
         # against MLflow's global registry URI (./mlflow.db by default), not this store
@@ -614,15 +613,24 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
     return final
 
 
-def _hold(folder: Path) -> int | None:
-    """A descriptor holding a shared lock on ``folder`` until it is closed (None without
-    ``fcntl``, or when the folder cannot be opened)."""
+def _locked_staging(final: Path, attempts: int = 5) -> tuple[Path, int | None]:
+    """A new staging folder beside ``final`` and a descriptor holding a shared lock on it until
+    closed (None without ``fcntl``): a pruner takes only unlocked ones, the leftovers of killed
+    downloads. Should a pruner take a new one in the moment before its lock, another is made."""
     fcntl = _fcntl()
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return None
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
+    for _ in range(attempts):
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        if fcntl is None:
+            return staging, None
+        try:
+            fd = os.open(staging, os.O_RDONLY)
+        except OSError:
+            continue  # pruned before it was opened
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(staging).st_ino == os.fstat(fd).st_ino:  # not renamed away meanwhile
+                return staging, fd
+        except OSError:
+            pass
+        os.close(fd)
+    return staging, None  # pruners kept winning: download unlocked rather than not at all

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -286,7 +287,8 @@ def test_prune_cache_removes_only_old_versions_of_its_model_and_store(tmp_path, 
     killed = _cached_folder(cache / f".clipsep-v6-{store}-k1ll3d00")
     running = cache / f".clipsep-v6-{store}-runn1ng0"
     running.mkdir()
-    downloading = registry_reader._hold(running)
+    downloading = os.open(running, os.O_RDONLY)
+    fcntl.flock(downloading, fcntl.LOCK_SH)  # as _locked_staging holds it while it downloads
     others.append(_cached_folder(cache / ".clipsep-v6-0123abcd-k1ll3d00"))  # another store's
     assert registry_reader.stale_downloads(cache, "clipsep", uri) == [killed, running]
     caplog.clear()
@@ -305,6 +307,18 @@ def test_prune_cache_removes_only_old_versions_of_its_model_and_store(tmp_path, 
     assert registry_reader.prune_cache(cache, "clipsep", "2", uri) == []  # older: removes no newer
     os.close(downloading)  # that download is killed too
     assert registry_reader.prune_cache(cache, "clipsep", "2", uri) == [running.name]
+
+
+def test_a_download_locks_its_staging_folder_against_pruners(tmp_path):
+    uri, cache = "sqlite:////some/mlflow.db", tmp_path / "clipsep-models"
+    final = registry_reader._version_dir(cache, "clipsep", "3", uri)
+    cache.mkdir()
+    staging, held = registry_reader._locked_staging(final)
+    assert staging.is_dir() and staging.name.startswith(f".{final.name}-") and held is not None
+    assert registry_reader.prune_cache(cache, "clipsep", "3", uri) == []  # downloading
+    os.close(held)  # the download is killed
+    assert registry_reader.prune_cache(cache, "clipsep", "3", uri) == [staging.name]
+    assert list(cache.iterdir()) == []
 
 
 def test_the_suite_caches_resolved_models_under_its_own_basetemp(registered, tmp_path_factory):
