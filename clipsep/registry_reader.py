@@ -412,20 +412,28 @@ def _lease(model_dir: Path) -> bool:
     fcntl = _fcntl()
     if fcntl is None or _leased(model_dir):
         return True
-    try:
-        fd = os.open(model_dir, os.O_RDONLY)
-    except OSError:
+    fd = _lock_shared(model_dir, fcntl)
+    if fd is None:
         return False
+    _LEASES[model_dir] = fd
+    return True
+
+
+def _lock_shared(folder: Path, fcntl) -> int | None:
+    """A descriptor holding a shared ``flock`` on ``folder`` as it is now; None when it cannot be
+    opened or a pruner renamed it away before the lock took."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a pruner renames it away (a moment)
-        held = os.stat(model_dir).st_ino == os.fstat(fd).st_ino  # not renamed meanwhile
+        if os.stat(folder).st_ino == os.fstat(fd).st_ino:  # not renamed meanwhile
+            return fd
     except OSError:
-        held = False
-    if held:
-        _LEASES[model_dir] = fd
-    else:
-        os.close(fd)
-    return held
+        pass
+    os.close(fd)
+    return None
 
 
 def _leased(model_dir: Path) -> bool:
@@ -622,15 +630,7 @@ def _locked_staging(final: Path, attempts: int = 5) -> tuple[Path, int | None]:
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         if fcntl is None:
             return staging, None
-        try:
-            fd = os.open(staging, os.O_RDONLY)
-        except OSError:
-            continue  # pruned before it was opened
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            if os.stat(staging).st_ino == os.fstat(fd).st_ino:  # not renamed away meanwhile
-                return staging, fd
-        except OSError:
-            pass
-        os.close(fd)
+        fd = _lock_shared(staging, fcntl)
+        if fd is not None:
+            return staging, fd
     return staging, None  # pruners kept winning: download unlocked rather than not at all
