@@ -167,15 +167,13 @@ def forward_once(network, name: str, mag, queries):
 
 def usable_variants(names: list[str], force_bf16: bool) -> list[str]:
     """``names`` less the bf16 ones where bf16 would be emulated (unless ``force_bf16``)."""
-    from clipsep.precision import native_bf16
+    from machine import bf16_skip_reason
 
-    native, why = native_bf16()
-    if native or force_bf16:
-        return names
-    skipped = [n for n in names if n.startswith("bf16")]
+    why = bf16_skip_reason(force_bf16)
+    skipped = [n for n in names if n.startswith("bf16")] if why else []
     if skipped:
-        print(f"skipping {', '.join(skipped)}: {why} (emulated bf16: --force-bf16)")
-    return [n for n in names if not n.startswith("bf16")]
+        print(f"skipping {', '.join(skipped)}: {why}")
+    return [n for n in names if n not in skipped]
 
 
 def bench_forward(
@@ -413,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     from clipsep.env import apply_offline_defaults
 
     apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
-    from inductor_cache import separate_capped_cache
+    from machine import separate_capped_cache
 
     separate_capped_cache()  # a capped run must not load an uncapped run's kernels
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -25,7 +25,7 @@ import torch
 from clipsep.config import load_params
 from clipsep.env import apply_offline_defaults
 from clipsep.data.mixing import MixBatch
-from clipsep.precision import cpu_description, native_bf16, resolve_precision
+from clipsep.precision import cpu_description, resolve_precision
 from clipsep.training.loop import Dist, Trainer, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,14 +92,16 @@ def bench_preset(preset: str, variants: list[str], args) -> dict[str, tuple[floa
 
 
 def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
-    native, why = native_bf16()
+    from machine import bf16_skip_reason
+
+    skip_bf16 = bf16_skip_reason(force_bf16) if device == "cpu" else None
     keep = []
     for variant in variants:
         precision = VARIANTS[variant][0]
         if precision == "fp16" and not device.startswith("cuda"):
             print(f"skipping {variant}: needs CUDA")
-        elif precision == "bf16" and device == "cpu" and not native and not force_bf16:
-            print(f"skipping {variant}: {why} (emulated bf16 is 21x slower; --force-bf16)")
+        elif precision == "bf16" and skip_bf16:
+            print(f"skipping {variant}: {skip_bf16}")
         else:
             keep.append(variant)
     return keep
@@ -107,7 +109,7 @@ def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
 
 def main() -> None:
     apply_offline_defaults()  # before open_clip, mlflow, gradio are imported
-    from inductor_cache import separate_capped_cache
+    from machine import separate_capped_cache
 
     separate_capped_cache()  # a capped run must not load an uncapped run's kernels
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
