@@ -32,8 +32,9 @@ def amx_cpu(monkeypatch, tmp_path):
 def test_auto_resolves_to_fp32_on_a_forced_avx2_cpu(tmp_path):
     """The issue's check: with AVX2 forced before Python starts, auto is fp32, whatever the CPU."""
     code = (
-        "from clipsep.precision import resolve_precision; import json; "
-        "print(json.dumps(resolve_precision('auto', 'cpu').to_dict()))"
+        "from clipsep.precision import resolve_precision, avx512_in_use; import json; "
+        "print(json.dumps({**resolve_precision('auto', 'cpu').to_dict(), "
+        "'avx512': avx512_in_use()}))"
     )
     env = {**os.environ, **AVX2_ONLY, "XDG_CACHE_HOME": str(tmp_path)}
     out = subprocess.run(
@@ -48,6 +49,7 @@ def test_auto_resolves_to_fp32_on_a_forced_avx2_cpu(tmp_path):
     choice = json.loads(out.stdout.strip().splitlines()[-1])
     assert choice["mode"] == "fp32"
     assert choice["bf16_speedup"] is None  # decided by capability: nothing was measured
+    assert choice["avx512"] is False  # so fp32 training stays NCHW (channels_last: null)
     assert not (tmp_path / "clipsep" / "precision.json").exists()
 
 
@@ -138,3 +140,13 @@ def test_the_cpu_description_tells_apart_machines_that_share_a_name(monkeypatch)
     monkeypatch.setattr(precision.platform, "processor", lambda: "arm")
     monkeypatch.setattr(precision, "cpu_flags", frozenset)
     assert precision.cpu_description() == "arm (no AVX2)"
+
+
+def test_an_onednn_cap_below_avx512_turns_avx512_off(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert precision.avx512_in_use() is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    import torch
+
+    expected = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    assert precision.avx512_in_use() is expected

@@ -113,6 +113,8 @@ def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):
 def test_snapshots_and_progress_reports_of_a_training(tmp_path, shared_inputs, caplog):
     """(With ratio-mask targets, not the default: the recipe is told in summary.json, the log's
     start line and each snapshot.)"""
+    from clipsep.training.loop import auto_channels_last
+
     torch.set_num_threads(1)
     params = _params(
         tmp_path,
@@ -127,11 +129,13 @@ def test_snapshots_and_progress_reports_of_a_training(tmp_path, shared_inputs, c
             train(params, params.path("clips"), out)
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["mask_target"], summary["precision"]) == ("ratio", "fp32")
-    assert summary["channels_last"] is False  # tiny: fp32, channels_last null -> off
+    layout = auto_channels_last("fp32", "cpu")  # tiny: fp32, channels_last null -> by the ISA
+    assert summary["channels_last"] is layout
     starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
     assert len(starts) == 1, caplog.text
     assert f"steps 0..{params.train.steps} " in starts[0]
-    for part in ("mask_target ratio", "precision fp32", "channels_last off", "nit "):
+    on_off = "on" if layout else "off"
+    for part in ("mask_target ratio", "precision fp32", f"channels_last {on_off}", "nit "):
         assert part in starts[0]
     assert reports[-1] == ("train", params.train.steps, params.train.steps)  # progress reported
     assert [r[1] for r in reports] == sorted({r[1] for r in reports})
@@ -318,11 +322,18 @@ def test_channels_last_step_gives_the_eager_loss_and_gradients(tmp_path):
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 3e-2
 
 
-def test_auto_memory_format_follows_the_resolved_precision(tmp_path):
+def test_auto_memory_format_follows_the_precision_and_the_isa(tmp_path, monkeypatch):
+    """channels_last: null is NCHW for fp32 without AVX-512, channels_last with it or bf16."""
+    from clipsep.training import loop
     from clipsep.training.loop import Dist, build_trainer
 
     params = tiny_params_at(tmp_path, **{"train.precision": "fp32", "train.channels_last": None})
+    monkeypatch.setattr(loop, "avx512_in_use", lambda: False)
     assert build_trainer(params, 16, "cpu", Dist()).channels_last is False
+    monkeypatch.setattr(loop, "avx512_in_use", lambda: True)
+    assert build_trainer(params, 16, "cpu", Dist()).channels_last is True
+    assert loop.auto_channels_last("fp32", "cuda") is False
+    assert loop.auto_channels_last("bf16", "cpu") is True
 
 
 def test_sdr_term_adds_minus_the_sdr_of_the_query_masks_waveforms(tmp_path):
