@@ -191,7 +191,7 @@ class TrainConfig:
     checkpoint_every: int
     val_mixtures: int
     precision: str  # one of PRECISIONS: bf16 CPU autocast, fp16 CUDA AMP; auto picks by speed
-    channels_last: bool | None  # None = auto: with bf16/fp16, and fp32 on AVX-512 (not AVX2)
+    channels_last: bool | None  # None = auto: bf16/fp16, or fp32 where oneDNN runs AVX-512
     num_workers: int
     device: str
     examples: int  # audio + spectrogram examples written per validation

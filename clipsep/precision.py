@@ -123,18 +123,18 @@ def native_bf16() -> tuple[bool, str]:
     return True, f"native bf16 on {cpu_model_name()} ({', '.join(have)})"
 
 
-def avx512_in_use() -> bool:
-    """Whether PyTorch's CPU kernels and oneDNN both run AVX-512 here: the CPU has it and
-    neither ``ATEN_CPU_CAPABILITY`` nor ``ONEDNN_MAX_CPU_ISA`` caps it below.
+def onednn_uses_avx512() -> bool:
+    """Whether oneDNN, which runs the convolutions, uses AVX-512 here: the CPU flags have
+    ``avx512f`` and ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) does not cap it below.
+    ``ATEN_CPU_CAPABILITY`` does not matter here: it caps PyTorch's own kernels, not oneDNN's.
 
-    fp32 training runs channels_last only then: a training step of the cpu / small preset,
-    2 threads, was 1.16x / 1.26x faster channels_last with oneDNN capped at AVX512_CORE (the
-    Skylake-to-Ice-Lake ISA, no native bf16) and 1.21x / 1.34x on a Zen 4, but 0.98x / 1.01x
-    capped at AVX2 (and 0.92x on a real AVX2 EPYC) (docs/training.md).
+    fp32 training runs channels_last only then. A training step of the cpu / small preset, 2
+    threads, was faster channels_last by 1.21x / 1.34x on a Zen 4, 1.16x / 1.26x there with
+    oneDNN capped at AVX512_CORE (the Skylake-to-Ice-Lake ISA, no native bf16) and 1.19x / 1.49x
+    with only ATen capped at AVX2; capped at AVX2 it was 0.98x / 1.01x (0.92x on a real AVX2
+    EPYC) (docs/training.md).
     """
-    import torch
-
-    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+    if "avx512f" not in cpu_flags():
         return False
     caps = isa_caps()
     onednn = (caps.get("ONEDNN_MAX_CPU_ISA") or caps.get("DNNL_MAX_CPU_ISA") or "ALL").upper()

@@ -32,9 +32,9 @@ def amx_cpu(monkeypatch, tmp_path):
 def test_auto_resolves_to_fp32_on_a_forced_avx2_cpu(tmp_path):
     """The issue's check: with AVX2 forced before Python starts, auto is fp32, whatever the CPU."""
     code = (
-        "from clipsep.precision import resolve_precision, avx512_in_use; import json; "
+        "from clipsep.precision import resolve_precision, onednn_uses_avx512; import json; "
         "print(json.dumps({**resolve_precision('auto', 'cpu').to_dict(), "
-        "'avx512': avx512_in_use()}))"
+        "'avx512': onednn_uses_avx512()}))"
     )
     env = {**os.environ, **AVX2_ONLY, "XDG_CACHE_HOME": str(tmp_path)}
     out = subprocess.run(
@@ -144,9 +144,10 @@ def test_the_cpu_description_tells_apart_machines_that_share_a_name(monkeypatch)
 
 def test_an_onednn_cap_below_avx512_turns_avx512_off(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert precision.avx512_in_use() is False
+    assert precision.onednn_uses_avx512() is False
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
-    import torch
-
-    expected = torch.backends.cpu.get_cpu_capability() == "AVX512"
-    assert precision.avx512_in_use() is expected
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # PyTorch's own kernels: not oneDNN's
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert precision.onednn_uses_avx512() is True
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert precision.onednn_uses_avx512() is False

@@ -328,9 +328,9 @@ def test_auto_memory_format_follows_the_precision_and_the_isa(tmp_path, monkeypa
     from clipsep.training.loop import Dist, build_trainer
 
     params = tiny_params_at(tmp_path, **{"train.precision": "fp32", "train.channels_last": None})
-    monkeypatch.setattr(loop, "avx512_in_use", lambda: False)
+    monkeypatch.setattr(loop, "onednn_uses_avx512", lambda: False)
     assert build_trainer(params, 16, "cpu", Dist()).channels_last is False
-    monkeypatch.setattr(loop, "avx512_in_use", lambda: True)
+    monkeypatch.setattr(loop, "onednn_uses_avx512", lambda: True)
     assert build_trainer(params, 16, "cpu", Dist()).channels_last is True
     assert loop.auto_channels_last("fp32", "cuda") is False
     assert loop.auto_channels_last("bf16", "cpu") is True

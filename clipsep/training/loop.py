@@ -45,7 +45,7 @@ from clipsep.data.mixing import (
 )
 from clipsep.env import resolve_device
 from clipsep.errors import BadInputError
-from clipsep.precision import PrecisionChoice, autocast, avx512_in_use, resolve_precision
+from clipsep.precision import PrecisionChoice, autocast, onednn_uses_avx512, resolve_precision
 from clipsep.training import embeddings as frame_cache
 from clipsep.training.schedule import lr_multiplier
 from clipsep.model.losses import sdr_db
@@ -446,11 +446,11 @@ class Trainer:
 
 def auto_channels_last(mode: str, device: str) -> bool:
     """``train.channels_last: null``: channels_last with bf16/fp16 (1.22x on top of bf16 on
-    AMX, 1.17-1.58x on a Zen 4), and in fp32 only on a CPU running AVX-512 (1.16-1.34x there; on
-    AVX2 it is no faster, 0.92-1.01x): :func:`clipsep.precision.avx512_in_use`."""
+    AMX, 1.17-1.58x on a Zen 4), and in fp32 only where oneDNN runs AVX-512 (1.15-1.49x there;
+    on AVX2 it is no faster, 0.92-1.01x): :func:`clipsep.precision.onednn_uses_avx512`."""
     if mode != "fp32":
         return True
-    return device == "cpu" and avx512_in_use()
+    return device == "cpu" and onednn_uses_avx512()
 
 
 def build_trainer(params: Params, query_dim: int, device: str, dist: Dist) -> Trainer:
