@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage = _command(sub, name, plain((fn.__doc__ or "").splitlines()[0]))
         add_params_arguments(stage)
         stage.set_defaults(handler=lambda a, n=name: run_stage(n, a))
-    params_cmd = _command(sub, "params", "print the merged params (profile + overrides)")
+    params_cmd = _command(sub, "params", "Print the merged params (profile + overrides).")
     add_params_arguments(params_cmd)
     params_cmd.add_argument("-o", "--output", default=None, help="write a full params file here")
     params_cmd.add_argument(
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_command(sub) -> None:
-    cmd = _command(sub, "export", "write the separator network as ONNX (+ its settings)")
+    cmd = _command(sub, "export", "Write the separator network as ONNX (+ its settings).")
     cmd.add_argument("model", metavar="MODEL", help="separator checkpoint (.pt)")
     cmd.add_argument(
         "out",
@@ -121,7 +121,7 @@ def export_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_separate_command(sub) -> None:
-    cmd = _command(sub, "separate", "extract the sounds text or image queries describe")
+    cmd = _command(sub, "separate", "Extract the sounds that text or image queries describe.")
     cmd.add_argument(
         "inputs",
         nargs="+",
@@ -135,7 +135,8 @@ def _add_separate_command(sub) -> None:
         action="append",
         default=[],
         help="text query, e.g. 'acoustic guitar'; repeat for several stems in one "
-        "pass (OUT/<stem>/<query>.wav each)",
+        "pass (OUT/<stem>/<query>.wav each). Without --query and --image, a video's middle "
+        "frame is its query",
     )
     cmd.add_argument("--image", default=None, help="image query (a picture of the sound source)")
     cmd.add_argument(
@@ -144,7 +145,9 @@ def _add_separate_command(sub) -> None:
         help="checkpoint path or models:/NAME@ALIAS (default: params separate.model)",
     )
     cmd.add_argument("--clip-weights", default=None, help="CLIP weights replacing the stored ones")
-    cmd.add_argument("-o", "--out", default="separated", help="output folder (default: separated)")
+    cmd.add_argument(
+        "-o", "--out", default="separated", help="output folder (default: ./separated)"
+    )
     cmd.add_argument(
         "--format",
         default="wav",
