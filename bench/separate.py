@@ -99,20 +99,25 @@ FORWARD_VARIANTS = (
     "channels_last",
     "bf16",
     "bf16+channels_last",
+    "fp16",
+    "fp16+channels_last",
     "compile",
     "onnxruntime",
     "onnxruntime-int8",
 )
+CPU_ONLY = ("onnxruntime", "onnxruntime-int8")  # ONNX Runtime runs here on the CPU alone
+CUDA_ONLY = ("fp16", "fp16+channels_last")  # fp16 autocast is CUDA AMP
 CALIBRATION_INPUTS = 8  # int8 here: random calibration inputs (speed does not depend on them)
 
 
-def bench_inputs(query_dim: int, seed: int = 0):
-    """(warped magnitude [1, 1, 256, 256], one query [1, 1, D]) of a 4.1-s segment."""
+def bench_inputs(query_dim: int, seed: int = 0, batch: int = 1, device: str = "cpu"):
+    """(warped magnitude [B, 1, 256, 256], one query each [B, 1, D]) of B 4.1-s segments."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    mag = torch.rand(1, 1, 256, 256, generator=generator) + 0.01
-    return mag, torch.randn(1, 1, query_dim, generator=generator)
+    mag = torch.rand(batch, 1, 256, 256, generator=generator) + 0.01
+    queries = torch.randn(batch, 1, query_dim, generator=generator)
+    return mag.to(device), queries.to(device)
 
 
 def onnx_network(checkpoint: Path, work: Path, int8: bool):
@@ -134,7 +139,7 @@ def onnx_network(checkpoint: Path, work: Path, int8: bool):
     return load_onnx_network(folder)[0]
 
 
-def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
+def forward_variants(checkpoint: Path, work: Path, names: list[str], device: str) -> dict:
     """{variant: (callable(mag, queries) -> mask logits, set-up seconds)} for one checkpoint."""
     import torch
 
@@ -142,7 +147,7 @@ def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
 
     made = {}
     for name in names:
-        network, _ = load_checkpoint(checkpoint, "cpu")
+        network, _ = load_checkpoint(checkpoint, device)
         start = time.perf_counter()
         if name.endswith("channels_last"):
             network = network.to(memory_format=torch.channels_last)
@@ -155,35 +160,55 @@ def forward_variants(checkpoint: Path, work: Path, names: list[str]) -> dict:
 
 
 def forward_once(network, name: str, mag, queries):
+    """One forward's mask logits (float32); on CUDA, after the device has finished it."""
     import torch
 
     from clipsep.precision import autocast
 
     if name.endswith("channels_last"):
         mag = mag.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast("bf16" if name.startswith("bf16") else "fp32", "cpu"):
-        return network(mag, queries, with_noise=False).mask_logits.float()
+    mode = name.split("+")[0] if name.startswith(("bf16", "fp16")) else "fp32"
+    with torch.no_grad(), autocast(mode, str(mag.device)):
+        out = network(mag, queries, with_noise=False).mask_logits.float()
+    if mag.is_cuda:
+        torch.cuda.synchronize(mag.device)
+    return out
 
 
-def usable_variants(names: list[str], force_bf16: bool) -> list[str]:
-    """``names`` less the bf16 ones where bf16 would be emulated (unless ``force_bf16``)."""
+def usable_variants(names: list[str], force_bf16: bool, device: str = "cpu") -> list[str]:
+    """``names`` less what cannot run on ``device``: the bf16 ones where a CPU would emulate
+    bf16 (unless ``force_bf16``), fp16 off CUDA, ONNX Runtime on CUDA."""
     from machine import bf16_skip_reason
 
-    why = bf16_skip_reason(force_bf16)
-    skipped = [n for n in names if n.startswith("bf16")] if why else []
-    if skipped:
-        print(f"skipping {', '.join(skipped)}: {why}")
-    return [n for n in names if n not in skipped]
+    cuda = device.startswith("cuda")
+    reasons = {}
+    why = None if cuda else bf16_skip_reason(force_bf16)
+    for name in names:
+        if why and name.startswith("bf16"):
+            reasons[name] = why
+        elif name in CUDA_ONLY and not cuda:
+            reasons[name] = "fp16 autocast needs CUDA"
+        elif name in CPU_ONLY and cuda:
+            reasons[name] = "ONNX Runtime runs on the CPU here"
+    for name, reason in reasons.items():
+        print(f"skipping {name}: {reason}")
+    return [n for n in names if n not in reasons]
 
 
 def bench_forward(
-    preset: str, checkpoint: Path, work: Path, names: list[str], rounds: int
+    preset: str,
+    checkpoint: Path,
+    work: Path,
+    names: list[str],
+    rounds: int,
+    device: str = "cpu",
+    batch: int = 1,
 ) -> list[dict]:
     """Median forward seconds per variant (interleaved rounds) and each one's set-up time (the
     first call included: that is when torch.compile compiles)."""
 
-    made = forward_variants(checkpoint, work, names)
-    mag, queries = bench_inputs(made["eager"][0].cfg.query_dim)
+    made = forward_variants(checkpoint, work, names, device)
+    mag, queries = bench_inputs(made["eager"][0].cfg.query_dim, batch=batch, device=device)
     reference = forward_once(made["eager"][0], "eager", mag, queries)
     diffs = {}
     for name, entry in made.items():
@@ -214,14 +239,15 @@ def bench_forward(
     ]
 
 
-def machine_line(threads: int) -> str:
+def machine_line(threads: int, device: str = "cpu") -> str:
     import torch
 
     from clipsep.precision import cpu_description, resolve_precision
 
-    auto = resolve_precision("auto", "cpu")
+    auto = resolve_precision("auto", device)
+    gpu = f"{torch.cuda.get_device_name(device)}; " if device.startswith("cuda") else ""
     return (
-        f"{cpu_description()}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
+        f"{gpu}{cpu_description()}; ISA {torch.backends.cpu.get_cpu_capability()}; torch "
         f"{torch.__version__}; {threads} threads; precision auto -> {auto.mode} "
         f"({auto.reason})"
     )
@@ -229,17 +255,22 @@ def machine_line(threads: int) -> str:
 
 def forward_part(presets: list[str], work: Path, args) -> list[dict]:
     names = ["eager", *[v for v in args.variants.split(",") if v != "eager"]]
-    names = usable_variants(names, args.force_bf16)
+    names = usable_variants(names, args.force_bf16, args.device)
+    b = args.batch
     print(
-        f"forward of one 4.1-s segment ([1, 1, 256, 256] + 1 query [1, 1, D]), median of "
-        f"{args.rounds} interleaved rounds; ratios against eager NCHW of the same preset"
+        f"forward of {b} 4.1-s segment(s) ([{b}, 1, 256, 256] + 1 query each [{b}, 1, D]) on "
+        f"{args.device}, median of {args.rounds} interleaved rounds; ratios against eager NCHW "
+        "of the same preset"
     )
     print("| preset | variant | forward ms | vs eager | set-up s | max abs diff |")
     print("|---|---|---|---|---|---|")
     rows = []
     for preset in presets:
         checkpoint = make_checkpoint(preset, work)
-        for row in bench_forward(preset, checkpoint, work, names, args.rounds):
+        rows_here = bench_forward(
+            preset, checkpoint, work, names, args.rounds, args.device, args.batch
+        )
+        for row in rows_here:
             setup = {
                 "compile": "compile ",
                 "onnxruntime": "export ",
@@ -448,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rtf: length of the 3-queries-vs-1 comparison (0 skips it)",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cpu", help="forward: where the torch variants run (cpu, cuda)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=1, help="forward: segments per forward (the GPU's batch)"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     import torch
@@ -457,7 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     default_preset = load_params(REPO / "params.yaml").model.preset
     presets = [default_preset if p == "default" else p for p in args.presets.split(",")]
-    print(machine_line(args.threads))
+    if args.device != "cpu" and args.part != "forward":
+        parser.error("--device applies to --part forward only (rtf runs on the CPU)")
+    print(machine_line(args.threads, args.device))
     results, ok = {}, True
     with tempfile.TemporaryDirectory(prefix="clipsep-bench-") as tmp:
         work = Path(tmp)

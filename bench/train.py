@@ -36,6 +36,7 @@ VARIANTS = {  # name -> (train.precision, train.channels_last, torch.compile)
     "bf16": ("bf16", False, False),
     "bf16+channels_last": ("bf16", True, False),
     "fp16": ("fp16", False, False),
+    "fp16+channels_last": ("fp16", True, False),
 }
 QUERY_DIM = 512  # CLIP ViT-B/32, the paper's encoder
 
