@@ -10,8 +10,8 @@ them; its quantisation time is reported), timed interleaved (round-robin, so loa
 hits them alike), median per variant, each ratio against the eager forward of the same preset in
 the same run. Prints the CPU model, its ISA and what ``precision: auto`` resolves to. The ONNX
 outputs are checked against eager (max |diff|: ~1e-6 for fp32; int8's is its rounding on a
-random-weight network, not an accuracy figure -- the README's int8 SDR on the world's test mixtures
-is).
+random-weight network, not an accuracy figure -- the int8 SDR on the world's test mixtures in
+docs/benchmarks.md is).
 
 Part ``rtf``: for each model preset, engine and length (default 10 s, 60 s, 10 min of 44.1 kHz
 stereo), a fresh subprocess loads a random-init checkpoint (speed does not depend on the weights)

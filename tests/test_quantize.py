@@ -20,7 +20,7 @@ from test_mixing import make_clips_dir
 # (test_export.spread_weights): measured max 0.020, mean 0.0019, correlation 0.9997. With 8-bit
 # weights on an AVX2 CPU (int16 saturation) or the front end quantised (log of a uint8
 # magnitude) the masks were off by 0.15 on average. The trained cpu preset's separation SDR is
-# the accuracy check that counts (README, "int8").
+# the accuracy check that counts (docs/benchmarks.md, the int8 forward row).
 MASK_MAX_DIFF = 0.05
 MASK_MEAN_DIFF = 0.005
 MASK_MIN_CORRELATION = 0.995

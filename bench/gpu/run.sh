@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 §5, step 2 of 2, on the lent GPU machine (after bench/gpu/prepare.sh here): the
 # paper preset's training step and separation forward in fp32 / fp16 AMP at batch 32, then a
-# short paper-preset training through `clipsep train`. Everything it prints is also written
+# short paper-preset training through `clipsep train`. What each step prints is also written
 # under $OUT (the device tool brings that folder back).
 #
 # A dry run on a CPU:
@@ -26,7 +26,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 THREADS=$(nproc)
 if [[ $DEVICE == cuda* ]]; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-    FAST="fp16 fp16+channels_last"
+    FAST="fp16 fp16+channels_last bf16+channels_last"
 else
     FAST="bf16+channels_last"
 fi
@@ -38,11 +38,11 @@ echo "== bench/train.py: paper preset, batch $BATCH, $DEVICE"
 echo "== bench/separate.py --part forward: paper and cpu presets, batch $BATCH, $DEVICE"
 "$PY" bench/separate.py --part forward --device "$DEVICE" --presets paper,cpu \
     --batch "$BATCH" --rounds "$((ROUNDS * 2))" --threads "$THREADS" \
-    --variants "eager,channels_last,${FAST// /,},bf16+channels_last" \
+    --variants "eager,channels_last,${FAST// /,}" \
     2>&1 | tee "$OUT/bench_separate.txt" || status=1
 echo "== clipsep train: paper preset, $STEPS steps of batch $BATCH, precision auto, $DEVICE"
 rm -rf /tmp/clipsep-gpu-train
-timeout 300 "$PY" -m clipsep train --profile tiny \
+timeout 180 "$PY" -m clipsep train --profile tiny \
     --set model.preset=paper --set train.device="$DEVICE" --set train.precision=auto \
     --set train.batch_size="$BATCH" --set audio.segment_samples=65535 \
     --set train.steps="$STEPS" --set train.decay_steps="$STEPS" \
