@@ -107,17 +107,23 @@ def isa_caps() -> dict[str, str]:
     }
 
 
+def onednn_isa_cap() -> str:
+    """The instruction set oneDNN is capped at, upper case (``ONEDNN_MAX_CPU_ISA``, or its older
+    name ``DNNL_MAX_CPU_ISA``): ``"ALL"`` where neither is set."""
+    caps = isa_caps()
+    return (caps.get("ONEDNN_MAX_CPU_ISA") or caps.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+
+
 def native_bf16() -> tuple[bool, str]:
     """Whether this CPU computes bf16 natively (and nothing caps it), with the reason."""
     flags = cpu_flags()
     have = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if not have:
         return False, f"no native bf16 on {cpu_model_name()} (no {' / '.join(NATIVE_BF16_FLAGS)})"
-    caps = isa_caps()
-    onednn = (caps.get("ONEDNN_MAX_CPU_ISA") or caps.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    onednn = onednn_isa_cap()
     if not onednn.startswith(ONEDNN_BF16_ISAS):
         return False, f"oneDNN capped at {onednn} (ONEDNN_MAX_CPU_ISA): bf16 would be emulated"
-    aten = caps.get("ATEN_CPU_CAPABILITY", "").lower()
+    aten = isa_caps().get("ATEN_CPU_CAPABILITY", "").lower()
     if aten and not aten.startswith("avx512"):
         return False, f"ATen capped at {aten} (ATEN_CPU_CAPABILITY): bf16 would be emulated"
     return True, f"native bf16 on {cpu_model_name()} ({', '.join(have)})"
@@ -134,11 +140,7 @@ def onednn_uses_avx512() -> bool:
     with only ATen capped at AVX2; capped at AVX2 it was 0.98x / 1.01x (0.92x on a real AVX2
     EPYC) (docs/training.md).
     """
-    if "avx512f" not in cpu_flags():
-        return False
-    caps = isa_caps()
-    onednn = (caps.get("ONEDNN_MAX_CPU_ISA") or caps.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
-    return onednn.startswith(("AVX512", "AVX10", "ALL"))
+    return "avx512f" in cpu_flags() and onednn_isa_cap().startswith(("AVX512", "AVX10", "ALL"))
 
 
 def resolve_precision(requested: str, device: str) -> PrecisionChoice:
