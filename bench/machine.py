@@ -1,8 +1,10 @@
 """What the benches must know of the machine before they time anything.
 
-* :func:`bf16_skip_reason`: whether bf16 variants are worth running here. Where bf16 would be
-  emulated (no native bf16, or an ISA cap below it) ``precision: auto`` never picks it and a run
-  takes minutes (a training step 21x, a separation forward 140x slower than fp32 on an AVX2 EPYC).
+* :func:`arithmetic_skip_reason`: whether a variant's arithmetic runs on the device (fp16 needs
+  CUDA); :func:`bf16_skip_reason`: whether bf16 variants are worth running on this CPU. Where
+  bf16 would be emulated (no native bf16, or an ISA cap below it) ``precision: auto`` never picks
+  it and a run takes minutes (a training step 21x, a separation forward 140x slower than fp32 on
+  an AVX2 EPYC).
 * :func:`separate_capped_cache`: a torch.compile (Inductor) cache of its own for runs under an ISA
   cap. Inductor's on-disk cache does not tell an ``ONEDNN_MAX_CPU_ISA`` /
   ``ATEN_CPU_CAPABILITY``-capped process from an uncapped one: on an AMD EPYC with AVX-512
@@ -31,6 +33,18 @@ def separate_capped_cache() -> str | None:
     folder = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}-{tag}")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     return folder
+
+
+def arithmetic_skip_reason(mode: str, device: str, force_bf16: bool) -> str | None:
+    """Why a bench variant in arithmetic ``mode`` (fp32 | bf16 | fp16) does not run on
+    ``device``, for its one-line message; None where it runs. fp16 autocast is CUDA AMP only; bf16
+    runs on CUDA, and on a CPU where :func:`bf16_skip_reason` has no objection."""
+    cuda = device.startswith("cuda")
+    if mode == "fp16" and not cuda:
+        return "fp16 autocast needs CUDA"
+    if mode == "bf16" and not cuda:
+        return bf16_skip_reason(force_bf16)
+    return None
 
 
 def bf16_skip_reason(force_bf16: bool) -> str | None:

@@ -106,7 +106,6 @@ FORWARD_VARIANTS = (
     "onnxruntime-int8",
 )
 CPU_ONLY = ("onnxruntime", "onnxruntime-int8")  # ONNX Runtime runs here on the CPU alone
-CUDA_ONLY = ("fp16", "fp16+channels_last")  # fp16 autocast is CUDA AMP
 CALIBRATION_INPUTS = 8  # int8 here: random calibration inputs (speed does not depend on them)
 
 
@@ -159,6 +158,12 @@ def forward_variants(checkpoint: Path, work: Path, names: list[str], device: str
     return made
 
 
+def variant_mode(name: str) -> str:
+    """The arithmetic of a forward variant: ``bf16`` / ``fp16`` for those autocast variants (alone
+    or ``+channels_last``), ``fp32`` for every other one (int8 is ONNX Runtime's, inside)."""
+    return name.split("+")[0] if name.startswith(("bf16", "fp16")) else "fp32"
+
+
 def forward_once(network, name: str, mag, queries):
     """One forward's mask logits (float32); on CUDA, after the device has finished it."""
     import torch
@@ -167,8 +172,7 @@ def forward_once(network, name: str, mag, queries):
 
     if name.endswith("channels_last"):
         mag = mag.contiguous(memory_format=torch.channels_last)
-    mode = name.split("+")[0] if name.startswith(("bf16", "fp16")) else "fp32"
-    with torch.no_grad(), autocast(mode, str(mag.device)):
+    with torch.no_grad(), autocast(variant_mode(name), str(mag.device)):
         out = network(mag, queries, with_noise=False).mask_logits.float()
     if mag.is_cuda:
         torch.cuda.synchronize(mag.device)
@@ -178,17 +182,14 @@ def forward_once(network, name: str, mag, queries):
 def usable_variants(names: list[str], force_bf16: bool, device: str = "cpu") -> list[str]:
     """``names`` less what cannot run on ``device``: the bf16 ones where a CPU would emulate
     bf16 (unless ``force_bf16``), fp16 off CUDA, ONNX Runtime on CUDA."""
-    from machine import bf16_skip_reason
+    from machine import arithmetic_skip_reason
 
-    cuda = device.startswith("cuda")
     reasons = {}
-    why = None if cuda else bf16_skip_reason(force_bf16)
     for name in names:
-        if why and name.startswith("bf16"):
+        why = arithmetic_skip_reason(variant_mode(name), device, force_bf16)
+        if why:
             reasons[name] = why
-        elif name in CUDA_ONLY and not cuda:
-            reasons[name] = "fp16 autocast needs CUDA"
-        elif name in CPU_ONLY and cuda:
+        elif name in CPU_ONLY and device.startswith("cuda"):
             reasons[name] = "ONNX Runtime runs on the CPU here"
     for name, reason in reasons.items():
         print(f"skipping {name}: {reason}")

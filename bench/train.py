@@ -93,16 +93,13 @@ def bench_preset(preset: str, variants: list[str], args) -> dict[str, tuple[floa
 
 
 def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
-    from machine import bf16_skip_reason
+    from machine import arithmetic_skip_reason
 
-    skip_bf16 = bf16_skip_reason(force_bf16) if device == "cpu" else None
     keep = []
     for variant in variants:
-        precision = VARIANTS[variant][0]
-        if precision == "fp16" and not device.startswith("cuda"):
-            print(f"skipping {variant}: needs CUDA")
-        elif precision == "bf16" and skip_bf16:
-            print(f"skipping {variant}: {skip_bf16}")
+        why = arithmetic_skip_reason(VARIANTS[variant][0], device, force_bf16)
+        if why:
+            print(f"skipping {variant}: {why}")
         else:
             keep.append(variant)
     return keep

@@ -2,9 +2,9 @@
 # Issue 8 §5, step 1 of 2, on this (CPU) machine: what a lent GPU machine needs and cannot fetch.
 #
 # The GPU image has Python 3.12 with torch 2.11, torchvision, numpy, PIL, yaml, tqdm, regex and
-# matplotlib (KINDS.md of the device tool), but no open_clip,
-# soundfile or their needs, and it reaches no package index: their wheels go in .gpu/whl. The
-# short training runs on the tiny profile's world (its clips and CLIP, ~40 MB), made here.
+# matplotlib (KINDS.md of the device tool), but no open_clip, soundfile or their needs, and it
+# reaches no package index: their wheels go in .gpu/whl. The short training runs on the tiny
+# profile's world (its clips and CLIP, ~40 MB), made here.
 # Then, with the device tool: run `bash bench/gpu/run.sh` with carry
 # [".gpu", "runs/tiny/data", "runs/tiny/models/clip"] and timeout_s 420 (bench/gpu/README.md).
 set -euo pipefail
