@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -110,6 +111,33 @@ def test_cuda_and_bad_names():
         precision.resolve_precision("fp16", "cpu")
     with pytest.raises(BadInputError, match="precision must be one of"):
         precision.resolve_precision("fp8", "cpu")
+
+
+def test_a_busy_spell_during_the_probe_does_not_skew_the_verdict(monkeypatch):
+    """Load from another process for the first half of the probe slows whatever runs then.
+
+    A fake clock charges fp32 2 s and bf16 1 s per run, 3x as much for the first 6 runs (the
+    busy spell). Timed one precision after the other, fp32 would take the whole spell and bf16
+    look 6x faster; alternated, both get quiet runs and the probe says 2x.
+    """
+    modes: list[bool] = []  # autocast's `enabled` of each run, in order
+    clock = {"now": 0.0, "reads": 0}
+
+    def fake_autocast(device, dtype, enabled):
+        modes.append(enabled)
+        return contextlib.nullcontext()
+
+    def fake_clock():  # read twice per run: at its start, then at its end
+        clock["reads"] += 1
+        if clock["reads"] % 2 == 0:
+            run_seconds = 1.0 if modes[-1] else 2.0
+            clock["now"] += run_seconds * (3.0 if len(modes) <= 6 else 1.0)
+        return clock["now"]
+
+    monkeypatch.setattr(torch, "autocast", fake_autocast)
+    monkeypatch.setattr(precision.time, "perf_counter", fake_clock)
+    assert precision._probe_speedup(repeats=5) == pytest.approx(2.0)
+    assert modes[2:6] == [False, True, False, True]
 
 
 def test_the_probe_measures_a_positive_ratio_and_leaves_the_seed_alone():
