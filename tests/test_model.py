@@ -226,6 +226,15 @@ def test_cpu_preset_is_the_small_network_with_a_cheaper_head():
     assert sum(p.numel() for p in cpu.parameters()) == sum(p.numel() for p in small.parameters())
 
 
+def test_cpu_narrow_preset_is_the_cpu_layout_at_three_quarters_width():
+    cpu = build_model(ModelConfig("cpu", True), 512)
+    narrow = build_model(ModelConfig("cpu-narrow", True), 512)
+    three_quarters = [3 * w // 4 for w in cpu.unet.widths]
+    assert narrow.unet.widths == three_quarters == [12, 24, 48, 96, 96, 96, 96]
+    assert dataclasses.replace(narrow.cfg, base_channels=16) == cpu.cfg
+    assert sum(p.numel() for p in narrow.parameters()) == 1_089_883
+
+
 def test_noise_heads_read_only_the_source_queries():
     """Extra (absent-sound) queries after the sources change neither the sources' masks nor NIT."""
     net = _tiny().eval()
