@@ -404,7 +404,7 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
     durations = [int(d) for d in args.durations.split(",")]
     results, ok = [], True
     print(
-        f"{'preset':<10}{'engine':<8}{'precision':<11}{'audio':>8}{'wall s':>9}{'RTF':>8}"
+        f"{'preset':<12}{'engine':<8}{'precision':<11}{'audio':>8}{'wall s':>9}{'RTF':>8}"
         f"{'peak RSS MB':>13}{'after load':>12}"
     )
     for preset in presets:
@@ -422,7 +422,7 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
                 row = {"preset": preset, **measured, "engine": engine, "precision": label}
                 rows.append(row)
                 print(
-                    f"{preset:<10}{engine:<8}{label:<11}{seconds:>7}s{row['wall_s']:>9.1f}"
+                    f"{preset:<12}{engine:<8}{label:<11}{seconds:>7}s{row['wall_s']:>9.1f}"
                     f"{row['rtf']:>8.3f}{row['peak_rss_mb']:>13.0f}"
                     f"{row['loaded_rss_mb']:>12.0f}",
                     flush=True,
