@@ -23,7 +23,7 @@ and the process's peak RSS. Memory must not grow with length: the
 10-min peak RSS should stay within 1.3x of the 10-s one (the ratio is printed; exit status 1 if
 not).
 
-    .venv/bin/python bench/separate.py --part forward --presets small,cpu
+    .venv/bin/python bench/separate.py --part forward --presets small,cpu,cpu-narrow
     .venv/bin/python bench/separate.py --part rtf --durations 10,600 --engines torch,onnx
     .venv/bin/python bench/separate.py                      # both parts, defaults below
 
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("forward", "rtf", "all"), default="all")
     parser.add_argument(
         "--presets",
-        default="small,cpu",
+        default="small,cpu,cpu-narrow",
         help="presets, comma-separated ('default' = params.yaml's)",
     )
     parser.add_argument(
