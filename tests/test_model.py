@@ -235,6 +235,53 @@ def test_cpu_narrow_preset_is_the_cpu_layout_at_three_quarters_width():
     assert sum(p.numel() for p in narrow.parameters()) == 1_089_883
 
 
+def _decoder_conv_pixels(net: CLIPSepNet, mix: torch.Tensor, queries: torch.Tensor) -> int:
+    """Output pixels of every decoder 3x3 conv in one forward (their cost is proportional)."""
+    pixels = []
+    hooks = [
+        conv.register_forward_hook(lambda _m, _i, out: pixels.append(out[0, 0].numel()))
+        for decoder in net.unet.decoders
+        for conv in decoder
+        if isinstance(conv, torch.nn.Conv2d)
+    ]
+    with torch.no_grad():
+        net(mix, queries)
+    for hook in hooks:
+        hook.remove()
+    assert len(pixels) == len(net.unet.decoders)
+    return sum(pixels)
+
+
+def test_conv_upsample_decoder_has_the_same_parameters_at_a_quarter_of_the_conv_pixels():
+    cfg = NetConfig(
+        depth=4, base_channels=4, k=8, fusion="late", nit=True, query_dim=QUERY_DIM, output_stride=2
+    )
+    pix2pix = CLIPSepNet(cfg).eval()
+    cheap = CLIPSepNet(dataclasses.replace(cfg, decoder_order="conv-upsample")).eval()
+    mix, queries, _, _ = _batch(n_frames=32)
+    assert sum(p.numel() for p in cheap.parameters()) == sum(
+        p.numel() for p in pix2pix.parameters()
+    )
+    assert _decoder_conv_pixels(pix2pix, mix, queries) == 4 * _decoder_conv_pixels(
+        cheap, mix, queries
+    )
+    with torch.no_grad():
+        assert cheap(mix, queries).mask_logits.shape == pix2pix(mix, queries).mask_logits.shape
+
+
+def test_unknown_decoder_order_is_refused_naming_the_known_ones():
+    cfg = NetConfig(depth=4, base_channels=4, k=8, fusion="late", nit=False, query_dim=8)
+    with pytest.raises(ValueError, match="upsample-conv, conv-upsample, got 'deconv'"):
+        CLIPSepNet(dataclasses.replace(cfg, decoder_order="deconv"))
+
+
+def test_cpu_conv_upsample_preset_is_the_cpu_preset_with_its_decoder_convs_first():
+    cpu = build_model(ModelConfig("cpu", True), 512)
+    reordered = build_model(ModelConfig("cpu-conv-upsample", True), 512)
+    assert dataclasses.replace(reordered.cfg, decoder_order="upsample-conv") == cpu.cfg
+    assert sum(p.numel() for p in reordered.parameters()) == 1_919_299
+
+
 def test_noise_heads_read_only_the_source_queries():
     """Extra (absent-sound) queries after the sources change neither the sources' masks nor NIT."""
     net = _tiny().eval()

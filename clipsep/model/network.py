@@ -44,6 +44,7 @@ class NetConfig:
     warp_bins: int = 256  # log-frequency rows of the input
     max_multiplier: int = 8  # U-Net widths grow as base * 2**level up to base * max_multiplier
     output_stride: int = 1  # 2: features at half resolution, logits upsampled (CPU presets)
+    decoder_order: str = "upsample-conv"  # "conv-upsample": decoder convs at the lower resolution
     gate_stride: int = 0  # > 0: + a query gate on the decoder at 1/gate_stride of the input size
     gate_channels: int = 64  # hidden width of the query gate
 
@@ -123,7 +124,14 @@ class CLIPSepNet(nn.Module):
         if cfg.fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {cfg.fusion!r}; known: {sorted(FUSIONS)}")
         self.cfg = cfg
-        self.unet = UNet(cfg.depth, cfg.base_channels, cfg.k, cfg.max_multiplier, cfg.output_stride)
+        self.unet = UNet(
+            cfg.depth,
+            cfg.base_channels,
+            cfg.k,
+            cfg.max_multiplier,
+            cfg.output_stride,
+            cfg.decoder_order,
+        )
         self.fusion = FUSIONS[cfg.fusion](cfg.k, cfg.query_dim)
         self.gate = (
             QueryGate(self.unet.tap_channels(cfg.gate_stride), cfg.gate_channels, cfg.query_dim)
