@@ -23,7 +23,7 @@ and the process's peak RSS. Memory must not grow with length: the
 10-min peak RSS should stay within 1.3x of the 10-s one (the ratio is printed; exit status 1 if
 not).
 
-    .venv/bin/python bench/separate.py --part forward --presets small,cpu,cpu-narrow
+    .venv/bin/python bench/separate.py --part forward --presets small,cpu-conv-upsample
     .venv/bin/python bench/separate.py --part rtf --durations 10,600 --engines torch,onnx
     .venv/bin/python bench/separate.py                      # both parts, defaults below
 
@@ -404,7 +404,7 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
     durations = [int(d) for d in args.durations.split(",")]
     results, ok = [], True
     print(
-        f"{'preset':<12}{'engine':<8}{'precision':<11}{'audio':>8}{'wall s':>9}{'RTF':>8}"
+        f"{'preset':<19}{'engine':<8}{'precision':<11}{'audio':>8}{'wall s':>9}{'RTF':>8}"
         f"{'peak RSS MB':>13}{'after load':>12}"
     )
     for preset in presets:
@@ -422,7 +422,7 @@ def rtf_part(presets: list[str], work: Path, args) -> tuple[list[dict], bool]:
                 row = {"preset": preset, **measured, "engine": engine, "precision": label}
                 rows.append(row)
                 print(
-                    f"{preset:<12}{engine:<8}{label:<11}{seconds:>7}s{row['wall_s']:>9.1f}"
+                    f"{preset:<19}{engine:<8}{label:<11}{seconds:>7}s{row['wall_s']:>9.1f}"
                     f"{row['rtf']:>8.3f}{row['peak_rss_mb']:>13.0f}"
                     f"{row['loaded_rss_mb']:>12.0f}",
                     flush=True,
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("forward", "rtf", "all"), default="all")
     parser.add_argument(
         "--presets",
-        default="small,cpu,cpu-narrow",
+        default="small,cpu,cpu-narrow,cpu-conv-upsample",
         help="presets, comma-separated ('default' = params.yaml's)",
     )
     parser.add_argument(

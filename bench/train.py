@@ -6,7 +6,7 @@ needed. Variants are timed interleaved (round-robin), so load on the machine hit
 each ratio is against the eager fp32 run of the same preset *in the same run*. Prints the CPU,
 its ISA and what ``precision: auto`` resolves to here.
 
-    .venv/bin/python bench/train.py                          # small, cpu, cpu-narrow; 4 rounds
+    .venv/bin/python bench/train.py        # small, cpu, cpu-narrow, cpu-conv-upsample; 4 rounds
     .venv/bin/python bench/train.py --presets paper --variants fp32 bf16+channels_last
     .venv/bin/python bench/train.py --variants fp32 compile   # torch.compile (slow first step)
 
@@ -111,7 +111,9 @@ def main() -> None:
 
     separate_capped_cache()  # a capped run must not load an uncapped run's kernels
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["small", "cpu", "cpu-narrow"])
+    parser.add_argument(
+        "--presets", nargs="+", default=["small", "cpu", "cpu-narrow", "cpu-conv-upsample"]
+    )
     parser.add_argument(
         "--variants",
         nargs="+",
