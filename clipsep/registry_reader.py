@@ -11,11 +11,15 @@ Errors tell apart a reference that names nothing (:class:`ModelNotFoundError`: n
 alias or version) from a store that could not be read (:class:`RegistryUnavailableError`).
 
 Cache, keyed by the registry version: a version's files are downloaded once into
-``<cache_dir>/<name>-v<N>-<store>/`` (versions are immutable). For a sqlite store the alias is
-looked up with a read-only sqlite query first; when it still names a version already in the
-cache, the files are used without importing mlflow at all (a cold ``clipsep separate`` skips
-seconds of MLflow start-up). Any doubt (an unknown alias, another store kind, a schema this query
-does not know) takes the MLflow path, which is authoritative.
+``<cache_dir>/<name>-v<N>-<store>/``, with a note of the version's identity in the registry (its
+run id and source, :data:`IDENTITY_FILE`). A version is immutable, but a store deleted and made
+anew at the same URI (a fresh clone at the same path, ``git clean``) numbers its versions from 1
+again: a cached folder whose identity differs from the store's version is stale, and is replaced.
+For a sqlite store the alias is looked up with a read-only sqlite query first; when it still names
+the version already in the cache, the files are used without importing mlflow at all (a cold
+``clipsep separate`` skips seconds of MLflow start-up). Any doubt (an unknown alias, another store
+kind, a schema this query does not know, another identity) takes the MLflow path, which is
+authoritative.
 
 The cache is pruned (:func:`prune_cache`) each time the MLflow path resolves a version: of the
 same model and store, the versions older than that one beyond the newest ``KEEP_VERSIONS`` cached
@@ -34,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -56,6 +61,7 @@ REGISTRY_PREFIX = "models:/"
 CACHE_FOLDER = "clipsep-models"  # under the temp folder unless a cache_dir is given
 KEEP_VERSIONS = 3  # cached versions of a model (per store) kept when a resolution prunes the cache
 TRASH_FOLDER = ".trash"  # pruned versions are renamed into it, then deleted
+IDENTITY_FILE = "clipsep-version.json"  # in a cached version: the registry's run id and source
 _LEASES: dict[Path, int] = {}  # version folder -> the descriptor holding this process's lock
 # MLflow's error codes for a name, alias or version that does not exist
 NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
@@ -338,15 +344,17 @@ def resolve_model(
     name, kind, value = parse_model_reference(ref)
     uri = tracking_uri or registry_uri()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    version = _sqlite_version(uri, name, kind, value)
-    model_dir = _version_dir(cache, name, version, uri) if version else None
-    if model_dir is None or not _lease(model_dir):
+    found = _sqlite_version(uri, name, kind, value)
+    version = found[0] if found else None
+    model_dir = _version_dir(cache, name, version, uri) if found else None
+    if model_dir is None or _cached_identity(model_dir) != found[1] or not _lease(model_dir):
         _require_store(ref, uri)
         client = _client(uri)
-        version = str(_require_version(client, ref, uri).version)
+        registered = _require_version(client, ref, uri)
+        version, identity = str(registered.version), version_identity(registered)
         model_dir = _version_dir(cache, name, version, uri)
         for _ in range(2):  # twice: another process may prune it between download and lease
-            _download_model(client, name, version, uri, model_dir)
+            _download_model(client, name, version, uri, model_dir, identity)
             if _lease(model_dir):
                 break
         else:
@@ -552,6 +560,19 @@ def _empty_trash(trash: Path) -> None:
         trash.rmdir()
 
 
+def version_identity(version) -> dict[str, str | None]:
+    """What tells one registered version from another of the same number: run id and source."""
+    return {"run_id": version.run_id or None, "source": version.source or None}
+
+
+def _cached_identity(model_dir: Path) -> dict[str, str | None] | None:
+    """The identity a cached version was downloaded with (None: none recorded, or unreadable)."""
+    try:
+        return json.loads((model_dir / IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _read_artifacts(ref: str, model_dir: Path, version: str) -> ResolvedModel:
     mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
     files = mlmodel["flavors"]["python_function"]
@@ -563,8 +584,11 @@ def _read_artifacts(ref: str, model_dir: Path, version: str) -> ResolvedModel:
     return ResolvedModel(artifacts["checkpoint"], artifacts.get("clip_weights"), version)
 
 
-def _sqlite_version(uri: str, name: str, kind: str, value: str) -> str | None:
-    """The version an alias (or version number) names in a sqlite store, read without mlflow.
+def _sqlite_version(
+    uri: str, name: str, kind: str, value: str
+) -> tuple[str, dict[str, str | None]] | None:
+    """(version, :func:`version_identity`) of what an alias (or version number) names in a sqlite
+    store, read without mlflow.
 
     None whenever this cannot say for sure (not sqlite, no such row, another schema): the caller
     then asks MLflow.
@@ -572,18 +596,23 @@ def _sqlite_version(uri: str, name: str, kind: str, value: str) -> str | None:
     path = sqlite_path(uri)
     if path is None or not path.is_file():
         return None
+    columns = "SELECT v.version, v.run_id, v.source FROM model_versions v"
+    live = "v.current_stage != 'Deleted_Internal'"
     query = (
-        "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"
+        f"{columns} JOIN registered_model_aliases a ON a.name = v.name AND a.version = v.version "
+        f"WHERE a.name = ? AND a.alias = ? AND {live}"
         if kind == "alias"
-        else "SELECT version FROM model_versions WHERE name = ? AND version = ? "
-        "AND current_stage != 'Deleted_Internal'"
+        else f"{columns} WHERE v.name = ? AND v.version = ? AND {live}"
     )
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
             rows = db.execute(query, (name, int(value) if kind == "version" else value)).fetchall()
     except (sqlite3.Error, ValueError):
         return None
-    return str(rows[0][0]) if len(rows) == 1 else None
+    if len(rows) != 1:
+        return None
+    version, run_id, source = rows[0]
+    return str(version), {"run_id": run_id or None, "source": source or None}
 
 
 def quiet_artifact_transfers() -> None:
@@ -594,12 +623,18 @@ def quiet_artifact_transfers() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _download_model(client, name: str, version: str, uri: str, final: Path) -> Path:
-    """Download a model version's files once, atomically, into ``final``."""
+def _download_model(
+    client, name: str, version: str, uri: str, final: Path, identity: dict[str, str | None]
+) -> Path:
+    """Download a model version's files once, atomically, into ``final``, with their
+    ``identity`` (:func:`version_identity`); a folder there from another version of the same
+    number (a store made anew at the same URI) is discarded first."""
     import mlflow
 
     if (final / "MLmodel").is_file():
-        return final
+        if _cached_identity(final) == identity:
+            return final
+        _replace_stale(final, identity)
     quiet_artifact_transfers()
     final.parent.mkdir(parents=True, exist_ok=True)
     staging, held = _locked_staging(final)
@@ -610,6 +645,7 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=source, dst_path=str(staging), tracking_uri=uri
         )
+        (Path(local) / IDENTITY_FILE).write_text(json.dumps(identity))
         os.replace(local, final)
     except OSError:
         if not (final / "MLmodel").is_file():  # another process won the race: use theirs
@@ -619,6 +655,25 @@ def _download_model(client, name: str, version: str, uri: str, final: Path) -> P
         if held is not None:
             os.close(held)
     return final
+
+
+def _replace_stale(final: Path, identity: dict[str, str | None]) -> None:
+    """Move the cached folder ``final``, which holds another version of its number, out of the
+    way (this process lets go of its own lease on it first). RegistryUnavailableError when
+    another process still holds it."""
+    found = _cached_identity(final)
+    fd = _LEASES.pop(final, None)
+    if fd is not None:
+        os.close(fd)
+    trash = final.parent / TRASH_FOLDER
+    if not _discard(final, trash):
+        raise RegistryUnavailableError(
+            f"the model cache {final} holds another model of that version number (run "
+            f"{(found or {}).get('run_id')}, the registry's is {identity.get('run_id')}: the store "
+            "was made anew) and another process is using it; stop it, or pass another cache folder"
+        )
+    log.info("model cache %s: replaced, it held another registration of that version", final)
+    _empty_trash(trash)
 
 
 def _locked_staging(final: Path, attempts: int = 5) -> tuple[Path, int | None]:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,59 @@ def test_cached_resolution_skips_mlflow_until_the_alias_moves(registered, tmp_pa
         ).version
         == "1"
     )
+
+
+def _register_anew(root: Path, clip_weights: Path, seed: int) -> bytes:
+    """Delete the MLflow store of the tiny project at ``root`` (as ``git clean -xdf`` or a fresh
+    clone at the same path does) and register a model of ``seed`` as version 1 of a new store, in
+    another process (as `make quickstart` does: this one's MLflow keeps its engine on the old
+    file); the checkpoint's bytes."""
+    p = tiny_params_at(root, **FLOORLESS)
+    shutil.rmtree(p.path("mlflow"), ignore_errors=True)
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+        "from pathlib import Path; from conftest import tiny_params_at; "
+        "from platform_inputs import write_pipeline_outputs; from clipsep import tracking; "
+        f"p = tiny_params_at(Path({str(root)!r}), **{FLOORLESS!r}); "
+        f"write_pipeline_outputs(p, text_sdr=4.5, clip_weights=Path({str(clip_weights)!r}), "
+        f"seed={seed}); tracking.register(p)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root.parent
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return (p.path("checkpoints") / "best.pt").read_bytes()
+
+
+FLOORLESS = {"registry.champion_floor_db": -100.0}  # any model becomes the champion
+
+
+def test_a_store_made_anew_at_the_same_uri_is_not_served_the_old_stores_model(
+    tmp_path, clip_weights
+):
+    """Bug (a new user's trial, 2026-12-02): a clone made again at the same path registered
+    version 1 anew, and `clipsep separate` served the old clone's version 1 from the model cache,
+    which was keyed by model name, version number and store URI alone."""
+    root = tmp_path / "project"
+    p = tiny_params_at(root, **FLOORLESS)
+    uri, cache = tracking.tracking_uri(p), tmp_path / "cache"
+    first = _register_anew(root, clip_weights, seed=0)
+    assert _resolve_in_fresh_process(uri, cache) == ("1", True)
+    second = _register_anew(root, clip_weights, seed=1)
+    assert second != first
+    # the sqlite fast path sees the cached folder's identity differ and defers to MLflow
+    assert _resolve_in_fresh_process(uri, cache) == ("1", True)
+    assert _resolve_in_fresh_process(uri, cache) == ("1", False)  # then the new one is cached
+    ref = "models:/clipsep@champion"
+    held = registry_reader.resolve_model(ref, tracking_uri=uri, cache_dir=cache)
+    assert held.checkpoint.read_bytes() == second
+    # a long-lived process (the app) holding version 1 lets go of it when the store is made anew
+    third = _register_anew(root, clip_weights, seed=2)
+    assert third not in (first, second)
+    again = registry_reader.resolve_model(ref, tracking_uri=uri, cache_dir=cache)
+    assert again.checkpoint == held.checkpoint and again.checkpoint.read_bytes() == third
+    identity = json.loads((held.checkpoint.parents[1] / registry_reader.IDENTITY_FILE).read_text())
+    assert identity["run_id"] == tracking.client_for(p).get_model_version("clipsep", "1").run_id
 
 
 def test_versions_to_prune_keeps_the_newest_and_never_a_newer_one():
