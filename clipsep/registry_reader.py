@@ -562,7 +562,11 @@ def _empty_trash(trash: Path) -> None:
 
 def version_identity(version) -> dict[str, str | None]:
     """What tells one registered version from another of the same number: run id and source."""
-    return {"run_id": version.run_id or None, "source": version.source or None}
+    return _identity(version.run_id, version.source)
+
+
+def _identity(run_id: str | None, source: str | None) -> dict[str, str | None]:
+    return {"run_id": run_id or None, "source": source or None}
 
 
 def _cached_identity(model_dir: Path) -> dict[str, str | None] | None:
@@ -612,7 +616,7 @@ def _sqlite_version(
     if len(rows) != 1:
         return None
     version, run_id, source = rows[0]
-    return str(version), {"run_id": run_id or None, "source": source or None}
+    return str(version), _identity(run_id, source)
 
 
 def quiet_artifact_transfers() -> None:
@@ -660,13 +664,14 @@ def _download_model(
 def _replace_stale(final: Path, identity: dict[str, str | None]) -> None:
     """Move the cached folder ``final``, which holds another version of its number, out of the
     way (this process lets go of its own lease on it first). RegistryUnavailableError when
-    another process still holds it."""
+    another process still holds it; none when another process replaced it meanwhile."""
     found = _cached_identity(final)
     fd = _LEASES.pop(final, None)
     if fd is not None:
         os.close(fd)
     trash = final.parent / TRASH_FOLDER
-    if not _discard(final, trash):
+    kept = not _discard(final, trash)  # held by a process, or gone already
+    if kept and (final / "MLmodel").is_file() and _cached_identity(final) != identity:
         raise RegistryUnavailableError(
             f"the model cache {final} holds another model of that version number (run "
             f"{(found or {}).get('run_id')}, the registry's is {identity.get('run_id')}: the store "
