@@ -25,6 +25,7 @@ from clipsep import registry_reader, tracking
 from clipsep.errors import BadInputError, MissingWeightsError
 
 torch.set_num_threads(1)
+FLOORLESS = {"registry.champion_floor_db": -100.0}  # any model becomes the champion
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory, clip_weights: Path):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        p = tiny_params_at(tmp_path / "project", **{"registry.champion_floor_db": -100.0})
+        p = tiny_params_at(tmp_path / "project", **FLOORLESS)
         write_pipeline_outputs(p, text_sdr=4.5, clip_weights=clip_weights)
         yield p, tracking.register(p), workdir
 
@@ -267,9 +268,6 @@ def _register_anew(root: Path, clip_weights: Path, seed: int) -> bytes:
     return (p.path("checkpoints") / "best.pt").read_bytes()
 
 
-FLOORLESS = {"registry.champion_floor_db": -100.0}  # any model becomes the champion
-
-
 def test_a_store_made_anew_at_the_same_uri_is_not_served_the_old_stores_model(
     tmp_path, clip_weights
 ):
@@ -474,7 +472,7 @@ def test_register_refuses_missing_inputs_and_broken_metrics(tmp_path):
 def test_register_refuses_an_evaluation_of_another_checkpoint(tmp_path, clip_weights):
     """Two experiments sharing paths.evaluation: the metrics of one must not be registered with
     the other's model. Refused before the store is touched."""
-    p = tiny_params_at(tmp_path, **{"registry.champion_floor_db": -100.0})
+    p = tiny_params_at(tmp_path, **FLOORLESS)
     write_pipeline_outputs(p, text_sdr=4.5, clip_weights=clip_weights)
     metrics_file = p.path("evaluation") / "metrics.json"
     scored = json.loads(metrics_file.read_text())["checkpoint"]
