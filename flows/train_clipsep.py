@@ -161,6 +161,16 @@ def timing_markdown(
     return "\n".join(lines)
 
 
+def timing_line(runs: Sequence[stages.StageRun], seconds: dict[str, float], total_s: float) -> str:
+    """One log line of each stage's wall time, e.g. ``world 0.2 s (skipped), train 61.0 s, total
+    63.5 s``: the table itself goes to the run's artifact and its closing message, once."""
+    parts = [
+        f"{run.stage} {seconds[run.stage]:.1f} s{' (skipped)' if run.skipped else ''}"
+        for run in runs
+    ]
+    return ", ".join([*parts, f"total {total_s:.1f} s"])
+
+
 def publish(p: Params, registered: dict[str, Any], timing: str) -> str:
     """Prefect artifacts: the metrics and timing tables, links to the MLflow run and version."""
     metrics = json.loads((p.path("evaluation") / "metrics.json").read_text())
@@ -218,8 +228,9 @@ def train_clipsep(
             raise
         seconds[stage] = time.perf_counter() - began
     registered = runs[-1].summary
-    timing = timing_markdown(runs, seconds, time.perf_counter() - start, cpu_description())
-    logger.info("stage times:\n%s", timing)
+    total_s = time.perf_counter() - start
+    timing = timing_markdown(runs, seconds, total_s, cpu_description())
+    logger.info("stage times: %s", timing_line(runs, seconds, total_s))
     table = publish(p, registered, timing)
     classes = p.world.classes
     return {

@@ -190,6 +190,20 @@ def test_stage_times_table_names_each_stage_the_total_and_the_cpu(tmp_path, monk
     assert "| **total** | **63.5** | |" in table and table.endswith("CPU: Some CPU @ 2.0GHz")
 
 
+def test_stage_times_log_line_is_one_line_with_each_stage_and_the_total(tmp_path, monkeypatch):
+    # the table is printed once, in the closing message; the flow's log gets this line
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
+    from clipsep.stages import StageRun
+    from flows.train_clipsep import timing_line
+
+    runs = [
+        StageRun("world", {}, True, "ab12", "unchanged", 0.01),
+        StageRun("train", {}, False, "cd34", "params changed since the last run", 61.0),
+    ]
+    line = timing_line(runs, {"world": 0.21, "train": 61.04}, 63.5)
+    assert line == "world 0.2 s (skipped), train 61.0 s, total 63.5 s"
+
+
 @pytest.mark.parametrize(
     "alias,model", [("champion", "models:/clipsep@champion"), ("", "models:/clipsep/1")]
 )
