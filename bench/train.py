@@ -2,11 +2,11 @@
 
 Runs the real training step (:class:`clipsep.training.loop.Trainer`: STFT + warp + masks, forward,
 NIT loss, backward, clipping, Adam, LR schedule) on random audio and queries, so no data or CLIP is
-needed. Variants are timed interleaved (round-robin), so load on the machine hits them alike, and
-each ratio is against the eager fp32 run of the same preset *in the same run*. Prints the CPU,
-its ISA and what ``precision: auto`` resolves to here.
+needed. Every (preset, variant) case is timed interleaved (round-robin), so load and drift on the
+machine hit them alike, and each ratio is against an eager fp32 run *in the same run*. Prints the
+CPU, its ISA and what ``precision: auto`` resolves to here.
 
-    .venv/bin/python bench/train.py        # small, cpu, cpu-narrow, cpu-conv-upsample; 4 rounds
+    .venv/bin/python bench/train.py        # small, cpu, cpu-narrow, cpu-conv-upsample; 8 rounds
     .venv/bin/python bench/train.py --presets paper --variants fp32 bf16+channels_last
     .venv/bin/python bench/train.py --variants fp32 compile   # torch.compile (slow first step)
 
@@ -78,18 +78,29 @@ def timed_step(trainer: Trainer, batch: MixBatch) -> float:
     return time.perf_counter() - start
 
 
-def bench_preset(preset: str, variants: list[str], args) -> dict[str, tuple[float, float]]:
-    """{variant: (median s/step, first-step s)} with the variants' steps interleaved."""
+Case = tuple[str, str]  # (preset, variant)
+
+
+def bench_all(cases: list[Case], args) -> dict[Case, tuple[float, float, float]]:
+    """{(preset, variant): (median s/step, interquartile range s, first-step s)}, every case's
+    steps interleaved round-robin: drift on a shared machine then hits every preset alike, which
+    matters because the headline ratio is across presets (against the small preset's fp32)."""
     trainers, first = {}, {}
-    for variant in variants:
-        trainers[variant] = make_trainer(preset, variant, args.batch_size, args.device)
-        first[variant] = timed_step(trainers[variant], random_batch(trainers[variant]))
-    batches = {v: random_batch(t) for v, t in trainers.items()}
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    for preset, variant in cases:
+        trainers[preset, variant] = make_trainer(preset, variant, args.batch_size, args.device)
+        first[preset, variant] = timed_step(
+            trainers[preset, variant], random_batch(trainers[preset, variant])
+        )
+    batches = {case: random_batch(t) for case, t in trainers.items()}
+    times: dict[Case, list[float]] = {case: [] for case in cases}
     for _ in range(args.rounds):
-        for variant in variants:
-            times[variant].append(timed_step(trainers[variant], batches[variant]))
-    return {v: (statistics.median(times[v]), first[v]) for v in variants}
+        for case in cases:
+            times[case].append(timed_step(trainers[case], batches[case]))
+    summary = {}
+    for case in cases:
+        q1, _, q3 = statistics.quantiles(times[case], n=4)
+        summary[case] = (statistics.median(times[case]), q3 - q1, first[case])
+    return summary
 
 
 def usable(variants: list[str], device: str, force_bf16: bool) -> list[str]:
@@ -121,7 +132,7 @@ def main() -> None:
         default=["fp32", "channels_last", "bf16+channels_last"],
     )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=4, help="timed steps per variant")
+    parser.add_argument("--rounds", type=int, default=8, help="timed steps per case")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--force-bf16", action="store_true")
@@ -139,23 +150,27 @@ def main() -> None:
         f"({auto.reason})"
     )
     print(
-        f"batch {args.batch_size}, 256 frames, median of {args.rounds} interleaved steps; "
-        "ratios against eager fp32 of the same preset"
+        f"batch {args.batch_size}, 256 frames, median of {args.rounds} steps, every case "
+        "interleaved; "
+        "ratios against eager fp32 of the first preset and of the same preset"
     )
     variants = usable(args.variants, args.device, args.force_bf16)
-    baseline = None
-    print(f"| preset | variant | s/step | first step s | vs {args.presets[0]} fp32 | vs own fp32 |")
-    print("|---|---|---|---|---|---|")
-    for preset in args.presets:
-        results = bench_preset(preset, ["fp32", *[v for v in variants if v != "fp32"]], args)
-        own = results["fp32"][0]
-        baseline = baseline or own
-        for variant, (seconds, first) in results.items():
-            print(
-                f"| {preset} | {variant} | {seconds:.3f} | {first:.1f} | "
-                f"{baseline / seconds:.2f}x | {own / seconds:.2f}x |",
-                flush=True,
-            )
+    ordered = ["fp32", *[v for v in variants if v != "fp32"]]
+    cases = [(preset, variant) for preset in args.presets for variant in ordered]
+    results = bench_all(cases, args)
+    baseline = results[args.presets[0], "fp32"][0]
+    print(
+        f"| preset | variant | s/step | IQR s | first step s | vs {args.presets[0]} fp32 | "
+        "vs own fp32 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for preset, variant in cases:
+        seconds, iqr, first = results[preset, variant]
+        own = results[preset, "fp32"][0]
+        print(
+            f"| {preset} | {variant} | {seconds:.3f} | {iqr:.3f} | {first:.1f} | "
+            f"{baseline / seconds:.2f}x | {own / seconds:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
