@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Job:
-    """One input file, the folder its ``<stem>/`` goes in, and whether it was named explicitly."""
+    """One input file, the folder its ``<stem>/`` goes in, and whether it was named explicitly.
+    ``problem``: why a named input cannot be separated at all (missing, a folder without audio or
+    video); such a job fails in :func:`run_jobs` like an unreadable file, and the others go on."""
 
     path: Path
     out_dir: Path
     named: bool
+    problem: str = ""
 
 
 @dataclass
@@ -68,8 +71,9 @@ class Found:
 def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> Found:
     """Jobs for files and folders, and what the folders hold besides (:func:`walk_folder`). A
     file reached twice (named twice, or named and found in a named folder: the same file once
-    resolved) is one job, its first, and one INFO line says so. BadInputError for a missing
-    input, a folder without audio or video, or two inputs that would write the same ``<stem>/``."""
+    resolved) is one job, its first, and one INFO line says so. BadInputError for
+    two inputs that would write the same ``<stem>/``; a missing input or a folder without audio
+    or video is a job with its ``problem``, reported by :func:`run_jobs` (the others go on)."""
     out = Path(out)
     found = Found([], [], [])
     first: dict[Path, tuple[int, str]] = {}  # resolved file -> (its job, how it was given)
@@ -88,8 +92,9 @@ def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> Found:
     found.not_media, found.earlier = [
         list(dict.fromkeys(p)) for p in (found.not_media, found.earlier)
     ]
-    targets = [(job.out_dir / job.path.stem).as_posix().lower() for job in found.jobs]
-    clashes = sorted({str(j.path) for j, t in zip(found.jobs, targets) if targets.count(t) > 1})
+    usable = [job for job in found.jobs if not job.problem]
+    targets = [(job.out_dir / job.path.stem).as_posix().lower() for job in usable]
+    clashes = sorted({str(j.path) for j, t in zip(usable, targets) if targets.count(t) > 1})
     if clashes:
         raise BadInputError(
             f"inputs {clashes} would write the same output folder (same name stem); rename one"
@@ -102,10 +107,10 @@ def _item_jobs(item: Path, out: Path, found: Found) -> list[Job]:
     if item.is_file():
         return [Job(item, out, True)]
     if not item.is_dir():
-        raise BadInputError(f"{item}: no such file or folder")
+        return [Job(item, out, True, f"{item}: no such file or folder")]
     media, others, earlier = walk_folder(item, out)
     if not media:
-        raise _no_media(item, others, earlier)
+        return [Job(item, out, True, str(_no_media(item, others, earlier)))]
     found.not_media += others
     found.earlier += earlier
     return [Job(p, out / p.parent.relative_to(item), False) for p in media]
@@ -181,6 +186,9 @@ def run_jobs(
     decided: dict[int, Outcome] = {}
     todo: list[tuple[int, Job, str]] = []
     for index, job in enumerate(jobs):
+        if job.problem:
+            decided[index] = _failed(job, BadInputError(job.problem), describe, 0.0)
+            continue
         note = ""
         if all(p.is_file() for p in expected_outputs(job, names, output)):
             wanted = outputs.request_record(job.path, model_record, **request)

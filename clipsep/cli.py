@@ -249,13 +249,27 @@ def _check_queries(args: argparse.Namespace) -> None:
             raise BadInputError(str(err), arguments=("image",)) from err
 
 
+def _refuse_if_nothing_usable(jobs) -> None:
+    """When no input can be separated at all (each missing, or a folder without audio or video),
+    a usage error at once, before any model is resolved: every problem but the last logged, the
+    last raised. Otherwise the unusable inputs fail in the report and the others go on."""
+    from clipsep.errors import BadInputError
+
+    if jobs and all(job.problem for job in jobs):
+        for job in jobs[:-1]:
+            log.error("%s", job.problem)
+        raise BadInputError(jobs[-1].problem)
+
+
 def _check_own_queries(jobs) -> None:
     """Without --query and --image every input must be a video (its middle frame is the query):
     a usage error naming the inputs that are not, before the model loads."""
     from clipsep import audio_io
     from clipsep.errors import BadInputError
 
-    without = [job.path for job in jobs if not audio_io.has_video_stream(job.path)]
+    without = [
+        job.path for job in jobs if not job.problem and not audio_io.has_video_stream(job.path)
+    ]
     if without:
         more = f" (and {len(without) - 1} more)" if len(without) > 1 else ""
         raise BadInputError(
@@ -311,6 +325,7 @@ def separate_files(args: argparse.Namespace) -> int:
         outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
         found = batch.find_jobs(args.inputs, args.out)
         jobs = found.jobs
+        _refuse_if_nothing_usable(jobs)
         fileio.check_writable_folder(args.out)  # before the model loads
         if not args.queries and args.image is None:
             _check_own_queries(jobs)

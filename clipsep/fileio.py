@@ -58,9 +58,12 @@ def write_csv(
     rows: Iterable[dict[str, Any]],
     extrasaction: str = "raise",
 ) -> Path:
-    """A header row of ``columns``, then one line per dict."""
+    """A header row of ``columns``, then one line per dict, lines ending in ``\n`` (the csv
+    module's default ``\r\n`` trips line-based tools such as ``cut`` and ``awk``)."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction=extrasaction)
+        writer = csv.DictWriter(
+            handle, fieldnames=list(columns), extrasaction=extrasaction, lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)

@@ -48,7 +48,7 @@ MP3_SUBTYPE = "MPEG_LAYER_III"
 MAX_NAME = 80  # characters of a query kept in its file name
 ACTIVITY_COLUMNS = ("start_s", "end_s", "mean_db")
 SIDECAR = "separation.json"  # what the outputs of <stem>/ answer (request_record)
-RECORD_VERSION = 2  # 2: the device and the int8 calibration clip folder are recorded
+RECORD_VERSION = 3  # 2: the device and the int8 calibration clip folder; 3: the subtype written
 # separate settings recorded otherwise: the model as its files, the device as the one it ran on
 NOT_OUTPUT_SETTINGS = ("model", "device")
 INT8_ENGINE = "onnx-int8"  # the engine whose network depends on its calibration clips
@@ -407,7 +407,9 @@ def request_record(
         "image": image_digest(image),
         "model": None if model is None else dict(model),
         "format": output.format,
-        "bits": output.bits,
+        # the sample format written, not the --bits asked: the default (the input's depth) and
+        # the same depth named explicitly give the same files
+        "subtype": output.subtype_for(input_subtype(Path(source))),
     }
 
 
@@ -418,7 +420,7 @@ _RECORD_PARTS = (
     ("queries", "other queries"),
     ("image", "another image"),
     ("format", "another format"),
-    ("bits", "another bit depth"),
+    ("subtype", "another bit depth"),
 )
 # keys of the model part -> what differs (the rest of it differing: "another model")
 _MODEL_PARTS = (

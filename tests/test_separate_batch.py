@@ -336,9 +336,8 @@ def test_a_folder_without_audio_or_video_names_what_it_holds(tmp_path):
     (folder / "docs").mkdir(parents=True)
     for name in ("notes.txt", "cover.jpg", "docs/a.pdf", "docs/b.pdf", ".DS_Store"):
         (folder / name).write_bytes(b"not audio")
-    with pytest.raises(BadInputError) as err:
-        find_jobs([folder], tmp_path / "out")
-    assert str(err.value) == (
+    [job] = find_jobs([folder], tmp_path / "out").jobs  # fails when run, as a missing file
+    assert job.problem == (
         f"{folder}: no audio or video files in this folder "
         f"(looked for {', '.join(sorted(MEDIA_SUFFIXES))}); "
         "it holds only cover.jpg, docs/a.pdf, docs/b.pdf and 1 more"
@@ -413,9 +412,8 @@ def test_the_walk_leaves_out_marked_folders_below_the_input_folder_only(tmp_path
     assert len(plain.media) == 4 and len(plain.others) == 3 and plain.marked == []
     (folder / "a.wav").unlink()
     (folder / "old" / "keep.wav").unlink()
-    with pytest.raises(BadInputError) as err:
-        find_jobs([folder / "old"], tmp_path / "out")
-    assert str(err.value).endswith(
+    [job] = find_jobs([folder / "old"], tmp_path / "out").jobs
+    assert job.problem.endswith(
         "(looked for .aac, .aif, .aiff, .avi, .flac, .m4a, .m4v, .mkv, .mov, .mp3, .mp4, .oga, "
         ".ogg, .opus, .wav, .wave, .webm, .wma); left out 1 folder of earlier clipsep outputs "
         f"(holding separation.json): {folder / 'old' / 'x'}"
@@ -478,7 +476,9 @@ def test_activity_csv_matches_the_library_segments(model, tmp_path):  # noqa: F8
     assert run_cli(model, tmp_path / "out", tmp_path / "m.wav", extra=["--query", "cello"]) == 0
     target, _ = sf.read(tmp_path / "out" / "m" / "target.wav", dtype="float32")
     mixture, _ = sf.read(tmp_path / "m.wav", dtype="float32")
-    rows = (tmp_path / "out" / "m" / "target.activity.csv").read_text().splitlines()
+    raw = (tmp_path / "out" / "m" / "target.activity.csv").read_bytes()
+    assert b"\r" not in raw  # new-user trial: CRLF line ends (the csv module's default)
+    rows = raw.decode().splitlines()
     assert rows[0] == "start_s,end_s,mean_db"
     expected = activity(target, mixture, 16000, DEFAULT_SETTINGS)
     assert [tuple(map(float, r.split(","))) for r in rows[1:]] == [tuple(s) for s in expected]
@@ -539,3 +539,58 @@ def test_stem_files_written_on_several_threads_equal_one_threads(tmp_path, subty
     expected = sum(clipped_steps(b) for b in blocks) if subtype == "PCM_16" else 0
     assert counts[1] == counts[3] == expected
     assert expected > 0 or subtype == "FLOAT"
+
+
+def test_a_missing_input_among_several_fails_and_the_others_are_separated(
+    model,  # noqa: F811
+    tmp_path,
+    capsys,
+    caplog,
+):
+    """New-user trial: ``clipsep separate nope.wav duet.wav`` stopped at the missing file and
+    separated nothing, though a bad input among several is to be reported and skipped (as an
+    unreadable one was). A folder without audio or video among them is the same kind."""
+    from clipsep.audio_io import MEDIA_SUFFIXES
+
+    good, missing, empty = tmp_path / "duet.wav", tmp_path / "nope.wav", tmp_path / "empty"
+    sf.write(good, tones(16000, 1.2, 1)[0], 16000)
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not audio")
+    out = tmp_path / "out"
+    status = run_cli(model, out, missing, good, empty, extra=["--query", "cello", "--json"])
+    assert status == 2  # inputs named on the command line failed: a usage error
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["separated"]) == [str(good)] and (out / "duet" / "target.wav").is_file()
+    assert report["failed"] == {
+        str(missing): "no such file or folder",
+        str(empty): (
+            "no audio or video files in this folder (looked for "
+            f"{', '.join(sorted(MEDIA_SUFFIXES))}); "
+            "it holds only notes.txt"
+        ),
+    }
+    assert f"{missing}: no such file or folder" in caplog.messages
+    assert "2 of 3 inputs could not be separated (see above); 1 file was separated" in (
+        caplog.messages
+    )
+
+
+def test_inputs_none_of_which_can_be_separated_are_refused_before_any_model(
+    model,  # noqa: F811
+    tmp_path,
+    caplog,
+    monkeypatch,
+):
+    import clipsep.cli
+
+    def no_model(*args):
+        raise AssertionError("a model was resolved though no input could be separated")
+
+    monkeypatch.setattr(clipsep.cli, "_unloaded_model", no_model)
+    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
+    assert run_cli(model, tmp_path / "out", first, second, extra=["--query", "cello"]) == 2
+    assert [m for m in caplog.messages if "no such file" in m] == [
+        f"{first}: no such file or folder",
+        f"{second}: no such file or folder",
+    ]
+    assert not (tmp_path / "out").exists()

@@ -318,3 +318,32 @@ def test_the_calibration_folder_is_recorded_for_the_int8_engine_only(tmp_path):
     assert outputs.why_separate_again(tmp_path, again) == (
         f"outputs were made with another int8 calibration clip folder: {AGAIN}"
     )
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_the_default_depth_and_the_same_depth_named_are_the_same_request(
+    model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+    fmt,
+):
+    """New-user trial: ``--format flac`` wrote 16-bit files from a 16-bit input, and the same
+    with ``--bits 16`` separated again, "made with another bit depth". The record holds the
+    sample format written, so the second run is skipped; 24 bits is another request."""
+    audio = tmp_path / "x.wav"
+    sf.write(audio, tones(16000, 1.5, 1)[0], 16000, subtype="PCM_16")
+    out, folder = tmp_path / "out", tmp_path / "out" / "x"
+    base = ["--query", "flute", "--format", fmt, "--json"]
+    assert run_cli(model, out, audio, extra=base) == 0
+    capsys.readouterr()
+    assert sf.info(str(folder / f"target.{fmt}")).subtype == "PCM_16"
+    assert json.loads((folder / outputs.SIDECAR).read_text())["subtype"] == "PCM_16"
+    with monkeypatch.context() as m:
+        never_load(m)
+        assert run_cli(model, out, audio, extra=[*base, "--bits", "16"]) == 0
+        assert list(json.loads(capsys.readouterr().out)["skipped"]) == [str(audio)]
+    assert run_cli(model, out, audio, extra=[*base, "--bits", "24"]) == 0
+    note = json.loads(capsys.readouterr().out)["separated"][str(audio)]["note"]
+    assert note == f"outputs were made with another bit depth: {AGAIN}"
+    assert sf.info(str(folder / f"target.{fmt}")).subtype == "PCM_24"
