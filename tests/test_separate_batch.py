@@ -152,6 +152,16 @@ def test_every_input_is_checked_before_the_model_loads(model, tmp_path, caplog, 
     assert (tmp_path / "out" / "a" / "target.wav").is_file()
 
 
+def forbid(monkeypatch, name: str, why: str) -> None:
+    """Make calling ``clipsep.cli.<name>`` fail the test with ``why``."""
+    import clipsep.cli
+
+    def refuse(*args):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(clipsep.cli, name, refuse)
+
+
 def _no_load(*args):
     raise AssertionError("the model was loaded for a file too short to separate")
 
@@ -215,12 +225,7 @@ def test_an_output_folder_that_cannot_be_written_is_a_usage_error(
     out,
     message,
 ):
-    import clipsep.cli
-
-    def no_load(*args):
-        raise AssertionError("the model was loaded for an output folder that cannot be written")
-
-    monkeypatch.setattr(clipsep.cli, "_load_separator", no_load)
+    forbid(monkeypatch, "_load_separator", "the model was loaded for an unwritable output folder")
     sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
     (tmp_path / "taken").write_text("a file where the output folder would go")
     assert run_cli(model, tmp_path / out, tmp_path / "x.wav", extra=["--query", "cello"]) == 2
@@ -581,12 +586,7 @@ def test_inputs_none_of_which_can_be_separated_are_refused_before_any_model(
     caplog,
     monkeypatch,
 ):
-    import clipsep.cli
-
-    def no_model(*args):
-        raise AssertionError("a model was resolved though no input could be separated")
-
-    monkeypatch.setattr(clipsep.cli, "_unloaded_model", no_model)
+    forbid(monkeypatch, "_unloaded_model", "a model was resolved though no input can be separated")
     first, second = tmp_path / "a.wav", tmp_path / "b.wav"
     assert run_cli(model, tmp_path / "out", first, second, extra=["--query", "cello"]) == 2
     assert [m for m in caplog.messages if "no such file" in m] == [
