@@ -296,12 +296,53 @@ def run_stage(
         log.info("%s: %s (fingerprint %s), running", stage, reason, fp.short)
     tracked = p.registry.live_tracking
     summary = _run_tracked(stage, p, in_process) if tracked else STAGES[stage](p)
+    if stage == "register":
+        warm_serving_cache(p)
     seconds = time.perf_counter() - start
     if summary.get("already_complete"):  # did nothing: the record of the run that trained stays
         stage_record.keep_record(folder, stage, fp, outputs, summary, seconds)
     else:
         stage_record.write_record(folder, stage, fp, outputs, summary, seconds)
     return StageRun(stage, summary, False, fp.short, reason, seconds)
+
+
+def warm_serving_cache(p: Params) -> None:
+    """After ``register``: resolve the model ``clipsep separate`` serves by default
+    (``separate.model``, e.g. ``models:/clipsep@champion``) into the model cache and embed the
+    world's class names into its text-embedding cache, as the CLI would. The first ``clipsep
+    separate MIX.wav --query violin`` after a run (the command a run ends by printing) then
+    neither imports mlflow nor builds the CLIP text tower: 2.1 s instead of 6.7-6.9 s for a 10-s
+    file (AMD EPYC Zen 2). A checkpoint-path ``separate.model`` is left alone, and a failure (no
+    champion yet, a cache that cannot be written) is logged, not raised: the caches only save
+    time, and every ``clipsep separate`` fills them itself."""
+    import dataclasses
+
+    from clipsep.errors import ClipsepError
+    from clipsep.registry_reader import is_registry_reference, registry_uri
+
+    if not is_registry_reference(p.separate.model):
+        return
+    from clipsep.inference import Separator
+
+    try:
+        separator = Separator.from_pretrained(
+            p.separate.model,
+            device=p.separate.device,
+            # the text cache's key has no engine: no ONNX export or quantisation needed here
+            settings=dataclasses.replace(p.separate, engine="torch"),
+            tracking_uri=registry_uri(p),
+            root=p.path("root"),
+        )
+        for query in p.world.classes:
+            separator.embed_query(query)
+    except (ClipsepError, OSError) as err:
+        log.info("the serving caches were not warmed for %s: %s", p.separate.model, err)
+        return
+    log.info(
+        "%s is cached for clipsep separate, with the text queries %s",
+        p.separate.model,
+        ", ".join(p.world.classes),
+    )
 
 
 def _note_skipped(stage: str, p: Params, summary: dict[str, Any]) -> None:
