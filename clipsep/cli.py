@@ -358,14 +358,6 @@ def separate_files(args: argparse.Namespace) -> int:
         bars.close()
     failed = sum(o.status == "failed" for o in outcomes)
     alone = failed and len(outcomes) == 1  # one input that failed: its error line said it all
-    if failed and not alone:
-        separated = sum(o.status == "separated" for o in outcomes)
-        log.warning(
-            "%d of %d inputs could not be separated (see above); %s",
-            failed,
-            len(outcomes),
-            batch.count_files(separated, "separated"),
-        )
     if args.json:
         seconds = time.perf_counter() - started
         print(
@@ -373,13 +365,21 @@ def separate_files(args: argparse.Namespace) -> int:
                 batch.summary(outcomes, model, seconds, found.not_media, found.earlier), indent=2
             )
         )
-        return batch.exit_status(outcomes)
-    if not alone:
+    elif not alone:
         print(batch.table(outcomes))
-    if found.not_media:  # not failures: the exit status does not count them
+    if not args.json and found.not_media:  # not failures: the exit status does not count them
         print(batch.not_media_line(found.not_media))
-    if found.earlier:
+    if not args.json and found.earlier:
         print(batch.earlier_line(found.earlier))
+    if failed and not alone:  # after the table it sums up (stdout flushed first)
+        separated = sum(o.status == "separated" for o in outcomes)
+        sys.stdout.flush()
+        log.warning(
+            "%d of %d inputs could not be separated (see above); %s",
+            failed,
+            len(outcomes),
+            batch.count_files(separated, "separated"),
+        )
     return batch.exit_status(outcomes)
 
 

@@ -574,7 +574,12 @@ def test_a_missing_input_among_several_fails_and_the_others_are_separated(
             "it holds only notes.txt"
         ),
     }
-    assert f"{missing}: no such file or folder" in caplog.messages
+    # one logger for every error line, whether one input or all of them failed (new-user trial)
+    failures = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [(r.name, r.getMessage()) for r in failures][0] == (
+        "clipsep",
+        f"{missing}: no such file or folder",
+    )
     assert "2 of 3 inputs could not be separated (see above); 1 file was separated" in (
         caplog.messages
     )
