@@ -27,7 +27,7 @@ from clipsep.errors import BadInputError, ClipsepError
 
 log = logging.getLogger(__name__)
 # a file's failure is one of the command's own error lines: logged as the CLI logs its errors
-report = logging.getLogger("clipsep")
+failure_log = logging.getLogger("clipsep")
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def _failed(job: Job, err: ClipsepError, describe: Callable[[Exception], str], s
     """The failed outcome of ``job``, its one-line message (naming the file) logged."""
     text = describe(err)
     message = text if str(job.path) in text else f"{job.path}: {text}"
-    report.error("%s", message)
+    failure_log.error("%s", message)
     return Outcome(job, "failed", seconds, error=message)
 
 
