@@ -650,7 +650,11 @@ class Separator:
         first_new = fileio.first_missing(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            result = self._separate_into(path, out_dir, query, image, progress, queries, output)
+            # the sample format the record names is the one written
+            subtype = record["subtype"]
+            result = self._separate_into(
+                path, out_dir, query, image, progress, queries, output, subtype
+            )
             outputs.write_record(out_dir / path.stem, record)
             return result
         except BaseException:
@@ -666,6 +670,7 @@ class Separator:
         progress: Progress | None,
         queries: Sequence[str] | None,
         output: outputs.OutputFormat,
+        subtype: str,
     ) -> FileResult:
         with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=out_dir) as work_dir:
             work = Path(work_dir)
@@ -681,7 +686,6 @@ class Separator:
                     image = audio_io.middle_frame(path)
                 names, embeddings = self._queries(query, image, queries)
                 files = outputs.stem_files(names, output.suffix)
-                subtype = output.subtype_for(outputs.input_subtype(path))
                 clipped, meter = self._write_outputs(
                     source, embeddings, work, files, output, subtype, progress
                 )
