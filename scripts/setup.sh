@@ -22,9 +22,17 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/clipsep 
     exit 0
 fi
 echo "setup: creating/updating .venv (first time: a few minutes)"
-[ -x .venv/bin/python ] || python3.11 -m venv .venv || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -U pip setuptools wheel 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[platform,app,test,onnx]" 2>&1 | grep -v "is ignored" || true
+if [ ! -x .venv/bin/python ]; then
+    python3.11 -m venv .venv || python3 -m venv .venv
+    # only a new venv's: on a re-run this would lift setuptools past torch's bound (< 82) until
+    # the install below settled it back, printing a dependency-conflict ERROR meanwhile
+    .venv/bin/python -m pip install -q --disable-pip-version-check -U pip setuptools wheel 2>&1 | grep -v "is ignored" || true
+fi
+# setuptools boxes an "Editable installation" notice on every editable install of a flat layout:
+# a ./clipsep folder in the working directory would be imported first (so would any package's);
+# informational, nothing to do
+PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[platform,app,test,onnx]" 2>&1 | grep -v "is ignored" || true
 # tinysoundfont declares pyaudio (live playback only, needs portaudio headers); rendering never imports it
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps tinysoundfont==0.3.7 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import clipsep, torch, open_clip, av, tinysoundfont, great_expectations, prefect, mlflow, dvc, gradio, onnxruntime, onnxscript" \
