@@ -85,7 +85,7 @@ def test_lr_schedule_warms_up_decays_and_stays(tiny_params):
 
 def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):
     torch.set_num_threads(1)
-    params = _params(tmp_path, shared_inputs, "labelled")
+    params = _params(tmp_path, shared_inputs, "labelled", **{"train.examples": 2})
     out = params.path("checkpoints")
     summary = train(params, params.path("clips"), out)
     steps = params.train.steps
@@ -101,10 +101,12 @@ def test_tiny_training_writes_checkpoints_and_reports(tmp_path, shared_inputs):
     assert info.extra["step"] == summary["best_step"]
     assert info.extra["params"]["model"]["preset"] == "tiny"
     assert info.query["embed_dim"] == model.cfg.query_dim
-    for name in ("mixture", "estimate", "reference"):
-        wave, rate = sf.read(out / "examples" / "00" / f"{name}.wav")
-        assert rate == params.audio.sample_rate and len(wave) == params.audio.segment_samples
-    assert (out / "examples" / "00" / "spectrogram.png").stat().st_size > 10_000
+    for example in ("00", "01"):
+        for name in ("mixture", "estimate", "reference"):
+            wave, rate = sf.read(out / "examples" / example / f"{name}.wav")
+            assert rate == params.audio.sample_rate and len(wave) == params.audio.segment_samples
+        assert (out / "examples" / example / "spectrogram.png").stat().st_size > 10_000
+    assert b"\r" not in (out / "history.csv").read_bytes()  # lines end in \n, as every CSV here
     assert (out / "curves.png").stat().st_size > 10_000
     assert json.loads((out / "summary.json").read_text())["best_step"] == summary["best_step"]
     assert len(list((out / "cache").glob("frame-embeddings-*.pt"))) == 1

@@ -10,7 +10,6 @@ image query of their first source, and ``summary.json``. Every file is written a
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import shutil
@@ -24,7 +23,7 @@ from clipsep import audio
 from clipsep.audio_io import write_wav
 from clipsep.config import BEST_CHECKPOINT
 from clipsep.env import headless_pyplot
-from clipsep.fileio import write_bytes
+from clipsep.fileio import write_bytes, write_csv
 from clipsep.training.spectral import reconstruct, run_model, spectral_batch
 
 HISTORY_FIELDS = [
@@ -57,15 +56,9 @@ def write_reports(
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    """``history.csv``: one row per step; empty cells where a value was not measured."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for record in history:
-        writer.writerow(
-            {k: ("" if record.get(k) is None else record.get(k)) for k in HISTORY_FIELDS}
-        )
-    write_bytes(path, buffer.getvalue().encode())
+    """``history.csv``: one row per step; empty cells where a value was not measured (the csv
+    module writes None and a missing key as an empty cell)."""
+    write_csv(path, HISTORY_FIELDS, history, extrasaction="ignore")
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
