@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -232,13 +233,32 @@ def train_clipsep(
     timing = timing_markdown(runs, seconds, total_s, cpu_description())
     logger.info("stage times: %s", timing_line(runs, seconds, total_s))
     table = publish(p, registered, timing)
-    classes = p.world.classes
     return {
         **registered,
         "metrics_table": table,
         "register_skipped": runs[-1].skipped,
-        "example_query": "violin" if "violin" in classes or not classes else classes[0],
+        **example_command_parts(runs, p.world.classes),
     }
+
+
+def example_command_parts(runs: Sequence[stages.StageRun], classes: Sequence[str]) -> dict:
+    """What the closing ``Separate:`` command separates: the evaluation's example mixture (two
+    test clips) and the query the protocol asked of it, so the command runs as printed; without
+    one (an evaluation recorded by an older clipsep), ``MIX.wav`` and a class of the world."""
+    evaluated = next((r.summary for r in runs if r.stage == "evaluate"), {})
+    example = evaluated.get("example") or {}
+    if example.get("query") and Path(example.get("mixture", "")).is_file():
+        return {
+            "example_mixture": display_path(example["mixture"]),
+            "example_query": example["query"],
+        }
+    return {"example_query": "violin" if "violin" in classes or not classes else classes[0]}
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working folder when it lies under it, else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def where_to_look(
@@ -251,7 +271,8 @@ def where_to_look(
     where = [f"--profile {profile}"] if profile else []
     where += [f"--set {o}" for o in overrides if o.startswith(("paths.", "registry."))]
     options = "".join(f" {w}" for w in where)
-    query = registered.get("example_query", "violin")
+    query = shlex.quote(registered.get("example_query", "violin"))
+    mixture = shlex.quote(registered.get("example_mixture", "MIX.wav"))
     unchanged = registered.get("register_skipped") or registered.get("already_registered")
     done = "Already registered (unchanged)" if unchanged else "Registered"
     # a version that holds no alias (an earlier one already held the checkpoint) by its number
@@ -263,7 +284,8 @@ def where_to_look(
         f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
         f"MLflow run:  {registered['run_url']}",
         f"MLflow UI:   {registered['ui_command']}",
-        f"Separate:    .venv/bin/clipsep separate MIX.wav --query {query} --model {model}{options}",
+        f"Separate:    .venv/bin/clipsep separate {mixture} --query {query} "
+        f"--model {model}{options}",
         f"App:         .venv/bin/python -m app --model {model}{options}   (http://127.0.0.1:7860)",
     ]
     if alias != "champion":

@@ -104,6 +104,32 @@ def test_metrics_json_has_every_key_with_finite_numbers(evaluated):
         assert (out / name).stat().st_size > 0
 
 
+def test_example_audio_is_the_first_mixture_its_true_target_and_its_query(evaluated):
+    """example/mixture.wav = target + interference of per_item.csv's first row (each a centred
+    segment at half level, as the protocol mixes them), target.wav the first alone, and the
+    query the protocol asked: what a run's closing ``Separate:`` command separates."""
+    from clipsep.evaluation.evaluate import ProtocolClip, load_segment
+
+    summary, out = evaluated
+    with open(out / "per_item.csv", newline="") as handle:
+        first = next(csv.DictReader(handle))
+    example = summary["example"]
+    assert example == {
+        "mixture": str(out / "example" / "mixture.wav"),
+        "target": str(out / "example" / "target.wav"),
+        "query": first["label"],
+    }
+    mixture, rate = sf.read(example["mixture"], dtype="float32")
+    target, _ = sf.read(example["target"], dtype="float32")
+    assert rate == 16000 and mixture.shape == target.shape == (16383,)  # the tiny segment
+    halves = [
+        load_segment(ProtocolClip(Path(first[k]), None, None), rate, 16383) / 2
+        for k in ("target", "interference")
+    ]
+    np.testing.assert_allclose(target, halves[0], atol=1e-7)
+    np.testing.assert_allclose(mixture, halves[0] + halves[1], atol=1e-6)
+
+
 def test_absent_query_activity_is_what_separate_would_report(evaluated):
     """Per mixture, the seconds the activity segments call the absent and the right query
     present (as ``clipsep separate``'s CSVs would); the share of absent queries reported nowhere."""

@@ -233,6 +233,44 @@ def test_closing_lines_name_the_model_by_alias_else_by_version(tmp_path, monkeyp
     where = "--profile tiny --set paths.mlflow=/tmp/store"
     assert lines[5].endswith(f"--query cello --model {model} {where}")
     assert lines[6].startswith(f"App:         .venv/bin/python -m app --model {model} {where}   ")
+    # after training wrote its examples: one of them, and its first source's label, quoted
+    registered.update(example_mixture="models/clipsep/examples/00/mixture.wav")
+    registered.update(example_query="acoustic guitar")
+    assert where_to_look(registered).splitlines()[5] == (
+        "Separate:    .venv/bin/clipsep separate models/clipsep/examples/00/mixture.wav "
+        f"--query 'acoustic guitar' --model {model}"
+    )
+
+
+def test_closing_command_separates_the_evaluations_example_with_its_query(tmp_path, monkeypatch):
+    """The printed ``Separate:`` command names a file that exists (the evaluation's example
+    mixture, relative to where the run was started) and the query the protocol asked of it;
+    MIX.wav and a class of the world only without one."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
+    from clipsep.stages import StageRun
+    from flows.train_clipsep import example_command_parts
+
+    def runs(summary: dict) -> list[StageRun]:
+        return [StageRun("evaluate", summary, True, "0" * 12, "unchanged", 0.1)]
+
+    classes = ["cello", "flute", "violin"]
+    mixture = tmp_path / "reports" / "evaluation" / "example" / "mixture.wav"
+    example = {"mixture": str(mixture), "target": "t.wav", "query": "acoustic guitar"}
+    # an older evaluation's record (no example), or its file gone: MIX.wav
+    assert example_command_parts(runs({"text_sdr": 3.0}), classes) == {"example_query": "violin"}
+    assert example_command_parts(runs({"example": example}), ["cello"]) == {
+        "example_query": "cello"
+    }
+    mixture.parent.mkdir(parents=True)
+    mixture.write_bytes(b"RIFF")
+    monkeypatch.chdir(tmp_path)
+    assert example_command_parts(runs({"example": example}), classes) == {
+        "example_mixture": "reports/evaluation/example/mixture.wav",
+        "example_query": "acoustic guitar",
+    }
+    monkeypatch.chdir(REPO)  # started elsewhere: the absolute path
+    parts = example_command_parts(runs({"example": example}), classes)
+    assert parts["example_mixture"] == str(mixture)
 
 
 def test_metrics_table_gives_mean_sem_and_median(tmp_path, monkeypatch):

@@ -327,8 +327,12 @@ def mixture_plan(p: Params, protocol: Protocol) -> list[tuple[int, int, int]]:
     return plan
 
 
+EXAMPLE_FOLDER = "example"  # the first mixture's audio (mixture.wav, target.wav)
+
+
 def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Score ``checkpoint`` on the protocol; writes metrics.json, per_item.csv and plots."""
+    """Score ``checkpoint`` on the protocol; writes metrics.json, per_item.csv, plots and the
+    first mixture's audio (:func:`write_example`)."""
     from clipsep.evaluation import plots
     from clipsep.inference import Separator
 
@@ -360,6 +364,7 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
     plots.plot_sdr_distribution(rows, METHODS, out_dir / "sdr_by_method.png")
     plots.plot_per_class(metrics["per_class"], out_dir / "sdr_per_class.png")
     plots.plot_example(example, separator.audio_cfg, out_dir / "example.png")
+    tried = write_example(out_dir / EXAMPLE_FOLDER, rows[0], example, separator.audio_cfg)
     plots.plot_detection(
         metrics["absent_query"]["detection"],
         p.separate.activity_threshold_db,
@@ -380,7 +385,21 @@ def evaluate(p: Params, checkpoint: str | Path, out_dir: str | Path) -> dict[str
         "scores_db": scores_db(metrics),
         "activity_detection": detection_summary(metrics["absent_query"]["detection"]),
         "out_dir": str(out_dir),
+        "example": tried,
     }
+
+
+def write_example(folder: Path, row: dict[str, Any], waves: dict, audio_cfg) -> dict[str, str]:
+    """The mixture of ``example.png`` as audio to try: ``mixture.wav`` and the true
+    ``target.wav`` (mono, the model's rate, one segment) in ``folder``; returns their paths and
+    the text query the protocol asked for (``mixture``, ``target``, ``query``)."""
+    from clipsep.audio_io import write_wav
+
+    written = {
+        name: str(write_wav(folder / f"{name}.wav", waves[name], audio_cfg.sample_rate))
+        for name in ("mixture", "target")
+    }
+    return {**written, "query": row["label"]}
 
 
 def inference_record(separator) -> dict[str, str]:
