@@ -310,8 +310,8 @@ def warm_serving_cache(p: Params) -> None:
     """After ``register``: resolve the model ``clipsep separate`` serves by default
     (``separate.model``, e.g. ``models:/clipsep@champion``) into the model cache and embed the
     world's class names into its text-embedding cache, as the CLI would. The first ``clipsep
-    separate examples/00/mixture.wav --query cello`` after a run (the command a run ends by
-    printing: a training example and its first source's class) then
+    separate reports/evaluation/example/mixture.wav --query cello`` after a run (the command a
+    run ends by printing: the evaluation's example and a class of the world) then
     neither imports mlflow nor builds the CLIP text tower: 2.1 s instead of 6.7-6.9 s for a 10-s
     file (AMD EPYC Zen 2). A checkpoint-path ``separate.model`` is left alone, and a failure (no
     champion yet, a cache that cannot be written) is logged, not raised: the caches only save
