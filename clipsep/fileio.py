@@ -77,6 +77,13 @@ def torch_save(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as a message shows it: relative to the working folder when it lies under it,
+    else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes, read in blocks (constant memory for any size)."""
     with open(path, "rb") as handle:

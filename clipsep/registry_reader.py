@@ -54,6 +54,7 @@ import yaml
 
 from clipsep.config import BEST_CHECKPOINT, Params
 from clipsep.errors import ClipsepError, MissingWeightsError
+from clipsep.fileio import shown_path
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +380,7 @@ def _no_checkpoint(
         if root is None
         else f"relative paths are taken from {start.resolve()}"
     )
-    return f"checkpoint {path} not found ({where}); under {elsewhere[0]} it is {_shown(there)}"
+    return f"checkpoint {path} not found ({where}); under {elsewhere[0]} it is {shown_path(there)}"
 
 
 def _a_folder(path: Path) -> str:
@@ -389,12 +390,6 @@ def _a_folder(path: Path) -> str:
     guess = best if best in found else found[0] if len(found) == 1 else None
     hint = f": did you mean {guess}?" if guess else " (give a file or models:/NAME@ALIAS)"
     return f"{path} is a folder, not a checkpoint file{hint}"
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the working folder when it is below it, else absolute."""
-    path = path.resolve()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def default_cache_dir() -> Path:

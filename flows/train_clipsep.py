@@ -42,6 +42,7 @@ from clipsep import progress, stages
 from clipsep.config import ConfigError, Params, load_params, params_file_from_args
 from clipsep.env import apply_offline_defaults
 from clipsep.errors import ClipsepError, ValidationFailed
+from clipsep.fileio import shown_path
 from clipsep.precision import cpu_description
 from flows.entry import add_flow_options
 
@@ -249,16 +250,10 @@ def example_command_parts(runs: Sequence[stages.StageRun], classes: Sequence[str
     example = evaluated.get("example") or {}
     if example.get("query") and Path(example.get("mixture", "")).is_file():
         return {
-            "example_mixture": display_path(example["mixture"]),
+            "example_mixture": shown_path(example["mixture"]),
             "example_query": example["query"],
         }
     return {"example_query": "violin" if "violin" in classes or not classes else classes[0]}
-
-
-def display_path(path: Path) -> str:
-    """``path`` relative to the working folder when it lies under it, else absolute."""
-    path = Path(path).resolve()
-    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def where_to_look(
