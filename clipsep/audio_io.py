@@ -22,8 +22,6 @@ the final name.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -31,6 +29,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from clipsep.errors import BadInputError
+from clipsep.fileio import atomic_path
 from clipsep.layout import check_sample_rate
 
 log = logging.getLogger(__name__)
@@ -336,18 +335,11 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
 
     sample_rate = check_sample_rate(sample_rate)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = audio if audio.ndim == 1 else audio.T
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav.part", dir=path.parent)
-    os.close(fd)
-    try:
+    # atomic_path, not mkstemp: mkstemp's files are 0600, and the rename kept that mode
+    with atomic_path(path) as tmp:
         sf.write(tmp, data, sample_rate, subtype="FLOAT", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 # --- pictures ---------------------------------------------------------------------------------

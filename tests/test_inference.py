@@ -404,6 +404,31 @@ def test_checking_a_new_output_folder_leaves_nothing_behind(tmp_path):
     )
 
 
+def test_written_files_get_the_permissions_of_any_new_file(tmp_path):
+    """New-user trial: the evaluation's example wavs (and training's) were 0600 beside 0644
+    reports: write_wav's mkstemp made its temporary file so, and the rename kept it. Every
+    atomic writer now gives what a plain new file gets (0666 less the umask)."""
+    import os
+
+    from clipsep import fileio
+    from clipsep.audio_io import write_wav
+
+    previous = os.umask(0o022)
+    try:
+        written = [
+            write_wav(tmp_path / "a.wav", np.zeros(16, np.float32), 16000),
+            fileio.write_bytes(tmp_path / "b.bin", b"x"),
+            fileio.write_text(tmp_path / "c.txt", "x"),
+            fileio.write_json(tmp_path / "d.json", {}),
+            fileio.write_csv(tmp_path / "e.csv", ["x"], [{"x": 1}]),
+        ]
+    finally:
+        os.umask(previous)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {
+        p.name: "0o644" for p in written
+    }
+
+
 @pytest.mark.parametrize("rate", [0, -16000, float("nan"), float("inf"), "16000", True])
 def test_a_sample_rate_that_is_not_positive_is_named_at_every_entry_point(separator, rate):
     from clipsep.activity import activity
