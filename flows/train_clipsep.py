@@ -219,7 +219,8 @@ def train_clipsep(
         logging.getLogger("clipsep").setLevel(logging.INFO)
     p = flow_params(params_file, profile, overrides or [], source)
     plan = planned_stages(p)
-    logger.info("params %s (profile %s), stages: %s", p.source_file, profile, " -> ".join(plan))
+    which = f"profile {profile}" if profile else "no profile"
+    logger.info("params %s (%s), stages: %s", p.source_file, which, " -> ".join(plan))
     runs, seconds = [], {}
     for stage in plan:
         began = time.perf_counter()
