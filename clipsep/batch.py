@@ -258,7 +258,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
         audio = f"{o.result.duration_s:8.1f}" if o.result else f"{'-':>8}"
         where = str(o.job.out_dir / o.job.path.stem) if o.status == "separated" else o.reason
         where += f" ({o.note})" if o.note else ""
-        lines.append(f"{str(o.job.path):<{width}}  {o.status:<9}{audio}{o.seconds:8.1f}  {where}")
+        # hundredths: a short file is separated in a few (0.04 s read "0.0", as if nothing ran)
+        lines.append(f"{str(o.job.path):<{width}}  {o.status:<9}{audio}{o.seconds:8.2f}  {where}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("separated", "skipped", "failed")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)

@@ -200,7 +200,7 @@ def test_a_too_short_file_in_a_folder_fails_and_the_others_are_separated(model, 
     assert rows[1].split(None, 4)[1:] == [
         "failed",
         "-",
-        "0.0",
+        "0.00",
         "800 samples (0.050 s) at 16000 Hz is too short to separate "
         "(need at least 1024 samples, 0.064 s)",
     ]
@@ -599,3 +599,21 @@ def test_inputs_none_of_which_can_be_separated_are_refused_before_any_model(
         f"{second}: no such file or folder",
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_table_gives_seconds_taken_in_hundredths(tmp_path):
+    """New-user trial: the command a run ends by printing separates a 4-s clip in 0.04 s, which
+    the table showed as 0.0, as if nothing had run."""
+    from types import SimpleNamespace
+
+    from clipsep.batch import Job, Outcome, table
+
+    job = Job(Path("mix.wav"), Path("separated"), named=True)
+    done = Outcome(job, "separated", 0.038, SimpleNamespace(duration_s=4.096))
+    lines = table([done, Outcome(Job(Path("b.wav"), Path("separated"), True), "skipped")])
+    assert lines.splitlines() == [
+        "input    status    audio s  took s  output / reason",
+        "mix.wav  separated     4.1    0.04  separated/mix",
+        "b.wav    skipped         -    0.00  ",
+        "1 separated, 1 skipped, 0 failed",
+    ]
