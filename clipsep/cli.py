@@ -138,7 +138,13 @@ def _add_separate_command(sub) -> None:
         "pass (OUT/<stem>/<query>.wav each). Without --query and --image, a video's middle "
         "frame is its query",
     )
-    cmd.add_argument("--image", default=None, help="image query (a picture of the sound source)")
+    cmd.add_argument(
+        "--image",
+        action="append",
+        default=None,
+        help="image query (a picture of the sound source; one per run, its stem image.wav "
+        "beside the --query stems)",
+    )
     cmd.add_argument(
         "--model",
         default=None,
@@ -235,13 +241,23 @@ def _unloaded_model(args: argparse.Namespace, params) -> tuple[dict[str, Any], C
 
 
 def _check_queries(args: argparse.Namespace) -> None:
-    """Usage errors of --query and --image, before any work: an empty query, a missing image."""
+    """Usage errors of --query and --image, before any work: an empty query, a missing image,
+    --image given more than once (appended, so a second one is not silently dropped). Leaves
+    ``args.image`` the one image path or None."""
     from clipsep import audio_io
     from clipsep.errors import BadInputError
     from clipsep.inference import check_text_query
 
     for query in args.queries:
         check_text_query(query)
+    images = args.image or []
+    if len(images) > 1:
+        raise BadInputError(
+            f"--image is given {len(images)} times: one image query per run "
+            "(repeat --query for several text queries)",
+            arguments=("image",),
+        )
+    args.image = images[0] if images else None
     if args.image is not None:
         try:
             audio_io.check_exists(args.image)

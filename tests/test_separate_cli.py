@@ -222,6 +222,22 @@ def test_the_cli_names_its_flags_the_library_its_arguments(model, tmp_path, capl
     assert "--" not in str(caught.value) and "query" in caught.value.arguments
 
 
+def test_a_second_image_is_a_usage_error_not_silently_dropped(model, tmp_path, caplog):
+    """New-user trial: `--image cello.jpg --image violin.png` separated with violin.png alone
+    (argparse keeps the last); now one line says so, before any work."""
+    from PIL import Image
+
+    mix = tmp_path / "mix.wav"
+    sf.write(mix, tones(16000, 1.0, 1)[0], 16000)
+    pictures = [tmp_path / "a.png", tmp_path / "b.png"]
+    for picture in pictures:
+        Image.new("RGB", (32, 32)).save(picture)
+    extra = ["--image", str(pictures[0]), "--image", str(pictures[1])]
+    assert run_cli(model, tmp_path / "out", mix, extra=extra) == 2
+    assert "--image is given 2 times: one image query per run" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_has_the_short_flag_o():
     from clipsep.cli import build_parser
 
