@@ -240,7 +240,17 @@ def train_clipsep(
         "metrics_table": table,
         "register_skipped": runs[-1].skipped,
         **example_command_parts(runs, p.world.classes),
+        **separate_out(p.path("root")),
     }
+
+
+def separate_out(root: Path) -> dict[str, str]:
+    """Where the closing ``Separate:`` command writes: its default ``separated/`` when the run's
+    root (``paths.root``) is the working folder, else ``ROOT/separated`` (a profile's run must
+    not replace the quick start's separations)."""
+    if Path(root).resolve() == Path.cwd().resolve():
+        return {}
+    return {"separate_out": shown_path(Path(root) / "separated")}
 
 
 def example_command_parts(runs: Sequence[stages.StageRun], classes: Sequence[str]) -> dict:
@@ -269,6 +279,8 @@ def where_to_look(
     options = "".join(f" {w}" for w in where)
     query = shlex.quote(registered.get("example_query", "violin"))
     mixture = shlex.quote(registered.get("example_mixture", "MIX.wav"))
+    out = registered.get("separate_out")
+    out = f" --out {shlex.quote(out)}" if out else ""
     unchanged = registered.get("register_skipped") or registered.get("already_registered")
     done = "Already registered (unchanged)" if unchanged else "Registered"
     # a version that holds no alias (an earlier one already held the checkpoint) by its number
@@ -280,7 +292,7 @@ def where_to_look(
         f"(text-query SDR {registered['text_sdr']:.2f} dB): {registered['reason']}",
         f"MLflow run:  {registered['run_url']}",
         f"MLflow UI:   {registered['ui_command']}",
-        f"Separate:    .venv/bin/clipsep separate {mixture} --query {query} "
+        f"Separate:    .venv/bin/clipsep separate {mixture} --query {query}{out} "
         f"--model {model}{options}",
         f"App:         .venv/bin/python -m app --model {model}{options}   (http://127.0.0.1:7860)",
     ]

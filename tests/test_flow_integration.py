@@ -234,11 +234,17 @@ def test_closing_lines_name_the_model_by_alias_else_by_version(tmp_path, monkeyp
     assert lines[5].endswith(f"--query cello --model {model} {where}")
     assert lines[6].startswith(f"App:         .venv/bin/python -m app --model {model} {where}   ")
     # after training wrote its examples: one of them, and its first source's label, quoted
-    registered.update(example_mixture="models/clipsep/examples/00/mixture.wav")
+    registered.update(example_mixture="reports/evaluation/example/mixture.wav")
     registered.update(example_query="acoustic guitar")
     assert where_to_look(registered).splitlines()[5] == (
-        "Separate:    .venv/bin/clipsep separate models/clipsep/examples/00/mixture.wav "
+        "Separate:    .venv/bin/clipsep separate reports/evaluation/example/mixture.wav "
         f"--query 'acoustic guitar' --model {model}"
+    )
+    # a run under another root (a profile's) separates into that root, not the quick start's
+    registered.update(separate_out="runs/tiny/separated")
+    assert where_to_look(registered, "tiny").splitlines()[5] == (
+        "Separate:    .venv/bin/clipsep separate reports/evaluation/example/mixture.wav "
+        f"--query 'acoustic guitar' --out runs/tiny/separated --model {model} --profile tiny"
     )
 
 
@@ -271,6 +277,17 @@ def test_closing_command_separates_the_evaluations_example_with_its_query(tmp_pa
     monkeypatch.chdir(REPO)  # started elsewhere: the absolute path
     parts = example_command_parts(runs({"example": example}), classes)
     assert parts["example_mixture"] == str(mixture)
+
+
+def test_a_run_under_another_root_separates_into_it(tmp_path, monkeypatch):
+    """New-user trial: the tiny profile's printed command wrote separated/mixture/, replacing
+    what the quick start's printed command had written there."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
+    from flows.train_clipsep import separate_out
+
+    monkeypatch.chdir(tmp_path)
+    assert separate_out(tmp_path) == {}
+    assert separate_out(tmp_path / "runs" / "tiny") == {"separate_out": "runs/tiny/separated"}
 
 
 def test_metrics_table_gives_mean_sem_and_median(tmp_path, monkeypatch):
