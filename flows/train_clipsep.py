@@ -312,8 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flow_options(parser)
     args = parser.parse_args(argv)
     try:
+        params_file = str(params_file_from_args(args).resolve())
+        # bad params (a typo'd --set, an unknown profile): one line, before Prefect starts a
+        # server and records a failed run around the traceback
+        flow_params(params_file, args.profile, args.overrides or [], args.source)
         registered = train_clipsep(
-            params_file=str(params_file_from_args(args).resolve()),
+            params_file=params_file,
             profile=args.profile,
             overrides=args.overrides,
             source=args.source,

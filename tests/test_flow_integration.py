@@ -290,6 +290,25 @@ def test_a_run_under_another_root_separates_into_it(tmp_path, monkeypatch):
     assert separate_out(tmp_path / "runs" / "tiny") == {"separate_out": "runs/tiny/separated"}
 
 
+def test_bad_params_are_one_line_before_prefect_starts(tmp_path, monkeypatch, capsys):
+    """New-user trial: `python -m flows --set train.stpes=1` started Prefect's temporary server,
+    recorded a failed flow run and printed a traceback before the line that says what to fix."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
+    import flows.train_clipsep as flow_module
+
+    def never(**_):
+        raise AssertionError("the flow started on bad params")
+
+    monkeypatch.setattr(flow_module, "train_clipsep", never)
+    params = ["--params", str(REPO / "params.yaml")]
+    assert flow_module.main([*params, "--set", "train.stpes=1"]) == 2
+    assert flow_module.main([*params, "--profile", "tyni"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    failed = [line for line in lines if line.startswith("train-clipsep failed: ")]
+    assert len(failed) == 2, lines
+    assert "unknown key 'stpes'" in failed[0] and "unknown profile 'tyni'" in failed[1]
+
+
 def test_metrics_table_gives_mean_sem_and_median(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect_home"))
     from flows.train_clipsep import metrics_markdown
