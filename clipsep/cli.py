@@ -98,7 +98,8 @@ def _add_export_command(sub) -> None:
         "out",
         metavar="OUT",
         help="output folder (separator.onnx, "
-        "clipsep-export.json); run it with Separator.from_pretrained(OUT)",
+        "clipsep-export.json); run it with clipsep separate --model OUT or "
+        "Separator.from_pretrained(OUT)",
     )
     cmd.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
     cmd.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
