@@ -687,6 +687,11 @@ def _check_invariants(p: Params, where: _Where) -> None:
         fail("train", "n_mix", "noise invariant training (model.nit) needs n_mix == 2")
     if p.train.warmup_steps > p.train.decay_steps:
         fail("train", "warmup_steps", f"must be <= decay_steps ({p.train.decay_steps})")
+    for key in ("steps", "batch_size", "validate_every", "checkpoint_every", "val_mixtures"):
+        if getattr(p.train, key) < 1:
+            fail("train", key, "must be >= 1")
+    if not p.train.lr > 0:
+        fail("train", "lr", "must be > 0")
     if p.train.pair_candidates < 1:
         fail("train", "pair_candidates", "must be >= 1")
     for key in ("absent_candidates", "absent_weight", "absent_rank_weight"):

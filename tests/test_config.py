@@ -54,6 +54,10 @@ def test_tuples_and_floats_are_coerced():
         ("trian.steps=1", ["unknown section(s) ['trian'] (did you mean 'train'?); known"]),
         ("train.mask_target=irm", ["'train'", "'mask_target'", "binary, ratio"]),
         ("world.duet_share=2", ["--set world.duet_share=2", "must lie in [0, 1]; got 2"]),
+        # new-user trial: these printed as params and failed only when training started
+        ("train.steps=-5", ["--set train.steps=-5", "key 'steps': must be >= 1; got -5"]),
+        ("train.lr=-1", ["--set train.lr=-1", "key 'lr': must be > 0; got -1"]),
+        ("train.batch_size=0", ["key 'batch_size': must be >= 1; got 0"]),
     ],
 )
 def test_bad_values_name_file_section_and_key(override, words):

@@ -607,10 +607,7 @@ def gate_advice(params: Params, net_cfg) -> str | None:
 
 
 def _check_run_params(params: Params, dist: Dist) -> None:
-    train = params.train
-    for name in ("steps", "batch_size", "validate_every", "checkpoint_every", "val_mixtures"):
-        if getattr(train, name) < 1:
-            raise BadInputError(f"train.{name} must be >= 1, got {getattr(train, name)}")
+    train = params.train  # its ranges (steps >= 1, ...) are checked when params load
     if train.batch_size % dist.world_size:
         raise BadInputError(
             f"train.batch_size={train.batch_size} must be divisible by the "
