@@ -113,11 +113,27 @@ def claim(client, run_id: str, driver: psutil.Process | None) -> None:
     nobody drives it, earlier driver tags are removed)."""
     held = driver_tags(driver)
     for key, value in {**owner_tags(), **held}.items():
-        client.set_tag(run_id, key, value)
+        set_tag_over_release(client, run_id, key, value)
     if not held:
         held = client.get_run(run_id).data.tags
         for key in [k for k in held if k.startswith(DRIVER)]:
             client.delete_tag(run_id, key)
+
+
+def set_tag_over_release(client, run_id: str, key: str, value: str) -> None:
+    """``client.set_tag``, written again when another stage of the same pass released
+    (:func:`release`) the tag between MLflow's read of the row and its update. The sqlite store
+    then raises "UPDATE statement on table 'tags' expected to update 1 row(s); 0 were matched"
+    (seen when a stage finished while the next one claimed the run); the row is gone, so the
+    second write inserts it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_tag(run_id, key, value)
+    except MlflowException as err:
+        if "expected to update" not in str(err):
+            raise
+        client.set_tag(run_id, key, value)
 
 
 def release(client, run_id: str) -> None:

@@ -606,6 +606,35 @@ def test_passes_into_two_folders_keep_a_run_each(tmp_path, shared_inputs):  # no
     assert tracking.recorded_run(other, client).info.run_id == b.info.run_id
 
 
+def test_claiming_a_run_survives_a_release_between_mlflows_read_and_write(tmp_path):
+    """CI (stop 28): a stage claimed the pass's run while another stage of it finished and
+    released it; MLflow's sqlite set_tag read the owner tag, the release deleted it, and the
+    update raised "expected to update 1 row(s); 0 were matched". The claim writes it again."""
+    from mlflow.exceptions import MlflowException
+
+    params = tiny_params_at(tmp_path)
+    client, experiment = tracking.connect(params)
+    run_id = client.create_run(experiment).info.run_id
+    raced = []
+
+    class ReleasedMeanwhile:  # the real client, but the first owner write loses the race
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def set_tag(self, run, key, value):
+            if key == run_owner.PID and not raced:
+                raced.append(key)
+                raise MlflowException(
+                    "UPDATE statement on table 'tags' expected to update 1 row(s); 0 were matched."
+                )
+            client.set_tag(run, key, value)
+
+    run_owner.claim(ReleasedMeanwhile(), run_id, None)
+    assert raced == [run_owner.PID]
+    tags = client.get_run(run_id).data.tags
+    assert tags[run_owner.PID] == str(os.getpid()) and run_owner.HOST in tags
+
+
 OPEN_AT_ONCE = """import pathlib, sys, time
 import mlflow  # imported before the start: the processes race only over the run
 from clipsep.config import load_params
