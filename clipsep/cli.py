@@ -382,12 +382,13 @@ def separate_files(args: argparse.Namespace) -> int:
                 batch.summary(outcomes, model, seconds, found.not_media, found.earlier), indent=2
             )
         )
-    elif not alone:
-        print(batch.table(outcomes))
-    if not args.json and found.not_media:  # not failures: the exit status does not count them
-        print(batch.not_media_line(found.not_media))
-    if not args.json and found.earlier:
-        print(batch.earlier_line(found.earlier))
+    else:
+        if not alone:
+            print(batch.table(outcomes))
+        if found.not_media:  # not failures: the exit status does not count them
+            print(batch.not_media_line(found.not_media))
+        if found.earlier:
+            print(batch.earlier_line(found.earlier))
     if failed and not alone:  # after the table it sums up (stdout flushed first)
         separated = sum(o.status == "separated" for o in outcomes)
         sys.stdout.flush()

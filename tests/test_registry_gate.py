@@ -353,7 +353,7 @@ def test_evaluating_a_registered_checkpoint_again_adds_no_run(tmp_path):
 
 
 def test_register_warms_the_caches_the_first_separate_reads(tmp_path, monkeypatch):
-    """The first `clipsep separate MIX.wav --query violin` after a run (the command the run ends
+    """The first `clipsep separate ... --query <a class>` after a run (the command the run ends
     by printing) took 6.7-6.9 s: mlflow resolved the champion, open_clip built the text tower.
     The register stage now leaves both in the caches, so it needs neither (2.1 s)."""
     from clipsep import registry_reader
