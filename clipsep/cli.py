@@ -221,21 +221,23 @@ def _unloaded_model(args: argparse.Namespace, params) -> tuple[dict[str, Any], C
     """What the separator _load_separator would load records in separation.json
     (Separator.model_record) and a check that refuses a file too short for it
     (clipsep.inference.check_length), both found without loading it (resolve_reference,
-    run_device, audio_config), so that a run whose files are all skipped, or all too short,
+    choose_engine, audio_config), so that a run whose files are all skipped, or all too short,
     loads nothing."""
     from clipsep import outputs
-    from clipsep.inference import audio_config, check_length, resolve_reference, run_device
+    from clipsep.inference import audio_config, check_length, choose_engine, resolve_reference
     from clipsep.registry_reader import registry_uri
 
     ref, root, elsewhere = _model_reference(args, params)
     resolved = resolve_reference(ref, args.clip_weights, registry_uri(params), root, elsewhere)
     audio_cfg = audio_config(resolved.checkpoint)
+    engine, device, settings = choose_engine(ref, None, params.separate.device, params.separate)
     record = outputs.model_record(
         resolved.checkpoint,
         resolved.version,
         resolved.clip_weights,
-        params.separate,
-        device=run_device(ref, params.separate.device, params.separate),
+        settings,
+        engine,
+        device,
         calibration=params.path("clips"),
     )
     return record, lambda path: check_length(path, audio_cfg)

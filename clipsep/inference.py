@@ -59,7 +59,7 @@ from clipsep.activity import ActivityMeter, Segment
 from clipsep.config import CHANNEL_MASKS, HIGH_BANDS, AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
 from clipsep.layout import channels_first, check_sample_rate
-from clipsep.precision import autocast, resolve_precision
+from clipsep.precision import PrecisionChoice, autocast, fixed_precision, resolve_precision
 from clipsep.registry_reader import ResolvedModel
 
 # What Python users who pass no settings separate with: SeparateConfig's defaults, which
@@ -371,7 +371,7 @@ class Separator:
             raise BadInputError(
                 f"separate.high_band must be one of {HIGH_BANDS}, got {settings.high_band!r}"
             )
-        self.precision = resolve_precision(settings.precision, device)  # PrecisionChoice
+        self.precision = network_precision(network, settings.precision, device)
         self.memory_format = forward_memory_format(network, device)
         self.network = network.eval()
         if self.memory_format is not None:  # weights reordered once here, not at every call
@@ -418,8 +418,7 @@ class Separator:
         from clipsep.registry_reader import default_cache_dir
 
         settings = settings or DEFAULT_SETTINGS
-        requested = (settings, engine)  # what separation.json records (as the CLI does unloaded)
-        engine, device, settings = _choose_engine(ref, engine, device, settings)
+        engine, device, settings = choose_engine(ref, engine, device, settings)
         resolved = resolve_reference(ref, clip_weights, tracking_uri, root, elsewhere)
         clip_weights = resolved.clip_weights
         network, info = load_network(resolved.checkpoint, device, engine)
@@ -441,7 +440,13 @@ class Separator:
             source=resolved,
             extra=dict(info.extra),
             model_record=outputs.model_record(
-                resolved.checkpoint, resolved.version, clip_weights, *requested, device, calibration
+                resolved.checkpoint,
+                resolved.version,
+                clip_weights,
+                settings,
+                engine,
+                device,
+                calibration,
             ),
         )
 
@@ -842,6 +847,14 @@ def forward_memory_format(network, device: str) -> torch.memory_format | None:
     return torch.channels_last
 
 
+def network_precision(network, requested: str, device: str) -> PrecisionChoice:
+    """The precision a network runs in: a torch network's as :func:`resolve_precision` chooses
+    for ``requested`` on ``device``; fp32 for an ONNX Runtime network, which runs as exported."""
+    if isinstance(network, torch.nn.Module):
+        return resolve_precision(requested, device)
+    return fixed_precision("fp32", "the ONNX Runtime engine runs fp32", requested)
+
+
 def _interp_rows(x: np.ndarray, xp: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``np.interp(x, xp, row)`` for every row of ``rows [..., len(xp)]`` -> ``[..., len(x)]``
     float32 (constant beyond the ends, as np.interp)."""
@@ -889,27 +902,22 @@ def load_int8_network(path: Path, calibration: str | Path | None, encoder):
     return export.load_onnx_network(folder)
 
 
-def run_device(
+def choose_engine(
     ref: str | Path,
+    engine: str | None = None,
     device: str = "auto",
     settings: SeparateConfig | None = None,
-    engine: str | None = None,
-) -> str:
-    """The device :meth:`Separator.from_pretrained` runs ``ref`` on with these arguments, found
-    without loading it (``cpu`` for the ONNX engines; ``auto``: ``cuda`` when available, else
-    ``cpu``): what separation.json records. BadInputError as from_pretrained's."""
-    return _choose_engine(ref, engine, device, settings or DEFAULT_SETTINGS)[1]
-
-
-def _choose_engine(
-    ref: str | Path, engine: str | None, device: str, settings: SeparateConfig
 ) -> tuple[str, str, SeparateConfig]:
-    """(engine, device, settings) to load ``ref`` with: an export folder runs with onnx only;
-    else ``engine`` or ``settings.engine``; onnx adjusts device and precision (below); the device
-    is resolved (``auto``: cuda when available, else cpu)."""
+    """``(engine, device, settings)`` that :meth:`Separator.from_pretrained` runs ``ref`` with
+    for these arguments, found without loading it: an export folder runs with engine onnx only;
+    else ``engine`` or ``settings.engine``; the ONNX engines run on the CPU in fp32 (device auto
+    -> cpu, precision auto -> fp32); the device is resolved (``auto``: cuda when available, else
+    cpu). What separation.json records. BadInputError for an unknown engine, a non-onnx engine
+    on an export folder, an ONNX engine on CUDA or in reduced precision."""
     from clipsep.env import resolve_device
     from clipsep.model.export import check_engine, is_export_folder
 
+    settings = settings or DEFAULT_SETTINGS
     exported = is_export_folder(ref)
     engine = check_engine(engine or ("onnx" if exported else settings.engine))
     if exported and engine != "onnx":

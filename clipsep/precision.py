@@ -143,6 +143,14 @@ def onednn_uses_avx512() -> bool:
     return "avx512f" in cpu_flags() and onednn_isa_cap().startswith(("AVX512", "AVX10", "ALL"))
 
 
+def fixed_precision(mode: str, reason: str, requested: str) -> PrecisionChoice:
+    """A precision the engine fixes whatever was requested (an ONNX Runtime network runs as
+    exported); logged as :func:`resolve_precision` logs its choice."""
+    choice = PrecisionChoice(mode, reason, requested)
+    log.info("precision: %s (%s)", choice.mode, choice.reason)
+    return choice
+
+
 def resolve_precision(requested: str, device: str) -> PrecisionChoice:
     """Turn ``requested`` (auto | fp32 | bf16 | fp16) into the mode to run on ``device``.
 

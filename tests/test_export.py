@@ -241,3 +241,33 @@ def test_a_gated_network_exports_and_agrees_with_eager(tmp_path):
         gate = eager.gate(eager.features(mag).tap, query)
     assert gate.std() > 0.1  # the gate is live, so agreement covers it
     assert (onnx(mag, query).mask_logits - reference).abs().max() < TOLERANCE
+
+
+def test_an_export_folder_run_records_and_logs_the_onnx_engine(exported, tmp_path, caplog, capsys):
+    """separation.json names the engine and precision that ran: an export folder runs ONNX
+    Runtime in fp32 (not ``torch``, the default setting), the log says why fp32, and the CLI's
+    record made without loading equals the loaded separator's, so a second run skips the file."""
+    import logging
+
+    import soundfile as sf
+
+    from clipsep.inference import Separator
+    from clipsep.outputs import SIDECAR
+    from test_separate_cli import run_cli
+
+    _, clip, out, _ = exported
+    with caplog.at_level(logging.INFO, logger="clipsep.precision"):
+        separator = Separator.from_pretrained(out, clip_weights=clip)
+    assert separator.model_record["settings"]["engine"] == "onnx"
+    assert separator.model_record["settings"]["precision"] == "fp32"
+    assert "precision: fp32 (the ONNX Runtime engine runs fp32)" in caplog.text
+    assert "as requested" not in caplog.text
+    audio, outputs = tmp_path / "x.wav", tmp_path / "out"
+    sf.write(audio, tones(16000, 1.5, 1)[0], 16000, subtype="FLOAT")
+    assert run_cli((out, clip), outputs, audio, extra=["--query", "flute"]) == 0
+    record = json.loads((outputs / "x" / SIDECAR).read_text())["model"]
+    assert record["settings"]["engine"] == "onnx" and record["device"] == "cpu"
+    assert record == json.loads(json.dumps(separator.model_record))
+    capsys.readouterr()
+    assert run_cli((out, clip), outputs, audio, extra=["--query", "flute", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["skipped"]) == [str(audio)]
