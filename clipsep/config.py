@@ -8,8 +8,8 @@ Python API without a params file; params.yaml repeats them and a test checks the
 unknown key, a missing key, a wrong type or an inconsistent value raises :class:`ConfigError`
 naming where the value came from (the params or profile file and its line, or the override as
 written, e.g. ``--set train.steps=many``), the section and key, the value given and, for keys with a
-fixed set of choices (:data:`CHOICES`), the choices. This module imports no torch: the CLI, DVC and
-tests load it fast.
+fixed set of choices (:data:`CHOICES`; for ``model.preset`` the preset files), the choices. This
+module imports no torch: the CLI, DVC and tests load it fast.
 """
 
 from __future__ import annotations
@@ -45,7 +45,22 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("ingest", "audio_format"): AUDIO_FORMATS,
     ("eval", "metrics_backend"): METRICS_BACKENDS,
 }
+# the architecture presets: one JSON file per preset, named after it (read by clipsep.model.factory)
+PRESETS_DIR = Path(__file__).resolve().parent / "model" / "presets"
 SHOWN_CHARS = 80  # a value echoed in an error message is cut to this many characters
+
+
+def preset_names() -> tuple[str, ...]:
+    """Names of the bundled architecture presets (the ``*.json`` files in :data:`PRESETS_DIR`)."""
+    return tuple(sorted(path.stem for path in PRESETS_DIR.glob("*.json")))
+
+
+def choices_of(section: str, key: str) -> tuple[str, ...] | None:
+    """The values ``section.key`` may take (:data:`CHOICES`; ``model.preset``: the preset
+    files), or None for a key of no fixed set."""
+    if (section, key) == ("model", "preset"):
+        return preset_names()
+    return CHOICES.get((section, key))
 
 
 class ConfigError(ValueError):
@@ -612,7 +627,7 @@ def _build_section(cls: type, values: Any, section: str, where: _Where) -> Any:
         raise ConfigError(f"{where.section(section)}: missing key(s) {missing}")
     kwargs = {}
     for key, value in values.items():
-        choices = CHOICES.get((section, key))
+        choices = choices_of(section, key)
         if choices is not None and value not in choices:
             raise ConfigError(
                 f"{where.key(section, key)}: must be one of {', '.join(choices)}; "

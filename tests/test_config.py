@@ -99,6 +99,11 @@ OVER = f"(over {PARAMS})"
             f"--set separate.channel_masks=mono {OVER}: section 'separate', key "
             "'channel_masks': must be one of shared, independent; got 'mono'",
         ),
+        (  # the architecture presets are the JSON files in clipsep/model/presets
+            "model.preset=bogus",
+            f"--set model.preset=bogus {OVER}: section 'model', key 'preset': must be one of "
+            "cpu, cpu-conv-upsample, cpu-gated, cpu-narrow, paper, small, tiny; got 'bogus'",
+        ),
         (  # a wrong type
             "train.steps=many",
             f"--set train.steps=many {OVER}: section 'train', key 'steps': "

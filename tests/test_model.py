@@ -10,7 +10,8 @@ import torch
 from clipsep import audio
 from clipsep.config import ModelConfig
 from clipsep.errors import BadInputError, MissingWeightsError
-from clipsep.model.factory import build_model, list_presets, load_checkpoint, save_checkpoint
+from clipsep.config import preset_names
+from clipsep.model.factory import build_model, load_checkpoint, save_checkpoint
 from clipsep.model.losses import separation_loss
 from clipsep.model.network import CLIPSepNet, NetConfig
 
@@ -93,7 +94,7 @@ def test_bad_input_raises_clear_errors():
 
 
 def test_registry_rejects_unknown_preset_listing_known_ones():
-    assert {"paper", "small", "tiny"} <= set(list_presets())
+    assert {"paper", "small", "tiny"} <= set(preset_names())
     with pytest.raises(BadInputError, match="known presets: .*paper.*small.*tiny"):
         build_model(ModelConfig("huge", True), 512)
     with pytest.raises(ValueError, match="unknown fusion 'film'; known: \\['late'\\]"):
@@ -309,7 +310,7 @@ def test_warp_bins_has_one_value_across_presets_and_profiles(tmp_path, tiny_para
         load_params(REPO / "params.yaml", profile=name).audio.warp_bins for name in profiles
     }
     preset_rows = {
-        preset_config(name, nit=False, query_dim=QUERY_DIM).warp_bins for name in list_presets()
+        preset_config(name, nit=False, query_dim=QUERY_DIM).warp_bins for name in preset_names()
     }
     assert audio_rows == preset_rows == {256}
     other_front_end = dataclasses.replace(tiny_params.audio, warp_bins=128)

@@ -19,12 +19,11 @@ from typing import Any
 import torch
 
 import clipsep
-from clipsep.config import AudioConfig, ModelConfig
+from clipsep.config import PRESETS_DIR, AudioConfig, ModelConfig, preset_names
 from clipsep.errors import BadInputError, MissingWeightsError
 from clipsep.model.network import CLIPSepNet, NetConfig
 from clipsep.fileio import torch_save
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 CHECKPOINT_FORMAT = "clipsep-separator"
 CHECKPOINT_VERSION = 1
 _PRESET_INFO_KEYS = {"description"}  # documentation keys of a preset, not NetConfig fields
@@ -42,18 +41,13 @@ class CheckpointInfo:
     clipsep_version: str
 
 
-def list_presets() -> list[str]:
-    """Names of the bundled architecture presets."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-
-
 def preset_config(preset: str, *, nit: bool, query_dim: int) -> NetConfig:
     """The :class:`NetConfig` of a named preset with the NIT switch and query size filled in."""
     path = PRESETS_DIR / f"{preset}.json"
     if not path.is_file():
         raise BadInputError(
             f"unknown model preset {preset!r}; known presets: "
-            f"{', '.join(list_presets())} (files in {PRESETS_DIR})"
+            f"{', '.join(preset_names())} (files in {PRESETS_DIR})"
         )
     values = {k: v for k, v in json.loads(path.read_text()).items() if k not in _PRESET_INFO_KEYS}
     try:
