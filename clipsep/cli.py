@@ -244,12 +244,11 @@ def _unloaded_model(args: argparse.Namespace, params) -> tuple[dict[str, Any], C
 
 
 def _check_queries(args: argparse.Namespace) -> None:
-    """Usage errors of --query and --image, before any work: an empty query, a missing image,
-    --image given more than once (appended, so a second one is not silently dropped). Leaves
-    ``args.image`` the one image path or None."""
-    from clipsep import audio_io
+    """Usage errors of --query and --image, before any work: an empty query, a missing or
+    unreadable image, --image given more than once (appended, so a second one is not silently
+    dropped). Leaves ``args.image`` the one image path or None."""
     from clipsep.errors import BadInputError
-    from clipsep.inference import check_text_query
+    from clipsep.inference import check_text_query, load_image
 
     for query in args.queries:
         check_text_query(query)
@@ -263,7 +262,7 @@ def _check_queries(args: argparse.Namespace) -> None:
     args.image = images[0] if images else None
     if args.image is not None:
         try:
-            audio_io.check_exists(args.image)
+            load_image(args.image)  # decoded once more when embedded: a photo takes milliseconds
         except BadInputError as err:
             raise BadInputError(str(err), arguments=("image",)) from err
 

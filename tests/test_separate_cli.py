@@ -238,6 +238,19 @@ def test_a_second_image_is_a_usage_error_not_silently_dropped(model, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unreadable_image_is_a_usage_error_before_the_model_loads(model, tmp_path, caplog):
+    """A file that is no image (here text named .png) was found only when the first input was
+    separated, after the model had loaded: now exit 2 at once, naming the file, nothing written."""
+    mix, picture = tmp_path / "mix.wav", tmp_path / "cello.png"
+    sf.write(mix, tones(16000, 1.0, 1)[0], 16000)
+    picture.write_text("not a picture")
+    assert run_cli(model, tmp_path / "out", mix, extra=["--image", str(picture)]) == 2
+    assert f"{picture}: not a readable image" in caplog.text
+    loading = ("clipsep.model", "clipsep.precision")  # CLIP built, precision chosen: none of it
+    assert [r.name for r in caplog.records if r.name.startswith(loading)] == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_has_the_short_flag_o():
     from clipsep.cli import build_parser
 
