@@ -258,12 +258,12 @@ def what_is_registered(client, name: str, alias: str | None = None) -> str:
     if close:
         return (
             f"no alias {alias!r} on {name}: did you mean @{close[0]}? (aliases: {named}; "
-            f"{shown}); use --model {model}@{close[0]}"
+            f"{shown}); use {model}@{close[0]}"
         )
     if not aliases:
-        return f"{name} has {shown}, no alias; use --model {model}/{newest}"
+        return f"{name} has {shown}, no alias; use {model}/{newest}"
     offered = f"@{next(iter(aliases))}" if len(aliases) == 1 else "@ALIAS with one of them"
-    return f"{name} has {named}, {shown}; use --model {model}{offered} (or {model}/{newest})"
+    return f"{name} has {named}, {shown}; use {model}{offered} (or {model}/{newest})"
 
 
 def _versions_text(versions: list[int]) -> str:
@@ -291,7 +291,7 @@ def _other_models(client, name: str) -> str:
     offered = close[0] if close else names[0]
     return (
         f"the store has no registered model {name!r}, only {', '.join(names)}; {guess}use "
-        f"--model {REGISTRY_PREFIX}{offered}@ALIAS or {REGISTRY_PREFIX}{offered}/VERSION"
+        f"{REGISTRY_PREFIX}{offered}@ALIAS or {REGISTRY_PREFIX}{offered}/VERSION"
     )
 
 

@@ -162,9 +162,9 @@ def test_a_missing_alias_names_the_aliases_and_versions_there_are(tmp_path, monk
         resolve_model("models:/clipsep@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
     assert str(missing.value) == (
         f"no model version models:/clipsep@champion in {uri}: clipsep has @challenger (v1), "
-        "version 1; use --model models:/clipsep@challenger (or models:/clipsep/1)"
+        "version 1; use models:/clipsep@challenger (or models:/clipsep/1)"
     )
-    with pytest.raises(ModelNotFoundError, match=r"use --model models:/clipsep@challenger \("):
+    with pytest.raises(ModelNotFoundError, match=r"use models:/clipsep@challenger \("):
         resolve_model("models:/clipsep/7", tracking_uri=uri, cache_dir=tmp_path / "c")
     with pytest.raises(ModelNotFoundError, match="no registered model 'clipsepp', only clipsep"):
         resolve_model("models:/clipsepp@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
@@ -177,7 +177,7 @@ def test_a_missing_alias_names_the_aliases_and_versions_there_are(tmp_path, monk
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert "@challenger (v1)" in errors[0]
-    assert "--model models:/clipsep@challenger (or models:/clipsep/1)" in errors[0]
+    assert "use models:/clipsep@challenger (or models:/clipsep/1)" in errors[0]
     assert not (tmp_path / "separated").exists()
 
 
@@ -202,7 +202,7 @@ def test_a_mistyped_alias_suggests_the_closest_alias(tmp_path, monkeypatch, capl
     expected = (
         f"no model version models:/clipsep@champoin in {uri}: no alias 'champoin' on clipsep: "
         "did you mean @champion? (aliases: @challenger (v3), @champion (v1); versions 1-3); "
-        "use --model models:/clipsep@champion"
+        "use models:/clipsep@champion"
     )
     with pytest.raises(ModelNotFoundError) as mistyped:
         resolve_model("models:/clipsep@champoin", tracking_uri=uri, cache_dir=cache)
@@ -215,14 +215,14 @@ def test_a_mistyped_alias_suggests_the_closest_alias(tmp_path, monkeypatch, capl
         resolve_model("models:/clipsep@production", tracking_uri=uri, cache_dir=cache)
     assert str(far.value).endswith(
         "clipsep has @challenger (v3), @champion (v1), versions 1-3; "
-        "use --model models:/clipsep@ALIAS with one of them (or models:/clipsep/3)"
+        "use models:/clipsep@ALIAS with one of them (or models:/clipsep/3)"
     )
     client.create_registered_model("alpha")
     with pytest.raises(ModelNotFoundError) as name:
         resolve_model("models:/clipsp@champion", tracking_uri=uri, cache_dir=cache)
     assert str(name.value).endswith(
         "the store has no registered model 'clipsp', only alpha, clipsep; did you mean clipsep? "
-        "use --model models:/clipsep@ALIAS or models:/clipsep/VERSION"
+        "use models:/clipsep@ALIAS or models:/clipsep/VERSION"
     )
 
     mix = tmp_path / "song.wav"
