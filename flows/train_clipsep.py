@@ -60,6 +60,8 @@ STAGE_RETRIES = {
 PROGRESS_ARTIFACT = "clipsep-train-progress"  # the run page's live progress bar of training
 METRIC_ROWS = ("text", "image", "constant_mask", "oracle_ibm", "oracle_irm", "mixture")
 METRIC_COLUMNS = ("sdr", "sir", "sar", "si_sdr", "sdri")
+# the closing Separate: command without an evaluation example (recorded by an older clipsep)
+FALLBACK_MIXTURE, FALLBACK_QUERY = "MIX.wav", "violin"
 
 
 def run_stage_reporting(stage: str, p: Params, skip_unchanged: bool = False) -> stages.StageRun:
@@ -256,7 +258,8 @@ def separate_out(root: Path) -> dict[str, str]:
 def example_command_parts(runs: Sequence[stages.StageRun], classes: Sequence[str]) -> dict:
     """What the closing ``Separate:`` command separates: the evaluation's example mixture (two
     test clips) and the query the protocol asked of it, so the command runs as printed; without
-    one (an evaluation recorded by an older clipsep), ``MIX.wav`` and a class of the world."""
+    one (an evaluation recorded by an older clipsep), :data:`FALLBACK_MIXTURE` and a class of
+    the world."""
     evaluated = next((r.summary for r in runs if r.stage == "evaluate"), {})
     example = evaluated.get("example") or {}
     if example.get("query") and Path(example.get("mixture", "")).is_file():
@@ -264,7 +267,8 @@ def example_command_parts(runs: Sequence[stages.StageRun], classes: Sequence[str
             "example_mixture": shown_path(example["mixture"]),
             "example_query": example["query"],
         }
-    return {"example_query": "violin" if "violin" in classes or not classes else classes[0]}
+    query = FALLBACK_QUERY if FALLBACK_QUERY in classes or not classes else classes[0]
+    return {"example_query": query}
 
 
 def where_to_look(
@@ -277,8 +281,8 @@ def where_to_look(
     where = [f"--profile {profile}"] if profile else []
     where += [f"--set {o}" for o in overrides if o.startswith(("paths.", "registry."))]
     options = "".join(f" {w}" for w in where)
-    query = shlex.quote(registered.get("example_query", "violin"))
-    mixture = shlex.quote(registered.get("example_mixture", "MIX.wav"))
+    query = shlex.quote(registered.get("example_query", FALLBACK_QUERY))
+    mixture = shlex.quote(registered.get("example_mixture", FALLBACK_MIXTURE))
     out = registered.get("separate_out")
     out = f" --out {shlex.quote(out)}" if out else ""
     unchanged = registered.get("register_skipped") or registered.get("already_registered")
