@@ -117,7 +117,7 @@ def claim(client, run_id: str, driver: psutil.Process | None) -> None:
     if not held:
         held = client.get_run(run_id).data.tags
         for key in [k for k in held if k.startswith(DRIVER)]:
-            client.delete_tag(run_id, key)
+            delete_tag_if_present(client, run_id, key)
 
 
 def set_tag_over_release(client, run_id: str, key: str, value: str) -> None:
@@ -138,12 +138,25 @@ def set_tag_over_release(client, run_id: str, key: str, value: str) -> None:
 
 def release(client, run_id: str) -> None:
     """This process stops writing the run: it stays RUNNING for the next stage, held by its
-    driver (if any). Tags already gone are skipped: two evaluations on one store share the
-    pipeline run, and the second release crashed on the first one's deletion."""
+    driver (if any). Tags already gone are skipped: two stages of one pass (or two evaluations
+    on one store) share the pipeline run and may release it at the same time."""
     tags = client.get_run(run_id).data.tags
     for key in (HOST, PID, STARTED):
         if key in tags:
-            client.delete_tag(run_id, key)
+            delete_tag_if_present(client, run_id, key)
+
+
+def delete_tag_if_present(client, run_id: str, key: str) -> None:
+    """``client.delete_tag``, where a tag another process deleted after this one read the run's
+    tags is already as wanted (MLflow: "No tag with name ...", RESOURCE_DOES_NOT_EXIST)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        client.delete_tag(run_id, key)
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
 
 
 def owner_alive(tags: dict[str, str], prefix: str = OWNER) -> bool | None:

@@ -635,6 +635,32 @@ def test_claiming_a_run_survives_a_release_between_mlflows_read_and_write(tmp_pa
     assert tags[run_owner.PID] == str(os.getpid()) and run_owner.HOST in tags
 
 
+def test_releasing_a_run_survives_another_release_between_read_and_delete(tmp_path):
+    """Two stages of one pass (validate and evaluate started together) release the run: each
+    reads the owner tags, then deletes them; the one that deletes second found the tag gone
+    (MLflow: "No tag with name"). Both releases end with the owner tags gone, no error."""
+    params = tiny_params_at(tmp_path)
+    client, experiment = tracking.connect(params)
+    run_id = client.create_run(experiment).info.run_id
+    run_owner.claim(client, run_id, None)
+    raced = []
+
+    class ReleasedMeanwhile:  # the real client, but the other stage deletes the pid tag first
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def delete_tag(self, run, key):
+            if key == run_owner.PID and not raced:
+                raced.append(key)
+                client.delete_tag(run, key)
+            client.delete_tag(run, key)
+
+    run_owner.release(ReleasedMeanwhile(), run_id)
+    assert raced == [run_owner.PID]
+    tags = client.get_run(run_id).data.tags
+    assert not {run_owner.PID, run_owner.HOST, run_owner.STARTED} & set(tags)
+
+
 OPEN_AT_ONCE = """import pathlib, sys, time
 import mlflow  # imported before the start: the processes race only over the run
 from clipsep.config import load_params
