@@ -178,9 +178,11 @@ def _auto_cpu() -> PrecisionChoice:
     native, why = native_bf16()
     if not native:
         return PrecisionChoice("fp32", why, "auto")
-    speedup = measured_bf16_speedup()
+    speedup, cached = bf16_speedup_and_cache()
     mode = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
-    return PrecisionChoice(mode, f"{why}; bf16 measured {speedup:.2f}x fp32 here", "auto", speedup)
+    when = f"on this machine before (cached in {cached})" if cached else "here, now"
+    reason = f"{why}; bf16 measured {speedup:.2f}x fp32 {when}"
+    return PrecisionChoice(mode, reason, "auto", speedup)
 
 
 def _explicit_cpu_bf16() -> PrecisionChoice:
@@ -199,11 +201,17 @@ def _explicit_cpu_bf16() -> PrecisionChoice:
 
 def measured_bf16_speedup() -> float:
     """fp32 time / bf16-autocast time of the probe on this machine (cached per machine)."""
+    return bf16_speedup_and_cache()[0]
+
+
+def bf16_speedup_and_cache() -> tuple[float, Path | None]:
+    """(:func:`measured_bf16_speedup`, the cache file it was read from, or None when the probe
+    ran just now)."""
     key = _machine_key()
     cache = _cache_path()
     entries = _read_cache(cache)
     if key in entries:
-        return float(entries[key])
+        return float(entries[key]), cache
     speedup = _probe_speedup()
     entries[key] = round(speedup, 4)
     with contextlib.suppress(OSError):
@@ -211,7 +219,7 @@ def measured_bf16_speedup() -> float:
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
         os.replace(tmp, cache)
-    return speedup
+    return speedup, None
 
 
 def _machine_key() -> str:

@@ -94,6 +94,19 @@ def test_the_measurement_is_cached_per_machine(amx_cpu, monkeypatch, tmp_path):
     assert len(calls) == 2  # another machine is measured afresh
 
 
+def test_the_reason_says_whether_the_probe_ran_now_or_its_verdict_was_cached(
+    amx_cpu, monkeypatch, tmp_path
+):
+    """New-user trial: a fresh clone logged "bf16 measured 1.64x fp32 here" from a verdict an
+    earlier run had cached; the reason now says which it was, and where the cache is."""
+    monkeypatch.setattr(precision, "_probe_speedup", lambda: 1.7)
+    first = precision.resolve_precision("auto", "cpu").reason
+    again = precision.resolve_precision("auto", "cpu").reason
+    assert first.endswith("; bf16 measured 1.70x fp32 here, now")
+    cache = tmp_path / "clipsep" / "precision.json"
+    assert again.endswith(f"; bf16 measured 1.70x fp32 on this machine before (cached in {cache})")
+
+
 def test_explicit_bf16_without_native_support_runs_and_says_how_much_slower(monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: 0.05)
