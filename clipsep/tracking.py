@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CHECKPOINT_TAG = "checkpoint_sha256"  # a version's (and its run's) checkpoint identity
+# MLflow's INFO lines about its own housekeeping, not the user's run: creating a new store's
+# tables, the system-metrics thread ("Skip logging GPU metrics. Set logger level to DEBUG for
+# more details.", started, stopped), validating a registered model's input example
+MLFLOW_CHATTER = ("mlflow.store.db.utils", "mlflow.system_metrics", "mlflow.pyfunc")
 MAX_AUDIO_EXAMPLES = 12  # "a few playable examples": enough to listen, not a dataset copy
 MAX_IMAGE_EXAMPLES = 3  # training examples' spectrograms logged as MLflow images (chart view)
 PYFUNC_REQUIREMENTS = [
@@ -86,6 +90,7 @@ def connect(p: Params):
     import mlflow
     from mlflow import MlflowClient
 
+    quiet_mlflow_chatter()
     uri = tracking_uri(p)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -101,6 +106,14 @@ def connect(p: Params):
             )
     run_owner.end_orphans(client, experiment.experiment_id)
     return client, experiment.experiment_id
+
+
+def quiet_mlflow_chatter() -> None:
+    """MLflow's :data:`MLFLOW_CHATTER` loggers at WARNING, unless the user set their level."""
+    for name in MLFLOW_CHATTER:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 def _first_use_lock(uri: str):

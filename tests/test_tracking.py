@@ -546,6 +546,40 @@ def test_processes_opening_a_fresh_store_together_all_get_one_experiment(tmp_pat
     assert len(set(ids)) == 1
 
 
+QUIET_CONNECT = """import sys
+from clipsep.config import load_params
+from clipsep.tracking import connect
+p = load_params(sys.argv[1], profile="tiny", overrides={"paths.root": sys.argv[2]})
+client, experiment = connect(p)
+run = client.create_run(experiment)
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+uri = client.tracking_uri
+monitor = SystemMetricsMonitor(run.info.run_id, sampling_interval=1, tracking_uri=uri)
+monitor.start()
+monitor.finish()
+import logging
+logging.getLogger("mlflow.system_metrics.system_metrics_monitor").warning("a warning still shows")
+"""
+
+
+def test_mlflows_housekeeping_lines_stay_quiet_and_its_warnings_do_not(tmp_path):
+    """New-user trial: a quick start's log held MLflow's INFO lines about itself ("Creating
+    initial MLflow database tables...", "Skip logging GPU metrics. Set logger level to DEBUG for
+    more details.", the system-metrics thread starting and stopping). After connect they are
+    gone; MLflow's warnings still show."""
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET_CONNECT, str(REPO / "params.yaml"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in ("Creating initial MLflow database tables", "Skip logging GPU metrics"):
+        assert line not in done.stderr
+    assert "monitoring" not in done.stderr and "a warning still shows" in done.stderr
+
+
 def test_resolving_from_a_missing_store_says_so_and_creates_nothing(tmp_path):
     """Seen: `clipsep separate` where no model was ever registered made an empty mlflow.db
     ("Creating initial MLflow database tables") before saying there is no champion."""
