@@ -41,7 +41,8 @@ def main(root: str, steps_text: str) -> None:
     data = loop.prepare_data(params, params.path("clips"), out_dir, device, dist)
     trainer = loop.build_trainer(params, data.val_batch.queries.shape[-1], device, dist)
     state = loop.RunState()
-    loop.run_steps(trainer, data, state, out_dir, dist, loop.resume_key(params, dist.world_size))
+    key = loop.resume_key(params, dist.world_size, loop.data_identity(params, params.path("clips")))
+    loop.run_steps(trainer, data, state, out_dir, dist, key)
     torch_save(
         {"step": state.step, "world_size": dist.world_size, "model": trainer.net.state_dict()},
         Path(root) / "ranks" / f"rank{dist.rank}.pt",

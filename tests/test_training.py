@@ -208,12 +208,46 @@ def test_rerunning_a_complete_training_does_nothing(tmp_path, shared_inputs, cap
     assert (out / "best.pt").read_bytes() == before["best.pt"][0]
 
 
+def test_a_finished_training_trains_again_on_other_clips_or_another_clip(
+    tmp_path, shared_inputs, caplog
+):
+    """New-user trial: a flow run with another world (``--set world.seed=99``) re-ingested and
+    re-pretrained, then train said "training already complete" (its last.pt had the same params)
+    and the old model was evaluated on the new data. The clip manifest and the CLIP weights are
+    part of what a finished or resumable training must match."""
+    torch.set_num_threads(1)
+    params = _params(tmp_path, shared_inputs, "labelled")
+    out, steps = params.path("checkpoints"), params.train.steps
+    train(params, params.path("clips"), out)
+    caplog.clear()
+    other = _params(tmp_path, shared_inputs, "unlabelled")  # other manifest, same params
+    with caplog.at_level(logging.INFO, logger="clipsep.training.loop"):
+        again = train(other, other.path("clips"), out)
+    assert "already_complete" not in again and again["session_steps"] == steps
+    assert (
+        f"{out / 'last.pt'} was written with other training params or data; starting from "
+        "step 0" in loop_messages(caplog)
+    )
+    assert train(other, other.path("clips"), out)["already_complete"] is True
+
+    clip = Path(shared_inputs["clip_model"]) / "clip.pt"
+    weights = torch.load(clip, weights_only=True)
+    moved = tmp_path / "clip-model"  # another CLIP: the same architecture, other weights
+    moved.mkdir()
+    first = next(iter(weights["state_dict"]))
+    weights["state_dict"][first] = weights["state_dict"][first] + 1.0
+    torch.save(weights, moved / "clip.pt")
+    retrained = _params(tmp_path, {**shared_inputs, "clip_model": moved}, "unlabelled")
+    assert "already_complete" not in train(retrained, retrained.path("clips"), out)
+
+
 def test_resume_key_ignores_run_length_but_not_learning_params(tiny_params):
     longer = tiny_params_at(Path(tiny_params.paths.root), **{"train.steps": 99})
     other_lr = tiny_params_at(Path(tiny_params.paths.root), **{"train.lr": 0.5})
-    assert resume_key(tiny_params, 1) == resume_key(longer, 1)
-    assert resume_key(tiny_params, 1) != resume_key(other_lr, 1)
-    assert resume_key(tiny_params, 1) != resume_key(tiny_params, 2)
+    assert resume_key(tiny_params, 1, "d") == resume_key(longer, 1, "d")
+    assert resume_key(tiny_params, 1, "d") != resume_key(other_lr, 1, "d")
+    assert resume_key(tiny_params, 1, "d") != resume_key(tiny_params, 2, "d")
+    assert resume_key(tiny_params, 1, "d") != resume_key(tiny_params, 1, "other data")
 
 
 RESUME_SETTINGS = {

@@ -36,6 +36,7 @@ import torch
 
 from clipsep.config import BEST_CHECKPOINT, LAST_CHECKPOINT, Params
 from clipsep.data.mixing import (
+    MANIFEST,
     LoadedClip,
     MixBatch,
     MixDataset,
@@ -51,7 +52,7 @@ from clipsep.training.schedule import lr_multiplier
 from clipsep.model.losses import sdr_db
 from clipsep.training.spectral import SpectralBatch, reconstruct, run_model, spectral_batch
 from clipsep import progress as clipsep_progress
-from clipsep.fileio import torch_save
+from clipsep.fileio import file_digest, torch_save
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +185,33 @@ class RunState:
     seconds: float = 0.0  # training wall time summed over all sessions
 
 
-def resume_key(params: Params, world_size: int) -> str:
-    """Hash of everything that changes what is learned (resumption refuses other params)."""
+def resume_key(params: Params, world_size: int, data: str) -> str:
+    """Hash of everything that changes what is learned: the params but the run's length, the
+    process count, and ``data`` (:func:`data_identity`); resumption refuses any other."""
     train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in RESUME_FREE_KEYS}
-    data = {
+    learned = {
         "clip": dataclasses.asdict(params.clip),
         "audio": dataclasses.asdict(params.audio),
         "model": dataclasses.asdict(params.model),
         "train": train,
         "world_size": world_size,
+        "data": data,
     }
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(learned, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+
+
+def data_identity(params: Params, clips_dir: Path) -> str:
+    """16 hex digits of the sha256 of what training learns from besides its params: the clip
+    manifest (it holds a sha256 of every source video, and the splits) and the CLIP weights file
+    that embeds the frames (``clip.pretrained``, else pretrain-clip's ``clip.pt``; a tag or a
+    folder is named by the params' clip section). Read without loading either."""
+    digest = hashlib.sha256(file_digest(Path(clips_dir) / MANIFEST).encode())
+    weights = Path(params.clip.pretrained or params.path("clip_model") / "clip.pt").expanduser()
+    if weights.is_file():
+        digest.update(file_digest(weights).encode())
+    return digest.hexdigest()[:16]
 
 
 def save_state(path: Path, model, optimizer, scheduler, scaler, state: RunState, key: str) -> None:
@@ -227,7 +244,7 @@ def load_state(path: Path, model, optimizer, scheduler, scaler, key: str) -> Run
         log.warning("ignoring unreadable training state %s (%s); starting from step 0", path, err)
         return None
     if not _resumable(payload, key):
-        log.warning("%s was written with other training params; starting from step 0", path)
+        log.warning("%s was written with other training params or data; starting from step 0", path)
         return None
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -503,7 +520,7 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_params(params, dist)
-    key = resume_key(params, dist.world_size)
+    key = resume_key(params, dist.world_size, data_identity(params, Path(clips_dir)))
     done = finished_summary(out_dir, key, params.train.steps) if dist.is_main else None
     finished = _agreed(done, dist)
     if finished is not None:  # no data, no model, no MLflow session: the files stay as they are
