@@ -517,6 +517,8 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], Origins]:
     """The file's mapping and the line each section and key is given on."""
+    if path.is_dir():
+        raise ConfigError(f"params file {path} is a folder, not a file (give --params FILE)")
     if not path.is_file():
         raise ConfigError(
             f"params file not found: {path} (run from the project folder or give --params FILE)"
@@ -529,6 +531,10 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Origins]:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from err
     finally:
         loader.dispose()
+    if node is None:
+        raise ConfigError(
+            f"{path}: the file is empty (a params file maps sections, e.g. train:, to their keys)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     origins: Origins = {}
@@ -631,7 +637,7 @@ def _build_section(cls: type, values: Any, section: str, where: _Where) -> Any:
         if choices is not None and value not in choices:
             raise ConfigError(
                 f"{where.key(section, key)}: must be one of {', '.join(choices)}; "
-                f"got {_show(value)}"
+                f"got {_show(value)}{_did_you_mean(value, choices) if value else ''}"
             )
         kwargs[key] = _coerce(value, hints[key], where.key(section, key))
     return cls(**kwargs)

@@ -87,7 +87,7 @@ OVER = f"(over {PARAMS})"
         (  # a choice of the wrong type lists the choices too
             "eval.precision=16",
             f"--set eval.precision=16 {OVER}: section 'eval', key 'precision': "
-            "must be one of auto, fp32, bf16, fp16; got 16",
+            "must be one of auto, fp32, bf16, fp16; got 16 (did you mean 'fp16'?)",
         ),
         (  # separation-time choices are checked when the params load, not at separation
             "separate.high_band=full",
@@ -103,6 +103,12 @@ OVER = f"(over {PARAMS})"
             "model.preset=bogus",
             f"--set model.preset=bogus {OVER}: section 'model', key 'preset': must be one of "
             "cpu, cpu-conv-upsample, cpu-gated, cpu-narrow, paper, small, tiny; got 'bogus'",
+        ),
+        (  # a near miss is named
+            "model.preset=cpu-narow",
+            f"--set model.preset=cpu-narow {OVER}: section 'model', key 'preset': must be one "
+            "of cpu, cpu-conv-upsample, cpu-gated, cpu-narrow, paper, small, tiny; got "
+            "'cpu-narow' (did you mean 'cpu-narrow'?)",
         ),
         (  # a wrong type
             "train.steps=many",
@@ -183,6 +189,31 @@ def test_cli_prints_the_same_one_line_and_exits_2(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert done.stderr.strip().endswith(f"ERROR clipsep: {err.value}")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "{path}: the file is empty (a params file maps sections, e.g. train:, to their keys)"),
+        (
+            "# only a comment\n",
+            "{path}: the file is empty (a params file maps sections, e.g. train:, to their keys)",
+        ),
+        (None, "params file {path} is a folder, not a file (give --params FILE)"),
+        ("- a list\n", "{path}: top level must be a mapping of sections"),
+    ],
+)
+def test_an_empty_file_or_a_folder_is_one_line_not_a_traceback(tmp_path, text, message):
+    """New-user trial: an empty or comment-only params file ended in AttributeError; a folder
+    was "params file not found"."""
+    path = tmp_path / "params.yaml"
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == message.format(path=path)
 
 
 def test_missing_key_is_named(tmp_path):
