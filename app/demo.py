@@ -89,13 +89,18 @@ def stem_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="stems-", dir=root))
 
 
+TARGET_LABEL = "Target (the queried sound)"  # the first player's label for one query
+
+
 def stem_players(text):
-    """Show the extra stem players a query text fills, labelled with their queries; hide the
-    rest (after a successful separation, in the page only)."""
-    names = handlers.split_queries(text)[1:]
-    return [
-        gr.update(label=f"Stem: {names[k]}", visible=True)
-        if k < len(names)
+    """Label the players a query text fills with their queries, the first one too when there
+    are several ("Stem: cello"; one query: :data:`TARGET_LABEL`); hide the extra players it does
+    not fill (after a successful separation, in the page only)."""
+    names = handlers.split_queries(text)
+    first = gr.update(label=f"Stem: {names[0]}" if len(names) > 1 else TARGET_LABEL)
+    return [first] + [
+        gr.update(label=f"Stem: {names[k + 1]}", visible=True)
+        if k + 1 < len(names)
         else gr.update(value=None, label=f"Stem {k + 2}", visible=False)
         for k in range(handlers.MAX_STEMS - 1)
     ]
@@ -124,18 +129,11 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                 button = gr.Button("Separate", variant="primary")
             with gr.Column():
                 target = gr.Audio(
-                    label="Target (the queried sound)",
+                    label=TARGET_LABEL,
                     type="numpy",
                     interactive=False,
                     buttons=["download"],
                     elem_id="target-audio",
-                )
-                residual = gr.Audio(
-                    label="Residual (everything else)",
-                    type="numpy",
-                    interactive=False,
-                    buttons=["download"],
-                    elem_id="residual-audio",
                 )
                 more = [
                     gr.Audio(
@@ -148,6 +146,13 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                     )
                     for k in range(handlers.MAX_STEMS - 1)
                 ]
+                residual = gr.Audio(  # below the stems: what none of the queries took
+                    label="Residual (everything else)",
+                    type="numpy",
+                    interactive=False,
+                    buttons=["download"],
+                    elem_id="residual-audio",
+                )
                 summary = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
         spectrograms = gr.Image(
             label="Spectrograms: mixture, target, residual",
@@ -171,7 +176,7 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
             inputs=[audio_in, video_in, query, image],
             outputs=outputs,
             api_name="separate",
-        ).success(stem_players, inputs=query, outputs=more, api_visibility="private")
+        ).success(stem_players, inputs=query, outputs=[target, *more], api_visibility="private")
         video_in.upload(
             lambda v: video_changed(served, cfg, v),
             inputs=video_in,
@@ -181,7 +186,8 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
 
         def separate_example(audio_path, text, progress=gr.Progress()):  # one query each
             values = separate_event(served, cfg, audio_path, None, text, None, progress)
-            return *values[:4], *stem_players(text)
+            first, *more_players = stem_players(text)
+            return {**first, "value": values[0]}, *values[1:4], *more_players
 
         _examples_section(served, [audio_in, query], outputs, separate_example)
     return demo

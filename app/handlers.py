@@ -364,11 +364,18 @@ class ModelCard:
             f"`{self.git_commit[:10]}`"
         ]
         if self.metrics:
-            cells = " · ".join(f"{name} **{value:.2f}**" for name, value in self.metrics.items())
+            cells = " · ".join(
+                f"{name} **{_shown(value)}**" for name, value in self.metrics.items()
+            )
             lines.append(f"Evaluation: {cells}")
         if self.notes:
             lines.append(self.notes)
         return "\n\n".join(lines)
+
+
+def _shown(value: float) -> str:
+    """A card's number: a count (a whole number, e.g. test mixtures) as such, else 2 decimals."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
 
 
 SHOWN_METRICS = {  # registry run metric -> label on the page

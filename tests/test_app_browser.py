@@ -41,6 +41,10 @@ EXAMPLE_DONE = """() => [...document.querySelectorAll('#info textarea')]
   .some(t => t.value.startsWith("query: text 'cello'") && t.value.includes('+'))"""
 
 
+TWO_STEMS_READY = """() => Boolean(document.querySelector(
+  '#stem-2-audio a[data-testid="download-link"][href$="/cello.wav"]'))"""
+
+
 def test_visitor_uploads_queries_and_gets_both_outputs(tmp_path, artifacts_dir):
     playwright = pytest.importorskip("playwright.sync_api")
     sf.write(tmp_path / "mixture.wav", tone(3.0).T, 22050)
@@ -66,6 +70,14 @@ def test_visitor_uploads_queries_and_gets_both_outputs(tmp_path, artifacts_dir):
             assert page.locator(".toast-body").count() == 0  # no error shown
             page.get_by_role("button", name="cello + flute -> cello").click()  # one-click example
             page.wait_for_function(EXAMPLE_DONE, timeout=60_000)
+            page.get_by_label("Text query").fill("flute, cello")  # two stems, then the residual
+            page.get_by_role("button", name="Separate", exact=True).click()
+            page.wait_for_function(TWO_STEMS_READY, timeout=60_000)
+            players = ("target-audio", "stem-2-audio", "residual-audio")
+            tops = [page.locator(f"#{name}").bounding_box()["y"] for name in players]
+            assert tops == sorted(tops)  # the stems, in query order, above the residual
+            assert "Stem: flute" in page.locator("#target-audio").inner_text()
+            assert "Stem: cello" in page.locator("#stem-2-audio").inner_text()
         finally:
             context.close()
     assert shot.stat().st_size > 20_000

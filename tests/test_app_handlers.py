@@ -239,6 +239,7 @@ def test_registry_card_reads_version_tags_and_run_metrics(tmp_path):
     experiment = client.create_experiment("demo", artifact_location=(tmp_path / "a").as_uri())
     run = client.create_run(experiment)
     client.log_metric(run.info.run_id, "eval/text/sdr/mean", 4.25)
+    client.log_metric(run.info.run_id, "eval/n_mixtures", 82)
     client.create_registered_model("clipsep")
     version = client.create_model_version(
         "clipsep",
@@ -249,9 +250,24 @@ def test_registry_card_reads_version_tags_and_run_metrics(tmp_path):
     client.set_registered_model_alias("clipsep", "champion", version.version)
     card = handlers.registry_card("models:/clipsep@champion", uri)
     assert (card.version, card.aliases, card.data_version) == ("1", "champion", "abc123def456xyz")
-    assert card.metrics == {"text SDR (dB)": 4.25}
-    assert "text SDR (dB) **4.25**" in card.markdown()
+    assert card.metrics == {"text SDR (dB)": 4.25, "test mixtures": 82}
+    assert "text SDR (dB) **4.25** · test mixtures **82**" in card.markdown()  # a count: no .00
     mlflow.set_tracking_uri(None)
+
+
+def test_several_queries_label_each_player_with_its_query_and_one_keeps_target():
+    """New-user trial: with "cello, violin" the first player still said "Target (the queried
+    sound)" while the second said "Stem: violin"."""
+    from app.demo import TARGET_LABEL, stem_players
+
+    first, second, *rest = stem_players("cello, violin")
+    assert (first["label"], second["label"], second["visible"]) == (
+        "Stem: cello",
+        "Stem: violin",
+        True,
+    )
+    assert rest and not any(update["visible"] for update in rest)
+    assert stem_players("cello")[0]["label"] == TARGET_LABEL
 
 
 def test_examples_mix_two_different_instruments_once(tmp_path):
