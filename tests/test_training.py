@@ -24,6 +24,7 @@ from clipsep import progress
 from clipsep.config import Params
 from clipsep.model.factory import load_checkpoint
 from clipsep.model.query import QueryEncoder
+from clipsep.errors import BadInputError
 from clipsep.training.loop import resume_key, train
 from clipsep.training.schedule import lr_multiplier
 
@@ -239,6 +240,12 @@ def test_a_finished_training_trains_again_on_other_clips_or_another_clip(
     torch.save(weights, moved / "clip.pt")
     retrained = _params(tmp_path, {**shared_inputs, "clip_model": moved}, "unlabelled")
     assert "already_complete" not in train(retrained, retrained.path("clips"), out)
+
+
+def test_training_without_a_clip_manifest_says_to_ingest(tmp_path, shared_inputs):
+    params = _params(tmp_path, shared_inputs, "labelled")
+    with pytest.raises(BadInputError, match=r"no clip manifest at .*: run `clipsep ingest` first"):
+        train(params, tmp_path / "no-clips", params.path("checkpoints"))
 
 
 def test_resume_key_ignores_run_length_but_not_learning_params(tiny_params):

@@ -80,11 +80,17 @@ class MixBatch:
         return self.sources.sum(dim=1)
 
 
-def read_manifest(clips_dir: Path) -> list[ClipRecord]:
-    """Rows of ``clips_dir/manifest.csv`` (the ingest contract), paths made absolute."""
+def manifest_path(clips_dir: Path) -> Path:
+    """``clips_dir/manifest.csv``; BadInputError when there is none (ingest has not run)."""
     path = Path(clips_dir) / MANIFEST
     if not path.is_file():
         raise BadInputError(f"no clip manifest at {path}: run `clipsep ingest` first")
+    return path
+
+
+def read_manifest(clips_dir: Path) -> list[ClipRecord]:
+    """Rows of ``clips_dir/manifest.csv`` (the ingest contract), paths made absolute."""
+    path = manifest_path(clips_dir)
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     try:

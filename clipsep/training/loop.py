@@ -36,11 +36,11 @@ import torch
 
 from clipsep.config import BEST_CHECKPOINT, LAST_CHECKPOINT, Params
 from clipsep.data.mixing import (
-    MANIFEST,
     LoadedClip,
     MixBatch,
     MixDataset,
     load_wave,
+    manifest_path,
     read_manifest,
     validation_batch,
 )
@@ -207,7 +207,7 @@ def data_identity(params: Params, clips_dir: Path) -> str:
     manifest (it holds a sha256 of every source video, and the splits) and the CLIP weights file
     that embeds the frames (``clip.pretrained``, else pretrain-clip's ``clip.pt``; a tag or a
     folder is named by the params' clip section). Read without loading either."""
-    digest = hashlib.sha256(file_digest(Path(clips_dir) / MANIFEST).encode())
+    digest = hashlib.sha256(file_digest(manifest_path(clips_dir)).encode())
     weights = Path(params.clip.pretrained or params.path("clip_model") / "clip.pt").expanduser()
     if weights.is_file():
         digest.update(file_digest(weights).encode())
