@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_export_command(sub) -> None:
     cmd = _command(sub, "export", "Write the separator network as ONNX (+ its settings).")
-    cmd.add_argument("model", metavar="MODEL", help="separator checkpoint (.pt)")
+    cmd.add_argument(
+        "model",
+        metavar="MODEL",
+        help="separator checkpoint (.pt) or registry reference models:/NAME@ALIAS or "
+        "models:/NAME/VERSION (in the registry of the params: registry.tracking_uri)",
+    )
     cmd.add_argument(
         "out",
         metavar="OUT",
@@ -103,16 +108,26 @@ def _add_export_command(sub) -> None:
     )
     cmd.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
     cmd.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    add_params_arguments(cmd)
     cmd.set_defaults(handler=export_model)
 
 
 def export_model(args: argparse.Namespace) -> dict[str, Any]:
-    """``clipsep export MODEL --format onnx OUT``: a thin wrapper of export_onnx."""
+    """``clipsep export MODEL --format onnx OUT``: the checkpoint MODEL names (a file, or a
+    registry version: :func:`clipsep.inference.resolve_reference`) through export_onnx."""
+    from clipsep.inference import resolve_reference
     from clipsep.model.export import export_onnx, read_export
+    from clipsep.registry_reader import registry_uri
 
-    folder = export_onnx(args.model, args.out, opset=args.opset)
+    params = params_from_args(args)
+    resolved = resolve_reference(
+        args.model, None, registry_uri(params), elsewhere=params_root(args, params)
+    )
+    folder = export_onnx(resolved.checkpoint, args.out, opset=args.opset)
     manifest = read_export(folder).manifest
     return {
+        "model": args.model,
+        "version": resolved.version,
         "exported": str(folder),
         "format": args.format,
         "opset": manifest["opset"],

@@ -180,6 +180,27 @@ def test_registered_pyfunc_separates_a_file(registered, tmp_path):
     assert not list(folder.rglob("*.pkl"))
 
 
+def test_export_takes_a_registry_reference(registered, tmp_path, capsys):
+    """New-user trial: `clipsep export models:/clipsep@challenger ...` said "separator checkpoint
+    not found"; export resolves a registry version as separate does, and says which it was."""
+    from clipsep.cli import main
+    from clipsep.fileio import file_digest
+    from clipsep.model.export import read_export
+
+    p, _, _ = registered
+    out = tmp_path / "onnx"
+    registry = f"registry.tracking_uri={tracking.tracking_uri(p)}"
+    assert main(["export", "models:/clipsep@champion", str(out), "--set", registry]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["model"], summary["version"], summary["exported"]) == (
+        "models:/clipsep@champion",
+        "1",
+        str(out),
+    )
+    exported = read_export(out).manifest["source_checkpoint"]["sha256"]
+    assert exported == file_digest(p.path("checkpoints") / "best.pt")
+
+
 def test_resolve_reports_unknown_alias_and_bad_references(registered, tmp_path):
     p, _, _ = registered
     uri = tracking.tracking_uri(p)
