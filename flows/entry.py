@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from clipsep.env import apply_offline_defaults
 
@@ -23,10 +24,14 @@ PREFECT_DEFAULTS = {
 
 
 def prepare_environment() -> None:
-    """Offline and telemetry-off defaults plus Prefect's logging settings (a user's values win)."""
+    """Offline and telemetry-off defaults plus Prefect's logging settings (a user's values win);
+    a ``PREFECT_HOME`` that does not exist yet is made (Prefect makes one level only, then times
+    out on its temporary server after a sqlalchemy traceback that does not name the folder)."""
     apply_offline_defaults()
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 def add_flow_options(parser: argparse.ArgumentParser) -> None:

@@ -402,3 +402,19 @@ def test_deployment_run_registers_a_model_with_lineage(platform):
     report = artifacts(port, "clipsep-validation-failed")["clipsep-validation-failed"]["data"]
     assert "100000" in report or "min_clips" in report, report
     assert len(client.search_model_versions("name='clipsep'")) == 1
+
+
+def test_a_prefect_home_that_does_not_exist_is_made(tmp_path, monkeypatch):
+    """New-user trial: PREFECT_HOME=$PWD/.platform/prefect before .platform existed: Prefect
+    warned it could not create it, and its temporary server timed out 90 s later."""
+    from flows.entry import prepare_environment
+
+    home = tmp_path / ".platform" / "prefect"
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    before = dict(os.environ)
+    try:
+        prepare_environment()
+    finally:  # the defaults it sets are not this test process's to keep
+        os.environ.clear()
+        os.environ.update(before)
+    assert home.is_dir()

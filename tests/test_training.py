@@ -226,8 +226,8 @@ def test_a_finished_training_trains_again_on_other_clips_or_another_clip(
         again = train(other, other.path("clips"), out)
     assert "already_complete" not in again and again["session_steps"] == steps
     assert (
-        f"{out / 'last.pt'} was written with other training params or data; starting from "
-        "step 0" in loop_messages(caplog)
+        f"{out / 'last.pt'} was written with other training params, data or process count; "
+        "starting from step 0" in loop_messages(caplog)
     )
     assert train(other, other.path("clips"), out)["already_complete"] is True
 

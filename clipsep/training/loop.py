@@ -244,7 +244,11 @@ def load_state(path: Path, model, optimizer, scheduler, scaler, key: str) -> Run
         log.warning("ignoring unreadable training state %s (%s); starting from step 0", path, err)
         return None
     if not _resumable(payload, key):
-        log.warning("%s was written with other training params or data; starting from step 0", path)
+        log.warning(
+            "%s was written with other training params, data or process count; starting from "
+            "step 0",
+            path,
+        )
         return None
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
