@@ -100,12 +100,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'; anything else is returned as given."""
-    if name != "auto":
-        return name
+    """'auto' -> 'cuda' when available, else 'cpu'; any other torch device name is returned as
+    given once it is usable here. BadInputError for a name torch does not know, or a CUDA
+    device on a machine without one (else torch fails later, e.g. "cannot read checkpoint ...
+    Attempting to deserialize object on a CUDA device")."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from clipsep.errors import BadInputError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise BadInputError(
+            f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:N)"
+        ) from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BadInputError(
+                f"device {name!r}: this machine has no CUDA device; use auto or cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise BadInputError(f"device {name!r}: this machine has {count} CUDA device(s)")
+    return name
 
 
 def headless_pyplot():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from clipsep.cli import main
 from clipsep.errors import BadInputError
@@ -249,6 +250,22 @@ def test_an_unreadable_image_is_a_usage_error_before_the_model_loads(model, tmp_
     loading = ("clipsep.model", "clipsep.precision")  # CLIP built, precision chosen: none of it
     assert [r.name for r in caplog.records if r.name.startswith(loading)] == []
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_without_one_is_named_not_blamed_on_the_checkpoint(model, tmp_path, caplog):
+    """New-user trial: --set separate.device=cuda on a CPU machine said "cannot read checkpoint
+    ...: corrupt, truncated or not a weights-only torch file"."""
+    from clipsep.env import resolve_device
+
+    mix = tmp_path / "mix.wav"
+    sf.write(mix, tones(16000, 1.0, 1)[0], 16000)
+    cuda = ["--query", "flute", "--set", "separate.device=cuda"]
+    assert run_cli(model, tmp_path / "out", mix, extra=cuda) == 2
+    assert "device 'cuda': this machine has no CUDA device; use auto or cpu" in caplog.text
+    assert "cannot read checkpoint" not in caplog.text
+    with pytest.raises(BadInputError, match="'gpu' is not a torch device"):
+        resolve_device("gpu")
 
 
 def test_out_has_the_short_flag_o():
