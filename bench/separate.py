@@ -287,6 +287,21 @@ def forward_part(presets: list[str], work: Path, args) -> list[dict]:
     return rows
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: Linux's VmHWM, the high-water mark of the
+    memory the process has since it was started (exec). Not ``ru_maxrss``: Linux carries the
+    parent's high-water mark into a child through fork and exec, so a child of a 1.1-GB parent
+    reported 1.1 GB whatever it used."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
 def run_case(
     checkpoint: str,
     wav: str,
@@ -310,20 +325,20 @@ def run_case(
     separator = Separator.from_pretrained(
         checkpoint, device="cpu", engine=engine, settings=settings
     )
-    loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loaded_rss = peak_rss_mb()
     start = time.perf_counter()
     if n_queries == 1:
         separator.separate_file(wav, out_dir, query="cello")
     else:
         separator.separate_file(wav, out_dir, queries=THREE_QUERIES[:n_queries])
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_mb()
     print(
         json.dumps(
             {
                 "wall_s": wall,
-                "peak_rss_mb": peak / 1024,
-                "loaded_rss_mb": loaded_rss / 1024,
+                "peak_rss_mb": peak,
+                "loaded_rss_mb": loaded_rss,
                 "precision": separator.precision.mode,
             }
         )
