@@ -132,7 +132,7 @@ def export_model(args: argparse.Namespace) -> dict[str, Any]:
         "format": args.format,
         "opset": manifest["opset"],
         "onnx": str(folder / manifest["onnx_file"]),
-        "inputs": manifest["shapes"],
+        "shapes": manifest["shapes"],  # of the inputs mix_mag, queries and the output
     }
 
 

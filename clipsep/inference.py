@@ -849,9 +849,14 @@ def forward_memory_format(network, device: str) -> torch.memory_format | None:
 
 def network_precision(network, requested: str, device: str) -> PrecisionChoice:
     """The precision a network runs in: a torch network's as :func:`resolve_precision` chooses
-    for ``requested`` on ``device``; fp32 for an ONNX Runtime network, which runs as exported."""
+    for ``requested`` on ``device``; an ONNX Runtime network runs as exported: fp32 around it,
+    int8 inside when it was quantised."""
     if isinstance(network, torch.nn.Module):
         return resolve_precision(requested, device)
+    if getattr(network, "int8", False):
+        return fixed_precision(
+            "fp32", "ONNX Runtime runs the int8 network, fp32 around it", requested
+        )
     return fixed_precision("fp32", "the ONNX Runtime engine runs fp32", requested)
 
 

@@ -74,6 +74,7 @@ def test_export_folder_holds_network_and_front_end_settings(exported):
     manifest = json.loads((out / "clipsep-export.json").read_text())
     assert (out / "separator.onnx").stat().st_size > 10_000
     assert summary["exported"] == str(out) and summary["opset"] >= 18
+    assert list(summary["shapes"]) == ["mix_mag", "queries", "mask_logits"]
     assert manifest["audio_cfg"] == dataclasses.asdict(info.audio_cfg)
     assert manifest["net_cfg"] == info.net_cfg.to_dict()
     assert manifest["query"] == info.query

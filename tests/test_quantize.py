@@ -139,6 +139,7 @@ def test_engine_onnx_int8_quantises_once_and_separates_like_fp32(quantised, tmp_
         checkpoint, clip_weights=clip, settings=settings, calibration=clips
     )
     assert again.network.path == cached and cached.stat().st_mtime_ns == stamp
+    assert again.precision.reason == "ONNX Runtime runs the int8 network, fp32 around it"
     eager = Separator.from_pretrained(
         checkpoint, clip_weights=clip, settings=eager_settings(), engine="torch"
     )

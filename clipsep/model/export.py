@@ -263,10 +263,13 @@ class OnnxNetwork:
     torch's intra-op thread count) sets ONNX Runtime's intra-op pool.
     """
 
-    def __init__(self, onnx_path: str | Path, cfg: NetConfig, threads: int | None = None):
+    def __init__(
+        self, onnx_path: str | Path, cfg: NetConfig, threads: int | None = None, int8: bool = False
+    ):
         self.session = cpu_session(onnx_path, threads)
         self.cfg = cfg
         self.path = Path(onnx_path)
+        self.int8 = int8  # quantised (clipsep.model.quantize): int8 inside, fp32 in and out
 
     def eval(self) -> "OnnxNetwork":
         return self
@@ -291,7 +294,8 @@ def load_onnx_network(
     onnx_path = info.folder / info.manifest.get("onnx_file", ONNX_FILE)
     if not onnx_path.is_file():
         raise BadInputError(f"{info.folder}: {onnx_path.name} is missing")
-    return OnnxNetwork(onnx_path, info.net_cfg, threads), info
+    int8 = "quantization" in info.manifest
+    return OnnxNetwork(onnx_path, info.net_cfg, threads, int8=int8), info
 
 
 def cached_export(checkpoint: str | Path, cache_root: str | Path | None = None) -> Path:
