@@ -197,9 +197,8 @@ def resume_key(params: Params, world_size: int, data: str) -> str:
         "world_size": world_size,
         "data": data,
     }
-    return hashlib.sha256(json.dumps(learned, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
+    text = json.dumps(learned, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def data_identity(params: Params, clips_dir: Path) -> str:
