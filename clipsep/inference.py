@@ -503,10 +503,24 @@ class Separator:
         warped = audio.warp(spec.abs()[:, None], self.warp_bins)  # [1, 1, W, T]
         if self.memory_format is not None:
             warped = warped.contiguous(memory_format=self.memory_format)
-        with autocast(self.precision.mode, self.device):
+        with autocast(self.pass_precision(warped.shape[-1]), self.device):
             logits = self.network(warped, embeddings[None], with_noise=False).mask_logits
         masks = audio.unwarp(torch.sigmoid(logits.float()), spec.shape[1])[0].clamp(0.0, 1.0)
         return normalise_masks(masks)
+
+    def pass_precision(self, frames: int) -> str:
+        """The precision of one network pass over ``frames`` STFT frames: :attr:`precision`,
+        except fp32 for a bf16 pass on a CPU whose deepest feature map is one frame wide
+        (``frames < 2 ** (depth + 1)``). There oneDNN's AMX bf16 convolution (torch 2.11) reads
+        past its input: a stride-2 4x4 convolution whose output is one column wide gave other
+        values, and NaN, from call to call on the same input (1921 of 2000 calls, uninitialised
+        memory filled with NaN; deterministic in fp32 and with AMX off). Only short inputs
+        reach it (the tiny preset below 32 frames; the others below 256): fp32 costs
+        milliseconds there."""
+        mode = self.precision.mode
+        if mode == "bf16" and str(self.device).startswith("cpu") and frames < 2 ** (self.depth + 1):
+            return "fp32"
+        return mode
 
     def soft_mask(self, mono: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """One query's soft mask ``[F, T]`` (embedding ``[D]``) for a model-rate wave ``[n]``."""

@@ -527,3 +527,29 @@ def test_too_short_names_samples_and_seconds(separator):
         "audio: 2205 samples (0.050 s) at 44100 Hz is too short to separate "
         "(need at least 2823 samples, 0.064 s)"
     )
+
+
+def test_a_bf16_pass_one_frame_wide_at_the_bottom_runs_fp32_and_repeats_exactly(tmp_path):
+    """CI (stop 29): the shortest 8-kHz upload came back NaN now and then on an AMX Xeon. oneDNN's
+    AMX bf16 convolution reads past its input where a stride-2 convolution's output is one
+    column wide (the deepest level of a pass under 2 ** (depth + 1) frames), so such a pass runs
+    fp32; with memory around it full of NaN, the same input gives the same finite output."""
+    from clipsep.inference import DEFAULT_SETTINGS, Separator
+
+    checkpoint, clip = make_tiny_model(tmp_path)
+    settings = dataclasses.replace(DEFAULT_SETTINGS, precision="bf16", device="cpu")
+    separator = Separator.from_pretrained(checkpoint, clip_weights=clip, settings=settings)
+    depth = separator.depth  # 4: the tiny preset
+    assert separator.pass_precision(2 ** (depth + 1) - 16) == "fp32"
+    assert separator.pass_precision(2 ** (depth + 1)) == "bf16"
+    audio = np.random.default_rng(0).standard_normal(512).astype(np.float32) * 0.3
+    first = separator.separate(audio, 8000, query="flute").target  # 1024 samples at 16 kHz
+    junk = []
+    for _ in range(30):
+        junk = [
+            torch.full((int(n),), float("nan"))
+            for n in np.random.default_rng().integers(1, 5000, 20)
+        ]
+        again = separator.separate(audio, 8000, query="flute").target
+        assert np.isfinite(again).all() and np.array_equal(again, first)
+    del junk
