@@ -59,7 +59,13 @@ from clipsep.activity import ActivityMeter, Segment
 from clipsep.config import CHANNEL_MASKS, HIGH_BANDS, AudioConfig, SeparateConfig
 from clipsep.errors import BadInputError
 from clipsep.layout import channels_first, check_sample_rate
-from clipsep.precision import PrecisionChoice, autocast, fixed_precision, resolve_precision
+from clipsep.precision import (
+    PrecisionChoice,
+    autocast,
+    fixed_precision,
+    network_pass_mode,
+    resolve_precision,
+)
 from clipsep.registry_reader import ResolvedModel
 
 # What Python users who pass no settings separate with: SeparateConfig's defaults, which
@@ -509,18 +515,9 @@ class Separator:
         return normalise_masks(masks)
 
     def pass_precision(self, frames: int) -> str:
-        """The precision of one network pass over ``frames`` STFT frames: :attr:`precision`,
-        except fp32 for a bf16 pass on a CPU whose deepest feature map is one frame wide
-        (``frames < 2 ** (depth + 1)``). There oneDNN's AMX bf16 convolution (torch 2.11) reads
-        past its input: a stride-2 4x4 convolution whose output is one column wide gave other
-        values, and NaN, from call to call on the same input (1921 of 2000 calls, uninitialised
-        memory filled with NaN; deterministic in fp32 and with AMX off). Only short inputs
-        reach it (the tiny preset below 32 frames; the others below 256): fp32 costs
-        milliseconds there."""
-        mode = self.precision.mode
-        if mode == "bf16" and str(self.device).startswith("cpu") and frames < 2 ** (self.depth + 1):
-            return "fp32"
-        return mode
+        """The precision of one network pass over ``frames`` STFT frames
+        (:func:`clipsep.precision.network_pass_mode`: fp32 for a short bf16 pass on a CPU)."""
+        return network_pass_mode(self.precision.mode, self.device, frames, self.depth)
 
     def soft_mask(self, mono: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """One query's soft mask ``[F, T]`` (embedding ``[D]``) for a model-rate wave ``[n]``."""

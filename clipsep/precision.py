@@ -290,6 +290,20 @@ def _time_probe(repeats: int) -> float:
     return fp32 / bf16
 
 
+def network_pass_mode(mode: str, device: str, frames: int, depth: int) -> str:
+    """The precision of one U-Net pass over ``frames`` STFT frames at ``depth`` levels: ``mode``,
+    except fp32 for a bf16 pass on a CPU whose deepest feature map is one frame wide
+    (``frames < 2 ** (depth + 1)``). There oneDNN's AMX bf16 convolution (torch 2.11) reads past
+    its input: a stride-2 4x4 convolution whose output is one column wide (16 -> 32 channels,
+    input 32 x 2) gave other values, and NaN, from call to call on the same input (1921 of 2000
+    calls with NaN-filled memory around it; always the same in fp32 and with AMX off). Only
+    short passes reach it (the tiny preset below 32 frames, the others below 256): fp32 costs
+    little there."""
+    if mode == "bf16" and str(device).startswith("cpu") and frames < 2 ** (depth + 1):
+        return "fp32"
+    return mode
+
+
 def autocast(mode: str, device: str) -> contextlib.AbstractContextManager:
     """The autocast context of a resolved mode (a no-op for fp32)."""
     if mode == "fp32":

@@ -192,3 +192,15 @@ def test_an_onednn_cap_below_avx512_turns_avx512_off(monkeypatch):
     assert precision.onednn_uses_avx512() is True
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert precision.onednn_uses_avx512() is False
+
+
+def test_a_bf16_pass_one_frame_wide_at_the_bottom_runs_fp32_on_a_cpu():
+    """oneDNN's AMX bf16 stride-2 convolution with a one-column output reads past its input
+    (tests/test_inference.py shows it): training steps and separation passes that short run
+    fp32 on a CPU; CUDA and the other modes are left as they are."""
+    depth = 7  # 2 ** (depth + 1) = 256 frames
+    assert precision.network_pass_mode("bf16", "cpu", 255, depth) == "fp32"
+    assert precision.network_pass_mode("bf16", "cpu", 256, depth) == "bf16"
+    assert precision.network_pass_mode("bf16", "cuda:0", 16, depth) == "bf16"
+    assert precision.network_pass_mode("fp16", "cuda", 16, depth) == "fp16"
+    assert precision.network_pass_mode("fp32", "cpu", 16, depth) == "fp32"

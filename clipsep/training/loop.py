@@ -46,7 +46,13 @@ from clipsep.data.mixing import (
 )
 from clipsep.env import resolve_device
 from clipsep.errors import BadInputError
-from clipsep.precision import PrecisionChoice, autocast, onednn_uses_avx512, resolve_precision
+from clipsep.precision import (
+    PrecisionChoice,
+    autocast,
+    network_pass_mode,
+    onednn_uses_avx512,
+    resolve_precision,
+)
 from clipsep.training import embeddings as frame_cache
 from clipsep.training.schedule import lr_multiplier
 from clipsep.model.losses import sdr_db
@@ -399,7 +405,10 @@ class Trainer:
         queries, n_sources = batch.queries.to(self.device), batch.queries.shape[1]
         if batch.absent_queries is not None:
             queries = torch.cat([queries, batch.absent_queries.to(self.device)], dim=1)
-        with autocast(self.precision, self.device):
+        frames = spec.mix_warped.shape[-1]
+        with autocast(
+            network_pass_mode(self.precision, self.device, frames, self.depth), self.device
+        ):
             masks, noise = run_model(
                 self.model,
                 spec.mix_warped,
