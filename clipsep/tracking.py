@@ -184,10 +184,9 @@ def dvc_lock_entry(root: Path, out_path: Path) -> str | None:
 def data_version(p: Params) -> dict[str, str]:
     """Exact data identity: md5 of clips/manifest.csv (which holds a sha256 of every source video)
     plus the dvc.lock md5 of the clips folder when DVC produced it."""
-    manifest = p.path("clips") / "manifest.csv"
-    if not manifest.is_file():
-        raise BadInputError(f"no clip manifest at {manifest}: run `clipsep ingest` first")
-    version = {"data_version": file_digest(manifest, "md5")}
+    from clipsep.data.mixing import manifest_path  # imports torch: only where it is needed
+
+    version = {"data_version": file_digest(manifest_path(p.path("clips")), "md5")}
     lock_md5 = dvc_lock_entry(project_root(p), p.path("clips"))
     version["dvc_lock_clips_md5"] = lock_md5 or "absent"
     return version
