@@ -322,6 +322,7 @@ SECTIONS: dict[str, type] = {
 PROFILES_DIR = "profiles"
 BEST_CHECKPOINT = "best.pt"  # in paths.checkpoints: the best validation checkpoint training keeps
 LAST_CHECKPOINT = "last.pt"  # in paths.checkpoints: the latest one, that training resumes from
+CLIP_CHECKPOINT = "clip.pt"  # in paths.clip_model: pretrain-clip's weights (clip.pretrained null)
 PARAMS_FILE = "params.yaml"
 FOLDER_DIGITS = 16  # hex digits of the sha256 of an output folder's path that name its records
 

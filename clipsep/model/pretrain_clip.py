@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from PIL import Image
 
-from clipsep.config import ClipConfig
+from clipsep.config import CLIP_CHECKPOINT, ClipConfig
 from clipsep.env import headless_pyplot, resolve_device
 from clipsep.precision import PrecisionChoice, autocast, resolve_precision
 from clipsep.errors import BadInputError
@@ -324,7 +324,7 @@ def _save_model(model: torch.nn.Module, cfg: ClipConfig, out_dir: Path) -> Path:
     import open_clip
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = out_dir / "clip.pt"
+    checkpoint = out_dir / CLIP_CHECKPOINT
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch_save({"state_dict": state, "epoch": cfg.pretrain_epochs}, checkpoint)
     write_json(out_dir / "model_config.json", open_clip.get_model_config(cfg.architecture))

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from clipsep.config import BEST_CHECKPOINT, LAST_CHECKPOINT, Params
+from clipsep.config import BEST_CHECKPOINT, CLIP_CHECKPOINT, LAST_CHECKPOINT, Params
 from clipsep.data.mixing import (
     LoadedClip,
     MixBatch,
@@ -137,7 +137,9 @@ def prepare_data(
 
     records = read_manifest(clips_dir)
     chosen = [r for r in records if r.split in ("train", "val")]
-    encoder = QueryEncoder.from_config(params.clip, params.path("clip_model") / "clip.pt", device)
+    encoder = QueryEncoder.from_config(
+        params.clip, params.path("clip_model") / CLIP_CHECKPOINT, device
+    )
     cache_dir = Path(out_dir) / "cache"
     if not dist.is_main:
         dist.barrier()  # wait for rank 0 to write the cache, then read it
@@ -213,7 +215,8 @@ def data_identity(params: Params, clips_dir: Path) -> str:
     that embeds the frames (``clip.pretrained``, else pretrain-clip's ``clip.pt``; a tag or a
     folder is named by the params' clip section). Read without loading either."""
     digest = hashlib.sha256(file_digest(manifest_path(clips_dir)).encode())
-    weights = Path(params.clip.pretrained or params.path("clip_model") / "clip.pt").expanduser()
+    weights = Path(params.clip.pretrained or params.path("clip_model") / CLIP_CHECKPOINT)
+    weights = weights.expanduser()
     if weights.is_file():
         digest.update(file_digest(weights).encode())
     return digest.hexdigest()[:16]
