@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from clipsep.config import add_params_arguments, params_from_args, params_root
-from clipsep.env import apply_offline_defaults, paused_gc, skip_exit_collection
+from clipsep.env import apply_offline_defaults, paused_gc, process_rank, skip_exit_collection
 
 log = logging.getLogger("clipsep")
 # library argument -> its CLI flag
@@ -24,10 +24,12 @@ FLAGS = {"query": "--query TEXT", "queries": "--query TEXT", "image": "--image P
 def run_stage(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one pipeline stage by name and return its summary. It always runs (``dvc repro``
     decides what to skip) and leaves its record, so a later flow run can skip it. Its caller
-    drives the pipeline (dvc, or a person), not this process."""
+    drives the pipeline (dvc, or a person), not this process. Under torchrun only rank 0's
+    summary is returned (printed); the other ranks return None."""
     from clipsep.stages import run_stage as run
 
-    return run(name, params_from_args(args), in_process=False).summary
+    summary = run(name, params_from_args(args), in_process=False).summary
+    return summary if process_rank() == 0 else None
 
 
 def show_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -99,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def process_rank() -> int:
+    """This process's rank in a torchrun group (torchrun's ``RANK``; 0 outside one, or with
+    ``WORLD_SIZE`` 1). Rank 0 alone reports and records what the group did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return int(os.environ.get("RANK", "0"))
+
+
 def resolve_device(name: str) -> str:
     """'auto' -> 'cuda' when available, else 'cpu'; any other torch device name is returned as
     given once it is usable here. BadInputError for a name torch does not know, or a CUDA

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from clipsep import stage_record
 from clipsep.config import BEST_CHECKPOINT, Params
+from clipsep.env import process_rank
 
 log = logging.getLogger("clipsep")
 
@@ -274,7 +275,9 @@ def run_stage(
     whatever the stage raises (no record is written then). A stage that found its work done
     (``already_complete``: a training at ``train.steps``) keeps the record of the run that did
     it (its seconds, its MLflow run id), updating only the fingerprint and outputs identity
-    (:func:`clipsep.stage_record.keep_record`).
+    (:func:`clipsep.stage_record.keep_record`). Under torchrun a rank other than 0 runs the stage
+    beside rank 0 (DDP training) and returns its summary untracked and unrecorded: rank 0 logs
+    the MLflow run and writes the record.
     """
     start = time.perf_counter()
     stage_record.check_ready(stage, p)
@@ -294,6 +297,11 @@ def run_stage(
                 _note_skipped(stage, p, summary)
             return StageRun(stage, summary, True, fp.short, reason, time.perf_counter() - start)
         log.info("%s: %s (fingerprint %s), running", stage, reason, fp.short)
+    rank = process_rank()
+    if rank != 0:  # under torchrun: this rank trains beside rank 0, which tracks and records
+        summary = STAGES[stage](p)
+        seconds = time.perf_counter() - start
+        return StageRun(stage, summary, False, fp.short, f"rank {rank}", seconds)
     tracked = p.registry.live_tracking
     summary = _run_tracked(stage, p, in_process) if tracked else STAGES[stage](p)
     if stage == "register":

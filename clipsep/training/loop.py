@@ -44,7 +44,7 @@ from clipsep.data.mixing import (
     read_manifest,
     validation_batch,
 )
-from clipsep.env import resolve_device
+from clipsep.env import process_rank, resolve_device
 from clipsep.errors import BadInputError
 from clipsep.precision import (
     PrecisionChoice,
@@ -106,7 +106,7 @@ def init_distributed(device: str) -> tuple[Dist, str]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist(), device
-    dist = Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = Dist(process_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if device.startswith("cuda"):
         device = f"cuda:{dist.local_rank}"
         torch.cuda.set_device(device)
