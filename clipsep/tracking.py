@@ -37,6 +37,7 @@ from clipsep.config import BEST_CHECKPOINT, Params, RegistryConfig, folder_diges
 from clipsep.errors import BadInputError
 from clipsep.fileio import file_digest, write_json
 from clipsep.registry_reader import (
+    RegistryError,
     RegistryUnavailableError,
     lookup_version,
     quiet_artifact_transfers,
@@ -86,7 +87,9 @@ def connect(p: Params):
     """Point mlflow at the params' store (experiment created if needed) -> (client, exp id).
 
     Runs of the experiment whose owner process died on this host are ended KILLED first
-    (:func:`clipsep.run_owner.end_orphans`)."""
+    (:func:`clipsep.run_owner.end_orphans`). RegistryUnavailableError when the store cannot be
+    read; RegistryError when the experiment is deleted (MLflow keeps its name until it is
+    restored or purged), naming both ways out."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -104,6 +107,12 @@ def connect(p: Params):
             return client, client.create_experiment(
                 p.registry.experiment, artifact_location=artifact_location(p)
             )
+    if experiment.lifecycle_stage == "deleted":
+        raise RegistryError(
+            f"MLflow experiment {p.registry.experiment!r} (id {experiment.experiment_id}) is "
+            f"deleted in {uri}: restore it (MLFLOW_TRACKING_URI={uri} mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or set registry.experiment to a new name"
+        )
     run_owner.end_orphans(client, experiment.experiment_id)
     return client, experiment.experiment_id
 
@@ -634,8 +643,9 @@ def write_run_file(p: Params, run_id: str, experiment_id: str) -> Path:
 
 def recorded_run(p: Params, client) -> Any | None:
     """The pipeline run recorded for ``p``'s output folder (:func:`run_file`), if there is a
-    record and the store knows its run (an older version's record is taken over first when it
-    belongs to this folder, :func:`_take_over_legacy`)."""
+    record and the store knows its run, not deleted (in the UI's trash: the next stage opens a new
+    run; an older version's record is taken over first when it belongs to this folder,
+    :func:`_take_over_legacy`)."""
     from mlflow.exceptions import MlflowException
 
     path = run_file(p)
@@ -644,12 +654,16 @@ def recorded_run(p: Params, client) -> Any | None:
     if not path.is_file():
         return None
     try:
-        return client.get_run(json.loads(path.read_text())["run_id"])
+        run = client.get_run(json.loads(path.read_text())["run_id"])
     except (MlflowException, KeyError, ValueError) as err:
         log.warning(
             "%s names no run of %s (%s): a new run is opened", path, client.tracking_uri, err
         )
         return None
+    if run.info.lifecycle_stage == "deleted":
+        log.warning("MLflow run %s was deleted: a new run is opened", run.info.run_id)
+        return None
+    return run
 
 
 def _take_over_legacy(p: Params, client) -> None:

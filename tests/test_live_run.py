@@ -751,3 +751,17 @@ def test_an_older_record_of_a_run_the_store_lacks_is_dropped(tiny_params):
     legacy.write_text(json.dumps({"run_id": "0" * 32, "experiment_id": "1"}))
     assert tracking.recorded_run(tiny_params, client) is None
     assert not legacy.exists()
+
+
+def test_a_pass_whose_run_was_deleted_in_the_ui_opens_a_new_run(tiny_params):
+    """Deleting the pipeline's run in the MLflow UI (its trash) between two stages: the next
+    stage opens a new run instead of failing to reopen a deleted one."""
+    first = live_run.open_run(tiny_params, "validate")
+    first.finish_stage({"n_clips": 4})
+    client = tracking.client_for(tiny_params)
+    client.delete_run(first.run_id)
+    assert tracking.recorded_run(tiny_params, client) is None
+    second = live_run.open_run(tiny_params, "train")
+    assert second.run_id != first.run_id
+    assert client.get_run(second.run_id).info.status == "RUNNING"
+    assert client.get_run(first.run_id).info.lifecycle_stage == "deleted"  # left in the trash

@@ -612,3 +612,23 @@ def test_resolving_from_a_missing_store_says_so_and_creates_nothing(tmp_path):
         resolve_model("models:/clipsep@champion", tracking_uri=uri, cache_dir=tmp_path / "c")
     assert not version_from_run(uri, "clipsep", "1", "run")
     assert not store.exists() and not store.parent.exists()
+
+
+def test_an_experiment_deleted_in_the_store_is_named_with_the_way_back(tmp_path, caplog):
+    """Deleting the experiment (``mlflow experiments delete``) and running a stage: one line that
+    names the experiment and how to restore it, before any run is opened."""
+    from clipsep import cli
+
+    params = tiny_params_at(tmp_path)
+    client, experiment = tracking.connect(params)
+    client.delete_experiment(experiment)
+    with pytest.raises(registry_reader.RegistryError) as raised:
+        tracking.connect(params)
+    message = str(raised.value)
+    name = params.registry.experiment
+    assert f"MLflow experiment {name!r} (id {experiment}) is deleted" in message
+    assert f"mlflow experiments restore --experiment-id {experiment}" in message
+    assert "registry.experiment" in message
+    assert cli.main(["validate", "--profile", "tiny", "--set", f"paths.root={tmp_path}"]) == 2
+    assert "is deleted" in caplog.text
+    assert client.search_runs([experiment], run_view_type=3) == []  # 3: all, deleted included
