@@ -34,6 +34,7 @@ from typing import Any, Callable
 from clipsep import stage_record
 from clipsep.config import BEST_CHECKPOINT, Params
 from clipsep.env import process_rank
+from clipsep.errors import BadInputError
 
 log = logging.getLogger("clipsep")
 
@@ -210,10 +211,6 @@ def stage_inputs(stage: str, p: Params) -> list[Path]:
     """The data files and folders ``stage`` reads (dvc.yaml's data deps for the default params)."""
     clips, world, evaluation = p.path("clips"), p.path("world"), p.path("evaluation")
     clip_model = [p.path("clip_model")] if p.clip.pretrained is None else _clip_file(p)
-    optional = {
-        "ingest": [p.ingest.labels_csv],
-        "evaluate": [p.eval.targets_csv, p.eval.interference_csv],
-    }.get(stage, [])
     listed = {
         "world": [],
         "ingest": [ingest_source(p)],
@@ -223,7 +220,39 @@ def stage_inputs(stage: str, p: Params) -> list[Path]:
         "evaluate": [world, clips, *clip_model, p.path("checkpoints")],
         "register": [p.path("checkpoints"), evaluation / "metrics.json"],
     }[stage]
-    return listed + [_under_root(p, value) for value in optional if value]
+    return listed + list(named_inputs(stage, p).values())
+
+
+NAMED_INPUTS = {  # params that name a file a stage reads (unset: the stage does without)
+    "ingest": ("ingest.labels_csv",),
+    "evaluate": ("eval.targets_csv", "eval.interference_csv"),
+}
+
+
+def named_inputs(stage: str, p: Params) -> dict[str, Path]:
+    """The files ``stage``'s params name and it reads, by params key (set ones only; relative
+    paths are under paths.root)."""
+    named = {}
+    for key in NAMED_INPUTS.get(stage, ()):
+        section, name = key.split(".")
+        value = getattr(getattr(p, section), name)
+        if value:
+            named[key] = _under_root(p, value)
+    return named
+
+
+def check_named_inputs(stage: str, p: Params) -> None:
+    """BadInputError (one line) naming the params key of the first file ``stage`` reads that is
+    missing: ``ingest.source`` (a folder), :func:`named_inputs`; checked before the stage opens an
+    MLflow run."""
+    if stage == "ingest" and not ingest_source(p).is_dir():
+        source = ingest_source(p)
+        if p.ingest.source is None:
+            raise BadInputError(f"no world videos at {source}: run `clipsep world` first")
+        raise BadInputError(f"ingest.source {source} is not a folder")
+    for key, path in named_inputs(stage, p).items():
+        if not path.is_file():
+            raise BadInputError(f"{key} {path} not found (relative paths are under paths.root)")
 
 
 def _clip_file(p: Params) -> list[Path]:
@@ -271,7 +300,8 @@ def run_stage(
     False: its caller drives (dvc, or a person; :func:`clipsep.run_owner.pipeline_driver`).
 
     Raises BadInputError before any work (no MLflow run opened, nothing hashed) when a file the
-    stage cannot start without is missing (:func:`clipsep.stage_record.check_ready`), else
+    stage cannot start without is missing (:func:`clipsep.stage_record.check_ready`,
+    :func:`check_named_inputs`), else
     whatever the stage raises (no record is written then). A stage that found its work done
     (``already_complete``: a training at ``train.steps``) keeps the record of the run that did
     it (its seconds, its MLflow run id), updating only the fingerprint and outputs identity
@@ -281,6 +311,7 @@ def run_stage(
     """
     start = time.perf_counter()
     stage_record.check_ready(stage, p)
+    check_named_inputs(stage, p)
     fp = stage_fingerprint(stage, p)
     folder = record_folder(stage, p)
     outputs = p.path(STAGE_OUTPUTS[stage]) if STAGE_OUTPUTS[stage] else None

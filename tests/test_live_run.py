@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from clipsep import live_run, run_owner, stage_record, stages, tracking
-from clipsep.errors import ValidationFailed
+from clipsep.errors import BadInputError, ValidationFailed
 from clipsep.stages import run_stage
 from clipsep.training import loop
 from conftest import tiny_params_at
@@ -765,3 +765,29 @@ def test_a_pass_whose_run_was_deleted_in_the_ui_opens_a_new_run(tiny_params):
     assert second.run_id != first.run_id
     assert client.get_run(second.run_id).info.status == "RUNNING"
     assert client.get_run(first.run_id).info.lifecycle_stage == "deleted"  # left in the trash
+
+
+@pytest.mark.parametrize(
+    "stage,overrides,message",
+    [
+        ("ingest", {"ingest.source": "nowhere/videos"}, "ingest.source {root}/nowhere/videos is"),
+        ("ingest", {}, "no world videos at {root}/data/world/videos: run `clipsep world` first"),
+        ("evaluate", {"eval.targets_csv": "t.csv"}, "eval.targets_csv {root}/t.csv not found"),
+    ],
+)
+def test_a_file_the_params_name_missing_fails_before_any_mlflow_run(
+    tmp_path, stage, overrides, message
+):
+    """New-user finding: an evaluate with a mistyped protocol CSV (or an ingest of a missing
+    folder) opened the pipeline's MLflow run and ended it FAILED over a typo in params."""
+    params = tiny_params_at(tmp_path, **overrides)
+    if stage == "evaluate":  # a checkpoint is there: only the targets CSV is missing
+        params.path("checkpoints").mkdir(parents=True)
+        (params.path("checkpoints") / "best.pt").write_bytes(b"")
+        (tmp_path / "i.csv").write_text("audio_path,frames_dir,label\n")
+        params = tiny_params_at(tmp_path, **overrides, **{"eval.interference_csv": "i.csv"})
+    with pytest.raises(BadInputError) as raised:
+        run_stage(stage, params)
+    assert str(raised.value).startswith(message.format(root=tmp_path))
+    client, experiment = tracking.connect(params)
+    assert client.search_runs([experiment]) == []
