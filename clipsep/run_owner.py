@@ -216,8 +216,9 @@ def _end_killed(client, run, holder: str) -> None:
         reason = (
             f"the pipeline's driver, process {tags[DRIVER + 'pid']} "
             f"({tags.get(DRIVER_COMMAND, 'command unknown')}) on {tags[DRIVER + 'host']}, is "
-            f"gone between stages (stages done: {', '.join(_stages(tags, 'done')) or 'none'}); "
-            "register never closed the run"
+            f"gone between stages (stages done: {', '.join(_stages(tags, 'done')) or 'none'}) "
+            "before register closed the run: it was killed, or ran only part of the pipeline "
+            "(e.g. `dvc repro train`); the pass's next stage continues this run"
         )
     reason += "" if step is None else f"; training had reached step {step}"
     client.set_tag(run_id, END_REASON, reason)

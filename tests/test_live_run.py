@@ -403,7 +403,9 @@ def test_a_run_without_a_stage_is_ended_when_its_driver_is_gone(tiny_params):
     assert abandoned.info.status == "KILLED"
     assert abandoned.data.tags[run_owner.END_REASON] == (
         f"the pipeline's driver, process {sleeper.pid} (dvc repro) on {socket.gethostname()}, "
-        "is gone between stages (stages done: validate); register never closed the run"
+        "is gone between stages (stages done: validate) before register closed the run: it was "
+        "killed, or ran only part of the pipeline (e.g. `dvc repro train`); the pass's next "
+        "stage continues this run"
     )
     assert sorted(run_owner.end_orphans(client, experiment)) == sorted(
         [runs["driven"], runs["writing"]]
