@@ -89,17 +89,14 @@ def stem_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="stems-", dir=root))
 
 
-TARGET_LABEL = "Target (the queried sound)"  # the first player's label for one query
-
-
 def stem_players(text):
     """Label the players a query text fills with their queries, the first one too when there
-    are several ("Stem: cello"; one query: :data:`TARGET_LABEL`); hide the extra players it does
-    not fill (after a successful separation, in the page only)."""
+    are several (:func:`app.handlers.stem_label`, as on the spectrogram); hide the extra players
+    it does not fill (after a successful separation, in the page only)."""
     names = handlers.split_queries(text)
-    first = gr.update(label=f"Stem: {names[0]}" if len(names) > 1 else TARGET_LABEL)
+    first = gr.update(label=handlers.stem_label(names[0] if names else "", len(names)))
     return [first] + [
-        gr.update(label=f"Stem: {names[k + 1]}", visible=True)
+        gr.update(label=handlers.stem_label(names[k + 1], len(names)), visible=True)
         if k + 1 < len(names)
         else gr.update(value=None, label=f"Stem {k + 2}", visible=False)
         for k in range(handlers.MAX_STEMS - 1)
@@ -129,7 +126,7 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                 button = gr.Button("Separate", variant="primary")
             with gr.Column():
                 target = gr.Audio(
-                    label=TARGET_LABEL,
+                    label=handlers.TARGET_LABEL,
                     type="numpy",
                     interactive=False,
                     buttons=["download"],
@@ -147,7 +144,7 @@ def build_demo(params: Params, served: Served) -> gr.Blocks:
                     for k in range(handlers.MAX_STEMS - 1)
                 ]
                 residual = gr.Audio(  # below the stems: what none of the queries took
-                    label="Residual (everything else)",
+                    label=handlers.RESIDUAL_LABEL,
                     type="numpy",
                     interactive=False,
                     buttons=["download"],

@@ -289,6 +289,21 @@ def log_spectrogram(wave: np.ndarray, rate: int) -> np.ndarray:
     return (20.0 * torch.log10(spec.abs() + 1e-8)).numpy()
 
 
+TARGET_LABEL = "Target (the queried sound)"  # one query's stem, in its player and its panel
+RESIDUAL_LABEL = "Residual (everything else)"
+
+
+def stem_label(name: str, count: int) -> str:
+    """The label of query ``name``'s stem among ``count`` stems, the same on its player and its
+    spectrogram panel: ``Stem: cello`` among several, :data:`TARGET_LABEL` for one query."""
+    return f"Stem: {name}" if count > 1 else TARGET_LABEL
+
+
+def panel_titles(names: Sequence[str]) -> list[str]:
+    """Titles of :func:`spectrogram_picture`'s panels for the stems of queries ``names``."""
+    return ["Mixture", *(stem_label(name, len(names)) for name in names), RESIDUAL_LABEL]
+
+
 def spectrogram_picture(
     mixture: np.ndarray,
     target,
@@ -303,16 +318,9 @@ def spectrogram_picture(
     from PIL import Image
 
     stems = target if isinstance(target, dict) else {"query": target}
-    panels = [("Mixture", mixture, None)]
-    panels += [
-        (
-            f"Target: {name}" if len(stems) > 1 or isinstance(target, dict) else "Target (query)",
-            wave,
-            name,
-        )
-        for name, wave in stems.items()
-    ]
-    panels.append(("Residual (everything else)", residual, None))
+    waves = [mixture, *stems.values(), residual]
+    names = [None, *stems, None]
+    panels = list(zip(panel_titles(list(stems)), waves, names))
     specs = [log_spectrogram(w, rate) for _, w, _ in panels]
     top = max(float(s.max()) for s in specs)
     duration = mixture.shape[1] / rate

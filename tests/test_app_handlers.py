@@ -258,7 +258,7 @@ def test_registry_card_reads_version_tags_and_run_metrics(tmp_path):
 def test_several_queries_label_each_player_with_its_query_and_one_keeps_target():
     """New-user trial: with "cello, violin" the first player still said "Target (the queried
     sound)" while the second said "Stem: violin"."""
-    from app.demo import TARGET_LABEL, stem_players
+    from app.demo import stem_players
 
     first, second, *rest = stem_players("cello, violin")
     assert (first["label"], second["label"], second["visible"]) == (
@@ -267,7 +267,21 @@ def test_several_queries_label_each_player_with_its_query_and_one_keeps_target()
         True,
     )
     assert rest and not any(update["visible"] for update in rest)
-    assert stem_players("cello")[0]["label"] == TARGET_LABEL
+    assert stem_players("cello")[0]["label"] == handlers.TARGET_LABEL
+    assert stem_players("")[0]["label"] == handlers.TARGET_LABEL
+
+
+def test_each_spectrogram_panel_is_titled_as_its_player():
+    """New-user trial: the player said "Stem: cello" above a spectrogram titled "Target:
+    cello"."""
+    from app.demo import stem_players
+
+    for text in ("cello, violin", "cello"):
+        players = [update["label"] for update in stem_players(text)]
+        titles = handlers.panel_titles(handlers.split_queries(text))
+        assert titles[1:-1] == players[: len(titles) - 2]
+        assert (titles[0], titles[-1]) == ("Mixture", handlers.RESIDUAL_LABEL)
+    assert handlers.panel_titles(["cello", "violin"])[1:3] == ["Stem: cello", "Stem: violin"]
 
 
 def test_examples_mix_two_different_instruments_once(tmp_path):
