@@ -348,15 +348,13 @@ def separate_files(args: argparse.Namespace) -> int:
         skip_exit_collection()
     with paused_gc(freeze=args.program):  # imports torch (and mlflow for a registry model)
         from clipsep import batch, fileio, outputs
-        from clipsep.inference import IMAGE_STEM, SINGLE_STEM
-
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         _check_queries(args)
         output = outputs.OutputFormat(args.format, args.bits)
         several = len(args.queries) > 1 or (args.queries and args.image)
         queries = [q.strip() for q in args.queries] if several else None
-        names = queries + [IMAGE_STEM] * bool(args.image) if several else [SINGLE_STEM]
+        names = outputs.stem_names(queries, bool(args.image))
         outputs.stem_files(names, output.suffix)  # clashing names: a usage error before any work
         found = batch.find_jobs(args.inputs, args.out)
         jobs = found.jobs

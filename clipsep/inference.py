@@ -77,8 +77,6 @@ SCAN_BLOCK = 1 << 18  # samples per channel read at a time when checking a file
 RESAMPLE_CONTEXT = 128  # model-rate samples of context per resampled segment: covers soxr's filter
 
 Progress = Callable[[int, int], None]  # (segments done, segments in total)
-SINGLE_STEM = "target"  # the stem's name when one query is given (query=/image=)
-IMAGE_STEM = "image"  # the stem's name of an image query among several queries
 
 
 @dataclass
@@ -475,14 +473,13 @@ class Separator:
         named ``"image"``). BadInputError for none, an empty one, or two with the same name."""
         if isinstance(queries, str):
             queries = [queries]
-        names = [q.strip() if isinstance(q, str) else q for q in queries]
-        if not names and image is None:
+        names = outputs.stem_names(queries, image is not None)
+        if not names:
             raise BadInputError(
                 "no query: give text queries or an image", arguments=("queries", "image")
             )
-        embeddings = [self.embed_query(query) for query in names]
+        embeddings = [self.embed_query(query) for query in names[: len(queries)]]
         if image is not None:
-            names.append(IMAGE_STEM)
             embeddings.append(self.embed_query(image=image))
         if len(set(names)) < len(names):
             raise BadInputError(f"the same query is given twice ({names}); give each once")
@@ -492,7 +489,7 @@ class Separator:
         """(stem names, embeddings [N, D]) for ``query``/``image`` (one stem, "target") or
         ``queries`` (+ ``image``: one stem per query)."""
         if queries is None:
-            return [SINGLE_STEM], self.embed_query(query, image)[None]
+            return outputs.stem_names(None, image is not None), self.embed_query(query, image)[None]
         if query is not None:
             raise BadInputError("give query= or queries=, not both")
         return self.embed_queries(queries, image)

@@ -38,6 +38,8 @@ from clipsep.fileio import file_digest, write_csv, write_json
 log = logging.getLogger(__name__)
 
 RESIDUAL = "residual"
+SINGLE_STEM = "target"  # the stem's name when one query is given (query=/image=)
+IMAGE_STEM = "image"  # the stem's name of an image query among several queries
 FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}  # --format -> libsndfile major format
 BITS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}  # --bits -> libsndfile subtype
 KEPT_PCM = {"PCM_16", "PCM_24"}  # input subtypes whose depth the default keeps
@@ -116,6 +118,24 @@ def safe_name(query: str) -> str:
             f"the query {query!r} leaves no usable file name; use letters or digits"
         )
     return name
+
+
+def stem_names(queries: Sequence[str] | None, image: bool) -> list[str]:
+    """The stems of a request: ``[SINGLE_STEM]`` for one query (``queries`` None), else the text
+    queries (stripped) and, with an image, :data:`IMAGE_STEM` last. BadInputError for a text
+    query whose file would be the image's (``--query image --image pic.jpg``)."""
+    if queries is None:
+        return [SINGLE_STEM]
+    names = [q.strip() if isinstance(q, str) else q for q in queries]
+    if image:
+        for name in names:
+            if isinstance(name, str) and safe_name(name).lower() == IMAGE_STEM:
+                raise BadInputError(
+                    f"the query {name!r} would write the image query's stem ({IMAGE_STEM}): "
+                    "rename it",
+                    arguments=("queries",),
+                )
+    return names + [IMAGE_STEM] * bool(image)
 
 
 def stem_files(names: Sequence[str], suffix: str) -> dict[str, str]:

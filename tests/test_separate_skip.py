@@ -207,6 +207,28 @@ def test_a_bad_query_list_is_one_usage_error_before_loading(
     assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
 
 
+def test_a_text_query_named_like_the_image_stem_is_one_usage_error(
+    model,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    caplog,
+    capsys,
+):
+    """New-user trial: `--query image --image violin.jpg` said "the query 'image' is given
+    twice", given once: its file would be the image query's."""
+    from PIL import Image
+
+    sf.write(tmp_path / "x.wav", tones(16000, 1.0, 1)[0], 16000)
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "pic.png")
+    never_load(monkeypatch)
+    extra = ["--query", "Image", "--query", "violin", "--image", str(tmp_path / "pic.png")]
+    assert run_cli(model, tmp_path / "out", tmp_path / "x.wav", extra=extra) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "the query 'Image' would write the image query's stem (image): rename it (--query TEXT)"
+    ]
+    assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
+
+
 def test_no_query_for_an_audio_file_is_one_usage_error_before_loading(
     model,  # noqa: F811
     tmp_path,

@@ -85,6 +85,10 @@ def test_image_query_joins_text_queries(separator):  # noqa: F811
     picture = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
     stems = separator.separate(tones(16000, 1.5, 1), 16000, queries=["cello"], image=picture)
     assert list(stems) == ["cello", "image"]
+    with pytest.raises(BadInputError, match=r"the query 'image' would write the image query"):
+        separator.separate(tones(16000, 1.5, 1), 16000, queries=[" image"], image=picture)
+    only = separator.separate(tones(16000, 1.5, 1), 16000, queries=["image"])  # no image: a text
+    assert list(only) == ["image"]
 
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
