@@ -80,9 +80,9 @@ def find_jobs(inputs: Sequence[str | Path], out: str | Path) -> Found:
     found = Found([], [], [])
     first: dict[Path, tuple[int, str]] = {}  # resolved file -> (its job, how it was given)
     twice = []
-    for item in map(Path, inputs):
-        for job in _item_jobs(item, out, found):
-            way = str(job.path) if job.named else f"{job.path} (in {item})"
+    for typed in inputs:  # as typed (``./a.wav``), for the line below; pathlib drops "./"
+        for job in _item_jobs(Path(typed), out, found):
+            way = str(typed) if job.named else f"{job.path} (in {typed})"
             i, was = first.setdefault(job.path.resolve(), (len(found.jobs), way))
             if i == len(found.jobs):
                 found.jobs.append(job)

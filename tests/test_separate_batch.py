@@ -462,6 +462,23 @@ def test_a_file_given_directly_and_through_its_folder_is_separated_once(
     assert sorted(p.name for p in (out / "duet").glob("*.wav")) == ["residual.wav", "target.wav"]
 
 
+def test_a_file_named_twice_is_reported_as_typed(tmp_path, caplog):
+    """New-user trial: `separate mono16.wav ./mono16.wav` said "the same file given twice,
+    separated once: mono16.wav and mono16.wav": the second as typed is ./mono16.wav."""
+    import logging
+
+    from clipsep.batch import find_jobs
+
+    sf.write(tmp_path / "duet.wav", tones(16000, 1.0, 1)[0], 16000)
+    typed = [str(tmp_path / "duet.wav"), f"{tmp_path}/./duet.wav"]
+    with caplog.at_level(logging.INFO, logger="clipsep.batch"):
+        found = find_jobs(typed, tmp_path / "out")
+    assert len(found.jobs) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "clipsep.batch"] == [
+        f"the same file given twice, separated once: {typed[0]} and {typed[1]}"
+    ]
+
+
 def test_json_failure_reason_does_not_repeat_the_path_that_keys_it(model, tmp_path, capsys):  # noqa: F811
     (tmp_path / "in").mkdir()
     broken = tmp_path / "in" / "broken.wav"
