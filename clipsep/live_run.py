@@ -27,7 +27,8 @@ was opened for, the first time that folder looks for its run.
 Which run a stage continues: its folder's recorded one, unless it is FINISHED (registered: the
 pipeline pass is over), this stage already completed in it (``done``: a stage running again
 starts a new pass; the unfinished old run ends KILLED, superseded) or it was opened with other
-params in a section the stage reads (MLflow keeps a param's first value, so continuing would
+params in a section or a ``paths.*`` key the stage reads or writes
+(:func:`clipsep.stages.stage_reads`; MLflow keeps a param's first value, so continuing would
 show values the stage did not run with: a new pass, the old run ends KILLED naming the changed
 params; sections the stage does not read may differ, as when ``evaluate`` runs without the
 training's ``--set`` flags). A resumed training
@@ -79,7 +80,7 @@ def open_run(
     doc), claimed by this process, held by the pipeline's driver
     (:func:`clipsep.run_owner.pipeline_driver`; False ``in_process`` for the ``clipsep <stage>``
     command) and tagged ``clipsep.stage.<stage>=running``. ``reads``: the params sections the
-    stage reads (``clipsep.stages.STAGE_PARAMS``; None: all); only a change there makes a new run
+    stage reads (``clipsep.stages.stage_reads``; None: all); only a change there makes a new run
     (an evaluate run without the training's ``--set model.preset=...`` continues its pass).
 
     Raises RegistryUnavailableError when the store cannot be read.
@@ -221,15 +222,16 @@ def _create(client, experiment_id: str, p: Params, flat: dict[str, str], stage: 
 
 
 def changed_params(run, flat: dict[str, str], sections: Sequence[str] | None = None) -> list[str]:
-    """``key: old -> new`` for each param of ``sections`` (None: all) that ``run`` logged with
-    another value than ``flat`` (:func:`clipsep.tracking.flatten_params` of the params) has."""
+    """``key: old -> new`` for each param of ``sections`` (params sections such as ``train``, or
+    single keys such as ``paths.clips``; None: all) that ``run`` logged with another value than
+    ``flat`` (:func:`clipsep.tracking.flatten_params` of the params) has."""
     logged = run.data.params
     return [
         f"{key}: {logged[key]} -> {value}"
         for key, value in sorted(flat.items())
         if key in logged
         and logged[key] != value[:MAX_PARAM]
-        and (sections is None or key.split(".", 1)[0] in sections)
+        and (sections is None or key in sections or key.split(".", 1)[0] in sections)
     ]
 
 

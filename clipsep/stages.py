@@ -48,6 +48,18 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "evaluate": ["clip", "audio", "eval"],
     "register": ["registry"],
 }
+# The paths.* each stage reads or writes besides its checkpoints folder (whose run it is: another
+# folder has its own run): a pass continued with another of them would show the first value in
+# MLflow, so a change opens a new run (clipsep.live_run.open_run's ``reads``)
+STAGE_PATHS: dict[str, list[str]] = {
+    "world": ["world"],
+    "ingest": ["world", "clips"],
+    "validate": ["clips", "validation"],
+    "pretrain-clip": ["world", "clip_model"],
+    "train": ["clips", "validation", "clip_model"],
+    "evaluate": ["world", "clips", "clip_model", "evaluation"],
+    "register": ["evaluation"],
+}
 # The library code each stage runs (relative to the clipsep package): dvc.yaml's code deps.
 STAGE_CODE: dict[str, list[str]] = {
     "world": ["data/world.py", "data/world_pictures.py", "data/world_sound.py"],
@@ -152,7 +164,7 @@ def _train_live(p: Params, opened: list, in_process: bool) -> dict[str, Any]:
     from clipsep.training.loop import train as run
 
     def live(resuming: bool):
-        opened.append(open_run(p, "train", resuming, in_process, STAGE_PARAMS["train"]))
+        opened.append(open_run(p, "train", resuming, in_process, stage_reads("train")))
         opened[-1].watch_system(p.registry.system_metrics_s)
         return opened[-1]
 
@@ -182,7 +194,7 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
                     existing = checked.existing
                     close_registered(p, existing, existing["reason"], checked.repeats)
                     return existing
-            opened.append(open_run(p, stage, in_process=in_process, reads=STAGE_PARAMS[stage]))
+            opened.append(open_run(p, stage, in_process=in_process, reads=stage_reads(stage)))
             if stage == "register":  # logs the evaluation and closes the run FINISHED
                 summary = register_run(p, opened[0].run_id, checked)
             else:
@@ -205,6 +217,12 @@ STAGES: dict[str, Callable[[Params], dict[str, Any]]] = {
     "evaluate": evaluate,
     "register": register,
 }
+
+
+def stage_reads(stage: str) -> list[str]:
+    """What ``stage`` reads, as params sections and ``paths.*`` keys (STAGE_PARAMS, STAGE_PATHS):
+    a pass continued with another value of one of them opens a new MLflow run."""
+    return STAGE_PARAMS[stage] + [f"paths.{name}" for name in STAGE_PATHS[stage]]
 
 
 def stage_inputs(stage: str, p: Params) -> list[Path]:

@@ -279,6 +279,29 @@ def test_a_change_in_a_section_the_stage_does_not_read_continues_the_pass(tmp_pa
     assert run.info.status == "RUNNING" and run_owner.END_REASON not in run.data.tags
 
 
+def test_a_stage_writing_to_another_path_starts_a_new_run(tmp_path):
+    """New-user trial: `clipsep pretrain-clip --set paths.clip_model=/tmp/x` continued the open
+    run, whose params kept the first paths.clip_model. A path the stage reads or writes counts
+    as its params do; a path it does not use does not."""
+    from clipsep.stages import stage_reads
+
+    params = tiny_params_at(tmp_path)
+    first = live_run.open_run(params, "validate", reads=stage_reads("validate"))
+    moved = tiny_params_at(tmp_path, **{"paths.clip_model": str(tmp_path / "x")})
+    continued = live_run.open_run(moved, "ingest", reads=stage_reads("ingest"))  # no CLIP there
+    assert continued.run_id == first.run_id
+    other = live_run.open_run(moved, "pretrain-clip", reads=stage_reads("pretrain-clip"))
+    assert other.run_id != first.run_id
+    client = tracking.client_for(params)
+    assert client.get_run(other.run_id).data.params["paths.clip_model"] == str(tmp_path / "x")
+    old = client.get_run(first.run_id)
+    assert old.info.status == "KILLED"
+    assert old.data.tags[run_owner.END_REASON] == (
+        f"superseded: pretrain-clip ran with other params (paths.clip_model: models/clip -> "
+        f"{tmp_path / 'x'})"
+    )
+
+
 def wait_for(condition, seconds: float, what: str):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
