@@ -731,6 +731,13 @@ def _check_invariants(p: Params, where: _Where) -> None:
             fail("world", key, "must lie in [0, 1]")
     if p.world.duration_s[0] > p.world.duration_s[1]:
         fail("world", "duration_s", "must be [min, max] with min <= max")
+    if bool(p.eval.targets_csv) != bool(p.eval.interference_csv):  # one protocol: both or neither
+        given, missing = (
+            ("targets_csv", "interference_csv")
+            if p.eval.targets_csv
+            else ("interference_csv", "targets_csv")
+        )
+        fail("eval", given, f"needs eval.{missing} too (set both, or neither)")
 
 
 def _plain(value: Any) -> Any:

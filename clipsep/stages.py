@@ -263,14 +263,37 @@ def check_named_inputs(stage: str, p: Params) -> None:
     """BadInputError (one line) naming the params key of the first file ``stage`` reads that is
     missing: ``ingest.source`` (a folder), :func:`named_inputs`; checked before the stage opens an
     MLflow run."""
-    if stage == "ingest" and not ingest_source(p).is_dir():
-        source = ingest_source(p)
-        if p.ingest.source is None:
-            raise BadInputError(f"no world videos at {source}: run `clipsep world` first")
-        raise BadInputError(f"ingest.source {source} is not a folder")
+    if stage == "ingest":
+        _check_source(p)
     for key, path in named_inputs(stage, p).items():
-        if not path.is_file():
-            raise BadInputError(f"{key} {path} not found (relative paths are under paths.root)")
+        _check_file(key, path)
+
+
+def check_pipeline_inputs(p: Params) -> None:
+    """Before a pipeline's first stage (the flow): every file its params name that no stage
+    makes (``ingest.source`` when set, each stage's :func:`named_inputs`), so that a typo fails
+    in a second, not after the stages before the one that reads it."""
+    if p.ingest.source is not None:
+        _check_source(p)
+    for stage in STAGES:
+        for key, path in named_inputs(stage, p).items():
+            _check_file(key, path)
+
+
+def _check_source(p: Params) -> None:
+    source = ingest_source(p)
+    if source.is_dir():
+        return
+    if p.ingest.source is None:
+        raise BadInputError(f"no world videos at {source}: run `clipsep world` first")
+    raise BadInputError(f"ingest.source {source} is not a folder")
+
+
+def _check_file(key: str, path: Path) -> None:
+    if path.is_dir():
+        raise BadInputError(f"{key} {path} is a folder, not a file")
+    if not path.is_file():
+        raise BadInputError(f"{key} {path} not found (relative paths are under paths.root)")
 
 
 def _clip_file(p: Params) -> list[Path]:

@@ -220,6 +220,7 @@ def train_clipsep(
     if logging.getLogger("clipsep").level == logging.NOTSET:
         logging.getLogger("clipsep").setLevel(logging.INFO)
     p = flow_params(params_file, profile, overrides or [], source)
+    stages.check_pipeline_inputs(p)  # a deployment's run comes here without main's check
     plan = planned_stages(p)
     which = f"profile {profile}" if profile else "no profile"
     logger.info("params %s (%s), stages: %s", p.source_file, which, " -> ".join(plan))
@@ -319,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         params_file = str(params_file_from_args(args).resolve())
         # bad params (a typo'd --set, an unknown profile): one line, before Prefect starts a
         # server and records a failed run around the traceback
-        flow_params(params_file, args.profile, args.overrides or [], args.source)
+        stages.check_pipeline_inputs(
+            flow_params(params_file, args.profile, args.overrides or [], args.source)
+        )
         registered = train_clipsep(
             params_file=params_file,
             profile=args.profile,

@@ -125,6 +125,11 @@ OVER = f"(over {PARAMS})"
             f"--set audio.hop_length=4096 {OVER}: section 'audio', key 'hop_length': "
             "must be <= n_fft (1024); got 4096",
         ),
+        (  # the protocol CSVs go together (new-user trial: one alone left a FAILED run)
+            "eval.targets_csv=t.csv",
+            f"--set eval.targets_csv=t.csv {OVER}: section 'eval', key 'targets_csv': needs "
+            "eval.interference_csv too (set both, or neither); got 't.csv'",
+        ),
         (  # not YAML: one line, no traceback
             "train.gain_range=[1",
             "--set train.gain_range=[1: the value is not valid YAML: expected ',' or ']', "

@@ -303,10 +303,20 @@ def test_bad_params_are_one_line_before_prefect_starts(tmp_path, monkeypatch, ca
     params = ["--params", str(REPO / "params.yaml")]
     assert flow_module.main([*params, "--set", "train.stpes=1"]) == 2
     assert flow_module.main([*params, "--profile", "tyni"]) == 2
+    # a file the params name, missing (new-user trial: ingest retried twice, 33 s; a missing
+    # eval CSV failed after world..train had run, leaving the MLflow run RUNNING)
+    missing = tmp_path / "missing.csv"
+    assert flow_module.main([*params, "--set", f"ingest.labels_csv={missing}"]) == 2
+    both = ["--set", f"eval.targets_csv={missing}", "--set", f"eval.interference_csv={tmp_path}"]
+    assert flow_module.main([*params, *both]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     failed = [line for line in lines if line.startswith("train-clipsep failed: ")]
-    assert len(failed) == 2, lines
+    assert len(failed) == 4, lines
     assert "unknown key 'stpes'" in failed[0] and "unknown profile 'tyni'" in failed[1]
+    assert failed[2] == f"train-clipsep failed: ingest.labels_csv {missing} not found " + (
+        "(relative paths are under paths.root)"
+    )
+    assert failed[3].startswith(f"train-clipsep failed: eval.targets_csv {missing} not found")
 
 
 def test_metrics_table_gives_mean_sem_and_median(tmp_path, monkeypatch):

@@ -797,7 +797,11 @@ def test_a_pass_whose_run_was_deleted_in_the_ui_opens_a_new_run(tiny_params):
     [
         ("ingest", {"ingest.source": "nowhere/videos"}, "ingest.source {root}/nowhere/videos is"),
         ("ingest", {}, "no world videos at {root}/data/world/videos: run `clipsep world` first"),
-        ("evaluate", {"eval.targets_csv": "t.csv"}, "eval.targets_csv {root}/t.csv not found"),
+        (
+            "evaluate",
+            {"eval.targets_csv": "t.csv", "eval.interference_csv": "i.csv"},
+            "eval.targets_csv {root}/t.csv not found",
+        ),
     ],
 )
 def test_a_file_the_params_name_missing_fails_before_any_mlflow_run(
@@ -810,7 +814,6 @@ def test_a_file_the_params_name_missing_fails_before_any_mlflow_run(
         params.path("checkpoints").mkdir(parents=True)
         (params.path("checkpoints") / "best.pt").write_bytes(b"")
         (tmp_path / "i.csv").write_text("audio_path,frames_dir,label\n")
-        params = tiny_params_at(tmp_path, **overrides, **{"eval.interference_csv": "i.csv"})
     with pytest.raises(BadInputError) as raised:
         run_stage(stage, params)
     assert str(raised.value).startswith(message.format(root=tmp_path))
