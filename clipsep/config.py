@@ -342,7 +342,8 @@ def load_params(
     file_paths = dict(raw["paths"]) if isinstance(raw.get("paths"), dict) else {}  # dvc.yaml's
     if profile:
         profile_path = path.parent / PROFILES_DIR / f"{profile}.yaml"
-        if not profile_path.is_file():
+        # a name, not a path: `--profile ../params` had read params.yaml as its own profile
+        if Path(profile).name != profile or profile.startswith(".") or not profile_path.is_file():
             known = sorted(p.stem for p in (path.parent / PROFILES_DIR).glob("*.yaml"))
             raise ConfigError(
                 f"unknown profile {profile!r}{_did_you_mean(profile, known)}: {profile_path} "

@@ -332,3 +332,13 @@ def test_params_output_keeps_an_existing_file_unless_forced(tmp_path, caplog):
         load_params(out).train.steps
         == load_params(REPO / "params.yaml", profile="tiny").train.steps
     )
+
+
+@pytest.mark.parametrize("profile", ["tyni", "../params", "../profiles/tiny", "/tmp/x", ".tiny"])
+def test_a_profile_is_a_name_among_the_profiles(profile):
+    """New-user trial: `clipsep train --profile ../params` read params.yaml as its own profile and
+    trained the default preset into models/clipsep."""
+    with pytest.raises(ConfigError) as err:
+        load_params(PARAMS, profile=profile)
+    assert str(err.value).startswith(f"unknown profile {profile!r}")
+    assert "(known: " in str(err.value) and "tiny" in str(err.value)
