@@ -819,3 +819,18 @@ def test_a_file_the_params_name_missing_fails_before_any_mlflow_run(
     assert str(raised.value).startswith(message.format(root=tmp_path))
     client, experiment = tracking.connect(params)
     assert client.search_runs([experiment]) == []
+
+
+@pytest.mark.parametrize(
+    "error,status,reason",
+    [
+        (KeyboardInterrupt(), "KILLED", "train: interrupted (KeyboardInterrupt)"),
+        (SystemExit(143), "KILLED", "train: interrupted (SystemExit 143)"),
+        (GeneratorExit(), "KILLED", "train: interrupted (GeneratorExit)"),
+        (RuntimeError("boom"), "FAILED", "train: RuntimeError: boom"),
+    ],
+)
+def test_how_a_training_ended_is_named(error, status, reason):
+    """New-user trial: Ctrl-C under torchrun left the run FAILED with 'train: GeneratorExit: '
+    and a single-process Ctrl-C read 'interrupted (KeyboardInterrupt )'."""
+    assert loop.run_end(error) == (status, reason)

@@ -647,6 +647,20 @@ def _check_run_params(params: Params, dist: Dist) -> None:
         )
 
 
+INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)  # stopped from outside, not failed
+
+
+def run_end(err: BaseException) -> tuple[str, str]:
+    """(MLflow status, ``clipsep.end_reason``) of a training ended by ``err``: KILLED for an
+    interruption (Ctrl-C; SIGTERM, raised as SystemExit 143; GeneratorExit, what rank 0 of a
+    `torchrun` reported after Ctrl-C in a new-user trial), else FAILED."""
+    name = type(err).__name__
+    if not isinstance(err, INTERRUPTS):
+        return "FAILED", f"train: {name}: {err}"
+    detail = f"{name} {err}" if str(err) else name
+    return "KILLED", f"train: interrupted ({detail})"
+
+
 @contextlib.contextmanager
 def _ends_run_on_error(live):
     """Close the live MLflow run FAILED on an error, KILLED on Ctrl-C or SIGTERM (re-raised)."""
@@ -660,13 +674,9 @@ def _ends_run_on_error(live):
     previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         yield
-    except (KeyboardInterrupt, SystemExit) as err:
-        if live is not None:
-            live.end("KILLED", f"train: interrupted ({type(err).__name__} {err})")
-        raise
     except BaseException as err:
         if live is not None:
-            live.end("FAILED", f"train: {type(err).__name__}: {err}")
+            live.end(*run_end(err))
         raise
     finally:
         if main_thread:
