@@ -423,6 +423,13 @@ def with_flags(err: Exception) -> str:
     return f"{err} ({' / '.join(flags)})" if flags else str(err)
 
 
+def _resume_hint(command: str) -> str:
+    """What running ``command`` again does after an interruption (training resumes)."""
+    if command == "train":
+        return "; the same `clipsep train` command resumes from the last checkpoint (last.pt)"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status. ``argv`` None: run as the program (sys.argv), in
     a process that ends afterwards; a list: a caller in Python (e.g. a test). Only separate
@@ -445,6 +452,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("clipsep").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         result = args.handler(args)
+    except KeyboardInterrupt:  # one line, not the traceback of wherever Ctrl-C landed
+        log.error("interrupted (Ctrl-C)%s", _resume_hint(args.command))
+        return 130
+    except SystemExit as err:  # SIGTERM during training arrives as SystemExit(143)
+        if isinstance(err.code, int) and err.code > 128:
+            log.error("stopped by signal %d%s", err.code - 128, _resume_hint(args.command))
+        raise
     except (ConfigError, ClipsepError, FileNotFoundError) as err:
         if getattr(err, "result", None) is not None:  # a batch with failures: what did work
             print(json.dumps(err.result, indent=2, default=str))

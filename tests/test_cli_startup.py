@@ -131,3 +131,38 @@ def test_the_program_freezes_what_separate_loaded_and_separates_alike(model, tmp
         assert (report["frozen"] > 100_000) == (mode == "program")
         targets[mode] = sf.read(out / "mix" / "target.wav")[0]
     assert (targets["program"] == targets["caller"]).all()
+
+
+@pytest.mark.parametrize(
+    "error,status,line",
+    [
+        (
+            KeyboardInterrupt(),
+            130,
+            "interrupted (Ctrl-C); the same `clipsep train` command resumes from the last "
+            "checkpoint (last.pt)",
+        ),
+        (
+            SystemExit(143),
+            143,
+            "stopped by signal 15; the same `clipsep train` command resumes from the last "
+            "checkpoint (last.pt)",
+        ),
+    ],
+)
+def test_an_interrupted_command_says_so_in_one_line(monkeypatch, caplog, error, status, line):
+    """New-user trial: Ctrl-C of `clipsep train` printed a 54-line traceback; SIGTERM exited 143
+    without a word."""
+    from clipsep import cli
+
+    def interrupted(name, args):
+        raise error
+
+    monkeypatch.setattr(cli, "run_stage", interrupted)
+    if isinstance(error, SystemExit):
+        with pytest.raises(SystemExit) as raised:
+            cli.main(["train", "--profile", "tiny"])
+        assert raised.value.code == status
+    else:
+        assert cli.main(["train", "--profile", "tiny"]) == status
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [line]
