@@ -182,13 +182,18 @@ def _continues(previous, stage: str, resuming: bool) -> bool:
 
 
 def _reopen(client, run) -> None:
-    """RUNNING again; the reason it had ended moves to ``clipsep.earlier_end`` (``STATUS: reason``)
-    so that ``clipsep.end_reason`` only ever explains the run's present end."""
+    """RUNNING again; the reason it had ended moves to ``clipsep.earlier_end`` (``STATUS: reason``,
+    with the step training had reached) so that ``clipsep.end_reason`` and
+    ``clipsep.reached_step`` only ever explain the run's present end."""
     tags = run.data.tags
     if run_owner.END_REASON in tags:
         earlier = f"{run.info.status}: {tags[run_owner.END_REASON]}"
+        step = tags.get(run_owner.REACHED_STEP)
+        if step is not None and f"reached step {step}" not in earlier:
+            earlier += f"; training had reached step {step}"
         client.set_tag(run.info.run_id, EARLIER_END, earlier[:MAX_TAG])
         client.delete_tag(run.info.run_id, run_owner.END_REASON)
+    run_owner.delete_tag_if_present(client, run.info.run_id, run_owner.REACHED_STEP)
     client.update_run(run.info.run_id, status="RUNNING")
 
 
@@ -334,6 +339,7 @@ class LiveRun:
                 self.client.set_tag(self.run_id, run_owner.END_REASON, reason[:MAX_TAG])
             if self.step is not None:
                 self.client.set_tag(self.run_id, run_owner.REACHED_STEP, str(self.step))
+            run_owner.release(self.client, self.run_id)  # no process writes it any more
         finally:
             self.client.set_terminated(self.run_id, status)
 

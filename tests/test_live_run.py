@@ -101,6 +101,7 @@ def test_a_broken_run_shows_its_status_and_resuming_continues_it(
     assert run.info.status == status
     assert run.data.tags[run_owner.REACHED_STEP] == "3"
     assert run.data.tags["clipsep.stage.train"] == status.lower()
+    assert run_owner.PID not in run.data.tags  # ended by its stage: no process holds it
     assert steps_of(client, run.info.run_id, "loss") == [1, 2, 3]
     monkeypatch.undo()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -109,8 +110,9 @@ def test_a_broken_run_shows_its_status_and_resuming_continues_it(
     resumed = client.get_run(run.info.run_id)
     assert resumed.info.status == "RUNNING"
     assert run_owner.END_REASON not in resumed.data.tags  # it has not ended (again)
-    earlier = f"{status}: {run.data.tags[run_owner.END_REASON]}"
+    earlier = f"{status}: {run.data.tags[run_owner.END_REASON]}; training had reached step 3"
     assert resumed.data.tags[live_run.EARLIER_END] == earlier
+    assert run_owner.REACHED_STEP not in resumed.data.tags  # of the earlier end, said there
     # steps 3 and 4 ran again after the resume from the step-2 checkpoint: MLflow keeps both
     # values of step 3 (history), so the curve shows where the run was interrupted
     assert set(steps_of(client, run.info.run_id, "loss")) == {1, 2, 3, 4}
