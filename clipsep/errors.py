@@ -32,3 +32,8 @@ class PartialFailure(ClipsepError):
     def __init__(self, message: str, result: dict) -> None:
         super().__init__(message)
         self.result = result
+
+
+# a stage stopped from outside, not failed: Ctrl-C; SIGTERM, raised as SystemExit 143;
+# GeneratorExit, what rank 0 of a `torchrun` reported after Ctrl-C in a new-user trial
+INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)

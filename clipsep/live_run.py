@@ -57,6 +57,7 @@ from typing import Any, Sequence
 
 from clipsep import run_owner
 from clipsep.config import Params
+from clipsep.errors import INTERRUPTS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 MAX_TAG = 5000  # MLflow's limit on a tag value's length (older stores)
 EARLIER_END = "clipsep.earlier_end"  # why a run that is running again had ended
+
 CHECKPOINTS_TAG = "clipsep.checkpoints"  # the output folder a pipeline run belongs to
 REGISTERED_AS_TAG = "clipsep.already_registered_as"  # a pass whose checkpoint was registered
 
@@ -179,6 +181,12 @@ def _continues(previous, stage: str, resuming: bool) -> bool:
         return False
     done = previous.data.tags.get(run_owner.STAGE_TAG + stage) == "done"
     return not done or (stage == "train" and resuming)
+
+
+def end_status(err: BaseException) -> str:
+    """The MLflow status of a run whose stage raised ``err``: KILLED for one of
+    :data:`clipsep.errors.INTERRUPTS`, else FAILED."""
+    return "KILLED" if isinstance(err, INTERRUPTS) else "FAILED"
 
 
 def _reopen(client, run) -> None:

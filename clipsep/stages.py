@@ -174,9 +174,9 @@ def _train_live(p: Params, opened: list, in_process: bool) -> dict[str, Any]:
 def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
     """Run ``stage`` inside the pipeline's MLflow run (:mod:`clipsep.live_run`): opened or
     continued before it, its summary logged after it; a stage that raises ends the run FAILED
-    (KeyboardInterrupt, SystemExit: KILLED) with the error as the reason. ``in_process``: see
-    :func:`run_stage`."""
-    from clipsep.live_run import close_registered, note_skipped, open_run
+    (an interruption, :data:`clipsep.errors.INTERRUPTS`: KILLED) with the error as the
+    reason. ``in_process``: see :func:`run_stage`."""
+    from clipsep.live_run import close_registered, end_status, note_skipped, open_run
     from clipsep.tracking import check_registration
     from clipsep.tracking import register as register_run
 
@@ -201,8 +201,7 @@ def _run_tracked(stage: str, p: Params, in_process: bool) -> dict[str, Any]:
                 summary = STAGES[stage](p)
     except BaseException as err:
         if opened and stage != "train":  # training ends its run itself (clipsep.training.loop)
-            status = "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
-            opened[0].end(status, f"{stage}: {type(err).__name__}: {err}")
+            opened[0].end(end_status(err), f"{stage}: {type(err).__name__}: {err}")
         raise
     opened[-1].finish_stage(summary)
     return summary

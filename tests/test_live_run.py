@@ -836,3 +836,4 @@ def test_how_a_training_ended_is_named(error, status, reason):
     """New-user trial: Ctrl-C under torchrun left the run FAILED with 'train: GeneratorExit: '
     and a single-process Ctrl-C read 'interrupted (KeyboardInterrupt )'."""
     assert loop.run_end(error) == (status, reason)
+    assert live_run.end_status(error) == status  # every stage's run ends alike

@@ -45,7 +45,7 @@ from clipsep.data.mixing import (
     validation_batch,
 )
 from clipsep.env import process_rank, resolve_device
-from clipsep.errors import BadInputError
+from clipsep.errors import INTERRUPTS, BadInputError
 from clipsep.precision import (
     PrecisionChoice,
     autocast,
@@ -647,13 +647,9 @@ def _check_run_params(params: Params, dist: Dist) -> None:
         )
 
 
-INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)  # stopped from outside, not failed
-
-
 def run_end(err: BaseException) -> tuple[str, str]:
     """(MLflow status, ``clipsep.end_reason``) of a training ended by ``err``: KILLED for an
-    interruption (Ctrl-C; SIGTERM, raised as SystemExit 143; GeneratorExit, what rank 0 of a
-    `torchrun` reported after Ctrl-C in a new-user trial), else FAILED."""
+    interruption (:data:`clipsep.errors.INTERRUPTS`), else FAILED."""
     name = type(err).__name__
     if not isinstance(err, INTERRUPTS):
         return "FAILED", f"train: {name}: {err}"
